@@ -1,0 +1,51 @@
+//! The kernel adapter: finding, launching and talking to one Jupyter kernel over ZeroMQ `ipc://`
+//! sockets, and the session actor that owns it.
+
+mod process;
+mod runtime_dir;
+mod session;
+mod sockets;
+pub mod spec;
+mod wire;
+
+use std::path::PathBuf;
+
+pub use process::exit_cause;
+pub use runtime_dir::RuntimeDir;
+pub use session::{Command, Frame, KernelSession, Refusal, SessionHandle, SessionSettings, SessionSnapshot};
+pub use spec::KernelSpec;
+
+/// Failures of the kernel adapter.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// No kernelspec of that name in any searched directory.
+    #[error("kernel {name:?} not found (available: {available:?}; searched: {searched:?})")]
+    KernelNotFound {
+        name: String,
+        available: Vec<String>,
+        searched: Vec<PathBuf>,
+    },
+    /// A `kernel.json` exists but cannot be used.
+    #[error("kernelspec {path} is invalid: {reason}")]
+    BadKernelspec { path: PathBuf, reason: String },
+    /// The private runtime directory could not be prepared.
+    #[error("runtime directory {path}: {source}")]
+    RuntimeDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel process could not be started.
+    #[error("cannot start kernel {argv0:?}: {source}")]
+    Spawn {
+        argv0: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A ZeroMQ socket could not be opened or used.
+    #[error("kernel socket {channel}: {reason}")]
+    Socket {
+        channel: &'static str,
+        reason: String,
+    },
+}

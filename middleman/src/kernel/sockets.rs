@@ -1,0 +1,258 @@
+//! The client side of the five Jupyter channels over `ipc://`, with one reader task per
+//! receiving channel feeding the session actor.
+
+use std::time::Duration;
+
+use jupyter_protocol::{ConnectionInfo, JupyterMessage, JupyterMessageContent, KernelInfoRequest};
+use jupyter_zmq_client::{Connection, DealerSendConnection, RawMessage};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tracing::Instrument as _;
+use zeromq::{Socket as _, SocketRecv, SocketSend as _};
+
+use super::KernelError;
+
+/// Which channel a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Channel {
+    Shell,
+    IoPub,
+    Stdin,
+    Control,
+}
+
+impl Channel {
+    fn as_str(self) -> &'static str {
+        match self {
+            Channel::Shell => "shell",
+            Channel::IoPub => "iopub",
+            Channel::Stdin => "stdin",
+            Channel::Control => "control",
+        }
+    }
+}
+
+/// Something the kernel side reports to the session actor.
+#[derive(Debug)]
+pub(crate) enum KernelEvent {
+    /// A message on one of the channels.
+    Message(Channel, Box<JupyterMessage>),
+    /// Three heartbeats in a row went unanswered.
+    HeartbeatLost,
+    /// The kernel process exited.
+    Exited(std::process::ExitStatus),
+    /// The startup handshake finished.
+    Started(Result<Box<KernelSockets>, String>),
+}
+
+/// A [`KernelEvent`] of one kernel generation; events of older generations are ignored.
+#[derive(Debug)]
+pub(crate) struct Tagged {
+    pub(crate) generation: u64,
+    pub(crate) event: KernelEvent,
+}
+
+/// The sending halves of a connected kernel; dropping it stops every reader task.
+pub(crate) struct KernelSockets {
+    pub(crate) shell: DealerSendConnection,
+    pub(crate) control: DealerSendConnection,
+    pub(crate) stdin: DealerSendConnection,
+    pub(crate) kernel_info: Option<jupyter_protocol::KernelInfoReply>,
+    tasks: Vec<AbortHandle>,
+    connection: ConnectionInfo,
+}
+
+impl std::fmt::Debug for KernelSockets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelSockets").field("tasks", &self.tasks.len()).finish_non_exhaustive()
+    }
+}
+
+impl Drop for KernelSockets {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn socket_err(channel: &'static str) -> impl Fn(jupyter_zmq_client::RuntimeError) -> KernelError {
+    move |e| KernelError::Socket { channel, reason: e.to_string() }
+}
+
+/// Connects every channel and performs the startup handshake: `kernel_info_request` is sent
+/// (and re-sent) until the reply arrives on shell *and* some message has arrived on IOPub, which
+/// proves our subscription is live (the late-subscriber problem: a PUB socket drops what it
+/// publishes before the subscription reaches it).
+pub(crate) async fn connect(
+    info: &ConnectionInfo,
+    generation: u64,
+    events: mpsc::Sender<Tagged>,
+) -> Result<Box<KernelSockets>, KernelError> {
+    let session = uuid::Uuid::new_v4().to_string();
+    let identity = jupyter_zmq_client::peer_identity_for_session(&session).map_err(socket_err("shell"))?;
+    let mut iopub = jupyter_zmq_client::create_client_iopub_connection(info, "", &session)
+        .await
+        .map_err(socket_err("iopub"))?;
+    let mut shell =
+        jupyter_zmq_client::create_client_shell_connection_with_identity(info, &session, identity.clone())
+            .await
+            .map_err(socket_err("shell"))?;
+    let stdin = jupyter_zmq_client::create_client_stdin_connection_with_identity(info, &session, identity)
+        .await
+        .map_err(socket_err("stdin"))?;
+    let control = jupyter_zmq_client::create_client_control_connection(info, &session)
+        .await
+        .map_err(socket_err("control"))?;
+
+    let mut kernel_info = None;
+    let mut iopub_live = false;
+    while kernel_info.is_none() || !iopub_live {
+        let request: JupyterMessage = KernelInfoRequest {}.into();
+        let request_id = request.header.msg_id.clone();
+        shell.send(request).await.map_err(socket_err("shell"))?;
+        let round = tokio::time::sleep(Duration::from_millis(500));
+        tokio::pin!(round);
+        loop {
+            tokio::select! {
+                () = &mut round => break,
+                m = read_one(&mut shell.socket, &shell.mac), if kernel_info.is_none() => {
+                    if let Some(msg) = m?
+                        && msg.parent_header.as_ref().is_some_and(|h| h.msg_id == request_id)
+                        && let JupyterMessageContent::KernelInfoReply(reply) = msg.content
+                    {
+                        kernel_info = Some(*reply);
+                    }
+                }
+                m = read_one(&mut iopub.socket, &iopub.mac), if !iopub_live => {
+                    if m?.is_some() {
+                        iopub_live = true;
+                    }
+                }
+            }
+            if kernel_info.is_some() && iopub_live {
+                break;
+            }
+        }
+    }
+
+    let (shell_tx, shell_rx) = shell.split();
+    let (stdin_tx, stdin_rx) = stdin.split();
+    let (control_tx, control_rx) = control.split();
+    let tasks = vec![
+        spawn_reader(iopub, Channel::IoPub, generation, events.clone()),
+        spawn_reader(shell_rx, Channel::Shell, generation, events.clone()),
+        spawn_reader(stdin_rx, Channel::Stdin, generation, events.clone()),
+        spawn_reader(control_rx, Channel::Control, generation, events),
+    ];
+    Ok(Box::new(KernelSockets {
+        shell: shell_tx,
+        control: control_tx,
+        stdin: stdin_tx,
+        kernel_info,
+        tasks,
+        connection: info.clone(),
+    }))
+}
+
+impl KernelSockets {
+    /// Starts the heartbeat monitor: a ping every `interval`; three unanswered in a row report
+    /// [`KernelEvent::HeartbeatLost`].
+    pub(crate) fn start_heartbeat(&mut self, interval: Duration, generation: u64, events: mpsc::Sender<Tagged>) {
+        let info = self.connection.clone();
+        let task = tokio::spawn(
+            async move {
+                let mut misses = 0u32;
+                let mut socket: Option<zeromq::ReqSocket> = None;
+                loop {
+                    tokio::time::sleep(interval).await;
+                    let beat = async {
+                        let s = match socket.as_mut() {
+                            Some(s) => s,
+                            None => {
+                                let mut s = zeromq::ReqSocket::new();
+                                s.connect(&info.hb_url()).await.map_err(|e| e.to_string())?;
+                                socket.insert(s)
+                            }
+                        };
+                        s.send(zeromq::ZmqMessage::from(b"ping".to_vec())).await.map_err(|e| e.to_string())?;
+                        s.recv().await.map_err(|e| e.to_string())?;
+                        Ok::<(), String>(())
+                    };
+                    match tokio::time::timeout(interval, beat).await {
+                        Ok(Ok(())) => misses = 0,
+                        outcome => {
+                            // A REQ socket that missed its reply cannot send again: start over.
+                            socket = None;
+                            misses += 1;
+                            tracing::warn!(misses, error = ?outcome.err().map(|_| "timeout"), "kernel heartbeat missed");
+                            if misses >= 3 {
+                                let _ = events.send(Tagged { generation, event: KernelEvent::HeartbeatLost }).await;
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+            .instrument(tracing::info_span!("heartbeat", generation)),
+        );
+        self.tasks.push(task.abort_handle());
+    }
+}
+
+/// Reads one message; `Ok(None)` for a message that was received but could not be decoded.
+async fn read_one<S: SocketRecv>(
+    socket: &mut S,
+    mac: &Option<ring::hmac::Key>,
+) -> Result<Option<JupyterMessage>, KernelError> {
+    let multipart = socket
+        .recv()
+        .await
+        .map_err(|e| KernelError::Socket { channel: "handshake", reason: e.to_string() })?;
+    Ok(decode_multipart(multipart, mac).ok())
+}
+
+fn decode_multipart(
+    multipart: zeromq::ZmqMessage,
+    mac: &Option<ring::hmac::Key>,
+) -> Result<JupyterMessage, String> {
+    RawMessage::from_multipart(multipart, mac)
+        .map_err(|e| e.to_string())
+        .and_then(|raw| super::wire::decode(raw).map_err(|e| e.to_string()))
+}
+
+fn spawn_reader<S: SocketRecv + Send + 'static>(
+    mut conn: Connection<S>,
+    channel: Channel,
+    generation: u64,
+    events: mpsc::Sender<Tagged>,
+) -> AbortHandle {
+    tokio::spawn(
+        async move {
+            loop {
+                let multipart = match conn.socket.recv().await {
+                    Ok(m) => m,
+                    Err(error) => {
+                        tracing::debug!(%error, "kernel channel closed");
+                        return;
+                    }
+                };
+                match decode_multipart(multipart, &conn.mac) {
+                    Ok(msg) => {
+                        let event = KernelEvent::Message(channel, Box::new(msg));
+                        if events.send(Tagged { generation, event }).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(error) => {
+                        metrics::counter!("middleman_kernel_messages_dropped_total", "channel" => channel.as_str())
+                            .increment(1);
+                        tracing::warn!(%error, "dropped an undecodable kernel message");
+                    }
+                }
+            }
+        }
+        .instrument(tracing::debug_span!("kernel_reader", channel = channel.as_str(), generation)),
+    )
+    .abort_handle()
+}

@@ -1,0 +1,248 @@
+//! Test fixtures: a real Middleman on 127.0.0.1:0 with a real ipykernel, and a WebSocket client
+//! speaking the protocol types.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use middleman::config::ServeArgs;
+use middleman::protocol::{ClientMessage, ExecutionStatus, Output, ServerEvent, ServerFrame};
+use session_token::{Claims, Role, SigningKey};
+use tokio_tungstenite::tungstenite::Message;
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("mm-test-{tag}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Fails clearly when the Python kernel environment is missing.
+pub fn require_kernel() {
+    let found = std::env::var_os("JUPYTER_PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("kernels/python3/kernel.json").exists()))
+        .unwrap_or(false);
+    assert!(found, "no python3 kernelspec on JUPYTER_PATH: run the tests with `make test` (it sets up the pinned Python environment)");
+}
+
+pub struct TestServer {
+    pub running: Option<middleman::Running>,
+    pub addr: std::net::SocketAddr,
+    pub key: SigningKey,
+    pub dir: TempDir,
+    pub document: String,
+}
+
+impl TestServer {
+    /// Starts a Middleman with `extra` flags and waits until its kernel is ready.
+    pub async fn start(extra: &[&str]) -> Self {
+        require_kernel();
+        let dir = TempDir::new("srv");
+        let key = SigningKey::generate();
+        let public = dir.0.join("public.pem");
+        std::fs::write(&public, key.verifying_key().to_pem().unwrap()).unwrap();
+        let document = format!("doc-{}", uuid::Uuid::new_v4().simple());
+        let runtime_root = dir.0.join("run");
+        let mut args: Vec<String> = vec![
+            "--listen".into(), "127.0.0.1:0".into(),
+            "--document".into(), document.clone(),
+            "--pod".into(), "pod-1".into(),
+            "--public-key".into(), public.display().to_string(),
+            "--runtime-root".into(), runtime_root.display().to_string(),
+            "--kernel".into(), "python3".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let serve = ServeArgs::from_args(args).unwrap();
+        let running = middleman::start(serve).await.unwrap();
+        let addr = running.addr();
+        let server = Self { running: Some(running), addr, key, dir, document };
+        server.wait_ready().await;
+        server
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if http_get(self.addr, "/readyz").await.0 == 200 {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "kernel not ready in time");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn token(&self, user: &str, role: Role) -> String {
+        self.token_for(user, role, &self.document, 3600)
+    }
+
+    pub fn token_for(&self, user: &str, role: Role, doc: &str, ttl: u64) -> String {
+        let claims = Claims::new("test", user, &format!("{user} name"), doc, "pod-1", role, ttl);
+        self.key.mint(&claims).unwrap()
+    }
+
+    pub async fn client(&self, user: &str, role: Role) -> Client {
+        Client::connect(self.addr, &self.token(user, role)).await.unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+    }
+}
+
+/// A minimal HTTP GET returning (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, path, &[]).await
+}
+
+pub async fn http_request(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return (0, String::new()) };
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// What one execution produced.
+#[derive(Debug, Default)]
+pub struct Run {
+    pub id: String,
+    pub outputs: Vec<Output>,
+    pub status: Option<ExecutionStatus>,
+    pub reason: Option<String>,
+    pub execution_count: Option<u64>,
+    pub truncated: bool,
+    pub events: Vec<ServerEvent>,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        self.outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Stream { text, .. } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub struct Client {
+    pub ws: Ws,
+    pub welcome: ServerEvent,
+    next_request: u64,
+}
+
+impl Client {
+    pub async fn connect(addr: std::net::SocketAddr, token: &str) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        let url = format!("ws://{addr}/ws?token={token}");
+        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        let mut c = Self { ws, welcome: ServerEvent::Pong { nonce: None }, next_request: 0 };
+        c.welcome = c.next().await.event;
+        assert!(matches!(c.welcome, ServerEvent::Welcome { .. }), "first frame is welcome: {:?}", c.welcome);
+        Ok(c)
+    }
+
+    pub async fn send(&mut self, m: &ClientMessage) {
+        self.ws.send(Message::text(serde_json::to_string(m).unwrap())).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.ws.send(Message::text(text.to_owned())).await.unwrap();
+    }
+
+    /// The next protocol frame (panics on close or after [`WAIT`]).
+    pub async fn next(&mut self) -> ServerFrame {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("connection ended")
+                .expect("websocket error");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                Message::Close(c) => panic!("connection closed: {c:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads until `pred` matches, returning every event seen (including the match).
+    pub async fn until(&mut self, mut pred: impl FnMut(&ServerEvent) -> bool) -> Vec<ServerEvent> {
+        let mut seen = Vec::new();
+        loop {
+            let e = self.next().await.event;
+            let done = pred(&e);
+            seen.push(e);
+            if done {
+                return seen;
+            }
+        }
+    }
+
+    /// Queues `code` and returns its execution id.
+    pub async fn submit(&mut self, code: &str) -> String {
+        self.next_request += 1;
+        let rid = format!("r{}", self.next_request);
+        self.send(&ClientMessage::Execute { code: code.into(), request_id: Some(rid.clone()), stop_on_error: true }).await;
+        let events = self
+            .until(|e| matches!(e, ServerEvent::ExecutionQueued { request_id: Some(r), .. } if *r == rid)
+                || matches!(e, ServerEvent::Error { .. }))
+            .await;
+        match events.last() {
+            Some(ServerEvent::ExecutionQueued { execution, .. }) => execution.id.clone(),
+            other => panic!("execute refused: {other:?}"),
+        }
+    }
+
+    /// Collects the events of execution `id` until it finishes.
+    pub async fn collect(&mut self, id: &str) -> Run {
+        let mut run = Run { id: id.to_owned(), ..Default::default() };
+        loop {
+            let e = self.next().await.event;
+            match &e {
+                ServerEvent::Output { execution_id, output } if execution_id == id => run.outputs.push(output.clone()),
+                ServerEvent::OutputTruncated { execution_id, .. } if execution_id == id => run.truncated = true,
+                ServerEvent::ExecutionFinished { execution_id, status, reason, execution_count, .. } if execution_id == id => {
+                    run.status = Some(*status);
+                    run.reason = reason.clone();
+                    run.execution_count = *execution_count;
+                    run.events.push(e);
+                    return run;
+                }
+                _ => {}
+            }
+            run.events.push(e);
+        }
+    }
+
+    pub async fn run(&mut self, code: &str) -> Run {
+        let id = self.submit(code).await;
+        self.collect(&id).await
+    }
+}

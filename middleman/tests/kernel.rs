@@ -1,0 +1,221 @@
+//! Middleman against a real ipykernel: outputs, input, interrupts, timeouts, crashes.
+
+mod common;
+
+use common::*;
+use middleman::protocol::{ClientMessage, ExecutionStatus, InputOutcome, KernelState, Output, ServerEvent, StreamName};
+use session_token::Role;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn print_result_and_counts() {
+    let server = TestServer::start(&[]).await;
+    let mut c = server.client("ada", Role::Editor).await;
+    let run = c.run("print('hello')\nprint('world', flush=True)").await;
+    assert_eq!(run.status, Some(ExecutionStatus::Ok));
+    assert_eq!(run.stdout(), "hello\nworld\n");
+    let run = c.run("1+1").await;
+    assert_eq!(run.status, Some(ExecutionStatus::Ok));
+    assert_eq!(run.execution_count, Some(2));
+    match &run.outputs[..] {
+        [Output::ExecuteResult { execution_count, data, .. }] => {
+            assert_eq!(*execution_count, 2);
+            assert_eq!(data["text/plain"], "2");
+        }
+        other => panic!("unexpected outputs {other:?}"),
+    }
+    let run = c.run("import sys; print('oops', file=sys.stderr)").await;
+    assert!(matches!(&run.outputs[..], [Output::Stream { name: StreamName::Stderr, text }] if text == "oops\n"));
+    // Busy then idle are visible.
+    assert!(run.events.iter().any(|e| matches!(e, ServerEvent::KernelStatus { state: KernelState::Busy, .. })));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rich_display_html_image_json_and_updates() {
+    let server = TestServer::start(&[]).await;
+    let mut c = server.client("ada", Role::Editor).await;
+    let code = r#"
+import base64, struct, zlib
+from IPython.display import display, HTML, Image, JSON, update_display
+def png(w, h):
+    raw = b''.join(b'\x00' + b'\xff\x00\x00' * w for _ in range(h))
+    def chunk(t, d): return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d))
+    return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 2, 0, 0, 0)) + chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b'')
+display(HTML('<b>bold</b>'))
+display(Image(data=png(4, 3)))
+display(JSON({'a': [1, 2]}))
+display('v1', display_id='prog')
+update_display('v2', display_id='prog')
+"#;
+    let run = c.run(code).await;
+    assert_eq!(run.status, Some(ExecutionStatus::Ok), "{run:?}");
+    let datas: Vec<_> = run
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::DisplayData { data, .. } => Some(data.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(datas.len(), 4, "{datas:?}");
+    assert_eq!(datas[0]["text/html"], "<b>bold</b>");
+    let png = datas[1]["image/png"].as_str().unwrap();
+    assert!(png.starts_with("iVBORw0KGgo"), "base64 PNG: {png}");
+    assert_eq!(datas[2]["application/json"]["a"][1], 2);
+    assert!(matches!(&run.outputs[3], Output::DisplayData { display_id: Some(id), .. } if id == "prog"));
+    let update = run.events.iter().find_map(|e| match e {
+        ServerEvent::UpdateDisplay { display_id, data, .. } => Some((display_id.clone(), data.clone())),
+        _ => None,
+    });
+    let (id, data) = update.expect("update_display forwarded");
+    assert_eq!(id, "prog");
+    assert_eq!(data["text/plain"], "'v2'");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_traceback_aborts_the_queue() {
+    let server = TestServer::start(&[]).await;
+    let mut c = server.client("ada", Role::Editor).await;
+    let failing = c.submit("def f():\n    return 1/0\nf()").await;
+    let behind = c.submit("print('never')").await;
+    let run = c.collect(&failing).await;
+    assert_eq!(run.status, Some(ExecutionStatus::Error));
+    match run.outputs.last() {
+        Some(Output::Error { ename, traceback, .. }) => {
+            assert_eq!(ename, "ZeroDivisionError");
+            assert!(traceback.iter().any(|l| l.contains("return 1/0")), "{traceback:?}");
+        }
+        other => panic!("expected an error output, got {other:?}"),
+    }
+    let aborted = c.collect(&behind).await;
+    assert_eq!(aborted.status, Some(ExecutionStatus::Aborted));
+    assert!(aborted.outputs.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_round_trip_and_cancel_on_interrupt() {
+    let server = TestServer::start(&[]).await;
+    let mut c = server.client("ada", Role::Editor).await;
+    let id = c.submit("name = input('name? ')\nprint('hi', name)").await;
+    let events = c.until(|e| matches!(e, ServerEvent::InputRequest { .. })).await;
+    match events.last() {
+        Some(ServerEvent::InputRequest { execution_id, prompt, password }) => {
+            assert_eq!(execution_id, &id);
+            assert_eq!(prompt, "name? ");
+            assert!(!password);
+        }
+        _ => unreachable!(),
+    }
+    c.send(&ClientMessage::InputReply { execution_id: id.clone(), value: "Ada".into() }).await;
+    let run = c.collect(&id).await;
+    assert_eq!(run.status, Some(ExecutionStatus::Ok));
+    assert!(run.stdout().contains("hi Ada"), "{run:?}");
+    assert!(run.events.iter().any(|e| matches!(e, ServerEvent::InputResolved { outcome: InputOutcome::Answered, .. })));
+
+    // A prompt nobody answers is cancelled by an interrupt.
+    let id = c.submit("input('waiting: ')").await;
+    c.until(|e| matches!(e, ServerEvent::InputRequest { .. })).await;
+    c.send(&ClientMessage::Interrupt).await;
+    let run = c.collect(&id).await;
+    assert_eq!(run.status, Some(ExecutionStatus::Interrupted));
+    assert!(run.events.iter().any(|e| matches!(e, ServerEvent::InputResolved { outcome: InputOutcome::Cancelled, .. })));
+    // Answering after the fact is refused clearly.
+    c.send(&ClientMessage::InputReply { execution_id: id, value: "late".into() }).await;
+    let e = c.until(|e| matches!(e, ServerEvent::Error { .. })).await;
+    assert!(matches!(e.last(), Some(ServerEvent::Error { code: middleman::protocol::ErrorCode::NoPendingInput, .. })));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupt_stops_a_busy_loop_and_keeps_the_kernel() {
+    let server = TestServer::start(&[]).await;
+    let mut c = server.client("ada", Role::Editor).await;
+    c.run("marker = 42").await;
+    let id = c.submit("print('looping', flush=True)\nwhile True: pass").await;
+    c.until(|e| matches!(e, ServerEvent::Output { .. })).await;
+    c.send(&ClientMessage::Interrupt).await;
+    let run = c.collect(&id).await;
+    assert_eq!(run.status, Some(ExecutionStatus::Interrupted));
+    assert!(run.outputs.iter().any(|o| matches!(o, Output::Error { ename, .. } if ename == "KeyboardInterrupt")), "{run:?}");
+    // Same kernel: state survived.
+    let after = c.run("print(marker)").await;
+    assert_eq!(after.stdout(), "42\n");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_ignoring_sigint_is_killed_and_the_kernel_restarted() {
+    let server = TestServer::start(&["--interrupt-grace", "1s"]).await;
+    let mut c = server.client("ada", Role::Editor).await;
+    let code = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('stubborn', flush=True)\nwhile True: time.sleep(0.05)";
+    let id = c.submit(code).await;
+    c.until(|e| matches!(e, ServerEvent::Output { .. })).await;
+    c.send(&ClientMessage::Interrupt).await;
+    let run = c.collect(&id).await;
+    assert_eq!(run.status, Some(ExecutionStatus::Interrupted));
+    assert!(run.reason.as_deref().unwrap_or("").contains("restarted"), "{run:?}");
+    c.until(|e| matches!(e, ServerEvent::KernelStatus { state: KernelState::Idle, .. })).await;
+    let after = c.run("'signal' in dir()").await;
+    assert!(matches!(&after.outputs[..], [Output::ExecuteResult { data, .. }] if data["text/plain"] == "False"), "fresh kernel: {after:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wall_clock_limit_times_out() {
+    let server = TestServer::start(&["--execution-timeout", "1s", "--interrupt-grace", "2s"]).await;
+    let mut c = server.client("ada", Role::Editor).await;
+    let run = c.run("import time\ntime.sleep(60)").await;
+    assert_eq!(run.status, Some(ExecutionStatus::TimedOut));
+    assert!(run.reason.as_deref().unwrap_or("").contains("limit of 1 s"), "{run:?}");
+    let after = c.run("1+1").await;
+    assert_eq!(after.status, Some(ExecutionStatus::Ok));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_death_is_reported_and_recovered_then_given_up() {
+    let server = TestServer::start(&["--max-restarts", "1", "--restart-window", "10m"]).await;
+    let mut c = server.client("ada", Role::Editor).await;
+    let run = c.run("import os\nos._exit(1)").await;
+    assert_eq!(run.status, Some(ExecutionStatus::KernelDied));
+    assert!(run.reason.as_deref().unwrap_or("").contains("exited with code 1"), "{run:?}");
+    let ev = c.until(|e| matches!(e, ServerEvent::KernelStatus { state: KernelState::Idle, .. })).await;
+    assert!(ev.iter().any(|e| matches!(e, ServerEvent::KernelStatus { state: KernelState::Restarting, reason: Some(r) } if r.contains("code 1"))));
+    assert_eq!(c.run("1+1").await.status, Some(ExecutionStatus::Ok));
+
+    // A segfault: reported with its cause; the second death passes the limit of one restart.
+    let run = c.run("import ctypes\nctypes.string_at(0)").await;
+    assert_eq!(run.status, Some(ExecutionStatus::KernelDied));
+    assert!(run.reason.as_deref().unwrap_or("").contains("segmentation fault"), "{run:?}");
+    c.until(|e| matches!(e, ServerEvent::KernelStatus { state: KernelState::Dead, .. })).await;
+    assert_eq!(http_get(server.addr, "/readyz").await.0, 503);
+    c.send(&ClientMessage::Execute { code: "1".into(), request_id: None, stop_on_error: true }).await;
+    let e = c.until(|e| matches!(e, ServerEvent::Error { .. })).await;
+    assert!(matches!(e.last(), Some(ServerEvent::Error { code: middleman::protocol::ErrorCode::KernelDead, .. })));
+    // A person's restart brings it back.
+    c.send(&ClientMessage::Restart).await;
+    c.until(|e| matches!(e, ServerEvent::KernelStatus { state: KernelState::Idle, .. })).await;
+    assert_eq!(c.run("1+1").await.status, Some(ExecutionStatus::Ok));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_flood_is_capped_and_coalesced() {
+    let server = TestServer::start(&["--max-output-bytes", "65536"]).await;
+    let mut c = server.client("ada", Role::Editor).await;
+    let run = c.run("for i in range(300000): print(i)").await;
+    assert_eq!(run.status, Some(ExecutionStatus::Ok));
+    assert!(run.truncated, "truncation notice sent");
+    let text = run.stdout();
+    assert!(text.len() <= 65536, "capped: {}", text.len());
+    assert!(text.starts_with("0\n1\n2\n"), "kept the beginning");
+    // Coalesced: far fewer frames than prints.
+    let frames = run.outputs.len();
+    assert!(frames < 200, "{frames} stream frames for 300000 prints");
+    // Non-UTF-8 bytes written to the raw file descriptor never break a frame.
+    let run = c.run("import os, sys\nos.write(1, b'bad \\xff\\xfe bytes\\n')\nprint('\\udcff surrogate', errors='replace') if False else print('ok')\nsys.stdout.flush()").await;
+    assert_eq!(run.status, Some(ExecutionStatus::Ok), "{run:?}");
+    server.stop().await;
+}
