@@ -175,6 +175,12 @@ impl OutputBuffer {
         }
     }
 
+    /// Output was lost because it exceeded the limit before it could be counted.
+    pub(crate) fn over_limit(&mut self, now: Instant, out: &mut Vec<ServerEvent>) {
+        self.used = self.limit;
+        self.truncate(now, out);
+    }
+
     fn truncate(&mut self, now: Instant, out: &mut Vec<ServerEvent>) {
         self.flush(now, out);
         if !self.truncated {

@@ -84,7 +84,9 @@ async fn error_traceback_aborts_the_queue() {
     match run.outputs.last() {
         Some(Output::Error { ename, traceback, .. }) => {
             assert_eq!(ename, "ZeroDivisionError");
-            assert!(traceback.iter().any(|l| l.contains("return 1/0")), "{traceback:?}");
+            // IPython colours tracebacks: strip the ANSI codes before looking for the source line.
+            let plain: String = strip_ansi(&traceback.join("\n"));
+            assert!(plain.contains("return 1/0"), "{plain}");
         }
         other => panic!("expected an error output, got {other:?}"),
     }
@@ -217,5 +219,23 @@ async fn output_flood_is_capped_and_coalesced() {
     // Non-UTF-8 bytes written to the raw file descriptor never break a frame.
     let run = c.run("import os, sys\nos.write(1, b'bad \\xff\\xfe bytes\\n')\nprint('\\udcff surrogate', errors='replace') if False else print('ok')\nsys.stdout.flush()").await;
     assert_eq!(run.status, Some(ExecutionStatus::Ok), "{run:?}");
+    assert!(run.stdout().contains("ok\n"), "{run:?}");
     server.stop().await;
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -131,7 +131,8 @@ impl KernelSession {
             executions: Vec::new(),
             last_seq: 0,
         });
-        let (kernel_tx, kernel_rx) = mpsc::channel(4096);
+        // Small: each queued message may be large, and the actor drains faster than kernels write.
+        let (kernel_tx, kernel_rx) = mpsc::channel(64);
         let actor = Actor {
             workspace: settings
                 .workspace
@@ -315,9 +316,10 @@ impl Actor {
         });
         let tx = self.kernel_tx.clone();
         let timeout = self.settings.startup_timeout;
+        let max_message = usize::try_from(self.settings.max_output_bytes).unwrap_or(usize::MAX);
         let starter = tokio::spawn(
             async move {
-                let result = match tokio::time::timeout(timeout, sockets::connect(&connection, generation, tx.clone())).await {
+                let result = match tokio::time::timeout(timeout, sockets::connect(&connection, generation, tx.clone(), max_message)).await {
                     Ok(Ok(s)) => Ok(s),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err(format!("the kernel did not answer within {} s", timeout.as_secs())),
@@ -415,6 +417,20 @@ impl Actor {
                 self.on_kernel_lost("heartbeat", "the kernel stopped answering heartbeats and was restarted".into());
             }
             KernelEvent::Message(channel, msg) => self.on_message(channel, *msg).await,
+            KernelEvent::Oversized(o) => {
+                tracing::debug!(bytes = o.bytes, msg_type = %o.msg_type, "oversized kernel message");
+                let Some(buffer) = self.outputs.get_mut(&o.parent_msg_id) else { return };
+                let now = Instant::now();
+                let mut events = Vec::new();
+                if let Some((name, prefix)) = o.stream_prefix {
+                    let name = if name == "stderr" { StreamName::Stderr } else { StreamName::Stdout };
+                    buffer.stream(now, name, &prefix, &mut events);
+                }
+                buffer.over_limit(now, &mut events);
+                for e in events {
+                    self.emit(e);
+                }
+            }
         }
     }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use jupyter_protocol::{ConnectionInfo, JupyterMessage, JupyterMessageContent, KernelInfoRequest};
-use jupyter_zmq_client::{Connection, DealerSendConnection, RawMessage};
+use jupyter_zmq_client::{Connection, DealerSendConnection};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tracing::Instrument as _;
@@ -37,6 +37,8 @@ impl Channel {
 pub(crate) enum KernelEvent {
     /// A message on one of the channels.
     Message(Channel, Box<JupyterMessage>),
+    /// An IOPub message too large to decode whole.
+    Oversized(super::wire::Oversized),
     /// Three heartbeats in a row went unanswered.
     HeartbeatLost,
     /// The kernel process exited.
@@ -88,6 +90,7 @@ pub(crate) async fn connect(
     info: &ConnectionInfo,
     generation: u64,
     events: mpsc::Sender<Tagged>,
+    max_message_bytes: usize,
 ) -> Result<Box<KernelSockets>, KernelError> {
     let session = uuid::Uuid::new_v4().to_string();
     let identity = jupyter_zmq_client::peer_identity_for_session(&session).map_err(socket_err("shell"))?;
@@ -140,10 +143,10 @@ pub(crate) async fn connect(
     let (stdin_tx, stdin_rx) = stdin.split();
     let (control_tx, control_rx) = control.split();
     let tasks = vec![
-        spawn_reader(iopub, Channel::IoPub, generation, events.clone()),
-        spawn_reader(shell_rx, Channel::Shell, generation, events.clone()),
-        spawn_reader(stdin_rx, Channel::Stdin, generation, events.clone()),
-        spawn_reader(control_rx, Channel::Control, generation, events),
+        spawn_reader(iopub, Channel::IoPub, generation, events.clone(), max_message_bytes),
+        spawn_reader(shell_rx, Channel::Shell, generation, events.clone(), usize::MAX),
+        spawn_reader(stdin_rx, Channel::Stdin, generation, events.clone(), usize::MAX),
+        spawn_reader(control_rx, Channel::Control, generation, events, usize::MAX),
     ];
     Ok(Box::new(KernelSockets {
         shell: shell_tx,
@@ -216,16 +219,20 @@ fn decode_multipart(
     multipart: zeromq::ZmqMessage,
     mac: &Option<ring::hmac::Key>,
 ) -> Result<JupyterMessage, String> {
-    RawMessage::from_multipart(multipart, mac)
+    super::wire::split_and_verify(multipart, mac)
+        .and_then(super::wire::decode)
         .map_err(|e| e.to_string())
-        .and_then(|raw| super::wire::decode(raw).map_err(|e| e.to_string()))
 }
 
+/// Reads `conn` until it fails, forwarding decoded messages. A message whose content is larger
+/// than `max_bytes` is not decoded whole: only its headers and a prefix of a stream's text are
+/// kept, so a flooding kernel costs one copy of its bytes, not three.
 fn spawn_reader<S: SocketRecv + Send + 'static>(
     mut conn: Connection<S>,
     channel: Channel,
     generation: u64,
     events: mpsc::Sender<Tagged>,
+    max_bytes: usize,
 ) -> AbortHandle {
     tokio::spawn(
         async move {
@@ -237,7 +244,27 @@ fn spawn_reader<S: SocketRecv + Send + 'static>(
                         return;
                     }
                 };
-                match decode_multipart(multipart, &conn.mac) {
+                let raw = match super::wire::split_and_verify(multipart, &conn.mac) {
+                    Ok(raw) => raw,
+                    Err(error) => {
+                        metrics::counter!("middleman_kernel_messages_dropped_total", "channel" => channel.as_str())
+                            .increment(1);
+                        tracing::warn!(%error, "dropped an unverifiable kernel message");
+                        continue;
+                    }
+                };
+                if raw.jparts.get(3).is_some_and(|c| c.len() > max_bytes) {
+                    match super::wire::decode_oversized(&raw, max_bytes) {
+                        Ok(o) => {
+                            if events.send(Tagged { generation, event: KernelEvent::Oversized(o) }).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(error) => tracing::warn!(%error, "dropped an oversized kernel message"),
+                    }
+                    continue;
+                }
+                match super::wire::decode(raw).map_err(|e| e.to_string()) {
                     Ok(msg) => {
                         let event = KernelEvent::Message(channel, Box::new(msg));
                         if events.send(Tagged { generation, event }).await.is_err() {

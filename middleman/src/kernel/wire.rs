@@ -6,9 +6,52 @@ use jupyter_protocol::{Header, JupyterMessage, JupyterMessageContent};
 use jupyter_zmq_client::RawMessage;
 use serde_json::Value;
 
+/// Splits a multipart ZeroMQ message into a [`RawMessage`] and checks its signature.
+///
+/// Same wire format as `jupyter_zmq_client::RawMessage::from_multipart`, but the HMAC is computed
+/// part by part instead of over a concatenated copy, so a 100 MB output batch costs 100 MB, not
+/// 200 MB.
+pub(crate) fn split_and_verify(
+    multipart: zeromq::ZmqMessage,
+    key: &Option<ring::hmac::Key>,
+) -> Result<RawMessage, WireError> {
+    let mut parts = multipart.into_vec();
+    let delimiter = parts
+        .iter()
+        .position(|p| &p[..] == b"<IDS|MSG>")
+        .ok_or(WireError::Framing("no <IDS|MSG> delimiter"))?;
+    let jparts = parts.split_off((delimiter + 2).min(parts.len()));
+    if jparts.len() < 4 {
+        return Err(WireError::Parts(jparts.len()));
+    }
+    let signature = parts.pop().ok_or(WireError::Framing("no signature"))?;
+    parts.pop(); // the delimiter
+    if let Some(key) = key {
+        let expected = data_encoding::HEXLOWER
+            .decode(&signature)
+            .map_err(|_| WireError::Framing("signature is not hex"))?;
+        let mut ctx = ring::hmac::Context::with_key(key);
+        for part in &jparts[..4] {
+            ctx.update(part);
+        }
+        let tag = ctx.sign();
+        // Constant-time comparison via ring's verify on the tag we computed.
+        if expected.len() != tag.as_ref().len() || !constant_time_eq(&expected, tag.as_ref()) {
+            return Err(WireError::Framing("bad signature"));
+        }
+    }
+    Ok(RawMessage { zmq_identities: parts, jparts })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Why a message from the kernel was dropped.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum WireError {
+    #[error("malformed message: {0}")]
+    Framing(&'static str),
     #[error("message has {0} parts, need 4")]
     Parts(usize),
     #[error("{part} is not valid JSON: {source}")]
@@ -53,6 +96,59 @@ fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], part: &'static str) -> Re
             None => Err(WireError::Json { part, source: first }),
         },
     }
+}
+
+/// What is kept of a kernel message too large to decode whole (a stream batch from a kernel
+/// printing in a tight loop can be tens of megabytes).
+#[derive(Debug)]
+pub(crate) struct Oversized {
+    pub(crate) parent_msg_id: String,
+    pub(crate) msg_type: String,
+    /// For `stream` messages: the stream name and the first bytes of the text.
+    pub(crate) stream_prefix: Option<(String, String)>,
+    pub(crate) bytes: usize,
+}
+
+/// Reads only the headers of an oversized message and, for a stream, the beginning of its text
+/// (at most `keep` bytes), without parsing the rest.
+pub(crate) fn decode_oversized(raw: &RawMessage, keep: usize) -> Result<Oversized, WireError> {
+    if raw.jparts.len() < 4 {
+        return Err(WireError::Parts(raw.jparts.len()));
+    }
+    let header: Header = parse(&raw.jparts[0], "header")?;
+    let parent: Value = parse(&raw.jparts[1], "parent_header")?;
+    let parent_msg_id = parent.get("msg_id").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let content = &raw.jparts[3];
+    let stream_prefix = (header.msg_type == "stream").then(|| stream_prefix(content, keep)).flatten();
+    Ok(Oversized { parent_msg_id, msg_type: header.msg_type, stream_prefix, bytes: content.len() })
+}
+
+fn stream_prefix(content: &[u8], keep: usize) -> Option<(String, String)> {
+    let find = |needle: &[u8]| content.windows(needle.len()).position(|w| w == needle);
+    let name = if find(br#""stderr""#).is_some_and(|i| i < 64) { "stderr" } else { "stdout" };
+    let key = find(br#""text""#)?;
+    let open = key + 6 + content[key + 6..].iter().position(|&b| b == b'"')? + 1;
+    let mut end = (open + keep).min(content.len());
+    // Do not cut inside an escape sequence: back up to before any backslash in the last 12
+    // bytes (a surrogate pair escape is 12 long).
+    if let Some(i) = content[end.saturating_sub(12).max(open)..end].iter().rposition(|&b| b == b'\\') {
+        end = end.saturating_sub(12).max(open) + i;
+    }
+    let slice = content.get(open..end)?;
+    // The text ends at its closing (unescaped) quote if it was short enough; otherwise we cut.
+    let mut escaped = false;
+    let close = slice.iter().position(|&b| {
+        let is_close = b == b'"' && !escaped;
+        escaped = b == b'\\' && !escaped;
+        is_close
+    });
+    let slice = close.map_or(slice, |i| &slice[..i]);
+    let mut quoted = Vec::with_capacity(slice.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(slice);
+    quoted.push(b'"');
+    let text: String = parse(&quoted, "content").ok()?;
+    Some((name.to_owned(), text))
 }
 
 /// Rewrites `\uD800`-`\uDFFF` escapes that are not part of a valid pair to `\uFFFD`. Returns
@@ -107,6 +203,30 @@ pub(crate) fn replace_lone_surrogates(json: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oversized_stream_keeps_a_clean_prefix() {
+        let text = r#"line \"quoted\" \u00e9\n"#.repeat(100);
+        let content = format!(r#"{{"name": "stdout", "text": "{text}"}}"#);
+        let raw = RawMessage {
+            zmq_identities: vec![],
+            jparts: vec![
+                br#"{"msg_id":"m","username":"u","session":"s","date":"2024-01-01T00:00:00Z","msg_type":"stream","version":"5.3"}"#.to_vec().into(),
+                br#"{"msg_id":"parent"}"#.to_vec().into(),
+                b"{}".to_vec().into(),
+                content.into_bytes().into(),
+            ],
+        };
+        for keep in [0, 1, 7, 8, 9, 50, 333, 10_000] {
+            let o = decode_oversized(&raw, keep).unwrap();
+            assert_eq!(o.parent_msg_id, "parent");
+            let (name, prefix) = o.stream_prefix.unwrap();
+            assert_eq!(name, "stdout");
+            let full = "line \"quoted\" \u{e9}\n".repeat(100);
+            assert!(full.starts_with(&prefix), "keep {keep}: {prefix:?}");
+            assert!(prefix.len() <= keep.max(0) + 1);
+        }
+    }
 
     #[test]
     fn lone_surrogates_become_replacement_characters() {
