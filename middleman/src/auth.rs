@@ -23,9 +23,8 @@ impl AuthError {
     pub fn status(&self) -> StatusCode {
         match self {
             AuthError::Missing => StatusCode::UNAUTHORIZED,
-            AuthError::Token(TokenError::WrongDocument | TokenError::WrongPod) | AuthError::Origin(_) => {
-                StatusCode::FORBIDDEN
-            }
+            AuthError::Token(TokenError::WrongDocument | TokenError::WrongPod)
+            | AuthError::Origin(_) => StatusCode::FORBIDDEN,
             AuthError::Token(_) => StatusCode::UNAUTHORIZED,
         }
     }
@@ -54,8 +53,20 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(key: VerifyingKey, document: String, pod: String, leeway_secs: u64, allowed_origins: Vec<String>) -> Self {
-        Self { key, document, pod, leeway_secs, allowed_origins }
+    pub fn new(
+        key: VerifyingKey,
+        document: String,
+        pod: String,
+        leeway_secs: u64,
+        allowed_origins: Vec<String>,
+    ) -> Self {
+        Self {
+            key,
+            document,
+            pod,
+            leeway_secs,
+            allowed_origins,
+        }
     }
 
     /// The token from `Authorization: Bearer` or else the `token` query parameter.
@@ -63,14 +74,21 @@ impl Authenticator {
         headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .or(query_token)
             .filter(|t| !t.is_empty())
     }
 
     /// Verifies origin and token.
-    pub fn check(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Claims, AuthError> {
+    pub fn check(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<Claims, AuthError> {
         self.check_origin(headers)?;
         let token = Self::token_from(headers, query_token).ok_or(AuthError::Missing)?;
         let expect = Expectations {
@@ -87,13 +105,22 @@ impl Authenticator {
             return Ok(());
         };
         let allowed = if self.allowed_origins.is_empty() {
-            let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let host = headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             origin
                 .split_once("://")
                 .is_some_and(|(_, rest)| !host.is_empty() && rest.trim_end_matches('/') == host)
         } else {
-            self.allowed_origins.iter().any(|o| o.trim_end_matches('/') == origin)
+            self.allowed_origins
+                .iter()
+                .any(|o| o.trim_end_matches('/') == origin)
         };
-        if allowed { Ok(()) } else { Err(AuthError::Origin(origin.to_owned())) }
+        if allowed {
+            Ok(())
+        } else {
+            Err(AuthError::Origin(origin.to_owned()))
+        }
     }
 }

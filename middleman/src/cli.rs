@@ -11,7 +11,8 @@ use crate::config::{KeygenArgs, TokenArgs};
 /// Writes `signing.pem` (0600) and `public.pem` into `args.out_dir`. Refuses to overwrite an
 /// existing key.
 pub fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.out_dir).with_context(|| format!("creating {}", args.out_dir.display()))?;
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("creating {}", args.out_dir.display()))?;
     let key = SigningKey::generate();
     let private = args.out_dir.join("signing.pem");
     let public = args.out_dir.join("public.pem");
@@ -20,7 +21,12 @@ pub fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(&private)
-        .with_context(|| format!("creating {} (remove it first to make a new key)", private.display()))?;
+        .with_context(|| {
+            format!(
+                "creating {} (remove it first to make a new key)",
+                private.display()
+            )
+        })?;
     f.write_all(key.to_pem()?.as_bytes())?;
     std::fs::write(&public, key.verifying_key().to_pem()?)
         .with_context(|| format!("writing {}", public.display()))?;
@@ -30,10 +36,19 @@ pub fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {
 
 /// Mints a token and prints it on stdout.
 pub fn token(args: &TokenArgs) -> anyhow::Result<()> {
-    let pem = std::fs::read_to_string(&args.key).with_context(|| format!("reading {}", args.key.display()))?;
+    let pem = std::fs::read_to_string(&args.key)
+        .with_context(|| format!("reading {}", args.key.display()))?;
     let key = SigningKey::from_pem(&pem)?;
     let name = args.name.clone().unwrap_or_else(|| args.user.clone());
-    let claims = Claims::new("middleman-dev", &args.user, &name, &args.doc, &args.pod, args.role, args.ttl_secs);
+    let claims = Claims::new(
+        "middleman-dev",
+        &args.user,
+        &name,
+        &args.doc,
+        &args.pod,
+        args.role,
+        args.ttl_secs,
+    );
     println!("{}", key.mint(&claims)?);
     Ok(())
 }

@@ -50,7 +50,11 @@ pub struct ServeArgs {
 
     /// Extra Jupyter data directories searched for `kernels/<name>/kernel.json`, before
     /// `JUPYTER_PATH` and the system directories.
-    #[arg(long = "kernel-path", env = "MIDDLEMAN_KERNEL_PATH", value_delimiter = ':')]
+    #[arg(
+        long = "kernel-path",
+        env = "MIDDLEMAN_KERNEL_PATH",
+        value_delimiter = ':'
+    )]
     pub kernel_paths: Vec<PathBuf>,
 
     /// Parent of the private runtime directory (connection file and ipc sockets).
@@ -110,7 +114,11 @@ pub struct ServeArgs {
 
     /// Origins allowed to open the WebSocket (browser `Origin` header). Empty: same origin as the
     /// `Host` header. Connections without an Origin header (non-browser clients) are allowed.
-    #[arg(long = "allowed-origin", env = "MIDDLEMAN_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "allowed-origin",
+        env = "MIDDLEMAN_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
     pub allowed_origins: Vec<String>,
 
     /// Seconds of clock skew tolerated when checking token expiry.

@@ -12,6 +12,9 @@ use crate::protocol::{Output, ServerEvent, StreamName};
 /// shows why it failed.
 const ERROR_RESERVE: usize = 64 * 1024;
 
+/// A coalesced `update_display_data`: display id, data, metadata.
+type DisplayUpdate = (String, Map<String, Value>, Map<String, Value>);
+
 /// Buffered output of one execution.
 #[derive(Debug)]
 pub(crate) struct OutputBuffer {
@@ -22,7 +25,7 @@ pub(crate) struct OutputBuffer {
     truncated: bool,
     pending_stream: Option<(StreamName, String)>,
     pending_clear: Option<bool>,
-    pending_updates: Vec<(String, Map<String, Value>, Map<String, Value>)>,
+    pending_updates: Vec<DisplayUpdate>,
     last_flush: Option<Instant>,
 }
 
@@ -57,15 +60,26 @@ impl OutputBuffer {
         if !self.has_pending() {
             return None;
         }
-        Some(self.last_flush.map_or_else(Instant::now, |t| t + self.interval))
+        Some(
+            self.last_flush
+                .map_or_else(Instant::now, |t| t + self.interval),
+        )
     }
 
     fn has_pending(&self) -> bool {
-        self.pending_stream.is_some() || self.pending_clear.is_some() || !self.pending_updates.is_empty()
+        self.pending_stream.is_some()
+            || self.pending_clear.is_some()
+            || !self.pending_updates.is_empty()
     }
 
     /// Adds stream text; sends at once unless something was sent less than an interval ago.
-    pub(crate) fn stream(&mut self, now: Instant, name: StreamName, text: &str, out: &mut Vec<ServerEvent>) {
+    pub(crate) fn stream(
+        &mut self,
+        now: Instant,
+        name: StreamName,
+        text: &str,
+        out: &mut Vec<ServerEvent>,
+    ) {
         if self.truncated || text.is_empty() {
             return;
         }
@@ -96,13 +110,17 @@ impl OutputBuffer {
         let size = output_size(&output) as u64;
         let is_error = matches!(output, Output::Error { .. });
         let fits = self.used.saturating_add(size) <= self.limit;
-        if !fits && !(is_error && size as usize <= ERROR_RESERVE) {
+        if !(fits || is_error && size as usize <= ERROR_RESERVE) {
             if is_error {
                 // Too large even for the reserve: keep the name and value, drop the traceback.
                 if let Output::Error { ename, evalue, .. } = output {
                     let evalue: String = evalue.chars().take(ERROR_RESERVE / 4).collect();
                     self.flush(now, out);
-                    out.push(self.event(Output::Error { ename, evalue, traceback: Vec::new() }));
+                    out.push(self.event(Output::Error {
+                        ename,
+                        evalue,
+                        traceback: Vec::new(),
+                    }));
                 }
             }
             self.truncate(now, out);
@@ -126,12 +144,17 @@ impl OutputBuffer {
         metadata: Map<String, Value>,
         out: &mut Vec<ServerEvent>,
     ) {
-        let size = (value_size(&Value::Object(data.clone())) + value_size(&Value::Object(metadata.clone()))) as u64;
+        let size = (value_size(&Value::Object(data.clone()))
+            + value_size(&Value::Object(metadata.clone()))) as u64;
         if size > self.limit {
             self.truncate(now, out);
             return;
         }
-        match self.pending_updates.iter_mut().find(|(id, ..)| *id == display_id) {
+        match self
+            .pending_updates
+            .iter_mut()
+            .find(|(id, ..)| *id == display_id)
+        {
             Some(slot) => *slot = (display_id, data, metadata),
             None => self.pending_updates.push((display_id, data, metadata)),
         }
@@ -160,7 +183,10 @@ impl OutputBuffer {
         }
         self.last_flush = Some(now);
         if let Some(wait) = self.pending_clear.take() {
-            out.push(ServerEvent::ClearOutput { execution_id: self.execution_id.clone(), wait });
+            out.push(ServerEvent::ClearOutput {
+                execution_id: self.execution_id.clone(),
+                wait,
+            });
         }
         if let Some((name, text)) = self.pending_stream.take() {
             out.push(self.event(Output::Stream { name, text }));
@@ -194,7 +220,10 @@ impl OutputBuffer {
     }
 
     fn event(&self, output: Output) -> ServerEvent {
-        ServerEvent::Output { execution_id: self.execution_id.clone(), output }
+        ServerEvent::Output {
+            execution_id: self.execution_id.clone(),
+            output,
+        }
     }
 }
 
@@ -215,12 +244,13 @@ fn floor_char_boundary(s: &str, i: usize) -> usize {
 fn output_size(output: &Output) -> usize {
     match output {
         Output::Stream { text, .. } => text.len(),
-        Output::DisplayData { data, metadata, .. } | Output::ExecuteResult { data, metadata, .. } => {
-            map_size(data) + map_size(metadata)
-        }
-        Output::Error { ename, evalue, traceback } => {
-            ename.len() + evalue.len() + traceback.iter().map(|t| t.len() + 4).sum::<usize>()
-        }
+        Output::DisplayData { data, metadata, .. }
+        | Output::ExecuteResult { data, metadata, .. } => map_size(data) + map_size(metadata),
+        Output::Error {
+            ename,
+            evalue,
+            traceback,
+        } => ename.len() + evalue.len() + traceback.iter().map(|t| t.len() + 4).sum::<usize>(),
     }
 }
 
@@ -249,7 +279,10 @@ mod tests {
         events
             .iter()
             .filter_map(|e| match e {
-                ServerEvent::Output { output: Output::Stream { text, .. }, .. } => Some(text.clone()),
+                ServerEvent::Output {
+                    output: Output::Stream { text, .. },
+                    ..
+                } => Some(text.clone()),
                 _ => None,
             })
             .collect()
@@ -264,7 +297,12 @@ mod tests {
         assert_eq!(texts(&out), vec!["a\n"]);
         out.clear();
         for i in 0..100 {
-            b.stream(t0 + Duration::from_millis(1), StreamName::Stdout, &format!("{i}\n"), &mut out);
+            b.stream(
+                t0 + Duration::from_millis(1),
+                StreamName::Stdout,
+                &format!("{i}\n"),
+                &mut out,
+            );
         }
         assert!(out.is_empty(), "coalesced until the interval passes");
         assert_eq!(b.flush_at(), Some(t0 + Duration::from_millis(200)));
@@ -281,12 +319,26 @@ mod tests {
         b.stream(t, StreamName::Stdout, "1", &mut out);
         b.stream(t, StreamName::Stdout, "2", &mut out);
         b.stream(t, StreamName::Stderr, "3", &mut out);
-        b.rich(t, Output::DisplayData { data: Map::new(), metadata: Map::new(), display_id: None }, &mut out);
+        b.rich(
+            t,
+            Output::DisplayData {
+                data: Map::new(),
+                metadata: Map::new(),
+                display_id: None,
+            },
+            &mut out,
+        );
         let kinds: Vec<String> = out
             .iter()
             .map(|e| match e {
-                ServerEvent::Output { output: Output::Stream { text, .. }, .. } => text.clone(),
-                ServerEvent::Output { output: Output::DisplayData { .. }, .. } => "D".into(),
+                ServerEvent::Output {
+                    output: Output::Stream { text, .. },
+                    ..
+                } => text.clone(),
+                ServerEvent::Output {
+                    output: Output::DisplayData { .. },
+                    ..
+                } => "D".into(),
                 other => format!("{other:?}"),
             })
             .collect();
@@ -300,11 +352,28 @@ mod tests {
         let mut out = Vec::new();
         b.stream(t, StreamName::Stdout, "ééééééééé", &mut out); // 18 bytes
         b.stream(t, StreamName::Stdout, "more", &mut out);
-        b.rich(t, Output::Error { ename: "E".into(), evalue: "v".into(), traceback: vec!["tb".into()] }, &mut out);
+        b.rich(
+            t,
+            Output::Error {
+                ename: "E".into(),
+                evalue: "v".into(),
+                traceback: vec!["tb".into()],
+            },
+            &mut out,
+        );
         assert_eq!(texts(&out), vec!["ééééé"]);
-        let notices = out.iter().filter(|e| matches!(e, ServerEvent::OutputTruncated { .. })).count();
+        let notices = out
+            .iter()
+            .filter(|e| matches!(e, ServerEvent::OutputTruncated { .. }))
+            .count();
         assert_eq!(notices, 1);
-        assert!(matches!(out.last(), Some(ServerEvent::Output { output: Output::Error { .. }, .. })));
+        assert!(matches!(
+            out.last(),
+            Some(ServerEvent::Output {
+                output: Output::Error { .. },
+                ..
+            })
+        ));
         assert!(b.truncated());
     }
 
@@ -325,6 +394,8 @@ mod tests {
         }
         b.flush(t + Duration::from_secs(1), &mut out);
         assert_eq!(out.len(), 2);
-        assert!(matches!(&out[1], ServerEvent::UpdateDisplay { data, .. } if data["text/plain"] == 999));
+        assert!(
+            matches!(&out[1], ServerEvent::UpdateDisplay { data, .. } if data["text/plain"] == 999)
+        );
     }
 }

@@ -87,7 +87,10 @@ pub enum ServerEvent {
     /// An execution was sent to the kernel.
     ExecutionStarted { execution_id: String },
     /// One output of an execution, in nbformat's shape.
-    Output { execution_id: String, output: Output },
+    Output {
+        execution_id: String,
+        output: Output,
+    },
     /// Replace the data of the output displayed earlier with `display_id`.
     UpdateDisplay {
         execution_id: String,
@@ -128,10 +131,7 @@ pub enum ServerEvent {
         reason: Option<String>,
     },
     /// A request from this connection was refused or could not be parsed.
-    Error {
-        code: ErrorCode,
-        message: String,
-    },
+    Error { code: ErrorCode, message: String },
     /// Answer to [`ClientMessage::Ping`].
     Pong {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -272,7 +272,9 @@ impl ServerFrame {
         // Serialising these types cannot fail: every map key is a string and no value is a
         // float NaN. Fall back to an error frame rather than panic if that ever changes.
         serde_json::to_string(self).unwrap_or_else(|e| {
-            format!(r#"{{"type":"error","code":"bad_message","message":"unserialisable frame: {e}"}}"#)
+            format!(
+                r#"{{"type":"error","code":"bad_message","message":"unserialisable frame: {e}"}}"#
+            )
         })
     }
 }
@@ -287,7 +289,11 @@ mod tests {
             serde_json::from_str(r#"{"type":"execute","code":"1+1","request_id":"r1"}"#).unwrap();
         assert_eq!(
             m,
-            ClientMessage::Execute { code: "1+1".into(), request_id: Some("r1".into()), stop_on_error: true }
+            ClientMessage::Execute {
+                code: "1+1".into(),
+                request_id: Some("r1".into()),
+                stop_on_error: true
+            }
         );
         let m: ClientMessage = serde_json::from_str(r#"{"type":"interrupt"}"#).unwrap();
         assert_eq!(m, ClientMessage::Interrupt);
@@ -301,7 +307,10 @@ mod tests {
             seq: Some(7),
             event: ServerEvent::Output {
                 execution_id: "e1".into(),
-                output: Output::Stream { name: StreamName::Stdout, text: "hi\n".into() },
+                output: Output::Stream {
+                    name: StreamName::Stdout,
+                    text: "hi\n".into(),
+                },
             },
         };
         let json = f.to_json();

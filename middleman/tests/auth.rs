@@ -1,5 +1,7 @@
 //! Who may connect and what they may send: tokens, origins, roles, malformed and oversized input.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
@@ -22,11 +24,27 @@ async fn bad_expired_and_foreign_tokens_are_refused() {
     let server = TestServer::start(&[]).await;
     assert_eq!(refused_status(&server, "not-a-token").await, 401);
     let forged = SigningKey::generate()
-        .mint(&session_token::Claims::new("x", "eve", "Eve", &server.document, "pod-1", Role::Editor, 60))
+        .mint(&session_token::Claims::new(
+            "x",
+            "eve",
+            "Eve",
+            &server.document,
+            "pod-1",
+            Role::Editor,
+            60,
+        ))
         .unwrap();
     assert_eq!(refused_status(&server, &forged).await, 401);
     // Expired well beyond the 30 s leeway.
-    let mut claims = session_token::Claims::new("t", "ada", "Ada", &server.document, "pod-1", Role::Editor, 0);
+    let mut claims = session_token::Claims::new(
+        "t",
+        "ada",
+        "Ada",
+        &server.document,
+        "pod-1",
+        Role::Editor,
+        0,
+    );
     claims.exp -= 120;
     let expired = server.key.mint(&claims).unwrap();
     assert_eq!(refused_status(&server, &expired).await, 401);
@@ -36,7 +54,8 @@ async fn bad_expired_and_foreign_tokens_are_refused() {
     match Client::connect(server.addr, "").await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status().as_u16(), 401);
-            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).to_string();
+            let body =
+                String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).to_string();
             assert!(body.contains("token_missing"), "{body}");
         }
         other => panic!("connected without a token: {:?}", other.map(|_| ())),
@@ -52,8 +71,12 @@ async fn foreign_origins_are_refused() {
     let server = TestServer::start(&[]).await;
     let token = server.token("ada", Role::Editor);
     let connect = |origin: &'static str| {
-        let mut request = format!("ws://{}/ws?token={token}", server.addr).into_client_request().unwrap();
-        request.headers_mut().insert("Origin", origin.parse().unwrap());
+        let mut request = format!("ws://{}/ws?token={token}", server.addr)
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().unwrap());
         tokio_tungstenite::connect_async(request)
     };
     match connect("https://evil.example").await {
@@ -72,14 +95,32 @@ async fn viewers_see_but_cannot_act() {
     let mut viewer = server.client("vic", Role::Viewer).await;
     assert!(matches!(&viewer.welcome, ServerEvent::Welcome { role, .. } if role == "viewer"));
     for m in [
-        ClientMessage::Execute { code: "1".into(), request_id: None, stop_on_error: true },
+        ClientMessage::Execute {
+            code: "1".into(),
+            request_id: None,
+            stop_on_error: true,
+        },
         ClientMessage::Interrupt,
         ClientMessage::Restart,
-        ClientMessage::InputReply { execution_id: "x".into(), value: "v".into() },
+        ClientMessage::InputReply {
+            execution_id: "x".into(),
+            value: "v".into(),
+        },
     ] {
         viewer.send(&m).await;
-        let e = viewer.until(|e| matches!(e, ServerEvent::Error { .. })).await;
-        assert!(matches!(e.last(), Some(ServerEvent::Error { code: ErrorCode::Forbidden, .. })), "{m:?}");
+        let e = viewer
+            .until(|e| matches!(e, ServerEvent::Error { .. }))
+            .await;
+        assert!(
+            matches!(
+                e.last(),
+                Some(ServerEvent::Error {
+                    code: ErrorCode::Forbidden,
+                    ..
+                })
+            ),
+            "{m:?}"
+        );
     }
     // The viewer sees the editor's execution live.
     let id = editor.submit("print('shared')").await;
@@ -92,14 +133,34 @@ async fn viewers_see_but_cannot_act() {
 async fn malformed_unknown_and_oversized_messages() {
     let server = TestServer::start(&["--max-client-message-bytes", "4096"]).await;
     let mut c = server.client("ada", Role::Editor).await;
-    for bad in ["{not json", r#"{"type":"format_disk"}"#, r#"{"type":"execute"}"#, "[]"] {
+    for bad in [
+        "{not json",
+        r#"{"type":"format_disk"}"#,
+        r#"{"type":"execute"}"#,
+        "[]",
+    ] {
         c.send_raw(bad).await;
         let e = c.until(|e| matches!(e, ServerEvent::Error { .. })).await;
-        assert!(matches!(e.last(), Some(ServerEvent::Error { code: ErrorCode::BadMessage, .. })), "{bad}");
+        assert!(
+            matches!(
+                e.last(),
+                Some(ServerEvent::Error {
+                    code: ErrorCode::BadMessage,
+                    ..
+                })
+            ),
+            "{bad}"
+        );
     }
     c.ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
     let e = c.until(|e| matches!(e, ServerEvent::Error { .. })).await;
-    assert!(matches!(e.last(), Some(ServerEvent::Error { code: ErrorCode::BadMessage, .. })));
+    assert!(matches!(
+        e.last(),
+        Some(ServerEvent::Error {
+            code: ErrorCode::BadMessage,
+            ..
+        })
+    ));
     // Still usable after all that.
     assert_eq!(c.run("1+1").await.status, Some(ExecutionStatus::Ok));
     // Oversized: closed with 1009.
@@ -134,7 +195,11 @@ async fn health_ready_metrics_and_page() {
     c.run("1+1").await;
     let (status, metrics) = http_get(server.addr, "/metrics").await;
     assert_eq!(status, 200);
-    for name in ["middleman_executions_total", "middleman_ws_connections", "middleman_execution_duration_seconds"] {
+    for name in [
+        "middleman_executions_total",
+        "middleman_ws_connections",
+        "middleman_execution_duration_seconds",
+    ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
     let (status, page) = http_get(server.addr, "/").await;

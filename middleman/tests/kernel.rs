@@ -1,9 +1,13 @@
 //! Middleman against a real ipykernel: outputs, input, interrupts, timeouts, crashes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
-use middleman::protocol::{ClientMessage, ExecutionStatus, InputOutcome, KernelState, Output, ServerEvent, StreamName};
+use middleman::protocol::{
+    ClientMessage, ExecutionStatus, InputOutcome, KernelState, Output, ServerEvent, StreamName,
+};
 use session_token::Role;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,16 +21,30 @@ async fn print_result_and_counts() {
     assert_eq!(run.status, Some(ExecutionStatus::Ok));
     assert_eq!(run.execution_count, Some(2));
     match &run.outputs[..] {
-        [Output::ExecuteResult { execution_count, data, .. }] => {
+        [
+            Output::ExecuteResult {
+                execution_count,
+                data,
+                ..
+            },
+        ] => {
             assert_eq!(*execution_count, 2);
             assert_eq!(data["text/plain"], "2");
         }
         other => panic!("unexpected outputs {other:?}"),
     }
     let run = c.run("import sys; print('oops', file=sys.stderr)").await;
-    assert!(matches!(&run.outputs[..], [Output::Stream { name: StreamName::Stderr, text }] if text == "oops\n"));
+    assert!(
+        matches!(&run.outputs[..], [Output::Stream { name: StreamName::Stderr, text }] if text == "oops\n")
+    );
     // Busy then idle are visible.
-    assert!(run.events.iter().any(|e| matches!(e, ServerEvent::KernelStatus { state: KernelState::Busy, .. })));
+    assert!(run.events.iter().any(|e| matches!(
+        e,
+        ServerEvent::KernelStatus {
+            state: KernelState::Busy,
+            ..
+        }
+    )));
     server.stop().await;
 }
 
@@ -62,9 +80,13 @@ update_display('v2', display_id='prog')
     let png = datas[1]["image/png"].as_str().unwrap();
     assert!(png.starts_with("iVBORw0KGgo"), "base64 PNG: {png}");
     assert_eq!(datas[2]["application/json"]["a"][1], 2);
-    assert!(matches!(&run.outputs[3], Output::DisplayData { display_id: Some(id), .. } if id == "prog"));
+    assert!(
+        matches!(&run.outputs[3], Output::DisplayData { display_id: Some(id), .. } if id == "prog")
+    );
     let update = run.events.iter().find_map(|e| match e {
-        ServerEvent::UpdateDisplay { display_id, data, .. } => Some((display_id.clone(), data.clone())),
+        ServerEvent::UpdateDisplay {
+            display_id, data, ..
+        } => Some((display_id.clone(), data.clone())),
         _ => None,
     });
     let (id, data) = update.expect("update_display forwarded");
@@ -82,7 +104,9 @@ async fn error_traceback_aborts_the_queue() {
     let run = c.collect(&failing).await;
     assert_eq!(run.status, Some(ExecutionStatus::Error));
     match run.outputs.last() {
-        Some(Output::Error { ename, traceback, .. }) => {
+        Some(Output::Error {
+            ename, traceback, ..
+        }) => {
             assert_eq!(ename, "ZeroDivisionError");
             // IPython colours tracebacks: strip the ANSI codes before looking for the source line.
             let plain: String = strip_ansi(&traceback.join("\n"));
@@ -101,32 +125,65 @@ async fn input_round_trip_and_cancel_on_interrupt() {
     let server = TestServer::start(&[]).await;
     let mut c = server.client("ada", Role::Editor).await;
     let id = c.submit("name = input('name? ')\nprint('hi', name)").await;
-    let events = c.until(|e| matches!(e, ServerEvent::InputRequest { .. })).await;
+    let events = c
+        .until(|e| matches!(e, ServerEvent::InputRequest { .. }))
+        .await;
     match events.last() {
-        Some(ServerEvent::InputRequest { execution_id, prompt, password }) => {
+        Some(ServerEvent::InputRequest {
+            execution_id,
+            prompt,
+            password,
+        }) => {
             assert_eq!(execution_id, &id);
             assert_eq!(prompt, "name? ");
             assert!(!password);
         }
         _ => unreachable!(),
     }
-    c.send(&ClientMessage::InputReply { execution_id: id.clone(), value: "Ada".into() }).await;
+    c.send(&ClientMessage::InputReply {
+        execution_id: id.clone(),
+        value: "Ada".into(),
+    })
+    .await;
     let run = c.collect(&id).await;
     assert_eq!(run.status, Some(ExecutionStatus::Ok));
     assert!(run.stdout().contains("hi Ada"), "{run:?}");
-    assert!(run.events.iter().any(|e| matches!(e, ServerEvent::InputResolved { outcome: InputOutcome::Answered, .. })));
+    assert!(run.events.iter().any(|e| matches!(
+        e,
+        ServerEvent::InputResolved {
+            outcome: InputOutcome::Answered,
+            ..
+        }
+    )));
 
     // A prompt nobody answers is cancelled by an interrupt.
     let id = c.submit("input('waiting: ')").await;
-    c.until(|e| matches!(e, ServerEvent::InputRequest { .. })).await;
+    c.until(|e| matches!(e, ServerEvent::InputRequest { .. }))
+        .await;
     c.send(&ClientMessage::Interrupt).await;
     let run = c.collect(&id).await;
     assert_eq!(run.status, Some(ExecutionStatus::Interrupted));
-    assert!(run.events.iter().any(|e| matches!(e, ServerEvent::InputResolved { outcome: InputOutcome::Cancelled, .. })));
+    assert!(run.events.iter().any(|e| matches!(
+        e,
+        ServerEvent::InputResolved {
+            outcome: InputOutcome::Cancelled,
+            ..
+        }
+    )));
     // Answering after the fact is refused clearly.
-    c.send(&ClientMessage::InputReply { execution_id: id, value: "late".into() }).await;
+    c.send(&ClientMessage::InputReply {
+        execution_id: id,
+        value: "late".into(),
+    })
+    .await;
     let e = c.until(|e| matches!(e, ServerEvent::Error { .. })).await;
-    assert!(matches!(e.last(), Some(ServerEvent::Error { code: middleman::protocol::ErrorCode::NoPendingInput, .. })));
+    assert!(matches!(
+        e.last(),
+        Some(ServerEvent::Error {
+            code: middleman::protocol::ErrorCode::NoPendingInput,
+            ..
+        })
+    ));
     server.stop().await;
 }
 
@@ -135,12 +192,19 @@ async fn interrupt_stops_a_busy_loop_and_keeps_the_kernel() {
     let server = TestServer::start(&[]).await;
     let mut c = server.client("ada", Role::Editor).await;
     c.run("marker = 42").await;
-    let id = c.submit("print('looping', flush=True)\nwhile True: pass").await;
+    let id = c
+        .submit("print('looping', flush=True)\nwhile True: pass")
+        .await;
     c.until(|e| matches!(e, ServerEvent::Output { .. })).await;
     c.send(&ClientMessage::Interrupt).await;
     let run = c.collect(&id).await;
     assert_eq!(run.status, Some(ExecutionStatus::Interrupted));
-    assert!(run.outputs.iter().any(|o| matches!(o, Output::Error { ename, .. } if ename == "KeyboardInterrupt")), "{run:?}");
+    assert!(
+        run.outputs
+            .iter()
+            .any(|o| matches!(o, Output::Error { ename, .. } if ename == "KeyboardInterrupt")),
+        "{run:?}"
+    );
     // Same kernel: state survived.
     let after = c.run("print(marker)").await;
     assert_eq!(after.stdout(), "42\n");
@@ -157,10 +221,25 @@ async fn code_ignoring_sigint_is_killed_and_the_kernel_restarted() {
     c.send(&ClientMessage::Interrupt).await;
     let run = c.collect(&id).await;
     assert_eq!(run.status, Some(ExecutionStatus::Interrupted));
-    assert!(run.reason.as_deref().unwrap_or("").contains("restarted"), "{run:?}");
-    c.until(|e| matches!(e, ServerEvent::KernelStatus { state: KernelState::Idle, .. })).await;
+    assert!(
+        run.reason.as_deref().unwrap_or("").contains("restarted"),
+        "{run:?}"
+    );
+    c.until(|e| {
+        matches!(
+            e,
+            ServerEvent::KernelStatus {
+                state: KernelState::Idle,
+                ..
+            }
+        )
+    })
+    .await;
     let after = c.run("'signal' in dir()").await;
-    assert!(matches!(&after.outputs[..], [Output::ExecuteResult { data, .. }] if data["text/plain"] == "False"), "fresh kernel: {after:?}");
+    assert!(
+        matches!(&after.outputs[..], [Output::ExecuteResult { data, .. }] if data["text/plain"] == "False"),
+        "fresh kernel: {after:?}"
+    );
     server.stop().await;
 }
 
@@ -170,7 +249,10 @@ async fn wall_clock_limit_times_out() {
     let mut c = server.client("ada", Role::Editor).await;
     let run = c.run("import time\ntime.sleep(60)").await;
     assert_eq!(run.status, Some(ExecutionStatus::TimedOut));
-    assert!(run.reason.as_deref().unwrap_or("").contains("limit of 1 s"), "{run:?}");
+    assert!(
+        run.reason.as_deref().unwrap_or("").contains("limit of 1 s"),
+        "{run:?}"
+    );
     let after = c.run("1+1").await;
     assert_eq!(after.status, Some(ExecutionStatus::Ok));
     server.stop().await;
@@ -182,23 +264,74 @@ async fn kernel_death_is_reported_and_recovered_then_given_up() {
     let mut c = server.client("ada", Role::Editor).await;
     let run = c.run("import os\nos._exit(1)").await;
     assert_eq!(run.status, Some(ExecutionStatus::KernelDied));
-    assert!(run.reason.as_deref().unwrap_or("").contains("exited with code 1"), "{run:?}");
-    let ev = c.until(|e| matches!(e, ServerEvent::KernelStatus { state: KernelState::Idle, .. })).await;
+    assert!(
+        run.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("exited with code 1"),
+        "{run:?}"
+    );
+    let ev = c
+        .until(|e| {
+            matches!(
+                e,
+                ServerEvent::KernelStatus {
+                    state: KernelState::Idle,
+                    ..
+                }
+            )
+        })
+        .await;
     assert!(ev.iter().any(|e| matches!(e, ServerEvent::KernelStatus { state: KernelState::Restarting, reason: Some(r) } if r.contains("code 1"))));
     assert_eq!(c.run("1+1").await.status, Some(ExecutionStatus::Ok));
 
     // A segfault: reported with its cause; the second death passes the limit of one restart.
     let run = c.run("import ctypes\nctypes.string_at(0)").await;
     assert_eq!(run.status, Some(ExecutionStatus::KernelDied));
-    assert!(run.reason.as_deref().unwrap_or("").contains("segmentation fault"), "{run:?}");
-    c.until(|e| matches!(e, ServerEvent::KernelStatus { state: KernelState::Dead, .. })).await;
+    assert!(
+        run.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("segmentation fault"),
+        "{run:?}"
+    );
+    c.until(|e| {
+        matches!(
+            e,
+            ServerEvent::KernelStatus {
+                state: KernelState::Dead,
+                ..
+            }
+        )
+    })
+    .await;
     assert_eq!(http_get(server.addr, "/readyz").await.0, 503);
-    c.send(&ClientMessage::Execute { code: "1".into(), request_id: None, stop_on_error: true }).await;
+    c.send(&ClientMessage::Execute {
+        code: "1".into(),
+        request_id: None,
+        stop_on_error: true,
+    })
+    .await;
     let e = c.until(|e| matches!(e, ServerEvent::Error { .. })).await;
-    assert!(matches!(e.last(), Some(ServerEvent::Error { code: middleman::protocol::ErrorCode::KernelDead, .. })));
+    assert!(matches!(
+        e.last(),
+        Some(ServerEvent::Error {
+            code: middleman::protocol::ErrorCode::KernelDead,
+            ..
+        })
+    ));
     // A person's restart brings it back.
     c.send(&ClientMessage::Restart).await;
-    c.until(|e| matches!(e, ServerEvent::KernelStatus { state: KernelState::Idle, .. })).await;
+    c.until(|e| {
+        matches!(
+            e,
+            ServerEvent::KernelStatus {
+                state: KernelState::Idle,
+                ..
+            }
+        )
+    })
+    .await;
     assert_eq!(c.run("1+1").await.status, Some(ExecutionStatus::Ok));
     server.stop().await;
 }

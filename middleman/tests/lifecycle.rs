@@ -1,6 +1,8 @@
 //! Middleman as a process: shutdown cleans up, a crash leaves nothing a restart does not sweep,
 //! floods keep memory bounded, and a thousand executions leak no tasks or descriptors.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::process::Stdio;
@@ -21,11 +23,22 @@ struct Proc {
 async fn spawn_binary(dir: &TempDir, extra: &[&str]) -> Proc {
     require_kernel();
     let key = SigningKey::generate();
-    let public = dir.0.join(format!("public-{}.pem", uuid::Uuid::new_v4().simple()));
+    let public = dir
+        .0
+        .join(format!("public-{}.pem", uuid::Uuid::new_v4().simple()));
     std::fs::write(&public, key.verifying_key().to_pem().unwrap()).unwrap();
     let runtime_root = dir.0.join("run");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_middleman"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--document", "d", "--pod", "p", "--public-key"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--document",
+            "d",
+            "--pod",
+            "p",
+            "--public-key",
+        ])
         .arg(&public)
         .arg("--runtime-root")
         .arg(&runtime_root)
@@ -49,7 +62,12 @@ async fn spawn_binary(dir: &TempDir, extra: &[&str]) -> Proc {
     .unwrap();
     // Keep draining stderr so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let p = Proc { child, addr, key, runtime_root };
+    let p = Proc {
+        child,
+        addr,
+        key,
+        runtime_root,
+    };
     let deadline = tokio::time::Instant::now() + WAIT;
     while http_get(addr, "/readyz").await.0 != 200 {
         assert!(tokio::time::Instant::now() < deadline, "not ready");
@@ -60,7 +78,10 @@ async fn spawn_binary(dir: &TempDir, extra: &[&str]) -> Proc {
 
 impl Proc {
     async fn client(&self) -> Client {
-        let token = self.key.mint(&Claims::new("t", "ada", "Ada", "d", "p", Role::Editor, 600)).unwrap();
+        let token = self
+            .key
+            .mint(&Claims::new("t", "ada", "Ada", "d", "p", Role::Editor, 600))
+            .unwrap();
         Client::connect(self.addr, &token).await.unwrap()
     }
     fn pid(&self) -> i32 {
@@ -75,13 +96,25 @@ impl Proc {
 
 fn proc_status(pid: i32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn alive(pid: i32) -> bool {
     // A zombie is dead for our purposes.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
         .unwrap_or(false)
 }
 
@@ -108,13 +141,24 @@ async fn sigterm_tells_clients_and_cleans_up() {
     let kernel = kernel_pid_of(&p).await;
     let mut c = p.client().await;
     assert_eq!(p.runtime_dirs().len(), 1);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid()), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(p.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let e = c.until(|e| matches!(e, ServerEvent::Shutdown { .. })).await;
     assert!(matches!(e.last(), Some(ServerEvent::Shutdown { .. })));
-    let status = tokio::time::timeout(WAIT, p.child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(WAIT, p.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "{status:?}");
     assert!(wait_gone(kernel).await, "kernel {kernel} still running");
-    assert!(p.runtime_dirs().is_empty(), "runtime dir removed: {:?}", p.runtime_dirs());
+    assert!(
+        p.runtime_dirs().is_empty(),
+        "runtime dir removed: {:?}",
+        p.runtime_dirs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,7 +171,10 @@ async fn a_crash_leaves_nothing_behind() {
     p.child.start_kill().unwrap(); // SIGKILL: no cleanup code runs.
     p.child.wait().await.unwrap();
     // The kernel notices its parent is gone (JPY_PARENT_PID) and exits.
-    assert!(wait_gone(kernel).await, "orphaned kernel {kernel} still running");
+    assert!(
+        wait_gone(kernel).await,
+        "orphaned kernel {kernel} still running"
+    );
     // The next Middleman on the same root sweeps the dead one's runtime directory.
     let p2 = spawn_binary(&dir, &[]).await;
     assert!(!stale[0].exists(), "stale runtime dir swept");
@@ -150,15 +197,30 @@ async fn a_print_flood_keeps_memory_bounded_and_others_served() {
     assert!(run.stdout().len() <= 4 * 1024 * 1024);
     // Memory is bounded by the cap and the largest single message, not by the volume.
     let peak = proc_status(p.pid(), "VmHWM:").unwrap();
-    assert!(peak < 64 * 1024, "peak RSS {peak} KiB after 300 MB of output");
+    assert!(
+        peak < 64 * 1024,
+        "peak RSS {peak} KiB after 300 MB of output"
+    );
     // One 100 MB message (ipykernel batches a tight loop into one): costs about its size, once.
-    let run = flooder.run("import sys\nline = 'x' * 999 + '\\n'\nfor i in range(100_000): sys.stdout.write(line)").await;
+    let run = flooder
+        .run(
+            "import sys\nline = 'x' * 999 + '\\n'\nfor i in range(100_000): sys.stdout.write(line)",
+        )
+        .await;
     assert!(run.truncated);
-    assert!(run.stdout().starts_with("xxx"), "prefix of the oversized batch kept");
+    assert!(
+        run.stdout().starts_with("xxx"),
+        "prefix of the oversized batch kept"
+    );
     let peak = proc_status(p.pid(), "VmHWM:").unwrap();
-    assert!(peak < 180 * 1024, "peak RSS {peak} KiB after one 100 MB message");
+    assert!(
+        peak < 180 * 1024,
+        "peak RSS {peak} KiB after one 100 MB message"
+    );
     // The other client received the capped stream and the server still answers it.
-    let _ = other.until(|e| matches!(e, ServerEvent::ExecutionFinished { .. })).await;
+    let _ = other
+        .until(|e| matches!(e, ServerEvent::ExecutionFinished { .. }))
+        .await;
     assert_eq!(other.run("1+1").await.status, Some(ExecutionStatus::Ok));
 }
 
@@ -170,7 +232,11 @@ async fn a_thousand_executions_leak_nothing() {
         assert_eq!(c.run("1+1").await.status, Some(ExecutionStatus::Ok));
     }
     let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
-    let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
     let (fds_before, tasks_before) = (fds(), tasks());
     for i in 0..1000 {
         let run = c.run(&format!("print({i})")).await;
@@ -179,7 +245,13 @@ async fn a_thousand_executions_leak_nothing() {
     let (fds_after, tasks_after) = (fds(), tasks());
     // A leak of one per execution would show as a thousand; a couple of descriptors or tasks
     // may come and go with timers and the allocator.
-    assert!(fds_after <= fds_before + 2, "fds {fds_before} -> {fds_after}");
-    assert!(tasks_after <= tasks_before + 2, "tasks {tasks_before} -> {tasks_after}");
+    assert!(
+        fds_after <= fds_before + 2,
+        "fds {fds_before} -> {fds_after}"
+    );
+    assert!(
+        tasks_after <= tasks_before + 2,
+        "tasks {tasks_before} -> {tasks_after}"
+    );
     server.stop().await;
 }

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 
 pub use process::exit_cause;
 pub use runtime_dir::RuntimeDir;
-pub use session::{Command, Frame, KernelSession, Refusal, SessionHandle, SessionSettings, SessionSnapshot};
+pub use session::{
+    Command, Frame, KernelSession, Refusal, SessionHandle, SessionSettings, SessionSnapshot,
+};
 pub use spec::KernelSpec;
 
 /// Failures of the kernel adapter.

@@ -47,7 +47,10 @@ pub(crate) fn launch(
         kernel_name: Some(spec.name.clone()),
     };
     let file = runtime.join(format!("kernel-{generation}.json"));
-    let io_err = |source| KernelError::RuntimeDir { path: file.clone(), source };
+    let io_err = |source| KernelError::RuntimeDir {
+        path: file.clone(),
+        source,
+    };
     let json = serde_json::to_vec(&connection).map_err(|e| io_err(std::io::Error::other(e)))?;
     {
         use std::io::Write as _;
@@ -74,10 +77,12 @@ pub(crate) fn launch(
                 .replace("{resource_dir}", &spec.dir.display().to_string())
         })
         .collect();
-    let (program, args) = argv.split_first().ok_or_else(|| KernelError::BadKernelspec {
-        path: spec.dir.join("kernel.json"),
-        reason: "argv is empty".into(),
-    })?;
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| KernelError::BadKernelspec {
+            path: spec.dir.join("kernel.json"),
+            reason: "argv is empty".into(),
+        })?;
     let mut command = tokio::process::Command::new(program);
     command
         .args(args)
@@ -128,7 +133,12 @@ pub(crate) fn launch(
         });
     }
     tracing::info!(pid, generation, kernel = %spec.name, "kernel launched");
-    Ok(Launched { child, pid, connection, stderr_tail })
+    Ok(Launched {
+        child,
+        pid,
+        connection,
+        stderr_tail,
+    })
 }
 
 /// Sends `signal` to the kernel's whole process group.
@@ -151,7 +161,9 @@ pub fn exit_cause(status: &ExitStatus) -> String {
         Some(11) => "the kernel crashed (segmentation fault)".into(),
         Some(6) => "the kernel aborted (SIGABRT)".into(),
         Some(sig) => {
-            let name = Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("unknown signal");
+            let name = Signal::try_from(sig)
+                .map(|s| s.as_str())
+                .unwrap_or("unknown signal");
             format!("the kernel was terminated by signal {sig} ({name})")
         }
         None => "the kernel exited".into(),

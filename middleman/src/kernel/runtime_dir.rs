@@ -16,8 +16,15 @@ const PREFIX: &str = "mm-";
 impl RuntimeDir {
     /// Creates a fresh directory under `root`, after removing stale ones of dead processes.
     pub fn create(root: &Path) -> Result<Self, KernelError> {
-        let err = |source| KernelError::RuntimeDir { path: root.to_owned(), source };
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(root).map_err(err)?;
+        let err = |source| KernelError::RuntimeDir {
+            path: root.to_owned(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(err)?;
         sweep_stale(root);
         let path = root.join(format!(
             "{PREFIX}{}-{}",
@@ -27,7 +34,10 @@ impl RuntimeDir {
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
-            .map_err(|source| KernelError::RuntimeDir { path: path.clone(), source })?;
+            .map_err(|source| KernelError::RuntimeDir {
+                path: path.clone(),
+                source,
+            })?;
         Ok(Self { path })
     }
 
@@ -48,7 +58,9 @@ impl Drop for RuntimeDir {
 /// Removes `mm-<pid>-*` directories whose process no longer exists. Symlinks are never followed:
 /// only real directories we could have made are touched.
 fn sweep_stale(root: &Path) {
-    let Ok(entries) = std::fs::read_dir(root) else { return };
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(pid) = name
@@ -60,11 +72,16 @@ fn sweep_stale(root: &Path) {
             continue;
         };
         let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-        if pid != std::process::id() && is_dir && !Path::new("/proc").join(pid.to_string()).exists() {
+        if pid != std::process::id() && is_dir && !Path::new("/proc").join(pid.to_string()).exists()
+        {
             let path = entry.path();
             match std::fs::remove_dir_all(&path) {
-                Ok(()) => tracing::info!(path = %path.display(), pid, "removed stale runtime directory of a dead middleman"),
-                Err(error) => tracing::warn!(path = %path.display(), %error, "could not remove stale runtime directory"),
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), pid, "removed stale runtime directory of a dead middleman")
+                }
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "could not remove stale runtime directory")
+                }
             }
         }
     }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jupyter_protocol::{
-    ExecuteRequest, ExecutionState, InputReply, InterruptRequest, JupyterMessage, JupyterMessageContent,
-    ReplyStatus, ShutdownRequest,
+    ExecuteRequest, ExecutionState, InputReply, InterruptRequest, JupyterMessage,
+    JupyterMessageContent, ReplyStatus, ShutdownRequest,
 };
 use nix::sys::signal::Signal;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -21,8 +21,8 @@ use super::sockets::{self, Channel, KernelEvent, KernelSockets, Tagged};
 use super::{KernelSpec, RuntimeDir};
 use crate::output::OutputBuffer;
 use crate::protocol::{
-    ErrorCode, ExecutionStatus, ExecutionSummary, InputOutcome, KernelDescription, KernelState, Output,
-    ServerEvent, ServerFrame, StreamName,
+    ErrorCode, ExecutionStatus, ExecutionSummary, InputOutcome, KernelDescription, KernelState,
+    Output, ServerEvent, ServerFrame, StreamName,
 };
 
 /// What the session needs to know, taken from the configuration.
@@ -46,10 +46,23 @@ pub struct SessionSettings {
 /// A request to the session. Each carries a reply channel for refusals.
 #[derive(Debug)]
 pub enum Command {
-    Execute { code: String, request_id: Option<String>, stop_on_error: bool, by: String },
-    InputReply { execution_id: String, value: String, by: String },
-    Interrupt { by: String },
-    Restart { by: String },
+    Execute {
+        code: String,
+        request_id: Option<String>,
+        stop_on_error: bool,
+        by: String,
+    },
+    InputReply {
+        execution_id: String,
+        value: String,
+        by: String,
+    },
+    Interrupt {
+        by: String,
+    },
+    Restart {
+        by: String,
+    },
 }
 
 /// Why a command was refused.
@@ -84,12 +97,18 @@ impl SessionHandle {
     /// Sends a command and waits for it to be accepted or refused.
     pub async fn send(&self, command: Command) -> Result<(), Refusal> {
         let (tx, rx) = oneshot::channel();
-        self.commands
-            .send((command, tx))
-            .await
-            .map_err(|_| (ErrorCode::Unavailable, "the session is shutting down".to_owned()))?;
-        rx.await
-            .unwrap_or_else(|_| Err((ErrorCode::Unavailable, "the session is shutting down".to_owned())))
+        self.commands.send((command, tx)).await.map_err(|_| {
+            (
+                ErrorCode::Unavailable,
+                "the session is shutting down".to_owned(),
+            )
+        })?;
+        rx.await.unwrap_or_else(|_| {
+            Err((
+                ErrorCode::Unavailable,
+                "the session is shutting down".to_owned(),
+            ))
+        })
     }
 
     /// Subscribes to broadcast frames, then takes the snapshot (in that order, so no frame
@@ -157,7 +176,14 @@ impl KernelSession {
         };
         let span = tracing::info_span!("kernel_session", kernel = %kernel.name);
         let join = tokio::spawn(actor.run(cmd_rx, kernel_rx, shutdown).instrument(span));
-        (SessionHandle { commands: cmd_tx, frames, snapshot: snap_rx }, join)
+        (
+            SessionHandle {
+                commands: cmd_tx,
+                frames,
+                snapshot: snap_rx,
+            },
+            join,
+        )
     }
 }
 
@@ -192,7 +218,11 @@ enum Phase {
     /// No process (before the first start, between restarts, dead, or shut down).
     Down,
     /// Process launched, handshake under way.
-    Starting { pid: i32, stderr: Arc<std::sync::Mutex<String>>, tasks: Vec<tokio::task::AbortHandle> },
+    Starting {
+        pid: i32,
+        stderr: Arc<std::sync::Mutex<String>>,
+        tasks: Vec<tokio::task::AbortHandle>,
+    },
     /// Connected and answering.
     Ready {
         pid: i32,
@@ -258,7 +288,13 @@ impl Actor {
 
     fn emit(&mut self, event: ServerEvent) {
         self.seq += 1;
-        let json = axum::extract::ws::Utf8Bytes::from(ServerFrame { seq: Some(self.seq), event }.to_json());
+        let json = axum::extract::ws::Utf8Bytes::from(
+            ServerFrame {
+                seq: Some(self.seq),
+                event,
+            }
+            .to_json(),
+        );
         metrics::counter!("middleman_ws_frames_broadcast_total").increment(1);
         let seq = self.seq;
         self.snapshot.send_modify(|s| s.last_seq = seq);
@@ -271,8 +307,15 @@ impl Actor {
             return;
         }
         self.state = state;
-        for s in [KernelState::Starting, KernelState::Idle, KernelState::Busy, KernelState::Restarting, KernelState::Dead] {
-            metrics::gauge!("middleman_kernel_state", "state" => state_label(s)).set(if s == state { 1.0 } else { 0.0 });
+        for s in [
+            KernelState::Starting,
+            KernelState::Idle,
+            KernelState::Busy,
+            KernelState::Restarting,
+            KernelState::Dead,
+        ] {
+            metrics::gauge!("middleman_kernel_state", "state" => state_label(s))
+                .set(if s == state { 1.0 } else { 0.0 });
         }
         self.snapshot.send_modify(|s| s.kernel_state = state);
         self.emit(ServerEvent::KernelStatus { state, reason });
@@ -294,15 +337,27 @@ impl Actor {
         self.generation += 1;
         let generation = self.generation;
         self.restart_at = None;
-        let Launched { mut child, pid, connection, stderr_tail } =
-            match process::launch(&self.settings.spec, self.runtime.path(), &self.workspace, generation) {
-                Ok(l) => l,
-                Err(error) => {
-                    tracing::error!(%error, "kernel launch failed");
-                    self.on_kernel_lost("launch_failed", format!("the kernel could not be started: {error}"));
-                    return;
-                }
-            };
+        let Launched {
+            mut child,
+            pid,
+            connection,
+            stderr_tail,
+        } = match process::launch(
+            &self.settings.spec,
+            self.runtime.path(),
+            &self.workspace,
+            generation,
+        ) {
+            Ok(l) => l,
+            Err(error) => {
+                tracing::error!(%error, "kernel launch failed");
+                self.on_kernel_lost(
+                    "launch_failed",
+                    format!("the kernel could not be started: {error}"),
+                );
+                return;
+            }
+        };
         let tx = self.kernel_tx.clone();
         let waiter = tokio::spawn(async move {
             let event = match child.wait().await {
@@ -319,12 +374,25 @@ impl Actor {
         let max_message = usize::try_from(self.settings.max_output_bytes).unwrap_or(usize::MAX);
         let starter = tokio::spawn(
             async move {
-                let result = match tokio::time::timeout(timeout, sockets::connect(&connection, generation, tx.clone(), max_message)).await {
+                let result = match tokio::time::timeout(
+                    timeout,
+                    sockets::connect(&connection, generation, tx.clone(), max_message),
+                )
+                .await
+                {
                     Ok(Ok(s)) => Ok(s),
                     Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("the kernel did not answer within {} s", timeout.as_secs())),
+                    Err(_) => Err(format!(
+                        "the kernel did not answer within {} s",
+                        timeout.as_secs()
+                    )),
                 };
-                let _ = tx.send(Tagged { generation, event: KernelEvent::Started(result) }).await;
+                let _ = tx
+                    .send(Tagged {
+                        generation,
+                        event: KernelEvent::Started(result),
+                    })
+                    .await;
             }
             .in_current_span(),
         );
@@ -355,7 +423,10 @@ impl Actor {
             return None;
         };
         let tail = stderr.lock().ok()?.clone();
-        tail.lines().rev().find(|l| !l.trim().is_empty()).map(|l| l.trim().chars().take(300).collect())
+        tail.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| l.trim().chars().take(300).collect())
     }
 
     /// The kernel died or could not start: finish what ran, abort what waited, restart unless
@@ -368,7 +439,11 @@ impl Actor {
         self.abort_queue("the kernel restarted");
         let now = Instant::now();
         self.crash_times.push_back(now);
-        while self.crash_times.front().is_some_and(|t| now.duration_since(*t) > self.settings.restart_window) {
+        while self
+            .crash_times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.settings.restart_window)
+        {
             self.crash_times.pop_front();
         }
         if self.crash_times.len() > self.settings.max_restarts as usize {
@@ -389,41 +464,67 @@ impl Actor {
     async fn on_kernel_event(&mut self, event: KernelEvent) {
         match event {
             KernelEvent::Started(Ok(mut sockets)) => {
-                let Phase::Starting { pid, stderr, tasks } = std::mem::replace(&mut self.phase, Phase::Down) else {
+                let Phase::Starting { pid, stderr, tasks } =
+                    std::mem::replace(&mut self.phase, Phase::Down)
+                else {
                     return;
                 };
-                sockets.start_heartbeat(self.settings.heartbeat_interval, self.generation, self.kernel_tx.clone());
+                sockets.start_heartbeat(
+                    self.settings.heartbeat_interval,
+                    self.generation,
+                    self.kernel_tx.clone(),
+                );
                 if let Some(info) = &sockets.kernel_info {
                     let language = info.language_info.name.clone();
                     self.snapshot.send_modify(|s| s.kernel.language = language);
                 }
-                self.phase = Phase::Ready { pid, stderr, tasks, sockets };
+                self.phase = Phase::Ready {
+                    pid,
+                    stderr,
+                    tasks,
+                    sockets,
+                };
                 tracing::info!(pid, generation = self.generation, "kernel ready");
                 self.set_state(KernelState::Idle, None);
                 self.start_next().await;
             }
             KernelEvent::Started(Err(reason)) => {
-                let hint = self.stderr_hint().map(|h| format!(" ({h})")).unwrap_or_default();
+                let hint = self
+                    .stderr_hint()
+                    .map(|h| format!(" ({h})"))
+                    .unwrap_or_default();
                 self.on_kernel_lost("startup_failed", format!("{reason}{hint}"));
             }
             KernelEvent::Exited(status) => {
                 let mut reason = process::exit_cause(&status);
-                if let Some(hint) = self.stderr_hint().filter(|_| status.code().is_some_and(|c| c != 0)) {
+                if let Some(hint) = self
+                    .stderr_hint()
+                    .filter(|_| status.code().is_some_and(|c| c != 0))
+                {
                     reason = format!("{reason}: {hint}");
                 }
                 self.on_kernel_lost("exited", reason);
             }
             KernelEvent::HeartbeatLost => {
-                self.on_kernel_lost("heartbeat", "the kernel stopped answering heartbeats and was restarted".into());
+                self.on_kernel_lost(
+                    "heartbeat",
+                    "the kernel stopped answering heartbeats and was restarted".into(),
+                );
             }
             KernelEvent::Message(channel, msg) => self.on_message(channel, *msg).await,
             KernelEvent::Oversized(o) => {
                 tracing::debug!(bytes = o.bytes, msg_type = %o.msg_type, "oversized kernel message");
-                let Some(buffer) = self.outputs.get_mut(&o.parent_msg_id) else { return };
+                let Some(buffer) = self.outputs.get_mut(&o.parent_msg_id) else {
+                    return;
+                };
                 let now = Instant::now();
                 let mut events = Vec::new();
                 if let Some((name, prefix)) = o.stream_prefix {
-                    let name = if name == "stderr" { StreamName::Stderr } else { StreamName::Stdout };
+                    let name = if name == "stderr" {
+                        StreamName::Stderr
+                    } else {
+                        StreamName::Stdout
+                    };
                     buffer.stream(now, name, &prefix, &mut events);
                 }
                 buffer.over_limit(now, &mut events);
@@ -438,40 +539,81 @@ impl Actor {
 
     async fn on_command(&mut self, command: Command) -> Result<(), Refusal> {
         match command {
-            Command::Execute { code, request_id, stop_on_error, by } => {
+            Command::Execute {
+                code,
+                request_id,
+                stop_on_error,
+                by,
+            } => {
                 if self.state == KernelState::Dead {
-                    return Err((ErrorCode::KernelDead, "the kernel is dead; restart it first".into()));
+                    return Err((
+                        ErrorCode::KernelDead,
+                        "the kernel is dead; restart it first".into(),
+                    ));
                 }
                 if self.queue.len() >= self.settings.max_queue {
-                    return Err((ErrorCode::QueueFull, format!("{} executions are already queued", self.queue.len())));
+                    return Err((
+                        ErrorCode::QueueFull,
+                        format!("{} executions are already queued", self.queue.len()),
+                    ));
                 }
                 self.next_id += 1;
                 let pending = Pending {
-                    id: format!("x{}-{}", self.next_id, &uuid::Uuid::new_v4().simple().to_string()[..6]),
+                    id: format!(
+                        "x{}-{}",
+                        self.next_id,
+                        &uuid::Uuid::new_v4().simple().to_string()[..6]
+                    ),
                     code,
                     by,
                     stop_on_error,
                 };
-                self.emit(ServerEvent::ExecutionQueued { execution: summary(&pending, false), request_id });
+                self.emit(ServerEvent::ExecutionQueued {
+                    execution: summary(&pending, false),
+                    request_id,
+                });
                 self.queue.push_back(pending);
                 self.publish_queue();
                 self.start_next().await;
                 Ok(())
             }
-            Command::InputReply { execution_id, value, by } => {
-                let Some(running) = self.current.as_mut().filter(|r| r.pending.id == execution_id) else {
-                    return Err((ErrorCode::NoPendingInput, format!("no prompt is pending for {execution_id}")));
+            Command::InputReply {
+                execution_id,
+                value,
+                by,
+            } => {
+                let Some(running) = self
+                    .current
+                    .as_mut()
+                    .filter(|r| r.pending.id == execution_id)
+                else {
+                    return Err((
+                        ErrorCode::NoPendingInput,
+                        format!("no prompt is pending for {execution_id}"),
+                    ));
                 };
                 let Some(request) = running.input.take() else {
-                    return Err((ErrorCode::NoPendingInput, format!("no prompt is pending for {execution_id}")));
+                    return Err((
+                        ErrorCode::NoPendingInput,
+                        format!("no prompt is pending for {execution_id}"),
+                    ));
                 };
-                let reply = InputReply { value, status: ReplyStatus::Ok, error: None }.as_child_of(&request);
+                let reply = InputReply {
+                    value,
+                    status: ReplyStatus::Ok,
+                    error: None,
+                }
+                .as_child_of(&request);
                 if let Phase::Ready { sockets, .. } = &mut self.phase
                     && let Err(error) = sockets.stdin.send(reply).await
                 {
                     tracing::warn!(%error, "could not send input_reply");
                 }
-                self.emit(ServerEvent::InputResolved { execution_id, outcome: InputOutcome::Answered, by: Some(by) });
+                self.emit(ServerEvent::InputResolved {
+                    execution_id,
+                    outcome: InputOutcome::Answered,
+                    by: Some(by),
+                });
                 Ok(())
             }
             Command::Interrupt { by } => {
@@ -482,7 +624,8 @@ impl Actor {
             }
             Command::Restart { by } => {
                 tracing::info!(%by, "restart requested");
-                metrics::counter!("middleman_kernel_restarts_total", "cause" => "requested").increment(1);
+                metrics::counter!("middleman_kernel_restarts_total", "cause" => "requested")
+                    .increment(1);
                 self.stop_kernel();
                 let reason = format!("the kernel was restarted by {by}");
                 self.finish_current(ExecutionStatus::Aborted, Some(reason.clone()));
@@ -499,7 +642,9 @@ impl Actor {
         if self.current.is_some() || self.state == KernelState::Dead {
             return;
         }
-        let Phase::Ready { sockets, .. } = &mut self.phase else { return };
+        let Phase::Ready { sockets, .. } = &mut self.phase else {
+            return;
+        };
         let Some(pending) = self.queue.pop_front() else {
             return;
         };
@@ -519,9 +664,15 @@ impl Actor {
         let now = Instant::now();
         self.remember_output(
             msg_id.clone(),
-            OutputBuffer::new(pending.id.clone(), self.settings.max_output_bytes, self.settings.stream_flush_interval),
+            OutputBuffer::new(
+                pending.id.clone(),
+                self.settings.max_output_bytes,
+                self.settings.stream_flush_interval,
+            ),
         );
-        self.emit(ServerEvent::ExecutionStarted { execution_id: pending.id.clone() });
+        self.emit(ServerEvent::ExecutionStarted {
+            execution_id: pending.id.clone(),
+        });
         self.current = Some(Running {
             pending,
             msg_id,
@@ -550,7 +701,9 @@ impl Actor {
     async fn begin_stop(&mut self, cause: StopCause) {
         let grace = self.settings.interrupt_grace;
         let by_message = self.settings.spec.interrupt_by_message();
-        let Some(running) = self.current.as_mut() else { return };
+        let Some(running) = self.current.as_mut() else {
+            return;
+        };
         if running.stopping.is_some() {
             return;
         }
@@ -562,11 +715,17 @@ impl Actor {
                     tracing::warn!(%error, "could not send interrupt_request");
                 }
             }
-            Phase::Ready { pid, .. } | Phase::Starting { pid, .. } => process::signal_group(*pid, Signal::SIGINT),
+            Phase::Ready { pid, .. } | Phase::Starting { pid, .. } => {
+                process::signal_group(*pid, Signal::SIGINT)
+            }
             Phase::Down => {}
         }
         if let Some(execution_id) = cancelled {
-            self.emit(ServerEvent::InputResolved { execution_id, outcome: InputOutcome::Cancelled, by: None });
+            self.emit(ServerEvent::InputResolved {
+                execution_id,
+                outcome: InputOutcome::Cancelled,
+                by: None,
+            });
         }
     }
 
@@ -588,7 +747,9 @@ impl Actor {
     /// Ends the running execution with `status` (overridden by an interrupt or timeout in
     /// progress), flushing its output first.
     fn finish_current(&mut self, status: ExecutionStatus, reason: Option<String>) {
-        let Some(running) = self.current.take() else { return };
+        let Some(running) = self.current.take() else {
+            return;
+        };
         let mut events = Vec::new();
         if let Some(buffer) = self.outputs.get_mut(&running.msg_id) {
             buffer.flush(Instant::now(), &mut events);
@@ -605,14 +766,18 @@ impl Actor {
             });
         }
         let (status, reason) = match (running.stopping, status) {
-            (Some((StopCause::Interrupt, _)), ExecutionStatus::Error | ExecutionStatus::Aborted) => {
-                (ExecutionStatus::Interrupted, Some("interrupted".to_owned()))
-            }
+            (
+                Some((StopCause::Interrupt, _)),
+                ExecutionStatus::Error | ExecutionStatus::Aborted,
+            ) => (ExecutionStatus::Interrupted, Some("interrupted".to_owned())),
             (Some((StopCause::Interrupt, _)), ExecutionStatus::KernelDied) => (
                 ExecutionStatus::Interrupted,
                 Some(reason.unwrap_or_else(|| "interrupted".into())),
             ),
-            (Some((StopCause::Timeout, _)), ExecutionStatus::Error | ExecutionStatus::Aborted | ExecutionStatus::KernelDied) => (
+            (
+                Some((StopCause::Timeout, _)),
+                ExecutionStatus::Error | ExecutionStatus::Aborted | ExecutionStatus::KernelDied,
+            ) => (
                 ExecutionStatus::TimedOut,
                 Some(format!(
                     "the execution ran longer than its limit of {} s{}",
@@ -623,7 +788,8 @@ impl Actor {
             (_, s) => (s, reason),
         };
         let elapsed = running.started.elapsed();
-        metrics::counter!("middleman_executions_total", "status" => status_label(status)).increment(1);
+        metrics::counter!("middleman_executions_total", "status" => status_label(status))
+            .increment(1);
         metrics::histogram!("middleman_execution_duration_seconds").record(elapsed.as_secs_f64());
         self.emit(ServerEvent::ExecutionFinished {
             execution_id: running.pending.id.clone(),
@@ -638,14 +804,19 @@ impl Actor {
             _ => false,
         };
         if stop_rest {
-            self.abort_queue(&format!("an earlier execution ended: {}", status_label(status)));
+            self.abort_queue(&format!(
+                "an earlier execution ended: {}",
+                status_label(status)
+            ));
         }
         self.publish_queue();
     }
 
     async fn maybe_finish(&mut self) {
         let Some(running) = &self.current else { return };
-        let (Some((status, _)), true) = (&running.reply, running.idle) else { return };
+        let (Some((status, _)), true) = (&running.reply, running.idle) else {
+            return;
+        };
         let status = match status {
             ReplyStatus::Ok => ExecutionStatus::Ok,
             ReplyStatus::Error => ExecutionStatus::Error,
@@ -659,23 +830,31 @@ impl Actor {
     }
 
     async fn on_message(&mut self, channel: Channel, msg: JupyterMessage) {
-        let parent = msg.parent_header.as_ref().map(|h| h.msg_id.clone()).unwrap_or_default();
+        let parent = msg
+            .parent_header
+            .as_ref()
+            .map(|h| h.msg_id.clone())
+            .unwrap_or_default();
         let is_current = self.current.as_ref().is_some_and(|r| r.msg_id == parent);
         match (channel, msg.content) {
             (Channel::Shell, JupyterMessageContent::ExecuteReply(reply)) if is_current => {
                 if let Some(r) = self.current.as_mut() {
-                    r.reply = Some((reply.status, u64::try_from(reply.execution_count.value()).unwrap_or(0)));
+                    r.reply = Some((
+                        reply.status,
+                        u64::try_from(reply.execution_count.value()).unwrap_or(0),
+                    ));
                 }
                 self.maybe_finish().await;
             }
-            (Channel::IoPub, JupyterMessageContent::Status(status)) => {
-                if is_current && status.execution_state == ExecutionState::Idle {
-                    if let Some(r) = self.current.as_mut() {
-                        r.idle = true;
-                    }
-                    self.maybe_finish().await;
+            (Channel::IoPub, JupyterMessageContent::Status(status))
+                if is_current && status.execution_state == ExecutionState::Idle =>
+            {
+                if let Some(r) = self.current.as_mut() {
+                    r.idle = true;
                 }
+                self.maybe_finish().await;
             }
+            (Channel::IoPub, JupyterMessageContent::Status(_)) => {}
             (Channel::Stdin, JupyterMessageContent::InputRequest(request)) if is_current => {
                 let mut events = Vec::new();
                 if let Some(buffer) = self.outputs.get_mut(&parent) {
@@ -684,7 +863,9 @@ impl Actor {
                 for e in events {
                     self.emit(e);
                 }
-                let Some(running) = self.current.as_mut() else { return };
+                let Some(running) = self.current.as_mut() else {
+                    return;
+                };
                 let execution_id = running.pending.id.clone();
                 let prompt_msg = JupyterMessage {
                     zmq_identities: msg.zmq_identities,
@@ -701,7 +882,11 @@ impl Actor {
                 }
                 running.input = Some(prompt_msg);
                 metrics::counter!("middleman_input_requests_total").increment(1);
-                self.emit(ServerEvent::InputRequest { execution_id, prompt: request.prompt, password: request.password });
+                self.emit(ServerEvent::InputRequest {
+                    execution_id,
+                    prompt: request.prompt,
+                    password: request.password,
+                });
             }
             (Channel::IoPub, content) => self.on_output(&parent, content),
             _ => {}
@@ -709,7 +894,9 @@ impl Actor {
     }
 
     fn on_output(&mut self, parent: &str, content: JupyterMessageContent) {
-        let Some(buffer) = self.outputs.get_mut(parent) else { return };
+        let Some(buffer) = self.outputs.get_mut(parent) else {
+            return;
+        };
         let now = Instant::now();
         let mut events = Vec::new();
         match content {
@@ -722,14 +909,38 @@ impl Actor {
             }
             JupyterMessageContent::DisplayData(d) => {
                 let display_id = d.transient.and_then(|t| t.display_id);
-                buffer.rich(now, Output::DisplayData { data: media_map(&d.data), metadata: d.metadata, display_id }, &mut events);
+                buffer.rich(
+                    now,
+                    Output::DisplayData {
+                        data: media_map(&d.data),
+                        metadata: d.metadata,
+                        display_id,
+                    },
+                    &mut events,
+                );
             }
             JupyterMessageContent::ExecuteResult(r) => {
                 let execution_count = u64::try_from(r.execution_count.value()).unwrap_or(0);
-                buffer.rich(now, Output::ExecuteResult { execution_count, data: media_map(&r.data), metadata: r.metadata }, &mut events);
+                buffer.rich(
+                    now,
+                    Output::ExecuteResult {
+                        execution_count,
+                        data: media_map(&r.data),
+                        metadata: r.metadata,
+                    },
+                    &mut events,
+                );
             }
             JupyterMessageContent::ErrorOutput(e) => {
-                buffer.rich(now, Output::Error { ename: e.ename, evalue: e.evalue, traceback: e.traceback }, &mut events);
+                buffer.rich(
+                    now,
+                    Output::Error {
+                        ename: e.ename,
+                        evalue: e.evalue,
+                        traceback: e.traceback,
+                    },
+                    &mut events,
+                );
             }
             JupyterMessageContent::UpdateDisplayData(u) => {
                 if let Some(id) = u.transient.display_id {
@@ -747,7 +958,11 @@ impl Actor {
     // ---- timers -------------------------------------------------------------------------
 
     fn next_timer(&self) -> Option<Instant> {
-        let flush = self.outputs.values().filter_map(OutputBuffer::flush_at).min();
+        let flush = self
+            .outputs
+            .values()
+            .filter_map(OutputBuffer::flush_at)
+            .min();
         let exec = self.current.as_ref().map(|r| match r.stopping {
             Some((_, escalate_at)) => escalate_at,
             None => r.deadline,
@@ -779,7 +994,11 @@ impl Actor {
             }
             Some((cause, escalate_at)) if escalate_at <= now => {
                 tracing::warn!(execution = %running.pending.id, ?cause, "kernel ignored the interrupt; restarting it");
-                let label = if cause == StopCause::Timeout { "timeout" } else { "interrupt" };
+                let label = if cause == StopCause::Timeout {
+                    "timeout"
+                } else {
+                    "interrupt"
+                };
                 metrics::counter!("middleman_kernel_restarts_total", "cause" => label).increment(1);
                 let reason = format!(
                     "the code did not stop within {} s of the interrupt, so the kernel was restarted",
@@ -800,7 +1019,10 @@ impl Actor {
     async fn shutdown(&mut self, kernel_rx: &mut mpsc::Receiver<Tagged>) {
         tracing::info!("shutting the kernel down");
         self.abort_queue("middleman is shutting down");
-        self.finish_current(ExecutionStatus::Aborted, Some("middleman is shutting down".into()));
+        self.finish_current(
+            ExecutionStatus::Aborted,
+            Some("middleman is shutting down".into()),
+        );
         if let Phase::Ready { sockets, .. } = &mut self.phase {
             let request: JupyterMessage = ShutdownRequest { restart: false }.into();
             if sockets.control.send(request).await.is_ok() {
@@ -822,7 +1044,12 @@ impl Actor {
 }
 
 fn summary(p: &Pending, running: bool) -> ExecutionSummary {
-    ExecutionSummary { id: p.id.clone(), by: p.by.clone(), code: p.code.clone(), running }
+    ExecutionSummary {
+        id: p.id.clone(),
+        by: p.by.clone(),
+        code: p.code.clone(),
+        running,
+    }
 }
 
 fn media_map(media: &jupyter_protocol::Media) -> serde_json::Map<String, serde_json::Value> {

@@ -66,7 +66,9 @@ pub(crate) struct KernelSockets {
 
 impl std::fmt::Debug for KernelSockets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KernelSockets").field("tasks", &self.tasks.len()).finish_non_exhaustive()
+        f.debug_struct("KernelSockets")
+            .field("tasks", &self.tasks.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -79,7 +81,10 @@ impl Drop for KernelSockets {
 }
 
 fn socket_err(channel: &'static str) -> impl Fn(jupyter_zmq_client::RuntimeError) -> KernelError {
-    move |e| KernelError::Socket { channel, reason: e.to_string() }
+    move |e| KernelError::Socket {
+        channel,
+        reason: e.to_string(),
+    }
 }
 
 /// Connects every channel and performs the startup handshake: `kernel_info_request` is sent
@@ -93,17 +98,22 @@ pub(crate) async fn connect(
     max_message_bytes: usize,
 ) -> Result<Box<KernelSockets>, KernelError> {
     let session = uuid::Uuid::new_v4().to_string();
-    let identity = jupyter_zmq_client::peer_identity_for_session(&session).map_err(socket_err("shell"))?;
+    let identity =
+        jupyter_zmq_client::peer_identity_for_session(&session).map_err(socket_err("shell"))?;
     let mut iopub = jupyter_zmq_client::create_client_iopub_connection(info, "", &session)
         .await
         .map_err(socket_err("iopub"))?;
-    let mut shell =
-        jupyter_zmq_client::create_client_shell_connection_with_identity(info, &session, identity.clone())
+    let mut shell = jupyter_zmq_client::create_client_shell_connection_with_identity(
+        info,
+        &session,
+        identity.clone(),
+    )
+    .await
+    .map_err(socket_err("shell"))?;
+    let stdin =
+        jupyter_zmq_client::create_client_stdin_connection_with_identity(info, &session, identity)
             .await
-            .map_err(socket_err("shell"))?;
-    let stdin = jupyter_zmq_client::create_client_stdin_connection_with_identity(info, &session, identity)
-        .await
-        .map_err(socket_err("stdin"))?;
+            .map_err(socket_err("stdin"))?;
     let control = jupyter_zmq_client::create_client_control_connection(info, &session)
         .await
         .map_err(socket_err("control"))?;
@@ -143,9 +153,27 @@ pub(crate) async fn connect(
     let (stdin_tx, stdin_rx) = stdin.split();
     let (control_tx, control_rx) = control.split();
     let tasks = vec![
-        spawn_reader(iopub, Channel::IoPub, generation, events.clone(), max_message_bytes),
-        spawn_reader(shell_rx, Channel::Shell, generation, events.clone(), usize::MAX),
-        spawn_reader(stdin_rx, Channel::Stdin, generation, events.clone(), usize::MAX),
+        spawn_reader(
+            iopub,
+            Channel::IoPub,
+            generation,
+            events.clone(),
+            max_message_bytes,
+        ),
+        spawn_reader(
+            shell_rx,
+            Channel::Shell,
+            generation,
+            events.clone(),
+            usize::MAX,
+        ),
+        spawn_reader(
+            stdin_rx,
+            Channel::Stdin,
+            generation,
+            events.clone(),
+            usize::MAX,
+        ),
         spawn_reader(control_rx, Channel::Control, generation, events, usize::MAX),
     ];
     Ok(Box::new(KernelSockets {
@@ -161,7 +189,12 @@ pub(crate) async fn connect(
 impl KernelSockets {
     /// Starts the heartbeat monitor: a ping every `interval`; three unanswered in a row report
     /// [`KernelEvent::HeartbeatLost`].
-    pub(crate) fn start_heartbeat(&mut self, interval: Duration, generation: u64, events: mpsc::Sender<Tagged>) {
+    pub(crate) fn start_heartbeat(
+        &mut self,
+        interval: Duration,
+        generation: u64,
+        events: mpsc::Sender<Tagged>,
+    ) {
         let info = self.connection.clone();
         let task = tokio::spawn(
             async move {
@@ -208,10 +241,10 @@ async fn read_one<S: SocketRecv>(
     socket: &mut S,
     mac: &Option<ring::hmac::Key>,
 ) -> Result<Option<JupyterMessage>, KernelError> {
-    let multipart = socket
-        .recv()
-        .await
-        .map_err(|e| KernelError::Socket { channel: "handshake", reason: e.to_string() })?;
+    let multipart = socket.recv().await.map_err(|e| KernelError::Socket {
+        channel: "handshake",
+        reason: e.to_string(),
+    })?;
     Ok(decode_multipart(multipart, mac).ok())
 }
 

@@ -64,7 +64,11 @@ pub fn find(name: &str, dirs: &[PathBuf]) -> Result<KernelSpec, KernelError> {
             });
         }
         if let Ok(entries) = std::fs::read_dir(&kernels) {
-            available.extend(entries.flatten().filter_map(|e| e.file_name().into_string().ok()));
+            available.extend(
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().into_string().ok()),
+            );
         }
     }
     available.sort();

@@ -40,7 +40,10 @@ pub(crate) fn split_and_verify(
             return Err(WireError::Framing("bad signature"));
         }
     }
-    Ok(RawMessage { zmq_identities: parts, jparts })
+    Ok(RawMessage {
+        zmq_identities: parts,
+        jparts,
+    })
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -75,8 +78,12 @@ pub(crate) fn decode(raw: RawMessage) -> Result<JupyterMessage, WireError> {
     };
     let metadata: Value = parse(&raw.jparts[2], "metadata")?;
     let content: Value = parse(&raw.jparts[3], "content")?;
-    let content = JupyterMessageContent::from_type_and_content(&header.msg_type, content)
-        .map_err(|source| WireError::Json { part: "content", source })?;
+    let content = JupyterMessageContent::from_type_and_content(&header.msg_type, content).map_err(
+        |source| WireError::Json {
+            part: "content",
+            source,
+        },
+    )?;
     Ok(JupyterMessage {
         zmq_identities: raw.zmq_identities,
         header,
@@ -92,8 +99,13 @@ fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], part: &'static str) -> Re
     match serde_json::from_slice(bytes) {
         Ok(v) => Ok(v),
         Err(first) => match replace_lone_surrogates(bytes) {
-            Some(fixed) => serde_json::from_slice(&fixed).map_err(|source| WireError::Json { part, source }),
-            None => Err(WireError::Json { part, source: first }),
+            Some(fixed) => {
+                serde_json::from_slice(&fixed).map_err(|source| WireError::Json { part, source })
+            }
+            None => Err(WireError::Json {
+                part,
+                source: first,
+            }),
         },
     }
 }
@@ -117,21 +129,39 @@ pub(crate) fn decode_oversized(raw: &RawMessage, keep: usize) -> Result<Oversize
     }
     let header: Header = parse(&raw.jparts[0], "header")?;
     let parent: Value = parse(&raw.jparts[1], "parent_header")?;
-    let parent_msg_id = parent.get("msg_id").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let parent_msg_id = parent
+        .get("msg_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let content = &raw.jparts[3];
-    let stream_prefix = (header.msg_type == "stream").then(|| stream_prefix(content, keep)).flatten();
-    Ok(Oversized { parent_msg_id, msg_type: header.msg_type, stream_prefix, bytes: content.len() })
+    let stream_prefix = (header.msg_type == "stream")
+        .then(|| stream_prefix(content, keep))
+        .flatten();
+    Ok(Oversized {
+        parent_msg_id,
+        msg_type: header.msg_type,
+        stream_prefix,
+        bytes: content.len(),
+    })
 }
 
 fn stream_prefix(content: &[u8], keep: usize) -> Option<(String, String)> {
     let find = |needle: &[u8]| content.windows(needle.len()).position(|w| w == needle);
-    let name = if find(br#""stderr""#).is_some_and(|i| i < 64) { "stderr" } else { "stdout" };
+    let name = if find(br#""stderr""#).is_some_and(|i| i < 64) {
+        "stderr"
+    } else {
+        "stdout"
+    };
     let key = find(br#""text""#)?;
     let open = key + 6 + content[key + 6..].iter().position(|&b| b == b'"')? + 1;
     let mut end = (open + keep).min(content.len());
     // Do not cut inside an escape sequence: back up to before any backslash in the last 12
     // bytes (a surrogate pair escape is 12 long).
-    if let Some(i) = content[end.saturating_sub(12).max(open)..end].iter().rposition(|&b| b == b'\\') {
+    if let Some(i) = content[end.saturating_sub(12).max(open)..end]
+        .iter()
+        .rposition(|&b| b == b'\\')
+    {
         end = end.saturating_sub(12).max(open) + i;
     }
     let slice = content.get(open..end)?;
@@ -224,7 +254,7 @@ mod tests {
             assert_eq!(name, "stdout");
             let full = "line \"quoted\" \u{e9}\n".repeat(100);
             assert!(full.starts_with(&prefix), "keep {keep}: {prefix:?}");
-            assert!(prefix.len() <= keep.max(0) + 1);
+            assert!(prefix.len() <= keep + 1);
         }
     }
 

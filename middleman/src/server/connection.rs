@@ -10,7 +10,9 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::AppState;
 use crate::kernel::Command;
-use crate::protocol::{ClientMessage, ErrorCode, Limits, PROTOCOL_VERSION, ServerEvent, ServerFrame};
+use crate::protocol::{
+    ClientMessage, ErrorCode, Limits, PROTOCOL_VERSION, ServerEvent, ServerFrame,
+};
 
 /// Close codes (see docs/protocol.md).
 pub(crate) mod close {
@@ -33,7 +35,12 @@ struct Conn {
 pub(crate) async fn serve(socket: WebSocket, state: Arc<AppState>, claims: Claims) {
     metrics::gauge!("middleman_ws_connections").increment(1.0);
     tracing::info!("connected");
-    let mut conn = Conn { socket, state, claims, last_heard: Instant::now() };
+    let mut conn = Conn {
+        socket,
+        state,
+        claims,
+        last_heard: Instant::now(),
+    };
     let reason = conn.run().await;
     metrics::gauge!("middleman_ws_connections").decrement(1.0);
     tracing::info!(reason, "disconnected");
@@ -55,7 +62,8 @@ impl Conn {
             limits: Limits {
                 max_client_message_bytes: args.max_client_message_bytes as u64,
                 max_output_bytes: args.max_output_bytes,
-                execution_timeout_ms: u64::try_from(args.execution_timeout.as_millis()).unwrap_or(u64::MAX),
+                execution_timeout_ms: u64::try_from(args.execution_timeout.as_millis())
+                    .unwrap_or(u64::MAX),
             },
             last_seq: snapshot.last_seq,
         };
@@ -64,7 +72,8 @@ impl Conn {
         }
         let mut seen = snapshot.last_seq;
         let ping_every = args.ping_interval;
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         let shutdown = state.shutdown.clone();
         loop {
             tokio::select! {
@@ -125,7 +134,12 @@ impl Conn {
         let text = match message {
             Message::Text(t) => t,
             Message::Binary(_) => {
-                return self.reply(error_event(ErrorCode::BadMessage, "binary frames are not used; send JSON text".into())).await;
+                return self
+                    .reply(error_event(
+                        ErrorCode::BadMessage,
+                        "binary frames are not used; send JSON text".into(),
+                    ))
+                    .await;
             }
             Message::Ping(_) | Message::Pong(_) | Message::Close(_) => return Ok(()),
         };
@@ -133,19 +147,47 @@ impl Conn {
         let parsed: ClientMessage = match serde_json::from_str(&text) {
             Ok(m) => m,
             Err(error) => {
-                return self.reply(error_event(ErrorCode::BadMessage, format!("unreadable message: {error}"))).await;
+                return self
+                    .reply(error_event(
+                        ErrorCode::BadMessage,
+                        format!("unreadable message: {error}"),
+                    ))
+                    .await;
             }
         };
-        let by = if self.claims.name.is_empty() { self.claims.sub.clone() } else { self.claims.name.clone() };
+        let by = if self.claims.name.is_empty() {
+            self.claims.sub.clone()
+        } else {
+            self.claims.name.clone()
+        };
         let command = match parsed {
             ClientMessage::Ping { nonce } => return self.reply(ServerEvent::Pong { nonce }).await,
             _ if !self.claims.role.can_edit() => {
                 return self
-                    .reply(error_event(ErrorCode::Forbidden, "viewers cannot run code, answer prompts, interrupt or restart".into()))
+                    .reply(error_event(
+                        ErrorCode::Forbidden,
+                        "viewers cannot run code, answer prompts, interrupt or restart".into(),
+                    ))
                     .await;
             }
-            ClientMessage::Execute { code, request_id, stop_on_error } => Command::Execute { code, request_id, stop_on_error, by },
-            ClientMessage::InputReply { execution_id, value } => Command::InputReply { execution_id, value, by },
+            ClientMessage::Execute {
+                code,
+                request_id,
+                stop_on_error,
+            } => Command::Execute {
+                code,
+                request_id,
+                stop_on_error,
+                by,
+            },
+            ClientMessage::InputReply {
+                execution_id,
+                value,
+            } => Command::InputReply {
+                execution_id,
+                value,
+                by,
+            },
             ClientMessage::Interrupt => Command::Interrupt { by },
             ClientMessage::Restart => Command::Restart { by },
         };
@@ -166,15 +208,25 @@ impl Conn {
             Ok(Err(_)) => Err(()),
             Err(_) => {
                 metrics::counter!("middleman_slow_clients_dropped_total").increment(1);
-                tracing::warn!("client did not read for {} s; disconnecting", WRITE_TIMEOUT.as_secs());
+                tracing::warn!(
+                    "client did not read for {} s; disconnecting",
+                    WRITE_TIMEOUT.as_secs()
+                );
                 Err(())
             }
         }
     }
 
     async fn close(&mut self, code: u16, reason: &'static str) {
-        let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.socket.send(Message::Close(Some(frame)))).await;
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.socket.send(Message::Close(Some(frame))),
+        )
+        .await;
     }
 }
 

@@ -26,7 +26,10 @@ use crate::protocol::KernelState;
 pub enum StartError {
     /// The public key file could not be read or parsed.
     #[error("public key {path}: {reason}")]
-    PublicKey { path: std::path::PathBuf, reason: String },
+    PublicKey {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     /// The kernel could not be found or prepared.
     #[error(transparent)]
     Kernel(#[from] kernel::KernelError),
@@ -84,7 +87,10 @@ impl Running {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(grace_secs = grace.as_secs(), "shutdown grace period ran out");
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "shutdown grace period ran out"
+            );
         }
         tracing::info!("middleman stopped");
     }
@@ -103,16 +109,23 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
         path: args.public_key.clone(),
         reason: e.to_string(),
     })?;
-    let key = session_token::VerifyingKey::from_pem(&key_pem).map_err(|e| StartError::PublicKey {
-        path: args.public_key.clone(),
-        reason: e.to_string(),
-    })?;
+    let key =
+        session_token::VerifyingKey::from_pem(&key_pem).map_err(|e| StartError::PublicKey {
+            path: args.public_key.clone(),
+            reason: e.to_string(),
+        })?;
     let spec = kernel::spec::find(&args.kernel, &kernel::spec::search_dirs(&args.kernel_paths))?;
     let runtime = RuntimeDir::create(&args.runtime_root)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .map_err(|source| StartError::Bind { addr: args.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: args.listen, source })?;
+        .map_err(|source| StartError::Bind {
+            addr: args.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: args.listen,
+        source,
+    })?;
 
     let shutdown = CancellationToken::new();
     let settings = SessionSettings {
@@ -159,7 +172,14 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
         .instrument(tracing::info_span!("http", %addr)),
     );
     tracing::info!(document = %args.document, pod = %args.pod, "listening on http://{addr}");
-    Ok(Running { addr, shutdown, http, session: session_join, tracker, grace: args.shutdown_grace })
+    Ok(Running {
+        addr,
+        shutdown,
+        http,
+        session: session_join,
+        tracker,
+        grace: args.shutdown_grace,
+    })
 }
 
 fn router(state: Arc<AppState>) -> Router {
@@ -190,16 +210,29 @@ fn static_asset(body: &'static str, content_type: &'static str) -> Response {
     let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     response
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let kernel_state = state.session.watch().borrow().kernel_state;
     let ready = matches!(kernel_state, KernelState::Idle | KernelState::Busy);
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = serde_json::json!({ "ready": ready, "kernel_state": kernel_state });
     (status, axum::Json(body)).into_response()
 }
@@ -225,7 +258,11 @@ async fn websocket(
     ws: WebSocketUpgrade,
 ) -> Response {
     if state.shutdown.is_cancelled() {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "middleman is shutting down");
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "middleman is shutting down",
+        );
     }
     let claims = match state.auth.check(&headers, query.token.as_deref()) {
         Ok(c) => c,
@@ -252,5 +289,9 @@ async fn websocket(
 }
 
 fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": code, "message": message }))).into_response()
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": code, "message": message })),
+    )
+        .into_response()
 }

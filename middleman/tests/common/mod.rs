@@ -1,6 +1,6 @@
 //! Test fixtures: a real Middleman on 127.0.0.1:0 with a real ipykernel, and a WebSocket client
 //! speaking the protocol types.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,7 +18,8 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("mm-test-{tag}-{}", uuid::Uuid::new_v4().simple()));
+        let p =
+            std::env::temp_dir().join(format!("mm-test-{tag}-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&p).unwrap();
         Self(p)
     }
@@ -35,7 +36,10 @@ pub fn require_kernel() {
     let found = std::env::var_os("JUPYTER_PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join("kernels/python3/kernel.json").exists()))
         .unwrap_or(false);
-    assert!(found, "no python3 kernelspec on JUPYTER_PATH: run the tests with `make test` (it sets up the pinned Python environment)");
+    assert!(
+        found,
+        "no python3 kernelspec on JUPYTER_PATH: run the tests with `make test` (it sets up the pinned Python environment)"
+    );
 }
 
 pub struct TestServer {
@@ -57,18 +61,30 @@ impl TestServer {
         let document = format!("doc-{}", uuid::Uuid::new_v4().simple());
         let runtime_root = dir.0.join("run");
         let mut args: Vec<String> = vec![
-            "--listen".into(), "127.0.0.1:0".into(),
-            "--document".into(), document.clone(),
-            "--pod".into(), "pod-1".into(),
-            "--public-key".into(), public.display().to_string(),
-            "--runtime-root".into(), runtime_root.display().to_string(),
-            "--kernel".into(), "python3".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--document".into(),
+            document.clone(),
+            "--pod".into(),
+            "pod-1".into(),
+            "--public-key".into(),
+            public.display().to_string(),
+            "--runtime-root".into(),
+            runtime_root.display().to_string(),
+            "--kernel".into(),
+            "python3".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let serve = ServeArgs::from_args(args).unwrap();
         let running = middleman::start(serve).await.unwrap();
         let addr = running.addr();
-        let server = Self { running: Some(running), addr, key, dir, document };
+        let server = Self {
+            running: Some(running),
+            addr,
+            key,
+            dir,
+            document,
+        };
         server.wait_ready().await;
         server
     }
@@ -79,7 +95,10 @@ impl TestServer {
             if http_get(self.addr, "/readyz").await.0 == 200 {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "kernel not ready in time");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "kernel not ready in time"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -89,12 +108,22 @@ impl TestServer {
     }
 
     pub fn token_for(&self, user: &str, role: Role, doc: &str, ttl: u64) -> String {
-        let claims = Claims::new("test", user, &format!("{user} name"), doc, "pod-1", role, ttl);
+        let claims = Claims::new(
+            "test",
+            user,
+            &format!("{user} name"),
+            doc,
+            "pod-1",
+            role,
+            ttl,
+        );
         self.key.mint(&claims).unwrap()
     }
 
     pub async fn client(&self, user: &str, role: Role) -> Client {
-        Client::connect(self.addr, &self.token(user, role)).await.unwrap()
+        Client::connect(self.addr, &self.token(user, role))
+            .await
+            .unwrap()
     }
 
     pub async fn stop(mut self) {
@@ -109,9 +138,15 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     http_request(addr, path, &[]).await
 }
 
-pub async fn http_request(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return (0, String::new()) };
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -121,8 +156,15 @@ pub async fn http_request(addr: std::net::SocketAddr, path: &str, headers: &[(&s
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
     let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -150,7 +192,8 @@ impl Run {
     }
 }
 
-pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub struct Client {
     pub ws: Ws,
@@ -159,17 +202,31 @@ pub struct Client {
 }
 
 impl Client {
-    pub async fn connect(addr: std::net::SocketAddr, token: &str) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+    pub async fn connect(
+        addr: std::net::SocketAddr,
+        token: &str,
+    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
         let url = format!("ws://{addr}/ws?token={token}");
         let (ws, _) = tokio_tungstenite::connect_async(url).await?;
-        let mut c = Self { ws, welcome: ServerEvent::Pong { nonce: None }, next_request: 0 };
+        let mut c = Self {
+            ws,
+            welcome: ServerEvent::Pong { nonce: None },
+            next_request: 0,
+        };
         c.welcome = c.next().await.event;
-        assert!(matches!(c.welcome, ServerEvent::Welcome { .. }), "first frame is welcome: {:?}", c.welcome);
+        assert!(
+            matches!(c.welcome, ServerEvent::Welcome { .. }),
+            "first frame is welcome: {:?}",
+            c.welcome
+        );
         Ok(c)
     }
 
     pub async fn send(&mut self, m: &ClientMessage) {
-        self.ws.send(Message::text(serde_json::to_string(m).unwrap())).await.unwrap();
+        self.ws
+            .send(Message::text(serde_json::to_string(m).unwrap()))
+            .await
+            .unwrap();
     }
 
     pub async fn send_raw(&mut self, text: &str) {
@@ -209,10 +266,17 @@ impl Client {
     pub async fn submit(&mut self, code: &str) -> String {
         self.next_request += 1;
         let rid = format!("r{}", self.next_request);
-        self.send(&ClientMessage::Execute { code: code.into(), request_id: Some(rid.clone()), stop_on_error: true }).await;
+        self.send(&ClientMessage::Execute {
+            code: code.into(),
+            request_id: Some(rid.clone()),
+            stop_on_error: true,
+        })
+        .await;
         let events = self
-            .until(|e| matches!(e, ServerEvent::ExecutionQueued { request_id: Some(r), .. } if *r == rid)
-                || matches!(e, ServerEvent::Error { .. }))
+            .until(|e| {
+                matches!(e, ServerEvent::ExecutionQueued { request_id: Some(r), .. } if *r == rid)
+                    || matches!(e, ServerEvent::Error { .. })
+            })
             .await;
         match events.last() {
             Some(ServerEvent::ExecutionQueued { execution, .. }) => execution.id.clone(),
@@ -222,13 +286,27 @@ impl Client {
 
     /// Collects the events of execution `id` until it finishes.
     pub async fn collect(&mut self, id: &str) -> Run {
-        let mut run = Run { id: id.to_owned(), ..Default::default() };
+        let mut run = Run {
+            id: id.to_owned(),
+            ..Default::default()
+        };
         loop {
             let e = self.next().await.event;
             match &e {
-                ServerEvent::Output { execution_id, output } if execution_id == id => run.outputs.push(output.clone()),
-                ServerEvent::OutputTruncated { execution_id, .. } if execution_id == id => run.truncated = true,
-                ServerEvent::ExecutionFinished { execution_id, status, reason, execution_count, .. } if execution_id == id => {
+                ServerEvent::Output {
+                    execution_id,
+                    output,
+                } if execution_id == id => run.outputs.push(output.clone()),
+                ServerEvent::OutputTruncated { execution_id, .. } if execution_id == id => {
+                    run.truncated = true
+                }
+                ServerEvent::ExecutionFinished {
+                    execution_id,
+                    status,
+                    reason,
+                    execution_count,
+                    ..
+                } if execution_id == id => {
                     run.status = Some(*status);
                     run.reason = reason.clone();
                     run.execution_count = *execution_count;
