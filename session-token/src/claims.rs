@@ -32,7 +32,9 @@ impl std::str::FromStr for Role {
         match s {
             "editor" => Ok(Role::Editor),
             "viewer" => Ok(Role::Viewer),
-            other => Err(format!("unknown role {other:?} (expected editor or viewer)")),
+            other => Err(format!(
+                "unknown role {other:?} (expected editor or viewer)"
+            )),
         }
     }
 }

@@ -54,8 +54,8 @@ impl SigningKey {
 
     /// Signs `claims` into a compact JWT.
     pub fn mint(&self, claims: &Claims) -> Result<String, TokenError> {
-        let payload =
-            serde_json::to_vec(claims).map_err(|_| TokenError::Malformed("claims do not encode"))?;
+        let payload = serde_json::to_vec(claims)
+            .map_err(|_| TokenError::Malformed("claims do not encode"))?;
         let mut token = B64.encode(HEADER_JSON);
         token.push('.');
         token.push_str(&B64.encode(payload));
@@ -104,9 +104,12 @@ impl VerifyingKey {
             });
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(TokenError::Malformed("expected three dot-separated segments"));
+            return Err(TokenError::Malformed(
+                "expected three dot-separated segments",
+            ));
         };
         let header: Header = decode_json(h, "header")?;
         if header.alg != "EdDSA" {
@@ -115,8 +118,8 @@ impl VerifyingKey {
         let sig_bytes = B64
             .decode(s)
             .map_err(|_| TokenError::Malformed("signature is not base64url"))?;
-        let signature =
-            Signature::from_slice(&sig_bytes).map_err(|_| TokenError::Malformed("signature length"))?;
+        let signature = Signature::from_slice(&sig_bytes)
+            .map_err(|_| TokenError::Malformed("signature length"))?;
         // The signed message is the header and payload exactly as sent.
         let signed_len = h.len() + 1 + p.len();
         self.0

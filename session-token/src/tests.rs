@@ -12,7 +12,14 @@ fn round_trip_and_pem() {
     let c = claims(60);
     let token = key.mint(&c).unwrap();
     let got = public
-        .verify(&token, &Expectations { document: Some("doc-1"), pod: Some("pod-1"), leeway_secs: 0 })
+        .verify(
+            &token,
+            &Expectations {
+                document: Some("doc-1"),
+                pod: Some("pod-1"),
+                leeway_secs: 0,
+            },
+        )
         .unwrap();
     assert_eq!(got, c);
 }
@@ -24,13 +31,28 @@ fn refuses_expired_wrong_doc_wrong_pod() {
     let c = claims(60);
     let token = key.mint(&c).unwrap();
     let any = Expectations::default();
-    assert!(matches!(public.verify_at(&token, &any, c.exp + 1), Err(TokenError::Expired { .. })));
+    assert!(matches!(
+        public.verify_at(&token, &any, c.exp + 1),
+        Err(TokenError::Expired { .. })
+    ));
     assert_eq!(
-        public.verify(&token, &Expectations { document: Some("doc-2"), ..Default::default() }),
+        public.verify(
+            &token,
+            &Expectations {
+                document: Some("doc-2"),
+                ..Default::default()
+            }
+        ),
         Err(TokenError::WrongDocument)
     );
     assert_eq!(
-        public.verify(&token, &Expectations { pod: Some("pod-2"), ..Default::default() }),
+        public.verify(
+            &token,
+            &Expectations {
+                pod: Some("pod-2"),
+                ..Default::default()
+            }
+        ),
         Err(TokenError::WrongPod)
     );
 }
@@ -41,15 +63,27 @@ fn refuses_forgeries() {
     let other = SigningKey::generate();
     let token = other.mint(&claims(60)).unwrap();
     let any = Expectations::default();
-    assert_eq!(key.verifying_key().verify(&token, &any), Err(TokenError::BadSignature));
+    assert_eq!(
+        key.verifying_key().verify(&token, &any),
+        Err(TokenError::BadSignature)
+    );
 
     // Payload swapped under a valid signature.
     let good = key.mint(&claims(60)).unwrap();
     let mut parts: Vec<&str> = good.split('.').collect();
-    let evil = key.mint(&Claims { role: Role::Editor, doc: "doc-9".into(), ..claims(60) }).unwrap();
+    let evil = key
+        .mint(&Claims {
+            role: Role::Editor,
+            doc: "doc-9".into(),
+            ..claims(60)
+        })
+        .unwrap();
     let evil_payload = evil.split('.').nth(1).unwrap().to_owned();
     parts[1] = &evil_payload;
-    assert_eq!(key.verifying_key().verify(&parts.join("."), &any), Err(TokenError::BadSignature));
+    assert_eq!(
+        key.verifying_key().verify(&parts.join("."), &any),
+        Err(TokenError::BadSignature)
+    );
 
     // alg=none and HS256 are refused before any signature check.
     use base64::Engine as _;
@@ -62,8 +96,17 @@ fn refuses_forgeries() {
             Err(TokenError::Algorithm(alg.into()))
         );
     }
-    assert!(matches!(key.verifying_key().verify("a.b", &any), Err(TokenError::Malformed(_))));
-    assert!(matches!(key.verifying_key().verify("!!.??.**", &any), Err(TokenError::Malformed(_))));
+    assert!(matches!(
+        key.verifying_key().verify("a.b", &any),
+        Err(TokenError::Malformed(_))
+    ));
+    assert!(matches!(
+        key.verifying_key().verify("!!.??.**", &any),
+        Err(TokenError::Malformed(_))
+    ));
     let long = "a".repeat(MAX_TOKEN_LEN + 1);
-    assert!(matches!(key.verifying_key().verify(&long, &any), Err(TokenError::TooLong { .. })));
+    assert!(matches!(
+        key.verifying_key().verify(&long, &any),
+        Err(TokenError::TooLong { .. })
+    ));
 }
