@@ -1,0 +1,28 @@
+# One task runner. `make run` and `make test` are the two commands of the README.
+SHELL := /bin/bash
+ENV := source scripts/env.sh &&
+TEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: run test bootstrap fmt lint bench
+
+run: bootstrap
+	bash scripts/run-local.sh
+
+test: bootstrap
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(ENV) cargo test --workspace $(TEST_ARGS)
+
+bootstrap:
+	bash scripts/bootstrap.sh
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo clippy --workspace --all-targets -- -D warnings
+
+bench: bootstrap
+	cargo build --release -p middleman
+	$(ENV) cargo run --release -p loadtest --bin exec-bench -- $(BENCH_ARGS)

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs everything the platform and its tests need, idempotently, caching under
+# ~/.cache/nbplat: Debian packages (Redis), and a pinned Python environment with ipykernel and
+# its kernelspec. Fast and quiet when nothing changed.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=env.sh
+source "$here/env.sh"
+mkdir -p "$NBP_CACHE"
+
+# Debian packages, installed only when a command is missing.
+declare -A APT_PACKAGES=([redis-server]=redis-server)
+missing=()
+for cmd in "${!APT_PACKAGES[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${APT_PACKAGES[$cmd]}")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "bootstrap: installing Debian packages: ${missing[*]}"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Python environment, rebuilt when the requirements or this script change.
+stamp="$NBP_VENV/.stamp"
+want="$(cat "$here/requirements.txt" "$0" | sha256sum | cut -c1-16)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "bootstrap: preparing the Python environment in $NBP_VENV"
+  python="${PYTHON:-python3.11}"
+  command -v "$python" >/dev/null 2>&1 || python=python3
+  [ -x "$NBP_VENV/bin/python" ] || "$python" -m venv "$NBP_VENV"
+  "$NBP_VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$here/requirements.txt"
+  "$NBP_VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
+  echo "$want" >"$stamp"
+fi
+[ -f "$JUPYTER_PATH/kernels/python3/kernel.json" ] || { echo "bootstrap: kernelspec missing" >&2; exit 1; }
+echo "bootstrap: up to date ($NBP_CACHE)"

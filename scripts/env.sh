@@ -1,0 +1,5 @@
+# Sourced by the other scripts: where the cached tools live.
+export NBP_CACHE="${NBP_CACHE:-$HOME/.cache/nbplat}"
+export NBP_VENV="$NBP_CACHE/venv"
+export JUPYTER_PATH="$NBP_VENV/share/jupyter"
+export PATH="$NBP_VENV/bin:$PATH"
