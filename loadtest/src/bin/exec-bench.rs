@@ -162,7 +162,7 @@ async fn bench_middleman(args: &Args, scratch: &std::path::Path) -> anyhow::Resu
     .context("middleman did not start")?;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={token}")).await?;
+        tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/ws?token={token}"), None, true).await?;
     // Wait for the welcome and a ready kernel.
     let mut ready = false;
     while !ready {
@@ -376,7 +376,8 @@ async fn bench_jupyter_server(
     let root = scratch.join("jroot");
     std::fs::create_dir_all(&root)?;
     let mut server = tokio::process::Command::new(venv.join("bin/jupyter"))
-        .args(["server", "--no-browser", "--ServerApp.ip=127.0.0.1"])
+        // CI and this machine run as root; the server refuses that without --allow-root.
+        .args(["server", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1"])
         .arg(format!("--ServerApp.port={port}"))
         .arg(format!("--IdentityProvider.token={token}"))
         .arg(format!("--ServerApp.root_dir={}", root.display()))
@@ -406,7 +407,7 @@ async fn bench_jupyter_server(
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let url = format!("ws://127.0.0.1:{port}/api/kernels/{kernel_id}/channels?token={token}");
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
     let session = uuid::Uuid::new_v4().to_string();
     let msg = |msg_type: &str, content: serde_json::Value| {
         let id = uuid::Uuid::new_v4().to_string();

@@ -162,6 +162,13 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
     let token = shutdown.clone();
     let http = tokio::spawn(
         async move {
+            use axum::serve::ListenerExt as _;
+            // Frames are small and latency-bound: never let Nagle hold one back for an ACK.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::debug!(%error, "could not set TCP_NODELAY");
+                }
+            });
             let served = axum::serve(listener, app.into_make_service())
                 .with_graceful_shutdown(token.cancelled_owned())
                 .await;

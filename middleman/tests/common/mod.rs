@@ -207,7 +207,7 @@ impl Client {
         token: &str,
     ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
         let url = format!("ws://{addr}/ws?token={token}");
-        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
         let mut c = Self {
             ws,
             welcome: ServerEvent::Pong { nonce: None },
