@@ -378,10 +378,24 @@ async fn a_frozen_kernel_is_caught_by_the_heartbeat() {
     let server = TestServer::start(&["--heartbeat-interval", "300ms"]).await;
     let mut c = server.client("ada", Role::Editor).await;
     // SIGSTOP: the process neither exits nor answers; only the heartbeat can tell.
-    let run = c.run("import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)").await;
+    let run = c
+        .run("import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)")
+        .await;
     assert_eq!(run.status, Some(ExecutionStatus::KernelDied));
-    assert!(run.reason.as_deref().unwrap_or("").contains("heartbeat"), "{run:?}");
-    c.until(|e| matches!(e, ServerEvent::KernelStatus { state: KernelState::Idle, .. })).await;
+    assert!(
+        run.reason.as_deref().unwrap_or("").contains("heartbeat"),
+        "{run:?}"
+    );
+    c.until(|e| {
+        matches!(
+            e,
+            ServerEvent::KernelStatus {
+                state: KernelState::Idle,
+                ..
+            }
+        )
+    })
+    .await;
     assert_eq!(c.run("1+1").await.status, Some(ExecutionStatus::Ok));
     server.stop().await;
 }

@@ -161,8 +161,12 @@ async fn bench_middleman(args: &Args, scratch: &std::path::Path) -> anyhow::Resu
     .await?
     .context("middleman did not start")?;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/ws?token={token}"), None, true).await?;
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
+        format!("ws://{addr}/ws?token={token}"),
+        None,
+        true,
+    )
+    .await?;
     // Wait for the welcome and a ready kernel.
     let mut ready = false;
     while !ready {
@@ -377,7 +381,12 @@ async fn bench_jupyter_server(
     std::fs::create_dir_all(&root)?;
     let mut server = tokio::process::Command::new(venv.join("bin/jupyter"))
         // CI and this machine run as root; the server refuses that without --allow-root.
-        .args(["server", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1"])
+        .args([
+            "server",
+            "--no-browser",
+            "--allow-root",
+            "--ServerApp.ip=127.0.0.1",
+        ])
         .arg(format!("--ServerApp.port={port}"))
         .arg(format!("--IdentityProvider.token={token}"))
         .arg(format!("--ServerApp.root_dir={}", root.display()))
