@@ -352,7 +352,9 @@ async fn output_flood_is_capped_and_coalesced() {
     // Non-UTF-8 bytes written to the raw file descriptor never break a frame: ipykernel captures
     // fd 1 and the invalid bytes arrive as U+FFFD. (Its fd capture races with `print`, so the
     // order of the two pieces is not asserted.)
-    let run = c.run("import os\nos.write(1, b'bad \\xff\\xfe bytes\\n')\nprint('ok')").await;
+    let run = c
+        .run("import os\nos.write(1, b'bad \\xff\\xfe bytes\\n')\nprint('ok')")
+        .await;
     assert_eq!(run.status, Some(ExecutionStatus::Ok), "{run:?}");
     let out = run.stdout();
     assert!(out.contains("ok"), "{run:?}");
