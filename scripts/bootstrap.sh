@@ -9,7 +9,7 @@ source "$here/env.sh"
 mkdir -p "$NBP_CACHE"
 
 # Debian packages, installed only when a command is missing.
-declare -A APT_PACKAGES=([redis-server]=redis-server)
+declare -A APT_PACKAGES=([redis-server]=redis-server [protoc]=protobuf-compiler)
 missing=()
 for cmd in "${!APT_PACKAGES[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${APT_PACKAGES[$cmd]}")

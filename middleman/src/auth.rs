@@ -43,10 +43,11 @@ impl AuthError {
 }
 
 /// Checks a connection's token against this server's document and pod.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Authenticator {
     key: VerifyingKey,
-    document: String,
+    /// The configured document, or the one this pod bound to on its first connection.
+    document: std::sync::OnceLock<String>,
     pod: String,
     leeway_secs: u64,
     allowed_origins: Vec<String>,
@@ -55,18 +56,27 @@ pub struct Authenticator {
 impl Authenticator {
     pub fn new(
         key: VerifyingKey,
-        document: String,
+        document: Option<String>,
         pod: String,
         leeway_secs: u64,
         allowed_origins: Vec<String>,
     ) -> Self {
+        let bound = std::sync::OnceLock::new();
+        if let Some(d) = document {
+            let _ = bound.set(d);
+        }
         Self {
             key,
-            document,
+            document: bound,
             pod,
             leeway_secs,
             allowed_origins,
         }
+    }
+
+    /// The document this server serves, once known.
+    pub fn document(&self) -> Option<&str> {
+        self.document.get().map(String::as_str)
     }
 
     /// The token from `Authorization: Bearer` or else the `token` query parameter.
@@ -92,11 +102,22 @@ impl Authenticator {
         self.check_origin(headers)?;
         let token = Self::token_from(headers, query_token).ok_or(AuthError::Missing)?;
         let expect = Expectations {
-            document: Some(&self.document),
+            document: self.document.get().map(String::as_str),
             pod: Some(&self.pod),
             leeway_secs: self.leeway_secs,
         };
-        Ok(self.key.verify(token, &expect)?)
+        let claims = self.key.verify(token, &expect)?;
+        // A pod serves one document for its whole life: the first valid token binds it. The
+        // token is signed by Watchman, which only mints tokens for the document it bound to
+        // this pod, so the first token's document is the allocated one.
+        let bound = self.document.get_or_init(|| {
+            tracing::info!(document = %claims.doc, "pod bound to its document");
+            claims.doc.clone()
+        });
+        if *bound != claims.doc {
+            return Err(AuthError::Token(TokenError::WrongDocument));
+        }
+        Ok(claims)
     }
 
     fn check_origin(&self, headers: &HeaderMap) -> Result<(), AuthError> {

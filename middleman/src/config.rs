@@ -32,9 +32,11 @@ pub struct ServeArgs {
     #[arg(long, env = "MIDDLEMAN_LISTEN", default_value = "127.0.0.1:8888")]
     pub listen: SocketAddr,
 
-    /// The document this Middleman serves; tokens for other documents are refused.
+    /// The document this Middleman serves; tokens for other documents are refused. When unset
+    /// (a warm pod waiting for Watchman to allocate it), the pod binds to the document of the
+    /// first valid token it sees and refuses every other document from then on.
     #[arg(long, env = "MIDDLEMAN_DOCUMENT")]
-    pub document: String,
+    pub document: Option<String>,
 
     /// This pod's name; tokens for other pods are refused.
     #[arg(long, env = "MIDDLEMAN_POD")]

@@ -207,3 +207,24 @@ async fn health_ready_metrics_and_page() {
     assert!(page.contains("/app.js"));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_pod_binds_to_its_first_document() {
+    let server = TestServer::start_with(false, &[]).await;
+    let (_, status) = http_get(server.addr, "/status").await;
+    assert!(status.contains("\"document\":null"), "{status}");
+    let mut c = Client::connect(
+        server.addr,
+        &server.token_for("ada", Role::Editor, "doc-a", 60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.run("1+1").await.status, Some(ExecutionStatus::Ok));
+    let other = server.token_for("eve", Role::Editor, "doc-b", 60);
+    assert_eq!(refused_status(&server, &other).await, 403);
+    let again = server.token_for("bob", Role::Viewer, "doc-a", 60);
+    assert_eq!(refused_status(&server, &again).await, 101);
+    let (_, status) = http_get(server.addr, "/status").await;
+    assert!(status.contains("\"document\":\"doc-a\""), "{status}");
+    server.stop().await;
+}

@@ -53,7 +53,7 @@ impl Conn {
         let args = &state.args;
         let welcome = ServerEvent::Welcome {
             protocol: PROTOCOL_VERSION,
-            document: args.document.clone(),
+            document: self.claims.doc.clone(),
             user: self.claims.sub.clone(),
             role: self.claims.role.to_string(),
             kernel: snapshot.kernel.clone(),
@@ -144,6 +144,7 @@ impl Conn {
             Message::Ping(_) | Message::Pong(_) | Message::Close(_) => return Ok(()),
         };
         metrics::counter!("middleman_ws_messages_received_total").increment(1);
+        self.state.activity.touch();
         let parsed: ClientMessage = match serde_json::from_str(&text) {
             Ok(m) => m,
             Err(error) => {

@@ -50,6 +50,24 @@ struct AppState {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     metrics: PrometheusHandle,
+    activity: Activity,
+}
+
+/// What Watchman reads to decide that a pod is idle.
+#[derive(Debug, Default)]
+pub(crate) struct Activity {
+    pub(crate) connections: std::sync::atomic::AtomicUsize,
+    /// Unix seconds of the last client message, connection or disconnection.
+    pub(crate) last: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    pub(crate) fn touch(&self) {
+        self.last.store(
+            session_token::now_secs(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
 }
 
 /// A started Middleman.
@@ -157,7 +175,9 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
         metrics: crate::telemetry::prometheus(),
+        activity: Activity::default(),
     });
+    state.activity.touch();
     let app = router(state);
     let token = shutdown.clone();
     let http = tokio::spawn(
@@ -178,7 +198,7 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
         }
         .instrument(tracing::info_span!("http", %addr)),
     );
-    tracing::info!(document = %args.document, pod = %args.pod, "listening on http://{addr}");
+    tracing::info!(document = ?args.document, pod = %args.pod, "listening on http://{addr}");
     Ok(Running {
         addr,
         shutdown,
@@ -196,6 +216,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/status", get(status))
         .route("/ws", get(websocket))
         .with_state(state)
 }
@@ -242,6 +263,20 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     };
     let body = serde_json::json!({ "ready": ready, "kernel_state": kernel_state });
     (status, axum::Json(body)).into_response()
+}
+
+/// Liveness detail for Watchman: kernel state, connected clients and the last activity, so it
+/// can end idle allocations. Carries no document content.
+async fn status(State(state): State<Arc<AppState>>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let kernel_state = state.session.watch().borrow().kernel_state;
+    let body = serde_json::json!({
+        "document": state.auth.document(),
+        "kernel_state": kernel_state,
+        "connections": state.activity.connections.load(Relaxed),
+        "last_activity": state.activity.last.load(Relaxed),
+    });
+    axum::Json(body).into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

@@ -53,6 +53,11 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a Middleman with `extra` flags and waits until its kernel is ready.
     pub async fn start(extra: &[&str]) -> Self {
+        Self::start_with(true, extra).await
+    }
+
+    /// `bound = false` starts a warm pod that binds to the first document it is asked for.
+    pub async fn start_with(bound: bool, extra: &[&str]) -> Self {
         require_kernel();
         let dir = TempDir::new("srv");
         let key = SigningKey::generate();
@@ -60,11 +65,14 @@ impl TestServer {
         std::fs::write(&public, key.verifying_key().to_pem().unwrap()).unwrap();
         let document = format!("doc-{}", uuid::Uuid::new_v4().simple());
         let runtime_root = dir.0.join("run");
-        let mut args: Vec<String> = vec![
+        let mut args: Vec<String> = if bound {
+            vec!["--document".into(), document.clone()]
+        } else {
+            Vec::new()
+        };
+        args.extend::<Vec<String>>(vec![
             "--listen".into(),
             "127.0.0.1:0".into(),
-            "--document".into(),
-            document.clone(),
             "--pod".into(),
             "pod-1".into(),
             "--public-key".into(),
@@ -73,7 +81,7 @@ impl TestServer {
             runtime_root.display().to_string(),
             "--kernel".into(),
             "python3".into(),
-        ];
+        ]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let serve = ServeArgs::from_args(args).unwrap();
         let running = middleman::start(serve).await.unwrap();
