@@ -1,1 +1,254 @@
+//! Watchman: keeps a warm buffer of kernel pods per plan and allocates one to a document in
+//! milliseconds.
+//!
+//! Layers: [`plan`] and [`model`] (domain), [`service`] (allocation and reconciliation, no gRPC),
+//! [`store`] (memory, Redis) and [`backend`] (local processes) adapters, [`grpc`] and [`web`]
+//! (boundaries), [`config`] and [`start`] (wiring).
 
+pub mod backend;
+pub mod config;
+pub mod grpc;
+pub mod model;
+pub mod plan;
+pub mod service;
+pub mod store;
+pub mod testing;
+mod web;
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use anyhow::Context as _;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+pub use config::Args;
+
+/// A started Watchman.
+#[derive(Debug)]
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub watchman: service::Watchman,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    grace: std::time::Duration,
+    delete_pods_on_exit: bool,
+}
+
+impl Running {
+    /// The token that stops everything when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits for shutdown, then drains servers and the reconciler within the grace period.
+    pub async fn wait(self) {
+        self.shutdown.cancelled().await;
+        self.tracker.close();
+        if tokio::time::timeout(self.grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace period ran out");
+        }
+        if self.delete_pods_on_exit {
+            let _ = self.watchman.delete_all_pods().await;
+        }
+        tracing::info!("watchman stopped");
+    }
+
+    /// Requests shutdown and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+}
+
+/// The process-wide Prometheus recorder.
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0, 60.0,
+                ])
+                .map(PrometheusBuilder::build_recorder)
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Loads everything, binds both listeners, and starts the servers and the reconciler.
+pub async fn start(args: Args) -> anyhow::Result<Running> {
+    let plans = plan::load_plans(&args.plans)?;
+    let pem = std::fs::read_to_string(&args.signing_key)
+        .with_context(|| format!("reading {}", args.signing_key.display()))?;
+    let key = session_token::SigningKey::from_pem(&pem)?;
+    let api_token = match (&args.api_token_file, &args.api_token) {
+        (Some(f), _) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading {}", f.display()))?
+            .trim()
+            .to_owned(),
+        (None, Some(t)) => t.clone(),
+        (None, None) => {
+            anyhow::bail!("an API token is required: --api-token-file or WATCHMAN_API_TOKEN")
+        }
+    };
+    anyhow::ensure!(
+        api_token.len() >= 16,
+        "the API token must be at least 16 characters"
+    );
+
+    let store = if args.store == "memory" {
+        store::Store::Memory(store::MemoryStore::default())
+    } else {
+        store::Store::Redis(
+            store::RedisStore::connect(&args.store, &args.redis_prefix)
+                .await
+                .context("connecting to Redis")?,
+        )
+    };
+
+    anyhow::ensure!(
+        args.backend == "local",
+        "unknown backend {:?} (available: local)",
+        args.backend
+    );
+    std::fs::create_dir_all(&args.local_root)
+        .with_context(|| format!("creating {}", args.local_root.display()))?;
+    let public_key = args.local_root.join("public.pem");
+    std::fs::write(&public_key, key.verifying_key().to_pem()?)?;
+    let middleman_bin = match &args.middleman_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.with_file_name("middleman"),
+    };
+    let mut env = Vec::new();
+    for var in ["JUPYTER_PATH", "PATH", "HOME", "RUST_LOG"] {
+        if let Ok(v) = std::env::var(var) {
+            env.push((var.to_owned(), v));
+        }
+    }
+    let backend = backend::Backend::Local(backend::LocalBackend::new(backend::LocalSettings {
+        middleman_bin,
+        public_key,
+        root: args.local_root.clone(),
+        pool_id: args.pool_id.clone(),
+        env,
+    }));
+
+    let instance = args.instance.clone().unwrap_or_else(|| {
+        format!(
+            "watchman-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        )
+    });
+    let settings = service::Settings {
+        instance,
+        default_wait: args.default_wait,
+        max_wait: args.max_wait,
+        token_ttl: args.token_ttl,
+        lease_ttl: args.lease_ttl,
+        reconcile_interval: args.reconcile_interval,
+        pod_startup_timeout: args.pod_startup_timeout,
+        max_concurrent_starts: args.max_concurrent_starts,
+    };
+    let watchman = service::Watchman::new(plans, store, backend, key, settings);
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    {
+        let w = watchman.clone();
+        let s = shutdown.clone();
+        tracker.spawn(
+            async move { w.run_reconciler(s).await }.instrument(tracing::info_span!("reconciler")),
+        );
+    }
+
+    let grpc_listener = tokio::net::TcpListener::bind(args.grpc_listen)
+        .await
+        .with_context(|| format!("binding {}", args.grpc_listen))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<watchman_proto::v1::watchman_server::WatchmanServer<grpc::Api>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(watchman_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let api = watchman_proto::v1::watchman_server::WatchmanServer::with_interceptor(
+        grpc::Api::new(watchman.clone(), args.public_ws_base.clone()),
+        grpc::ApiAuth::new(&api_token),
+    );
+    {
+        let s = shutdown.clone();
+        tracker.spawn(
+            async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+                let served = tonic::transport::Server::builder()
+                    .tcp_nodelay(true)
+                    .add_service(health)
+                    .add_service(reflection)
+                    .add_service(api)
+                    .serve_with_incoming_shutdown(incoming, s.cancelled_owned())
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "grpc server failed");
+                }
+            }
+            .instrument(tracing::info_span!("grpc", addr = %grpc_addr)),
+        );
+    }
+
+    let http_listener = tokio::net::TcpListener::bind(args.http_listen)
+        .await
+        .with_context(|| format!("binding {}", args.http_listen))?;
+    let http_addr = http_listener.local_addr()?;
+    {
+        let app = web::router(watchman.clone(), prometheus(), args.dev_page);
+        let s = shutdown.clone();
+        tracker.spawn(
+            async move {
+                let served = axum::serve(http_listener, app)
+                    .with_graceful_shutdown(s.cancelled_owned())
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "http server failed");
+                }
+            }
+            .instrument(tracing::info_span!("http", addr = %http_addr)),
+        );
+    }
+    tracing::info!(%grpc_addr, %http_addr, store = %if args.store == "memory" { "memory" } else { "redis" }, "watchman started");
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        watchman,
+        shutdown,
+        tracker,
+        grace: args.shutdown_grace,
+        delete_pods_on_exit: args.delete_pods_on_exit,
+    })
+}
+
+/// Installs the `tracing` subscriber (`RUST_LOG`, text or JSON).
+pub fn init_logging(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

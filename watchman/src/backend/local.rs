@@ -1,0 +1,184 @@
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use super::{BackendError, Health, Started};
+use crate::model::Pod;
+use crate::plan::Plan;
+
+/// Settings of the local backend.
+#[derive(Debug, Clone)]
+pub struct LocalSettings {
+    /// The middleman binary.
+    pub middleman_bin: PathBuf,
+    /// Public key Middleman verifies tokens with.
+    pub public_key: PathBuf,
+    /// Parent of every pod's runtime and workspace directories.
+    pub root: PathBuf,
+    /// Marks processes as this Watchman's, for garbage collection (`WATCHMAN_POOL` in their
+    /// environment).
+    pub pool_id: String,
+    /// Extra environment for Middleman (e.g. `JUPYTER_PATH`).
+    pub env: Vec<(String, String)>,
+}
+
+/// Runs each pod as a real Middleman process (with its kernel) on a free loopback port, in its
+/// own process group, with a private directory. Not a mock: the same binary as production.
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    settings: std::sync::Arc<LocalSettings>,
+}
+
+impl LocalBackend {
+    pub fn new(settings: LocalSettings) -> Self {
+        Self {
+            settings: std::sync::Arc::new(settings),
+        }
+    }
+
+    pub(super) async fn create(&self, id: &str, plan: &Plan) -> Result<Started, BackendError> {
+        let err = |reason: String| BackendError::Start {
+            pod: id.to_owned(),
+            reason,
+        };
+        // Reserve a port by binding and releasing it; Middleman binds it a moment later. A
+        // collision makes that pod fail to start, and the reconciler replaces it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| err(e.to_string()))?
+            .port();
+        let dir = self.settings.root.join(id);
+        std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+        let limits = &plan.limits;
+        let mut cmd = tokio::process::Command::new(&self.settings.middleman_bin);
+        cmd.arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--pod", id])
+            .arg("--public-key")
+            .arg(&self.settings.public_key)
+            .args(["--kernel", &plan.kernel])
+            .arg("--runtime-root")
+            .arg(dir.join("run"))
+            .arg("--workspace")
+            .arg(dir.join("workspace"))
+            .args([
+                "--execution-timeout",
+                &format!("{}ms", limits.execution_timeout.as_millis()),
+            ])
+            .args(["--max-output-bytes", &limits.max_output_bytes.to_string()])
+            .envs(self.settings.env.iter().cloned())
+            .env("WATCHMAN_POOL", &self.settings.pool_id)
+            .env("WATCHMAN_POD", id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .map_err(|e| err(format!("{}: {e}", self.settings.middleman_bin.display())))?;
+        let pid = child.id().ok_or_else(|| err("exited at once".into()))?;
+        // The child is not awaited here: the reconciler watches it through its pid, which also
+        // works for pods adopted after a Watchman restart. A reaper collects the exit status.
+        tokio::spawn(async move {
+            let mut child = child;
+            let _ = child.wait().await;
+        });
+        Ok(Started {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            handle: pid.to_string(),
+        })
+    }
+
+    pub(super) async fn delete(&self, pod: &Pod) {
+        if let Some(pid) = pid_of(pod) {
+            // SIGTERM lets Middleman tell its clients and shut the kernel down.
+            let _ = killpg(pid, Signal::SIGTERM);
+            for _ in 0..50 {
+                if !alive(pid) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = killpg(pid, Signal::SIGKILL);
+        }
+        let dir = self.settings.root.join(&pod.id);
+        if dir.starts_with(&self.settings.root) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    pub(super) async fn health(&self, pod: &Pod) -> Health {
+        let Some(pid) = pid_of(pod) else {
+            return Health::Lost("no process".into());
+        };
+        if !alive(pid) {
+            return Health::Lost(format!("middleman process {pid} exited"));
+        }
+        match super::http_get(&pod.endpoint, "/readyz").await {
+            Some((200, _)) => Health::Ready,
+            _ => Health::NotReady,
+        }
+    }
+
+    pub(super) async fn collect_garbage(&self, known: &[Pod]) {
+        let known: std::collections::HashSet<&str> = known.iter().map(|p| p.id.as_str()).collect();
+        let marker = format!("WATCHMAN_POOL={}", self.settings.pool_id);
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in procs.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+                continue;
+            };
+            let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+            if !vars.iter().any(|v| *v == marker.as_bytes()) {
+                continue;
+            }
+            let pod = vars
+                .iter()
+                .find_map(|v| v.strip_prefix(b"WATCHMAN_POD="))
+                .and_then(|v| std::str::from_utf8(v).ok());
+            // Only the Middleman itself (group leader) is judged; its kernel goes with its group.
+            let leader =
+                nix::unistd::getpgid(Some(Pid::from_raw(pid))).is_ok_and(|g| g.as_raw() == pid);
+            if let Some(pod) = pod
+                && leader
+                && !known.contains(pod)
+            {
+                tracing::warn!(pid, pod, "stopping an orphaned local pod");
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+fn pid_of(pod: &Pod) -> Option<Pid> {
+    pod.handle
+        .parse::<i32>()
+        .ok()
+        .filter(|p| *p > 1)
+        .map(Pid::from_raw)
+}
+
+fn alive(pid: Pid) -> bool {
+    // Zombies count as dead.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,93 @@
+//! Command-line and environment configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    crate::plan::parse_duration(s)
+}
+
+/// Watchman: warm kernel pods per plan, allocated to documents over gRPC.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "watchman", version, about)]
+pub struct Args {
+    /// gRPC address (Allocate, Release, ...; health and reflection too).
+    #[arg(long, env = "WATCHMAN_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
+    pub grpc_listen: SocketAddr,
+    /// HTTP address for /healthz, /metrics and (with --dev-page) the try-it page.
+    #[arg(long, env = "WATCHMAN_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+    /// The plans file (TOML; see watchman/plans.example.toml).
+    #[arg(long, env = "WATCHMAN_PLANS")]
+    pub plans: PathBuf,
+    /// `memory` (one replica) or a Redis URL (`redis://127.0.0.1:6379/0`).
+    #[arg(long, env = "WATCHMAN_STORE", default_value = "memory")]
+    pub store: String,
+    /// Prefix of every Redis key (several Watchman deployments can share a Redis).
+    #[arg(long, env = "WATCHMAN_REDIS_PREFIX", default_value = "watchman:")]
+    pub redis_prefix: String,
+    /// Ed25519 private key (PKCS#8 PEM) that signs session tokens.
+    #[arg(long, env = "WATCHMAN_SIGNING_KEY")]
+    pub signing_key: PathBuf,
+    /// File holding the bearer token gRPC callers must present.
+    #[arg(long, env = "WATCHMAN_API_TOKEN_FILE", conflicts_with = "api_token")]
+    pub api_token_file: Option<PathBuf>,
+    /// The bearer token itself (prefer the file, or the environment, over the command line).
+    #[arg(long, env = "WATCHMAN_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Where pods run: `local` (Middleman processes on this host).
+    #[arg(long, env = "WATCHMAN_BACKEND", default_value = "local")]
+    pub backend: String,
+    /// The middleman binary (local backend). Default: next to this binary.
+    #[arg(long, env = "WATCHMAN_MIDDLEMAN_BIN")]
+    pub middleman_bin: Option<PathBuf>,
+    /// Directory for local pods' runtime and workspace directories.
+    #[arg(long, env = "WATCHMAN_LOCAL_ROOT", default_value_os_t = std::env::temp_dir().join("watchman-local"))]
+    pub local_root: PathBuf,
+    /// Name shared by the replicas of one deployment (marks local pods for garbage collection).
+    #[arg(long, env = "WATCHMAN_POOL_ID", default_value = "default")]
+    pub pool_id: String,
+    /// This replica's name in the reconciler lease. Default: host, pid and a random suffix.
+    #[arg(long, env = "WATCHMAN_INSTANCE")]
+    pub instance: Option<String>,
+    /// Default wait for a pod when the buffer is empty.
+    #[arg(long, env = "WATCHMAN_DEFAULT_WAIT", default_value = "10s", value_parser = duration)]
+    pub default_wait: Duration,
+    /// Longest wait a caller may ask for.
+    #[arg(long, env = "WATCHMAN_MAX_WAIT", default_value = "60s", value_parser = duration)]
+    pub max_wait: Duration,
+    /// Lifetime of minted session tokens.
+    #[arg(long, env = "WATCHMAN_TOKEN_TTL", default_value = "1h", value_parser = duration)]
+    pub token_ttl: Duration,
+    /// Reconciler lease time; another replica takes over this long after the leader stops.
+    #[arg(long, env = "WATCHMAN_LEASE_TTL", default_value = "5s", value_parser = duration)]
+    pub lease_ttl: Duration,
+    /// Reconciler period.
+    #[arg(long, env = "WATCHMAN_RECONCILE_INTERVAL", default_value = "250ms", value_parser = duration)]
+    pub reconcile_interval: Duration,
+    /// A pod not ready after this long is replaced.
+    #[arg(long, env = "WATCHMAN_POD_STARTUP_TIMEOUT", default_value = "120s", value_parser = duration)]
+    pub pod_startup_timeout: Duration,
+    /// Pods started at once per reconcile pass.
+    #[arg(long, env = "WATCHMAN_MAX_CONCURRENT_STARTS", default_value_t = 4)]
+    pub max_concurrent_starts: usize,
+    /// Public WebSocket base when pods are reached through a gateway (`wss://host/pods`);
+    /// empty: each pod's own address.
+    #[arg(long, env = "WATCHMAN_PUBLIC_WS_BASE", default_value = "")]
+    pub public_ws_base: String,
+    /// Serve the try-it page on the HTTP address (development only: it allocates without auth).
+    #[arg(long, env = "WATCHMAN_DEV_PAGE")]
+    pub dev_page: bool,
+    /// Delete every pod on shutdown (development; production keeps pods across restarts).
+    #[arg(long, env = "WATCHMAN_DELETE_PODS_ON_EXIT")]
+    pub delete_pods_on_exit: bool,
+    /// Drain time on SIGTERM.
+    #[arg(long, env = "WATCHMAN_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+    /// Log format: text or json.
+    #[arg(long, env = "WATCHMAN_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}

@@ -1,0 +1,309 @@
+//! The `watchman.v1.Watchman` gRPC service: a thin adapter over [`crate::service::Watchman`].
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::Stream;
+use session_token::Role as TokenRole;
+use tonic::{Request, Response, Status};
+use watchman_proto::v1 as pb;
+
+use crate::model::{Allocation, EndReason, LaunchKind};
+use crate::service::{ServiceError, Watchman};
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Self {
+        match &e {
+            ServiceError::InvalidArgument(_) | ServiceError::UnknownPlan { .. } => {
+                Status::invalid_argument(e.to_string())
+            }
+            ServiceError::Exhausted { .. } => Status::resource_exhausted(e.to_string()),
+            ServiceError::NotFound(_) => Status::not_found(e.to_string()),
+            ServiceError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+            ServiceError::Store(_) | ServiceError::Token(_) => {
+                // Internals stay in the log, not in the caller's error.
+                tracing::error!(error = %e, "internal error");
+                Status::unavailable("the allocation store is unavailable; retry")
+            }
+        }
+    }
+}
+
+/// Checks `authorization: Bearer <token>` on every call, in constant time.
+#[derive(Clone)]
+pub struct ApiAuth {
+    token: std::sync::Arc<str>,
+}
+
+impl std::fmt::Debug for ApiAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiAuth(..)")
+    }
+}
+
+impl ApiAuth {
+    pub fn new(token: &str) -> Self {
+        Self {
+            token: token.into(),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for ApiAuth {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let expected = self.token.as_bytes();
+        let same = given.len() == expected.len()
+            && given
+                .as_bytes()
+                .iter()
+                .zip(expected)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if given.is_empty() {
+            Err(Status::unauthenticated(
+                "missing bearer token (authorization: Bearer <token>)",
+            ))
+        } else if !same {
+            Err(Status::unauthenticated("invalid bearer token"))
+        } else {
+            Ok(request)
+        }
+    }
+}
+
+/// The gRPC service.
+#[derive(Debug, Clone)]
+pub struct Api {
+    watchman: Watchman,
+    /// Base for WebSocket URLs when pods are reached through a gateway; empty: the pod's own.
+    public_ws_base: String,
+}
+
+impl Api {
+    pub fn new(watchman: Watchman, public_ws_base: String) -> Self {
+        Self {
+            watchman,
+            public_ws_base,
+        }
+    }
+
+    fn to_pb(
+        &self,
+        a: &Allocation,
+        launch: Option<LaunchKind>,
+        token: String,
+        token_exp: u64,
+    ) -> pb::Allocation {
+        let ws = if self.public_ws_base.is_empty() {
+            format!(
+                "{}/ws",
+                a.endpoint
+                    .replacen("http://", "ws://", 1)
+                    .replacen("https://", "wss://", 1)
+            )
+        } else {
+            format!("{}/{}/ws", self.public_ws_base.trim_end_matches('/'), a.pod)
+        };
+        pb::Allocation {
+            allocation_id: a.id.clone(),
+            document_id: a.document.clone(),
+            plan: a.plan.clone(),
+            pod: a.pod.clone(),
+            websocket_url: ws,
+            token,
+            token_expires_at: i64::try_from(token_exp).unwrap_or(i64::MAX),
+            launch: match launch {
+                Some(LaunchKind::Warm) => pb::LaunchKind::Warm,
+                Some(LaunchKind::Cold) => pb::LaunchKind::Cold,
+                Some(LaunchKind::Existing) => pb::LaunchKind::Existing,
+                None => pb::LaunchKind::Unspecified,
+            } as i32,
+            created_at: i64::try_from(a.created_ms / 1000).unwrap_or(i64::MAX),
+            expires_at: i64::try_from(a.expires_ms / 1000).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+fn role(r: i32) -> Result<TokenRole, Status> {
+    match pb::Role::try_from(r) {
+        Ok(pb::Role::Unspecified | pb::Role::Editor) => Ok(TokenRole::Editor),
+        Ok(pb::Role::Viewer) => Ok(TokenRole::Viewer),
+        Err(_) => Err(Status::invalid_argument(format!("unknown role {r}"))),
+    }
+}
+
+fn end_reason(r: EndReason) -> pb::EndReason {
+    match r {
+        EndReason::Released => pb::EndReason::Released,
+        EndReason::Idle => pb::EndReason::Idle,
+        EndReason::Lifetime => pb::EndReason::Lifetime,
+        EndReason::PodLost => pb::EndReason::PodLost,
+        EndReason::Preempted => pb::EndReason::Preempted,
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::AllocationEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::watchman_server::Watchman for Api {
+    async fn allocate(
+        &self,
+        request: Request<pb::AllocateRequest>,
+    ) -> Result<Response<pb::Allocation>, Status> {
+        let r = request.into_inner();
+        let wait = (r.wait_ms > 0).then(|| Duration::from_millis(u64::from(r.wait_ms)));
+        let g = self
+            .watchman
+            .allocate(
+                &r.document_id,
+                &r.plan,
+                &r.kernel,
+                &r.user_id,
+                &r.user_name,
+                role(r.role)?,
+                wait,
+            )
+            .await?;
+        Ok(Response::new(self.to_pb(
+            &g.allocation,
+            Some(g.launch),
+            g.token,
+            g.token_expires,
+        )))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let released = self
+            .watchman
+            .release(&request.into_inner().document_id)
+            .await?;
+        Ok(Response::new(pb::ReleaseResponse { released }))
+    }
+
+    async fn get_allocation(
+        &self,
+        request: Request<pb::GetAllocationRequest>,
+    ) -> Result<Response<pb::Allocation>, Status> {
+        let a = self.watchman.get(&request.into_inner().document_id).await?;
+        Ok(Response::new(self.to_pb(&a, None, String::new(), 0)))
+    }
+
+    type WatchAllocationStream = EventStream;
+
+    async fn watch_allocation(
+        &self,
+        request: Request<pb::WatchAllocationRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let document = request.into_inner().document_id;
+        let first = self.watchman.get(&document).await?;
+        let api = self.clone();
+        // Polls the store, so it works whichever replica ends the allocation. Four polls a
+        // second is fast enough for a UI and costs one GET per watcher.
+        let stream = async_stream(move |tx| async move {
+            let ready = api.to_pb(&first, None, String::new(), 0);
+            if tx
+                .send(Ok(pb::AllocationEvent {
+                    event: Some(pb::allocation_event::Event::Ready(ready)),
+                }))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if tx.is_closed() {
+                    return;
+                }
+                let current = match api.watchman.get(&document).await {
+                    Ok(a) => Some(a),
+                    Err(ServiceError::NotFound(_)) => None,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                if current.as_ref().is_some_and(|a| a.id == first.id) {
+                    continue;
+                }
+                let ended = match api.watchman.ended(&first.id).await {
+                    Ok(Some(e)) => pb::Ended {
+                        allocation_id: e.allocation,
+                        reason: end_reason(e.reason) as i32,
+                        detail: e.detail,
+                    },
+                    _ => pb::Ended {
+                        allocation_id: first.id.clone(),
+                        reason: pb::EndReason::Unspecified as i32,
+                        detail: "ended".into(),
+                    },
+                };
+                let _ = tx
+                    .send(Ok(pb::AllocationEvent {
+                        event: Some(pb::allocation_event::Event::Ended(ended)),
+                    }))
+                    .await;
+                return;
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn list_pools(
+        &self,
+        _request: Request<pb::ListPoolsRequest>,
+    ) -> Result<Response<pb::ListPoolsResponse>, Status> {
+        let pools = self
+            .watchman
+            .pool_counts()
+            .await?
+            .into_iter()
+            .map(|(plan, c)| pb::PoolStatus {
+                plan,
+                warm: c.warm,
+                starting: c.starting,
+                allocated: c.allocated,
+                target_warm: c.target,
+            })
+            .collect();
+        Ok(Response::new(pb::ListPoolsResponse { pools }))
+    }
+
+    async fn mint_token(
+        &self,
+        request: Request<pb::MintTokenRequest>,
+    ) -> Result<Response<pb::MintTokenResponse>, Status> {
+        let r = request.into_inner();
+        let ttl = (r.ttl_seconds > 0).then(|| Duration::from_secs(u64::from(r.ttl_seconds)));
+        let (a, token, exp) = self
+            .watchman
+            .mint_for(&r.document_id, &r.user_id, &r.user_name, role(r.role)?, ttl)
+            .await?;
+        let url = self.to_pb(&a, None, String::new(), 0).websocket_url;
+        Ok(Response::new(pb::MintTokenResponse {
+            token,
+            expires_at: i64::try_from(exp).unwrap_or(i64::MAX),
+            websocket_url: url,
+        }))
+    }
+}
+
+/// A stream fed by a task through a bounded channel; the task ends when the client goes away.
+fn async_stream<F, Fut>(f: F) -> EventStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::AllocationEvent, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

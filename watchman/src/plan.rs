@@ -1,0 +1,314 @@
+//! Plans: what a tier of users gets (kernel, resources, warm buffer, limits), from a TOML file.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Failures loading the plans file. Every problem is reported at once.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The file could not be read.
+    #[error("plans file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys.
+    #[error("plans file {path}: {message}")]
+    Parse { path: String, message: String },
+    /// The values do not make sense.
+    #[error("plans file {path} is invalid:\n  - {}", problems.join("\n  - "))]
+    Invalid { path: String, problems: Vec<String> },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlansFile {
+    plans: BTreeMap<String, RawPlan>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlan {
+    #[serde(default = "default_kernel")]
+    kernel: String,
+    #[serde(default)]
+    image: String,
+    #[serde(default)]
+    resources: Resources,
+    #[serde(default)]
+    node_selector: BTreeMap<String, String>,
+    #[serde(default)]
+    tolerations: Vec<Toleration>,
+    warm: WarmPolicy,
+    #[serde(default = "default_idle")]
+    idle_timeout: String,
+    #[serde(default = "default_lifetime")]
+    max_lifetime: String,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+fn default_kernel() -> String {
+    "python3".into()
+}
+fn default_idle() -> String {
+    "30m".into()
+}
+fn default_lifetime() -> String {
+    "12h".into()
+}
+
+/// CPU and memory as Kubernetes quantities (`500m`, `1Gi`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default)]
+    pub cpu_request: String,
+    #[serde(default)]
+    pub cpu_limit: String,
+    #[serde(default)]
+    pub memory_request: String,
+    #[serde(default)]
+    pub memory_limit: String,
+    #[serde(default)]
+    pub ephemeral_storage: String,
+}
+
+/// A Kubernetes toleration (spot nodes carry taints).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Toleration {
+    pub key: String,
+    #[serde(default = "default_op")]
+    pub operator: String,
+    #[serde(default)]
+    pub value: String,
+    #[serde(default)]
+    pub effect: String,
+}
+
+fn default_op() -> String {
+    "Equal".into()
+}
+
+/// `target_warm = clamp(ceil(ratio x allocated), min, max)`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WarmPolicy {
+    pub ratio: f64,
+    pub min: u32,
+    pub max: u32,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    execution_timeout: Option<String>,
+    max_output_bytes: Option<u64>,
+    memory_mib: Option<u64>,
+    max_processes: Option<u64>,
+    max_open_files: Option<u64>,
+}
+
+/// Limits handed to Middleman and to the kernel's process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutionLimits {
+    pub execution_timeout: Duration,
+    pub max_output_bytes: u64,
+    pub memory_mib: u64,
+    pub max_processes: u64,
+    pub max_open_files: u64,
+}
+
+/// One plan, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub name: String,
+    pub kernel: String,
+    pub image: String,
+    pub resources: Resources,
+    pub node_selector: BTreeMap<String, String>,
+    pub tolerations: Vec<Toleration>,
+    pub warm: WarmPolicy,
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+    pub limits: ExecutionLimits,
+}
+
+impl Plan {
+    /// How many warm (or starting) pods this plan should keep with `allocated` pods in use.
+    pub fn target_warm(&self, allocated: u32) -> u32 {
+        let wanted = (self.warm.ratio * f64::from(allocated)).ceil();
+        let wanted = if wanted.is_finite() && wanted > 0.0 {
+            wanted.min(f64::from(u32::MAX)) as u32
+        } else {
+            0
+        };
+        wanted.clamp(self.warm.min, self.warm.max.max(self.warm.min))
+    }
+}
+
+/// Parses durations like `500ms`, `30s`, `10m`, `12h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (500ms, 30s, 10m, 12h)"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" | "" => v,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Loads and validates the plans in `text` (read from `path`).
+pub fn parse_plans(path: &str, text: &str) -> Result<BTreeMap<String, Plan>, PlanError> {
+    let file: PlansFile = toml::from_str(text).map_err(|e| PlanError::Parse {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    let mut problems = Vec::new();
+    let mut plans = BTreeMap::new();
+    if file.plans.is_empty() {
+        problems.push("no plans defined".to_owned());
+    }
+    for (name, raw) in file.plans {
+        let mut dur = |what: &str, v: &str| match parse_duration(v) {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(format!("plans.{name}.{what}: {e}"));
+                Duration::ZERO
+            }
+        };
+        let idle_timeout = dur("idle_timeout", &raw.idle_timeout);
+        let max_lifetime = dur("max_lifetime", &raw.max_lifetime);
+        let execution_timeout = dur(
+            "limits.execution_timeout",
+            raw.limits.execution_timeout.as_deref().unwrap_or("10m"),
+        );
+        if !(raw.warm.ratio.is_finite() && raw.warm.ratio >= 0.0) {
+            problems.push(format!("plans.{name}.warm.ratio must be a number >= 0"));
+        }
+        if raw.warm.min > raw.warm.max {
+            problems.push(format!(
+                "plans.{name}.warm.min ({}) is above max ({})",
+                raw.warm.min, raw.warm.max
+            ));
+        }
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            || name.is_empty()
+            || name.len() > 40
+        {
+            problems.push(format!(
+                "plan name {name:?}: use letters, digits and '-', at most 40"
+            ));
+        }
+        if raw.kernel.is_empty() {
+            problems.push(format!("plans.{name}.kernel is empty"));
+        }
+        let limits = ExecutionLimits {
+            execution_timeout,
+            max_output_bytes: raw.limits.max_output_bytes.unwrap_or(4 * 1024 * 1024),
+            memory_mib: raw.limits.memory_mib.unwrap_or(1024),
+            max_processes: raw.limits.max_processes.unwrap_or(64),
+            max_open_files: raw.limits.max_open_files.unwrap_or(1024),
+        };
+        plans.insert(
+            name.clone(),
+            Plan {
+                name,
+                kernel: raw.kernel,
+                image: raw.image,
+                resources: raw.resources,
+                node_selector: raw.node_selector,
+                tolerations: raw.tolerations,
+                warm: raw.warm,
+                idle_timeout,
+                max_lifetime,
+                limits,
+            },
+        );
+    }
+    if problems.is_empty() {
+        Ok(plans)
+    } else {
+        Err(PlanError::Invalid {
+            path: path.into(),
+            problems,
+        })
+    }
+}
+
+/// Reads and validates a plans file.
+pub fn load_plans(path: &std::path::Path) -> Result<BTreeMap<String, Plan>, PlanError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| PlanError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    parse_plans(&shown, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../plans.example.toml");
+
+    #[test]
+    fn example_parses() {
+        let plans = parse_plans("example", EXAMPLE).unwrap();
+        assert!(plans.contains_key("free"));
+        assert_eq!(plans["free"].kernel, "python3");
+    }
+
+    #[test]
+    fn target_formula() {
+        let mut p = parse_plans("example", EXAMPLE)
+            .unwrap()
+            .remove("free")
+            .unwrap();
+        p.warm = WarmPolicy {
+            ratio: 0.2,
+            min: 2,
+            max: 10,
+        };
+        assert_eq!(p.target_warm(0), 2);
+        assert_eq!(p.target_warm(11), 3); // ceil(2.2)
+        assert_eq!(p.target_warm(1000), 10);
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let bad = r#"
+[plans.a]
+warm = { ratio = -1.0, min = 5, max = 2 }
+idle_timeout = "soon"
+[plans."b c"]
+warm = { ratio = 1.0, min = 0, max = 1 }
+"#;
+        match parse_plans("bad", bad) {
+            Err(PlanError::Invalid { problems, .. }) => {
+                assert_eq!(problems.len(), 4, "{problems:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_plans(
+                "x",
+                "[plans.a]\nwarm = { ratio = 1.0, min = 0, max = 1 }\ncolour = 1"
+            ),
+            Err(PlanError::Parse { .. })
+        ));
+    }
+}

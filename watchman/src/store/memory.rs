@@ -1,0 +1,160 @@
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use super::{Claim, StoreError};
+use crate::model::{Allocation, EndReason, Ended, Pod, PodState, now_ms};
+
+/// Single-replica store: one mutex over plain maps. The lock is never held across an await.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    pods: BTreeMap<String, Pod>,
+    by_document: HashMap<String, Allocation>,
+    ended: HashMap<String, Ended>,
+    lease: Option<(String, u64)>,
+    demand: HashMap<String, HashMap<String, u64>>,
+}
+
+impl MemoryStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave the maps half-updated in a way that
+        // matters more than losing the process, so recover the data instead of poisoning on.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(super) async fn add_pod(&self, pod: &Pod) -> Result<(), StoreError> {
+        self.lock().pods.insert(pod.id.clone(), pod.clone());
+        Ok(())
+    }
+
+    pub(super) async fn pod_ready(&self, id: &str, at_ms: u64) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        match g.pods.get_mut(id) {
+            Some(p) if p.state == PodState::Starting => {
+                p.state = PodState::Warm;
+                p.ready_ms = Some(at_ms);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    pub(super) async fn claim(&self, template: &Allocation) -> Result<Claim, StoreError> {
+        let mut g = self.lock();
+        if let Some(a) = g.by_document.get(&template.document) {
+            return Ok(Claim::Existing(a.clone()));
+        }
+        let Some(pod) = g
+            .pods
+            .values_mut()
+            .find(|p| p.plan == template.plan && p.state == PodState::Warm)
+        else {
+            return Ok(Claim::Empty);
+        };
+        pod.state = PodState::Allocated;
+        pod.document = Some(template.document.clone());
+        pod.allocation = Some(template.id.clone());
+        let allocation = Allocation {
+            pod: pod.id.clone(),
+            endpoint: pod.endpoint.clone(),
+            ..template.clone()
+        };
+        g.by_document
+            .insert(template.document.clone(), allocation.clone());
+        Ok(Claim::Claimed(allocation))
+    }
+
+    pub(super) async fn allocation(
+        &self,
+        document: &str,
+    ) -> Result<Option<Allocation>, StoreError> {
+        Ok(self.lock().by_document.get(document).cloned())
+    }
+
+    pub(super) async fn end_pod(
+        &self,
+        pod: &str,
+        reason: EndReason,
+        detail: &str,
+    ) -> Result<Option<Ended>, StoreError> {
+        let mut g = self.lock();
+        let Some(p) = g.pods.get_mut(pod) else {
+            return Ok(None);
+        };
+        let was = p.state;
+        p.state = PodState::Ending;
+        let (Some(document), Some(allocation), PodState::Allocated) =
+            (p.document.clone(), p.allocation.clone(), was)
+        else {
+            return Ok(None);
+        };
+        g.by_document.remove(&document);
+        let ended = Ended {
+            allocation: allocation.clone(),
+            document,
+            pod: pod.to_owned(),
+            reason,
+            detail: detail.to_owned(),
+            at_ms: now_ms(),
+        };
+        g.ended.insert(allocation, ended.clone());
+        let cutoff = now_ms().saturating_sub(3_600_000);
+        g.ended.retain(|_, e| e.at_ms > cutoff);
+        Ok(Some(ended))
+    }
+
+    pub(super) async fn ended(&self, allocation: &str) -> Result<Option<Ended>, StoreError> {
+        Ok(self.lock().ended.get(allocation).cloned())
+    }
+
+    pub(super) async fn remove_pod(&self, id: &str) -> Result<(), StoreError> {
+        self.lock().pods.remove(id);
+        Ok(())
+    }
+
+    pub(super) async fn pods(&self) -> Result<Vec<Pod>, StoreError> {
+        Ok(self.lock().pods.values().cloned().collect())
+    }
+
+    pub(super) async fn try_lease(&self, holder: &str, ttl_ms: u64) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        let now = now_ms();
+        match &g.lease {
+            Some((h, until)) if h != holder && *until > now => Ok(false),
+            _ => {
+                g.lease = Some((holder.to_owned(), now + ttl_ms));
+                Ok(true)
+            }
+        }
+    }
+
+    pub(super) async fn note_demand(
+        &self,
+        plan: &str,
+        waiter: &str,
+        until_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .demand
+            .entry(plan.to_owned())
+            .or_default()
+            .insert(waiter.to_owned(), until_ms);
+        Ok(())
+    }
+
+    pub(super) async fn demand(&self, plan: &str) -> Result<u32, StoreError> {
+        let mut g = self.lock();
+        let now = now_ms();
+        let Some(waiters) = g.demand.get_mut(plan) else {
+            return Ok(0);
+        };
+        waiters.retain(|_, until| *until > now);
+        Ok(u32::try_from(waiters.len()).unwrap_or(u32::MAX))
+    }
+}

@@ -1,0 +1,109 @@
+//! Where pods and allocations live. Allocation is one atomic step here (a Lua script in Redis, a
+//! mutex in memory), never a Kubernetes write, so any replica can allocate in milliseconds.
+
+mod memory;
+mod redis;
+
+pub use self::memory::MemoryStore;
+pub use self::redis::RedisStore;
+
+use crate::model::{Allocation, EndReason, Ended, Pod};
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis could not be reached or answered an error.
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    /// A stored record could not be decoded.
+    #[error("corrupt record {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// Result of [`Store::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The document already had this allocation.
+    Existing(Allocation),
+    /// A warm pod was bound to the document.
+    Claimed(Allocation),
+    /// The plan has no warm pod.
+    Empty,
+}
+
+/// The store in use: memory for a single replica, Redis for several.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Memory(MemoryStore),
+    Redis(RedisStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Store::Memory($s) => $e,
+            Store::Redis($s) => $e,
+        }
+    };
+}
+
+impl Store {
+    /// Records a new pod (normally `Starting`).
+    pub async fn add_pod(&self, pod: &Pod) -> Result<(), StoreError> {
+        dispatch!(self, s => s.add_pod(pod).await)
+    }
+    /// Starting → Warm. False if the pod is not starting (ended meanwhile).
+    pub async fn pod_ready(&self, id: &str, at_ms: u64) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.pod_ready(id, at_ms).await)
+    }
+    /// Atomically: the document's live allocation, or a warm pod of `plan` bound to it using
+    /// `template` (its `pod` and `endpoint` are filled in), or `Empty`.
+    pub async fn claim(&self, template: &Allocation) -> Result<Claim, StoreError> {
+        dispatch!(self, s => s.claim(template).await)
+    }
+    /// The document's live allocation.
+    pub async fn allocation(&self, document: &str) -> Result<Option<Allocation>, StoreError> {
+        dispatch!(self, s => s.allocation(document).await)
+    }
+    /// Ends whatever the pod was doing: state Ending, the document unbound, the end recorded.
+    pub async fn end_pod(
+        &self,
+        pod: &str,
+        reason: EndReason,
+        detail: &str,
+    ) -> Result<Option<Ended>, StoreError> {
+        dispatch!(self, s => s.end_pod(pod, reason, detail).await)
+    }
+    /// How an allocation ended, if it did (kept for an hour).
+    pub async fn ended(&self, allocation: &str) -> Result<Option<Ended>, StoreError> {
+        dispatch!(self, s => s.ended(allocation).await)
+    }
+    /// Forgets a pod (after the backend deleted it).
+    pub async fn remove_pod(&self, id: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.remove_pod(id).await)
+    }
+    /// Every pod.
+    pub async fn pods(&self) -> Result<Vec<Pod>, StoreError> {
+        dispatch!(self, s => s.pods().await)
+    }
+    /// Takes or renews the reconciler lease for `ttl_ms`; true when `holder` holds it.
+    pub async fn try_lease(&self, holder: &str, ttl_ms: u64) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.try_lease(holder, ttl_ms).await)
+    }
+    /// Records that a caller is waiting for a pod of `plan` until `until_ms` (cold launches).
+    pub async fn note_demand(
+        &self,
+        plan: &str,
+        waiter: &str,
+        until_ms: u64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.note_demand(plan, waiter, until_ms).await)
+    }
+    /// Callers still waiting for a pod of `plan`.
+    pub async fn demand(&self, plan: &str) -> Result<u32, StoreError> {
+        dispatch!(self, s => s.demand(plan).await)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,124 @@
+//! Watchman's HTTP side: health, metrics, and (development only) the try-it page that creates or
+//! opens a document and lands in its notebook.
+
+use axum::Router;
+use axum::extract::{Form, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::service::Watchman;
+
+#[derive(Clone)]
+struct AppState {
+    watchman: Watchman,
+    metrics: PrometheusHandle,
+}
+
+pub(crate) fn router(watchman: Watchman, metrics: PrometheusHandle, dev_page: bool) -> Router {
+    let mut router = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(render_metrics));
+    if dev_page {
+        router = router.route("/", get(page)).route("/open", post(open));
+    }
+    router.with_state(AppState { watchman, metrics })
+}
+
+async fn render_metrics(State(s): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+async fn page(State(s): State<AppState>) -> Response {
+    let pools = s.watchman.pool_counts().await.unwrap_or_default();
+    let options: String = s
+        .watchman
+        .plans()
+        .keys()
+        .map(|p| {
+            let c = pools.get(p).cloned().unwrap_or_default();
+            format!(
+                "<option value=\"{0}\">{0} ({1} warm, {2} starting, {3} in use)</option>",
+                escape(p),
+                c.warm,
+                c.starting,
+                c.allocated
+            )
+        })
+        .collect();
+    let suggested = format!("doc-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let html = format!(
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Watchman</title>
+<style>body{{font:15px/1.5 system-ui,sans-serif;max-width:560px;margin:4rem auto;color:#1d2330}}
+input,select,button{{font:inherit;padding:.4rem .6rem;margin:.3rem 0;width:100%;box-sizing:border-box}}
+button{{background:#1d2330;color:#fff;border:0;border-radius:4px;cursor:pointer}}</style></head>
+<body><h1>Open a document</h1>
+<p>Watchman hands the document a pre-booted kernel from the warm pool, then you land in it.
+Opening the same document again returns the same kernel.</p>
+<form method="post" action="/open">
+<label>Document<input name="document" value="{suggested}" required pattern="[A-Za-z0-9._:@-]+"></label>
+<label>Plan<select name="plan">{options}</select></label>
+<label>Your name<input name="name" value="Developer"></label>
+<button type="submit">Open</button></form></body></html>"#
+    );
+    (
+        [(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+        )],
+        Html(html),
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct OpenForm {
+    document: String,
+    plan: String,
+    #[serde(default)]
+    name: String,
+}
+
+async fn open(State(s): State<AppState>, Form(form): Form<OpenForm>) -> Response {
+    let user = "local-developer";
+    match s
+        .watchman
+        .allocate(
+            &form.document,
+            &form.plan,
+            "",
+            user,
+            &form.name,
+            session_token::Role::Editor,
+            None,
+        )
+        .await
+    {
+        Ok(g) => {
+            Redirect::to(&format!("{}/#token={}", g.allocation.endpoint, g.token)).into_response()
+        }
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Html(format!(
+                "<p>Could not open the document: {}</p><p><a href=\"/\">Back</a></p>",
+                escape(&e.to_string())
+            )),
+        )
+            .into_response(),
+    }
+}
