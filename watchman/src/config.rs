@@ -12,7 +12,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 
 /// Watchman: warm kernel pods per plan, allocated to documents over gRPC.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "watchman", version, about)]
+#[command(name = "watchman", version, about, args_override_self = true)]
 pub struct Args {
     /// gRPC address (Allocate, Release, ...; health and reflection too).
     #[arg(long, env = "WATCHMAN_GRPC_LISTEN", default_value = "127.0.0.1:50051")]

@@ -1,0 +1,391 @@
+//! Watchman end to end with the local backend: real Middleman and ipykernel processes, real Redis.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::*;
+use tonic::Code;
+use watchman::testing::RedisServer;
+use watchman_proto::v1 as pb;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocate_connect_execute_and_the_same_document_gets_the_same_pod() {
+    let d = Deployment::new("basic", 2, "30m");
+    let w = d.replica("memory", &[]).await;
+    let mut c = client(w.grpc_addr, API_TOKEN).await;
+    wait_warm(&mut c, 2).await;
+    let a = c
+        .allocate(allocate_req("doc-1", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.launch, pb::LaunchKind::Warm as i32);
+    assert!(
+        a.websocket_url.starts_with("ws://127.0.0.1:"),
+        "{}",
+        a.websocket_url
+    );
+    assert_eq!(run_code(&a, "1+1").await, "2");
+    let again = c
+        .allocate(allocate_req("doc-1", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.pod, a.pod);
+    assert_eq!(again.allocation_id, a.allocation_id);
+    assert_eq!(again.launch, pb::LaunchKind::Existing as i32);
+    // State survived: it is the same kernel.
+    assert_eq!(run_code(&again, "x = 41\nx + 1").await, "42");
+    // A second collaborator's token works on the same pod.
+    let viewer = c
+        .mint_token(pb::MintTokenRequest {
+            document_id: "doc-1".into(),
+            user_id: "bob".into(),
+            user_name: "Bob".into(),
+            role: pb::Role::Editor as i32,
+            ttl_seconds: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let b = pb::Allocation {
+        token: viewer.token,
+        ..again.clone()
+    };
+    assert_eq!(run_code(&b, "x").await, "41");
+    let got = c
+        .get_allocation(pb::GetAllocationRequest {
+            document_id: "doc-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.pod, a.pod);
+    assert!(got.token.is_empty());
+    // Release: the pod is deleted, never reused; the pool refills.
+    let pid: i32 = w
+        .watchman
+        .store()
+        .pods()
+        .await
+        .unwrap()
+        .iter()
+        .find(|p| p.id == a.pod)
+        .unwrap()
+        .handle
+        .parse()
+        .unwrap();
+    assert!(
+        c.release(pb::ReleaseRequest {
+            document_id: "doc-1".into()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .released
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while pid_alive(pid) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "released pod still running"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fresh = c
+        .allocate(allocate_req("doc-1", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(fresh.pod, a.pod, "a used pod is never given out again");
+    teardown(w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documented_errors() {
+    let d = Deployment::new("errors", 0, "30m");
+    let w = d.replica("memory", &[]).await;
+    let mut c = client(w.grpc_addr, API_TOKEN).await;
+    let mut req = allocate_req("doc-1", 200);
+    req.plan = "platinum".into();
+    let e = c.allocate(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("unknown plan \"platinum\"") && e.message().contains("free"),
+        "{}",
+        e.message()
+    );
+    let e = c
+        .allocate(allocate_req("bad doc id!", 200))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    // Empty pool, short deadline.
+    let e = c.allocate(allocate_req("doc-1", 300)).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(e.message().contains("within 300 ms"), "{}", e.message());
+    let e = c
+        .get_allocation(pb::GetAllocationRequest {
+            document_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    // Authentication.
+    let mut anon = client(w.grpc_addr, "").await;
+    assert_eq!(
+        anon.list_pools(pb::ListPoolsRequest {})
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    let mut wrong = client(w.grpc_addr, "not-the-token-at-all-000").await;
+    assert_eq!(
+        wrong
+            .list_pools(pb::ListPoolsRequest {})
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_launch_waits_for_a_new_pod() {
+    let d = Deployment::new("cold", 0, "30m");
+    let w = d.replica("memory", &[]).await;
+    let mut c = client(w.grpc_addr, API_TOKEN).await;
+    let a = c
+        .allocate(allocate_req("doc-cold", 60_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.launch, pb::LaunchKind::Cold as i32);
+    assert_eq!(run_code(&a, "1+1").await, "2");
+    teardown(w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_ends_the_allocation_and_deletes_the_pod() {
+    let d = Deployment::new("idle", 1, "2s");
+    let w = d.replica("memory", &[]).await;
+    let mut c = client(w.grpc_addr, API_TOKEN).await;
+    wait_warm(&mut c, 1).await;
+    let a = c
+        .allocate(allocate_req("doc-idle", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut watch = c
+        .watch_allocation(pb::WatchAllocationRequest {
+            document_id: "doc-idle".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        watch.message().await.unwrap().unwrap().event,
+        Some(pb::allocation_event::Event::Ready(_))
+    ));
+    assert_eq!(run_code(&a, "1+1").await, "2");
+    let ended = tokio::time::timeout(Duration::from_secs(60), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match ended.event {
+        Some(pb::allocation_event::Event::Ended(e)) => {
+            assert_eq!(e.reason, pb::EndReason::Idle as i32, "{e:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while w
+        .watchman
+        .store()
+        .pods()
+        .await
+        .unwrap()
+        .iter()
+        .any(|p| p.id == a.pod)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "idle pod not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    teardown(w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_middleman_ends_the_allocation_and_the_pool_refills() {
+    let d = Deployment::new("killed", 1, "30m");
+    let w = d.replica("memory", &[]).await;
+    let mut c = client(w.grpc_addr, API_TOKEN).await;
+    wait_warm(&mut c, 1).await;
+    let a = c
+        .allocate(allocate_req("doc-k", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut watch = c
+        .watch_allocation(pb::WatchAllocationRequest {
+            document_id: "doc-k".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap();
+    let pid: i32 = w
+        .watchman
+        .store()
+        .pods()
+        .await
+        .unwrap()
+        .iter()
+        .find(|p| p.id == a.pod)
+        .unwrap()
+        .handle
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(30), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match ended.event {
+        Some(pb::allocation_event::Event::Ended(e)) => {
+            assert_eq!(e.reason, pb::EndReason::PodLost as i32);
+            assert!(e.detail.contains("exited"), "{e:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    wait_warm(&mut c, 1).await;
+    let b = c
+        .allocate(allocate_req("doc-k", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(b.pod, a.pod);
+    assert_eq!(run_code(&b, "1+1").await, "2");
+    teardown(w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_redis_never_bind_a_pod_twice() {
+    let redis = RedisServer::start();
+    let d = Deployment::new("race", 24, "30m");
+    let w1 = d
+        .replica(&redis.url(), &["--max-concurrent-starts", "6"])
+        .await;
+    let w2 = d.replica(&redis.url(), &[]).await;
+    let mut c1 = client(w1.grpc_addr, API_TOKEN).await;
+    let c2 = client(w2.grpc_addr, API_TOKEN).await;
+    wait_warm(&mut c1, 24).await;
+    let calls: Vec<_> = (0..200)
+        .map(|i| {
+            let mut c = if i % 2 == 0 { c1.clone() } else { c2.clone() };
+            tokio::spawn(async move {
+                c.allocate(allocate_req(&format!("doc-{}", i % 20), 5_000))
+                    .await
+                    .map(|r| r.into_inner())
+            })
+        })
+        .collect();
+    let mut pod_of: HashMap<String, String> = HashMap::new();
+    for call in calls {
+        let a = call.await.unwrap().unwrap();
+        let previous = pod_of.insert(a.document_id.clone(), a.pod.clone());
+        assert!(
+            previous.is_none_or(|p| p == a.pod),
+            "document {} got two pods",
+            a.document_id
+        );
+    }
+    assert_eq!(pod_of.len(), 20);
+    let pods: HashSet<&String> = pod_of.values().collect();
+    assert_eq!(pods.len(), 20, "a pod was bound to two documents");
+    // Every binding is also what the store says.
+    for (doc, pod) in &pod_of {
+        let got = w2.watchman.store().allocation(doc).await.unwrap().unwrap();
+        assert_eq!(&got.pod, pod);
+    }
+    teardown(w1).await;
+    w2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_watchman_keeps_allocations_and_orphans_nothing() {
+    let redis = RedisServer::start();
+    let d = Deployment::new("restart", 2, "30m");
+    let w = d.replica(&redis.url(), &[]).await;
+    let mut c = client(w.grpc_addr, API_TOKEN).await;
+    wait_warm(&mut c, 2).await;
+    let a = c
+        .allocate(allocate_req("doc-r", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(run_code(&a, "y = 7\ny").await, "7");
+    let before: HashSet<(String, String)> = w
+        .watchman
+        .store()
+        .pods()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.id, p.handle))
+        .collect();
+    w.stop().await; // like a crash: pods are left running
+    // A new replica (new lease holder once the old lease expires) adopts everything.
+    let w2 = d.replica(&redis.url(), &["--lease-ttl", "1s"]).await;
+    let mut c2 = client(w2.grpc_addr, API_TOKEN).await;
+    let again = c2
+        .allocate(allocate_req("doc-r", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.pod, a.pod);
+    assert_eq!(run_code(&again, "y").await, "7");
+    wait_warm(&mut c2, 2).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after: HashSet<i32> = pool_processes(&d.pool_id).into_iter().collect();
+    let pods = w2.watchman.store().pods().await.unwrap();
+    assert_eq!(pods.len(), 3, "two warm and one allocated: {pods:?}");
+    // Every running Middleman is a pod the store knows (kernels are children of Middlemen).
+    let known: HashSet<i32> = pods.iter().map(|p| p.handle.parse().unwrap()).collect();
+    let is_middleman = |pid: &i32| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+            c.split(|b| *b == 0)
+                .next()
+                .is_some_and(|a0| a0.ends_with(b"/middleman"))
+        })
+    };
+    let leaders: HashSet<i32> = after.iter().copied().filter(is_middleman).collect();
+    assert_eq!(leaders, known, "no orphaned or unknown middleman processes");
+    let now: HashSet<(String, String)> = pods
+        .iter()
+        .map(|p| (p.id.clone(), p.handle.clone()))
+        .collect();
+    assert!(
+        before.is_subset(&now),
+        "pods were adopted, not recreated: {before:?} vs {now:?}"
+    );
+    teardown(w2).await;
+    assert!(
+        wait_pool_gone(&d.pool_id).await,
+        "everything stopped: {:?}",
+        pool_processes(&d.pool_id)
+    );
+}
