@@ -141,7 +141,7 @@ impl LocalBackend {
                 continue;
             };
             let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-            if !vars.iter().any(|v| *v == marker.as_bytes()) {
+            if !vars.contains(&marker.as_bytes()) {
                 continue;
             }
             let pod = vars

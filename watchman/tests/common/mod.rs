@@ -13,6 +13,7 @@ use watchman_proto::v1::watchman_client::WatchmanClient;
 
 pub const API_TOKEN: &str = "test-api-token-0123456789";
 
+#[derive(Debug)]
 pub struct Dir(pub PathBuf);
 impl Dir {
     pub fn new(tag: &str) -> Self {
@@ -42,6 +43,7 @@ pub fn middleman_bin() -> PathBuf {
 }
 
 /// Settings shared by the replicas of one test deployment.
+#[derive(Debug)]
 pub struct Deployment {
     pub dir: Dir,
     pub plans: PathBuf,
@@ -119,7 +121,7 @@ impl Deployment {
 
 pub type Client = WatchmanClient<InterceptedService<Channel, Bearer>>;
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Bearer(pub String);
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
