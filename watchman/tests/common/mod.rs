@@ -51,6 +51,18 @@ pub struct Deployment {
     pub pool_id: String,
 }
 
+/// Whatever happens in the test (a panic included), no process of this deployment survives it.
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        for pid in pool_processes(&self.pool_id) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 impl Deployment {
     /// One plan `free` with a fixed warm pool of `warm` and the given idle timeout.
     pub fn new(tag: &str, warm: u32, idle: &str) -> Self {
