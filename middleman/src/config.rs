@@ -68,6 +68,29 @@ pub struct ServeArgs {
     #[arg(long, env = "MIDDLEMAN_WORKSPACE")]
     pub workspace: Option<PathBuf>,
 
+    /// Address-space limit of the kernel process in MiB (0: none). Allocations past it raise
+    /// `MemoryError` in Python instead of getting the pod killed.
+    #[arg(long, env = "MIDDLEMAN_KERNEL_MEMORY_MIB", default_value_t = 0)]
+    pub kernel_memory_mib: u64,
+
+    /// Processes the kernel's user may run (0: none). Binds only when the kernel runs as an
+    /// unprivileged user (`--kernel-uid`).
+    #[arg(long, env = "MIDDLEMAN_KERNEL_MAX_PROCESSES", default_value_t = 0)]
+    pub kernel_max_processes: u64,
+
+    /// Open files of the kernel (0: none).
+    #[arg(long, env = "MIDDLEMAN_KERNEL_MAX_OPEN_FILES", default_value_t = 0)]
+    pub kernel_max_open_files: u64,
+
+    /// Run the kernel in a new network namespace with no interfaces (no network at all; the
+    /// ipc sockets are files and keep working).
+    #[arg(long, env = "MIDDLEMAN_KERNEL_ISOLATE_NETWORK")]
+    pub kernel_isolate_network: bool,
+
+    /// Run the kernel as this uid (and gid), where the host allows it.
+    #[arg(long, env = "MIDDLEMAN_KERNEL_UID")]
+    pub kernel_uid: Option<u32>,
+
     /// Wall-clock limit of one execution; past it the execution is interrupted, then the kernel
     /// restarted if it does not stop.
     #[arg(long, env = "MIDDLEMAN_EXECUTION_TIMEOUT", default_value = "10m", value_parser = parse_duration)]

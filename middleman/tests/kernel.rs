@@ -405,3 +405,43 @@ async fn a_frozen_kernel_is_caught_by_the_heartbeat() {
     assert_eq!(c.run("1+1").await.status, Some(ExecutionStatus::Ok));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_limits_and_no_network() {
+    // A listener in Middleman's network namespace that the kernel must not reach.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = TestServer::start(&[
+        "--kernel-isolate-network",
+        "--kernel-max-open-files",
+        "200",
+        "--kernel-memory-mib",
+        "2048",
+    ])
+    .await;
+    let mut c = server.client("ada", Role::Editor).await;
+    let run = c
+        .run("import resource\nprint(resource.getrlimit(resource.RLIMIT_NOFILE))")
+        .await;
+    assert_eq!(run.stdout(), "(200, 200)\n");
+    let code = format!(
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n    print('connected')\nexcept OSError as e:\n    print('blocked', e.errno)"
+    );
+    let run = c.run(&code).await;
+    assert!(
+        run.stdout().starts_with("blocked"),
+        "the kernel reached the host's loopback: {run:?}"
+    );
+    // Memory past the limit is a MemoryError in the cell, not a dead kernel.
+    let run = c.run("x = bytearray(4 * 1024**3)").await;
+    assert_eq!(run.status, Some(ExecutionStatus::Error));
+    assert!(
+        run.outputs
+            .iter()
+            .any(|o| matches!(o, Output::Error { ename, .. } if ename == "MemoryError")),
+        "{run:?}"
+    );
+    assert_eq!(c.run("1+1").await.status, Some(ExecutionStatus::Ok));
+    drop(listener);
+    server.stop().await;
+}

@@ -192,7 +192,16 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         let s = shutdown.clone();
         tracker.spawn(
             async move {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+                use tokio_stream::StreamExt as _;
+                // The builder's tcp_nodelay only applies to listeners tonic binds itself.
+                let incoming =
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc_listener).map(|conn| {
+                        conn.inspect(|tcp| {
+                            if let Err(error) = tcp.set_nodelay(true) {
+                                tracing::debug!(%error, "could not set TCP_NODELAY");
+                            }
+                        })
+                    });
                 let served = tonic::transport::Server::builder()
                     .tcp_nodelay(true)
                     .add_service(health)

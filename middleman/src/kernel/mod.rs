@@ -3,6 +3,7 @@
 
 mod process;
 mod runtime_dir;
+pub mod sandbox;
 mod session;
 mod sockets;
 pub mod spec;

@@ -28,6 +28,7 @@ const STDERR_TAIL: usize = 2048;
 /// the kernel in its own process group (so that interrupts and kills reach everything it forked).
 pub(crate) fn launch(
     spec: &KernelSpec,
+    sandbox: &super::sandbox::Sandbox,
     runtime: &Path,
     workspace: &Path,
     generation: u64,
@@ -77,6 +78,19 @@ pub(crate) fn launch(
                 .replace("{resource_dir}", &spec.dir.display().to_string())
         })
         .collect();
+    if let Some(uid) = sandbox.owner {
+        // The kernel, running as `uid`, must read its connection file, create its sockets in
+        // the runtime directory, and own its workspace.
+        for path in [runtime, file.as_path(), workspace] {
+            std::os::unix::fs::chown(path, Some(uid), Some(uid)).map_err(|source| {
+                KernelError::RuntimeDir {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
+        }
+    }
+    let argv: Vec<String> = sandbox.prefix.iter().cloned().chain(argv).collect();
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| KernelError::BadKernelspec {
@@ -90,6 +104,19 @@ pub(crate) fn launch(
         .envs(spec.spec.env.clone().unwrap_or_default())
         // ipykernel exits when this process goes away, even after a crash of ours.
         .env("JPY_PARENT_PID", std::process::id().to_string())
+        // A kernel under another uid cannot write our HOME; give it its workspace.
+        .envs(
+            sandbox
+                .owner
+                .map(|_| {
+                    [
+                        ("HOME", workspace.to_owned()),
+                        ("IPYTHONDIR", workspace.join(".ipython")),
+                    ]
+                })
+                .into_iter()
+                .flatten(),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -29,6 +29,7 @@ use crate::protocol::{
 #[derive(Debug, Clone)]
 pub struct SessionSettings {
     pub spec: KernelSpec,
+    pub sandbox: super::sandbox::Sandbox,
     pub workspace: Option<PathBuf>,
     pub execution_timeout: Duration,
     pub interrupt_grace: Duration,
@@ -344,6 +345,7 @@ impl Actor {
             stderr_tail,
         } = match process::launch(
             &self.settings.spec,
+            &self.settings.sandbox,
             self.runtime.path(),
             &self.workspace,
             generation,

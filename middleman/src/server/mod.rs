@@ -133,6 +133,21 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
             reason: e.to_string(),
         })?;
     let spec = kernel::spec::find(&args.kernel, &kernel::spec::search_dirs(&args.kernel_paths))?;
+    let sandbox = kernel::sandbox::Sandbox::resolve(
+        &kernel::sandbox::SandboxRequest {
+            memory_mib: args.kernel_memory_mib,
+            max_processes: args.kernel_max_processes,
+            max_open_files: args.kernel_max_open_files,
+            isolate_network: args.kernel_isolate_network,
+            uid: args.kernel_uid,
+        },
+        spec.spec
+            .argv
+            .first()
+            .map(String::as_str)
+            .unwrap_or_default(),
+        &spec.dir,
+    );
     let runtime = RuntimeDir::create(&args.runtime_root)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -148,6 +163,7 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
     let shutdown = CancellationToken::new();
     let settings = SessionSettings {
         spec,
+        sandbox,
         workspace: args.workspace.clone(),
         execution_timeout: args.execution_timeout,
         interrupt_grace: args.interrupt_grace,

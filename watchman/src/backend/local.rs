@@ -69,6 +69,14 @@ impl LocalBackend {
                 &format!("{}ms", limits.execution_timeout.as_millis()),
             ])
             .args(["--max-output-bytes", &limits.max_output_bytes.to_string()])
+            .args(["--kernel-memory-mib", &limits.memory_mib.to_string()])
+            .args(["--kernel-max-processes", &limits.max_processes.to_string()])
+            .args([
+                "--kernel-max-open-files",
+                &limits.max_open_files.to_string(),
+            ])
+            .arg("--kernel-isolate-network")
+            .args(["--kernel-uid", &kernel_uid(id).to_string()])
             .envs(self.settings.env.iter().cloned())
             .env("WATCHMAN_POOL", &self.settings.pool_id)
             .env("WATCHMAN_POD", id)
@@ -160,6 +168,15 @@ impl LocalBackend {
             }
         }
     }
+}
+
+/// A uid of its own for each pod's kernel (process limits count per uid, and one kernel must not
+/// signal another's processes). Deterministic, so an adopted pod keeps its uid.
+fn kernel_uid(pod: &str) -> u32 {
+    let hash = pod.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    200_000 + u32::try_from(hash % 800_000).unwrap_or(0)
 }
 
 fn pid_of(pod: &Pod) -> Option<Pid> {

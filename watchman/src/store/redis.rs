@@ -108,7 +108,12 @@ fn encode<T: serde::Serialize>(v: &T) -> String {
 impl RedisStore {
     /// Connects to `url` (`redis://host:port/db`); every key starts with `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)?;
+        use redis::IntoConnectionInfo as _;
+        let info = url.into_connection_info()?;
+        // Every claim is one small request and one small reply: without TCP_NODELAY, Nagle's
+        // algorithm meets delayed ACKs and each can wait ~40 ms.
+        let tcp = info.tcp_settings().clone().set_nodelay(true);
+        let client = redis::Client::open(info.set_tcp_settings(tcp))?;
         let conn = ConnectionManager::new(client).await?;
         Ok(Self {
             conn,
