@@ -24,5 +24,6 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 bench: bootstrap
-	cargo build --release -p middleman
-	$(ENV) cargo run --release -p loadtest --bin exec-bench -- $(BENCH_ARGS)
+	cargo build --release -p middleman -p loadtest
+	$(ENV) ./target/release/exec-bench $(BENCH_ARGS)
+	$(ENV) ./target/release/allocate-bench
