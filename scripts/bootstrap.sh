@@ -35,4 +35,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" >"$stamp"
 fi
 [ -f "$JUPYTER_PATH/kernels/python3/kernel.json" ] || { echo "bootstrap: kernelspec missing" >&2; exit 1; }
+
+# Go tools, built from the Go module proxy once and cached: grpcurl (tests that Watchman's
+# health and reflection work with the tool operators use).
+GRPCURL_VERSION=v1.9.3
+if [ ! -x "$NBP_CACHE/bin/grpcurl-$GRPCURL_VERSION" ]; then
+  echo "bootstrap: building grpcurl $GRPCURL_VERSION"
+  mkdir -p "$NBP_CACHE/bin"
+  GOBIN="$NBP_CACHE/gobin" GOMODCACHE="$NBP_CACHE/gomod" GOCACHE="$NBP_CACHE/gobuild" GOFLAGS=-mod=mod \
+    go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
+  mv "$NBP_CACHE/gobin/grpcurl" "$NBP_CACHE/bin/grpcurl-$GRPCURL_VERSION"
+fi
+ln -sf "grpcurl-$GRPCURL_VERSION" "$NBP_CACHE/bin/grpcurl"
 echo "bootstrap: up to date ($NBP_CACHE)"

@@ -2,4 +2,4 @@
 export NBP_CACHE="${NBP_CACHE:-$HOME/.cache/nbplat}"
 export NBP_VENV="$NBP_CACHE/venv"
 export JUPYTER_PATH="$NBP_VENV/share/jupyter"
-export PATH="$NBP_VENV/bin:$PATH"
+export PATH="$NBP_CACHE/bin:$NBP_VENV/bin:$PATH"

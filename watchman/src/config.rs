@@ -38,6 +38,15 @@ pub struct Args {
     /// The bearer token itself (prefer the file, or the environment, over the command line).
     #[arg(long, env = "WATCHMAN_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// TLS certificate chain (PEM) for the gRPC API. With `--tls-key`, the API speaks TLS.
+    #[arg(long, env = "WATCHMAN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the gRPC API.
+    #[arg(long, env = "WATCHMAN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to: mutual TLS, on top of the bearer token.
+    #[arg(long, env = "WATCHMAN_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Where pods run: `local` (Middleman processes on this host).
     #[arg(long, env = "WATCHMAN_BACKEND", default_value = "local")]
     pub backend: String,

@@ -183,11 +183,26 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(watchman_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let api = watchman_proto::v1::watchman_server::WatchmanServer::with_interceptor(
         grpc::Api::new(watchman.clone(), args.public_ws_base.clone()),
         grpc::ApiAuth::new(&api_token),
     );
+    let mut grpc_server = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let read = |p: &std::path::PathBuf| {
+            std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+        };
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(read(cert)?, read(key)?),
+        );
+        if let Some(ca) = &args.tls_client_ca {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+        }
+        grpc_server = grpc_server.tls_config(tls).context("TLS configuration")?;
+        tracing::info!(mutual = args.tls_client_ca.is_some(), "gRPC API uses TLS");
+    }
     {
         let s = shutdown.clone();
         tracker.spawn(
@@ -202,8 +217,7 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
                             }
                         })
                     });
-                let served = tonic::transport::Server::builder()
-                    .tcp_nodelay(true)
+                let served = grpc_server
                     .add_service(health)
                     .add_service(reflection)
                     .add_service(api)
