@@ -29,6 +29,21 @@ async fn allocate_connect_execute_and_the_same_document_gets_the_same_pod() {
         a.websocket_url
     );
     assert_eq!(run_code(&a, "1+1").await, "2");
+    // The plan's limits reach the kernel, and it has no network (not even the host's loopback,
+    // where Watchman's own gRPC port listens).
+    assert_eq!(
+        run_code(
+            &a,
+            "import resource\nresource.getrlimit(resource.RLIMIT_NOFILE)"
+        )
+        .await,
+        "(321, 321)"
+    );
+    let probe = format!(
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {}), timeout=2); print('reached')\nexcept OSError:\n    print('isolated')",
+        w.grpc_addr.port()
+    );
+    assert_eq!(run_code(&a, &probe).await, "isolated\n");
     let again = c
         .allocate(allocate_req("doc-1", 0))
         .await

@@ -75,7 +75,7 @@ impl Deployment {
         std::fs::write(
             &plans,
             format!(
-                "[plans.free]\nkernel = \"python3\"\nwarm = {{ ratio = 0.0, min = {warm}, max = {warm} }}\nidle_timeout = \"{idle}\"\nmax_lifetime = \"1h\"\n[plans.free.limits]\nexecution_timeout = \"30s\"\n"
+                "[plans.free]\nkernel = \"python3\"\nwarm = {{ ratio = 0.0, min = {warm}, max = {warm} }}\nidle_timeout = \"{idle}\"\nmax_lifetime = \"1h\"\n[plans.free.limits]\nexecution_timeout = \"30s\"\nmax_open_files = 321\nmemory_mib = 2048\n"
             ),
         )
         .unwrap();
