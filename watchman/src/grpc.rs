@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use watchman_proto::v1 as pb;
 
 use crate::model::{Allocation, EndReason, LaunchKind};
-use crate::service::{ServiceError, Watchman};
+use crate::service::{AllocationRequest, ServiceError, Watchman};
 
 impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Self {
@@ -160,15 +160,15 @@ impl pb::watchman_server::Watchman for Api {
         let wait = (r.wait_ms > 0).then(|| Duration::from_millis(u64::from(r.wait_ms)));
         let g = self
             .watchman
-            .allocate(
-                &r.document_id,
-                &r.plan,
-                &r.kernel,
-                &r.user_id,
-                &r.user_name,
-                role(r.role)?,
+            .allocate(&AllocationRequest {
+                document: &r.document_id,
+                plan: &r.plan,
+                kernel: &r.kernel,
+                user: &r.user_id,
+                user_name: &r.user_name,
+                role: role(r.role)?,
                 wait,
-            )
+            })
             .await?;
         Ok(Response::new(self.to_pb(
             &g.allocation,

@@ -16,10 +16,8 @@ pub mod testing;
 mod web;
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 
 use anyhow::Context as _;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
@@ -65,25 +63,6 @@ impl Running {
         self.shutdown.cancel();
         self.wait().await;
     }
-}
-
-/// The process-wide Prometheus recorder.
-pub fn prometheus() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets(&[
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0, 30.0, 60.0,
-                ])
-                .map(PrometheusBuilder::build_recorder)
-                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
-            let handle = recorder.handle();
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
 }
 
 /// Loads everything, binds both listeners, and starts the servers and the reconciler.
@@ -236,7 +215,7 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         .with_context(|| format!("binding {}", args.http_listen))?;
     let http_addr = http_listener.local_addr()?;
     {
-        let app = web::router(watchman.clone(), prometheus(), args.dev_page);
+        let app = web::router(watchman.clone(), telemetry::prometheus(), args.dev_page);
         let s = shutdown.clone();
         tracker.spawn(
             async move {
@@ -262,16 +241,4 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
     })
 }
 
-/// Installs the `tracing` subscriber (`RUST_LOG`, text or JSON).
-pub fn init_logging(format: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
+pub use telemetry::init_logging;

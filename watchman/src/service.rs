@@ -61,6 +61,21 @@ pub struct Settings {
     pub max_concurrent_starts: usize,
 }
 
+/// What a caller asks of [`Watchman::allocate`].
+#[derive(Debug, Clone, Copy)]
+pub struct AllocationRequest<'a> {
+    pub document: &'a str,
+    pub plan: &'a str,
+    /// Empty, or the plan's kernel.
+    pub kernel: &'a str,
+    pub user: &'a str,
+    /// Shown to collaborators; the user id when empty.
+    pub user_name: &'a str,
+    pub role: Role,
+    /// How long to wait for a pod when the buffer is empty; `None`: the default.
+    pub wait: Option<Duration>,
+}
+
 /// A granted allocation with the caller's token.
 #[derive(Debug, Clone)]
 pub struct Granted {
@@ -174,30 +189,19 @@ impl Watchman {
         Ok((self.inner.key.mint(&claims)?, exp))
     }
 
-    /// Binds a pod to `document` (or returns its live one) and mints a token for `user`.
-    #[allow(clippy::too_many_arguments)]
-    #[tracing::instrument(skip_all, fields(document, plan))]
-    pub async fn allocate(
-        &self,
-        document: &str,
-        plan_name: &str,
-        kernel: &str,
-        user: &str,
-        user_name: &str,
-        role: Role,
-        wait: Option<Duration>,
-    ) -> Result<Granted, ServiceError> {
+    /// Binds a pod to the document (or returns its live one) and mints a token for the user.
+    #[tracing::instrument(skip_all, fields(document = request.document, plan = request.plan))]
+    pub async fn allocate(&self, request: &AllocationRequest<'_>) -> Result<Granted, ServiceError> {
         let started = Instant::now();
-        let result = self
-            .allocate_inner(document, plan_name, kernel, user, user_name, role, wait)
-            .await;
+        let result = self.allocate_inner(request).await;
         let (launch, outcome) = match &result {
             Ok(g) => (g.launch.label(), "ok"),
             Err(ServiceError::Exhausted { .. }) => ("cold", "exhausted"),
             Err(_) => ("none", "error"),
         };
-        let plan_label = if self.inner.plans.contains_key(plan_name) {
-            plan_name.to_owned()
+        // Unknown plan names would make the label set unbounded.
+        let plan_label = if self.inner.plans.contains_key(request.plan) {
+            request.plan.to_owned()
         } else {
             "unknown".into()
         };
@@ -209,17 +213,19 @@ impl Watchman {
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn allocate_inner(
         &self,
-        document: &str,
-        plan_name: &str,
-        kernel: &str,
-        user: &str,
-        user_name: &str,
-        role: Role,
-        wait: Option<Duration>,
+        request: &AllocationRequest<'_>,
     ) -> Result<Granted, ServiceError> {
+        let AllocationRequest {
+            document,
+            plan: plan_name,
+            kernel,
+            user,
+            user_name,
+            role,
+            wait,
+        } = *request;
         valid_id("document_id", document)?;
         valid_id("user_id", user)?;
         let plan = self.plan(plan_name)?;

@@ -95,20 +95,16 @@ struct OpenForm {
 }
 
 async fn open(State(s): State<AppState>, Form(form): Form<OpenForm>) -> Response {
-    let user = "local-developer";
-    match s
-        .watchman
-        .allocate(
-            &form.document,
-            &form.plan,
-            "",
-            user,
-            &form.name,
-            session_token::Role::Editor,
-            None,
-        )
-        .await
-    {
+    let request = crate::service::AllocationRequest {
+        document: &form.document,
+        plan: &form.plan,
+        kernel: "",
+        user: "local-developer",
+        user_name: &form.name,
+        role: session_token::Role::Editor,
+        wait: None,
+    };
+    match s.watchman.allocate(&request).await {
         Ok(g) => {
             Redirect::to(&format!("{}/#token={}", g.allocation.endpoint, g.token)).into_response()
         }
