@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod document;
 pub mod kernel;
 mod output;
 pub mod protocol;

@@ -12,7 +12,6 @@ pub mod model;
 pub mod plan;
 pub mod service;
 pub mod store;
-pub mod testing;
 mod web;
 
 use std::net::SocketAddr;

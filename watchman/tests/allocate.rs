@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::*;
+use testkit::RedisServer;
 use tonic::Code;
-use watchman::testing::RedisServer;
 use watchman_proto::v1 as pb;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -150,7 +150,7 @@ async fn first_result(a: &pb::Allocation) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     use clap::Parser as _;
     let args = Args::parse();
-    let redis = watchman::testing::RedisServer::start();
+    let redis = testkit::RedisServer::start();
     let dir =
         std::env::temp_dir().join(format!("allocate-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::model::{PodState, now_ms};
-use crate::testing::RedisServer;
+use testkit::RedisServer;
 
 fn pod(id: &str, plan: &str) -> Pod {
     Pod {

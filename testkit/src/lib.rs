@@ -1,5 +1,5 @@
-//! Test support: a real `redis-server` on a free loopback port, stopped on drop. Used by the
-//! store tests and the integration tests; never by production code.
+//! Test support shared by the crates: a real `redis-server` on a free loopback port, stopped on
+//! drop. Used by tests and load drivers; never by production code.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

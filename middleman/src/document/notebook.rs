@@ -1,0 +1,468 @@
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use yrs::types::ToJson as _;
+use yrs::updates::decoder::Decode as _;
+use yrs::{
+    Any, Array as _, ArrayRef, Doc, GetString as _, Map as _, MapPrelim, MapRef, Out, ReadTxn as _,
+    StateVector, Text as _, TextPrelim, TextRef, Transact as _, Update,
+};
+
+use crate::protocol::Output;
+
+/// Errors of document operations. Messages are safe to show a client.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DocumentError {
+    /// No cell has that id.
+    #[error("no cell {0:?}")]
+    NoSuchCell(String),
+    /// A document always keeps at least one cell.
+    #[error("a document keeps at least one cell")]
+    LastCell,
+    /// An index beyond the end.
+    #[error("index {index} is out of range (the document has {len} cells)")]
+    OutOfRange { index: u32, len: u32 },
+    /// A Yjs update that does not decode or apply.
+    #[error("invalid update: {0}")]
+    BadUpdate(String),
+    /// An imported notebook that is not nbformat 4.
+    #[error("not an nbformat 4 notebook: {0}")]
+    BadNotebook(String),
+}
+
+/// Code or markdown (raw cells import as markdown-like text and export back as raw).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CellKind {
+    Code,
+    Markdown,
+    Raw,
+}
+
+impl CellKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            CellKind::Code => "code",
+            CellKind::Markdown => "markdown",
+            CellKind::Raw => "raw",
+        }
+    }
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "code" => Some(CellKind::Code),
+            "markdown" => Some(CellKind::Markdown),
+            "raw" => Some(CellKind::Raw),
+            _ => None,
+        }
+    }
+}
+
+/// Where a code cell is in its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CellState {
+    #[default]
+    Idle,
+    Queued,
+    Running,
+    Error,
+}
+
+/// Everything about a cell that is not collaborative text.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CellRuntime {
+    #[serde(default)]
+    pub outputs: Vec<Output>,
+    #[serde(default)]
+    pub execution_count: Option<u64>,
+    #[serde(default)]
+    pub state: CellState,
+}
+
+/// A cell as clients see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellView {
+    pub id: String,
+    pub kind: CellKind,
+    pub source: String,
+    #[serde(flatten)]
+    pub runtime: CellRuntime,
+}
+
+/// The document. Cheap operations; callers serialise access (one actor owns it).
+pub struct Notebook {
+    doc: Doc,
+    cells: ArrayRef,
+    runtime: HashMap<String, CellRuntime>,
+}
+
+impl std::fmt::Debug for Notebook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notebook")
+            .field("cells", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A fresh cell id: 12 url-safe characters (nbformat 4.5 allows `[a-zA-Z0-9-_]{1,64}`).
+pub(crate) fn new_cell_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+fn out_str(v: Option<Out>) -> Option<String> {
+    match v {
+        Some(Out::Any(Any::String(s))) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+impl Default for Notebook {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Notebook {
+    /// An empty document: one empty code cell.
+    pub fn new() -> Self {
+        let mut nb = Self::empty();
+        nb.insert_cell(0, CellKind::Code, "").ok();
+        nb
+    }
+
+    /// No cells at all (only for building a document up, e.g. on import).
+    pub(crate) fn empty() -> Self {
+        let doc = Doc::new();
+        let cells = doc.get_or_insert_array("cells");
+        Self {
+            doc,
+            cells,
+            runtime: HashMap::new(),
+        }
+    }
+
+    /// Number of cells.
+    pub fn len(&self) -> u32 {
+        self.cells.len(&self.doc.transact())
+    }
+
+    /// Whether there are no cells (only transiently, while building).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn cell_maps(&self) -> Vec<(String, MapRef)> {
+        let txn = self.doc.transact();
+        self.cells
+            .iter(&txn)
+            .filter_map(|v| match v {
+                Out::YMap(m) => out_str(m.get(&txn, "id")).map(|id| (id, m)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn index_of(&self, id: &str) -> Result<u32, DocumentError> {
+        self.cell_maps()
+            .iter()
+            .position(|(cid, _)| cid == id)
+            .and_then(|i| u32::try_from(i).ok())
+            .ok_or_else(|| DocumentError::NoSuchCell(id.to_owned()))
+    }
+
+    /// The cells in order.
+    pub fn cells(&self) -> Vec<CellView> {
+        let txn = self.doc.transact();
+        self.cells
+            .iter(&txn)
+            .filter_map(|v| {
+                let Out::YMap(m) = v else { return None };
+                let id = out_str(m.get(&txn, "id"))?;
+                let kind = out_str(m.get(&txn, "cell_type"))
+                    .and_then(|k| CellKind::parse(&k))
+                    .unwrap_or(CellKind::Code);
+                let source = match m.get(&txn, "source") {
+                    Some(Out::YText(t)) => t.get_string(&txn),
+                    _ => String::new(),
+                };
+                let runtime = self.runtime.get(&id).cloned().unwrap_or_default();
+                Some(CellView {
+                    id,
+                    kind,
+                    source,
+                    runtime,
+                })
+            })
+            .collect()
+    }
+
+    /// One cell.
+    pub fn cell(&self, id: &str) -> Result<CellView, DocumentError> {
+        self.cells()
+            .into_iter()
+            .find(|c| c.id == id)
+            .ok_or_else(|| DocumentError::NoSuchCell(id.to_owned()))
+    }
+
+    /// Inserts a cell at `index` and returns its id.
+    pub fn insert_cell(
+        &mut self,
+        index: u32,
+        kind: CellKind,
+        source: &str,
+    ) -> Result<String, DocumentError> {
+        let id = new_cell_id();
+        self.insert_cell_with_id(index, &id, kind, source)?;
+        Ok(id)
+    }
+
+    pub(crate) fn insert_cell_with_id(
+        &mut self,
+        index: u32,
+        id: &str,
+        kind: CellKind,
+        source: &str,
+    ) -> Result<(), DocumentError> {
+        let len = self.len();
+        if index > len {
+            return Err(DocumentError::OutOfRange { index, len });
+        }
+        let mut txn = self.doc.transact_mut();
+        let map = self.cells.insert(&mut txn, index, MapPrelim::default());
+        map.insert(&mut txn, "id", id);
+        map.insert(&mut txn, "cell_type", kind.as_str());
+        map.insert(&mut txn, "source", TextPrelim::new(source));
+        drop(txn);
+        self.runtime.entry(id.to_owned()).or_default();
+        Ok(())
+    }
+
+    /// Deletes a cell (never the last one).
+    pub fn delete_cell(&mut self, id: &str) -> Result<(), DocumentError> {
+        let index = self.index_of(id)?;
+        if self.len() <= 1 {
+            return Err(DocumentError::LastCell);
+        }
+        self.cells.remove(&mut self.doc.transact_mut(), index);
+        self.runtime.remove(id);
+        Ok(())
+    }
+
+    /// Moves a cell to `to` (its index after the move). The cell keeps its id, source, outputs.
+    pub fn move_cell(&mut self, id: &str, to: u32) -> Result<(), DocumentError> {
+        let from = self.index_of(id)?;
+        let len = self.len();
+        if to >= len {
+            return Err(DocumentError::OutOfRange { index: to, len });
+        }
+        if from == to {
+            return Ok(());
+        }
+        let cell = self.cell(id)?;
+        let runtime = self.runtime.remove(id);
+        // yrs has no array move: remove and re-insert the same id and text in one transaction.
+        {
+            let mut txn = self.doc.transact_mut();
+            self.cells.remove(&mut txn, from);
+            let map = self.cells.insert(&mut txn, to, MapPrelim::default());
+            map.insert(&mut txn, "id", cell.id.as_str());
+            map.insert(&mut txn, "cell_type", cell.kind.as_str());
+            map.insert(&mut txn, "source", TextPrelim::new(cell.source.as_str()));
+        }
+        self.runtime
+            .insert(id.to_owned(), runtime.unwrap_or_default());
+        Ok(())
+    }
+
+    /// Changes a cell's type; a cell that is no longer code loses its outputs.
+    pub fn set_kind(&mut self, id: &str, kind: CellKind) -> Result<(), DocumentError> {
+        let (_, map) = self
+            .cell_maps()
+            .into_iter()
+            .find(|(cid, _)| cid == id)
+            .ok_or_else(|| DocumentError::NoSuchCell(id.to_owned()))?;
+        map.insert(&mut self.doc.transact_mut(), "cell_type", kind.as_str());
+        if kind != CellKind::Code {
+            self.runtime.insert(id.to_owned(), CellRuntime::default());
+        }
+        Ok(())
+    }
+
+    /// Replaces a cell's whole source (imports, server-side edits). Clients edit through Yjs.
+    pub fn set_source(&mut self, id: &str, source: &str) -> Result<(), DocumentError> {
+        let text = self.text(id)?;
+        let mut txn = self.doc.transact_mut();
+        let len = text.len(&txn);
+        text.remove_range(&mut txn, 0, len);
+        text.insert(&mut txn, 0, source);
+        Ok(())
+    }
+
+    fn text(&self, id: &str) -> Result<TextRef, DocumentError> {
+        let (_, map) = self
+            .cell_maps()
+            .into_iter()
+            .find(|(cid, _)| cid == id)
+            .ok_or_else(|| DocumentError::NoSuchCell(id.to_owned()))?;
+        let txn = self.doc.transact();
+        match map.get(&txn, "source") {
+            Some(Out::YText(t)) => Ok(t),
+            _ => Err(DocumentError::NoSuchCell(id.to_owned())),
+        }
+    }
+
+    /// The runtime part of a cell, to update outputs, count and state.
+    pub fn runtime_mut(&mut self, id: &str) -> Result<&mut CellRuntime, DocumentError> {
+        self.index_of(id)?;
+        Ok(self.runtime.entry(id.to_owned()).or_default())
+    }
+
+    /// Clears a cell's outputs and execution count.
+    pub fn clear_outputs(&mut self, id: &str) -> Result<(), DocumentError> {
+        let r = self.runtime_mut(id)?;
+        r.outputs.clear();
+        r.execution_count = None;
+        Ok(())
+    }
+
+    /// Applies a Yjs update (v1 encoding) from a client.
+    pub fn apply_update(&mut self, update: &[u8]) -> Result<(), DocumentError> {
+        let update =
+            Update::decode_v1(update).map_err(|e| DocumentError::BadUpdate(e.to_string()))?;
+        self.doc
+            .transact_mut()
+            .apply_update(update)
+            .map_err(|e| DocumentError::BadUpdate(e.to_string()))?;
+        // Cells created by clients get a runtime entry; removed ones lose theirs.
+        let ids: Vec<String> = self.cell_maps().into_iter().map(|(id, _)| id).collect();
+        for id in &ids {
+            self.runtime.entry(id.clone()).or_default();
+        }
+        self.runtime.retain(|id, _| ids.contains(id));
+        Ok(())
+    }
+
+    /// The whole CRDT state as one Yjs update (v1), for snapshots and new clients.
+    pub fn encode_state(&self) -> Vec<u8> {
+        self.doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    }
+
+    /// What a peer with `state_vector` is missing (the Yjs sync step 2).
+    pub fn encode_diff(&self, state_vector: &[u8]) -> Result<Vec<u8>, DocumentError> {
+        let sv = StateVector::decode_v1(state_vector)
+            .map_err(|e| DocumentError::BadUpdate(e.to_string()))?;
+        Ok(self.doc.transact().encode_state_as_update_v1(&sv))
+    }
+
+    /// This document's state vector (the Yjs sync step 1).
+    pub fn state_vector(&self) -> Vec<u8> {
+        use yrs::updates::encoder::Encode as _;
+        self.doc.transact().state_vector().encode_v1()
+    }
+
+    /// The runtime part of every cell, by id (persisted next to the CRDT state).
+    pub fn runtimes(&self) -> &HashMap<String, CellRuntime> {
+        &self.runtime
+    }
+
+    /// Rebuilds a document from a persisted CRDT state and runtimes.
+    pub fn restore(
+        state: &[u8],
+        runtimes: HashMap<String, CellRuntime>,
+    ) -> Result<Self, DocumentError> {
+        let mut nb = Self::empty();
+        nb.apply_update(state)?;
+        for (id, r) in runtimes {
+            if nb.runtime.contains_key(&id) {
+                nb.runtime.insert(id, r);
+            }
+        }
+        if nb.is_empty() {
+            nb.insert_cell(0, CellKind::Code, "")?;
+        }
+        Ok(nb)
+    }
+
+    /// The CRDT content as JSON (debugging, tests).
+    pub fn debug_json(&self) -> String {
+        let txn = self.doc.transact();
+        let mut s = String::new();
+        self.cells.to_json(&txn).to_json(&mut s);
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::StreamName;
+
+    #[test]
+    fn insert_move_delete_keep_one() {
+        let mut nb = Notebook::new();
+        let first = nb.cells()[0].id.clone();
+        let b = nb.insert_cell(1, CellKind::Markdown, "# title").unwrap();
+        let c = nb.insert_cell(2, CellKind::Code, "x = 1").unwrap();
+        nb.runtime_mut(&c).unwrap().outputs.push(Output::Stream {
+            name: StreamName::Stdout,
+            text: "hi".into(),
+        });
+        nb.move_cell(&c, 0).unwrap();
+        let order: Vec<String> = nb.cells().into_iter().map(|c| c.id).collect();
+        assert_eq!(order, vec![c.clone(), first.clone(), b.clone()]);
+        assert_eq!(nb.cell(&c).unwrap().source, "x = 1");
+        assert_eq!(
+            nb.cell(&c).unwrap().runtime.outputs.len(),
+            1,
+            "outputs follow the move"
+        );
+        nb.delete_cell(&first).unwrap();
+        nb.delete_cell(&b).unwrap();
+        assert_eq!(nb.delete_cell(&c), Err(DocumentError::LastCell));
+        assert_eq!(
+            nb.move_cell(&c, 5),
+            Err(DocumentError::OutOfRange { index: 5, len: 1 })
+        );
+        nb.set_kind(&c, CellKind::Markdown).unwrap();
+        assert!(nb.cell(&c).unwrap().runtime.outputs.is_empty());
+    }
+
+    #[test]
+    fn concurrent_edits_in_one_cell_both_survive() {
+        // Two replicas of the same document type into the same cell at the same time.
+        let server = Notebook::new();
+        let id = server.cells()[0].id.clone();
+        let mut alice = Notebook::restore(&server.encode_state(), HashMap::new()).unwrap();
+        let mut bob = Notebook::restore(&server.encode_state(), HashMap::new()).unwrap();
+        let sv_a = alice.state_vector();
+        let sv_b = bob.state_vector();
+        alice
+            .text(&id)
+            .unwrap()
+            .insert(&mut alice.doc.transact_mut(), 0, "alice ");
+        bob.text(&id)
+            .unwrap()
+            .insert(&mut bob.doc.transact_mut(), 0, "bob ");
+        let from_alice = alice.encode_diff(&sv_a).unwrap();
+        let from_bob = bob.encode_diff(&sv_b).unwrap();
+        alice.apply_update(&from_bob).unwrap();
+        bob.apply_update(&from_alice).unwrap();
+        let a = alice.cell(&id).unwrap().source;
+        assert_eq!(a, bob.cell(&id).unwrap().source, "converged");
+        assert!(a.contains("alice ") && a.contains("bob "), "{a}");
+    }
+
+    #[test]
+    fn garbage_updates_are_refused_and_change_nothing() {
+        let mut nb = Notebook::new();
+        let (cells, state) = (nb.cells(), nb.encode_state());
+        assert!(matches!(
+            nb.apply_update(&[0xff, 0x01, 0x02]),
+            Err(DocumentError::BadUpdate(_))
+        ));
+        assert_eq!(nb.cells(), cells);
+        assert_eq!(nb.encode_state(), state);
+    }
+}
