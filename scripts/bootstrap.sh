@@ -47,4 +47,15 @@ if [ ! -x "$NBP_CACHE/bin/grpcurl-$GRPCURL_VERSION" ]; then
   mv "$NBP_CACHE/gobin/grpcurl" "$NBP_CACHE/bin/grpcurl-$GRPCURL_VERSION"
 fi
 ln -sf "grpcurl-$GRPCURL_VERSION" "$NBP_CACHE/bin/grpcurl"
+
+# Node packages the tests use as real peers (Yjs), pinned in scripts/node/package.json.
+node_stamp="$NBP_CACHE/node/.stamp"
+node_want="$(sha256sum "$here/node/package.json" | cut -c1-16)"
+if [ "$(cat "$node_stamp" 2>/dev/null)" != "$node_want" ]; then
+  echo "bootstrap: installing test Node packages"
+  mkdir -p "$NBP_CACHE/node"
+  cp "$here/node/package.json" "$NBP_CACHE/node/package.json"
+  (cd "$NBP_CACHE/node" && npm install --silent --no-audit --no-fund >/dev/null)
+  echo "$node_want" >"$node_stamp"
+fi
 echo "bootstrap: up to date ($NBP_CACHE)"

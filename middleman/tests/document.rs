@@ -126,3 +126,43 @@ async fn documents_persist_to_a_file_and_to_redis() {
         assert_eq!(back.cell(&id).unwrap().source, "edited by a client");
     }
 }
+
+#[tokio::test]
+async fn a_real_yjs_client_edits_cells_in_place() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut nb = Notebook::new();
+    let id = nb.cells()[0].id.clone();
+    nb.set_source(&id, "x = 1").unwrap();
+    let script =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/node/yjs-peer.cjs");
+    let mut child = std::process::Command::new("node")
+        .arg(script)
+        .args([id.as_str(), "\nprint(x)", "fromyjs1"])
+        .env(
+            "NODE_PATH",
+            std::env::var("NODE_PATH").expect("NODE_PATH: run `make test`, which installs yjs"),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b64.encode(nb.encode_state()).as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    // Meanwhile the server side edited too: both survive.
+    let other = nb.insert_cell(0, CellKind::Code, "import os").unwrap();
+    nb.apply_update(&b64.decode(&out.stdout).unwrap()).unwrap();
+    let cells = nb.cells();
+    let ids: Vec<&str> = cells.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, vec![other.as_str(), id.as_str(), "fromyjs1"]);
+    assert_eq!(cells[1].source, "x = 1\nprint(x)");
+    assert_eq!(cells[2].kind, CellKind::Markdown);
+    assert_eq!(cells[2].source, "from yjs");
+}
