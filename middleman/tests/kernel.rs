@@ -445,3 +445,46 @@ async fn kernel_limits_and_no_network() {
     drop(listener);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_does_not_hold_up_others() {
+    use futures_util::StreamExt as _;
+    let server = TestServer::start(&["--client-queue", "64"]).await;
+    // Connected, then never read from again.
+    let mut stalled = server.client("slow", Role::Viewer).await;
+    let mut fast = server.client("fast", Role::Editor).await;
+    // About 40 MB of output in 400 executions: far more than socket buffers hold.
+    for i in 0..400 {
+        let run = fast.run(&format!("print('{i}' * 100_000)")).await;
+        assert_eq!(run.status, Some(ExecutionStatus::Ok));
+        assert_eq!(run.stdout().len(), format!("{i}").len() * 100_000 + 1);
+    }
+    // The stalled client was cut off (close 4008, or dropped if even the close frame could not
+    // be written) rather than buffered without bound: its stream ends after what the socket held.
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match stalled.ws.next().await {
+                None | Some(Err(_)) => return None,
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => {
+                    return frame.map(|f| u16::from(f.code));
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .expect("the stalled client was never disconnected");
+    assert!(
+        ended.is_none_or(|code| code == 4008),
+        "closed with {ended:?}"
+    );
+    let (_, metrics) = http_get(server.addr, "/metrics").await;
+    let dropped: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("middleman_slow_clients_dropped_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(dropped >= 1.0, "no slow-client drop counted");
+    server.stop().await;
+}
