@@ -321,17 +321,7 @@ async fn kernel_death_is_reported_and_recovered_then_given_up() {
         })
     ));
     // A person's restart brings it back.
-    c.send(&ClientMessage::Restart).await;
-    c.until(|e| {
-        matches!(
-            e,
-            ServerEvent::KernelStatus {
-                state: KernelState::Idle,
-                ..
-            }
-        )
-    })
-    .await;
+    c.restart().await;
     assert_eq!(c.run("1+1").await.status, Some(ExecutionStatus::Ok));
     server.stop().await;
 }
@@ -486,5 +476,56 @@ async fn a_client_that_never_reads_does_not_hold_up_others() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     assert!(dropped >= 1.0, "no slow-client drop counted");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_is_contained_and_cleaned_up() {
+    let server = TestServer::start(&["--kernel-max-processes", "48"]).await;
+    let mut c = server.client("ada", Role::Editor).await;
+    // Children leave the kernel's process group (setsid), so only the cgroup can find them.
+    let bomb = "import os, time\nkids = []\ntry:\n    for i in range(1000):\n        pid = os.fork()\n        if pid == 0:\n            os.setsid(); time.sleep(300); os._exit(0)\n        kids.append(pid)\nexcept OSError as e:\n    print('refused', type(e).__name__)\nprint(' '.join(map(str, kids)))";
+    let run = c.run(bomb).await;
+    assert_eq!(run.status, Some(ExecutionStatus::Ok), "{run:?}");
+    let out = run.stdout();
+    assert!(
+        out.starts_with("refused BlockingIOError"),
+        "the fork bomb was not stopped: {out}"
+    );
+    let kids: Vec<i32> = out
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(
+        !kids.is_empty() && kids.len() < 48,
+        "{} children",
+        kids.len()
+    );
+    // The kernel still answers (with its process budget spent it cannot start threads, so the
+    // cell may fail), and the server is unaffected.
+    assert!(c.run("1+1").await.status.is_some());
+    // Restarting the kernel takes every escaped child with it.
+    c.restart().await;
+    let alive: Vec<i32> = kids
+        .iter()
+        .copied()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        })
+        .collect();
+    assert!(
+        alive.is_empty(),
+        "escaped children survived the restart: {alive:?}"
+    );
+    assert_eq!(c.run("1+1").await.status, Some(ExecutionStatus::Ok));
     server.stop().await;
 }

@@ -1,6 +1,7 @@
 //! The kernel adapter: finding, launching and talking to one Jupyter kernel over ZeroMQ `ipc://`
 //! sockets, and the session actor that owns it.
 
+mod cgroup;
 mod process;
 mod runtime_dir;
 pub mod sandbox;

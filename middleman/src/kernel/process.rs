@@ -19,6 +19,8 @@ pub(crate) struct Launched {
     pub(crate) connection: ConnectionInfo,
     /// The tail of what the kernel wrote to its stderr, for death reports.
     pub(crate) stderr_tail: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The kernel's pids cgroup, removed when this is dropped.
+    pub(crate) cgroup: Option<super::cgroup::PidsCgroup>,
 }
 
 /// Keep this much of the kernel's stderr for the death report.
@@ -133,6 +135,13 @@ pub(crate) fn launch(
             argv0: program.clone(),
             source: std::io::Error::other("kernel exited before its pid could be read"),
         })?;
+    // Into its pids cgroup before it has had time to fork (it is still exec-ing the wrappers).
+    let cgroup = sandbox.pids_cgroup.as_ref().and_then(|(root, max)| {
+        let attached = super::cgroup::PidsCgroup::create(root, generation, *max).and_then(|cg| cg.add(pid).map(|()| cg));
+        attached
+            .map_err(|error| tracing::error!(%error, pid, "could not put the kernel in its pids cgroup; its process limit is not enforced"))
+            .ok()
+    });
     let stderr_tail = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     if let Some(mut stderr) = child.stderr.take() {
         let tail = stderr_tail.clone();
@@ -165,6 +174,7 @@ pub(crate) fn launch(
         pid,
         connection,
         stderr_tail,
+        cgroup,
     })
 }
 

@@ -24,6 +24,8 @@ pub struct Sandbox {
     pub prefix: Vec<String>,
     /// Owner to give the runtime directory and workspace (when the kernel runs as another user).
     pub owner: Option<u32>,
+    /// Put each kernel in a pids cgroup under this root with this `pids.max`.
+    pub pids_cgroup: Option<(PathBuf, u64)>,
 }
 
 fn works(program: &str, args: &[&str]) -> bool {
@@ -131,15 +133,25 @@ impl Sandbox {
                 req.memory_mib.saturating_mul(1024 * 1024)
             ));
         }
-        if req.max_processes > 0 && root_kernel {
-            // RLIMIT_NPROC counts every process of the uid on the host: for uid 0 that is not a
-            // per-kernel limit at all.
-            tracing::warn!(
-                max_processes = req.max_processes,
-                "kernel process limit: NOT applied: it binds only a kernel running as its own unprivileged user (--kernel-uid)"
-            );
-        } else if req.max_processes > 0 {
-            limits.push(format!("--nproc={}", req.max_processes));
+        let mut pids_cgroup = None;
+        if req.max_processes > 0 {
+            match super::cgroup::pids_root() {
+                Some(root)
+                    if super::cgroup::PidsCgroup::create(&root, 0, req.max_processes).is_ok() =>
+                {
+                    tracing::info!(max_processes = req.max_processes, root = %root.display(), "kernel process limit: pids cgroup");
+                    pids_cgroup = Some((root, req.max_processes));
+                }
+                _ if !root_kernel => limits.push(format!("--nproc={}", req.max_processes)),
+                _ => tracing::warn!(
+                    max_processes = req.max_processes,
+                    "kernel process limit: NOT applied: no writable pids cgroup, and RLIMIT_NPROC does not bind a kernel running as uid 0"
+                ),
+            }
+            if pids_cgroup.is_some() && !root_kernel {
+                // Belt and braces: the per-uid limit too.
+                limits.push(format!("--nproc={}", req.max_processes));
+            }
         }
         if req.max_open_files > 0 {
             limits.push(format!("--nofile={}", req.max_open_files));
@@ -159,7 +171,11 @@ impl Sandbox {
                 tracing::warn!("kernel limits: NOT applied: prlimit is not available");
             }
         }
-        Self { prefix, owner }
+        Self {
+            prefix,
+            owner,
+            pids_cgroup,
+        }
     }
 }
 

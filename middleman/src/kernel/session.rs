@@ -223,12 +223,14 @@ enum Phase {
         pid: i32,
         stderr: Arc<std::sync::Mutex<String>>,
         tasks: Vec<tokio::task::AbortHandle>,
+        cgroup: Option<super::cgroup::PidsCgroup>,
     },
     /// Connected and answering.
     Ready {
         pid: i32,
         stderr: Arc<std::sync::Mutex<String>>,
         tasks: Vec<tokio::task::AbortHandle>,
+        cgroup: Option<super::cgroup::PidsCgroup>,
         sockets: Box<KernelSockets>,
     },
 }
@@ -343,6 +345,7 @@ impl Actor {
             pid,
             connection,
             stderr_tail,
+            cgroup,
         } = match process::launch(
             &self.settings.spec,
             &self.settings.sandbox,
@@ -402,6 +405,7 @@ impl Actor {
             pid,
             stderr: stderr_tail,
             tasks: vec![waiter.abort_handle(), starter.abort_handle()],
+            cgroup,
         };
     }
 
@@ -410,8 +414,17 @@ impl Actor {
     fn stop_kernel(&mut self) {
         match std::mem::replace(&mut self.phase, Phase::Down) {
             Phase::Down => {}
-            Phase::Starting { pid, tasks, .. } | Phase::Ready { pid, tasks, .. } => {
+            Phase::Starting {
+                pid, tasks, cgroup, ..
+            }
+            | Phase::Ready {
+                pid, tasks, cgroup, ..
+            } => {
                 process::signal_group(pid, Signal::SIGKILL);
+                // Children that left the process group (setsid) are still in the cgroup.
+                if let Some(cg) = cgroup {
+                    cg.kill_all();
+                }
                 for t in tasks {
                     t.abort();
                 }
@@ -466,8 +479,12 @@ impl Actor {
     async fn on_kernel_event(&mut self, event: KernelEvent) {
         match event {
             KernelEvent::Started(Ok(mut sockets)) => {
-                let Phase::Starting { pid, stderr, tasks } =
-                    std::mem::replace(&mut self.phase, Phase::Down)
+                let Phase::Starting {
+                    pid,
+                    stderr,
+                    tasks,
+                    cgroup,
+                } = std::mem::replace(&mut self.phase, Phase::Down)
                 else {
                     return;
                 };
@@ -484,6 +501,7 @@ impl Actor {
                     pid,
                     stderr,
                     tasks,
+                    cgroup,
                     sockets,
                 };
                 tracing::info!(pid, generation = self.generation, "kernel ready");

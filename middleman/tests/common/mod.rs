@@ -327,6 +327,33 @@ impl Client {
         }
     }
 
+    /// Restarts the kernel and waits until the new one is idle. (Waits for `restarting` first:
+    /// an `idle` left over from an earlier execution must not count.)
+    pub async fn restart(&mut self) {
+        use middleman::protocol::KernelState;
+        self.send(&ClientMessage::Restart).await;
+        self.until(|e| {
+            matches!(
+                e,
+                ServerEvent::KernelStatus {
+                    state: KernelState::Restarting,
+                    ..
+                }
+            )
+        })
+        .await;
+        self.until(|e| {
+            matches!(
+                e,
+                ServerEvent::KernelStatus {
+                    state: KernelState::Idle,
+                    ..
+                }
+            )
+        })
+        .await;
+    }
+
     pub async fn run(&mut self, code: &str) -> Run {
         let id = self.submit(code).await;
         self.collect(&id).await
