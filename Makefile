@@ -10,6 +10,7 @@ run: bootstrap
 	bash scripts/run-local.sh
 
 test: bootstrap
+	$(ENV) hadolint Dockerfile.middleman Dockerfile.watchman
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(ENV) cargo test --workspace $(TEST_ARGS)
