@@ -19,11 +19,29 @@ struct AppState {
 pub(crate) fn router(watchman: Watchman, metrics: PrometheusHandle, dev_page: bool) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics));
     if dev_page {
         router = router.route("/", get(page)).route("/open", post(open));
     }
     router.with_state(AppState { watchman, metrics })
+}
+
+/// Ready when the store answers (a replica that cannot reach Redis should get no traffic).
+async fn readyz(State(s): State<AppState>) -> Response {
+    match tokio::time::timeout(std::time::Duration::from_secs(2), s.watchman.store().pods()).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready").into_response(),
+        Ok(Err(error)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unavailable: {error}"),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store did not answer in 2 s",
+        )
+            .into_response(),
+    }
 }
 
 async fn render_metrics(State(s): State<AppState>) -> Response {

@@ -244,3 +244,27 @@ async fn grpcurl_lists_checks_health_and_calls_with_the_token() {
     );
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_without_its_store() {
+    let redis = testkit::RedisServer::start();
+    let d = Deployment::new("ready", 0, "30m");
+    let w = d.replica(&redis.url(), &[]).await;
+    assert_eq!(http_status(w.http_addr, "/healthz").await, 200);
+    assert_eq!(http_status(w.http_addr, "/readyz").await, 200);
+    drop(redis);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while http_status(w.http_addr, "/readyz").await != 503 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still ready without Redis"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Alive, just not ready; and the API says why instead of hanging.
+    assert_eq!(http_status(w.http_addr, "/healthz").await, 200);
+    let mut c = client(w.grpc_addr, API_TOKEN).await;
+    let e = c.list_pools(pb::ListPoolsRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    w.stop().await;
+}
