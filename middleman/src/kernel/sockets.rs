@@ -149,6 +149,34 @@ pub(crate) async fn connect(
         }
     }
 
+    // Warm-up: a pre-booted kernel should already have paid for its first execution (IPython's
+    // first run_cell costs about twice a later one). Not silent (a silent run warms up less), but
+    // outside the history, so no execution count is used; its outputs belong to no execution and
+    // are ignored. Best effort, bounded.
+    let mut warm = jupyter_protocol::ExecuteRequest::new("None".into());
+    warm.silent = false;
+    warm.store_history = false;
+    warm.allow_stdin = false;
+    let warm: JupyterMessage = warm.into();
+    let warm_id = warm.header.msg_id.clone();
+    shell.send(warm).await.map_err(socket_err("shell"))?;
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match read_one(&mut shell.socket, &shell.mac).await {
+                Ok(Some(m))
+                    if m.parent_header
+                        .as_ref()
+                        .is_some_and(|h| h.msg_id == warm_id) =>
+                {
+                    return;
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+
     let (shell_tx, shell_rx) = shell.split();
     let (stdin_tx, stdin_rx) = stdin.split();
     let (control_tx, control_rx) = control.split();
