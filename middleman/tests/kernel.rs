@@ -529,3 +529,25 @@ async fn a_fork_bomb_is_contained_and_cleaned_up() {
     assert_eq!(c.run("1+1").await.status, Some(ExecutionStatus::Ok));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_idle_status_does_not_stall_the_queue() {
+    let server = TestServer::start(&[]).await;
+    let mut c = server.client("ada", Role::Editor).await;
+    // From here on the kernel replies but never publishes busy/idle: as if its IOPub socket
+    // dropped them.
+    let mute = c
+        .run("k = get_ipython().kernel\nk._publish_status = lambda *a, **kw: None")
+        .await;
+    assert_eq!(mute.status, Some(ExecutionStatus::Ok));
+    let first = c.submit("print('still here')").await;
+    let second = c.submit("6 * 7").await;
+    assert_eq!(c.collect(&first).await.stdout(), "still here\n");
+    let run = c.collect(&second).await;
+    assert_eq!(run.status, Some(ExecutionStatus::Ok));
+    assert!(
+        matches!(&run.outputs[..], [Output::ExecuteResult { data, .. }] if data["text/plain"] == "42"),
+        "{run:?}"
+    );
+    server.stop().await;
+}

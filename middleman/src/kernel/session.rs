@@ -209,6 +209,8 @@ struct Running {
     started: Instant,
     deadline: Instant,
     reply: Option<(ReplyStatus, u64)>,
+    /// When the reply arrived; the idle status is awaited for at most [`IDLE_GRACE`] after it.
+    reply_at: Option<Instant>,
     idle: bool,
     stopping: Option<(StopCause, Instant)>,
     input: Option<JupyterMessage>,
@@ -234,6 +236,9 @@ enum Phase {
         sockets: Box<KernelSockets>,
     },
 }
+
+/// How long an execution whose reply arrived waits for the kernel's idle status.
+const IDLE_GRACE: Duration = Duration::from_secs(5);
 
 /// Output buffers kept for executions that finished, so late output (a background thread
 /// printing after the cell ended) still lands on the right execution, within its cap.
@@ -699,6 +704,7 @@ impl Actor {
             started: now,
             deadline: now + self.settings.execution_timeout,
             reply: None,
+            reply_at: None,
             idle: false,
             stopping: None,
             input: None,
@@ -863,6 +869,7 @@ impl Actor {
                         reply.status,
                         u64::try_from(reply.execution_count.value()).unwrap_or(0),
                     ));
+                    r.reply_at = Some(Instant::now());
                 }
                 self.maybe_finish().await;
             }
@@ -983,9 +990,15 @@ impl Actor {
             .values()
             .filter_map(OutputBuffer::flush_at)
             .min();
-        let exec = self.current.as_ref().map(|r| match r.stopping {
-            Some((_, escalate_at)) => escalate_at,
-            None => r.deadline,
+        let exec = self.current.as_ref().map(|r| {
+            let limit = match r.stopping {
+                Some((_, escalate_at)) => escalate_at,
+                None => r.deadline,
+            };
+            match r.reply_at {
+                Some(at) if !r.idle => limit.min(at + IDLE_GRACE),
+                _ => limit,
+            }
         });
         [flush, exec, self.restart_at].into_iter().flatten().min()
     }
@@ -1006,6 +1019,17 @@ impl Actor {
             self.start_kernel();
         }
         let Some(running) = &self.current else { return };
+        if !running.idle && running.reply_at.is_some_and(|at| at + IDLE_GRACE <= now) {
+            // The reply came but the idle status never did (a PUB socket drops messages past
+            // its high-water mark): do not leave the execution, and everyone queued behind it,
+            // waiting for the wall-clock limit.
+            tracing::warn!(execution = %running.pending.id, "no idle status after the reply; finishing the execution");
+            if let Some(r) = self.current.as_mut() {
+                r.idle = true;
+            }
+            self.maybe_finish().await;
+            return;
+        }
         match running.stopping {
             None if running.deadline <= now => {
                 tracing::warn!(execution = %running.pending.id, "execution timed out; interrupting");
