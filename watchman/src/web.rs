@@ -4,7 +4,7 @@
 use axum::Router;
 use axum::extract::{Form, State};
 use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -89,7 +89,7 @@ button{{background:#1d2330;color:#fff;border:0;border-radius:4px;cursor:pointer}
 <p>Watchman hands the document a pre-booted kernel from the warm pool, then you land in it.
 Opening the same document again returns the same kernel.</p>
 <form method="post" action="/open">
-<label>Document<input name="document" value="{suggested}" required pattern="[A-Za-z0-9._:@-]+"></label>
+<label>Document<input name="document" value="{suggested}" required pattern="[A-Za-z0-9._:@\-]+"></label>
 <label>Plan<select name="plan">{options}</select></label>
 <label>Your name<input name="name" value="Developer"></label>
 <button type="submit">Open</button></form></body></html>"#
@@ -123,8 +123,22 @@ async fn open(State(s): State<AppState>, Form(form): Form<OpenForm>) -> Response
         wait: None,
     };
     match s.watchman.allocate(&request).await {
+        // Not a redirect: CSP `form-action` also governs where a form's redirect may go, and
+        // the pod is another origin. A page that navigates on its own is not a form action.
         Ok(g) => {
-            Redirect::to(&format!("{}/#token={}", g.allocation.endpoint, g.token)).into_response()
+            let url = escape(&format!("{}/#token={}", g.allocation.endpoint, g.token));
+            let html = format!(
+                "<!doctype html><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"0;url={url}\"><title>Opening</title><p>Opening <a href=\"{url}\">{}</a>…</p>",
+                escape(&g.allocation.document)
+            );
+            (
+                [
+                    (header::CONTENT_SECURITY_POLICY, "default-src 'none'"),
+                    (header::REFERRER_POLICY, "no-referrer"),
+                ],
+                Html(html),
+            )
+                .into_response()
         }
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -268,3 +268,43 @@ async fn not_ready_without_its_store() {
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dev_page_opens_a_document_without_a_cross_origin_redirect() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let d = Deployment::new("devpage", 1, "30m");
+    let w = d.replica("memory", &["--dev-page"]).await;
+    let mut c = client(w.grpc_addr, API_TOKEN).await;
+    wait_warm(&mut c, 1).await;
+    let body = "document=doc-page&plan=free&name=Ada";
+    let mut s = tokio::net::TcpStream::connect(w.http_addr).await.unwrap();
+    let req = format!(
+        "POST /open HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        w.http_addr,
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    // A browser blocks a form's redirect to another origin under `form-action 'self'`; the page
+    // must navigate by itself instead.
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let a = c
+        .get_allocation(pb::GetAllocationRequest {
+            document_id: "doc-page".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let pod_url = a
+        .websocket_url
+        .trim_end_matches("/ws")
+        .replacen("ws://", "http://", 1);
+    assert!(
+        out.contains(&format!(
+            "http-equiv=\"refresh\" content=\"0;url={pod_url}/#token="
+        )),
+        "{out}"
+    );
+    teardown(w).await;
+}
