@@ -551,3 +551,31 @@ async fn a_lost_idle_status_does_not_stall_the_queue() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_kernel_is_reported_as_a_likely_out_of_memory_kill() {
+    // The kernel OOM killer ends a process with SIGKILL; that is what Middleman sees and names.
+    let server = TestServer::start(&[]).await;
+    let mut c = server.client("ada", Role::Editor).await;
+    let run = c
+        .run("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+        .await;
+    assert_eq!(run.status, Some(ExecutionStatus::KernelDied));
+    let reason = run.reason.unwrap_or_default();
+    assert!(
+        reason.contains("SIGKILL") && reason.contains("memory"),
+        "{reason}"
+    );
+    c.until(|e| {
+        matches!(
+            e,
+            ServerEvent::KernelStatus {
+                state: KernelState::Idle,
+                ..
+            }
+        )
+    })
+    .await;
+    assert_eq!(c.run("1+1").await.status, Some(ExecutionStatus::Ok));
+    server.stop().await;
+}
