@@ -1,7 +1,6 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use yrs::types::ToJson as _;
 use yrs::updates::decoder::Decode as _;
 use yrs::{
     Any, Array as _, ArrayRef, Doc, GetString as _, Map as _, MapPrelim, MapRef, Out, ReadTxn as _,
@@ -383,14 +382,6 @@ impl Notebook {
             nb.insert_cell(0, CellKind::Code, "")?;
         }
         Ok(nb)
-    }
-
-    /// The CRDT content as JSON (debugging, tests).
-    pub fn debug_json(&self) -> String {
-        let txn = self.doc.transact();
-        let mut s = String::new();
-        self.cells.to_json(&txn).to_json(&mut s);
-        s
     }
 }
 
