@@ -161,6 +161,43 @@ pub struct ServeArgs {
     /// Log format: `text` or `json`.
     #[arg(long, env = "MIDDLEMAN_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+
+    /// Where the document is saved: a `redis://` URL, or a directory (default: the user's
+    /// state directory). `none` keeps it in memory only.
+    #[arg(long, env = "MIDDLEMAN_DOCUMENT_STORE", default_value_t = default_store())]
+    pub document_store: String,
+
+    /// Key prefix of documents in Redis (`<prefix>notebook:<document>`).
+    #[arg(long, env = "MIDDLEMAN_DOCUMENT_KEY_PREFIX", default_value = "nbplat:")]
+    pub document_key_prefix: String,
+
+    /// Edits and outputs are saved at most this long after they happen.
+    #[arg(long, env = "MIDDLEMAN_SAVE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub save_interval: Duration,
+
+    /// Collaborators allowed in the document at once.
+    #[arg(long, env = "MIDDLEMAN_MAX_CLIENTS", default_value_t = 256)]
+    pub max_clients: usize,
+
+    /// Events kept for clients that reconnect (they get a snapshot when they missed more).
+    #[arg(long, env = "MIDDLEMAN_REPLAY_FRAMES", default_value_t = 8192)]
+    pub replay_frames: usize,
+
+    /// Bytes of events kept for clients that reconnect.
+    #[arg(long, env = "MIDDLEMAN_REPLAY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub replay_bytes: usize,
+
+    /// Largest `.ipynb` accepted by the import endpoint.
+    #[arg(long, env = "MIDDLEMAN_MAX_IMPORT_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_import_bytes: usize,
+}
+
+fn default_store() -> String {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("middleman/documents").display().to_string()
 }
 
 /// Settings of `middleman keygen`.

@@ -9,6 +9,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use crate::document::{CellKind, CellState, CellView};
+
 /// Version of this protocol, sent in [`ServerEvent::Welcome`].
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -25,6 +27,48 @@ pub enum ClientMessage {
         /// Abort the executions queued behind this one if it fails (Jupyter's default).
         #[serde(default = "yes")]
         stop_on_error: bool,
+    },
+    /// Queue the source of code cell `cell_id`; its outputs, execution count and state are kept
+    /// in the document.
+    ExecuteCell {
+        cell_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+        #[serde(default = "yes")]
+        stop_on_error: bool,
+    },
+    /// Insert a cell at `index` (0 = first; the length appends). Answered with
+    /// [`ServerEvent::CellCreated`].
+    InsertCell {
+        index: u32,
+        cell_type: CellKind,
+        #[serde(default)]
+        source: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
+    /// Delete a cell (a document keeps at least one).
+    DeleteCell { cell_id: String },
+    /// Move a cell so that it ends at `index`.
+    MoveCell { cell_id: String, index: u32 },
+    /// Change a cell's type (code, markdown, raw).
+    SetCellType {
+        cell_id: String,
+        cell_type: CellKind,
+    },
+    /// Replace a cell's source as a minimal edit (Yjs clients edit the text in place instead).
+    SetSource { cell_id: String, source: String },
+    /// Clear the outputs of one cell, or of every cell.
+    ClearOutputs {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cell_id: Option<String>,
+    },
+    /// Where this collaborator is: the cell and an editor-defined cursor (at most 1 KiB of JSON).
+    Presence {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cell_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<Value>,
     },
     /// Answer the pending `input()` prompt of `execution_id`. The first answer wins.
     InputReply { execution_id: String, value: String },
@@ -58,20 +102,50 @@ pub struct ServerFrame {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerEvent {
-    /// First message on every connection.
+    /// First message on every connection, and again after a resynchronisation.
     Welcome {
         protocol: u32,
+        /// This Middleman's run: `seq` numbers are only comparable within one session.
+        session: String,
+        /// This connection's id, as it appears in presence.
+        client: u64,
         document: String,
         user: String,
+        name: String,
         role: String,
         kernel: KernelDescription,
-        kernel_state: KernelState,
-        /// The execution running now, then the queue in order.
-        executions: Vec<ExecutionSummary>,
         limits: Limits,
-        /// The `seq` of the last broadcast event before this connection joined.
+        /// The `seq` of the last broadcast event this welcome accounts for.
         last_seq: u64,
+        /// Set when the client asked to resume from this `seq` and could: the events after it
+        /// follow, and there is no snapshot.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resumed_from: Option<u64>,
+        /// The whole state at `last_seq` (absent when resumed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        snapshot: Option<Box<Snapshot>>,
     },
+    /// The cell list changed (insert, delete, move, type change), in order.
+    Cells { cells: Vec<CellHeader> },
+    /// Reply to [`ClientMessage::InsertCell`].
+    CellCreated {
+        cell_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
+    /// A cell's state or execution count changed.
+    CellState {
+        cell_id: String,
+        state: CellState,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        execution_count: Option<u64>,
+    },
+    /// A cell's outputs were cleared (by a client, or because it started running again).
+    OutputsCleared { cell_id: String },
+    /// A collaborator joined or moved.
+    Presence(PresenceInfo),
+    /// A collaborator left.
+    PresenceLeft { client: u64 },
     /// The kernel's state changed. `reason` says why when it is not plain busy/idle.
     KernelStatus {
         state: KernelState,
@@ -84,6 +158,8 @@ pub enum ServerEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request_id: Option<String>,
     },
+    /// The execution queue changed: the running execution first, then the waiting ones.
+    Queue { executions: Vec<ExecutionSummary> },
     /// An execution was sent to the kernel.
     ExecutionStarted { execution_id: String },
     /// One output of an execution, in nbformat's shape.
@@ -199,8 +275,54 @@ pub enum ErrorCode {
     NoPendingInput,
     /// The kernel is dead; send `restart`.
     KernelDead,
-    /// Middleman is shutting down.
+    /// Middleman is shutting down, or the document store is unreachable.
     Unavailable,
+    /// No cell has that id.
+    NoSuchCell,
+    /// The edit is not allowed (the last cell, an index out of range, a non-code cell to run).
+    InvalidEdit,
+}
+
+/// The whole document state a client renders from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub kernel_state: KernelState,
+    /// The execution running now, then the queue in order.
+    pub executions: Vec<ExecutionSummary>,
+    pub cells: Vec<CellView>,
+    pub presence: Vec<PresenceInfo>,
+    /// The prompt waiting for an answer, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<PendingInput>,
+}
+
+/// A cell's id and type, as listed in [`ServerEvent::Cells`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellHeader {
+    pub id: String,
+    pub cell_type: CellKind,
+}
+
+/// A collaborator. Identity comes from the token, never from the client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceInfo {
+    pub client: u64,
+    pub user: String,
+    pub name: String,
+    pub role: String,
+    pub color: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cell_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<Value>,
+}
+
+/// An `input()` prompt waiting for an answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingInput {
+    pub execution_id: String,
+    pub prompt: String,
+    pub password: bool,
 }
 
 /// A kernel's identity, from its kernelspec and `kernel_info_reply`.
@@ -215,6 +337,9 @@ pub struct KernelDescription {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecutionSummary {
     pub id: String,
+    /// The cell it runs, when it was queued with `execute_cell`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cell_id: Option<String>,
     /// The display name of whoever queued it.
     pub by: String,
     pub code: String,
@@ -227,6 +352,10 @@ pub struct Limits {
     pub max_client_message_bytes: u64,
     pub max_output_bytes: u64,
     pub execution_timeout_ms: u64,
+    /// Collaborators allowed in the document at once.
+    pub max_clients: u64,
+    /// Streamed output reaches clients at most once per this interval per execution.
+    pub stream_flush_interval_ms: u64,
 }
 
 /// One output, in nbformat 4 shape.

@@ -120,6 +120,13 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         root: args.local_root.clone(),
         pool_id: args.pool_id.clone(),
         env,
+        document_store: if args.store.starts_with("redis://") || args.store.starts_with("rediss://")
+        {
+            args.store.clone()
+        } else {
+            args.local_root.join("documents").display().to_string()
+        },
+        document_key_prefix: args.redis_prefix.clone(),
     }));
 
     let instance = args.instance.clone().unwrap_or_else(|| {

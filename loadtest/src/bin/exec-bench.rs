@@ -138,6 +138,8 @@ async fn bench_middleman(args: &Args, scratch: &std::path::Path) -> anyhow::Resu
             "local",
             "--kernel",
             "python3",
+            "--document-store",
+            "none",
         ])
         .arg("--public-key")
         .arg(keys.join("public.pem"))
@@ -171,16 +173,15 @@ async fn bench_middleman(args: &Args, scratch: &std::path::Path) -> anyhow::Resu
     let mut ready = false;
     while !ready {
         let frame = next_frame(&mut ws).await?;
-        ready = matches!(
-            frame.event,
+        ready = match &frame.event {
             ServerEvent::Welcome {
-                kernel_state: middleman::protocol::KernelState::Idle,
-                ..
-            } | ServerEvent::KernelStatus {
-                state: middleman::protocol::KernelState::Idle,
-                ..
+                snapshot: Some(s), ..
+            } => s.kernel_state == middleman::protocol::KernelState::Idle,
+            ServerEvent::KernelStatus { state, .. } => {
+                *state == middleman::protocol::KernelState::Idle
             }
-        );
+            _ => false,
+        };
     }
     let mut n = 0u64;
     let (samples, total) = measure(args, &mut ws, async |ws: &mut Ws| {

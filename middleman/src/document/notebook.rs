@@ -39,7 +39,7 @@ pub enum CellKind {
 }
 
 impl CellKind {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CellKind::Code => "code",
             CellKind::Markdown => "markdown",
@@ -76,6 +76,9 @@ pub struct CellRuntime {
     pub execution_count: Option<u64>,
     #[serde(default)]
     pub state: CellState,
+    /// The last execution's output passed its byte cap; later output was dropped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 /// A cell as clients see it.
@@ -131,7 +134,11 @@ impl Notebook {
 
     /// No cells at all (only for building a document up, e.g. on import).
     pub(crate) fn empty() -> Self {
-        let doc = Doc::new();
+        // Offsets in UTF-16 code units, as Yjs (JavaScript) counts them.
+        let doc = Doc::with_options(yrs::Options {
+            offset_kind: yrs::OffsetKind::Utf16,
+            ..yrs::Options::default()
+        });
         let cells = doc.get_or_insert_array("cells");
         Self {
             doc,
@@ -193,6 +200,67 @@ impl Notebook {
                 })
             })
             .collect()
+    }
+
+    /// Each cell's id and type, in order (cheaper than [`Self::cells`]: no text, no outputs).
+    pub fn headers(&self) -> Vec<(String, CellKind)> {
+        let txn = self.doc.transact();
+        self.cells
+            .iter(&txn)
+            .filter_map(|v| {
+                let Out::YMap(m) = v else { return None };
+                let id = out_str(m.get(&txn, "id"))?;
+                let kind = out_str(m.get(&txn, "cell_type"))
+                    .and_then(|k| CellKind::parse(&k))
+                    .unwrap_or(CellKind::Code);
+                Some((id, kind))
+            })
+            .collect()
+    }
+
+    /// A cell's type and source.
+    pub fn source(&self, id: &str) -> Result<(CellKind, String), DocumentError> {
+        let kind = self
+            .headers()
+            .into_iter()
+            .find(|(cid, _)| cid == id)
+            .map(|(_, k)| k)
+            .ok_or_else(|| DocumentError::NoSuchCell(id.to_owned()))?;
+        let text = self.text(id)?;
+        let source = text.get_string(&self.doc.transact());
+        Ok((kind, source))
+    }
+
+    /// Replaces every cell with the cells of `other` (an import), in one transaction, so that
+    /// collaborators see one change.
+    pub fn replace_all(&mut self, other: &Notebook) {
+        let cells = other.cells();
+        {
+            let mut txn = self.doc.transact_mut();
+            let len = self.cells.len(&txn);
+            self.cells.remove_range(&mut txn, 0, len);
+            for (i, cell) in cells.iter().enumerate() {
+                let map = self.cells.insert(
+                    &mut txn,
+                    u32::try_from(i).unwrap_or(u32::MAX),
+                    MapPrelim::default(),
+                );
+                map.insert(&mut txn, "id", cell.id.as_str());
+                map.insert(&mut txn, "cell_type", cell.kind.as_str());
+                map.insert(&mut txn, "source", TextPrelim::new(cell.source.as_str()));
+            }
+        }
+        self.runtime = cells.into_iter().map(|c| (c.id, c.runtime)).collect();
+    }
+
+    /// Marks cells that were queued or running when the document was saved as idle: those
+    /// executions died with the previous process.
+    pub fn settle(&mut self) {
+        for r in self.runtime.values_mut() {
+            if matches!(r.state, CellState::Queued | CellState::Running) {
+                r.state = CellState::Idle;
+            }
+        }
     }
 
     /// One cell.
@@ -287,13 +355,43 @@ impl Notebook {
         Ok(())
     }
 
-    /// Replaces a cell's whole source (imports, server-side edits). Clients edit through Yjs.
+    /// Replaces a cell's source with `source` as one minimal edit: the common prefix and suffix
+    /// stay, so concurrent typing elsewhere in the cell survives. Clients edit through Yjs.
     pub fn set_source(&mut self, id: &str, source: &str) -> Result<(), DocumentError> {
         let text = self.text(id)?;
         let mut txn = self.doc.transact_mut();
-        let len = text.len(&txn);
-        text.remove_range(&mut txn, 0, len);
-        text.insert(&mut txn, 0, source);
+        let old = text.get_string(&txn);
+        // Yjs text offsets count UTF-16 code units (yrs' default offset kind for Text).
+        let a: Vec<u16> = old.encode_utf16().collect();
+        let b: Vec<u16> = source.encode_utf16().collect();
+        let mut prefix = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+        // Never split a surrogate pair.
+        while prefix > 0 && (0xDC00..0xE000).contains(&a.get(prefix).copied().unwrap_or(0)) {
+            prefix -= 1;
+        }
+        let max_suffix = a.len().min(b.len()) - prefix;
+        let mut suffix = a
+            .iter()
+            .rev()
+            .zip(b.iter().rev())
+            .take(max_suffix)
+            .take_while(|(x, y)| x == y)
+            .count();
+        while suffix > 0 && (0xDC00..0xE000).contains(&a[a.len() - suffix]) && {
+            let i = a.len() - suffix;
+            i > 0 && (0xD800..0xDC00).contains(&a[i - 1])
+        } {
+            suffix -= 1;
+        }
+        let removed = a.len() - prefix - suffix;
+        let inserted = String::from_utf16_lossy(&b[prefix..b.len() - suffix]);
+        let at = u32::try_from(prefix).unwrap_or(u32::MAX);
+        if removed > 0 {
+            text.remove_range(&mut txn, at, u32::try_from(removed).unwrap_or(u32::MAX));
+        }
+        if !inserted.is_empty() {
+            text.insert(&mut txn, at, &inserted);
+        }
         Ok(())
     }
 
@@ -321,7 +419,13 @@ impl Notebook {
         let r = self.runtime_mut(id)?;
         r.outputs.clear();
         r.execution_count = None;
+        r.truncated = false;
         Ok(())
+    }
+
+    /// Every cell's runtime, mutably (display updates can target any cell).
+    pub fn runtimes_mut(&mut self) -> impl Iterator<Item = &mut CellRuntime> {
+        self.runtime.values_mut()
     }
 
     /// Applies a Yjs update (v1 encoding) from a client.

@@ -65,7 +65,7 @@ pub fn decode(bytes: &[u8]) -> Result<Notebook, PersistError> {
 pub enum DocumentStore {
     /// One file per document in a directory.
     File(PathBuf),
-    /// Redis, under `<prefix>doc:<document>`.
+    /// Redis, under `<prefix>notebook:<document>`.
     Redis {
         conn: redis::aio::ConnectionManager,
         prefix: String,
@@ -112,9 +112,23 @@ impl DocumentStore {
         })
     }
 
+    /// Opens the store named by `spec`: a `redis://` or `rediss://` URL (keys under `prefix`),
+    /// or a directory (a path, or a `file://` URL).
+    pub async fn open(spec: &str, prefix: &str) -> Result<Self, PersistError> {
+        if spec.starts_with("redis://") || spec.starts_with("rediss://") {
+            return Self::redis(spec, prefix).await;
+        }
+        let dir = spec.strip_prefix("file://").unwrap_or(spec);
+        Ok(Self::File(PathBuf::from(dir)))
+    }
+
     /// Saves the document.
     pub async fn save(&self, document: &str, nb: &Notebook) -> Result<(), PersistError> {
-        let bytes = encode(nb);
+        self.save_bytes(document, encode(nb)).await
+    }
+
+    /// Saves a document encoded with [`encode`].
+    pub async fn save_bytes(&self, document: &str, bytes: Vec<u8>) -> Result<(), PersistError> {
         match self {
             DocumentStore::File(dir) => {
                 let path = dir.join(file_name(document));
@@ -131,7 +145,7 @@ impl DocumentStore {
             DocumentStore::Redis { conn, prefix } => {
                 let mut c = conn.clone();
                 redis::cmd("SET")
-                    .arg(format!("{prefix}doc:{document}"))
+                    .arg(format!("{prefix}notebook:{document}"))
                     .arg(bytes)
                     .query_async::<()>(&mut c)
                     .await?;
@@ -154,7 +168,7 @@ impl DocumentStore {
             DocumentStore::Redis { conn, prefix } => {
                 let mut c = conn.clone();
                 redis::cmd("GET")
-                    .arg(format!("{prefix}doc:{document}"))
+                    .arg(format!("{prefix}notebook:{document}"))
                     .query_async(&mut c)
                     .await?
             }

@@ -1,6 +1,7 @@
 //! The kernel session: one actor task owns the kernel process, its sockets, the execution queue
-//! and the output buffers. Connections talk to it through [`SessionHandle`]: commands in, one
-//! broadcast of serialised frames out (serialised once, shared by every connection).
+//! and the output buffers. Connections talk to it through [`SessionHandle`]: commands in; what
+//! happens goes out as [`ServerEvent`]s to an [`EventSink`] (the document hub, which orders,
+//! records and fans them out).
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use jupyter_protocol::{
     JupyterMessageContent, ReplyStatus, ShutdownRequest,
 };
 use nix::sys::signal::Signal;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -22,7 +23,7 @@ use super::{KernelSpec, RuntimeDir};
 use crate::output::OutputBuffer;
 use crate::protocol::{
     ErrorCode, ExecutionStatus, ExecutionSummary, InputOutcome, KernelDescription, KernelState,
-    Output, ServerEvent, ServerFrame, StreamName,
+    Output, ServerEvent, StreamName,
 };
 
 /// What the session needs to know, taken from the configuration.
@@ -40,8 +41,6 @@ pub struct SessionSettings {
     pub max_output_bytes: u64,
     pub stream_flush_interval: Duration,
     pub max_queue: usize,
-    /// Frames kept per subscriber before it counts as lagging.
-    pub broadcast_capacity: usize,
 }
 
 /// A request to the session. Each carries a reply channel for refusals.
@@ -49,6 +48,8 @@ pub struct SessionSettings {
 pub enum Command {
     Execute {
         code: String,
+        /// The document cell this code came from, if any.
+        cell_id: Option<String>,
         request_id: Option<String>,
         stop_on_error: bool,
         by: String,
@@ -69,28 +70,23 @@ pub enum Command {
 /// Why a command was refused.
 pub type Refusal = (ErrorCode, String);
 
-/// A serialised broadcast frame. The text is reference-counted bytes: serialised once, and
-/// every connection sends the same buffer.
-#[derive(Debug, Clone)]
-pub struct Frame {
-    pub seq: u64,
-    pub json: axum::extract::ws::Utf8Bytes,
+/// Where the session's events go, in the order they happen. Called from the actor task; must
+/// not block.
+pub trait EventSink: Send + Sync + std::fmt::Debug {
+    fn publish(&self, event: ServerEvent);
 }
 
-/// What a new connection needs to render the current state.
+/// The kernel's state, for readiness and status checks.
 #[derive(Debug, Clone)]
 pub struct SessionSnapshot {
     pub kernel_state: KernelState,
     pub kernel: KernelDescription,
-    pub executions: Vec<ExecutionSummary>,
-    pub last_seq: u64,
 }
 
 /// Cheap-to-clone handle on a running session.
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
     commands: mpsc::Sender<(Command, oneshot::Sender<Result<(), Refusal>>)>,
-    frames: broadcast::Sender<Frame>,
     snapshot: watch::Receiver<SessionSnapshot>,
 }
 
@@ -112,14 +108,6 @@ impl SessionHandle {
         })
     }
 
-    /// Subscribes to broadcast frames, then takes the snapshot (in that order, so no frame
-    /// newer than the snapshot is missed; frames with `seq <= snapshot.last_seq` are stale).
-    pub fn subscribe(&self) -> (broadcast::Receiver<Frame>, SessionSnapshot) {
-        let rx = self.frames.subscribe();
-        let snapshot = self.snapshot.borrow().clone();
-        (rx, snapshot)
-    }
-
     /// A watch of the snapshot (readiness checks).
     pub fn watch(&self) -> watch::Receiver<SessionSnapshot> {
         self.snapshot.clone()
@@ -136,10 +124,10 @@ impl KernelSession {
     pub fn spawn(
         settings: SessionSettings,
         runtime: RuntimeDir,
+        sink: Arc<dyn EventSink>,
         shutdown: CancellationToken,
     ) -> (SessionHandle, tokio::task::JoinHandle<()>) {
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
-        let (frames, _) = broadcast::channel(settings.broadcast_capacity.max(16));
         let kernel = KernelDescription {
             name: settings.spec.name.clone(),
             display_name: settings.spec.spec.display_name.clone(),
@@ -148,8 +136,6 @@ impl KernelSession {
         let (snap_tx, snap_rx) = watch::channel(SessionSnapshot {
             kernel_state: KernelState::Starting,
             kernel: kernel.clone(),
-            executions: Vec::new(),
-            last_seq: 0,
         });
         // Small: each queued message may be large, and the actor drains faster than kernels write.
         let (kernel_tx, kernel_rx) = mpsc::channel(64);
@@ -160,9 +146,8 @@ impl KernelSession {
                 .unwrap_or_else(|| runtime.path().join("workspace")),
             settings,
             runtime,
-            frames: frames.clone(),
+            sink,
             snapshot: snap_tx,
-            seq: 0,
             state: KernelState::Starting,
             kernel_tx,
             generation: 0,
@@ -180,7 +165,6 @@ impl KernelSession {
         (
             SessionHandle {
                 commands: cmd_tx,
-                frames,
                 snapshot: snap_rx,
             },
             join,
@@ -191,6 +175,7 @@ impl KernelSession {
 #[derive(Debug)]
 struct Pending {
     id: String,
+    cell_id: Option<String>,
     code: String,
     by: String,
     stop_on_error: bool,
@@ -248,9 +233,8 @@ struct Actor {
     settings: SessionSettings,
     runtime: RuntimeDir,
     workspace: PathBuf,
-    frames: broadcast::Sender<Frame>,
+    sink: Arc<dyn EventSink>,
     snapshot: watch::Sender<SessionSnapshot>,
-    seq: u64,
     state: KernelState,
     kernel_tx: mpsc::Sender<Tagged>,
     generation: u64,
@@ -295,19 +279,7 @@ impl Actor {
     // ---- broadcasting -------------------------------------------------------------------
 
     fn emit(&mut self, event: ServerEvent) {
-        self.seq += 1;
-        let json = axum::extract::ws::Utf8Bytes::from(
-            ServerFrame {
-                seq: Some(self.seq),
-                event,
-            }
-            .to_json(),
-        );
-        metrics::counter!("middleman_ws_frames_broadcast_total").increment(1);
-        let seq = self.seq;
-        self.snapshot.send_modify(|s| s.last_seq = seq);
-        // No subscribers is fine: nobody is connected.
-        let _ = self.frames.send(Frame { seq, json });
+        self.sink.publish(event);
     }
 
     fn set_state(&mut self, state: KernelState, reason: Option<String>) {
@@ -336,7 +308,7 @@ impl Actor {
         }
         list.extend(self.queue.iter().map(|p| summary(p, false)));
         metrics::gauge!("middleman_execution_queue_depth").set(self.queue.len() as f64);
-        self.snapshot.send_modify(|s| s.executions = list);
+        self.emit(ServerEvent::Queue { executions: list });
     }
 
     // ---- kernel lifecycle ---------------------------------------------------------------
@@ -566,6 +538,7 @@ impl Actor {
         match command {
             Command::Execute {
                 code,
+                cell_id,
                 request_id,
                 stop_on_error,
                 by,
@@ -589,6 +562,7 @@ impl Actor {
                         self.next_id,
                         &uuid::Uuid::new_v4().simple().to_string()[..6]
                     ),
+                    cell_id,
                     code,
                     by,
                     stop_on_error,
@@ -1090,6 +1064,7 @@ impl Actor {
 fn summary(p: &Pending, running: bool) -> ExecutionSummary {
     ExecutionSummary {
         id: p.id.clone(),
+        cell_id: p.cell_id.clone(),
         by: p.by.clone(),
         code: p.code.clone(),
         running,

@@ -1,5 +1,6 @@
-//! One WebSocket connection: welcome, then the session's broadcast frames out and the client's
-//! commands in, with a bounded backlog, a write timeout and a ping timeout.
+//! One WebSocket connection: the opening (welcome, missed events or a snapshot, the Yjs sync),
+//! then the hub's frames out and the client's messages in, with a bounded backlog, a write
+//! timeout and a ping timeout. JSON text frames carry the protocol; binary frames carry Yjs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,10 +10,9 @@ use session_token::Claims;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::AppState;
+use crate::collab::{EditRequest, Hub, Joined, Who};
 use crate::kernel::Command;
-use crate::protocol::{
-    ClientMessage, ErrorCode, Limits, PROTOCOL_VERSION, ServerEvent, ServerFrame,
-};
+use crate::protocol::{ClientMessage, ErrorCode, ServerEvent, ServerFrame};
 
 /// Close codes (see docs/protocol.md).
 pub(crate) mod close {
@@ -25,53 +25,88 @@ pub(crate) mod close {
 /// A client that cannot take a frame within this long is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A client resynchronised this many times within [`RESYNC_WINDOW`] is dropped instead.
+const MAX_RESYNCS: usize = 3;
+const RESYNC_WINDOW: Duration = Duration::from_secs(60);
+
+/// A seat in the document: leaving is guaranteed, even when the upgrade never completes.
+#[derive(Debug)]
+pub(crate) struct Membership {
+    hub: Arc<Hub>,
+    client: u64,
+}
+
+impl Membership {
+    pub(crate) fn new(hub: Arc<Hub>, client: u64) -> Self {
+        Self { hub, client }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.hub.leave(self.client);
+    }
+}
+
 struct Conn {
     socket: WebSocket,
     state: Arc<AppState>,
     claims: Claims,
+    who: Who,
+    client: u64,
     last_heard: Instant,
+    resyncs: Vec<Instant>,
 }
 
-pub(crate) async fn serve(socket: WebSocket, state: Arc<AppState>, claims: Claims) {
+pub(crate) async fn serve(
+    socket: WebSocket,
+    state: Arc<AppState>,
+    claims: Claims,
+    who: Who,
+    joined: Joined,
+    membership: Membership,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
     metrics::gauge!("middleman_ws_connections").increment(1.0);
+    state.activity.connections.fetch_add(1, Relaxed);
+    state.activity.touch();
     tracing::info!("connected");
     let mut conn = Conn {
         socket,
-        state,
+        state: state.clone(),
         claims,
+        who,
+        client: joined.client,
         last_heard: Instant::now(),
+        resyncs: Vec::new(),
     };
-    let reason = conn.run().await;
+    let reason = conn.run(joined).await;
+    drop(membership);
+    state.activity.connections.fetch_sub(1, Relaxed);
+    state.activity.touch();
     metrics::gauge!("middleman_ws_connections").decrement(1.0);
+    metrics::counter!("middleman_ws_disconnects_total", "reason" => reason).increment(1);
     tracing::info!(reason, "disconnected");
 }
 
 impl Conn {
-    async fn run(&mut self) -> &'static str {
-        let (mut frames, snapshot) = self.state.session.subscribe();
-        let state = self.state.clone();
-        let args = &state.args;
-        let welcome = ServerEvent::Welcome {
-            protocol: PROTOCOL_VERSION,
-            document: self.claims.doc.clone(),
-            user: self.claims.sub.clone(),
-            role: self.claims.role.to_string(),
-            kernel: snapshot.kernel.clone(),
-            kernel_state: snapshot.kernel_state,
-            executions: snapshot.executions.clone(),
-            limits: Limits {
-                max_client_message_bytes: args.max_client_message_bytes as u64,
-                max_output_bytes: args.max_output_bytes,
-                execution_timeout_ms: u64::try_from(args.execution_timeout.as_millis())
-                    .unwrap_or(u64::MAX),
-            },
-            last_seq: snapshot.last_seq,
-        };
-        if self.reply(welcome).await.is_err() {
-            return "write failed";
+    /// Sends the opening of a join or resync; returns the receiver and the last `seq` it covers.
+    async fn open(
+        &mut self,
+        joined: Joined,
+    ) -> Result<(tokio::sync::broadcast::Receiver<crate::collab::Frame>, u64), ()> {
+        for message in joined.opening {
+            self.send(message).await?;
         }
-        let mut seen = snapshot.last_seq;
-        let ping_every = args.ping_interval;
+        Ok((joined.frames, joined.last_seq))
+    }
+
+    async fn run(&mut self, joined: Joined) -> &'static str {
+        let Ok((mut frames, mut seen)) = self.open(joined).await else {
+            return "write failed";
+        };
+        let state = self.state.clone();
+        let ping_every = state.args.ping_interval;
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         let shutdown = state.shutdown.clone();
@@ -83,18 +118,36 @@ impl Conn {
                     return "shutdown";
                 }
                 frame = frames.recv() => match frame {
-                    Ok(frame) if frame.seq <= seen => {}
+                    Ok(frame) if frame.seq == 0 && frame.origin == self.client => {}
+                    Ok(frame) if frame.seq != 0 && frame.seq <= seen => {}
                     Ok(frame) => {
-                        seen = frame.seq;
-                        if self.send(Message::Text(frame.json)).await.is_err() {
+                        if frame.seq != 0 {
+                            seen = frame.seq;
+                        }
+                        if self.send(frame.message).await.is_err() {
                             return "write failed";
                         }
                     }
                     Err(RecvError::Lagged(missed)) => {
-                        metrics::counter!("middleman_slow_clients_dropped_total").increment(1);
-                        tracing::warn!(missed, "client fell too far behind; disconnecting");
-                        self.close(close::TOO_SLOW, "too slow: reconnect to resynchronise").await;
-                        return "too slow";
+                        let now = Instant::now();
+                        self.resyncs.retain(|t| now.duration_since(*t) < RESYNC_WINDOW);
+                        if self.resyncs.len() >= MAX_RESYNCS {
+                            metrics::counter!("middleman_slow_clients_total", "action" => "dropped").increment(1);
+                            tracing::warn!(missed, "client keeps falling behind; disconnecting");
+                            self.close(close::TOO_SLOW, "too slow: reconnect to resynchronise").await;
+                            return "too slow";
+                        }
+                        self.resyncs.push(now);
+                        metrics::counter!("middleman_slow_clients_total", "action" => "resynced").increment(1);
+                        let kernel = state.session.watch().borrow().kernel.clone();
+                        let joined = state.hub.resync(self.client, &self.who, &kernel, &self.claims.doc);
+                        match self.open(joined).await {
+                            Ok((rx, last)) => {
+                                frames = rx;
+                                seen = last;
+                            }
+                            Err(()) => return "write failed",
+                        }
                     }
                     Err(RecvError::Closed) => return "session closed",
                 },
@@ -133,17 +186,23 @@ impl Conn {
     async fn on_message(&mut self, message: Message) -> Result<(), ()> {
         let text = match message {
             Message::Text(t) => t,
-            Message::Binary(_) => {
-                return self
-                    .reply(error_event(
-                        ErrorCode::BadMessage,
-                        "binary frames are not used; send JSON text".into(),
-                    ))
-                    .await;
+            Message::Binary(bytes) => {
+                metrics::counter!("middleman_ws_messages_received_total", "kind" => "yjs")
+                    .increment(1);
+                self.state.activity.touch();
+                return match self.state.hub.on_yjs(self.client, &self.who, &bytes) {
+                    Ok(replies) => {
+                        for r in replies {
+                            self.send(r).await?;
+                        }
+                        Ok(())
+                    }
+                    Err((code, message)) => self.reply(error_event(code, message)).await,
+                };
             }
             Message::Ping(_) | Message::Pong(_) | Message::Close(_) => return Ok(()),
         };
-        metrics::counter!("middleman_ws_messages_received_total").increment(1);
+        metrics::counter!("middleman_ws_messages_received_total", "kind" => "json").increment(1);
         self.state.activity.touch();
         let parsed: ClientMessage = match serde_json::from_str(&text) {
             Ok(m) => m,
@@ -156,46 +215,104 @@ impl Conn {
                     .await;
             }
         };
-        let by = if self.claims.name.is_empty() {
-            self.claims.sub.clone()
-        } else {
-            self.claims.name.clone()
-        };
-        let command = match parsed {
+        let by = self.who.name.clone();
+        let hub = self.state.hub.clone();
+        let client = self.client;
+        let edit = |request| hub.edit(client, request);
+        let outcome = match parsed {
             ClientMessage::Ping { nonce } => return self.reply(ServerEvent::Pong { nonce }).await,
-            _ if !self.claims.role.can_edit() => {
-                return self
-                    .reply(error_event(
-                        ErrorCode::Forbidden,
-                        "viewers cannot run code, answer prompts, interrupt or restart".into(),
-                    ))
-                    .await;
+            // Everyone, viewers included, shows where they are.
+            ClientMessage::Presence { cell_id, cursor } => {
+                edit(EditRequest::Presence { cell_id, cursor })
             }
+            _ if !self.claims.role.can_edit() => Err((
+                ErrorCode::Forbidden,
+                "viewers cannot edit, run code, answer prompts, interrupt or restart".into(),
+            )),
+            ClientMessage::InsertCell {
+                index,
+                cell_type,
+                source,
+                request_id,
+            } => edit(EditRequest::Insert {
+                index,
+                kind: cell_type,
+                source,
+                request_id,
+            }),
+            ClientMessage::DeleteCell { cell_id } => edit(EditRequest::Delete { cell_id }),
+            ClientMessage::MoveCell { cell_id, index } => {
+                edit(EditRequest::Move { cell_id, index })
+            }
+            ClientMessage::SetCellType { cell_id, cell_type } => edit(EditRequest::SetKind {
+                cell_id,
+                kind: cell_type,
+            }),
+            ClientMessage::SetSource { cell_id, source } => {
+                edit(EditRequest::SetSource { cell_id, source })
+            }
+            ClientMessage::ClearOutputs { cell_id } => edit(EditRequest::ClearOutputs { cell_id }),
+            ClientMessage::ExecuteCell {
+                cell_id,
+                request_id,
+                stop_on_error,
+            } => match hub.code_of(&cell_id) {
+                Ok(code) => self
+                    .command(Command::Execute {
+                        code,
+                        cell_id: Some(cell_id),
+                        request_id,
+                        stop_on_error,
+                        by,
+                    })
+                    .await
+                    .map(|()| None),
+                Err(refusal) => Err(refusal),
+            },
             ClientMessage::Execute {
                 code,
                 request_id,
                 stop_on_error,
-            } => Command::Execute {
-                code,
-                request_id,
-                stop_on_error,
-                by,
-            },
+            } => self
+                .command(Command::Execute {
+                    code,
+                    cell_id: None,
+                    request_id,
+                    stop_on_error,
+                    by,
+                })
+                .await
+                .map(|()| None),
             ClientMessage::InputReply {
                 execution_id,
                 value,
-            } => Command::InputReply {
-                execution_id,
-                value,
-                by,
-            },
-            ClientMessage::Interrupt => Command::Interrupt { by },
-            ClientMessage::Restart => Command::Restart { by },
+            } => self
+                .command(Command::InputReply {
+                    execution_id,
+                    value,
+                    by,
+                })
+                .await
+                .map(|()| None),
+            ClientMessage::Interrupt => {
+                self.command(Command::Interrupt { by }).await.map(|()| None)
+            }
+            ClientMessage::Restart => self.command(Command::Restart { by }).await.map(|()| None),
         };
-        match self.state.session.send(command).await {
-            Ok(()) => Ok(()),
+        match outcome {
+            Ok(Some(reply)) => self.reply(reply).await,
+            Ok(None) => Ok(()),
             Err((code, message)) => self.reply(error_event(code, message)).await,
         }
+    }
+
+    fn command(
+        &self,
+        command: Command,
+    ) -> impl std::future::Future<Output = Result<(), crate::kernel::Refusal>> + Send + 'static
+    {
+        let session = self.state.session.clone();
+        async move { session.send(command).await }
     }
 
     async fn reply(&mut self, event: ServerEvent) -> Result<(), ()> {
@@ -208,7 +325,8 @@ impl Conn {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(()),
             Err(_) => {
-                metrics::counter!("middleman_slow_clients_dropped_total").increment(1);
+                metrics::counter!("middleman_slow_clients_total", "action" => "dropped")
+                    .increment(1);
                 tracing::warn!(
                     "client did not read for {} s; disconnecting",
                     WRITE_TIMEOUT.as_secs()

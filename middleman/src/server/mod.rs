@@ -17,9 +17,11 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::auth::Authenticator;
+use crate::collab::{Hub, HubSettings};
 use crate::config::ServeArgs;
+use crate::document::persist::{DocumentStore, PersistError};
 use crate::kernel::{self, KernelSession, RuntimeDir, SessionHandle, SessionSettings};
-use crate::protocol::KernelState;
+use crate::protocol::{KernelState, Limits};
 
 /// Failures while starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,13 @@ pub enum StartError {
     /// The kernel could not be found or prepared.
     #[error(transparent)]
     Kernel(#[from] kernel::KernelError),
+    /// The document store could not be opened.
+    #[error("document store {spec}: {source}")]
+    Store {
+        spec: String,
+        #[source]
+        source: PersistError,
+    },
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -45,6 +54,7 @@ pub enum StartError {
 #[derive(Debug)]
 struct AppState {
     session: SessionHandle,
+    hub: Arc<Hub>,
     auth: Authenticator,
     args: ServeArgs,
     shutdown: CancellationToken,
@@ -79,6 +89,7 @@ pub struct Running {
     session: tokio::task::JoinHandle<()>,
     tracker: TaskTracker,
     grace: Duration,
+    hub: Arc<Hub>,
 }
 
 impl Running {
@@ -102,6 +113,8 @@ impl Running {
             self.tracker.wait().await;
             let _ = self.http.await;
             let _ = self.session.await;
+            // The kernel's last events (executions aborted by the shutdown) are saved too.
+            self.hub.save_now().await;
         })
         .await;
         if drained.is_err() {
@@ -160,6 +173,38 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
         source,
     })?;
 
+    let store = match args.document_store.as_str() {
+        "" | "none" => None,
+        spec => Some(
+            DocumentStore::open(spec, &args.document_key_prefix)
+                .await
+                .map_err(|source| StartError::Store {
+                    spec: spec.to_owned(),
+                    source,
+                })?,
+        ),
+    };
+    let limits = Limits {
+        max_client_message_bytes: args.max_client_message_bytes as u64,
+        max_output_bytes: args.max_output_bytes,
+        execution_timeout_ms: u64::try_from(args.execution_timeout.as_millis()).unwrap_or(u64::MAX),
+        max_clients: args.max_clients as u64,
+        stream_flush_interval_ms: u64::try_from(args.stream_flush_interval.as_millis())
+            .unwrap_or(u64::MAX),
+    };
+    let hub = Arc::new(Hub::new(
+        HubSettings {
+            client_queue: args.client_queue,
+            replay_frames: args.replay_frames,
+            replay_bytes: args.replay_bytes,
+            max_clients: args.max_clients,
+            save_debounce: args.save_interval,
+            awareness_timeout: Duration::from_secs(30),
+            limits,
+        },
+        store,
+    ));
+
     let shutdown = CancellationToken::new();
     let settings = SessionSettings {
         spec,
@@ -174,12 +219,37 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
         max_output_bytes: args.max_output_bytes,
         stream_flush_interval: args.stream_flush_interval,
         max_queue: args.max_queue,
-        broadcast_capacity: args.client_queue,
     };
-    let (session, session_join) = KernelSession::spawn(settings, runtime, shutdown.clone());
+    let (session, session_join) =
+        KernelSession::spawn(settings, runtime, hub.clone(), shutdown.clone());
     let tracker = TaskTracker::new();
+    {
+        let (saver, token) = (hub.clone(), shutdown.clone());
+        tracker.spawn(async move { saver.run_saver(token).await });
+        let (expirer, token) = (hub.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    _ = tick.tick() => expirer.expire_awareness(),
+                }
+            }
+        });
+        if let Some(document) = args.document.clone() {
+            // Restore at start, not at the first connection, so the document is ready (and a
+            // broken store shows in the logs) before anyone arrives.
+            let loader = hub.clone();
+            tracker.spawn(async move {
+                if loader.ensure_loaded(&document).await.is_err() {
+                    tracing::warn!("the document will be loaded when a client connects");
+                }
+            });
+        }
+    }
     let state = Arc::new(AppState {
         session,
+        hub: hub.clone(),
         auth: Authenticator::new(
             key,
             args.document.clone(),
@@ -222,6 +292,7 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
         session: session_join,
         tracker,
         grace: args.shutdown_grace,
+        hub,
     })
 }
 
@@ -234,6 +305,14 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/ws", get(websocket))
+        .route(
+            "/api/notebook",
+            get(export_notebook)
+                .put(import_notebook)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    state.args.max_import_bytes,
+                )),
+        )
         .with_state(state)
 }
 
@@ -307,6 +386,103 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 #[derive(Debug, serde::Deserialize)]
 struct WsQuery {
     token: Option<String>,
+    /// With `since`: resume a session from the last `seq` seen.
+    session: Option<String>,
+    since: Option<u64>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// Authenticates an HTTP request and loads the document; the error is the response.
+async fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    token: Option<&str>,
+) -> Result<session_token::Claims, Response> {
+    let claims = state.auth.check(headers, token).map_err(|error| {
+        tracing::info!(%error, "request refused");
+        refuse(error.status(), error.code(), &error.to_string())
+    })?;
+    state
+        .hub
+        .ensure_loaded(&claims.doc)
+        .await
+        .map_err(|(_, message)| {
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                &message,
+            )
+        })?;
+    Ok(claims)
+}
+
+/// `GET /api/notebook`: the document as an nbformat 4.5 `.ipynb`.
+async fn export_notebook(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let claims = match authorize(&state, &headers, query.token.as_deref()).await {
+        Ok(c) => c,
+        Err(response) => return response,
+    };
+    let kernel = state.session.watch().borrow().kernel.clone();
+    let body = state.hub.export(&kernel);
+    let mut response = axum::Json(body).into_response();
+    let safe: String = claims
+        .doc
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .take(100)
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{safe}.ipynb\"")) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_DISPOSITION, v);
+    }
+    response
+}
+
+/// `PUT /api/notebook`: replaces the document with an `.ipynb` (editors only).
+async fn import_notebook(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let claims = match authorize(&state, &headers, query.token.as_deref()).await {
+        Ok(c) => c,
+        Err(response) => return response,
+    };
+    if !claims.role.can_edit() {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "viewers cannot import notebooks",
+        );
+    }
+    let json: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(error) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_notebook",
+                &format!("not JSON: {error}"),
+            );
+        }
+    };
+    let imported = match crate::document::ipynb::import(&json) {
+        Ok(nb) => nb,
+        Err(error) => return refuse(StatusCode::BAD_REQUEST, "bad_notebook", &error.to_string()),
+    };
+    let cells = imported.len();
+    state.hub.import(&imported);
+    tracing::info!(user = %claims.sub, cells, "notebook imported");
+    axum::Json(serde_json::json!({ "cells": cells })).into_response()
 }
 
 async fn websocket(
@@ -330,16 +506,46 @@ async fn websocket(
             return refuse(error.status(), error.code(), &error.to_string());
         }
     };
+    if let Err((_, message)) = state.hub.ensure_loaded(&claims.doc).await {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            &message,
+        );
+    }
+    let kernel = state.session.watch().borrow().kernel.clone();
+    let who = crate::collab::Who {
+        user: claims.sub.clone(),
+        name: if claims.name.is_empty() {
+            claims.sub.clone()
+        } else {
+            claims.name.clone()
+        },
+        role: claims.role,
+    };
+    let resume = query.session.as_deref().zip(query.since);
+    // Admit before upgrading, so a full document is a plain HTTP refusal.
+    let joined = match state.hub.join(&who, &kernel, &claims.doc, resume) {
+        Ok(j) => j,
+        Err((_, message)) => {
+            metrics::counter!("middleman_ws_refused_total", "reason" => "document_full")
+                .increment(1);
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "document_full", &message);
+        }
+    };
+    let guard = connection::Membership::new(state.hub.clone(), joined.client);
     let limit = state.args.max_client_message_bytes;
     let st = state.clone();
     ws.max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
-            let span = tracing::info_span!("connection", user = %claims.sub, role = %claims.role);
+            let span = tracing::info_span!("connection", client = joined.client, user = %claims.sub, role = %claims.role);
             let tracker = st.tracker.clone();
             async move {
                 tracker
-                    .spawn(connection::serve(socket, st, claims).instrument(span))
+                    .spawn(
+                        connection::serve(socket, st, claims, who, joined, guard).instrument(span),
+                    )
                     .await
                     .ok();
             }

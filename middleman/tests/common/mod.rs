@@ -81,6 +81,8 @@ impl TestServer {
             runtime_root.display().to_string(),
             "--kernel".into(),
             "python3".into(),
+            "--document-store".into(),
+            dir.0.join("docs").display().to_string(),
         ]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let serve = ServeArgs::from_args(args).unwrap();

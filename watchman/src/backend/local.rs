@@ -23,6 +23,10 @@ pub struct LocalSettings {
     pub pool_id: String,
     /// Extra environment for Middleman (e.g. `JUPYTER_PATH`).
     pub env: Vec<(String, String)>,
+    /// Where Middleman saves documents (`--document-store`), shared by every pod so that a
+    /// document's next pod restores it.
+    pub document_store: String,
+    pub document_key_prefix: String,
 }
 
 /// Runs each pod as a real Middleman process (with its kernel) on a free loopback port, in its
@@ -60,6 +64,8 @@ impl LocalBackend {
             .arg("--public-key")
             .arg(&self.settings.public_key)
             .args(["--kernel", &plan.kernel])
+            .args(["--document-store", &self.settings.document_store])
+            .args(["--document-key-prefix", &self.settings.document_key_prefix])
             .arg("--runtime-root")
             .arg(dir.join("run"))
             .arg("--workspace")
