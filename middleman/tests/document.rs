@@ -166,3 +166,211 @@ async fn a_real_yjs_client_edits_cells_in_place() {
     assert_eq!(cells[2].kind, CellKind::Markdown);
     assert_eq!(cells[2].source, "from yjs");
 }
+
+/// Validates a notebook file with the official `nbformat` package; returns "major minor cells".
+fn nbformat_validate(path: &std::path::Path) -> String {
+    let python =
+        std::path::PathBuf::from(std::env::var("NBP_VENV").expect("NBP_VENV: run `make test`"))
+            .join("bin/python");
+    let out = std::process::Command::new(python)
+        .args(["-c", "import sys, nbformat; nb = nbformat.read(sys.argv[1], as_version=4); nbformat.validate(nb); print(nb.nbformat, nb.nbformat_minor, len(nb.cells))"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nbformat rejected the export: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Fills a live document through the protocol: a rich cell, a failing one, markdown.
+async fn fill(c: &mut Client) {
+    use middleman::protocol::ClientMessage;
+    let first = c.first_cell();
+    c.set_source(&first, RICH).await;
+    let second = c.insert_cell(1, "1/0").await;
+    let notes = c.insert_cell(2, "# Notes\n\nunicode: é ✓ 😀").await;
+    c.send(&ClientMessage::SetCellType {
+        cell_id: notes,
+        cell_type: CellKind::Markdown,
+    })
+    .await;
+    for cell in [&first, &second] {
+        let id = c.submit_cell(cell).await;
+        c.collect(&id).await;
+    }
+    c.roundtrip().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notebooks_export_and_import_over_http_with_the_websocket_auth() {
+    let a = TestServer::start(&[]).await;
+    let mut ada = a.client("ada", Role::Editor).await;
+    fill(&mut ada).await;
+    let token = a.token("ada", Role::Editor);
+    let bearer = format!("Bearer {token}");
+
+    let (status, _) = http_get(a.addr, "/api/notebook").await;
+    assert_eq!(status, 401, "no token");
+    let foreign = a.token_for("ada", Role::Editor, "another-doc", 3600);
+    let (status, _) = http_get(a.addr, &format!("/api/notebook?token={foreign}")).await;
+    assert_eq!(status, 403, "token for another document");
+    let (status, body) = http_request(a.addr, "/api/notebook", &[("Authorization", &bearer)]).await;
+    assert_eq!(status, 200, "{body}");
+    let dir = TempDir::new("http-ipynb");
+    let path = dir.0.join("doc.ipynb");
+    std::fs::write(&path, &body).unwrap();
+    assert_eq!(nbformat_validate(&path), "4 5 3");
+    let exported: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(exported["cells"][0]["execution_count"], 1);
+    assert_eq!(
+        exported["cells"][1]["outputs"][0]["ename"],
+        "ZeroDivisionError"
+    );
+
+    // Into a second document, with a collaborator already there.
+    let b = TestServer::start(&[]).await;
+    let mut bob = b.client("bob", Role::Editor).await;
+    let viewer = format!("Bearer {}", b.token("vic", Role::Viewer));
+    let (status, _) = http_send(
+        b.addr,
+        "PUT",
+        "/api/notebook",
+        &[("Authorization", &viewer)],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 403, "viewers cannot import");
+    let editor = format!("Bearer {}", b.token("bob", Role::Editor));
+    let (status, _) = http_send(
+        b.addr,
+        "PUT",
+        "/api/notebook",
+        &[("Authorization", &editor)],
+        b"{\"nbformat\": 3}",
+    )
+    .await;
+    assert_eq!(status, 400, "not nbformat 4");
+    let (status, reply) = http_send(
+        b.addr,
+        "PUT",
+        "/api/notebook",
+        &[
+            ("Authorization", &editor),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    bob.until(
+        |e| matches!(e, middleman::protocol::ServerEvent::Cells { cells } if cells.len() == 3),
+    )
+    .await;
+    let (_, again) = http_request(b.addr, "/api/notebook", &[("Authorization", &editor)]).await;
+    let again: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(
+        again["cells"], exported["cells"],
+        "re-imports to the same document"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Runs the real `middleman` binary (so that it can be SIGKILLed like a lost pod).
+struct Process {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Process {
+    fn start(server: &TestServer, store: &str, prefix: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_middleman"))
+            .arg("serve")
+            .args(["--listen", &addr.to_string()])
+            .args(["--document", &server.document, "--pod", "pod-1"])
+            .arg("--public-key")
+            .arg(server.dir.0.join("public.pem"))
+            .arg("--runtime-root")
+            .arg(server.dir.0.join("proc-run"))
+            .args(["--document-store", store, "--document-key-prefix", prefix])
+            .args(["--save-interval", "200ms"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { child, addr }
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..1200 {
+            if http_get(self.addr, "/readyz").await.0 == 200 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("middleman did not become ready");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_middleman_restores_its_document_from_redis() {
+    use middleman::document::persist;
+    // The in-process server only provides keys, a document id and a scratch directory.
+    let keys = TestServer::start(&[]).await;
+    let redis = testkit::RedisServer::start();
+    let prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
+    let token = keys.token("ada", Role::Editor);
+
+    let first = Process::start(&keys, &redis.url(), &prefix);
+    first.wait_ready().await;
+    let mut ada = Client::connect(first.addr, &token).await.unwrap();
+    fill(&mut ada).await;
+    let before = Client::connect(first.addr, &token).await.unwrap();
+    let cells = before.snapshot().cells.clone();
+    assert_eq!(cells.len(), 3);
+
+    // Wait until the debounced save has everything (as a lost pod's last second is the only
+    // thing at risk), then kill it without warning.
+    let key = format!("{prefix}notebook:{}", keys.document);
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    loop {
+        let bytes: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if let Some(b) = bytes
+            && persist::decode(&b).unwrap().cells() == cells
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(ada);
+    drop(before);
+    drop(first);
+
+    let second = Process::start(&keys, &redis.url(), &prefix);
+    second.wait_ready().await;
+    let back = Client::connect(second.addr, &token).await.unwrap();
+    assert_eq!(back.snapshot().cells, cells, "restored as it was");
+    drop(second);
+    keys.stop().await;
+}

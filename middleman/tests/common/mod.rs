@@ -2,6 +2,8 @@
 //! speaking the protocol types.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod ypeer;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -153,16 +155,31 @@ pub async fn http_request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, String) {
+    http_send(addr, "GET", path, headers, b"").await
+}
+
+/// A minimal HTTP/1.1 request with a body, returning (status, body).
+pub async fn http_send(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
         return (0, String::new());
     };
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
+    if !body.is_empty() || method != "GET" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
     let text = String::from_utf8_lossy(&buf).to_string();
@@ -208,6 +225,10 @@ pub type Ws =
 pub struct Client {
     pub ws: Ws,
     pub welcome: ServerEvent,
+    /// Yjs binary frames received and not yet consumed.
+    pub yjs: Vec<Vec<u8>>,
+    /// The highest `seq` received.
+    pub last_seq: u64,
     next_request: u64,
 }
 
@@ -216,11 +237,21 @@ impl Client {
         addr: std::net::SocketAddr,
         token: &str,
     ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
-        let url = format!("ws://{addr}/ws?token={token}");
+        Self::connect_query(addr, &format!("token={token}")).await
+    }
+
+    /// Connects with a raw query string (`token=..&session=..&since=..`).
+    pub async fn connect_query(
+        addr: std::net::SocketAddr,
+        query: &str,
+    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        let url = format!("ws://{addr}/ws?{query}");
         let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
         let mut c = Self {
             ws,
             welcome: ServerEvent::Pong { nonce: None },
+            yjs: Vec::new(),
+            last_seq: 0,
             next_request: 0,
         };
         c.welcome = c.next().await.event;
@@ -252,11 +283,121 @@ impl Client {
                 .expect("connection ended")
                 .expect("websocket error");
             match msg {
-                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                Message::Text(t) => {
+                    let frame: ServerFrame = serde_json::from_str(&t).unwrap();
+                    if let Some(seq) = frame.seq {
+                        self.last_seq = self.last_seq.max(seq);
+                    }
+                    if let ServerEvent::Welcome { last_seq, .. } = &frame.event {
+                        self.last_seq = *last_seq;
+                    }
+                    return frame;
+                }
+                Message::Binary(b) => self.yjs.push(b.to_vec()),
                 Message::Close(c) => panic!("connection closed: {c:?}"),
                 _ => {}
             }
         }
+    }
+
+    /// Reads one message of any kind: true if it was a Yjs frame (now in `self.yjs`).
+    pub async fn pump(&mut self) -> Option<ServerEvent> {
+        let msg = tokio::time::timeout(WAIT, self.ws.next())
+            .await
+            .expect("timed out waiting for a frame")
+            .expect("connection ended")
+            .expect("websocket error");
+        match msg {
+            Message::Text(t) => Some(serde_json::from_str::<ServerFrame>(&t).unwrap().event),
+            Message::Binary(b) => {
+                self.yjs.push(b.to_vec());
+                None
+            }
+            Message::Close(c) => panic!("connection closed: {c:?}"),
+            _ => None,
+        }
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.ws.send(Message::binary(bytes)).await.unwrap();
+    }
+
+    /// The snapshot of the welcome (panics when the connection resumed instead).
+    pub fn snapshot(&self) -> &middleman::protocol::Snapshot {
+        match &self.welcome {
+            ServerEvent::Welcome {
+                snapshot: Some(s), ..
+            } => s,
+            other => panic!("no snapshot in {other:?}"),
+        }
+    }
+
+    /// The id of the document's first cell.
+    pub fn first_cell(&self) -> String {
+        self.snapshot().cells[0].id.clone()
+    }
+
+    /// Queues cell `cell_id` and returns the execution id.
+    pub async fn submit_cell(&mut self, cell_id: &str) -> String {
+        self.next_request += 1;
+        let rid = format!("r{}", self.next_request);
+        self.send(&ClientMessage::ExecuteCell {
+            cell_id: cell_id.into(),
+            request_id: Some(rid.clone()),
+            stop_on_error: true,
+        })
+        .await;
+        let events = self
+            .until(|e| {
+                matches!(e, ServerEvent::ExecutionQueued { request_id: Some(r), .. } if *r == rid)
+                    || matches!(e, ServerEvent::Error { .. })
+            })
+            .await;
+        match events.last() {
+            Some(ServerEvent::ExecutionQueued { execution, .. }) => execution.id.clone(),
+            other => panic!("execute_cell refused: {other:?}"),
+        }
+    }
+
+    /// Sets a cell's source through the JSON protocol and waits until it is applied (the next
+    /// ping's pong comes after it).
+    pub async fn set_source(&mut self, cell_id: &str, source: &str) {
+        self.send(&ClientMessage::SetSource {
+            cell_id: cell_id.into(),
+            source: source.into(),
+        })
+        .await;
+        self.roundtrip().await;
+    }
+
+    /// Inserts a cell and returns its id.
+    pub async fn insert_cell(&mut self, index: u32, source: &str) -> String {
+        self.send(&ClientMessage::InsertCell {
+            index,
+            cell_type: middleman::protocol::CellKind::Code,
+            source: source.into(),
+            request_id: Some("ins".into()),
+        })
+        .await;
+        let events = self
+            .until(|e| {
+                matches!(
+                    e,
+                    ServerEvent::CellCreated { .. } | ServerEvent::Error { .. }
+                )
+            })
+            .await;
+        match events.last() {
+            Some(ServerEvent::CellCreated { cell_id, .. }) => cell_id.clone(),
+            other => panic!("insert refused: {other:?}"),
+        }
+    }
+
+    /// Waits until everything sent before has been handled (replies come in order).
+    pub async fn roundtrip(&mut self) -> Vec<ServerEvent> {
+        self.send(&ClientMessage::Ping { nonce: Some(4242) }).await;
+        self.until(|e| matches!(e, ServerEvent::Pong { nonce: Some(4242) }))
+            .await
     }
 
     /// Reads until `pred` matches, returning every event seen (including the match).
