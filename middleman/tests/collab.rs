@@ -1,5 +1,6 @@
 //! Collaborative documents with a real kernel: cells run by id, many Yjs peers typing into one
 //! cell, reconnects, roles, shared prompts, slow clients.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -436,11 +437,7 @@ async fn a_slow_reader_is_resynchronised_and_never_delays_others() {
                     state: CellState::Idle,
                     execution_count: Some(n),
                     ..
-                } => {
-                    if n >= RUNS {
-                        return (outputs, Some(n), resyncs);
-                    }
-                }
+                } if n >= RUNS => return (outputs, Some(n), resyncs),
                 _ => {}
             }
         }
