@@ -78,8 +78,8 @@ function send(msg) {
 function onFrame(f) {
   switch (f.type) {
     case "welcome":
-      $("who").textContent = `${f.user} (${f.role}) · ${f.kernel.display_name}`;
-      setState(f.kernel_state);
+      $("who").textContent = `${f.name} (${f.role}) · ${f.kernel.display_name}`;
+      if (f.snapshot) setState(f.snapshot.kernel_state);
       break;
     case "kernel_status":
       setState(f.state, f.reason);
@@ -153,7 +153,10 @@ function connect() {
   }
   const proto = location.protocol === "https:" ? "wss" : "ws";
   ws = new WebSocket(`${proto}://${location.host}/ws?token=${encodeURIComponent(token)}`);
-  ws.onmessage = (e) => onFrame(JSON.parse(e.data));
+  // Binary frames carry the Yjs document sync, which this page does not use.
+  ws.onmessage = (e) => {
+    if (typeof e.data === "string") onFrame(JSON.parse(e.data));
+  };
   ws.onclose = (e) => { setState("disconnected", e.reason || `code ${e.code}`); setTimeout(connect, 2000); };
 }
 
