@@ -463,3 +463,74 @@ async fn a_slow_reader_is_resynchronised_and_never_delays_others() {
     );
     server.stop().await;
 }
+
+/// Reads until an awareness update about `client_id` arrives; returns its state.
+async fn awareness_of(c: &mut Client, client_id: u64) -> String {
+    use middleman::collab::yproto::{YMessage, decode_awareness};
+    loop {
+        for bytes in std::mem::take(&mut c.yjs) {
+            if let Ok(YMessage::Awareness(u)) = YMessage::decode(&bytes) {
+                for e in decode_awareness(&u).unwrap() {
+                    if e.client == client_id {
+                        return e.state;
+                    }
+                }
+            }
+        }
+        c.pump().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_are_relayed_under_the_token_identity_and_vanish_on_leave() {
+    let server = TestServer::start(&[]).await;
+    let mut ada = server.client("ada", Role::Editor).await;
+    let mut bob = server.client("bob", Role::Editor).await;
+    let (ada_peer, bob_peer) = (YPeer::new(), YPeer::new());
+    let (ada_id, bob_id) = (
+        ada_peer.doc.client_id().get(),
+        bob_peer.doc.client_id().get(),
+    );
+    bob_peer
+        .announce(
+            &mut bob,
+            1,
+            r#"{"user":{"name":"bob"},"cursor":{"anchor":3}}"#,
+        )
+        .await;
+    // Ada claims to be someone else: the name others see is the token's.
+    ada_peer
+        .announce(
+            &mut ada,
+            1,
+            r##"{"user":{"name":"Mallory","color":"#000000"},"cursor":{"anchor":1,"head":4}}"##,
+        )
+        .await;
+    let state: serde_json::Value =
+        serde_json::from_str(&awareness_of(&mut bob, ada_id).await).unwrap();
+    assert_eq!(state["user"]["name"], "ada name");
+    assert_ne!(state["user"]["color"], "#000000");
+    assert_eq!(state["cursor"]["head"], 4);
+    // Nor can she speak for Bob's Yjs client.
+    let mut spoof = YPeer::new();
+    spoof.doc = yrs::Doc::with_client_id(bob_id);
+    spoof.announce(&mut ada, 9, r#"{"cursor":null}"#).await;
+    ada.roundtrip().await;
+    let mut carol = server.client("carol", Role::Viewer).await;
+    let bobs: serde_json::Value =
+        serde_json::from_str(&awareness_of(&mut carol, bob_id).await).unwrap();
+    assert_eq!(bobs["cursor"]["anchor"], 3, "spoofed update ignored");
+
+    let ServerEvent::Welcome {
+        client: ada_client, ..
+    } = ada.welcome
+    else {
+        unreachable!()
+    };
+    drop(ada);
+    // Presence goes first, then the cursor.
+    bob.until(|e| matches!(e, ServerEvent::PresenceLeft { client } if *client == ada_client))
+        .await;
+    assert_eq!(awareness_of(&mut bob, ada_id).await, "null");
+    server.stop().await;
+}
