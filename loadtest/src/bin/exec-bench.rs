@@ -14,8 +14,8 @@ use jupyter_protocol::{
     ConnectionInfo, ExecuteRequest, ExecutionState, JupyterMessage, JupyterMessageContent,
     KernelInfoRequest,
 };
-use middleman::protocol::{ClientMessage, ServerEvent, ServerFrame};
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+use loadtest::{JupyterServer, Middleman, Ws, jupyter_msg, next_frame, rss_mib, tempdir};
+use middleman::protocol::{ClientMessage, ServerEvent};
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser, Debug)]
@@ -39,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
     let venv = PathBuf::from(
         std::env::var("NBP_VENV").context("NBP_VENV not set: run through `make bench`")?,
     );
-    let scratch = tempdir()?;
+    let scratch = tempdir("exec-bench")?;
     let mut results = Vec::new();
     results.push(
         bench_middleman(&args, &scratch)
@@ -64,12 +64,6 @@ struct Result_ {
     rss_mib: Option<f64>,
 }
 
-fn tempdir() -> anyhow::Result<PathBuf> {
-    let p = std::env::temp_dir().join(format!("exec-bench-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&p)?;
-    Ok(p)
-}
-
 async fn measure<S>(
     args: &Args,
     state: &mut S,
@@ -92,83 +86,12 @@ async fn measure<S>(
     Ok((samples, start.elapsed()))
 }
 
-fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
-}
-
 // ---- Middleman ------------------------------------------------------------------------------
 
 async fn bench_middleman(args: &Args, scratch: &std::path::Path) -> anyhow::Result<Result_> {
-    let bin = &args.middleman_bin;
-    let keys = scratch.join("keys");
-    let ok = tokio::process::Command::new(bin)
-        .args(["keygen", "--out-dir"])
-        .arg(&keys)
-        .status()
-        .await?;
-    if !ok.success() {
-        bail!("middleman keygen failed");
-    }
-    let token = tokio::process::Command::new(bin)
-        .args(["token", "--key"])
-        .arg(keys.join("signing.pem"))
-        .args([
-            "--doc", "bench", "--pod", "local", "--user", "bench", "--name", "Bench", "--role",
-            "editor",
-        ])
-        .output()
-        .await?;
-    let token = String::from_utf8(token.stdout)?.trim().to_owned();
-    let mut child = tokio::process::Command::new(bin)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--document",
-            "bench",
-            "--pod",
-            "local",
-            "--kernel",
-            "python3",
-            "--document-store",
-            "none",
-        ])
-        .arg("--public-key")
-        .arg(keys.join("public.pem"))
-        .arg("--runtime-root")
-        .arg(scratch.join("run"))
-        .env("RUST_LOG", "warn,middleman::server=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().context("no pid")?;
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().context("no stderr")?).lines();
-    let addr: String = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                return rest.split_whitespace().next().map(str::to_owned);
-            }
-        }
-        None
-    })
-    .await?
-    .context("middleman did not start")?;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
-        format!("ws://{addr}/ws?token={token}"),
-        None,
-        true,
-    )
-    .await?;
+    let mm = Middleman::start(&args.middleman_bin, scratch, &[]).await?;
+    let pid = mm.pid;
+    let mut ws = mm.connect(&mm.token("bench").await?).await?;
     // Wait for the welcome and a ready kernel.
     let mut ready = false;
     while !ready {
@@ -214,30 +137,13 @@ async fn bench_middleman(args: &Args, scratch: &std::path::Path) -> anyhow::Resu
     })
     .await?;
     let rss = rss_mib(pid);
-    child.start_kill()?;
-    let _ = child.wait().await;
+    mm.stop().await;
     Ok(Result_ {
         name: "Middleman WebSocket",
         samples,
         total,
         rss_mib: rss,
     })
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn next_frame(ws: &mut Ws) -> anyhow::Result<ServerFrame> {
-    loop {
-        match tokio::time::timeout(STEP, ws.next())
-            .await?
-            .context("connection ended")??
-        {
-            Message::Text(t) => return Ok(serde_json::from_str(&t)?),
-            Message::Close(c) => bail!("closed: {c:?}"),
-            _ => {}
-        }
-    }
 }
 
 // ---- Direct ZeroMQ --------------------------------------------------------------------------
@@ -340,118 +246,16 @@ async fn bench_zmq(args: &Args, scratch: &std::path::Path) -> anyhow::Result<Res
 
 // ---- Jupyter Server -------------------------------------------------------------------------
 
-async fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: &str,
-) -> anyhow::Result<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: token {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(STEP, s.read_to_end(&mut buf)).await??;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((
-        status,
-        text.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default(),
-    ))
-}
-
 async fn bench_jupyter_server(
     args: &Args,
     venv: &std::path::Path,
     scratch: &std::path::Path,
 ) -> anyhow::Result<Result_> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let token = uuid::Uuid::new_v4().simple().to_string();
-    let root = scratch.join("jroot");
-    std::fs::create_dir_all(&root)?;
-    let mut server = tokio::process::Command::new(venv.join("bin/jupyter"))
-        // CI and this machine run as root; the server refuses that without --allow-root.
-        .args([
-            "server",
-            "--no-browser",
-            "--allow-root",
-            "--ServerApp.ip=127.0.0.1",
-        ])
-        .arg(format!("--ServerApp.port={port}"))
-        .arg(format!("--IdentityProvider.token={token}"))
-        .arg(format!("--ServerApp.root_dir={}", root.display()))
-        .env("JUPYTER_RUNTIME_DIR", scratch.join("jrt"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = server.id().context("no pid")?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let kernel_id = loop {
-        if let Ok((201, body)) = http(
-            port,
-            "POST",
-            "/api/kernels",
-            &token,
-            r#"{"name":"python3"}"#,
-        )
-        .await
-        {
-            let v: serde_json::Value = serde_json::from_str(&body)?;
-            break v["id"].as_str().context("kernel id")?.to_owned();
-        }
-        if Instant::now() > deadline {
-            bail!("jupyter server did not start");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let url = format!("ws://127.0.0.1:{port}/api/kernels/{kernel_id}/channels?token={token}");
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
+    let server = JupyterServer::start(venv, scratch).await?;
+    let pid = server.pid;
+    let mut ws = server.connect().await?;
     let session = uuid::Uuid::new_v4().to_string();
-    let msg = |msg_type: &str, content: serde_json::Value| {
-        let id = uuid::Uuid::new_v4().to_string();
-        let m = serde_json::json!({
-            "header": {"msg_id": id, "msg_type": msg_type, "session": session, "username": "bench", "version": "5.3", "date": "2026-01-01T00:00:00Z"},
-            "parent_header": {}, "metadata": {}, "content": content, "channel": "shell", "buffers": []
-        });
-        (id, m.to_string())
-    };
-    // Handshake: kernel_info until the kernel answers.
-    loop {
-        let (id, text) = msg("kernel_info_request", serde_json::json!({}));
-        ws.send(Message::text(text)).await?;
-        let got = tokio::time::timeout(Duration::from_secs(2), async {
-            loop {
-                let Some(Ok(Message::Text(t))) = ws.next().await else {
-                    return false;
-                };
-                let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
-                if v["msg_type"] == "kernel_info_reply"
-                    && v["parent_header"]["msg_id"] == id.as_str()
-                {
-                    return true;
-                }
-            }
-        })
-        .await;
-        if got == Ok(true) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("kernel behind jupyter server did not answer");
-        }
-    }
+    let msg = |msg_type: &str, content: serde_json::Value| jupyter_msg(&session, msg_type, content);
     let (samples, total) = measure(args, &mut ws, async |ws: &mut Ws| {
         let (id, text) = msg("execute_request", serde_json::json!({"code": "1+1", "silent": false, "store_history": true, "user_expressions": {}, "allow_stdin": false, "stop_on_error": true}));
         {
@@ -473,8 +277,7 @@ async fn bench_jupyter_server(
     })
     .await?;
     let rss = rss_mib(pid);
-    server.start_kill()?;
-    let _ = server.wait().await;
+    server.stop().await;
     Ok(Result_ {
         name: "Jupyter Server WebSocket (anchor)",
         samples,

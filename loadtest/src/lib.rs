@@ -1,0 +1,328 @@
+//! Shared parts of the load drivers: starting a real Middleman or a stock Jupyter Server as
+//! child processes, speaking to them, and reading their memory and CPU from `/proc`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures_util::{SinkExt as _, StreamExt as _};
+use middleman::protocol::ServerFrame;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_tungstenite::tungstenite::Message;
+
+/// How long one step (a connection, a reply) may take before the driver gives up.
+pub const STEP: Duration = Duration::from_secs(30);
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A fresh scratch directory under the system temp dir.
+pub fn tempdir(tag: &str) -> anyhow::Result<PathBuf> {
+    let p = std::env::temp_dir().join(format!("{tag}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&p)?;
+    Ok(p)
+}
+
+/// Resident memory of a process, MiB.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// CPU time (user + system) a process has used, seconds.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    Some((utime + stime) / ticks)
+}
+
+/// The peak RSS of `pid`, sampled every 20 ms until `stop` is cancelled.
+pub fn sample_peak_rss(
+    pid: u32,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<f64> {
+    tokio::spawn(async move {
+        let mut peak: f64 = 0.0;
+        loop {
+            peak = peak.max(rss_mib(pid).unwrap_or(0.0));
+            tokio::select! {
+                () = stop.cancelled() => return peak,
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+    })
+}
+
+/// The next JSON frame of a Middleman connection (binary Yjs frames are skipped).
+pub async fn next_frame(ws: &mut Ws) -> anyhow::Result<ServerFrame> {
+    loop {
+        match tokio::time::timeout(STEP, ws.next())
+            .await?
+            .context("connection ended")??
+        {
+            Message::Text(t) => return Ok(serde_json::from_str(&t)?),
+            Message::Close(c) => bail!("closed: {c:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// A Middleman child process serving one document, with a signing key to mint its tokens.
+#[derive(Debug)]
+pub struct Middleman {
+    pub child: tokio::process::Child,
+    pub pid: u32,
+    pub addr: String,
+    bin: PathBuf,
+    keys: PathBuf,
+}
+
+impl Middleman {
+    /// Starts `bin serve` for document `bench` with `extra` flags; waits until it listens.
+    pub async fn start(bin: &Path, scratch: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let keys = scratch.join("keys");
+        let ok = tokio::process::Command::new(bin)
+            .args(["keygen", "--out-dir"])
+            .arg(&keys)
+            .status()
+            .await?;
+        if !ok.success() {
+            bail!("middleman keygen failed");
+        }
+        let mut child = tokio::process::Command::new(bin)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--document",
+                "bench",
+                "--pod",
+                "local",
+                "--kernel",
+                "python3",
+                "--document-store",
+                "none",
+            ])
+            .args(extra)
+            .arg("--public-key")
+            .arg(keys.join("public.pem"))
+            .arg("--runtime-root")
+            .arg(scratch.join("run"))
+            .env("RUST_LOG", "warn,middleman::server=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().context("no pid")?;
+        let mut lines =
+            tokio::io::BufReader::new(child.stderr.take().context("no stderr")?).lines();
+        let addr: String = tokio::time::timeout(Duration::from_secs(120), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    return rest.split_whitespace().next().map(str::to_owned);
+                }
+            }
+            None
+        })
+        .await?
+        .context("middleman did not start")?;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            child,
+            pid,
+            addr,
+            bin: bin.to_owned(),
+            keys,
+        })
+    }
+
+    /// A token for `user` (an editor).
+    pub async fn token(&self, user: &str) -> anyhow::Result<String> {
+        let out = tokio::process::Command::new(&self.bin)
+            .args(["token", "--key"])
+            .arg(self.keys.join("signing.pem"))
+            .args([
+                "--doc", "bench", "--pod", "local", "--user", user, "--name", user, "--role",
+                "editor",
+            ])
+            .output()
+            .await?;
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// Connects a WebSocket client with `token`.
+    pub async fn connect(&self, token: &str) -> anyhow::Result<Ws> {
+        let url = format!("ws://{}/ws?token={token}", self.addr);
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
+        Ok(ws)
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// A plain HTTP/1.1 request with a Jupyter token; returns (status, body).
+pub async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: token {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(STEP, s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((
+        status,
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    ))
+}
+
+/// A stock Jupyter Server (from the pinned environment) with one python3 kernel.
+#[derive(Debug)]
+pub struct JupyterServer {
+    pub child: tokio::process::Child,
+    pub pid: u32,
+    pub port: u16,
+    pub token: String,
+    pub kernel_id: String,
+}
+
+impl JupyterServer {
+    /// Starts the server and a kernel; waits until the kernel answers `kernel_info`.
+    pub async fn start(venv: &Path, scratch: &Path) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let root = scratch.join("jroot");
+        std::fs::create_dir_all(&root)?;
+        let child = tokio::process::Command::new(venv.join("bin/jupyter"))
+            // CI and this machine run as root; the server refuses that without --allow-root.
+            .args([
+                "server",
+                "--no-browser",
+                "--allow-root",
+                "--ServerApp.ip=127.0.0.1",
+            ])
+            .arg(format!("--ServerApp.port={port}"))
+            .arg(format!("--IdentityProvider.token={token}"))
+            .arg(format!("--ServerApp.root_dir={}", root.display()))
+            .env("JUPYTER_RUNTIME_DIR", scratch.join("jrt"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().context("no pid")?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let kernel_id = loop {
+            if let Ok((201, body)) = http(
+                port,
+                "POST",
+                "/api/kernels",
+                &token,
+                r#"{"name":"python3"}"#,
+            )
+            .await
+            {
+                let v: serde_json::Value = serde_json::from_str(&body)?;
+                break v["id"].as_str().context("kernel id")?.to_owned();
+            }
+            if Instant::now() > deadline {
+                bail!("jupyter server did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let server = Self {
+            child,
+            pid,
+            port,
+            token,
+            kernel_id,
+        };
+        // Handshake: kernel_info until the kernel answers.
+        let mut ws = server.connect().await?;
+        let session = uuid::Uuid::new_v4().to_string();
+        loop {
+            let (id, text) = jupyter_msg(&session, "kernel_info_request", serde_json::json!({}));
+            ws.send(Message::text(text)).await?;
+            let got = tokio::time::timeout(Duration::from_secs(2), async {
+                loop {
+                    let Some(Ok(Message::Text(t))) = ws.next().await else {
+                        return false;
+                    };
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
+                    if v["msg_type"] == "kernel_info_reply"
+                        && v["parent_header"]["msg_id"] == id.as_str()
+                    {
+                        return true;
+                    }
+                }
+            })
+            .await;
+            if got == Ok(true) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("kernel behind jupyter server did not answer");
+            }
+        }
+        Ok(server)
+    }
+
+    /// A new kernel WebSocket (the `/api/kernels/{id}/channels` endpoint).
+    pub async fn connect(&self) -> anyhow::Result<Ws> {
+        let url = format!(
+            "ws://127.0.0.1:{}/api/kernels/{}/channels?token={}",
+            self.port, self.kernel_id, self.token
+        );
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
+        Ok(ws)
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// A Jupyter message for the kernel WebSocket's shell channel: (msg_id, JSON text).
+pub fn jupyter_msg(session: &str, msg_type: &str, content: serde_json::Value) -> (String, String) {
+    let id = uuid::Uuid::new_v4().to_string();
+    let m = serde_json::json!({
+        "header": {"msg_id": id, "msg_type": msg_type, "session": session, "username": "bench", "version": "5.3", "date": "2026-01-01T00:00:00Z"},
+        "parent_header": {}, "metadata": {}, "content": content, "channel": "shell", "buffers": []
+    });
+    (id, m.to_string())
+}
