@@ -275,7 +275,7 @@ impl JupyterServer {
         let mut ws = server.connect().await?;
         let session = uuid::Uuid::new_v4().to_string();
         loop {
-            let (id, text) = jupyter_msg(&session, "kernel_info_request", serde_json::json!({}));
+            let (id, text) = jupyter_msg(&session, "kernel_info_request", &serde_json::json!({}));
             ws.send(Message::text(text)).await?;
             let got = tokio::time::timeout(Duration::from_secs(2), async {
                 loop {
@@ -318,7 +318,7 @@ impl JupyterServer {
 }
 
 /// A Jupyter message for the kernel WebSocket's shell channel: (msg_id, JSON text).
-pub fn jupyter_msg(session: &str, msg_type: &str, content: serde_json::Value) -> (String, String) {
+pub fn jupyter_msg(session: &str, msg_type: &str, content: &serde_json::Value) -> (String, String) {
     let id = uuid::Uuid::new_v4().to_string();
     let m = serde_json::json!({
         "header": {"msg_id": id, "msg_type": msg_type, "session": session, "username": "bench", "version": "5.3", "date": "2026-01-01T00:00:00Z"},

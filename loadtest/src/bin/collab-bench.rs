@@ -250,7 +250,7 @@ async fn jupyter_run(
     let (id, text) = jupyter_msg(
         &session,
         "execute_request",
-        serde_json::json!({"code": code(args.lines), "silent": false, "store_history": true,
+        &serde_json::json!({"code": code(args.lines), "silent": false, "store_history": true,
             "user_expressions": {}, "allow_stdin": false, "stop_on_error": true}),
     );
     let id = Arc::new(id);

@@ -255,7 +255,8 @@ async fn bench_jupyter_server(
     let pid = server.pid;
     let mut ws = server.connect().await?;
     let session = uuid::Uuid::new_v4().to_string();
-    let msg = |msg_type: &str, content: serde_json::Value| jupyter_msg(&session, msg_type, content);
+    let msg =
+        |msg_type: &str, content: serde_json::Value| jupyter_msg(&session, msg_type, &content);
     let (samples, total) = measure(args, &mut ws, async |ws: &mut Ws| {
         let (id, text) = msg("execute_request", serde_json::json!({"code": "1+1", "silent": false, "store_history": true, "user_expressions": {}, "allow_stdin": false, "stop_on_error": true}));
         {
