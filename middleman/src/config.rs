@@ -187,6 +187,10 @@ pub struct ServeArgs {
     #[arg(long, env = "MIDDLEMAN_REPLAY_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub replay_bytes: usize,
 
+    /// Largest the shared document's text (its CRDT) may grow to; edits beyond are refused.
+    #[arg(long, env = "MIDDLEMAN_MAX_DOCUMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_document_bytes: usize,
+
     /// Largest `.ipynb` accepted by the import endpoint.
     #[arg(long, env = "MIDDLEMAN_MAX_IMPORT_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_import_bytes: usize,

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod collab;
 pub mod config;
 pub mod document;
+pub mod graph;
 pub mod kernel;
 mod output;
 pub mod protocol;

@@ -534,3 +534,28 @@ async fn cursors_are_relayed_under_the_token_identity_and_vanish_on_leave() {
     assert_eq!(awareness_of(&mut bob, ada_id).await, "null");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_cannot_grow_past_its_limit() {
+    let server = TestServer::start(&["--max-document-bytes", "4096"]).await;
+    let mut ada = server.client("ada", Role::Editor).await;
+    let cell = ada.first_cell();
+    ada.set_source(&cell, "x = 1").await;
+    ada.send(&ClientMessage::SetSource {
+        cell_id: cell.clone(),
+        source: "y".repeat(5000),
+    })
+    .await;
+    ada.until(|e| is_error(e, ErrorCode::TooLarge)).await;
+    let mut peer = YPeer::new();
+    peer.sync_until(&mut ada, |p| p.source(&cell).as_deref() == Some("x = 1"))
+        .await;
+    peer.type_at(&mut ada, &cell, 0, &"z".repeat(5000)).await;
+    ada.until(|e| is_error(e, ErrorCode::TooLarge)).await;
+    // Refused edits change nothing, and the connection goes on.
+    let late = server.client("late", Role::Viewer).await;
+    assert_eq!(late.snapshot().cells[0].source, "x = 1");
+    let id = ada.submit_cell(&cell).await;
+    assert_eq!(ada.collect(&id).await.status, Some(ExecutionStatus::Ok));
+    server.stop().await;
+}

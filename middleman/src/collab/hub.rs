@@ -33,6 +33,8 @@ pub struct HubSettings {
     pub save_debounce: Duration,
     /// Awareness states not renewed for this long are removed (y-protocols uses 30 s).
     pub awareness_timeout: Duration,
+    /// Largest the shared text may grow to (sum of the updates applied since it was loaded).
+    pub max_document_bytes: usize,
     pub limits: Limits,
 }
 
@@ -109,6 +111,8 @@ struct State {
     awareness: HashMap<u64, Awareness>,
     /// The document id once loaded (nothing is saved before that).
     document: Option<String>,
+    /// An upper bound of the CRDT's encoded size: its size when loaded plus every update since.
+    crdt_bytes: usize,
     dirty: bool,
 }
 
@@ -171,6 +175,7 @@ impl Hub {
                 presence: BTreeMap::new(),
                 awareness: HashMap::new(),
                 document: None,
+                crdt_bytes: 0,
                 dirty: false,
             }),
             frames,
@@ -224,6 +229,7 @@ impl Hub {
             st.headers = headers_of(&nb);
             st.nb = nb;
         }
+        st.crdt_bytes = st.nb.encode_state().len();
         st.document = Some(document.to_owned());
         Ok(())
     }
@@ -306,6 +312,7 @@ impl Hub {
         let before = st.nb.state_vector();
         let out = change(&mut st.nb)?;
         let update = st.nb.encode_diff(&before)?;
+        st.crdt_bytes += update.len();
         // An empty update encodes as two zero bytes.
         if update.len() > 2 {
             self.emit_binary(origin, &YMessage::Update(update));
@@ -501,7 +508,15 @@ impl Hub {
                 if !who.role.can_edit() {
                     return Err((ErrorCode::Forbidden, "viewers cannot edit".into()));
                 }
+                let max = self.settings.max_document_bytes;
+                if st.crdt_bytes + update.len() > max {
+                    return Err((
+                        ErrorCode::TooLarge,
+                        format!("the document would exceed its limit of {max} bytes"),
+                    ));
+                }
                 st.nb.apply_update(&update).map_err(|e| doc_refusal(&e))?;
+                st.crdt_bytes += update.len();
                 metrics::counter!("middleman_document_updates_total").increment(1);
                 self.emit_binary(client, &YMessage::Update(update));
                 self.after_edit(&mut st);
@@ -597,6 +612,19 @@ impl Hub {
     pub fn edit(&self, client: u64, message: EditRequest) -> Result<Option<ServerEvent>, Refusal> {
         let mut st = self.lock();
         let st = &mut *st;
+        let adds = match &message {
+            EditRequest::Insert { source, .. } | EditRequest::SetSource { source, .. } => {
+                source.len()
+            }
+            _ => 0,
+        };
+        let max = self.settings.max_document_bytes;
+        if st.crdt_bytes + adds > max {
+            return Err((
+                ErrorCode::TooLarge,
+                format!("the document would exceed its limit of {max} bytes"),
+            ));
+        }
         match message {
             EditRequest::Insert {
                 index,

@@ -200,6 +200,7 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
             max_clients: args.max_clients,
             save_debounce: args.save_interval,
             awareness_timeout: Duration::from_secs(30),
+            max_document_bytes: args.max_document_bytes,
             limits,
         },
         store,
