@@ -1,0 +1,4 @@
+// `k6/timers`.
+const { setTimeout, clearTimeout, setInterval, clearInterval } = globalThis;
+export { setTimeout, clearTimeout, setInterval, clearInterval };
+export default { setTimeout, clearTimeout, setInterval, clearInterval };
