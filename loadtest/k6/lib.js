@@ -132,8 +132,12 @@ export class DocumentConnection {
     };
   }
 
-  /** Calls `f` with every JSON message from now on. */
+  /**
+   * Calls `f` with every JSON message after the last one `waitFor` returned (those already
+   * received first: several can arrive in one read, before the caller's `await` resumes).
+   */
   onMessage(f) {
+    for (const m of this.messages.slice(this.cursor)) f(m);
     this.listeners.push(f);
   }
 
