@@ -641,12 +641,12 @@ impl Hub {
                 }))
             }
             EditRequest::Delete { cell_id } => {
-                self.mutate(st, client, |nb| nb.delete_cell(&cell_id))
+                self.mutate(st, 0, |nb| nb.delete_cell(&cell_id))
                     .map_err(|e| doc_refusal(&e))?;
                 Ok(None)
             }
             EditRequest::Move { cell_id, index } => {
-                self.mutate(st, client, |nb| nb.move_cell(&cell_id, index))
+                self.mutate(st, 0, |nb| nb.move_cell(&cell_id, index))
                     .map_err(|e| doc_refusal(&e))?;
                 Ok(None)
             }
@@ -657,7 +657,7 @@ impl Hub {
                     .map_err(|e| doc_refusal(&e))?
                     .0
                     .eq(&CellKind::Code);
-                self.mutate(st, client, |nb| nb.set_kind(&cell_id, kind))
+                self.mutate(st, 0, |nb| nb.set_kind(&cell_id, kind))
                     .map_err(|e| doc_refusal(&e))?;
                 if was_code && kind != CellKind::Code {
                     self.emit(st, ServerEvent::OutputsCleared { cell_id });
@@ -665,7 +665,7 @@ impl Hub {
                 Ok(None)
             }
             EditRequest::SetSource { cell_id, source } => {
-                self.mutate(st, client, |nb| nb.set_source(&cell_id, &source))
+                self.mutate(st, 0, |nb| nb.set_source(&cell_id, &source))
                     .map_err(|e| doc_refusal(&e))?;
                 Ok(None)
             }
