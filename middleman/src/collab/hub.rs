@@ -289,9 +289,7 @@ impl Hub {
     /// After any change to the CRDT: keep one cell, announce a changed cell list, save.
     fn after_edit(&self, st: &mut State) {
         if st.nb.is_empty() {
-            let _ = self.mutate(st, 0, |nb| {
-                nb.insert_cell(0, CellKind::Code, "").map(|_| ())
-            });
+            let _ = self.mutate(st, |nb| nb.insert_cell(0, CellKind::Code, "").map(|_| ()));
             return;
         }
         let headers = headers_of(&st.nb);
@@ -306,7 +304,6 @@ impl Hub {
     fn mutate<T>(
         &self,
         st: &mut State,
-        origin: u64,
         change: impl FnOnce(&mut Notebook) -> Result<T, DocumentError>,
     ) -> Result<T, DocumentError> {
         let before = st.nb.state_vector();
@@ -315,7 +312,8 @@ impl Hub {
         st.crdt_bytes += update.len();
         // An empty update encodes as two zero bytes.
         if update.len() > 2 {
-            self.emit_binary(origin, &YMessage::Update(update));
+            // Sent to everyone, the requester included: its Yjs copy has not seen this edit.
+            self.emit_binary(0, &YMessage::Update(update));
         }
         self.after_edit(st);
         Ok(out)
@@ -633,7 +631,7 @@ impl Hub {
                 request_id,
             } => {
                 let cell_id = self
-                    .mutate(st, client, |nb| nb.insert_cell(index, kind, &source))
+                    .mutate(st, |nb| nb.insert_cell(index, kind, &source))
                     .map_err(|e| doc_refusal(&e))?;
                 Ok(Some(ServerEvent::CellCreated {
                     cell_id,
@@ -641,12 +639,12 @@ impl Hub {
                 }))
             }
             EditRequest::Delete { cell_id } => {
-                self.mutate(st, 0, |nb| nb.delete_cell(&cell_id))
+                self.mutate(st, |nb| nb.delete_cell(&cell_id))
                     .map_err(|e| doc_refusal(&e))?;
                 Ok(None)
             }
             EditRequest::Move { cell_id, index } => {
-                self.mutate(st, 0, |nb| nb.move_cell(&cell_id, index))
+                self.mutate(st, |nb| nb.move_cell(&cell_id, index))
                     .map_err(|e| doc_refusal(&e))?;
                 Ok(None)
             }
@@ -657,7 +655,7 @@ impl Hub {
                     .map_err(|e| doc_refusal(&e))?
                     .0
                     .eq(&CellKind::Code);
-                self.mutate(st, 0, |nb| nb.set_kind(&cell_id, kind))
+                self.mutate(st, |nb| nb.set_kind(&cell_id, kind))
                     .map_err(|e| doc_refusal(&e))?;
                 if was_code && kind != CellKind::Code {
                     self.emit(st, ServerEvent::OutputsCleared { cell_id });
@@ -665,7 +663,7 @@ impl Hub {
                 Ok(None)
             }
             EditRequest::SetSource { cell_id, source } => {
-                self.mutate(st, 0, |nb| nb.set_source(&cell_id, &source))
+                self.mutate(st, |nb| nb.set_source(&cell_id, &source))
                     .map_err(|e| doc_refusal(&e))?;
                 Ok(None)
             }
@@ -731,7 +729,7 @@ impl Hub {
     /// Replaces the document with an imported notebook; collaborators see the change live.
     pub fn import(&self, imported: &Notebook) {
         let mut st = self.lock();
-        let _ = self.mutate(&mut st, 0, |nb| {
+        let _ = self.mutate(&mut st, |nb| {
             nb.replace_all(imported);
             Ok(())
         });
