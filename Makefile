@@ -28,3 +28,4 @@ bench: bootstrap
 	cargo build --release -p middleman -p loadtest
 	$(ENV) ./target/release/exec-bench $(BENCH_ARGS)
 	$(ENV) ./target/release/allocate-bench
+	$(ENV) ./target/release/collab-bench
