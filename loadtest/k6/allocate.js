@@ -9,7 +9,8 @@
 //
 // Environment: see lib.js (WATCHMAN_ADDR, PLAN, API_TOKEN/API_TOKEN_FILE, SMOKE), plus
 //   VUS (4), DURATION (60s), ITERATIONS (unset: run for DURATION), PACE seconds between a VU's
-//   iterations (0.25: leaves the reconciler time to refill the buffer; 0 for a burst).
+//   iterations (0.25: leaves the reconciler time to refill the buffer; 0 for a burst), WARMUP
+//   seconds each VU waits after connecting, before its first measured call (1).
 import { check, sleep } from 'k6';
 import { Counter, Trend } from 'k6/metrics';
 import { Watchman, StatusOK, thresholds, runId } from './lib.js';
@@ -19,6 +20,7 @@ const releaseMs = new Trend('release_duration', true);
 const exhausted = new Counter('allocate_exhausted');
 const errors = new Counter('errors');
 
+const WARMUP = Number(__ENV.WARMUP || 1);
 const VUS = Number(__ENV.VUS || 4);
 const PACE = Number(__ENV.PACE || 0.25);
 const scenario = __ENV.ITERATIONS
@@ -46,6 +48,12 @@ const run = runId();
 
 export default async function () {
   const doc = `k6-alloc-${run}-${__VU}-${__ITER}`;
+  if (__ITER === 0 && watchman) {
+    // Connect, then let every VU get this far before measuring: VUs starting at once on a
+    // small machine would otherwise measure each other's start-up.
+    await watchman.connect();
+    await sleep(WARMUP);
+  }
   try {
     const first = await watchman.allocate(doc, `k6-${__VU}`);
     if (first.response.status === 8) exhausted.add(1);

@@ -8,9 +8,10 @@
 // waits. VU 1 waits until every collaborator is present, sets the first cell's source
 // (`set_source`) and runs it (`execute_cell`).
 //
-// Goals: docs/benchmarks.md has no figure for collaboration yet (collab-bench measures it); the
-// correctness threshold is the goal: every collaborator gets every line. The timing threshold
-// (everyone has every line within 10 s of the cell starting) is a sanity bound, not a benchmark.
+// Goals (docs/benchmarks.md, "Collaborators in one document while a cell floods output"): every
+// client has every line, in order, once (Jupyter Server delivers it to none); and the time until
+// every client has every line is the kernel's own time to print them (6-7 s for 20,000 lines, so
+// well under 10 s for the default 2,000: the timing threshold).
 //
 // Environment: see lib.js (WATCHMAN_ADDR, PLAN, API_TOKEN/API_TOKEN_FILE, SMOKE), plus
 //   VUS (20) collaborators, LINES (2000), MAX_DURATION (3m).

@@ -51,6 +51,11 @@ export class Watchman {
     if (!this.connected) {
       await this.client.connect(WATCHMAN_ADDR, { plaintext: __ENV.WATCHMAN_TLS !== '1', timeout: '10s' });
       this.connected = true;
+      // One call before anything is measured: the first on a connection pays for its set-up.
+      const pools = await this.call('ListPools', {});
+      if (pools.status !== grpc.StatusOK) {
+        throw new Error(`ListPools: status ${pools.status} ${JSON.stringify(pools.error)}`);
+      }
     }
   }
 
@@ -64,6 +69,7 @@ export class Watchman {
 
   /** Allocate; returns {response, ms, launch} (launch: warm, cold, existing, or the status). */
   async allocate(documentId, userId, extra = {}) {
+    await this.connect();
     const started = Date.now();
     const response = await this.call('Allocate', Object.assign({
       document_id: documentId,

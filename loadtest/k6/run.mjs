@@ -208,40 +208,51 @@ const thresholds = Object.entries(options.thresholds ?? {}).map(([ref, list]) =>
 
 const setupData = hasSetup ? (await once('setup')).data : null;
 
-const started = Date.now();
+// Every VU is initialised (its copy of the script loaded) before the test starts, as in k6.
 let nextVu = 1;
-const runs = [];
+const vus = [];
 for (const [name, sc] of Object.entries(scenarios)) {
   const executor = sc.executor;
   if (!['per-vu-iterations', 'shared-iterations', 'constant-vus'].includes(executor)) {
     console.error(`run.mjs: executor ${executor} (scenario ${name}) is not supported`);
     process.exit(107);
   }
-  const vus = sc.vus ?? 1;
   const maxMs = executor === 'constant-vus' ? parseDuration(sc.duration) : parseDuration(sc.maxDuration ?? '10m');
   const gracefulMs = parseDuration(sc.gracefulStop ?? '30s');
   const iterations = sc.iterations ?? 1;
   const sharedCounter = executor === 'shared-iterations' ? new SharedArrayBuffer(4) : null;
   const startAfter = parseDuration(sc.startTime ?? '0s');
-  for (let i = 0; i < vus; i++) {
+  for (let i = 0; i < (sc.vus ?? 1); i++) {
     const vu = nextVu++;
-    runs.push(
-      (async () => {
-        await new Promise((r) => setTimeout(r, startAfter));
-        const { worker, done } = startWorker(
-          { role: 'vu', vu, data: setupData, sharedCounter, scenario: { name, executor, iterations, maxMs, exec: sc.exec } },
-          (msg) => (msg.kind === 'done' ? 'end' : undefined),
-        );
-        const hardStop = setTimeout(() => {
-          console.error(`run.mjs: VU ${vu} still running ${gracefulMs} ms after its scenario ended; stopped`);
-          worker.terminate();
-        }, maxMs + gracefulMs + 1000);
-        await done;
-        clearTimeout(hardStop);
-      })(),
+    let ready;
+    const isReady = new Promise((resolve) => (ready = resolve));
+    const { worker, done } = startWorker(
+      { role: 'vu', vu, data: setupData, sharedCounter, scenario: { name, executor, iterations, maxMs, exec: sc.exec } },
+      (msg) => {
+        if (msg.kind === 'ready') ready();
+        return msg.kind === 'done' ? 'end' : undefined;
+      },
     );
+    vus.push({ vu, worker, done, isReady, startAfter, maxMs, gracefulMs });
   }
 }
+await Promise.race([Promise.all(vus.map((v) => v.isReady)), Promise.all(vus.map((v) => v.done))]);
+if (fatal) {
+  console.error(`run.mjs: ${fatal}`);
+  vus.forEach((v) => v.worker.terminate());
+  process.exit(107);
+}
+const started = Date.now();
+const runs = vus.map(async (v) => {
+  await new Promise((r) => setTimeout(r, v.startAfter));
+  v.worker.postMessage({ kind: 'start' });
+  const hardStop = setTimeout(() => {
+    console.error(`run.mjs: VU ${v.vu} still running ${v.gracefulMs} ms after its scenario ended; stopped`);
+    v.worker.terminate();
+  }, v.maxMs + v.gracefulMs + 1000);
+  await v.done;
+  clearTimeout(hardStop);
+});
 await Promise.all(runs);
 const elapsedSec = (Date.now() - started) / 1000;
 if (hasTeardown) await once('teardown', { data: setupData });

@@ -8,7 +8,8 @@
 //
 // Environment: see lib.js (WATCHMAN_ADDR, PLAN, API_TOKEN/API_TOKEN_FILE, SMOKE), plus
 //   VUS (2), DURATION (60s), ITERATIONS (unset: run for DURATION), ROUND_TRIPS (`1+1`
-//   executions per session, 20), PACE seconds between a VU's sessions (1),
+//   executions per session, 20), PACE seconds between a VU's sessions (1), WARMUP seconds each
+//   VU waits after connecting, before its first session (1),
 //   WS_URL and TOKEN: skip Watchman and use this Middleman and token (e.g. `middleman serve`
 //   with a token from `middleman token`); the session's document is then not released.
 import { check, sleep } from 'k6';
@@ -20,6 +21,7 @@ const roundTrip = new Trend('execute_round_trip', true);
 const roundTrips = new Counter('round_trips');
 const errors = new Counter('errors');
 
+const WARMUP = Number(__ENV.WARMUP || 1);
 const VUS = Number(__ENV.VUS || 2);
 const ROUND_TRIPS = Number(__ENV.ROUND_TRIPS || 20);
 const PACE = Number(__ENV.PACE || 1);
@@ -67,10 +69,17 @@ const CELLS = [
 
 export default async function () {
   const doc = `k6-session-${run}-${__VU}-${__ITER}`;
+  if (__ITER === 0 && watchman) {
+    // Connect, then let every VU get this far before measuring: VUs starting at once on a
+    // small machine would otherwise measure each other's start-up.
+    await watchman.connect();
+    await sleep(WARMUP);
+  }
   let conn = null;
   try {
     let url = __ENV.WS_URL;
     let token = __ENV.TOKEN;
+    if (!DIRECT) await watchman.connect();
     const started = Date.now();
     if (!DIRECT) {
       const a = await watchman.allocate(doc, `k6-${__VU}`);

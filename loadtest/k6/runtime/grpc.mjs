@@ -67,7 +67,13 @@ export class Client {
     for (const service of Object.values(def)) {
       if (!service || typeof service !== 'object' || service.format) continue;
       for (const m of Object.values(service)) {
-        if (m && m.path && m.requestSerialize) this.methods.set(m.path, m);
+        if (m && m.path && m.requestSerialize) {
+          this.methods.set(m.path, m);
+          // protobufjs generates its codecs on first use; pay that here, not in the first
+          // measured call (k6's Go codecs have no such cost).
+          m.responseDeserialize(m.responseSerialize({}));
+          m.requestDeserialize(m.requestSerialize({}));
+        }
       }
     }
     return [...this.methods.keys()];

@@ -51,6 +51,9 @@ if (!mod) {
   if (typeof fn !== 'function') {
     send({ kind: 'fatal', error: `the script exports no function ${scenario.exec ?? 'default'}` });
   } else {
+    // As in k6, every VU is initialised before any starts its iterations.
+    send({ kind: 'ready' });
+    await new Promise((resolve) => parentPort.once('message', resolve));
     const deadline = Date.now() + scenario.maxMs;
     const counter = sharedCounter ? new Int32Array(sharedCounter) : null;
     for (let i = 0; ; i++) {
