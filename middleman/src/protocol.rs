@@ -10,6 +10,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use crate::document::{CellKind, CellState, CellView};
+pub use crate::graph::{GraphCell, GraphError};
+
+/// How the document reacts when a cell runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reactivity {
+    /// Running a cell runs the cells that depend on it.
+    #[default]
+    Autorun,
+    /// Dependents are marked stale; `run_stale` brings them up to date.
+    Lazy,
+}
 
 /// Version of this protocol, sent in [`ServerEvent::Welcome`].
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -70,6 +82,12 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cursor: Option<Value>,
     },
+    /// Disable or enable a cell (a disabled cell does not run and blocks its dependents).
+    SetCellDisabled { cell_id: String, disabled: bool },
+    /// Autorun or lazy, for the whole document.
+    SetReactivity { mode: Reactivity },
+    /// Run every stale cell, in dependency order.
+    RunStale,
     /// Answer the pending `input()` prompt of `execution_id`. The first answer wins.
     InputReply { execution_id: String, value: String },
     /// Interrupt the running execution and cancel the queued ones. Escalates to a kernel restart
@@ -142,6 +160,12 @@ pub enum ServerEvent {
     },
     /// A cell's outputs were cleared (by a client, or because it started running again).
     OutputsCleared { cell_id: String },
+    /// The dependency graph changed: every code cell's definitions, references, edges, errors.
+    Graph { cells: Vec<GraphCell> },
+    /// The document's reactivity mode changed.
+    Reactivity { mode: Reactivity },
+    /// A cell was disabled or enabled.
+    CellDisabled { cell_id: String, disabled: bool },
     /// A collaborator joined or moved.
     Presence(PresenceInfo),
     /// A collaborator left.
@@ -294,6 +318,11 @@ pub struct Snapshot {
     /// The prompt waiting for an answer, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<PendingInput>,
+    /// The dependency graph of the code cells.
+    #[serde(default)]
+    pub graph: Vec<GraphCell>,
+    #[serde(default)]
+    pub reactivity: Reactivity,
 }
 
 /// A cell's id and type, as listed in [`ServerEvent::Cells`].

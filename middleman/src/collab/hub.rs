@@ -12,11 +12,12 @@ use tokio_util::sync::CancellationToken;
 use super::yproto::{self, AwarenessEntry, YMessage};
 use crate::document::persist::{self, DocumentStore};
 use crate::document::{CellKind, CellState, DocumentError, Notebook};
-use crate::kernel::{EventSink, Refusal};
+use crate::graph::{CellAnalysis, Graph, analyse};
+use crate::kernel::{Command, EventSink, Refusal};
 use crate::protocol::{
     CellHeader, ErrorCode, ExecutionStatus, ExecutionSummary, KernelDescription, KernelState,
-    Limits, Output, PROTOCOL_VERSION, PendingInput, PresenceInfo, ServerEvent, ServerFrame,
-    Snapshot,
+    Limits, Output, PROTOCOL_VERSION, PendingInput, PresenceInfo, Reactivity, ServerEvent,
+    ServerFrame, Snapshot,
 };
 
 /// How the hub is sized.
@@ -113,12 +114,23 @@ struct State {
     document: Option<String>,
     /// An upper bound of the CRDT's encoded size: its size when loaded plus every update since.
     crdt_bytes: usize,
+    /// Each code cell's analysis, with the source it was made from.
+    analyses: HashMap<String, (String, CellAnalysis)>,
+    graph: Graph,
+    /// The source each cell last started running with.
+    last_run: HashMap<String, String>,
+    /// Cells the graph will run, in order, one at a time (so that a failure can hold back
+    /// exactly what depends on it), and the one queued now.
+    plan: VecDeque<String>,
+    in_flight: Option<String>,
     dirty: bool,
 }
 
 /// The document hub (see the module docs).
 pub struct Hub {
     state: Mutex<State>,
+    /// Executions the graph decides on go to the kernel session through this.
+    reactor: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Command>>,
     frames: broadcast::Sender<Frame>,
     settings: HubSettings,
     store: Option<DocumentStore>,
@@ -176,8 +188,14 @@ impl Hub {
                 awareness: HashMap::new(),
                 document: None,
                 crdt_bytes: 0,
+                analyses: HashMap::new(),
+                graph: Graph::default(),
+                last_run: HashMap::new(),
+                plan: VecDeque::new(),
+                in_flight: None,
                 dirty: false,
             }),
+            reactor: std::sync::OnceLock::new(),
             frames,
             settings,
             store,
@@ -231,6 +249,7 @@ impl Hub {
         }
         st.crdt_bytes = st.nb.encode_state().len();
         st.document = Some(document.to_owned());
+        self.regraph(&mut st);
         Ok(())
     }
 
@@ -297,6 +316,7 @@ impl Hub {
             st.headers = headers.clone();
             self.emit(st, ServerEvent::Cells { cells: headers });
         }
+        self.regraph(st);
         self.touched(st);
     }
 
@@ -396,6 +416,8 @@ impl Hub {
                 cells: st.nb.cells(),
                 presence: st.presence.values().cloned().collect(),
                 input: st.input.clone(),
+                graph: st.graph.cells().to_vec(),
+                reactivity: reactivity_of(&st.nb),
             }))
         };
         let welcome = ServerEvent::Welcome {
@@ -707,18 +729,303 @@ impl Hub {
 
     /// The source of a code cell, to run it.
     pub fn code_of(&self, cell_id: &str) -> Result<String, Refusal> {
-        let (kind, source) = self
-            .lock()
-            .nb
-            .source(cell_id)
-            .map_err(|e| doc_refusal(&e))?;
+        let st = self.lock();
+        let (kind, source) = st.nb.source(cell_id).map_err(|e| doc_refusal(&e))?;
         if kind != CellKind::Code {
             return Err((
                 ErrorCode::InvalidEdit,
                 format!("cell {cell_id} is {}, not code", kind.as_str()),
             ));
         }
+        if let Some(reason) = not_runnable(&st, cell_id) {
+            return Err((ErrorCode::InvalidEdit, reason));
+        }
         Ok(source)
+    }
+
+    /// Connects the graph to the kernel session: executions it decides on are sent here.
+    pub fn set_reactor(&self, reactor: tokio::sync::mpsc::UnboundedSender<Command>) {
+        let _ = self.reactor.set(reactor);
+    }
+
+    /// Adds cells to the graph's plan (in the order given) and starts the next one.
+    fn run_reactively(&self, st: &mut State, cells: Vec<String>, after: &str) {
+        for cell in cells {
+            if st.in_flight.as_deref() != Some(cell.as_str()) && !st.plan.contains(&cell) {
+                st.plan.push_back(cell);
+            }
+        }
+        self.dispatch(st, after);
+    }
+
+    /// Queues the next runnable cell of the plan, unless one is already queued.
+    fn dispatch(&self, st: &mut State, after: &str) {
+        let Some(reactor) = self.reactor.get() else {
+            return;
+        };
+        while st.in_flight.is_none() {
+            let Some(cell) = st.plan.pop_front() else {
+                return;
+            };
+            let upstream_failed = st.graph.ancestors(&cell).iter().any(|a| {
+                st.nb
+                    .runtimes()
+                    .get(a)
+                    .is_some_and(|r| matches!(r.state, CellState::Error | CellState::Blocked))
+            });
+            if upstream_failed || not_runnable(st, &cell).is_some() {
+                self.set_cell_state(st, &cell, CellState::Blocked);
+                continue;
+            }
+            let Ok((CellKind::Code, code)) = st.nb.source(&cell) else {
+                continue;
+            };
+            st.in_flight = Some(cell.clone());
+            let _ = reactor.send(Command::Execute {
+                code,
+                cell_id: Some(cell),
+                request_id: None,
+                // A failure holds back its dependents only (see `after_run`), not the queue.
+                stop_on_error: false,
+                by: format!("graph (after {after})"),
+            });
+        }
+    }
+
+    fn set_cell_state(&self, st: &mut State, cell: &str, state: CellState) {
+        let Ok(r) = st.nb.runtime_mut(cell) else {
+            return;
+        };
+        if r.state == state {
+            return;
+        }
+        r.state = state;
+        let execution_count = r.execution_count;
+        self.emit(
+            st,
+            ServerEvent::CellState {
+                cell_id: cell.to_owned(),
+                state,
+                execution_count,
+            },
+        );
+    }
+
+    /// Re-analyses the cells whose source changed, rebuilds the graph, announces it, marks
+    /// edited cells and their dependents stale, and removes deleted cells' names from the kernel.
+    fn regraph(&self, st: &mut State) {
+        let sources = st.nb.sources();
+        let mut changed = Vec::new();
+        let mut present = HashSet::new();
+        for (id, kind, source) in &sources {
+            if *kind != CellKind::Code {
+                continue;
+            }
+            present.insert(id.clone());
+            if st.analyses.get(id).is_none_or(|(s, _)| s != source) {
+                st.analyses
+                    .insert(id.clone(), (source.clone(), analyse(source)));
+                changed.push(id.clone());
+            }
+        }
+        let removed: Vec<(String, Vec<String>)> = st
+            .analyses
+            .iter()
+            .filter(|(id, _)| !present.contains(*id))
+            .map(|(id, (_, a))| (id.clone(), a.defs.iter().cloned().collect()))
+            .collect();
+        let mut orphans = Vec::new();
+        for (id, _) in &removed {
+            st.analyses.remove(id);
+            st.last_run.remove(id);
+            orphans.extend(st.graph.descendants(id));
+        }
+        if changed.is_empty() && removed.is_empty() {
+            return;
+        }
+        let order: Vec<(&str, &CellAnalysis)> = sources
+            .iter()
+            .filter_map(|(id, _, _)| st.analyses.get(id).map(|(_, a)| (id.as_str(), a)))
+            .collect();
+        let graph = Graph::build(&order);
+        if graph != st.graph {
+            st.graph = graph;
+            self.emit(
+                st,
+                ServerEvent::Graph {
+                    cells: st.graph.cells().to_vec(),
+                },
+            );
+        }
+        // An edited cell that ran before, and whatever depends on it, is stale.
+        for id in changed {
+            let ran = st.last_run.get(&id);
+            let source = st.analyses.get(&id).map(|(s, _)| s);
+            if ran.is_none() || ran == source {
+                continue;
+            }
+            let mut cells = vec![id.clone()];
+            cells.extend(st.graph.descendants(&id));
+            for c in cells {
+                let state = st.nb.runtime_mut(&c).map(|r| r.state).ok();
+                if matches!(
+                    state,
+                    Some(CellState::Idle | CellState::Error | CellState::Blocked)
+                ) {
+                    self.set_cell_state(st, &c, CellState::Stale);
+                }
+            }
+        }
+        // A deleted cell's names leave the kernel; its dependents re-run (and fail) or go stale.
+        let names: Vec<String> = removed
+            .into_iter()
+            .flat_map(|(_, defs)| defs)
+            .filter(|n| !st.analyses.values().any(|(_, a)| a.defs.contains(n)))
+            .collect();
+        if !names.is_empty()
+            && let Some(reactor) = self.reactor.get()
+        {
+            let list = names
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = reactor.send(Command::Execute {
+                code: format!("for _n in [{list}]:\n    globals().pop(_n, None)\ndel _n"),
+                cell_id: None,
+                request_id: None,
+                stop_on_error: false,
+                by: "graph (deleted cell)".into(),
+            });
+        }
+        if names.is_empty() {
+            // Every name it defined is still defined elsewhere: nothing depends on it alone.
+            orphans.clear();
+        }
+        orphans.retain(|c| present.contains(c));
+        orphans.dedup();
+        if !orphans.is_empty() {
+            if st.nb.lazy {
+                for c in orphans {
+                    self.set_cell_state(st, &c, CellState::Stale);
+                }
+            } else {
+                self.run_reactively(st, orphans, "a deleted cell");
+            }
+        }
+    }
+
+    /// What a finished execution of `cell` means for the cells that depend on it.
+    fn after_run(&self, st: &mut State, cell: &str, status: ExecutionStatus) {
+        let reactive = st.in_flight.as_deref() == Some(cell);
+        if reactive {
+            st.in_flight = None;
+        }
+        match status {
+            ExecutionStatus::Ok => {
+                // A plan already holds the descendants of the run that started it.
+                if reactive {
+                    self.dispatch(st, cell);
+                    return;
+                }
+                let (runnable, blocked): (Vec<String>, Vec<String>) = st
+                    .graph
+                    .descendants(cell)
+                    .into_iter()
+                    .partition(|d| not_runnable(st, d).is_none());
+                for d in blocked {
+                    self.set_cell_state(st, &d, CellState::Blocked);
+                }
+                if st.nb.lazy {
+                    for d in runnable {
+                        self.set_cell_state(st, &d, CellState::Stale);
+                    }
+                } else {
+                    self.run_reactively(st, runnable, cell);
+                }
+            }
+            ExecutionStatus::Aborted => {
+                let upstream_failed = st.graph.ancestors(cell).iter().any(|a| {
+                    st.nb
+                        .runtimes()
+                        .get(a)
+                        .is_some_and(|r| matches!(r.state, CellState::Error | CellState::Blocked))
+                });
+                let state = if upstream_failed {
+                    CellState::Blocked
+                } else {
+                    CellState::Stale
+                };
+                self.set_cell_state(st, cell, state);
+                if reactive {
+                    // Interrupted (or the kernel restarted): the rest of the plan is cancelled.
+                    let cancelled: Vec<String> = st.plan.drain(..).collect();
+                    for c in cancelled {
+                        self.set_cell_state(st, &c, CellState::Stale);
+                    }
+                }
+            }
+            _ => {
+                let descendants = st.graph.descendants(cell);
+                st.plan.retain(|c| !descendants.contains(c));
+                for d in descendants {
+                    let state = st.nb.runtime_mut(&d).map(|r| r.state).ok();
+                    if !matches!(state, Some(CellState::Queued | CellState::Running)) {
+                        self.set_cell_state(st, &d, CellState::Blocked);
+                    }
+                }
+                self.dispatch(st, cell);
+            }
+        }
+    }
+
+    /// Runs every stale cell in dependency order (requested by `by`).
+    pub fn run_stale(&self) -> Result<(), Refusal> {
+        let mut st = self.lock();
+        let stale: HashSet<String> = st
+            .nb
+            .runtimes()
+            .iter()
+            .filter(|(_, r)| r.state == CellState::Stale)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let order: Vec<String> = st
+            .graph
+            .order_of(&stale)
+            .into_iter()
+            .filter(|c| not_runnable(&st, c).is_none())
+            .collect();
+        self.run_reactively(&mut st, order, "run stale");
+        Ok(())
+    }
+
+    /// Sets the document's reactivity mode.
+    pub fn set_reactivity(&self, mode: Reactivity) {
+        let mut st = self.lock();
+        let lazy = mode == Reactivity::Lazy;
+        if st.nb.lazy != lazy {
+            st.nb.lazy = lazy;
+            self.emit(&mut st, ServerEvent::Reactivity { mode });
+            self.touched(&mut st);
+        }
+    }
+
+    /// Disables or enables a cell.
+    pub fn set_disabled(&self, cell_id: &str, disabled: bool) -> Result<(), Refusal> {
+        let mut st = self.lock();
+        let r = st.nb.runtime_mut(cell_id).map_err(|e| doc_refusal(&e))?;
+        if r.disabled != disabled {
+            r.disabled = disabled;
+            self.emit(
+                &mut st,
+                ServerEvent::CellDisabled {
+                    cell_id: cell_id.to_owned(),
+                    disabled,
+                },
+            );
+            self.touched(&mut st);
+        }
+        Ok(())
     }
 
     /// The document as `.ipynb` JSON.
@@ -841,6 +1148,38 @@ pub enum EditRequest {
     },
 }
 
+fn reactivity_of(nb: &Notebook) -> Reactivity {
+    if nb.lazy {
+        Reactivity::Lazy
+    } else {
+        Reactivity::Autorun
+    }
+}
+
+/// Why a code cell may not run now, if it may not.
+fn not_runnable(st: &State, cell: &str) -> Option<String> {
+    let disabled = |c: &str| st.nb.runtimes().get(c).is_some_and(|r| r.disabled);
+    if disabled(cell) {
+        return Some(format!("cell {cell} is disabled"));
+    }
+    if let Some(error) = st.graph.get(cell).and_then(|g| g.error.as_ref()) {
+        return Some(match error {
+            crate::graph::GraphError::Syntax { message } => format!("cell {cell}: {message}"),
+            crate::graph::GraphError::MultipleDefinitions { names, .. } => format!(
+                "cell {cell} defines {} that another cell also defines",
+                names.join(", ")
+            ),
+            crate::graph::GraphError::Cycle { .. } => {
+                format!("cell {cell} is part of a dependency cycle")
+            }
+        });
+    }
+    if let Some(d) = st.graph.ancestors(cell).into_iter().find(|a| disabled(a)) {
+        return Some(format!("cell {cell} depends on disabled cell {d}"));
+    }
+    None
+}
+
 fn yjs(message: &YMessage) -> Message {
     Message::Binary(Bytes::from(message.encode()))
 }
@@ -862,10 +1201,31 @@ impl EventSink for Hub {
     fn publish(&self, event: ServerEvent) {
         let mut st = self.lock();
         let (follow, changed) = apply_kernel_event(&mut st, &event);
+        let finished = match &event {
+            ServerEvent::ExecutionQueued { execution, .. } => {
+                if let Some(cell) = &execution.cell_id {
+                    st.last_run.insert(cell.clone(), execution.code.clone());
+                }
+                None
+            }
+            ServerEvent::ExecutionFinished {
+                execution_id,
+                status,
+                ..
+            } => st
+                .exec_cells
+                .get(execution_id)
+                .cloned()
+                .map(|cell| (cell, *status)),
+            _ => None,
+        };
         self.emit(&mut st, event);
         let changed = changed || !follow.is_empty();
         for e in follow {
             self.emit(&mut st, e);
+        }
+        if let Some((cell, status)) = finished {
+            self.after_run(&mut st, &cell, status);
         }
         if changed {
             self.touched(&mut st);

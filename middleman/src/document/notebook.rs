@@ -65,6 +65,10 @@ pub enum CellState {
     Queued,
     Running,
     Error,
+    /// Its source, or something it depends on, changed since it last ran.
+    Stale,
+    /// Something it depends on failed, or is disabled, so it did not run.
+    Blocked,
 }
 
 /// Everything about a cell that is not collaborative text.
@@ -79,6 +83,9 @@ pub struct CellRuntime {
     /// The last execution's output passed its byte cap; later output was dropped.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// A disabled cell does not run, and blocks the cells that depend on it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
 }
 
 /// A cell as clients see it.
@@ -96,6 +103,8 @@ pub struct Notebook {
     doc: Doc,
     cells: ArrayRef,
     runtime: HashMap<String, CellRuntime>,
+    /// Lazy reactivity: dependents are marked stale instead of run.
+    pub lazy: bool,
 }
 
 impl std::fmt::Debug for Notebook {
@@ -144,6 +153,7 @@ impl Notebook {
             doc,
             cells,
             runtime: HashMap::new(),
+            lazy: false,
         }
     }
 
@@ -218,6 +228,26 @@ impl Notebook {
             .collect()
     }
 
+    /// Every cell's id, type and source, in order, in one pass.
+    pub fn sources(&self) -> Vec<(String, CellKind, String)> {
+        let txn = self.doc.transact();
+        self.cells
+            .iter(&txn)
+            .filter_map(|v| {
+                let Out::YMap(m) = v else { return None };
+                let id = out_str(m.get(&txn, "id"))?;
+                let kind = out_str(m.get(&txn, "cell_type"))
+                    .and_then(|k| CellKind::parse(&k))
+                    .unwrap_or(CellKind::Code);
+                let source = match m.get(&txn, "source") {
+                    Some(Out::YText(t)) => t.get_string(&txn),
+                    _ => String::new(),
+                };
+                Some((id, kind, source))
+            })
+            .collect()
+    }
+
     /// A cell's type and source.
     pub fn source(&self, id: &str) -> Result<(CellKind, String), DocumentError> {
         let kind = self
@@ -258,7 +288,7 @@ impl Notebook {
     pub fn settle(&mut self) {
         for r in self.runtime.values_mut() {
             if matches!(r.state, CellState::Queued | CellState::Running) {
-                r.state = CellState::Idle;
+                r.state = CellState::Stale;
             }
         }
     }

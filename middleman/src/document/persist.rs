@@ -32,6 +32,8 @@ struct Snapshot {
     /// base64 of the Yjs update (v1) holding the whole CRDT state.
     state: String,
     runtimes: HashMap<String, CellRuntime>,
+    #[serde(default)]
+    lazy: bool,
 }
 
 /// Encodes a document for storage.
@@ -40,6 +42,7 @@ pub fn encode(nb: &Notebook) -> Vec<u8> {
         version: 1,
         state: base64::engine::general_purpose::STANDARD.encode(nb.encode_state()),
         runtimes: nb.runtimes().clone(),
+        lazy: nb.lazy,
     };
     serde_json::to_vec(&snapshot).unwrap_or_default()
 }
@@ -57,7 +60,9 @@ pub fn decode(bytes: &[u8]) -> Result<Notebook, PersistError> {
     let state = base64::engine::general_purpose::STANDARD
         .decode(s.state)
         .map_err(|e| PersistError::Corrupt(e.to_string()))?;
-    Ok(Notebook::restore(&state, s.runtimes)?)
+    let mut nb = Notebook::restore(&state, s.runtimes)?;
+    nb.lazy = s.lazy;
+    Ok(nb)
 }
 
 /// Where documents are kept.

@@ -4,3 +4,342 @@
 pub mod analysis;
 
 pub use analysis::{CellAnalysis, analyse};
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+/// What is wrong with a cell's place in the graph; such a cell does not run until fixed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum GraphError {
+    /// The cell does not parse.
+    Syntax { message: String },
+    /// These global names are also defined by other cells.
+    MultipleDefinitions {
+        names: Vec<String>,
+        cells: Vec<String>,
+    },
+    /// The cell is part of a dependency cycle with these cells.
+    Cycle { cells: Vec<String> },
+}
+
+/// One cell as every collaborator sees it in the graph.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphCell {
+    pub id: String,
+    pub defs: Vec<String>,
+    /// Global names it reads that it does not define itself.
+    pub refs: Vec<String>,
+    /// Cells it depends on, and cells that depend on it (document order).
+    pub parents: Vec<String>,
+    pub children: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<GraphError>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// The dependency graph of a document's code cells.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Graph {
+    cells: Vec<GraphCell>,
+    index: HashMap<String, usize>,
+}
+
+impl Graph {
+    /// Builds the graph of `cells` (code cells in document order). An edge runs from the one
+    /// cell that defines a name to each cell that reads it.
+    pub fn build(cells: &[(&str, &CellAnalysis)]) -> Self {
+        let mut definers: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, (_, a)) in cells.iter().enumerate() {
+            for d in &a.defs {
+                definers.entry(d.as_str()).or_default().push(i);
+            }
+        }
+        let n = cells.len();
+        let mut parents: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+        let mut children: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+        let mut errors: Vec<Option<GraphError>> = vec![None; n];
+        for (i, (_, a)) in cells.iter().enumerate() {
+            if let Some(message) = &a.error {
+                errors[i] = Some(GraphError::Syntax {
+                    message: message.clone(),
+                });
+            }
+            for r in &a.refs {
+                if let Some(ds) = definers.get(r.as_str()) {
+                    for &d in ds {
+                        if d != i {
+                            parents[i].insert(d);
+                            children[d].insert(i);
+                        }
+                    }
+                }
+            }
+        }
+        // A name defined in several cells is an error on each of them.
+        for (i, (_, a)) in cells.iter().enumerate() {
+            if errors[i].is_some() {
+                continue;
+            }
+            let mut names = Vec::new();
+            let mut others = BTreeSet::new();
+            for d in &a.defs {
+                if let Some(ds) = definers.get(d.as_str()).filter(|ds| ds.len() > 1) {
+                    names.push(d.clone());
+                    others.extend(ds.iter().filter(|&&j| j != i).copied());
+                }
+            }
+            if !names.is_empty() {
+                errors[i] = Some(GraphError::MultipleDefinitions {
+                    names,
+                    cells: others.iter().map(|&j| cells[j].0.to_owned()).collect(),
+                });
+            }
+        }
+        for scc in strongly_connected(&children) {
+            if scc.len() > 1 {
+                let ids: Vec<String> = scc.iter().map(|&j| cells[j].0.to_owned()).collect();
+                for &j in &scc {
+                    if errors[j].is_none() {
+                        errors[j] = Some(GraphError::Cycle { cells: ids.clone() });
+                    }
+                }
+            }
+        }
+        let out: Vec<GraphCell> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, (id, a))| GraphCell {
+                id: (*id).to_owned(),
+                defs: a.defs.iter().cloned().collect(),
+                refs: a.refs.difference(&a.defs).cloned().collect(),
+                parents: parents[i].iter().map(|&j| cells[j].0.to_owned()).collect(),
+                children: children[i].iter().map(|&j| cells[j].0.to_owned()).collect(),
+                error: errors[i].take(),
+                warnings: if a.star_import {
+                    vec!["`import *` defines names the graph cannot see".to_owned()]
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect();
+        let index = out
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id.clone(), i))
+            .collect();
+        Self { cells: out, index }
+    }
+
+    /// Every cell, in document order.
+    pub fn cells(&self) -> &[GraphCell] {
+        &self.cells
+    }
+
+    pub fn get(&self, id: &str) -> Option<&GraphCell> {
+        self.index.get(id).map(|&i| &self.cells[i])
+    }
+
+    /// The cells that depend on `id`, directly or not, in an order that runs every cell after
+    /// the cells it depends on (document order among independent cells).
+    pub fn descendants(&self, id: &str) -> Vec<String> {
+        let Some(&start) = self.index.get(id) else {
+            return Vec::new();
+        };
+        let mut seen = vec![false; self.cells.len()];
+        let mut stack = vec![start];
+        while let Some(i) = stack.pop() {
+            for c in &self.cells[i].children {
+                if let Some(&j) = self.index.get(c)
+                    && !seen[j]
+                {
+                    seen[j] = true;
+                    stack.push(j);
+                }
+            }
+        }
+        seen[start] = false;
+        self.topological(&seen)
+    }
+
+    /// The cells `id` depends on, directly or not.
+    pub fn ancestors(&self, id: &str) -> Vec<String> {
+        let Some(&start) = self.index.get(id) else {
+            return Vec::new();
+        };
+        let mut seen = vec![false; self.cells.len()];
+        let mut stack = vec![start];
+        while let Some(i) = stack.pop() {
+            for p in &self.cells[i].parents {
+                if let Some(&j) = self.index.get(p)
+                    && !seen[j]
+                {
+                    seen[j] = true;
+                    stack.push(j);
+                }
+            }
+        }
+        seen[start] = false;
+        (0..self.cells.len())
+            .filter(|&i| seen[i])
+            .map(|i| self.cells[i].id.clone())
+            .collect()
+    }
+
+    /// `ids` in dependency order.
+    pub fn order_of(&self, ids: &std::collections::HashSet<String>) -> Vec<String> {
+        let include: Vec<bool> = self.cells.iter().map(|c| ids.contains(&c.id)).collect();
+        self.topological(&include)
+    }
+
+    /// The cells marked in `include`, ordered so that each comes after its parents.
+    fn topological(&self, include: &[bool]) -> Vec<String> {
+        let mut indegree: Vec<usize> = self
+            .cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if !include[i] {
+                    return 0;
+                }
+                c.parents
+                    .iter()
+                    .filter(|p| self.index.get(*p).is_some_and(|&j| include[j]))
+                    .count()
+            })
+            .collect();
+        let mut ready: BTreeSet<usize> = (0..self.cells.len())
+            .filter(|&i| include[i] && indegree[i] == 0)
+            .collect();
+        let mut order = Vec::new();
+        while let Some(i) = ready.pop_first() {
+            order.push(self.cells[i].id.clone());
+            for c in &self.cells[i].children {
+                if let Some(&j) = self.index.get(c)
+                    && include[j]
+                {
+                    indegree[j] -= 1;
+                    if indegree[j] == 0 {
+                        ready.insert(j);
+                    }
+                }
+            }
+        }
+        // Cells in a cycle never reach indegree 0; they do not run.
+        order
+    }
+}
+
+/// Tarjan's strongly connected components (iterative).
+fn strongly_connected(children: &[BTreeSet<usize>]) -> Vec<Vec<usize>> {
+    let n = children.len();
+    let mut index = vec![usize::MAX; n];
+    let mut low = vec![0; n];
+    let mut on_stack = vec![false; n];
+    let mut stack = Vec::new();
+    let mut out = Vec::new();
+    let mut next = 0;
+    for root in 0..n {
+        if index[root] != usize::MAX {
+            continue;
+        }
+        let mut work: Vec<(usize, Vec<usize>)> = Vec::new();
+        index[root] = next;
+        low[root] = next;
+        next += 1;
+        stack.push(root);
+        on_stack[root] = true;
+        work.push((root, children[root].iter().copied().collect()));
+        while let Some((v, pending)) = work.last_mut() {
+            let v = *v;
+            if let Some(w) = pending.pop() {
+                if index[w] == usize::MAX {
+                    index[w] = next;
+                    low[w] = next;
+                    next += 1;
+                    stack.push(w);
+                    on_stack[w] = true;
+                    work.push((w, children[w].iter().copied().collect()));
+                } else if on_stack[w] {
+                    low[v] = low[v].min(index[w]);
+                }
+                continue;
+            }
+            work.pop();
+            if let Some((parent, _)) = work.last() {
+                low[*parent] = low[*parent].min(low[v]);
+            }
+            if low[v] == index[v] {
+                let mut scc = Vec::new();
+                while let Some(w) = stack.pop() {
+                    on_stack[w] = false;
+                    scc.push(w);
+                    if w == v {
+                        break;
+                    }
+                }
+                scc.sort_unstable();
+                out.push(scc);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graph(cells: &[(&str, &str)]) -> Graph {
+        let analyses: Vec<(String, CellAnalysis)> = cells
+            .iter()
+            .map(|(id, src)| ((*id).to_owned(), analyse(src)))
+            .collect();
+        let refs: Vec<(&str, &CellAnalysis)> =
+            analyses.iter().map(|(id, a)| (id.as_str(), a)).collect();
+        Graph::build(&refs)
+    }
+
+    #[test]
+    fn edges_order_and_errors() {
+        let g = graph(&[
+            ("c", "print(y)"),
+            ("a", "x = 1"),
+            ("b", "y = x + 1"),
+            ("d", "z = x * 2"),
+        ]);
+        assert_eq!(g.get("b").unwrap().parents, vec!["a"]);
+        assert_eq!(g.get("a").unwrap().children, vec!["b", "d"]);
+        let order = g.descendants("a");
+        let pos = |id: &str| order.iter().position(|c| c == id).unwrap();
+        assert!(pos("b") < pos("c"), "{order:?}");
+        assert_eq!(order.len(), 3);
+
+        let g = graph(&[
+            ("a", "x = 1"),
+            ("b", "x = 2"),
+            ("c", "p = q"),
+            ("d", "q = p"),
+        ]);
+        assert!(matches!(
+            g.get("a").unwrap().error,
+            Some(GraphError::MultipleDefinitions { .. })
+        ));
+        assert!(matches!(
+            g.get("b").unwrap().error,
+            Some(GraphError::MultipleDefinitions { .. })
+        ));
+        assert!(matches!(
+            g.get("c").unwrap().error,
+            Some(GraphError::Cycle { .. })
+        ));
+        assert!(matches!(
+            g.get("d").unwrap().error,
+            Some(GraphError::Cycle { .. })
+        ));
+        let g = graph(&[("a", "from os import *")]);
+        assert_eq!(g.get("a").unwrap().warnings.len(), 1);
+    }
+}

@@ -252,6 +252,14 @@ impl Conn {
                 edit(EditRequest::SetSource { cell_id, source })
             }
             ClientMessage::ClearOutputs { cell_id } => edit(EditRequest::ClearOutputs { cell_id }),
+            ClientMessage::SetCellDisabled { cell_id, disabled } => {
+                hub.set_disabled(&cell_id, disabled).map(|()| None)
+            }
+            ClientMessage::SetReactivity { mode } => {
+                hub.set_reactivity(mode);
+                Ok(None)
+            }
+            ClientMessage::RunStale => hub.run_stale().map(|()| None),
             ClientMessage::ExecuteCell {
                 cell_id,
                 request_id,

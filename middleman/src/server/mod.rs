@@ -225,6 +225,21 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
         KernelSession::spawn(settings, runtime, hub.clone(), shutdown.clone());
     let tracker = TaskTracker::new();
     {
+        // Executions the dependency graph decides on, in order.
+        let (reactor, mut decided) = tokio::sync::mpsc::unbounded_channel();
+        hub.set_reactor(reactor);
+        let (session, token) = (session.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            loop {
+                let command = tokio::select! {
+                    () = token.cancelled() => break,
+                    c = decided.recv() => match c { Some(c) => c, None => break },
+                };
+                if let Err((_, message)) = session.send(command).await {
+                    tracing::info!(%message, "a reactive execution was refused");
+                }
+            }
+        });
         let (saver, token) = (hub.clone(), shutdown.clone());
         tracker.spawn(async move { saver.run_saver(token).await });
         let (expirer, token) = (hub.clone(), shutdown.clone());

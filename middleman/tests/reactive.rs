@@ -1,0 +1,237 @@
+//! The reactive graph with a real kernel: autorun, lazy mode, duplicate definitions, cycles,
+//! upstream errors, disabled and deleted cells, seen the same way by every collaborator.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{Client, TestServer};
+use middleman::protocol::{
+    CellState, ClientMessage, ErrorCode, GraphCell, GraphError, Output, Reactivity, ServerEvent,
+};
+use session_token::Role;
+
+/// A collaborator's view of the cells, kept from the events.
+#[derive(Default)]
+struct View {
+    state: HashMap<String, CellState>,
+    stdout: HashMap<String, String>,
+    exec_cell: HashMap<String, String>,
+    started: Vec<String>,
+    graph: Vec<GraphCell>,
+}
+
+impl View {
+    fn apply(&mut self, e: &ServerEvent) {
+        match e {
+            ServerEvent::ExecutionQueued { execution, .. } => {
+                if let Some(c) = &execution.cell_id {
+                    self.exec_cell.insert(execution.id.clone(), c.clone());
+                }
+            }
+            ServerEvent::ExecutionStarted { execution_id } => {
+                if let Some(c) = self.exec_cell.get(execution_id) {
+                    self.started.push(c.clone());
+                }
+            }
+            ServerEvent::OutputsCleared { cell_id } => {
+                self.stdout.remove(cell_id);
+            }
+            ServerEvent::Output {
+                execution_id,
+                output: Output::Stream { text, .. },
+            } => {
+                if let Some(c) = self.exec_cell.get(execution_id) {
+                    self.stdout.entry(c.clone()).or_default().push_str(text);
+                }
+            }
+            ServerEvent::CellState { cell_id, state, .. } => {
+                self.state.insert(cell_id.clone(), *state);
+            }
+            ServerEvent::Graph { cells } => self.graph = cells.clone(),
+            _ => {}
+        }
+    }
+
+    /// Reads until `done` holds (for at most two minutes).
+    async fn until(&mut self, c: &mut Client, done: impl Fn(&View) -> bool) {
+        tokio::time::timeout(std::time::Duration::from_secs(120), async {
+            while !done(self) {
+                let e = c.next().await.event;
+                self.apply(&e);
+            }
+        })
+        .await
+        .expect("the document never reached the expected state");
+    }
+
+    fn is(&self, cell: &str, state: CellState) -> bool {
+        self.state.get(cell) == Some(&state)
+    }
+
+    fn out(&self, cell: &str) -> &str {
+        self.stdout.get(cell).map_or("", String::as_str)
+    }
+
+    fn node(&self, cell: &str) -> Option<&GraphCell> {
+        self.graph.iter().find(|g| g.id == cell)
+    }
+}
+
+async fn run(c: &mut Client, cell: &str) {
+    c.send(&ClientMessage::ExecuteCell {
+        cell_id: cell.into(),
+        request_id: None,
+        stop_on_error: true,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_a_cell_reruns_its_dependents_in_order_for_everyone() {
+    let server = TestServer::start(&[]).await;
+    let mut ada = server.client("ada", Role::Editor).await;
+    let mut bob = server.client("bob", Role::Editor).await;
+    let mut view = View::default();
+    let x = ada.first_cell();
+    ada.set_source(&x, "x = 1").await;
+    let y = ada.insert_cell(1, "y = x + 1").await;
+    let p = ada.insert_cell(2, "print(y)").await;
+    view.until(&mut bob, |v| {
+        v.node(&y).is_some_and(|g| g.parents == [x.clone()])
+            && v.node(&p)
+                .is_some_and(|g| g.parents == [y.clone()] && g.refs == ["y"])
+    })
+    .await;
+    assert_eq!(view.node(&x).unwrap().defs, ["x"]);
+    assert_eq!(view.node(&x).unwrap().children, vec![y.clone()]);
+
+    // Running the first cell runs the others after it.
+    run(&mut ada, &x).await;
+    view.until(&mut bob, |v| {
+        v.is(&p, CellState::Idle) && v.out(&p) == "2\n"
+    })
+    .await;
+    assert_eq!(view.started, [x.clone(), y.clone(), p.clone()]);
+
+    // Editing marks the cell and what depends on it stale; running it brings all up to date.
+    ada.set_source(&x, "x = 2").await;
+    view.until(&mut bob, |v| {
+        [&x, &y, &p].iter().all(|c| v.is(c, CellState::Stale))
+    })
+    .await;
+    view.started.clear();
+    run(&mut ada, &x).await;
+    view.until(&mut bob, |v| {
+        v.is(&p, CellState::Idle) && v.out(&p) == "3\n"
+    })
+    .await;
+    assert_eq!(view.started, [x.clone(), y.clone(), p.clone()]);
+
+    // Lazy mode: dependents are marked, not run, until someone runs what is stale.
+    ada.send(&ClientMessage::SetReactivity {
+        mode: Reactivity::Lazy,
+    })
+    .await;
+    ada.set_source(&x, "x = 5").await;
+    view.started.clear();
+    run(&mut ada, &x).await;
+    view.until(&mut bob, |v| {
+        v.is(&x, CellState::Idle) && v.is(&y, CellState::Stale) && v.is(&p, CellState::Stale)
+    })
+    .await;
+    assert_eq!(view.started, vec![x.clone()]);
+    assert_eq!(view.out(&p), "3\n", "not re-run in lazy mode");
+    ada.send(&ClientMessage::RunStale).await;
+    view.until(&mut bob, |v| {
+        v.is(&p, CellState::Idle) && v.out(&p) == "6\n"
+    })
+    .await;
+    assert_eq!(view.started, [x.clone(), y.clone(), p.clone()]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_errors_block_execution_and_failures_block_dependents() {
+    let server = TestServer::start(&[]).await;
+    let mut ada = server.client("ada", Role::Editor).await;
+    let mut view = View::default();
+    let x = ada.first_cell();
+    ada.set_source(&x, "x = 1").await;
+    let y = ada.insert_cell(1, "y = x + 1").await;
+    let p = ada.insert_cell(2, "print(y)").await;
+
+    // Two definitions of x: both cells show it, neither runs.
+    let dup = ada.insert_cell(3, "x = 10").await;
+    view.until(&mut ada, |v| {
+        matches!(v.node(&x).and_then(|g| g.error.as_ref()), Some(GraphError::MultipleDefinitions { names, .. }) if names == &["x"])
+            && v.node(&dup).is_some_and(|g| g.error.is_some())
+    })
+    .await;
+    run(&mut ada, &dup).await;
+    ada.until(|e| matches!(e, ServerEvent::Error { code: ErrorCode::InvalidEdit, message } if message.contains("defines x")))
+        .await;
+    ada.send(&ClientMessage::DeleteCell { cell_id: dup }).await;
+
+    // A cycle is an error on every cell in it.
+    let a = ada.insert_cell(3, "a = b + 1").await;
+    let b = ada.insert_cell(4, "b = a + 1").await;
+    view.until(&mut ada, |v| {
+        [&a, &b].iter().all(|c| {
+            matches!(v.node(c).and_then(|g| g.error.as_ref()), Some(GraphError::Cycle { cells }) if cells.len() == 2)
+        }) && v.node(&x).is_some_and(|g| g.error.is_none())
+    })
+    .await;
+    run(&mut ada, &a).await;
+    ada.until(|e| matches!(e, ServerEvent::Error { code: ErrorCode::InvalidEdit, message } if message.contains("cycle")))
+        .await;
+    ada.send(&ClientMessage::DeleteCell { cell_id: a }).await;
+    ada.send(&ClientMessage::DeleteCell { cell_id: b }).await;
+
+    // An upstream error blocks what depends on it.
+    ada.set_source(&x, "x = 1 / 0").await;
+    run(&mut ada, &x).await;
+    view.until(&mut ada, |v| {
+        v.is(&x, CellState::Error) && v.is(&y, CellState::Blocked) && v.is(&p, CellState::Blocked)
+    })
+    .await;
+    assert!(!view.started.contains(&y), "a blocked cell did not run");
+
+    // Fixed, everything runs; a disabled cell blocks its dependents.
+    ada.set_source(&x, "x = 1").await;
+    run(&mut ada, &x).await;
+    view.until(&mut ada, |v| {
+        v.is(&p, CellState::Idle) && v.out(&p) == "2\n"
+    })
+    .await;
+    ada.send(&ClientMessage::SetCellDisabled {
+        cell_id: y.clone(),
+        disabled: true,
+    })
+    .await;
+    run(&mut ada, &p).await;
+    ada.until(|e| matches!(e, ServerEvent::Error { code: ErrorCode::InvalidEdit, message } if message.contains("disabled")))
+        .await;
+    ada.send(&ClientMessage::SetCellDisabled {
+        cell_id: y.clone(),
+        disabled: false,
+    })
+    .await;
+
+    // Deleting the defining cell removes x from the kernel; its dependents re-run and fail.
+    view.started.clear();
+    ada.send(&ClientMessage::DeleteCell { cell_id: x.clone() })
+        .await;
+    view.until(&mut ada, |v| {
+        v.is(&y, CellState::Error) && v.is(&p, CellState::Blocked)
+    })
+    .await;
+    let check = ada.run("print('x' in globals(), 'y' in globals())").await;
+    assert_eq!(
+        check.stdout(),
+        "False True\n",
+        "x is gone; y is the old value"
+    );
+    server.stop().await;
+}
