@@ -14,6 +14,7 @@ test: bootstrap
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(ENV) cargo test --workspace $(TEST_ARGS)
+	$(ENV) NBP_OPS_BUILD=0 bash scripts/test-ops.sh
 
 bootstrap:
 	bash scripts/bootstrap.sh
@@ -25,7 +26,9 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 bench: bootstrap
+	bash scripts/bootstrap-bench.sh
 	cargo build --release -p middleman -p loadtest
 	$(ENV) ./target/release/exec-bench $(BENCH_ARGS)
 	$(ENV) ./target/release/allocate-bench
 	$(ENV) ./target/release/collab-bench
+	$(ENV) ./target/release/graph-bench

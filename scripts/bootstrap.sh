@@ -58,4 +58,6 @@ if [ "$(cat "$node_stamp" 2>/dev/null)" != "$node_want" ]; then
   (cd "$NBP_CACHE/node" && npm install --silent --no-audit --no-fund >/dev/null)
   echo "$node_want" >"$node_stamp"
 fi
+# Operator tooling (promtool, kustomize, the load runner's packages).
+bash "$here/bootstrap-ops.sh"
 echo "bootstrap: up to date ($NBP_CACHE)"

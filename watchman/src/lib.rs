@@ -67,6 +67,7 @@ impl Running {
 /// Loads everything, binds both listeners, and starts the servers and the reconciler.
 pub async fn start(args: Args) -> anyhow::Result<Running> {
     let plans = plan::load_plans(&args.plans)?;
+    let plan_names: Vec<String> = plans.keys().cloned().collect();
     let pem = std::fs::read_to_string(&args.signing_key)
         .with_context(|| format!("reading {}", args.signing_key.display()))?;
     let key = session_token::SigningKey::from_pem(&pem)?;
@@ -221,7 +222,9 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         .with_context(|| format!("binding {}", args.http_listen))?;
     let http_addr = http_listener.local_addr()?;
     {
-        let app = web::router(watchman.clone(), telemetry::prometheus(), args.dev_page);
+        let handle = telemetry::prometheus();
+        service::register_metrics(&plan_names);
+        let app = web::router(watchman.clone(), handle, args.dev_page);
         let s = shutdown.clone();
         tracker.spawn(
             async move {

@@ -638,3 +638,27 @@ impl Watchman {
         Ok(())
     }
 }
+
+/// Creates every counter that only moves on rare events at zero, so that dashboards and
+/// `increase()` in alerts see the first event.
+pub fn register_metrics(plans: &[String]) {
+    use crate::model::EndReason;
+    let reasons = [
+        EndReason::Released,
+        EndReason::Idle,
+        EndReason::Lifetime,
+        EndReason::PodLost,
+        EndReason::Preempted,
+    ]
+    .map(EndReason::label);
+    for plan in plans {
+        metrics::counter!("watchman_pod_start_failures_total", "plan" => plan.clone()).increment(0);
+        for reason in reasons
+            .iter()
+            .chain(&["failed_start", "surplus", "plan_removed"])
+        {
+            metrics::counter!("watchman_pods_ended_total", "plan" => plan.clone(), "reason" => *reason)
+                .increment(0);
+        }
+    }
+}

@@ -276,7 +276,11 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
         args: args.clone(),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
-        metrics: crate::telemetry::prometheus(),
+        metrics: {
+            let handle = crate::telemetry::prometheus();
+            register_metrics();
+            handle
+        },
         activity: Activity::default(),
     });
     state.activity.touch();
@@ -574,4 +578,36 @@ fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
         axum::Json(serde_json::json!({ "error": code, "message": message })),
     )
         .into_response()
+}
+
+/// Creates every counter that only moves on rare events at zero, so that dashboards and
+/// `increase()` in alerts see the first event.
+fn register_metrics() {
+    for name in [
+        "middleman_document_save_errors_total",
+        "middleman_document_load_errors_total",
+        "middleman_output_truncations_total",
+        "middleman_resumes_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for channel in ["shell", "iopub", "stdin", "control"] {
+        metrics::counter!("middleman_kernel_messages_dropped_total", "channel" => channel)
+            .increment(0);
+    }
+    for cause in [
+        "exited",
+        "heartbeat",
+        "startup_failed",
+        "launch_failed",
+        "socket",
+        "interrupt",
+        "timeout",
+        "requested",
+    ] {
+        metrics::counter!("middleman_kernel_restarts_total", "cause" => cause).increment(0);
+    }
+    for action in ["resynced", "dropped"] {
+        metrics::counter!("middleman_slow_clients_total", "action" => action).increment(0);
+    }
 }

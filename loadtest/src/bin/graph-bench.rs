@@ -1,0 +1,135 @@
+//! Re-analysing one edited cell and rebuilding the dependency graph of a 500-cell notebook:
+//! Middleman's analysis (Ruff's parser) and graph, against marimo's own compiler and graph on
+//! the same notebook, side by side in one run.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use middleman::graph::{CellAnalysis, Graph, analyse};
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long, default_value_t = 500)]
+    cells: usize,
+    #[arg(long, default_value_t = 400)]
+    iterations: usize,
+    /// The Python with marimo installed (`make bench` prepares it).
+    #[arg(long, default_value = "~/.cache/nbplat/bench-venv/bin/python")]
+    marimo_python: String,
+}
+
+/// A notebook of `n` cells that looks like analysis code: imports, helpers, a long chain of
+/// derived values with fan-in, some classes and comprehensions.
+fn notebook(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let p = i.saturating_sub(1);
+            let q = i.saturating_sub(7);
+            if i == 0 {
+                "import math\nimport statistics as stats\nfrom collections import Counter".into()
+            } else if i == 1 {
+                "v1 = 1".into()
+            } else if i % 25 == 0 {
+                format!(
+                    "def helper_{i}(values, scale=v{p}):\n    out = []\n    for v in values:\n        out.append(math.sqrt(abs(v)) * scale)\n    return out\nv{i} = sum(helper_{i}([1, 2, 3]))"
+                )
+            } else if i % 40 == 0 {
+                format!(
+                    "class Model{i}:\n    factor = v{p}\n    def predict(self, x):\n        return x * self.factor + v{q}\nv{i} = Model{i}().predict(2)"
+                )
+            } else {
+                let extra = if q > 1 { format!(" + v{q}") } else { String::new() };
+                format!(
+                    "v{i} = [x * 2 for x in range(3)][0] + v{p}{extra}\nlabel_{i} = f\"{{v{i}:.2f}}\"\nif v{i} > 100:\n    print(label_{i}, stats.mean([v{i}, 1]))"
+                )
+            }
+        })
+        .collect()
+}
+
+fn pct(mut s: Vec<Duration>, p: f64) -> f64 {
+    s.sort();
+    let i = ((s.len() as f64 - 1.0) * p).round() as usize;
+    s[i].as_secs_f64() * 1000.0
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cells = notebook(args.cells);
+    let k = args.cells / 2;
+    let versions = [
+        cells[k].clone(),
+        cells[k].replacen(" * 2 ", " * 3 ", 1) + "\nextra_name = 1",
+    ];
+    // Middleman: analyses are cached per cell; an edit re-analyses one cell and rebuilds.
+    let ids: Vec<String> = (0..cells.len()).map(|i| format!("c{i}")).collect();
+    let mut analyses: Vec<CellAnalysis> = cells.iter().map(|c| analyse(c)).collect();
+    let edges: usize = {
+        let g = build(&ids, &analyses);
+        g.cells().iter().map(|c| c.parents.len()).sum()
+    };
+    let mut rust = Vec::with_capacity(args.iterations);
+    for n in 0..args.iterations {
+        let t = Instant::now();
+        analyses[k] = analyse(&versions[n % 2]);
+        let g = build(&ids, &analyses);
+        std::hint::black_box(&g);
+        rust.push(t.elapsed());
+    }
+    // marimo, on the same cells and edits.
+    let dir = std::env::temp_dir().join(format!("graph-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("cells.json"), serde_json::to_vec(&cells)?)?;
+    std::fs::write(dir.join("edits.json"), serde_json::to_vec(&(k, &versions))?)?;
+    let python = args
+        .marimo_python
+        .replacen('~', &std::env::var("HOME").unwrap_or_default(), 1);
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/python/marimo_graph_bench.py");
+    let out = std::process::Command::new(&python)
+        .arg(script)
+        .arg(dir.join("cells.json"))
+        .arg(dir.join("edits.json"))
+        .arg(args.iterations.to_string())
+        .output()
+        .with_context(|| format!("running {python}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "marimo bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let marimo: Vec<f64> = serde_json::from_slice(&out.stdout)?;
+    let marimo: Vec<Duration> = marimo.into_iter().map(Duration::from_secs_f64).collect();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!(
+        "One edit in a {}-cell notebook ({edges} edges): re-analyse the cell and update the graph; {} edits, one run.\n",
+        args.cells, args.iterations
+    );
+    println!("| system | p50 ms | p90 ms | p99 ms |");
+    println!("|---|---|---|---|");
+    let (r50, m50) = (pct(rust.clone(), 0.5), pct(marimo.clone(), 0.5));
+    println!(
+        "| Middleman (Ruff parser, graph rebuilt) | {r50:.3} | {:.3} | {:.3} |",
+        pct(rust.clone(), 0.9),
+        pct(rust, 0.99)
+    );
+    println!(
+        "| marimo 0.25.2 (compile_cell, delete + register) | {m50:.3} | {:.3} | {:.3} |",
+        pct(marimo.clone(), 0.9),
+        pct(marimo, 0.99)
+    );
+    println!("\nRatio: marimo p50 / Middleman p50 = {:.1}", m50 / r50);
+    Ok(())
+}
+
+fn build(ids: &[String], analyses: &[CellAnalysis]) -> Graph {
+    let cells: Vec<(&str, &CellAnalysis)> = ids
+        .iter()
+        .map(String::as_str)
+        .zip(analyses.iter())
+        .collect();
+    Graph::build(&cells)
+}
