@@ -51,15 +51,27 @@ impl Graph {
     /// Builds the graph of `cells` (code cells in document order). An edge runs from the one
     /// cell that defines a name to each cell that reads it.
     pub fn build(cells: &[(&str, &CellAnalysis)]) -> Self {
-        let mut definers: HashMap<&str, Vec<usize>> = HashMap::new();
+        let n = cells.len();
+        // The first definer of each name; names with several are kept apart (rare).
+        let mut first: HashMap<&str, usize> = HashMap::with_capacity(n * 2);
+        let mut several: HashMap<&str, Vec<usize>> = HashMap::new();
         for (i, (_, a)) in cells.iter().enumerate() {
             for d in &a.defs {
-                definers.entry(d.as_str()).or_default().push(i);
+                match first.entry(d.as_str()) {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(i);
+                    }
+                    std::collections::hash_map::Entry::Occupied(o) => {
+                        several
+                            .entry(d.as_str())
+                            .or_insert_with(|| vec![*o.get()])
+                            .push(i);
+                    }
+                }
             }
         }
-        let n = cells.len();
-        let mut parents: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
-        let mut children: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+        let mut parents: Vec<Vec<usize>> = vec![Vec::new(); n];
+        let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
         let mut errors: Vec<Option<GraphError>> = vec![None; n];
         for (i, (_, a)) in cells.iter().enumerate() {
             if let Some(message) = &a.error {
@@ -68,67 +80,80 @@ impl Graph {
                 });
             }
             for r in &a.refs {
-                if let Some(ds) = definers.get(r.as_str()) {
-                    for &d in ds {
+                let Some(&d) = first.get(r.as_str()) else {
+                    continue;
+                };
+                match several.get(r.as_str()) {
+                    None => {
                         if d != i {
-                            parents[i].insert(d);
-                            children[d].insert(i);
+                            parents[i].push(d);
+                        }
+                    }
+                    Some(ds) => parents[i].extend(ds.iter().copied().filter(|&d| d != i)),
+                }
+            }
+            parents[i].sort_unstable();
+            parents[i].dedup();
+            for k in 0..parents[i].len() {
+                let p = parents[i][k];
+                children[p].push(i);
+            }
+        }
+        // A name defined in several cells is an error on each of them.
+        if !several.is_empty() {
+            for (i, (_, a)) in cells.iter().enumerate() {
+                if errors[i].is_some() {
+                    continue;
+                }
+                let mut names = Vec::new();
+                let mut others = BTreeSet::new();
+                for d in &a.defs {
+                    if let Some(ds) = several.get(d.as_str()) {
+                        names.push(d.clone());
+                        others.extend(ds.iter().filter(|&&j| j != i).copied());
+                    }
+                }
+                if !names.is_empty() {
+                    errors[i] = Some(GraphError::MultipleDefinitions {
+                        names,
+                        cells: others.iter().map(|&j| cells[j].0.to_owned()).collect(),
+                    });
+                }
+            }
+        }
+        // Cycles: Kahn's algorithm finds whether any exist; Tarjan's names them only then.
+        if !acyclic(&parents, &children) {
+            for scc in strongly_connected(&children) {
+                if scc.len() > 1 {
+                    let ids: Vec<String> = scc.iter().map(|&j| cells[j].0.to_owned()).collect();
+                    for &j in &scc {
+                        if errors[j].is_none() {
+                            errors[j] = Some(GraphError::Cycle { cells: ids.clone() });
                         }
                     }
                 }
             }
         }
-        // A name defined in several cells is an error on each of them.
-        for (i, (_, a)) in cells.iter().enumerate() {
-            if errors[i].is_some() {
-                continue;
-            }
-            let mut names = Vec::new();
-            let mut others = BTreeSet::new();
-            for d in &a.defs {
-                if let Some(ds) = definers.get(d.as_str()).filter(|ds| ds.len() > 1) {
-                    names.push(d.clone());
-                    others.extend(ds.iter().filter(|&&j| j != i).copied());
-                }
-            }
-            if !names.is_empty() {
-                errors[i] = Some(GraphError::MultipleDefinitions {
-                    names,
-                    cells: others.iter().map(|&j| cells[j].0.to_owned()).collect(),
-                });
-            }
-        }
-        for scc in strongly_connected(&children) {
-            if scc.len() > 1 {
-                let ids: Vec<String> = scc.iter().map(|&j| cells[j].0.to_owned()).collect();
-                for &j in &scc {
-                    if errors[j].is_none() {
-                        errors[j] = Some(GraphError::Cycle { cells: ids.clone() });
-                    }
-                }
-            }
-        }
+        let mut index = HashMap::with_capacity(n);
         let out: Vec<GraphCell> = cells
             .iter()
             .enumerate()
-            .map(|(i, (id, a))| GraphCell {
-                id: (*id).to_owned(),
-                defs: a.defs.iter().cloned().collect(),
-                refs: a.refs.difference(&a.defs).cloned().collect(),
-                parents: parents[i].iter().map(|&j| cells[j].0.to_owned()).collect(),
-                children: children[i].iter().map(|&j| cells[j].0.to_owned()).collect(),
-                error: errors[i].take(),
-                warnings: if a.star_import {
-                    vec!["`import *` defines names the graph cannot see".to_owned()]
-                } else {
-                    Vec::new()
-                },
+            .map(|(i, (id, a))| {
+                index.insert((*id).to_owned(), i);
+                GraphCell {
+                    id: (*id).to_owned(),
+                    defs: a.defs.iter().cloned().collect(),
+                    refs: a.refs.difference(&a.defs).cloned().collect(),
+                    parents: parents[i].iter().map(|&j| cells[j].0.to_owned()).collect(),
+                    children: children[i].iter().map(|&j| cells[j].0.to_owned()).collect(),
+                    error: errors[i].take(),
+                    warnings: if a.star_import {
+                        vec!["`import *` defines names the graph cannot see".to_owned()]
+                    } else {
+                        Vec::new()
+                    },
+                }
             })
-            .collect();
-        let index = out
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.id.clone(), i))
             .collect();
         Self { cells: out, index }
     }
@@ -232,8 +257,25 @@ impl Graph {
     }
 }
 
+/// Whether the graph has no cycle (Kahn's algorithm).
+fn acyclic(parents: &[Vec<usize>], children: &[Vec<usize>]) -> bool {
+    let mut indegree: Vec<usize> = parents.iter().map(Vec::len).collect();
+    let mut ready: Vec<usize> = (0..parents.len()).filter(|&i| indegree[i] == 0).collect();
+    let mut done = 0;
+    while let Some(i) = ready.pop() {
+        done += 1;
+        for &c in &children[i] {
+            indegree[c] -= 1;
+            if indegree[c] == 0 {
+                ready.push(c);
+            }
+        }
+    }
+    done == parents.len()
+}
+
 /// Tarjan's strongly connected components (iterative).
-fn strongly_connected(children: &[BTreeSet<usize>]) -> Vec<Vec<usize>> {
+fn strongly_connected(children: &[Vec<usize>]) -> Vec<Vec<usize>> {
     let n = children.len();
     let mut index = vec![usize::MAX; n];
     let mut low = vec![0; n];
