@@ -94,8 +94,9 @@ impl Graph {
             }
             parents[i].sort_unstable();
             parents[i].dedup();
-            for k in 0..parents[i].len() {
-                let p = parents[i][k];
+            let (before, rest) = parents.split_at(i);
+            debug_assert!(before.len() == i);
+            for &p in &rest[0] {
                 children[p].push(i);
             }
         }
@@ -293,7 +294,7 @@ fn strongly_connected(children: &[Vec<usize>]) -> Vec<Vec<usize>> {
         next += 1;
         stack.push(root);
         on_stack[root] = true;
-        work.push((root, children[root].iter().copied().collect()));
+        work.push((root, children[root].to_vec()));
         while let Some((v, pending)) = work.last_mut() {
             let v = *v;
             if let Some(w) = pending.pop() {
@@ -303,7 +304,7 @@ fn strongly_connected(children: &[Vec<usize>]) -> Vec<Vec<usize>> {
                     next += 1;
                     stack.push(w);
                     on_stack[w] = true;
-                    work.push((w, children[w].iter().copied().collect()));
+                    work.push((w, children[w].to_vec()));
                 } else if on_stack[w] {
                     low[v] = low[v].min(index[w]);
                 }
