@@ -847,9 +847,12 @@ impl Hub {
             .iter()
             .filter_map(|(id, _, _)| st.analyses.get(id).map(|(_, a)| (id.as_str(), a)))
             .collect();
-        let graph = Graph::build(&order);
-        if graph != st.graph {
-            st.graph = graph;
+        let edited: HashSet<&str> = changed.iter().map(String::as_str).collect();
+        let (graph, graph_changed) = Graph::rebuild(std::mem::take(&mut st.graph), &order, |id| {
+            edited.contains(id)
+        });
+        st.graph = graph;
+        if graph_changed {
             self.emit(
                 st,
                 ServerEvent::Graph {

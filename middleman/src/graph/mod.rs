@@ -45,16 +45,30 @@ pub struct GraphCell {
 pub struct Graph {
     cells: Vec<GraphCell>,
     index: HashMap<String, usize>,
+    parent_idx: Vec<Vec<usize>>,
+    child_idx: Vec<Vec<usize>>,
 }
 
 impl Graph {
     /// Builds the graph of `cells` (code cells in document order). An edge runs from the one
     /// cell that defines a name to each cell that reads it.
     pub fn build(cells: &[(&str, &CellAnalysis)]) -> Self {
+        Self::rebuild(Self::default(), cells, |_| true).0
+    }
+
+    /// Like [`Self::build`], reusing what did not change in `prev` (an edit changes a few
+    /// cells of the graph; the others are moved, not rebuilt). `edited` says which cells'
+    /// analyses may differ from those `prev` was built from. Returns whether anything changed.
+    pub fn rebuild(
+        prev: Graph,
+        cells: &[(&str, &CellAnalysis)],
+        edited: impl Fn(&str) -> bool,
+    ) -> (Self, bool) {
         let n = cells.len();
         // The first definer of each name; names with several are kept apart (rare).
-        let mut first: HashMap<&str, usize> = HashMap::with_capacity(n * 2);
-        let mut several: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut first: FastMap<&str, usize> =
+            FastMap::with_capacity_and_hasher(n * 2, Default::default());
+        let mut several: FastMap<&str, Vec<usize>> = FastMap::default();
         for (i, (_, a)) in cells.iter().enumerate() {
             for d in &a.defs {
                 match first.entry(d.as_str()) {
@@ -135,12 +149,37 @@ impl Graph {
                 }
             }
         }
-        let mut index = HashMap::with_capacity(n);
+        let same_ids =
+            prev.cells.len() == n && prev.cells.iter().zip(cells).all(|(c, (id, _))| c.id == *id);
+        let mut changed = !same_ids;
+        let Graph {
+            cells: prev_cells,
+            index: prev_index,
+            parent_idx: prev_parents,
+            child_idx: prev_children,
+        } = prev;
+        let mut reusable: Vec<Option<GraphCell>> = if same_ids {
+            prev_cells.into_iter().map(Some).collect()
+        } else {
+            Vec::new()
+        };
         let out: Vec<GraphCell> = cells
             .iter()
             .enumerate()
             .map(|(i, (id, a))| {
-                index.insert((*id).to_owned(), i);
+                if let Some(old) = reusable.get_mut(i).and_then(Option::take)
+                    && prev_parents[i] == parents[i]
+                    && prev_children[i] == children[i]
+                    && old.error == errors[i]
+                    && (!edited(id)
+                        || (old.warnings.is_empty() != a.star_import
+                            && old.defs.len() == a.defs.len()
+                            && old.defs.iter().zip(&a.defs).all(|(x, y)| x == y)
+                            && old.refs.iter().eq(a.refs.difference(&a.defs))))
+                {
+                    return old;
+                }
+                changed = true;
                 GraphCell {
                     id: (*id).to_owned(),
                     defs: a.defs.iter().cloned().collect(),
@@ -156,7 +195,23 @@ impl Graph {
                 }
             })
             .collect();
-        Self { cells: out, index }
+        let index = if same_ids {
+            prev_index
+        } else {
+            out.iter()
+                .enumerate()
+                .map(|(i, c)| (c.id.clone(), i))
+                .collect()
+        };
+        (
+            Self {
+                cells: out,
+                index,
+                parent_idx: parents,
+                child_idx: children,
+            },
+            changed,
+        )
     }
 
     /// Every cell, in document order.
@@ -255,6 +310,30 @@ impl Graph {
         }
         // Cells in a cycle never reach indegree 0; they do not run.
         order
+    }
+}
+
+/// A map keyed by short names with FNV-1a hashing: much cheaper than SipHash for identifiers,
+/// and the keys come from one document's own code.
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+
+#[derive(Default)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
     }
 }
 
