@@ -14,9 +14,11 @@
 #    every other overlay pass `kubectl apply --dry-run=server` (validation, admission, RBAC
 #    escalation checks) with no warning.
 #
-# Usage: scripts/test-deploy.sh          (about 30 s once the binaries are built; the first
-#                                         run builds them: see kube-cluster.sh)
+# Usage: scripts/test-deploy.sh   (about 20 s once the binaries and CRDs are cached; the first
+#                                  run builds them, about 8 minutes: see kube-cluster.sh)
 set -euo pipefail
+# The whole script is one group, parsed before it runs (so editing the file meanwhile is safe).
+{
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 NBP_CACHE="${NBP_CACHE:-$HOME/.cache/nbplat}"
@@ -35,6 +37,7 @@ fail() {
 cluster="$here/kube-cluster.sh"
 "$cluster" build
 run="$(mktemp -d -t nbplat-test-deploy.XXXXXX)"
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
   local rc=$?
   if [ "$rc" != 0 ] && [ -d "$run/logs" ]; then
@@ -238,9 +241,9 @@ k -n nbplat-pods delete pod kernel-probe --as="$sa" --wait=true --timeout=60s >/
 # be refused. A new policy takes a moment to load, hence the retries on the first.
 refused() {
   # refused MESSAGE-PART JSON-PATCH: the kernel pod with the patch applied is refused so.
-  local want="$1" patch="$2" i
+  local want="$1" patch="$2" _
   k patch --local -f "$run/kernel-pod.yaml" --type=json -p "$patch" -o yaml >"$run/bad-pod.yaml"
-  for i in $(seq 1 50); do
+  for _ in $(seq 1 50); do
     if ! k create --dry-run=server --as="$sa" -f "$run/bad-pod.yaml" >/dev/null 2>"$run/bad.err"; then
       grep -q "$want" "$run/bad.err" && return 0
       cat "$run/bad.err" >&2
@@ -317,3 +320,5 @@ for kz in base overlays/dev overlays/production overlays/gvisor; do
   step "deploy/$kz passes a server-side dry run ($(grep -c '^kind:' "$rendered/${kz//\//-}.yaml") objects)"
 done
 step "ok in $((SECONDS - started))s"
+exit 0
+}
