@@ -32,13 +32,16 @@
 # v0.X.Y, and builds kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from
 # it; etcd is the version that Kubernetes release pins; kwok is `go install`ed. They are cached
 # in ~/.cache/nbplat/kube/KUBE_VERSION/bin. The first build, downloads included, took 7
-# minutes on two shared cores (4.7 GB of module and build cache); set NBP_GO_PARALLEL
+# minutes on two shared cores (about 5 GB of module and build cache); set NBP_GO_PARALLEL
 # (default 2) to build with fewer. A start then takes about 5 s, a stop 3 s.
 #
 # Everything listens on 127.0.0.1 only, on free ports picked at each start. Security is as in
 # a real cluster (TLS, client certificates, RBAC), except that etcd speaks plain HTTP on
-# loopback and runs with --unsafe-no-fsync (test data). Pod IPs come from 127.16.0.0/12 and
-# Service IPs from 10.96.0.0/16: both are only data here, nothing routes to them.
+# loopback and runs with --unsafe-no-fsync (test data). Pod IPs are loopback addresses
+# (127.16.0.0/12), so dialling one never leaves the machine, and a test may bind a real
+# process to a pod's IP; Service IPs (10.96.0.0/16) are only data, nothing routes them.
+# Pod lifecycle and the test hooks (a boot delay, a failure after a while) are kwok stages:
+# scripts/kwok/README.md.
 set -euo pipefail
 
 KUBE_VERSION=v1.34.4 # k8s-openapi's v1_34 (0.26 and later); etcd follows from it
