@@ -15,6 +15,7 @@ test: bootstrap
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(ENV) cargo test --workspace $(TEST_ARGS)
 	$(ENV) NBP_OPS_BUILD=0 bash scripts/test-ops.sh
+	$(ENV) bash scripts/test-deploy.sh
 
 bootstrap:
 	bash scripts/bootstrap.sh
