@@ -311,12 +311,20 @@ impl Hub {
             let _ = self.mutate(st, |nb| nb.insert_cell(0, CellKind::Code, "").map(|_| ()));
             return;
         }
-        let headers = headers_of(&st.nb);
+        // One pass over the document serves the cell list and the graph.
+        let sources = st.nb.sources();
+        let headers: Vec<CellHeader> = sources
+            .iter()
+            .map(|(id, kind, _)| CellHeader {
+                id: id.clone(),
+                cell_type: *kind,
+            })
+            .collect();
         if headers != st.headers {
             st.headers = headers.clone();
             self.emit(st, ServerEvent::Cells { cells: headers });
         }
-        self.regraph(st);
+        self.regraph_from(st, &sources);
         self.touched(st);
     }
 
@@ -815,9 +823,13 @@ impl Hub {
     /// edited cells and their dependents stale, and removes deleted cells' names from the kernel.
     fn regraph(&self, st: &mut State) {
         let sources = st.nb.sources();
+        self.regraph_from(st, &sources);
+    }
+
+    fn regraph_from(&self, st: &mut State, sources: &[(String, CellKind, String)]) {
         let mut changed = Vec::new();
         let mut present = HashSet::new();
-        for (id, kind, source) in &sources {
+        for (id, kind, source) in sources {
             if *kind != CellKind::Code {
                 continue;
             }

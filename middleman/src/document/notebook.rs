@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use yrs::updates::decoder::Decode as _;
 use yrs::{
-    Any, Array as _, ArrayRef, Doc, GetString as _, Map as _, MapPrelim, MapRef, Out, ReadTxn as _,
+    Any, Array as _, ArrayRef, Doc, GetString as _, Map as _, MapPrelim, MapRef, Out, ReadTxn,
     StateVector, Text as _, TextPrelim, TextRef, Transact as _, Update,
 };
 
@@ -127,6 +127,24 @@ fn out_str(v: Option<Out>) -> Option<String> {
     }
 }
 
+/// A cell map's id, type and, when `want_source(id)`, its source text.
+fn read_cell<T: ReadTxn>(
+    txn: &T,
+    v: Out,
+    want_source: impl Fn(&str) -> bool,
+) -> Option<(String, CellKind, String)> {
+    let Out::YMap(m) = v else { return None };
+    let id = out_str(m.get(txn, "id"))?;
+    let kind = out_str(m.get(txn, "cell_type"))
+        .and_then(|k| CellKind::parse(&k))
+        .unwrap_or(CellKind::Code);
+    let source = match m.get(txn, "source") {
+        Some(Out::YText(t)) if want_source(&id) => t.get_string(txn),
+        _ => String::new(),
+    };
+    Some((id, kind, source))
+}
+
 impl Default for Notebook {
     fn default() -> Self {
         Self::new()
@@ -186,79 +204,53 @@ impl Notebook {
             .ok_or_else(|| DocumentError::NoSuchCell(id.to_owned()))
     }
 
-    /// The cells in order.
-    pub fn cells(&self) -> Vec<CellView> {
+    /// Each cell's id, type and (when `with_source`) source, in order, in one pass.
+    fn scan(&self, with_source: bool) -> Vec<(String, CellKind, String)> {
         let txn = self.doc.transact();
         self.cells
             .iter(&txn)
-            .filter_map(|v| {
-                let Out::YMap(m) = v else { return None };
-                let id = out_str(m.get(&txn, "id"))?;
-                let kind = out_str(m.get(&txn, "cell_type"))
-                    .and_then(|k| CellKind::parse(&k))
-                    .unwrap_or(CellKind::Code);
-                let source = match m.get(&txn, "source") {
-                    Some(Out::YText(t)) => t.get_string(&txn),
-                    _ => String::new(),
-                };
+            .filter_map(|v| read_cell(&txn, v, |_| with_source))
+            .collect()
+    }
+
+    /// The cells in order.
+    pub fn cells(&self) -> Vec<CellView> {
+        self.scan(true)
+            .into_iter()
+            .map(|(id, kind, source)| {
                 let runtime = self.runtime.get(&id).cloned().unwrap_or_default();
-                Some(CellView {
+                CellView {
                     id,
                     kind,
                     source,
                     runtime,
-                })
+                }
             })
             .collect()
     }
 
     /// Each cell's id and type, in order (cheaper than [`Self::cells`]: no text, no outputs).
     pub fn headers(&self) -> Vec<(String, CellKind)> {
-        let txn = self.doc.transact();
-        self.cells
-            .iter(&txn)
-            .filter_map(|v| {
-                let Out::YMap(m) = v else { return None };
-                let id = out_str(m.get(&txn, "id"))?;
-                let kind = out_str(m.get(&txn, "cell_type"))
-                    .and_then(|k| CellKind::parse(&k))
-                    .unwrap_or(CellKind::Code);
-                Some((id, kind))
-            })
+        self.scan(false)
+            .into_iter()
+            .map(|(id, kind, _)| (id, kind))
             .collect()
     }
 
     /// Every cell's id, type and source, in order, in one pass.
     pub fn sources(&self) -> Vec<(String, CellKind, String)> {
-        let txn = self.doc.transact();
-        self.cells
-            .iter(&txn)
-            .filter_map(|v| {
-                let Out::YMap(m) = v else { return None };
-                let id = out_str(m.get(&txn, "id"))?;
-                let kind = out_str(m.get(&txn, "cell_type"))
-                    .and_then(|k| CellKind::parse(&k))
-                    .unwrap_or(CellKind::Code);
-                let source = match m.get(&txn, "source") {
-                    Some(Out::YText(t)) => t.get_string(&txn),
-                    _ => String::new(),
-                };
-                Some((id, kind, source))
-            })
-            .collect()
+        self.scan(true)
     }
 
     /// A cell's type and source.
     pub fn source(&self, id: &str) -> Result<(CellKind, String), DocumentError> {
-        let kind = self
-            .headers()
-            .into_iter()
-            .find(|(cid, _)| cid == id)
-            .map(|(_, k)| k)
-            .ok_or_else(|| DocumentError::NoSuchCell(id.to_owned()))?;
-        let text = self.text(id)?;
-        let source = text.get_string(&self.doc.transact());
-        Ok((kind, source))
+        let txn = self.doc.transact();
+        self.cells
+            .iter(&txn)
+            .filter_map(|v| read_cell(&txn, v, |cid| cid == id))
+            .find(|(cid, _, _)| cid == id)
+            .map(|(_, kind, source)| (kind, source))
+            .ok_or_else(|| DocumentError::NoSuchCell(id.to_owned()))
     }
 
     /// Replaces every cell with the cells of `other` (an import), in one transaction, so that

@@ -226,47 +226,35 @@ impl Graph {
     /// The cells that depend on `id`, directly or not, in an order that runs every cell after
     /// the cells it depends on (document order among independent cells).
     pub fn descendants(&self, id: &str) -> Vec<String> {
-        let Some(&start) = self.index.get(id) else {
-            return Vec::new();
-        };
-        let mut seen = vec![false; self.cells.len()];
-        let mut stack = vec![start];
-        while let Some(i) = stack.pop() {
-            for c in &self.cells[i].children {
-                if let Some(&j) = self.index.get(c)
-                    && !seen[j]
-                {
-                    seen[j] = true;
-                    stack.push(j);
-                }
-            }
-        }
-        seen[start] = false;
-        self.topological(&seen)
+        self.topological(&self.reach(id, &self.child_idx))
     }
 
     /// The cells `id` depends on, directly or not.
     pub fn ancestors(&self, id: &str) -> Vec<String> {
-        let Some(&start) = self.index.get(id) else {
-            return Vec::new();
-        };
+        let seen = self.reach(id, &self.parent_idx);
+        (0..self.cells.len())
+            .filter(|&i| seen[i])
+            .map(|i| self.cells[i].id.clone())
+            .collect()
+    }
+
+    /// Which cells `id` reaches along `edges` (children or parents), itself excluded.
+    fn reach(&self, id: &str, edges: &[Vec<usize>]) -> Vec<bool> {
         let mut seen = vec![false; self.cells.len()];
+        let Some(&start) = self.index.get(id) else {
+            return seen;
+        };
         let mut stack = vec![start];
         while let Some(i) = stack.pop() {
-            for p in &self.cells[i].parents {
-                if let Some(&j) = self.index.get(p)
-                    && !seen[j]
-                {
+            for &j in &edges[i] {
+                if !seen[j] {
                     seen[j] = true;
                     stack.push(j);
                 }
             }
         }
         seen[start] = false;
-        (0..self.cells.len())
-            .filter(|&i| seen[i])
-            .map(|i| self.cells[i].id.clone())
-            .collect()
+        seen
     }
 
     /// `ids` in dependency order.
@@ -278,17 +266,15 @@ impl Graph {
     /// The cells marked in `include`, ordered so that each comes after its parents.
     fn topological(&self, include: &[bool]) -> Vec<String> {
         let mut indegree: Vec<usize> = self
-            .cells
+            .parent_idx
             .iter()
             .enumerate()
-            .map(|(i, c)| {
-                if !include[i] {
-                    return 0;
+            .map(|(i, ps)| {
+                if include[i] {
+                    ps.iter().filter(|&&p| include[p]).count()
+                } else {
+                    0
                 }
-                c.parents
-                    .iter()
-                    .filter(|p| self.index.get(*p).is_some_and(|&j| include[j]))
-                    .count()
             })
             .collect();
         let mut ready: BTreeSet<usize> = (0..self.cells.len())
@@ -297,10 +283,8 @@ impl Graph {
         let mut order = Vec::new();
         while let Some(i) = ready.pop_first() {
             order.push(self.cells[i].id.clone());
-            for c in &self.cells[i].children {
-                if let Some(&j) = self.index.get(c)
-                    && include[j]
-                {
+            for &j in &self.child_idx[i] {
+                if include[j] {
                     indegree[j] -= 1;
                     if indegree[j] == 0 {
                         ready.insert(j);

@@ -339,14 +339,20 @@ impl Client {
 
     /// Queues cell `cell_id` and returns the execution id.
     pub async fn submit_cell(&mut self, cell_id: &str) -> String {
-        self.next_request += 1;
-        let rid = format!("r{}", self.next_request);
-        self.send(&ClientMessage::ExecuteCell {
+        self.queue(|rid| ClientMessage::ExecuteCell {
             cell_id: cell_id.into(),
-            request_id: Some(rid.clone()),
+            request_id: Some(rid),
             stop_on_error: true,
         })
-        .await;
+        .await
+    }
+
+    /// Sends the execute message `make` builds with a fresh request id; returns the execution
+    /// id from `execution_queued` (panics if refused).
+    async fn queue(&mut self, make: impl FnOnce(String) -> ClientMessage) -> String {
+        self.next_request += 1;
+        let rid = format!("r{}", self.next_request);
+        self.send(&make(rid.clone())).await;
         let events = self
             .until(|e| {
                 matches!(e, ServerEvent::ExecutionQueued { request_id: Some(r), .. } if *r == rid)
@@ -355,7 +361,7 @@ impl Client {
             .await;
         match events.last() {
             Some(ServerEvent::ExecutionQueued { execution, .. }) => execution.id.clone(),
-            other => panic!("execute_cell refused: {other:?}"),
+            other => panic!("execution refused: {other:?}"),
         }
     }
 
@@ -415,24 +421,12 @@ impl Client {
 
     /// Queues `code` and returns its execution id.
     pub async fn submit(&mut self, code: &str) -> String {
-        self.next_request += 1;
-        let rid = format!("r{}", self.next_request);
-        self.send(&ClientMessage::Execute {
+        self.queue(|rid| ClientMessage::Execute {
             code: code.into(),
-            request_id: Some(rid.clone()),
+            request_id: Some(rid),
             stop_on_error: true,
         })
-        .await;
-        let events = self
-            .until(|e| {
-                matches!(e, ServerEvent::ExecutionQueued { request_id: Some(r), .. } if *r == rid)
-                    || matches!(e, ServerEvent::Error { .. })
-            })
-            .await;
-        match events.last() {
-            Some(ServerEvent::ExecutionQueued { execution, .. }) => execution.id.clone(),
-            other => panic!("execute refused: {other:?}"),
-        }
+        .await
     }
 
     /// Collects the events of execution `id` until it finishes.
