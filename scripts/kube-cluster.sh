@@ -432,7 +432,26 @@ start() {
   write_kubeconfig "$run/scheduler.kubeconfig" scheduler system:kube-scheduler
   write_kubeconfig "$run/kwok.kubeconfig" kwok kwok
 
+  # Requests made with service-account identities are audited (metadata only: who, verb,
+  # resource, namespace, response code), so a test can show that a Role is exactly what its
+  # user needs: every rule used, nothing refused. Control-plane and admin requests are not.
+  cat >"$run/audit-policy.yaml" <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: None
+    userGroups: ["system:serviceaccounts:kube-system"]
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+EOF
   launch kube-apiserver "$bin/kube-apiserver" \
+    --audit-policy-file="$run/audit-policy.yaml" \
+    --audit-log-path="$run/logs/audit.log" \
+    --audit-log-format=json \
+    --audit-log-maxsize=200 \
+    --audit-log-maxbackup=1 \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
     --bind-address=127.0.0.1 \
     --advertise-address=127.0.0.1 \

@@ -47,9 +47,59 @@ pub struct Args {
     /// CA (PEM) that client certificates must chain to: mutual TLS, on top of the bearer token.
     #[arg(long, env = "WATCHMAN_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
-    /// Where pods run: `local` (Middleman processes on this host).
+    /// Where pods run: `local` (Middleman processes on this host) or `kubernetes`.
     #[arg(long, env = "WATCHMAN_BACKEND", default_value = "local")]
     pub backend: String,
+    /// Kubeconfig file (kubernetes backend). Default: the in-cluster service account, else
+    /// `$KUBECONFIG` or `~/.kube/config`.
+    #[arg(long, env = "WATCHMAN_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the kernel pods (kubernetes backend).
+    #[arg(long, env = "WATCHMAN_POD_NAMESPACE", default_value = "nbplat-pods")]
+    pub pod_namespace: String,
+    /// Namespace of the reconciler's coordination.k8s.io Lease (Watchman's own namespace).
+    #[arg(long, env = "WATCHMAN_LEASE_NAMESPACE", default_value = "nbplat")]
+    pub lease_namespace: String,
+    /// Name of the reconciler's Lease.
+    #[arg(long, env = "WATCHMAN_LEASE_NAME", default_value = "watchman")]
+    pub lease_name: String,
+    /// Middleman image of plans that name none (kubernetes backend).
+    #[arg(
+        long,
+        env = "WATCHMAN_POD_IMAGE",
+        default_value = "ghcr.io/nbplat/middleman:0.1.0"
+    )]
+    pub pod_image: String,
+    /// Middleman's `--document-store` in Kubernetes pods: `none` or a Redis URL that pods can
+    /// reach (a document's next pod restores it from there).
+    #[arg(long, env = "WATCHMAN_POD_DOCUMENT_STORE", default_value = "none")]
+    pub pod_document_store: String,
+    /// Service account of the kernel pods (no bindings; its token is never mounted).
+    #[arg(
+        long,
+        env = "WATCHMAN_POD_SERVICE_ACCOUNT",
+        default_value = "middleman"
+    )]
+    pub pod_service_account: String,
+    /// Grace period when a pod is deleted.
+    #[arg(long, env = "WATCHMAN_POD_DELETE_GRACE", default_value = "10s", value_parser = duration)]
+    pub pod_delete_grace: Duration,
+    /// How long a pod stays bound to a node that stopped answering before it is evicted.
+    #[arg(long, env = "WATCHMAN_POD_UNREACHABLE_TOLERATION", default_value = "30s", value_parser = duration)]
+    pub pod_unreachable_toleration: Duration,
+    /// Extra annotation on every pod, `key=value` (repeatable).
+    #[arg(
+        long = "pod-annotation",
+        env = "WATCHMAN_POD_ANNOTATIONS",
+        value_delimiter = ','
+    )]
+    pub pod_annotations: Vec<String>,
+    /// Pods created per second at most, over all plans.
+    #[arg(long, env = "WATCHMAN_POD_CREATE_RATE", default_value_t = 16.0)]
+    pub pod_create_rate: f64,
+    /// How often an allocated pod's activity (idle timeout) and lifetime are checked.
+    #[arg(long, env = "WATCHMAN_ACTIVITY_INTERVAL", default_value = "2s", value_parser = duration)]
+    pub activity_interval: Duration,
     /// The middleman binary (local backend). Default: next to this binary.
     #[arg(long, env = "WATCHMAN_MIDDLEMAN_BIN")]
     pub middleman_bin: Option<PathBuf>,

@@ -97,38 +97,16 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
     };
 
     anyhow::ensure!(
-        args.backend == "local",
-        "unknown backend {:?} (available: local)",
-        args.backend
+        args.pod_create_rate.is_finite() && args.pod_create_rate > 0.0,
+        "--pod-create-rate must be above 0"
     );
-    std::fs::create_dir_all(&args.local_root)
-        .with_context(|| format!("creating {}", args.local_root.display()))?;
-    let public_key = args.local_root.join("public.pem");
-    std::fs::write(&public_key, key.verifying_key().to_pem()?)?;
-    let middleman_bin = match &args.middleman_bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?.with_file_name("middleman"),
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let backend = match args.backend.as_str() {
+        "local" => local_backend(&args, &key)?,
+        "kubernetes" => kube_backend(&args, &key, &shutdown, &tracker).await?,
+        other => anyhow::bail!("unknown backend {other:?} (available: local, kubernetes)"),
     };
-    let mut env = Vec::new();
-    for var in ["JUPYTER_PATH", "PATH", "HOME", "RUST_LOG"] {
-        if let Ok(v) = std::env::var(var) {
-            env.push((var.to_owned(), v));
-        }
-    }
-    let backend = backend::Backend::Local(backend::LocalBackend::new(backend::LocalSettings {
-        middleman_bin,
-        public_key,
-        root: args.local_root.clone(),
-        pool_id: args.pool_id.clone(),
-        env,
-        document_store: if args.store.starts_with("redis://") || args.store.starts_with("rediss://")
-        {
-            args.store.clone()
-        } else {
-            args.local_root.join("documents").display().to_string()
-        },
-        document_key_prefix: args.redis_prefix.clone(),
-    }));
 
     let instance = args.instance.clone().unwrap_or_else(|| {
         format!(
@@ -146,11 +124,11 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         reconcile_interval: args.reconcile_interval,
         pod_startup_timeout: args.pod_startup_timeout,
         max_concurrent_starts: args.max_concurrent_starts,
+        pod_create_rate: args.pod_create_rate,
+        activity_interval: args.activity_interval,
     };
     let watchman = service::Watchman::new(plans, store, backend, key, settings);
 
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
     {
         let w = watchman.clone();
         let s = shutdown.clone();
@@ -248,6 +226,86 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         grace: args.shutdown_grace,
         delete_pods_on_exit: args.delete_pods_on_exit,
     })
+}
+
+fn local_backend(args: &Args, key: &session_token::SigningKey) -> anyhow::Result<backend::Backend> {
+    std::fs::create_dir_all(&args.local_root)
+        .with_context(|| format!("creating {}", args.local_root.display()))?;
+    let public_key = args.local_root.join("public.pem");
+    std::fs::write(&public_key, key.verifying_key().to_pem()?)?;
+    let middleman_bin = match &args.middleman_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.with_file_name("middleman"),
+    };
+    let mut env = Vec::new();
+    for var in ["JUPYTER_PATH", "PATH", "HOME", "RUST_LOG"] {
+        if let Ok(v) = std::env::var(var) {
+            env.push((var.to_owned(), v));
+        }
+    }
+    Ok(backend::Backend::Local(backend::LocalBackend::new(
+        backend::LocalSettings {
+            middleman_bin,
+            public_key,
+            root: args.local_root.clone(),
+            pool_id: args.pool_id.clone(),
+            env,
+            document_store: if args.store.starts_with("redis://")
+                || args.store.starts_with("rediss://")
+            {
+                args.store.clone()
+            } else {
+                args.local_root.join("documents").display().to_string()
+            },
+            document_key_prefix: args.redis_prefix.clone(),
+        },
+    )))
+}
+
+async fn kube_backend(
+    args: &Args,
+    key: &session_token::SigningKey,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<backend::Backend> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes configuration (in-cluster, $KUBECONFIG or ~/.kube/config)")?,
+    };
+    let client = kube::Client::try_from(config).context("Kubernetes client")?;
+    let mut extra_annotations = std::collections::BTreeMap::new();
+    for a in &args.pod_annotations {
+        let (k, v) = a
+            .split_once('=')
+            .with_context(|| format!("--pod-annotation {a:?}: expected key=value"))?;
+        extra_annotations.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    let settings = backend::KubeSettings {
+        namespace: args.pod_namespace.clone(),
+        lease_namespace: args.lease_namespace.clone(),
+        lease_name: args.lease_name.clone(),
+        pool_id: args.pool_id.clone(),
+        default_image: args.pod_image.clone(),
+        public_key_pem: key.verifying_key().to_pem()?,
+        document_store: args.pod_document_store.clone(),
+        document_key_prefix: args.redis_prefix.clone(),
+        service_account: args.pod_service_account.clone(),
+        delete_grace: args.pod_delete_grace,
+        unreachable_toleration: args.pod_unreachable_toleration,
+        extra_annotations,
+    };
+    tracing::info!(namespace = %settings.namespace, lease = %format!("{}/{}", settings.lease_namespace, settings.lease_name), "kubernetes backend");
+    Ok(backend::Backend::Kube(backend::KubeBackend::start(
+        &client, settings, shutdown, tracker,
+    )))
 }
 
 pub use telemetry::init_logging;

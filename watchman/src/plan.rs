@@ -42,6 +42,8 @@ struct RawPlan {
     node_selector: BTreeMap<String, String>,
     #[serde(default)]
     tolerations: Vec<Toleration>,
+    #[serde(default)]
+    runtime_class: String,
     warm: WarmPolicy,
     #[serde(default = "default_idle")]
     idle_timeout: String,
@@ -132,6 +134,8 @@ pub struct Plan {
     pub resources: Resources,
     pub node_selector: BTreeMap<String, String>,
     pub tolerations: Vec<Toleration>,
+    /// Kubernetes RuntimeClass of the plan's pods (`gvisor`); empty: the cluster default.
+    pub runtime_class: String,
     pub warm: WarmPolicy,
     pub idle_timeout: Duration,
     pub max_lifetime: Duration,
@@ -149,6 +153,20 @@ impl Plan {
         };
         wanted.clamp(self.warm.min, self.warm.max.max(self.warm.min))
     }
+}
+
+/// A Kubernetes quantity as plans write them: a decimal number with an optional SI or binary
+/// suffix (`250m`, `1.5`, `512Mi`, `2G`).
+fn is_quantity(q: &str) -> bool {
+    let split = q
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    num.parse::<f64>().is_ok_and(|v| v.is_finite() && v >= 0.0)
+        && matches!(
+            suffix,
+            "" | "m" | "k" | "M" | "G" | "T" | "Ki" | "Mi" | "Gi" | "Ti"
+        )
 }
 
 /// Parses durations like `500ms`, `30s`, `10m`, `12h`.
@@ -213,6 +231,19 @@ pub fn parse_plans(path: &str, text: &str) -> Result<BTreeMap<String, Plan>, Pla
                 "plan name {name:?}: use letters, digits and '-', at most 40"
             ));
         }
+        for (what, q) in [
+            ("cpu_request", &raw.resources.cpu_request),
+            ("cpu_limit", &raw.resources.cpu_limit),
+            ("memory_request", &raw.resources.memory_request),
+            ("memory_limit", &raw.resources.memory_limit),
+            ("ephemeral_storage", &raw.resources.ephemeral_storage),
+        ] {
+            if !q.is_empty() && !is_quantity(q) {
+                problems.push(format!(
+                    "plans.{name}.resources.{what}: {q:?} is not a Kubernetes quantity (250m, 1, 512Mi, 2Gi)"
+                ));
+            }
+        }
         if raw.kernel.is_empty() {
             problems.push(format!("plans.{name}.kernel is empty"));
         }
@@ -232,6 +263,7 @@ pub fn parse_plans(path: &str, text: &str) -> Result<BTreeMap<String, Plan>, Pla
                 resources: raw.resources,
                 node_selector: raw.node_selector,
                 tolerations: raw.tolerations,
+                runtime_class: raw.runtime_class,
                 warm: raw.warm,
                 idle_timeout,
                 max_lifetime,

@@ -59,6 +59,10 @@ pub struct Settings {
     pub reconcile_interval: Duration,
     pub pod_startup_timeout: Duration,
     pub max_concurrent_starts: usize,
+    /// Pods created per second at most (a token bucket with `max_concurrent_starts` of burst).
+    pub pod_create_rate: f64,
+    /// How often an allocated pod's activity and lifetime are checked.
+    pub activity_interval: Duration,
 }
 
 /// What a caller asks of [`Watchman::allocate`].
@@ -108,6 +112,10 @@ struct Inner {
     backend: Backend,
     key: SigningKey,
     settings: Settings,
+    /// Pod creations allowed now (refilled at `pod_create_rate`), and when it was refilled.
+    create_budget: std::sync::Mutex<(f64, Instant)>,
+    /// When each allocated pod's activity was last checked.
+    activity_checked: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
 }
 
 fn valid_id(what: &str, s: &str) -> Result<(), ServiceError> {
@@ -140,6 +148,8 @@ impl Watchman {
                 backend,
                 key,
                 settings,
+                create_budget: std::sync::Mutex::new((0.0, Instant::now())),
+                activity_checked: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         }
     }
@@ -433,11 +443,10 @@ impl Watchman {
         let mut last_gc = Instant::now() - Duration::from_secs(3600);
         loop {
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let ttl = u64::try_from(s.lease_ttl.as_millis()).unwrap_or(u64::MAX);
-            match self.inner.store.try_lease(&s.instance, ttl).await {
+            match self.try_lease().await {
                 Ok(true) => {
                     if !leading {
                         tracing::info!(instance = %s.instance, "took the reconciler lease");
@@ -456,6 +465,9 @@ impl Watchman {
             if !leading {
                 continue;
             }
+            if shutdown.is_cancelled() {
+                break;
+            }
             let started = Instant::now();
             let gc = last_gc.elapsed() > Duration::from_secs(30);
             if gc {
@@ -467,6 +479,23 @@ impl Watchman {
             metrics::histogram!("watchman_reconcile_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
         }
+        if leading {
+            self.inner.backend.release_lease(&s.instance).await;
+        }
+    }
+
+    /// The backend's lease (Kubernetes) or else the store's.
+    async fn try_lease(&self) -> Result<bool, String> {
+        let s = &self.inner.settings;
+        if let Some(r) = self.inner.backend.try_lease(&s.instance, s.lease_ttl).await {
+            return r;
+        }
+        let ttl = u64::try_from(s.lease_ttl.as_millis()).unwrap_or(u64::MAX);
+        self.inner
+            .store
+            .try_lease(&s.instance, ttl)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// One reconciliation pass: probe pods, end lost, idle and expired allocations, delete ended
@@ -475,8 +504,13 @@ impl Watchman {
         let inner = &self.inner;
         let pods = inner.store.pods().await?;
         if collect_garbage {
-            inner.backend.collect_garbage(&pods).await;
+            for pod in inner.backend.collect_garbage(&pods, &inner.plans).await {
+                inner.store.add_pod(&pod).await?;
+                metrics::counter!("watchman_pods_adopted_total", "plan" => pod.plan.clone())
+                    .increment(1);
+            }
         }
+        inner.backend.mirror(&pods).await;
         let now = now_ms();
         let startup_ms =
             u64::try_from(inner.settings.pod_startup_timeout.as_millis()).unwrap_or(u64::MAX);
@@ -485,28 +519,41 @@ impl Watchman {
             match pod.state {
                 PodState::Starting => match inner.backend.health(pod).await {
                     Health::Ready => {
-                        if inner.store.pod_ready(&pod.id, now_ms()).await? {
+                        let endpoint = inner.backend.endpoint(pod).unwrap_or_default();
+                        if inner.store.pod_ready(&pod.id, now_ms(), &endpoint).await? {
                             metrics::histogram!("watchman_pod_startup_duration_seconds", "plan" => pod.plan.clone())
                                 .record(now_ms().saturating_sub(pod.created_ms) as f64 / 1000.0);
                         }
                     }
-                    Health::Lost(why) => self.discard(pod, "failed_start", &why).await?,
+                    Health::Lost(why) | Health::Preempted(why) => self.discard(pod, "failed_start", &why).await?,
                     Health::NotReady if now.saturating_sub(pod.created_ms) > startup_ms => {
                         self.discard(pod, "failed_start", "did not become ready in time").await?;
                     }
                     Health::NotReady => {}
                 },
                 PodState::Warm => {
-                    if let Health::Lost(why) = inner.backend.health(pod).await {
-                        self.discard(pod, "pod_lost", &why).await?;
-                    } else if plan.is_none() {
+                    match inner.backend.health(pod).await {
+                        Health::Lost(why) => return self.discard(pod, "pod_lost", &why).await,
+                        Health::Preempted(why) => return self.discard(pod, "preempted", &why).await,
+                        Health::Ready | Health::NotReady => {}
+                    }
+                    if plan.is_none() {
                         self.discard(pod, "plan_removed", "its plan no longer exists").await?;
                     }
                 }
                 PodState::Allocated => {
-                    if let Health::Lost(why) = inner.backend.health(pod).await {
-                        self.end(&pod.id, &pod.plan, EndReason::PodLost, &why).await?;
-                    } else if let Some(plan) = plan {
+                    match inner.backend.health(pod).await {
+                        Health::Lost(why) => {
+                            self.end(&pod.id, &pod.plan, EndReason::PodLost, &why).await?;
+                            return Ok(());
+                        }
+                        Health::Preempted(why) => {
+                            self.end(&pod.id, &pod.plan, EndReason::Preempted, &why).await?;
+                            return Ok(());
+                        }
+                        Health::Ready | Health::NotReady => {}
+                    }
+                    if let Some(plan) = plan && self.activity_due(&pod.id) {
                         let expired = match &pod.document {
                             Some(d) => inner.store.allocation(d).await?.is_some_and(|a| a.expires_ms <= now),
                             None => false,
@@ -530,6 +577,18 @@ impl Watchman {
         });
         for result in join_all(checks).await {
             result?;
+        }
+        {
+            let live: std::collections::HashSet<&str> = pods
+                .iter()
+                .filter(|p| p.state == PodState::Allocated)
+                .map(|p| p.id.as_str())
+                .collect();
+            let mut checked = inner
+                .activity_checked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            checked.retain(|id, _| live.contains(id.as_str()));
         }
 
         // Converge every plan to its target.
@@ -568,12 +627,68 @@ impl Watchman {
             }
         }
         let limit = inner.settings.max_concurrent_starts.max(1);
+        let allowed = self.take_create_budget(starts.len());
+        if allowed < starts.len() {
+            // Rotate so that every plan gets its share when the budget is short.
+            let n = starts.len();
+            let mut fair = Vec::with_capacity(allowed);
+            let mut by_plan: BTreeMap<&str, usize> = BTreeMap::new();
+            for plan in &starts {
+                *by_plan.entry(plan.as_str()).or_default() += 1;
+            }
+            'outer: for _ in 0..n {
+                for (plan, left) in &mut by_plan {
+                    if fair.len() == allowed {
+                        break 'outer;
+                    }
+                    if *left > 0 {
+                        *left -= 1;
+                        fair.push((*plan).to_owned());
+                    }
+                }
+            }
+            starts = fair;
+        }
         for chunk in starts.chunks(limit) {
             for r in join_all(chunk.iter().map(|plan| self.start_pod(plan))).await {
                 r?;
             }
         }
         Ok(())
+    }
+
+    /// Takes up to `wanted` pod creations from the rate budget.
+    fn take_create_budget(&self, wanted: usize) -> usize {
+        let s = &self.inner.settings;
+        let burst = s.max_concurrent_starts.max(1) as f64;
+        let mut budget = self
+            .inner
+            .create_budget
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (tokens, at) = &mut *budget;
+        *tokens = (*tokens + at.elapsed().as_secs_f64() * s.pod_create_rate)
+            .min(burst.max(s.pod_create_rate * s.reconcile_interval.as_secs_f64()));
+        *at = Instant::now();
+        let take = (wanted as f64).min(tokens.floor()).max(0.0);
+        *tokens -= take;
+        take as usize
+    }
+
+    /// Whether an allocated pod's activity and lifetime are due for a check (and notes it).
+    fn activity_due(&self, pod: &str) -> bool {
+        let mut checked = self
+            .inner
+            .activity_checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match checked.get(pod) {
+            Some(at) if at.elapsed() < self.inner.settings.activity_interval => false,
+            _ => {
+                checked.insert(pod.to_owned(), Instant::now());
+                true
+            }
+        }
     }
 
     async fn start_pod(&self, plan_name: &str) -> Result<(), ServiceError> {

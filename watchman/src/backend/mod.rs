@@ -1,9 +1,14 @@
-//! Where pods run. `local` (real Middleman processes on this host) is the embedded default; the
-//! Kubernetes backend arrives with its own issue.
+//! Where pods run: `local` (real Middleman processes on this host, the embedded default) or
+//! `kubernetes` (a pod per kernel, watched through kube-runtime).
 
+pub mod kube;
 mod local;
 
+pub use self::kube::{KubeBackend, KubeSettings};
 pub use local::{LocalBackend, LocalSettings};
+
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::model::Pod;
 use crate::plan::Plan;
@@ -25,6 +30,8 @@ pub enum Health {
     NotReady,
     /// Gone, with why.
     Lost(String),
+    /// Taken away by the platform (spot preemption, eviction, node loss), with why.
+    Preempted(String),
 }
 
 /// What Middleman reports about use, for idle timeouts.
@@ -46,6 +53,7 @@ pub struct Started {
 #[derive(Debug, Clone)]
 pub enum Backend {
     Local(LocalBackend),
+    Kube(KubeBackend),
 }
 
 impl Backend {
@@ -53,29 +61,65 @@ impl Backend {
     pub async fn create(&self, id: &str, plan: &Plan) -> Result<Started, BackendError> {
         match self {
             Backend::Local(b) => b.create(id, plan).await,
+            Backend::Kube(b) => b.create(id, plan).await,
         }
     }
     /// Stops the pod and everything it started (grace period, then kill).
     pub async fn delete(&self, pod: &Pod) {
         match self {
             Backend::Local(b) => b.delete(pod).await,
+            Backend::Kube(b) => b.delete(pod).await,
         }
     }
     /// Is it alive, and ready?
     pub async fn health(&self, pod: &Pod) -> Health {
         match self {
             Backend::Local(b) => b.health(pod).await,
+            Backend::Kube(b) => b.health(pod),
+        }
+    }
+    /// The pod's address once known (Kubernetes assigns it after scheduling); `None`: unchanged.
+    pub fn endpoint(&self, pod: &Pod) -> Option<String> {
+        match self {
+            Backend::Local(_) => None,
+            Backend::Kube(b) => b.endpoint(pod),
+        }
+    }
+    /// Mirrors the store's view of each pod onto the pod (Kubernetes labels and annotations).
+    pub async fn mirror(&self, pods: &[Pod]) {
+        match self {
+            Backend::Local(_) => {}
+            Backend::Kube(b) => b.mirror(pods).await,
+        }
+    }
+    /// The backend's own leader election, if it has one (a Kubernetes Lease); `None`: use the
+    /// store's lease.
+    pub async fn try_lease(&self, holder: &str, ttl: Duration) -> Option<Result<bool, String>> {
+        match self {
+            Backend::Local(_) => None,
+            Backend::Kube(b) => Some(b.try_lease(holder, ttl).await.map_err(|e| e.to_string())),
+        }
+    }
+    /// Gives up the backend's lease at shutdown.
+    pub async fn release_lease(&self, holder: &str) {
+        if let Backend::Kube(b) = self {
+            b.release_lease(holder).await;
         }
     }
     /// Middleman's activity report.
     pub async fn activity(&self, pod: &Pod) -> Option<Activity> {
         http_json(&pod.endpoint, "/status").await
     }
-    /// Stops processes this backend started that no pod in `known` accounts for (after a crash
-    /// between starting a pod and recording it).
-    pub async fn collect_garbage(&self, known: &[Pod]) {
+    /// Stops pods this backend started that no pod in `known` accounts for (after a crash
+    /// between starting a pod and recording it), and returns those worth adopting instead
+    /// (healthy unallocated pods of a known plan, after a restart with the memory store).
+    pub async fn collect_garbage(&self, known: &[Pod], plans: &BTreeMap<String, Plan>) -> Vec<Pod> {
         match self {
-            Backend::Local(b) => b.collect_garbage(known).await,
+            Backend::Local(b) => {
+                b.collect_garbage(known).await;
+                Vec::new()
+            }
+            Backend::Kube(b) => b.collect_garbage(known, plans).await,
         }
     }
 }

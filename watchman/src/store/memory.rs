@@ -33,12 +33,20 @@ impl MemoryStore {
         Ok(())
     }
 
-    pub(super) async fn pod_ready(&self, id: &str, at_ms: u64) -> Result<bool, StoreError> {
+    pub(super) async fn pod_ready(
+        &self,
+        id: &str,
+        at_ms: u64,
+        endpoint: &str,
+    ) -> Result<bool, StoreError> {
         let mut g = self.lock();
         match g.pods.get_mut(id) {
             Some(p) if p.state == PodState::Starting => {
                 p.state = PodState::Warm;
                 p.ready_ms = Some(at_ms);
+                if !endpoint.is_empty() {
+                    p.endpoint = endpoint.to_owned();
+                }
                 Ok(true)
             }
             _ => Ok(false),

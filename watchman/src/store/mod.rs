@@ -52,9 +52,15 @@ impl Store {
     pub async fn add_pod(&self, pod: &Pod) -> Result<(), StoreError> {
         dispatch!(self, s => s.add_pod(pod).await)
     }
-    /// Starting → Warm. False if the pod is not starting (ended meanwhile).
-    pub async fn pod_ready(&self, id: &str, at_ms: u64) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.pod_ready(id, at_ms).await)
+    /// Starting → Warm, at `endpoint` when it is not empty (a Kubernetes pod's address is
+    /// known once it runs). False if the pod is not starting (ended meanwhile).
+    pub async fn pod_ready(
+        &self,
+        id: &str,
+        at_ms: u64,
+        endpoint: &str,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.pod_ready(id, at_ms, endpoint).await)
     }
     /// Atomically: the document's live allocation, or a warm pod of `plan` bound to it using
     /// `template` (its `pod` and `endpoint` are filled in), or `Empty`.

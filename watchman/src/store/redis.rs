@@ -32,6 +32,7 @@ local p = cjson.decode(raw)
 if p.state ~= 'starting' then return 0 end
 p.state = 'warm'
 p.ready_ms = tonumber(ARGV[1])
+if ARGV[3] ~= '' then p.endpoint = ARGV[3] end
 redis.call('SET', KEYS[1], cjson.encode(p))
 redis.call('SADD', KEYS[2], ARGV[2])
 return 1
@@ -138,7 +139,12 @@ impl RedisStore {
         Ok(())
     }
 
-    pub(super) async fn pod_ready(&self, id: &str, at_ms: u64) -> Result<bool, StoreError> {
+    pub(super) async fn pod_ready(
+        &self,
+        id: &str,
+        at_ms: u64,
+        endpoint: &str,
+    ) -> Result<bool, StoreError> {
         let Some(pod) = self.pod(id).await? else {
             return Ok(false);
         };
@@ -148,6 +154,7 @@ impl RedisStore {
             .key(self.key(&format!("warm:{}", pod.plan)))
             .arg(at_ms)
             .arg(id)
+            .arg(endpoint)
             .invoke_async(&mut c)
             .await?;
         Ok(done == 1)

@@ -40,9 +40,24 @@ async fn conformance(store: Store) {
         store.claim(&template("d1", "free")).await.unwrap(),
         Claim::Empty
     );
-    assert!(store.pod_ready("a", now_ms()).await.unwrap());
-    assert!(!store.pod_ready("a", now_ms()).await.unwrap(), "only once");
-    assert!(store.pod_ready("c", now_ms()).await.unwrap());
+    assert!(store.pod_ready("a", now_ms(), "").await.unwrap());
+    assert!(
+        !store
+            .pod_ready("a", now_ms(), "http://10.0.0.9:8888")
+            .await
+            .unwrap(),
+        "only once"
+    );
+    // A pod whose address is only known once it runs (Kubernetes) gets it when ready.
+    assert!(
+        store
+            .pod_ready("c", now_ms(), "http://10.0.0.7:8888")
+            .await
+            .unwrap()
+    );
+    let c = store.pods().await.unwrap();
+    let c = c.iter().find(|p| p.id == "c").unwrap();
+    assert_eq!(c.endpoint, "http://10.0.0.7:8888");
 
     let Claim::Claimed(first) = store.claim(&template("d1", "free")).await.unwrap() else {
         panic!("claim")
@@ -123,7 +138,7 @@ async fn race(store: Store) {
     for i in 0..10 {
         let id = format!("p{i}");
         store.add_pod(&pod(&id, "free")).await.unwrap();
-        store.pod_ready(&id, now_ms()).await.unwrap();
+        store.pod_ready(&id, now_ms(), "").await.unwrap();
     }
     let tasks: Vec<_> = (0..100)
         .map(|i| {

@@ -11,6 +11,8 @@ use tonic::transport::Channel;
 use watchman_proto::v1 as pb;
 use watchman_proto::v1::watchman_client::WatchmanClient;
 
+pub mod kube;
+
 pub const API_TOKEN: &str = "test-api-token-0123456789";
 
 #[derive(Debug)]

@@ -1,0 +1,362 @@
+//! A namespace pair of its own on the test control plane (scripts/with-kube-cluster.sh), with
+//! exactly the RBAC that deploy/ grants Watchman, its own fake spot nodes, and Watchman
+//! replicas that act as Watchman's service account.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+
+use super::{API_TOKEN, Dir};
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} unset: run the tests with `make test`, which starts the test Kubernetes control plane (scripts/with-kube-cluster.sh)")
+    })
+}
+
+/// One test's corner of the cluster.
+pub struct KubeEnv {
+    pub tag: String,
+    /// Watchman's namespace (its Lease) and the kernel pods' namespace.
+    pub ns: String,
+    pub pods_ns: String,
+    pub admin: kube::Client,
+    pub dir: Dir,
+    /// Kubeconfig of Watchman's service account (a bearer token for it).
+    pub sa_kubeconfig: PathBuf,
+    pub key: PathBuf,
+    pub pool_id: String,
+    kubectl: String,
+    admin_kubeconfig: String,
+}
+
+impl std::fmt::Debug for KubeEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeEnv").field("ns", &self.ns).finish()
+    }
+}
+
+impl KubeEnv {
+    /// Namespaces `wm-TAG-xxxx` and `wm-TAG-xxxx-pods` (restricted Pod Security, the kernel pod
+    /// policy), the deploy/ RBAC in them, and `nodes` fake spot nodes for this test alone.
+    pub async fn new(tag: &str, nodes: u32) -> Self {
+        let admin_kubeconfig = env("NBP_KUBECONFIG");
+        let kubectl = env("NBP_KUBECTL");
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
+        let tag = format!("{tag}-{suffix}");
+        let ns = format!("wm-{tag}");
+        let pods_ns = format!("{ns}-pods");
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&admin_kubeconfig).unwrap(),
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap();
+        let admin = kube::Client::try_from(config).unwrap();
+        let namespaces: Api<Namespace> = Api::all(admin.clone());
+        for (name, kernel) in [(&ns, false), (&pods_ns, true)] {
+            let mut labels = std::collections::BTreeMap::from([
+                (
+                    "pod-security.kubernetes.io/enforce".to_owned(),
+                    "restricted".to_owned(),
+                ),
+                (
+                    "pod-security.kubernetes.io/enforce-version".to_owned(),
+                    "v1.34".to_owned(),
+                ),
+                ("nbplat.dev/test".to_owned(), "true".to_owned()),
+            ]);
+            if kernel {
+                labels.insert("nbplat.dev/kernel-pods".into(), "true".into());
+            }
+            let n = Namespace {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                },
+                ..Namespace::default()
+            };
+            namespaces.create(&PostParams::default(), &n).await.unwrap();
+        }
+        let dir = Dir::new(&tag);
+        let env = Self {
+            tag,
+            ns,
+            pods_ns,
+            admin,
+            sa_kubeconfig: dir.0.join("watchman.kubeconfig"),
+            key: dir.0.join("signing.pem"),
+            pool_id: format!("test-{suffix}"),
+            dir,
+            kubectl,
+            admin_kubeconfig,
+        };
+        std::fs::write(
+            &env.key,
+            session_token::SigningKey::generate().to_pem().unwrap(),
+        )
+        .unwrap();
+        // Exactly deploy/'s RBAC and the kernel pods' service account, in this test's
+        // namespaces.
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/base");
+        let mut manifests = String::new();
+        for file in ["watchman-rbac.yaml", "pods-namespace.yaml"] {
+            let text = std::fs::read_to_string(root.join(file)).unwrap();
+            manifests.push_str(&env.renamespace(&text));
+            manifests.push_str("\n---\n");
+        }
+        env.kubectl_stdin(&["apply", "-f", "-"], &manifests);
+        let token = env.kubectl(&[
+            "create",
+            "token",
+            "watchman",
+            "-n",
+            &env.ns,
+            "--duration",
+            "2h",
+        ]);
+        env.write_sa_kubeconfig(token.trim());
+        if nodes > 0 {
+            env.create_nodes(nodes, &env.tag.clone());
+        }
+        env
+    }
+
+    fn renamespace(&self, text: &str) -> String {
+        text.replace(
+            "namespace: nbplat-pods",
+            &format!("namespace: {}", self.pods_ns),
+        )
+        .replace("name: nbplat-pods", &format!("name: {}", self.pods_ns))
+        .replace("namespace: nbplat\n", &format!("namespace: {}\n", self.ns))
+    }
+
+    fn write_sa_kubeconfig(&self, token: &str) {
+        let mut kc = kube::config::Kubeconfig::read_from(&self.admin_kubeconfig).unwrap();
+        for auth in &mut kc.auth_infos {
+            auth.auth_info = Some(kube::config::AuthInfo {
+                token: Some(token.to_owned().into()),
+                ..kube::config::AuthInfo::default()
+            });
+        }
+        // JSON is YAML: no YAML writer needed.
+        std::fs::write(&self.sa_kubeconfig, serde_json::to_vec(&kc).unwrap()).unwrap();
+    }
+
+    /// `kubectl ARGS` as the admin; its stdout.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.admin_kubeconfig)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn kubectl_stdin(&self, args: &[&str], input: &str) {
+        use std::io::Write as _;
+        let mut child = Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.admin_kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Fake spot nodes `PREFIX-0..N-1` of instance type `PREFIX` (this test's plans select
+    /// that type, so its pods land on its nodes only), Ready.
+    pub fn create_nodes(&self, n: u32, prefix: &str) {
+        let status = Command::new(env("NBP_KUBE_CLUSTER"))
+            .args(["--run-dir", &env("NBP_KUBE_RUN"), "create-nodes"])
+            .arg(n.to_string())
+            .args(["--prefix", prefix, "--instance-type", &self.tag])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "create-nodes");
+    }
+
+    /// A plans file with one plan `free` of `warm` pods on this test's nodes.
+    pub fn plans(&self, warm: u32) -> PathBuf {
+        let path = self.dir.0.join("plans.toml");
+        std::fs::write(
+            &path,
+            format!(
+                r#"[plans.free]
+kernel = "python3"
+image = "ghcr.io/nbplat/middleman:0.1.0"
+warm = {{ ratio = 0.0, min = {warm}, max = {warm} }}
+idle_timeout = "1h"
+max_lifetime = "4h"
+resources = {{ cpu_request = "100m", cpu_limit = "1", memory_request = "256Mi", memory_limit = "1Gi", ephemeral_storage = "1Gi" }}
+node_selector = {{ "node.kubernetes.io/instance-type" = "{}" }}
+tolerations = [{{ key = "nbplat.dev/spot", operator = "Equal", value = "true", effect = "NoSchedule" }}]
+"#,
+                self.tag
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// Watchman's arguments for this environment (kubernetes backend as its service account).
+    pub fn args(&self, warm: u32, store: &str, instance: &str) -> Vec<String> {
+        [
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--plans",
+            &self.plans(warm).display().to_string(),
+            "--signing-key",
+            &self.key.display().to_string(),
+            "--api-token",
+            API_TOKEN,
+            "--store",
+            store,
+            "--redis-prefix",
+            &format!("{}:", self.pool_id),
+            "--backend",
+            "kubernetes",
+            "--kubeconfig",
+            &self.sa_kubeconfig.display().to_string(),
+            "--pod-namespace",
+            &self.pods_ns,
+            "--lease-namespace",
+            &self.ns,
+            "--pool-id",
+            &self.pool_id,
+            "--instance",
+            instance,
+            "--reconcile-interval",
+            "100ms",
+            "--lease-ttl",
+            "3s",
+            "--pod-create-rate",
+            "50",
+            "--pod-delete-grace",
+            "1s",
+        ]
+        .map(str::to_owned)
+        .into()
+    }
+
+    /// An in-process replica.
+    pub async fn replica(&self, warm: u32, store: &str, instance: &str) -> watchman::Running {
+        use clap::Parser as _;
+        let mut args = vec!["watchman".to_owned()];
+        args.extend(self.args(warm, store, instance));
+        watchman::start(watchman::Args::try_parse_from(args).unwrap())
+            .await
+            .unwrap()
+    }
+
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.admin.clone(), &self.pods_ns)
+    }
+
+    /// This pool's pods that are not being deleted.
+    pub async fn live_pods(&self) -> Vec<Pod> {
+        self.pods()
+            .list(&ListParams::default().labels(&format!("nbplat.dev/pool={}", self.pool_id)))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect()
+    }
+
+    /// Waits until `check` holds of the live pods.
+    pub async fn wait_pods(&self, what: &str, check: impl Fn(&[Pod]) -> bool) -> Vec<Pod> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let pods = self.live_pods().await;
+            if check(&pods) {
+                return pods;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; pods: {:?}",
+                pods.iter()
+                    .map(|p| (p.metadata.name.clone(), p.metadata.labels.clone()))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Every request Watchman's service account made in this test's namespaces, from the API
+    /// server's audit log: (resource, verb, namespace, response code).
+    pub fn audited(&self) -> Vec<(String, String, String, u16)> {
+        let user = format!("system:serviceaccount:{}:watchman", self.ns);
+        let log = Path::new(&env("NBP_KUBE_RUN")).join("logs/audit.log");
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["user"]["username"] == user.as_str())
+            .map(|e| {
+                let r = &e["objectRef"];
+                let group = r["apiGroup"].as_str().unwrap_or("");
+                let resource = r["resource"].as_str().unwrap_or("");
+                let sub = r["subresource"]
+                    .as_str()
+                    .map(|s| format!("/{s}"))
+                    .unwrap_or_default();
+                (
+                    if group.is_empty() {
+                        format!("{resource}{sub}")
+                    } else {
+                        format!("{resource}.{group}{sub}")
+                    },
+                    e["verb"].as_str().unwrap_or("").to_owned(),
+                    r["namespace"].as_str().unwrap_or("").to_owned(),
+                    e["responseStatus"]["code"].as_u64().unwrap_or(0) as u16,
+                )
+            })
+            .collect()
+    }
+
+    /// Deletes this test's namespaces and nodes.
+    pub async fn cleanup(self) {
+        let namespaces: Api<Namespace> = Api::all(self.admin.clone());
+        for ns in [&self.ns, &self.pods_ns] {
+            let _ = namespaces.delete(ns, &DeleteParams::default()).await;
+        }
+        let nodes: Api<Node> = Api::all(self.admin.clone());
+        let _ = nodes
+            .delete_collection(
+                &DeleteParams::default(),
+                &ListParams::default()
+                    .labels(&format!("node.kubernetes.io/instance-type={}", self.tag)),
+            )
+            .await;
+    }
+}

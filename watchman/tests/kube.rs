@@ -1,0 +1,543 @@
+//! Watchman's Kubernetes backend against a real API server (etcd, kube-apiserver with RBAC and
+//! admission, controller manager, scheduler, kwok playing the kubelet): each test has its own
+//! namespaces, fake spot nodes and pool, and Watchman acts as its service account with exactly
+//! the Role that deploy/ grants.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::{Duration, Instant};
+
+use common::kube::KubeEnv;
+use common::{API_TOKEN, allocate_req, client, wait_warm};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, EvictParams};
+use watchman_proto::v1 as pb;
+
+fn label<'a>(p: &'a Pod, key: &str) -> Option<&'a str> {
+    p.metadata.labels.as_ref()?.get(key).map(String::as_str)
+}
+
+fn annotation<'a>(p: &'a Pod, key: &str) -> Option<&'a str> {
+    p.metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
+}
+
+fn name(p: &Pod) -> &str {
+    p.metadata.name.as_deref().unwrap_or("")
+}
+
+fn count_state(pods: &[Pod], state: &str) -> usize {
+    pods.iter()
+        .filter(|p| label(p, "nbplat.dev/state") == Some(state))
+        .count()
+}
+
+async fn watch(c: &mut common::Client, doc: &str) -> tonic::Streaming<pb::AllocationEvent> {
+    c.watch_allocation(pb::WatchAllocationRequest {
+        document_id: doc.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+/// The allocation's end, skipping the `ready` event.
+async fn ended(stream: &mut tonic::Streaming<pb::AllocationEvent>) -> pb::Ended {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(180), stream.message())
+            .await
+            .expect("no end within 180 s")
+            .unwrap()
+            .expect("stream closed");
+        if let Some(pb::allocation_event::Event::Ended(e)) = event.event {
+            return e;
+        }
+    }
+}
+
+async fn metrics_text(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// (resource[.group], verb) pairs the Role in deploy/base/watchman-rbac.yaml grants.
+fn deploy_role_rules() -> BTreeSet<(String, String)> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/base/watchman-rbac.yaml"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    let list = |line: &str| -> Vec<String> {
+        let inner = line.split_once('[').unwrap().1.split_once(']').unwrap().0;
+        inner
+            .split(',')
+            .map(|s| s.trim().trim_matches('"').to_owned())
+            .collect()
+    };
+    let mut out = BTreeSet::new();
+    for doc in text.split("\n---\n") {
+        if !doc.contains("kind: Role\n") {
+            continue;
+        }
+        let (mut groups, mut resources) = (Vec::new(), Vec::new());
+        for line in doc.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("- apiGroups:") {
+                groups = list(rest);
+            } else if line.starts_with("resources:") {
+                resources = list(line);
+            } else if line.starts_with("verbs:") {
+                for g in &groups {
+                    for r in &resources {
+                        for v in list(line) {
+                            let res = if g.is_empty() {
+                                r.clone()
+                            } else {
+                                format!("{r}.{g}")
+                            };
+                            out.insert((res, v));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(!out.is_empty(), "no rules parsed from {path}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_converge_on_hardened_pods_allocate_binds_warm_ones_and_the_role_is_exact() {
+    let k = KubeEnv::new("pools", 2).await;
+    let w = k.replica(3, "memory", "replica-a").await;
+    let mut c = client(w.grpc_addr, API_TOKEN).await;
+    wait_warm(&mut c, 3).await;
+    let pods = k
+        .wait_pods("three warm pods", |p| {
+            p.len() == 3 && count_state(p, "warm") == 3
+        })
+        .await;
+
+    // What the API server admitted (restricted Pod Security and the kernel pod policy are on
+    // in this namespace) is the hardened pod of DESIGN.md, on this test's spot nodes.
+    let pod = &pods[0];
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    assert_eq!(spec.enable_service_links, Some(false));
+    assert_eq!(spec.service_account_name.as_deref(), Some("middleman"));
+    assert!(spec.node_name.as_deref().unwrap().starts_with(&k.tag));
+    assert!(
+        spec.tolerations
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|t| t.key.as_deref() == Some("nbplat.dev/spot"))
+    );
+    let psc = spec.security_context.as_ref().unwrap();
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(
+        psc.seccomp_profile.as_ref().unwrap().type_,
+        "RuntimeDefault"
+    );
+    let container = &spec.containers[0];
+    let sc = container.security_context.as_ref().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_owned()][..])
+    );
+    let limits = container
+        .resources
+        .as_ref()
+        .unwrap()
+        .limits
+        .as_ref()
+        .unwrap();
+    assert_eq!(limits["memory"].0, "1Gi");
+    assert_eq!(limits["ephemeral-storage"].0, "1Gi");
+    assert!(
+        annotation(pod, "nbplat.dev/public-key")
+            .unwrap()
+            .contains("BEGIN PUBLIC KEY")
+    );
+    assert_eq!(label(pod, "nbplat.dev/plan"), Some("free"));
+
+    // Allocate binds a warm pod, at its pod IP; the pod is relabelled for operators and the
+    // pool refills.
+    let a = c
+        .allocate(allocate_req("doc-kube", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.launch, pb::LaunchKind::Warm as i32);
+    let bound = pods.iter().find(|p| name(p) == a.pod).expect("a warm pod");
+    let ip = bound.status.as_ref().unwrap().pod_ip.clone().unwrap();
+    assert!(
+        a.websocket_url.contains(&format!("{ip}:8888")),
+        "{} should reach {ip}",
+        a.websocket_url
+    );
+    k.wait_pods("the pod relabelled allocated and the pool refilled", |p| {
+        p.iter().any(|x| {
+            name(x) == a.pod
+                && label(x, "nbplat.dev/state") == Some("allocated")
+                && annotation(x, "nbplat.dev/document") == Some("doc-kube")
+        }) && count_state(p, "warm") == 3
+            && p.len() == 4
+    })
+    .await;
+
+    // Release deletes the pod.
+    c.release(pb::ReleaseRequest {
+        document_id: "doc-kube".into(),
+    })
+    .await
+    .unwrap();
+    k.wait_pods("the released pod deleted", |p| {
+        !p.iter().any(|x| name(x) == a.pod) && p.len() == 3
+    })
+    .await;
+    w.stop().await;
+
+    // The Role is exactly what Watchman used: every rule exercised, nothing refused.
+    let audit = k.audited();
+    let refused: Vec<_> = audit.iter().filter(|e| e.3 == 403).collect();
+    assert!(refused.is_empty(), "requests refused by RBAC: {refused:?}");
+    for e in &audit {
+        let expected_ns = if e.0.starts_with("leases") {
+            &k.ns
+        } else {
+            &k.pods_ns
+        };
+        assert_eq!(&e.2, expected_ns, "request outside its namespace: {e:?}");
+    }
+    let used: BTreeSet<(String, String)> =
+        audit.iter().map(|e| (e.0.clone(), e.1.clone())).collect();
+    assert_eq!(
+        used,
+        deploy_role_rules(),
+        "the Role in deploy/base/watchman-rbac.yaml and what Watchman does differ"
+    );
+    k.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_and_evicted_pods_end_their_allocations_with_the_reason() {
+    let k = KubeEnv::new("loss", 2).await;
+    let w = k.replica(2, "memory", "replica-a").await;
+    let mut c = client(w.grpc_addr, API_TOKEN).await;
+    wait_warm(&mut c, 2).await;
+    let a = c
+        .allocate(allocate_req("doc-deleted", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let b = c
+        .allocate(allocate_req("doc-evicted", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut wa = watch(&mut c, "doc-deleted").await;
+    let mut wb = watch(&mut c, "doc-evicted").await;
+
+    // Someone deletes one pod; the other is evicted (what a node drain or the spot
+    // termination handler does).
+    k.pods()
+        .delete(&a.pod, &DeleteParams::default())
+        .await
+        .unwrap();
+    k.pods()
+        .evict(&b.pod, &EvictParams::default())
+        .await
+        .unwrap();
+
+    let ea = ended(&mut wa).await;
+    assert_eq!(ea.reason, pb::EndReason::PodLost as i32, "{ea:?}");
+    let eb = ended(&mut wb).await;
+    assert_eq!(eb.reason, pb::EndReason::Preempted as i32, "{eb:?}");
+    assert!(eb.detail.contains("EvictionByEvictionAPI"), "{eb:?}");
+
+    // The documents are free again, the pool refills, and the metrics say why.
+    wait_warm(&mut c, 2).await;
+    let text = metrics_text(w.http_addr).await;
+    for reason in ["pod_lost", "preempted"] {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("watchman_pods_ended_total")
+                    && l.contains(&format!("reason=\"{reason}\""))
+            })
+            .unwrap_or_else(|| panic!("no {reason} series in {text}"));
+        assert!(!line.ends_with(" 0"), "{line}");
+    }
+    let again = c
+        .allocate(allocate_req("doc-deleted", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(again.pod, a.pod);
+    w.stop().await;
+    k.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_spot_node_ends_its_allocations_and_the_pool_refills_on_other_nodes() {
+    let k = KubeEnv::new("spot", 0).await;
+    let doomed = format!("{}-a", k.tag);
+    k.create_nodes(1, &doomed);
+    let w = k.replica(2, "memory", "replica-a").await;
+    let mut c = client(w.grpc_addr, API_TOKEN).await;
+    wait_warm(&mut c, 2).await;
+    let a = c
+        .allocate(allocate_req("doc-spot", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut wa = watch(&mut c, "doc-spot").await;
+    k.wait_pods("two warm pods and one allocated", |p| p.len() == 3)
+        .await;
+    // A second node joins; then the spot node the pods run on is reclaimed.
+    let spare = format!("{}-b", k.tag);
+    k.create_nodes(1, &spare);
+    let nodes: Api<Node> = Api::all(k.admin.clone());
+    nodes
+        .delete(&format!("{doomed}-0"), &DeleteParams::default())
+        .await
+        .unwrap();
+
+    let e = ended(&mut wa).await;
+    assert_eq!(e.reason, pb::EndReason::Preempted as i32, "{e:?}");
+    assert_eq!(e.allocation_id, a.allocation_id);
+    k.wait_pods("two warm pods on the remaining node", |p| {
+        p.len() == 2
+            && count_state(p, "warm") == 2
+            && p.iter().all(|x| {
+                x.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&format!("{spare}-0"))
+            })
+    })
+    .await;
+    wait_warm(&mut c, 2).await;
+    w.stop().await;
+    k.cleanup().await;
+}
+
+/// A Watchman replica as a child process, killed with SIGKILL on drop.
+struct Process {
+    child: std::process::Child,
+    grpc: std::net::SocketAddr,
+}
+
+impl Process {
+    fn spawn(k: &KubeEnv, warm: u32, store: &str, instance: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut args = k.args(warm, store, instance);
+        let at = args.iter().position(|a| a == "--grpc-listen").unwrap();
+        args[at + 1] = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(k.dir.0.join(format!("{instance}.log"))).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_watchman"))
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            grpc: ([127, 0, 0, 1], port).into(),
+        }
+    }
+
+    async fn client(&self) -> common::Client {
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(self.grpc).await.is_ok() {
+                return client(self.grpc, API_TOKEN).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("replica never listened on {}", self.grpc);
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn lease_holder(k: &KubeEnv) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(k.admin.clone(), &k.ns);
+    leases
+        .get_opt("watchman")
+        .await
+        .unwrap()
+        .and_then(|l| l.spec?.holder_identity)
+}
+
+async fn wait_holder(k: &KubeEnv, who: &str) -> Duration {
+    let started = Instant::now();
+    while lease_holder(k).await.as_deref() != Some(who) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{who} never took the lease (holder: {:?})",
+            lease_holder(k).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_moves_reconciliation_without_extra_pods() {
+    let redis = testkit::RedisServer::start();
+    let k = KubeEnv::new("leader", 2).await;
+    let mut first = Process::spawn(&k, 3, &redis.url(), "replica-a");
+    wait_holder(&k, "replica-a").await;
+    let mut c1 = first.client().await;
+    wait_warm(&mut c1, 3).await;
+    let second = Process::spawn(&k, 3, &redis.url(), "replica-b");
+    let mut c2 = second.client().await;
+    // Both serve Allocate; only the leader reconciles.
+    let a = c2
+        .allocate(allocate_req("doc-before", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.launch, pb::LaunchKind::Warm as i32);
+    k.wait_pods("the pool refilled by the leader", |p| {
+        p.len() == 4 && count_state(p, "warm") == 3
+    })
+    .await;
+    assert_eq!(lease_holder(&k).await.as_deref(), Some("replica-a"));
+
+    first.kill();
+    let took = wait_holder(&k, "replica-b").await;
+    eprintln!("replica-b took the lease {took:?} after the leader was killed (lease 3 s)");
+    // The new leader works from the shared store: no pod is created beyond the target.
+    let a2 = c2
+        .allocate(allocate_req("doc-after", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a2.launch, pb::LaunchKind::Warm as i32);
+    let mut most = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pods = k.live_pods().await;
+        most = most.max(pods.len());
+        if pods.len() == 5 && count_state(&pods, "warm") == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pool did not refill: {}",
+            pods.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Two allocated and three warm; sample a while longer for strays.
+    for _ in 0..20 {
+        most = most.max(k.live_pods().await.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(most, 5, "more pods than 2 allocated + 3 warm existed");
+    drop(second);
+    k.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_watchman_adopts_its_pods_instead_of_leaking_or_recreating_them() {
+    let redis = testkit::RedisServer::start();
+    let k = KubeEnv::new("adopt", 2).await;
+
+    // With the memory store: the warm pods are adopted from their labels.
+    let w = k.replica(3, "memory", "replica-a").await;
+    let mut c = client(w.grpc_addr, API_TOKEN).await;
+    wait_warm(&mut c, 3).await;
+    let uids = |pods: &[Pod]| -> HashSet<String> {
+        pods.iter().filter_map(|p| p.metadata.uid.clone()).collect()
+    };
+    let before = uids(
+        &k.wait_pods("three warm", |p| {
+            p.len() == 3 && count_state(p, "warm") == 3
+        })
+        .await,
+    );
+    w.stop().await;
+    let w = k.replica(3, "memory", "replica-b").await;
+    let mut c = client(w.grpc_addr, API_TOKEN).await;
+    wait_warm(&mut c, 3).await;
+    let a = c
+        .allocate(allocate_req("doc-adopted", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.launch, pb::LaunchKind::Warm as i32);
+    let after = k
+        .wait_pods("refilled", |p| p.len() == 4 && count_state(p, "warm") == 3)
+        .await;
+    let after_uids = uids(&after);
+    assert!(before.is_subset(&after_uids), "adopted pods were replaced");
+    assert_eq!(after_uids.len(), 4, "exactly one new pod (the refill)");
+    w.stop().await;
+    let pods = k.live_pods().await;
+    for p in &pods {
+        k.pods()
+            .delete(name(p), &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    k.wait_pods("all gone", <[Pod]>::is_empty).await;
+
+    // With Redis: allocated pods keep their documents across the restart.
+    let w = k.replica(2, &redis.url(), "replica-c").await;
+    let mut c = client(w.grpc_addr, API_TOKEN).await;
+    wait_warm(&mut c, 2).await;
+    let a = c
+        .allocate(allocate_req("doc-kept", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let before = uids(
+        &k.wait_pods("refilled", |p| p.len() == 3 && count_state(p, "warm") == 2)
+            .await,
+    );
+    w.stop().await;
+    let w = k.replica(2, &redis.url(), "replica-d").await;
+    let mut c = client(w.grpc_addr, API_TOKEN).await;
+    wait_warm(&mut c, 2).await;
+    let got = c
+        .get_allocation(pb::GetAllocationRequest {
+            document_id: "doc-kept".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.pod, a.pod);
+    // Give a garbage collection pass time to run, then nothing may have changed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(uids(&k.live_pods().await), before);
+    w.stop().await;
+    k.cleanup().await;
+}
