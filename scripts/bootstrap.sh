@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the platform and its tests need, idempotently, caching under
-# ~/.cache/nbplat: Debian packages (Redis), and a pinned Python environment with ipykernel and
-# its kernelspec. Fast and quiet when nothing changed.
+# ~/.cache/nbplat: Debian packages (Redis, Chromium for the web client's tests), a pinned Python
+# environment with ipykernel and its kernelspec, and the web client's pinned npm packages. Fast
+# and quiet when nothing changed.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=env.sh
@@ -9,11 +10,13 @@ source "$here/env.sh"
 mkdir -p "$NBP_CACHE"
 
 # Debian packages, installed only when a command is missing.
-declare -A APT_PACKAGES=([redis-server]=redis-server [protoc]=protobuf-compiler)
+declare -A APT_PACKAGES=([redis-server]=redis-server [protoc]=protobuf-compiler [chromium]=chromium)
 missing=()
 for cmd in "${!APT_PACKAGES[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${APT_PACKAGES[$cmd]}")
 done
+# A font for the browser tests' pages and screenshots (Chromium only recommends one).
+[ -d /usr/share/fonts/truetype/dejavu ] || missing+=(fonts-dejavu-core)
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -58,6 +61,8 @@ if [ "$(cat "$node_stamp" 2>/dev/null)" != "$node_want" ]; then
   (cd "$NBP_CACHE/node" && npm install --silent --no-audit --no-fund >/dev/null)
   echo "$node_want" >"$node_stamp"
 fi
+# The web client's toolchain and the browser tests' driver (web/package-lock.json, npm ci).
+bash "$here/build-web.sh" --deps
 # Operator tooling (promtool, kustomize, the load runner's packages).
 bash "$here/bootstrap-ops.sh"
 echo "bootstrap: up to date ($NBP_CACHE)"

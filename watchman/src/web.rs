@@ -1,5 +1,5 @@
-//! Watchman's HTTP side: health, metrics, and (development only) the try-it page that creates or
-//! opens a document and lands in its notebook.
+//! Watchman's HTTP side: health, metrics, and (development only) the landing page that creates or
+//! opens a document and lands in its notebook (Middleman's web client).
 
 use axum::Router;
 use axum::extract::{Form, State};
@@ -86,12 +86,14 @@ async fn page(State(s): State<AppState>) -> Response {
 input,select,button{{font:inherit;padding:.4rem .6rem;margin:.3rem 0;width:100%;box-sizing:border-box}}
 button{{background:#1d2330;color:#fff;border:0;border-radius:4px;cursor:pointer}}</style></head>
 <body><h1>Open a document</h1>
-<p>Watchman hands the document a pre-booted kernel from the warm pool, then you land in it.
-Opening the same document again returns the same kernel.</p>
+<p>Watchman hands the document a pre-booted kernel from the warm pool, then you land in the
+notebook. Opening the same document again returns the same kernel; open it in a second window
+under another name to edit together.</p>
 <form method="post" action="/open">
 <label>Document<input name="document" value="{suggested}" required pattern="[A-Za-z0-9._:@\-]+"></label>
 <label>Plan<select name="plan">{options}</select></label>
 <label>Your name<input name="name" value="Developer"></label>
+<label>Role<select name="role"><option value="editor">editor</option><option value="viewer">viewer (read-only)</option></select></label>
 <button type="submit">Open</button></form></body></html>"#
     );
     (
@@ -110,16 +112,33 @@ struct OpenForm {
     plan: String,
     #[serde(default)]
     name: String,
+    #[serde(default)]
+    role: String,
 }
 
 async fn open(State(s): State<AppState>, Form(form): Form<OpenForm>) -> Response {
+    // One user per name, so two windows under two names are two collaborators.
+    let user: String = std::iter::once("local-".to_owned())
+        .chain(
+            form.name
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .take(32)
+                .map(|c| c.to_ascii_lowercase().to_string()),
+        )
+        .collect();
+    let role = if form.role == "viewer" {
+        session_token::Role::Viewer
+    } else {
+        session_token::Role::Editor
+    };
     let request = crate::service::AllocationRequest {
         document: &form.document,
         plan: &form.plan,
         kernel: "",
-        user: "local-developer",
+        user: &user,
         user_name: &form.name,
-        role: session_token::Role::Editor,
+        role,
         wait: None,
     };
     match s.watchman.allocate(&request).await {

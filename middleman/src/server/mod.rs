@@ -1,6 +1,7 @@
-//! The HTTP server: health, readiness, metrics, the try-it page and the document WebSocket.
+//! The HTTP server: health, readiness, metrics, the web client and the document WebSocket.
 
 mod connection;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,6 +62,7 @@ struct AppState {
     tracker: TaskTracker,
     metrics: PrometheusHandle,
     activity: Activity,
+    policies: web::Policies,
 }
 
 /// What Watchman reads to decide that a pod is idle.
@@ -282,6 +284,7 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
             handle
         },
         activity: Activity::default(),
+        policies: web::Policies::new(&args.allowed_origins),
     });
     state.activity.touch();
     let app = router(state);
@@ -318,8 +321,38 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
 
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/", get(page))
-        .route("/app.js", get(page_script))
+        .route(
+            "/",
+            get(|State(s): State<Arc<AppState>>| async move { web::page(&s.policies) }),
+        )
+        .route(
+            "/output-frame.html",
+            get(|State(s): State<Arc<AppState>>, h: HeaderMap| async move {
+                web::output_frame(&s.policies, &h)
+            }),
+        )
+        .route(
+            "/assets/app.js",
+            get(
+                |State(s): State<Arc<AppState>>, h: HeaderMap, q: Query<web::Version>| async move {
+                    web::script(&s.policies, &h, &q)
+                },
+            ),
+        )
+        .route(
+            "/assets/app.css",
+            get(
+                |State(s): State<Arc<AppState>>, h: HeaderMap, q: Query<web::Version>| async move {
+                    web::style(&s.policies, &h, &q)
+                },
+            ),
+        )
+        .route(
+            "/assets/licenses.txt",
+            get(|State(s): State<Arc<AppState>>, h: HeaderMap| async move {
+                web::licenses(&s.policies, &h)
+            }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -334,38 +367,6 @@ fn router(state: Arc<AppState>) -> Router {
                 )),
         )
         .with_state(state)
-}
-
-/// The try-it page: a strict CSP, no inline script, nothing fetched from elsewhere.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
-    img-src 'self' data:; connect-src 'self'; frame-src 'self'; base-uri 'none'; form-action 'none'; \
-    frame-ancestors 'none'";
-
-async fn page() -> Response {
-    static_asset(include_str!("page.html"), "text/html; charset=utf-8")
-}
-
-async fn page_script() -> Response {
-    static_asset(include_str!("page.js"), "text/javascript; charset=utf-8")
-}
-
-fn static_asset(body: &'static str, content_type: &'static str) -> Response {
-    let mut response = body.into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    response
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {

@@ -1,0 +1,60 @@
+// Builds the web client into middleman/web-dist/ (or the directory given as the first argument):
+// index.html, output-frame.html, assets/app.js, assets/app.css, assets/licenses.txt.
+// Deterministic: same sources and lockfile, same bytes. Asset URLs carry a content hash
+// (?v=...) so Middleman can let browsers cache them for a year.
+import { createHash } from "node:crypto";
+import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, existsSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import * as esbuild from "esbuild";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const out = resolve(process.argv[2] ?? join(here, "..", "middleman", "web-dist"));
+const hash = (b) => createHash("sha256").update(b).digest("hex").slice(0, 16);
+
+const common = {
+  bundle: true,
+  minify: true,
+  write: false,
+  metafile: true,
+  legalComments: "none",
+  charset: "utf8",
+  target: ["chrome111", "firefox115", "safari16.4"],
+  absWorkingDir: here,
+  logLevel: "warning",
+};
+const js = await esbuild.build({ ...common, entryPoints: ["src/main.ts"], outfile: "app.js", format: "iife", platform: "browser" });
+const css = await esbuild.build({ ...common, entryPoints: ["src/style.css"], outfile: "app.css" });
+const jsBytes = js.outputFiles[0].contents;
+const cssBytes = css.outputFiles[0].contents;
+
+// Third-party licences of every package in the bundle, in a stable order.
+const packages = new Map();
+for (const input of Object.keys(js.metafile.inputs)) {
+  const m = input.match(/node_modules\/((?:@[^/]+\/)?[^/]+)\//);
+  if (!m) continue;
+  const dir = join(here, input.slice(0, input.indexOf(m[0]) + m[0].length));
+  if (packages.has(m[1])) continue;
+  const pkg = JSON.parse(readFileSync(join(dir, "package.json"), "utf8"));
+  const file = readdirSync(dir).filter((f) => /^(licen[cs]e|copying)(\..*)?$/i.test(f)).sort()[0];
+  packages.set(m[1], { version: pkg.version, license: pkg.license ?? "see package", text: file ? readFileSync(join(dir, file), "utf8").trim() : "" });
+}
+let licenses = "Third-party software in assets/app.js\n\n";
+for (const name of [...packages.keys()].sort()) {
+  const p = packages.get(name);
+  licenses += `== ${name} ${p.version} (${p.license})\n\n${p.text}\n\n`;
+}
+
+const index = readFileSync(join(here, "static", "index.html"), "utf8")
+  .replace("__JS_HASH__", hash(jsBytes))
+  .replace("__CSS_HASH__", hash(cssBytes));
+
+if (existsSync(out)) rmSync(out, { recursive: true });
+mkdirSync(join(out, "assets"), { recursive: true });
+writeFileSync(join(out, "assets", "app.js"), jsBytes);
+writeFileSync(join(out, "assets", "app.css"), cssBytes);
+writeFileSync(join(out, "assets", "licenses.txt"), licenses);
+writeFileSync(join(out, "index.html"), index);
+writeFileSync(join(out, "output-frame.html"), readFileSync(join(here, "static", "output-frame.html")));
+const kib = (n) => `${(n / 1024).toFixed(1)} KiB`;
+console.log(`web: built ${out} (app.js ${kib(jsBytes.length)}, app.css ${kib(cssBytes.length)}, ${packages.size} packages)`);

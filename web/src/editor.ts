@@ -1,0 +1,188 @@
+// A cell's CodeMirror 6 editor bound to its Y.Text (y-codemirror.next's sync and undo), with
+// collaborators' cursors and selections from Yjs awareness. The remote-selection decorations
+// are this project's own: y-codemirror.next's put colours in style attributes, which the CSP
+// refuses; these use classes whose colours live in a constructed style sheet.
+import { closeBrackets, closeBracketsKeymap } from "@codemirror/autocomplete";
+import { defaultKeymap, indentWithTab } from "@codemirror/commands";
+import { python } from "@codemirror/lang-python";
+import { bracketMatching, defaultHighlightStyle, indentOnInput, indentUnit, syntaxHighlighting } from "@codemirror/language";
+import { highlightSelectionMatches, searchKeymap } from "@codemirror/search";
+import { Compartment, EditorState, type Extension, type Range, RangeSet } from "@codemirror/state";
+import { Decoration, type DecorationSet, drawSelection, dropCursor, EditorView, highlightSpecialChars, keymap, placeholder, ViewPlugin, type ViewUpdate, WidgetType } from "@codemirror/view";
+import type { Awareness } from "y-protocols/awareness";
+import { yCollab, yUndoManagerKeymap } from "y-codemirror.next";
+import * as Y from "yjs";
+import { colorClass, safeColor } from "./dom";
+import type { CellKind } from "./protocol";
+
+class CaretWidget extends WidgetType {
+  constructor(
+    readonly color: string,
+    readonly name: string,
+  ) {
+    super();
+  }
+  toDOM(): HTMLElement {
+    const caret = document.createElement("span");
+    caret.className = `remote-caret ${colorClass(this.color)}`;
+    caret.append("\u2060");
+    const label = document.createElement("span");
+    label.className = "remote-caret-label";
+    label.textContent = this.name;
+    caret.append(label, "\u2060");
+    return caret;
+  }
+  eq(other: CaretWidget): boolean {
+    return other.color === this.color && other.name === this.name;
+  }
+  ignoreEvent(): boolean {
+    return true;
+  }
+}
+
+interface CursorState {
+  anchor: unknown;
+  head: unknown;
+}
+
+function remoteSelections(ytext: Y.Text, awareness: Awareness): Extension {
+  return ViewPlugin.fromClass(
+    class {
+      decorations: DecorationSet = RangeSet.empty;
+      private live = true;
+      private readonly listener: (changes: { added: number[]; updated: number[]; removed: number[] }) => void;
+      constructor(readonly view: EditorView) {
+        this.listener = ({ added, updated, removed }) => {
+          const me = awareness.doc.clientID;
+          if ([...added, ...updated, ...removed].some((c) => c !== me)) {
+            // Recompute on the next frame, outside whatever update is running.
+            requestAnimationFrame(() => {
+              if (this.live) this.view.dispatch({});
+            });
+          }
+        };
+        awareness.on("change", this.listener);
+        this.decorations = this.build();
+      }
+      destroy(): void {
+        this.live = false;
+        awareness.off("change", this.listener);
+      }
+      update(update: ViewUpdate): void {
+        const local = awareness.getLocalState();
+        if (local !== null && update.view.hasFocus && (update.selectionSet || update.focusChanged || update.docChanged)) {
+          const sel = update.state.selection.main;
+          const anchor = Y.createRelativePositionFromTypeIndex(ytext, sel.anchor);
+          const head = Y.createRelativePositionFromTypeIndex(ytext, sel.head);
+          const cur = local.cursor as CursorState | null | undefined;
+          const same =
+            cur != null &&
+            Y.compareRelativePositions(Y.createRelativePositionFromJSON(cur.anchor), anchor) &&
+            Y.compareRelativePositions(Y.createRelativePositionFromJSON(cur.head), head);
+          if (!same) awareness.setLocalStateField("cursor", { anchor, head });
+        }
+        this.decorations = this.build();
+      }
+      build(): DecorationSet {
+        const doc = ytext.doc;
+        if (!doc) return RangeSet.empty;
+        const ranges: Range<Decoration>[] = [];
+        const length = this.view.state.doc.length;
+        awareness.getStates().forEach((state, client) => {
+          if (client === awareness.doc.clientID) return;
+          const cursor = state.cursor as CursorState | null | undefined;
+          if (!cursor || cursor.anchor == null || cursor.head == null) return;
+          let anchor, head;
+          try {
+            anchor = Y.createAbsolutePositionFromRelativePosition(Y.createRelativePositionFromJSON(cursor.anchor), doc);
+            head = Y.createAbsolutePositionFromRelativePosition(Y.createRelativePositionFromJSON(cursor.head), doc);
+          } catch {
+            return;
+          }
+          if (!anchor || !head || anchor.type !== ytext || head.type !== ytext) return;
+          const user = (state.user ?? {}) as { name?: unknown; color?: unknown };
+          const color = safeColor(user.color);
+          const name = typeof user.name === "string" ? user.name.slice(0, 40) : "someone";
+          const from = Math.min(anchor.index, head.index, length);
+          const to = Math.min(Math.max(anchor.index, head.index), length);
+          if (from < to) ranges.push(Decoration.mark({ class: `remote-selection ${colorClass(color)}` }).range(from, to));
+          ranges.push(Decoration.widget({ widget: new CaretWidget(color, name), side: head.index > anchor.index ? -1 : 1 }).range(Math.min(head.index, length)));
+        });
+        return Decoration.set(ranges, true);
+      }
+    },
+    { decorations: (v) => v.decorations },
+  );
+}
+
+/** The page's style nonce (Middleman puts a fresh one in each page and its CSP). */
+const cspNonce = document.querySelector<HTMLMetaElement>('meta[name="csp-nonce"]')?.content ?? "";
+
+export interface EditorOptions {
+  ytext: Y.Text;
+  awareness: Awareness;
+  kind: CellKind;
+  readOnly: boolean;
+  /** Key bindings that take precedence (run, modes). */
+  keys: Extension;
+  onFocus: () => void;
+}
+
+export class CellEditor {
+  readonly view: EditorView;
+  private readonly language = new Compartment();
+
+  constructor(parent: HTMLElement, opts: EditorOptions) {
+    const undo = new Y.UndoManager(opts.ytext);
+    this.view = new EditorView({
+      parent,
+      state: EditorState.create({
+        doc: opts.ytext.toString(),
+        extensions: [
+          opts.keys,
+          EditorView.cspNonce.of(cspNonce),
+          highlightSpecialChars(),
+          drawSelection(),
+          dropCursor(),
+          indentOnInput(),
+          indentUnit.of("    "),
+          bracketMatching(),
+          closeBrackets(),
+          highlightSelectionMatches(),
+          syntaxHighlighting(defaultHighlightStyle, { fallback: true }),
+          keymap.of([...closeBracketsKeymap, ...yUndoManagerKeymap, ...searchKeymap, indentWithTab, ...defaultKeymap]),
+          this.language.of(CellEditor.languageFor(opts.kind)),
+          yCollab(opts.ytext, null, { undoManager: undo }),
+          remoteSelections(opts.ytext, opts.awareness),
+          EditorState.readOnly.of(opts.readOnly),
+          EditorView.editable.of(!opts.readOnly),
+          EditorView.contentAttributes.of({ "aria-label": "cell source", spellcheck: "false", autocorrect: "off", autocapitalize: "off" }),
+          placeholder(opts.readOnly ? "" : opts.kind === "markdown" ? "Markdown text" : opts.kind === "raw" ? "Raw text" : "Python code"),
+          EditorView.domEventHandlers({
+            focus: () => {
+              opts.onFocus();
+              return false;
+            },
+          }),
+        ],
+      }),
+    });
+  }
+
+  static languageFor(kind: CellKind): Extension {
+    return kind === "code" ? python() : EditorView.lineWrapping;
+  }
+
+  setKind(kind: CellKind): void {
+    this.view.dispatch({ effects: this.language.reconfigure(CellEditor.languageFor(kind)) });
+  }
+
+  focus(atEnd = false): void {
+    this.view.focus();
+    if (atEnd) this.view.dispatch({ selection: { anchor: this.view.state.doc.length } });
+  }
+
+  destroy(): void {
+    this.view.destroy();
+  }
+}

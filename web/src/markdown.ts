@@ -1,0 +1,33 @@
+// Markdown (cells and text/markdown outputs) to sanitised DOM: marked renders, DOMPurify keeps
+// only inert elements. The CSP would block scripts anyway; sanitising also drops forms, frames,
+// styles and event handlers, so a collaborator's markdown cannot restyle or overlay the page.
+import DOMPurify from "dompurify";
+import { Marked } from "marked";
+
+const marked = new Marked({ gfm: true, breaks: false, async: false });
+
+const purify = DOMPurify(window);
+purify.addHook("afterSanitizeAttributes", (node) => {
+  if (node instanceof HTMLAnchorElement) {
+    const href = node.getAttribute("href") ?? "";
+    if (href.startsWith("#")) return;
+    node.setAttribute("target", "_blank");
+    node.setAttribute("rel", "noopener noreferrer");
+  }
+  if (node instanceof HTMLImageElement) {
+    // Only embedded images: the CSP refuses other origins, and relative URLs would ask Middleman.
+    const src = node.getAttribute("src") ?? "";
+    if (!/^data:image\/(png|jpeg|gif|webp);base64,/i.test(src)) node.removeAttribute("src");
+  }
+});
+
+export function renderMarkdown(source: string, into: HTMLElement): void {
+  const html = marked.parse(source) as string;
+  const fragment = purify.sanitize(html, {
+    RETURN_DOM_FRAGMENT: true,
+    FORBID_TAGS: ["style", "form", "input", "button", "textarea", "select", "iframe", "object", "embed", "link", "meta", "base"],
+    FORBID_ATTR: ["style", "srcset", "action", "formaction"],
+    ALLOW_DATA_ATTR: false,
+  });
+  into.replaceChildren(fragment);
+}

@@ -1,0 +1,241 @@
+// Shared set-up of the browser tests: Chromium through playwright-core, pages that record CSP
+// violations and script errors, helpers to open documents through Watchman's landing page or a
+// Middleman of the test's own, and to type into and run cells. scripts/test-web.sh provides the
+// environment (a running Watchman, the binaries, a temporary directory).
+import { spawn, execFileSync } from "node:child_process";
+import { mkdirSync, openSync } from "node:fs";
+import { createServer } from "node:net";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+export const env = {
+  watchman: process.env.NBP_WEB_WATCHMAN ?? "",
+  bin: process.env.NBP_WEB_BIN ?? "",
+  tmp: process.env.NBP_WEB_TMP ?? "",
+  run: process.env.NBP_WEB_RUN ?? "",
+  artifacts: process.env.NBP_WEB_ARTIFACTS ?? "artifacts/web",
+  chromium: process.env.NBP_WEB_CHROMIUM || "/usr/bin/chromium",
+};
+if (!env.watchman || !env.bin || !env.tmp) {
+  throw new Error("run the browser tests with scripts/test-web.sh (it starts Watchman and sets NBP_WEB_*)");
+}
+mkdirSync(env.artifacts, { recursive: true });
+
+export async function launch() {
+  return chromium.launch({
+    executablePath: env.chromium,
+    headless: true,
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--disable-dev-shm-usage",
+      "--disable-features=Translate,MediaRouter,OptimizationHints",
+    ],
+  });
+}
+
+/** A page that records CSP violations, uncaught errors and console errors. */
+export async function newPage(browser, options = {}) {
+  const context = await browser.newContext({ viewport: { width: 1240, height: 860 }, acceptDownloads: true, ...options });
+  const page = await context.newPage();
+  page.problems = [];
+  page.on("pageerror", (e) => page.problems.push(`uncaught: ${e.message}`));
+  page.on("console", (m) => {
+    if (process.env.NBP_WEB_DEBUG) console.log(`[page ${m.type()}] ${m.text()}`);
+    // The page's own CSP violations are counted from its securitypolicyviolation events; those
+    // in the console may come from sandboxed output frames, which are meant to be refused.
+    if (m.type() === "error" && !/Failed to load resource|WebSocket connection|ERR_CONNECTION_REFUSED|Content Security Policy/.test(m.text()))
+      page.problems.push(`console: ${m.text()}`);
+  });
+  await page.addInitScript(() => {
+    window.__csp = [];
+    document.addEventListener("securitypolicyviolation", (e) => {
+      window.__csp.push(`${e.violatedDirective} ${e.blockedURI} ${e.sourceFile}:${e.lineNumber}`);
+    });
+  });
+  return page;
+}
+
+/** What a page recorded that a person would call broken. */
+export async function problems(page) {
+  const csp = await page.evaluate(() => window.__csp ?? []).catch(() => []);
+  return [...page.problems, ...csp.map((c) => `csp: ${c}`)];
+}
+
+/** Opens a document through Watchman's landing page, as `make run` does. */
+export async function openFromLanding(page, document, name, role) {
+  await page.goto(env.watchman + "/");
+  await page.fill('input[name="document"]', document);
+  await page.fill('input[name="name"]', name);
+  if (role) await page.selectOption('select[name="role"]', role);
+  await Promise.all([page.waitForURL((u) => !u.href.startsWith(env.watchman), { timeout: 60_000 }), page.click('button[type="submit"]')]);
+  await ready(page);
+}
+
+/** Waits until the notebook is connected, synced and its kernel idle. */
+export async function ready(page) {
+  await page.waitForSelector(".link-connected", { timeout: 30_000 });
+  await page.waitForSelector(".cell .cm-content", { timeout: 30_000 });
+  await page.waitForSelector(".kernel-idle", { timeout: 60_000 });
+}
+
+/**
+ * Clicks like a person: scrolled into view first, then clicked once the page has drawn a frame.
+ * (Headless Chromium routes a click made right after a scroll by the hit-test data of the last
+ * frame, so it can land in an output frame that was at that point before the scroll.)
+ */
+export async function click(locator, options) {
+  await locator.scrollIntoViewIfNeeded();
+  await locator.page().evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+  await locator.click(options);
+}
+
+export function cell(page, index) {
+  return page.locator("section.cell").nth(index);
+}
+
+/** Replaces a cell's source by typing (select all, then insert the text as one input). */
+export async function setSource(page, index, text) {
+  const c = cell(page, index);
+  await click(c.locator(".cm-content"));
+  await page.keyboard.press("ControlOrMeta+a");
+  await page.keyboard.press("Delete");
+  if (text) await page.keyboard.insertText(text);
+}
+
+export async function sourceOf(page, index) {
+  // The text of the rendered lines, without collaborators' caret labels (short cells only:
+  // CodeMirror renders just the visible lines of long ones).
+  return cell(page, index)
+    .locator(".cm-content")
+    .evaluate((el) =>
+      Array.from(el.querySelectorAll(".cm-line"))
+        .map((line) => {
+          const copy = line.cloneNode(true);
+          copy.querySelectorAll(".remote-caret, .cm-placeholder, .cm-widgetBuffer").forEach((x) => x.remove());
+          return copy.textContent.replace(/\u2060/g, "");
+        })
+        .join("\n"),
+    );
+}
+
+export async function cellCount(page) {
+  return page.locator("section.cell").count();
+}
+
+/** Adds a code cell at the end and returns its index once it exists. */
+export async function addCell(page) {
+  const before = await cellCount(page);
+  await click(page.locator('.add-cells [data-action="add-code"]'));
+  await page.waitForFunction((n) => document.querySelectorAll("section.cell").length > n, before);
+  return before;
+}
+
+/** Runs a cell with Ctrl-Enter from its editor and waits until it is idle or failed. */
+export async function run(page, index, { wait = true } = {}) {
+  await click(cell(page, index).locator(".cm-content"));
+  await page.keyboard.press("Control+Enter");
+  if (wait) await waitDone(page, index);
+}
+
+export async function waitDone(page, index, timeout = 30_000) {
+  const c = cell(page, index);
+  await c.locator(".prompt").filter({ hasText: /\[\d+\]/ }).waitFor({ timeout });
+  await page.waitForFunction(
+    (i) => {
+      const el = document.querySelectorAll("section.cell")[i];
+      return el && !el.classList.contains("state-queued") && !el.classList.contains("state-running");
+    },
+    index,
+    { timeout },
+  );
+}
+
+export async function shot(page, name) {
+  await page.screenshot({ path: join(env.artifacts, `${name}.png`) });
+}
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** A Middleman of the test's own (for restarts), with a file store that outlives it. */
+export class OwnMiddleman {
+  constructor(name) {
+    this.dir = join(env.tmp, name);
+    mkdirSync(this.dir, { recursive: true });
+    this.keys = join(this.dir, "keys");
+    execFileSync(join(env.bin, "middleman"), ["keygen", "--out-dir", this.keys]);
+    this.document = name;
+    this.proc = null;
+  }
+
+  token(user, role = "editor") {
+    return execFileSync(join(env.bin, "middleman"), [
+      "token", "--key", join(this.keys, "signing.pem"), "--doc", this.document, "--pod", "p1",
+      "--user", user.toLowerCase(), "--name", user, "--role", role,
+    ]).toString().trim().split("\n").pop();
+  }
+
+  async start(port) {
+    this.port = port ?? this.port ?? (await freePort());
+    const log = openSync(join(this.dir, "middleman.log"), "a");
+    this.proc = spawn(
+      join(env.bin, "middleman"),
+      [
+        "serve", "--document", this.document, "--pod", "p1",
+        "--public-key", join(this.keys, "public.pem"),
+        "--listen", `127.0.0.1:${this.port}`,
+        "--document-store", join(this.dir, "store"),
+        "--runtime-root", join(this.dir, "run"),
+        "--workspace", join(this.dir, "workspace"),
+        "--save-interval", "200ms",
+        "--shutdown-grace", "3s",
+      ],
+      { detached: true, stdio: ["ignore", log, log], env: { ...process.env, NBP_WEB_RUN: env.run } },
+    );
+    for (let i = 0; i < 300; i++) {
+      try {
+        const r = await fetch(`${this.url}/readyz`);
+        if (r.ok) return;
+      } catch {
+        /* not listening yet */
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error("middleman did not become ready");
+  }
+
+  get url() {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  async stop() {
+    const p = this.proc;
+    if (!p || p.exitCode !== null) return;
+    const exited = new Promise((r) => p.once("exit", r));
+    process.kill(-p.pid, "SIGTERM");
+    const timer = setTimeout(() => {
+      try {
+        process.kill(-p.pid, "SIGKILL");
+      } catch {
+        /* gone */
+      }
+    }, 8000);
+    await exited;
+    clearTimeout(timer);
+    this.proc = null;
+  }
+}
