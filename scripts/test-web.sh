@@ -125,4 +125,4 @@ NBP_WEB_WATCHMAN="http://$http" \
   NBP_WEB_RUN="$pool" \
   NBP_WEB_ARTIFACTS="$root/artifacts/web" \
   NBP_WEB_CHROMIUM="${NBP_WEB_CHROMIUM:-$(command -v chromium)}" \
-  node --test --test-concurrency=1 --test-timeout=180000 ${NBP_WEB_ONLY:+--test-name-pattern="$NBP_WEB_ONLY"} web/test/
+  node --test --test-concurrency=1 --test-timeout=180000 ${NBP_WEB_ONLY:+--test-name-pattern="$NBP_WEB_ONLY"} web/test/*.test.mjs
