@@ -204,7 +204,12 @@ async fn health_ready_metrics_and_page() {
     }
     let (status, page) = http_get(server.addr, "/").await;
     assert_eq!(status, 200);
-    assert!(page.contains("/app.js"));
+    assert!(page.contains("/assets/app.js?v="), "{page}");
+    assert!(!page.contains("__CSP_NONCE__"), "the nonce is filled in");
+    let (status, script) = http_get(server.addr, "/assets/app.js").await;
+    assert_eq!(status, 200);
+    assert!(script.len() > 100_000, "the bundled client is served");
+    assert_eq!(http_get(server.addr, "/output-frame.html").await.0, 200);
     server.stop().await;
 }
 
