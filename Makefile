@@ -4,7 +4,7 @@ ENV := source scripts/env.sh &&
 TEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: run test bootstrap fmt lint bench
+.PHONY: run test bootstrap fmt lint bench bench-kube
 
 run: bootstrap
 	bash scripts/run-local.sh
@@ -13,7 +13,7 @@ test: bootstrap
 	$(ENV) hadolint Dockerfile.middleman Dockerfile.watchman
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	$(ENV) cargo test --workspace $(TEST_ARGS)
+	$(ENV) bash scripts/with-kube-cluster.sh cargo test --workspace $(TEST_ARGS)
 	$(ENV) NBP_OPS_BUILD=0 bash scripts/test-ops.sh
 	$(ENV) bash scripts/test-deploy.sh
 	$(ENV) NBP_WEB_BUILD=0 bash scripts/test-web.sh
@@ -34,3 +34,9 @@ bench: bootstrap
 	$(ENV) ./target/release/allocate-bench
 	$(ENV) ./target/release/collab-bench
 	$(ENV) ./target/release/graph-bench
+	$(MAKE) bench-kube
+
+# Watchman's Kubernetes backend at scale against the local control plane (docs/benchmarks.md).
+bench-kube: bootstrap
+	cargo build --release -p watchman -p loadtest --bin watchman --bin kube-bench
+	$(ENV) bash scripts/with-kube-cluster.sh ./target/release/kube-bench $(KUBE_BENCH_ARGS)

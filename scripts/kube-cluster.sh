@@ -207,7 +207,14 @@ pid_of() {
   [ -f "$f" ] || return 1
   pid="$(cat "$f")"
   [ -n "$pid" ] && [ -d "/proc/$pid" ] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$run/" || return 1
+  local cmdline
+  cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+  if [ -z "$cmdline" ]; then
+    # Empty while the launcher execs the binary (a moment), and for a zombie (dead).
+    [ "$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$pid/status" 2>/dev/null)" != Z ] || return 1
+  else
+    grep -qF -- "$run/" <<<"$cmdline" || return 1
+  fi
   echo "$pid"
 }
 

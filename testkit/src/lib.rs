@@ -1,6 +1,8 @@
 //! Test support shared by the crates: a real `redis-server` on a free loopback port, stopped on
 //! drop. Used by tests and load drivers; never by production code.
 
+pub mod kube;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 

@@ -766,7 +766,13 @@ pub fn register_metrics(plans: &[String]) {
         EndReason::Preempted,
     ]
     .map(EndReason::label);
+    for op in ["create", "delete", "patch"] {
+        metrics::counter!("watchman_kube_api_errors_total", "op" => op).increment(0);
+    }
+    metrics::counter!("watchman_kube_watch_errors_total").increment(0);
+    metrics::counter!("watchman_pods_collected_total").increment(0);
     for plan in plans {
+        metrics::counter!("watchman_pods_adopted_total", "plan" => plan.clone()).increment(0);
         metrics::counter!("watchman_pod_start_failures_total", "plan" => plan.clone()).increment(0);
         for reason in reasons
             .iter()

@@ -9,7 +9,7 @@ mod common;
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
-use common::kube::KubeEnv;
+use common::kube::{KubeEnv, replica};
 use common::{API_TOKEN, allocate_req, client, wait_warm};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -121,7 +121,7 @@ fn deploy_role_rules() -> BTreeSet<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pools_converge_on_hardened_pods_allocate_binds_warm_ones_and_the_role_is_exact() {
     let k = KubeEnv::new("pools", 2).await;
-    let w = k.replica(3, "memory", "replica-a").await;
+    let w = replica(&k, 3, "memory", "replica-a").await;
     let mut c = client(w.grpc_addr, API_TOKEN).await;
     wait_warm(&mut c, 3).await;
     let pods = k
@@ -235,11 +235,11 @@ async fn pools_converge_on_hardened_pods_allocate_binds_warm_ones_and_the_role_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleted_and_evicted_pods_end_their_allocations_with_the_reason() {
+async fn deleted_evicted_and_failed_pods_end_their_allocations_with_the_reason() {
     let k = KubeEnv::new("loss", 2).await;
-    let w = k.replica(2, "memory", "replica-a").await;
+    let w = replica(&k, 3, "memory", "replica-a").await;
     let mut c = client(w.grpc_addr, API_TOKEN).await;
-    wait_warm(&mut c, 2).await;
+    wait_warm(&mut c, 3).await;
     let a = c
         .allocate(allocate_req("doc-deleted", 0))
         .await
@@ -250,8 +250,14 @@ async fn deleted_and_evicted_pods_end_their_allocations_with_the_reason() {
         .await
         .unwrap()
         .into_inner();
+    let f = c
+        .allocate(allocate_req("doc-failed", 0))
+        .await
+        .unwrap()
+        .into_inner();
     let mut wa = watch(&mut c, "doc-deleted").await;
     let mut wb = watch(&mut c, "doc-evicted").await;
+    let mut wf = watch(&mut c, "doc-failed").await;
 
     // Someone deletes one pod; the other is evicted (what a node drain or the spot
     // termination handler does).
@@ -263,15 +269,29 @@ async fn deleted_and_evicted_pods_end_their_allocations_with_the_reason() {
         .evict(&b.pod, &EvictParams::default())
         .await
         .unwrap();
+    // The third one's container is killed (kwok's test hook: the pod fails with exit 137).
+    k.pods()
+        .patch(
+            &f.pod,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "metadata": {"annotations": {"kwok.nbplat.dev/fail-after": "0s"}}
+            })),
+        )
+        .await
+        .unwrap();
 
     let ea = ended(&mut wa).await;
     assert_eq!(ea.reason, pb::EndReason::PodLost as i32, "{ea:?}");
     let eb = ended(&mut wb).await;
     assert_eq!(eb.reason, pb::EndReason::Preempted as i32, "{eb:?}");
     assert!(eb.detail.contains("EvictionByEvictionAPI"), "{eb:?}");
+    let ef = ended(&mut wf).await;
+    assert_eq!(ef.reason, pb::EndReason::PodLost as i32, "{ef:?}");
+    assert!(ef.detail.contains("exited with 137"), "{ef:?}");
 
     // The documents are free again, the pool refills, and the metrics say why.
-    wait_warm(&mut c, 2).await;
+    wait_warm(&mut c, 3).await;
     let text = metrics_text(w.http_addr).await;
     for reason in ["pod_lost", "preempted"] {
         let line = text
@@ -297,8 +317,8 @@ async fn deleted_and_evicted_pods_end_their_allocations_with_the_reason() {
 async fn a_deleted_spot_node_ends_its_allocations_and_the_pool_refills_on_other_nodes() {
     let k = KubeEnv::new("spot", 0).await;
     let doomed = format!("{}-a", k.tag);
-    k.create_nodes(1, &doomed);
-    let w = k.replica(2, "memory", "replica-a").await;
+    k.create_nodes(1, &doomed, &[]);
+    let w = replica(&k, 2, "memory", "replica-a").await;
     let mut c = client(w.grpc_addr, API_TOKEN).await;
     wait_warm(&mut c, 2).await;
     let a = c
@@ -311,7 +331,7 @@ async fn a_deleted_spot_node_ends_its_allocations_and_the_pool_refills_on_other_
         .await;
     // A second node joins; then the spot node the pods run on is reclaimed.
     let spare = format!("{}-b", k.tag);
-    k.create_nodes(1, &spare);
+    k.create_nodes(1, &spare, &[]);
     let nodes: Api<Node> = Api::all(k.admin.clone());
     nodes
         .delete(&format!("{doomed}-0"), &DeleteParams::default())
@@ -347,7 +367,8 @@ impl Process {
             .local_addr()
             .unwrap()
             .port();
-        let mut args = k.args(warm, store, instance);
+        let plans = k.write_plans(&k.plan("free", warm));
+        let mut args = k.args(&plans, store, instance, API_TOKEN);
         let at = args.iter().position(|a| a == "--grpc-listen").unwrap();
         args[at + 1] = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(k.dir.0.join(format!("{instance}.log"))).unwrap();
@@ -472,7 +493,7 @@ async fn a_restarted_watchman_adopts_its_pods_instead_of_leaking_or_recreating_t
     let k = KubeEnv::new("adopt", 2).await;
 
     // With the memory store: the warm pods are adopted from their labels.
-    let w = k.replica(3, "memory", "replica-a").await;
+    let w = replica(&k, 3, "memory", "replica-a").await;
     let mut c = client(w.grpc_addr, API_TOKEN).await;
     wait_warm(&mut c, 3).await;
     let uids = |pods: &[Pod]| -> HashSet<String> {
@@ -485,7 +506,7 @@ async fn a_restarted_watchman_adopts_its_pods_instead_of_leaking_or_recreating_t
         .await,
     );
     w.stop().await;
-    let w = k.replica(3, "memory", "replica-b").await;
+    let w = replica(&k, 3, "memory", "replica-b").await;
     let mut c = client(w.grpc_addr, API_TOKEN).await;
     wait_warm(&mut c, 3).await;
     let a = c
@@ -511,7 +532,7 @@ async fn a_restarted_watchman_adopts_its_pods_instead_of_leaking_or_recreating_t
     k.wait_pods("all gone", <[Pod]>::is_empty).await;
 
     // With Redis: allocated pods keep their documents across the restart.
-    let w = k.replica(2, &redis.url(), "replica-c").await;
+    let w = replica(&k, 2, &redis.url(), "replica-c").await;
     let mut c = client(w.grpc_addr, API_TOKEN).await;
     wait_warm(&mut c, 2).await;
     let a = c
@@ -524,7 +545,7 @@ async fn a_restarted_watchman_adopts_its_pods_instead_of_leaking_or_recreating_t
             .await,
     );
     w.stop().await;
-    let w = k.replica(2, &redis.url(), "replica-d").await;
+    let w = replica(&k, 2, &redis.url(), "replica-d").await;
     let mut c = client(w.grpc_addr, API_TOKEN).await;
     wait_warm(&mut c, 2).await;
     let got = c

@@ -95,6 +95,9 @@ struct Shared {
     /// The lease as last observed, and when (client-go's rule: expiry is judged by the local
     /// clock from when the record last changed, so clock skew between replicas does not matter).
     observed: Mutex<Option<(String, Instant)>>,
+    /// When this replica last read or renewed the lease, and whether it held it then: the
+    /// lease is touched every third of its duration, not on every reconcile pass.
+    checked: Mutex<Option<(Instant, bool)>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -134,6 +137,7 @@ impl KubeBackend {
             cache,
             losses: Mutex::new(HashMap::new()),
             observed: Mutex::new(None),
+            checked: Mutex::new(None),
         });
         let selector = format!("{}={}", keys::POOL, shared.settings.pool_id);
         let watch_shared = shared.clone();
@@ -154,6 +158,16 @@ impl KubeBackend {
                         tracing::warn!(%error, "pod watch failed; retrying");
                     }
                     Some(Ok(event)) => {
+                        // The cache keeps what health, endpoints and adoption read (metadata
+                        // and status): thousands of full pod specs would be most of
+                        // Watchman's memory.
+                        let event = event.modify(|pod| {
+                            pod.spec = None;
+                            pod.metadata.managed_fields = None;
+                            if let Some(a) = pod.metadata.annotations.as_mut() {
+                                a.remove(keys::PUBLIC_KEY);
+                            }
+                        });
                         watch_shared.observe(&event);
                         writer.apply_watcher_event(&event);
                     }
@@ -350,8 +364,23 @@ impl KubeBackend {
         adopted
     }
 
-    /// Takes or renews the reconciler Lease; true while `holder` holds it.
+    /// Takes or renews the reconciler Lease; true while `holder` holds it. Renewed every third
+    /// of `ttl` (so a leader keeps it through two failed renewals); a follower looks as often.
     pub(super) async fn try_lease(&self, holder: &str, ttl: Duration) -> Result<bool, kube::Error> {
+        if let Some((at, held)) = *lock(&self.shared.checked)
+            && at.elapsed() < ttl / 3
+        {
+            return Ok(held);
+        }
+        let result = self.touch_lease(holder, ttl).await;
+        *lock(&self.shared.checked) = match &result {
+            Ok(held) => Some((Instant::now(), *held)),
+            Err(_) => None,
+        };
+        result
+    }
+
+    async fn touch_lease(&self, holder: &str, ttl: Duration) -> Result<bool, kube::Error> {
         let s = &self.shared;
         let name = &s.settings.lease_name;
         let secs = i32::try_from(ttl.as_secs().max(1)).unwrap_or(i32::MAX);
@@ -430,6 +459,7 @@ impl KubeBackend {
     /// Gives the Lease up (at shutdown), so that another replica takes over at once.
     pub(super) async fn release_lease(&self, holder: &str) {
         let s = &self.shared;
+        *lock(&s.checked) = None;
         let Ok(Some(mut lease)) = s.leases.get_opt(&s.settings.lease_name).await else {
             return;
         };
@@ -722,6 +752,13 @@ pub fn pod_manifest(settings: &KubeSettings, id: &str, plan: &Plan) -> KubePod {
                 name: "middleman".to_owned(),
                 image: Some(image),
                 args: Some(args),
+                // The root filesystem is read-only: home (IPython's profile, pip --user)
+                // and the workspace are on an emptyDir.
+                env: Some(vec![k8s_openapi::api::core::v1::EnvVar {
+                    name: "HOME".to_owned(),
+                    value: Some("/home/kernel".to_owned()),
+                    ..k8s_openapi::api::core::v1::EnvVar::default()
+                }]),
                 ports: Some(vec![ContainerPort {
                     name: Some("http".to_owned()),
                     container_port: MIDDLEMAN_PORT,

@@ -232,7 +232,24 @@ impl RedisStore {
 
     pub(super) async fn pods(&self) -> Result<Vec<Pod>, StoreError> {
         let mut c = self.conn.clone();
-        let ids: Vec<String> = c.smembers(self.key("pods")).await?;
+        // SSCAN rather than SMEMBERS, for the same reason as the batched MGET below. SSCAN may
+        // return an id twice; the set removes repeats.
+        let mut ids = std::collections::BTreeSet::new();
+        let mut cursor = 0_u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SSCAN")
+                .arg(self.key("pods"))
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(512)
+                .query_async(&mut c)
+                .await?;
+            ids.extend(batch);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -240,11 +257,19 @@ impl RedisStore {
             .iter()
             .map(|id| self.key(&format!("pod:{id}")))
             .collect();
-        let raws: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
-        raws.into_iter()
-            .zip(keys)
-            .filter_map(|(raw, key)| raw.map(|r| decode(&key, &r)))
-            .collect()
+        // In batches: Redis runs one command at a time, and one MGET of thousands of records
+        // would hold every Allocate behind it for milliseconds.
+        let mut pods = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(256) {
+            let raws: Vec<Option<String>> =
+                redis::cmd("MGET").arg(batch).query_async(&mut c).await?;
+            for (raw, key) in raws.into_iter().zip(batch) {
+                if let Some(r) = raw {
+                    pods.push(decode(key, &r)?);
+                }
+            }
+        }
+        Ok(pods)
     }
 
     pub(super) async fn try_lease(&self, holder: &str, ttl_ms: u64) -> Result<bool, StoreError> {

@@ -11,7 +11,21 @@ use tonic::transport::Channel;
 use watchman_proto::v1 as pb;
 use watchman_proto::v1::watchman_client::WatchmanClient;
 
-pub mod kube;
+/// Kubernetes fixtures (testkit), and an in-process replica on them.
+pub mod kube {
+    pub use testkit::kube::KubeEnv;
+
+    /// An in-process replica of `warm` pods of plan `free` on `k`.
+    pub async fn replica(k: &KubeEnv, warm: u32, store: &str, instance: &str) -> watchman::Running {
+        use clap::Parser as _;
+        let plans = k.write_plans(&k.plan("free", warm));
+        let mut args = vec!["watchman".to_owned()];
+        args.extend(k.args(&plans, store, instance, super::API_TOKEN));
+        watchman::start(watchman::Args::try_parse_from(args).unwrap())
+            .await
+            .unwrap()
+    }
+}
 
 pub const API_TOKEN: &str = "test-api-token-0123456789";
 

@@ -1,7 +1,8 @@
 //! A namespace pair of its own on the test control plane (scripts/with-kube-cluster.sh), with
-//! exactly the RBAC that deploy/ grants Watchman, its own fake spot nodes, and Watchman
-//! replicas that act as Watchman's service account.
-#![allow(dead_code)]
+//! exactly the RBAC that deploy/ grants Watchman, its own fake spot nodes, and the arguments
+//! that make a Watchman act as Watchman's service account there. Test support: it panics with
+//! a clear message on any failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -11,7 +12,22 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 
-use super::{API_TOKEN, Dir};
+/// A directory removed on drop.
+#[derive(Debug)]
+pub struct Dir(pub PathBuf);
+impl Dir {
+    pub fn new(tag: &str) -> Self {
+        let p =
+            std::env::temp_dir().join(format!("nbplat-{tag}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -37,7 +53,9 @@ pub struct KubeEnv {
 
 impl std::fmt::Debug for KubeEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeEnv").field("ns", &self.ns).finish()
+        f.debug_struct("KubeEnv")
+            .field("ns", &self.ns)
+            .finish_non_exhaustive()
     }
 }
 
@@ -123,7 +141,7 @@ impl KubeEnv {
         ]);
         env.write_sa_kubeconfig(token.trim());
         if nodes > 0 {
-            env.create_nodes(nodes, &env.tag.clone());
+            env.create_nodes(nodes, &env.tag.clone(), &[]);
         }
         env
     }
@@ -190,26 +208,25 @@ impl KubeEnv {
         );
     }
 
-    /// Fake spot nodes `PREFIX-0..N-1` of instance type `PREFIX` (this test's plans select
-    /// that type, so its pods land on its nodes only), Ready.
-    pub fn create_nodes(&self, n: u32, prefix: &str) {
+    /// Fake spot nodes `PREFIX-0..N-1` of this environment's instance type (its plans select
+    /// that type, so its pods land on its nodes only), Ready; `extra`: more create-nodes
+    /// options (`--pods 400`).
+    pub fn create_nodes(&self, n: u32, prefix: &str, extra: &[&str]) {
         let status = Command::new(env("NBP_KUBE_CLUSTER"))
             .args(["--run-dir", &env("NBP_KUBE_RUN"), "create-nodes"])
             .arg(n.to_string())
             .args(["--prefix", prefix, "--instance-type", &self.tag])
+            .args(extra)
             .stdout(Stdio::null())
             .status()
             .unwrap();
         assert!(status.success(), "create-nodes");
     }
 
-    /// A plans file with one plan `free` of `warm` pods on this test's nodes.
-    pub fn plans(&self, warm: u32) -> PathBuf {
-        let path = self.dir.0.join("plans.toml");
-        std::fs::write(
-            &path,
-            format!(
-                r#"[plans.free]
+    /// A plan `name` of `warm` warm pods on this environment's nodes (TOML).
+    pub fn plan(&self, name: &str, warm: u32) -> String {
+        format!(
+            r#"[plans.{name}]
 kernel = "python3"
 image = "ghcr.io/nbplat/middleman:0.1.0"
 warm = {{ ratio = 0.0, min = {warm}, max = {warm} }}
@@ -219,26 +236,31 @@ resources = {{ cpu_request = "100m", cpu_limit = "1", memory_request = "256Mi", 
 node_selector = {{ "node.kubernetes.io/instance-type" = "{}" }}
 tolerations = [{{ key = "nbplat.dev/spot", operator = "Equal", value = "true", effect = "NoSchedule" }}]
 "#,
-                self.tag
-            ),
+            self.tag
         )
-        .unwrap();
+    }
+
+    /// Writes a plans file; its path.
+    pub fn write_plans(&self, toml: &str) -> PathBuf {
+        let path = self.dir.0.join("plans.toml");
+        std::fs::write(&path, toml).unwrap();
         path
     }
 
-    /// Watchman's arguments for this environment (kubernetes backend as its service account).
-    pub fn args(&self, warm: u32, store: &str, instance: &str) -> Vec<String> {
+    /// Watchman's arguments for this environment (kubernetes backend as its service account)
+    /// with the plans file `plans`, the store, replica name and API token.
+    pub fn args(&self, plans: &Path, store: &str, instance: &str, api_token: &str) -> Vec<String> {
         [
             "--grpc-listen",
             "127.0.0.1:0",
             "--http-listen",
             "127.0.0.1:0",
             "--plans",
-            &self.plans(warm).display().to_string(),
+            &plans.display().to_string(),
             "--signing-key",
             &self.key.display().to_string(),
             "--api-token",
-            API_TOKEN,
+            api_token,
             "--store",
             store,
             "--redis-prefix",
@@ -266,16 +288,6 @@ tolerations = [{{ key = "nbplat.dev/spot", operator = "Equal", value = "true", e
         ]
         .map(str::to_owned)
         .into()
-    }
-
-    /// An in-process replica.
-    pub async fn replica(&self, warm: u32, store: &str, instance: &str) -> watchman::Running {
-        use clap::Parser as _;
-        let mut args = vec!["watchman".to_owned()];
-        args.extend(self.args(warm, store, instance));
-        watchman::start(watchman::Args::try_parse_from(args).unwrap())
-            .await
-            .unwrap()
     }
 
     pub fn pods(&self) -> Api<Pod> {

@@ -1,0 +1,355 @@
+//! Watchman's Kubernetes backend at cluster scale, against the local control plane (run it
+//! through `scripts/with-kube-cluster.sh`; `make bench-kube` does): simulated spot nodes
+//! (kwok), pools totalling thousands of warm pods, two Watchman replicas (release binaries,
+//! as Watchman's service account with the deploy/ Role) sharing a real Redis.
+//!
+//! Measures the time for the pools to fill from empty, then for each concurrency level a burst
+//! of Allocates for new documents (spread over both replicas): throughput, p50/p99 latency,
+//! failures, and how long the pools take to refill; and each replica's memory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use tonic::transport::Channel;
+use watchman_proto::v1 as pb;
+use watchman_proto::v1::watchman_client::WatchmanClient;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Simulated spot nodes.
+    #[arg(long, default_value_t = 50)]
+    nodes: u32,
+    /// Warm pods over both plans (60% `free`, 40% `pro`).
+    #[arg(long, default_value_t = 5000)]
+    warm: u32,
+    /// Allocates per burst.
+    #[arg(long, default_value_t = 4000)]
+    allocations: usize,
+    /// Concurrency of each burst.
+    #[arg(long, value_delimiter = ',', default_value = "16,64")]
+    concurrency: Vec<usize>,
+    /// Watchman's --pod-create-rate.
+    #[arg(long, default_value_t = 250.0)]
+    create_rate: f64,
+    /// The watchman binary.
+    #[arg(long, default_value = "target/release/watchman")]
+    watchman_bin: String,
+}
+
+const TOKEN: &str = "bench-api-token-0123456789";
+
+#[derive(Clone)]
+struct Bearer;
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {TOKEN}")
+                .parse()
+                .map_err(|_| tonic::Status::internal("header"))?,
+        );
+        Ok(r)
+    }
+}
+
+type Client = WatchmanClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+/// A replica process, killed on drop.
+struct Replica {
+    child: std::process::Child,
+    grpc: std::net::SocketAddr,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Replica {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    async fn client(&self) -> anyhow::Result<Client> {
+        for _ in 0..300 {
+            if let Ok(ch) = Channel::from_shared(format!("http://{}", self.grpc))?
+                .connect()
+                .await
+            {
+                return Ok(WatchmanClient::with_interceptor(ch, Bearer));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("replica at {} never listened", self.grpc)
+    }
+}
+
+/// (current RSS, peak RSS) in MiB.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+async fn warm_total(c: &mut Client) -> anyhow::Result<(u32, u32)> {
+    let pools = c
+        .list_pools(pb::ListPoolsRequest {})
+        .await?
+        .into_inner()
+        .pools;
+    Ok((
+        pools.iter().map(|p| p.warm).sum(),
+        pools.iter().map(|p| p.allocated).sum(),
+    ))
+}
+
+/// Waits until the pools hold `warm` warm pods; the time it took.
+async fn wait_warm(c: &mut Client, warm: u32, limit: Duration) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut last = 0;
+    loop {
+        let (w, _) = warm_total(c).await?;
+        if w >= warm {
+            return Ok(started.elapsed());
+        }
+        if w / 500 != last / 500 {
+            eprintln!("  {w} warm after {:.0?}", started.elapsed());
+        }
+        last = w;
+        anyhow::ensure!(
+            started.elapsed() < limit,
+            "only {w} of {warm} warm after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+struct Burst {
+    ok: usize,
+    failed: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+async fn burst(
+    clients: &[Client],
+    concurrency: usize,
+    total: usize,
+    tag: &str,
+) -> anyhow::Result<Burst> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let mut c = clients[worker % clients.len()].clone();
+        let next = next.clone();
+        let tag = tag.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut failed = 0;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let plan = if i % 5 < 3 { "free" } else { "pro" };
+                let req = pb::AllocateRequest {
+                    document_id: format!("{tag}-{i}"),
+                    plan: plan.into(),
+                    user_id: "u".into(),
+                    wait_ms: 2000,
+                    ..Default::default()
+                };
+                let t = Instant::now();
+                match c.allocate(req).await {
+                    Ok(_) => lat.push(t.elapsed()),
+                    Err(status) => {
+                        failed += 1;
+                        if failed < 3 {
+                            eprintln!("  allocate failed: {status}");
+                        }
+                    }
+                }
+            }
+            (lat, failed)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    let mut failed = 0;
+    for t in tasks {
+        let (l, f) = t.await?;
+        latencies.extend(l);
+        failed += f;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Ok(Burst {
+        ok: latencies.len(),
+        failed,
+        elapsed,
+        latencies,
+    })
+}
+
+fn pct(v: &[Duration], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)].as_secs_f64() * 1000.0
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(
+        std::path::Path::new(&args.watchman_bin).exists(),
+        "{} missing: cargo build --release -p watchman",
+        args.watchman_bin
+    );
+    let k = testkit::kube::KubeEnv::new("bench", 0).await;
+    eprintln!("creating {} simulated spot nodes", args.nodes);
+    let node_started = Instant::now();
+    k.create_nodes(args.nodes, &format!("{}-n", k.tag), &["--pods", "500"]);
+    eprintln!("  ready in {:.1?}", node_started.elapsed());
+    let redis = testkit::RedisServer::start();
+    let free = args.warm * 3 / 5;
+    let pro = args.warm - free;
+    let plans = k.write_plans(&format!("{}\n{}", k.plan("free", free), k.plan("pro", pro)));
+
+    let spawn = |instance: &str| -> anyhow::Result<Replica> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut a = k.args(&plans, &redis.url(), instance, TOKEN);
+        a.extend(
+            [
+                "--grpc-listen",
+                &format!("127.0.0.1:{port}"),
+                "--pod-create-rate",
+                &args.create_rate.to_string(),
+                "--max-concurrent-starts",
+                "64",
+                "--reconcile-interval",
+                "250ms",
+                "--activity-interval",
+                "60s",
+                "--lease-ttl",
+                "5s",
+            ]
+            .map(str::to_owned),
+        );
+        let log = std::fs::File::create(k.dir.0.join(format!("{instance}.log")))?;
+        let child = std::process::Command::new(&args.watchman_bin)
+            .args(&a)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting watchman")?;
+        Ok(Replica {
+            child,
+            grpc: ([127, 0, 0, 1], port).into(),
+        })
+    };
+    let replicas = [spawn("replica-a")?, spawn("replica-b")?];
+    let mut clients = Vec::new();
+    for r in &replicas {
+        // Several HTTP/2 connections per replica, as a product backend's pool would have.
+        for _ in 0..4 {
+            clients.push(r.client().await?);
+        }
+    }
+    let mut probe = clients[0].clone();
+
+    eprintln!(
+        "filling {} warm pods ({free} free, {pro} pro) at up to {}/s",
+        args.warm, args.create_rate
+    );
+    let fill = wait_warm(&mut probe, args.warm, Duration::from_secs(1800)).await?;
+    let mem_full: Vec<(f64, f64)> = replicas.iter().map(|r| rss_mib(r.pid())).collect();
+    eprintln!("  filled in {fill:.1?}; memory {mem_full:?}");
+
+    let mut rows = Vec::new();
+    for &c in &args.concurrency {
+        eprintln!("burst of {} Allocates at concurrency {c}", args.allocations);
+        let b = burst(&clients, c, args.allocations, &format!("c{c}")).await?;
+        let refill = wait_warm(&mut probe, args.warm, Duration::from_secs(1800)).await?;
+        let throughput = b.ok as f64 / b.elapsed.as_secs_f64();
+        eprintln!(
+            "  {} ok, {} failed in {:.2?}: {throughput:.0}/s, p50 {:.2} ms, p99 {:.2} ms; refilled in {refill:.1?}",
+            b.ok,
+            b.failed,
+            b.elapsed,
+            pct(&b.latencies, 0.5),
+            pct(&b.latencies, 0.99)
+        );
+        rows.push((c, b, refill));
+    }
+    let (_, allocated) = warm_total(&mut probe).await?;
+    let mem_end: Vec<(f64, f64)> = replicas.iter().map(|r| rss_mib(r.pid())).collect();
+
+    println!(
+        "\n{} simulated nodes; pools of {} warm pods ({free} free + {pro} pro); two replicas, Redis.\n",
+        args.nodes, args.warm
+    );
+    println!(
+        "Fill from empty: {:.1} s ({:.0} pods/s; --pod-create-rate {})\n",
+        fill.as_secs_f64(),
+        f64::from(args.warm) / fill.as_secs_f64(),
+        args.create_rate
+    );
+    println!(
+        "| concurrency | Allocates | failed | throughput | p50 | p99 | max | pools refilled in |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (c, b, refill) in &rows {
+        println!(
+            "| {c} | {} | {} | {:.0}/s | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} s |",
+            b.ok,
+            b.failed,
+            b.ok as f64 / b.elapsed.as_secs_f64(),
+            pct(&b.latencies, 0.5),
+            pct(&b.latencies, 0.99),
+            pct(&b.latencies, 1.0),
+            refill.as_secs_f64()
+        );
+    }
+    println!(
+        "\nWatchman memory (RSS, MiB) with {} warm pods: {}; at the end ({} warm + {allocated} allocated pods): {} (peaks {})",
+        args.warm,
+        mem_full
+            .iter()
+            .map(|m| format!("{:.1}", m.0))
+            .collect::<Vec<_>>()
+            .join(" / "),
+        args.warm,
+        mem_end
+            .iter()
+            .map(|m| format!("{:.1}", m.0))
+            .collect::<Vec<_>>()
+            .join(" / "),
+        mem_end
+            .iter()
+            .map(|m| format!("{:.1}", m.1))
+            .collect::<Vec<_>>()
+            .join(" / "),
+    );
+    drop(replicas);
+    k.cleanup().await;
+    Ok(())
+}
