@@ -329,8 +329,16 @@ tolerations = [{{ key = "nbplat.dev/spot", operator = "Equal", value = "true", e
     /// server's audit log: (resource, verb, namespace, response code).
     pub fn audited(&self) -> Vec<(String, String, String, u16)> {
         let user = format!("system:serviceaccount:{}:watchman", self.ns);
-        let log = Path::new(&env("NBP_KUBE_RUN")).join("logs/audit.log");
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        // The log and its rotated backups (audit-<time>.log).
+        let logs = Path::new(&env("NBP_KUBE_RUN")).join("logs");
+        let mut text = String::new();
+        for entry in std::fs::read_dir(&logs).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("audit") && name.ends_with(".log") {
+                text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+                text.push('\n');
+            }
+        }
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|e| e["user"]["username"] == user.as_str())

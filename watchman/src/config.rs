@@ -74,6 +74,15 @@ pub struct Args {
     /// reach (a document's next pod restores it from there).
     #[arg(long, env = "WATCHMAN_POD_DOCUMENT_STORE", default_value = "none")]
     pub pod_document_store: String,
+    /// Middleman's `--document-key-prefix` in Kubernetes pods: keep it apart from
+    /// `--redis-prefix`, so that a Redis user limited to `<prefix>notebook:*` cannot touch
+    /// Watchman's own records.
+    #[arg(
+        long,
+        env = "WATCHMAN_POD_DOCUMENT_KEY_PREFIX",
+        default_value = "nbplat:"
+    )]
+    pub pod_document_key_prefix: String,
     /// Service account of the kernel pods (no bindings; its token is never mounted).
     #[arg(
         long,

@@ -296,7 +296,7 @@ async fn kube_backend(
         default_image: args.pod_image.clone(),
         public_key_pem: key.verifying_key().to_pem()?,
         document_store: args.pod_document_store.clone(),
-        document_key_prefix: args.redis_prefix.clone(),
+        document_key_prefix: args.pod_document_key_prefix.clone(),
         service_account: args.pod_service_account.clone(),
         delete_grace: args.pod_delete_grace,
         unreachable_toleration: args.pod_unreachable_toleration,

@@ -409,13 +409,17 @@ impl Watchman {
     /// Pod counts and targets per plan.
     pub async fn pool_counts(&self) -> Result<BTreeMap<String, PoolCounts>, ServiceError> {
         let pods = self.inner.store.pods().await?;
+        Ok(self.counts_of(&pods))
+    }
+
+    fn counts_of(&self, pods: &[Pod]) -> BTreeMap<String, PoolCounts> {
         let mut out: BTreeMap<String, PoolCounts> = self
             .inner
             .plans
             .keys()
             .map(|k| (k.clone(), PoolCounts::default()))
             .collect();
-        for p in &pods {
+        for p in pods {
             if let Some(c) = out.get_mut(&p.plan) {
                 match p.state {
                     PodState::Warm => c.warm += 1,
@@ -430,7 +434,7 @@ impl Watchman {
                 c.target = plan.target_warm(c.allocated);
             }
         }
-        Ok(out)
+        out
     }
 
     /// Runs the reconciler until `shutdown`: each interval, if this replica holds the lease,
@@ -446,7 +450,14 @@ impl Watchman {
                 () = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            match self.try_lease().await {
+            // A replica whose view of the pods cannot be trusted yet (Kubernetes: the pod
+            // watch has not listed them, or is failing) does not take the lease.
+            let lease = if self.inner.backend.ready() {
+                self.try_lease().await
+            } else {
+                Ok(false)
+            };
+            match lease {
                 Ok(true) => {
                     if !leading {
                         tracing::info!(instance = %s.instance, "took the reconciler lease");
@@ -473,7 +484,19 @@ impl Watchman {
             if gc {
                 last_gc = Instant::now();
             }
-            if let Err(error) = self.reconcile_once(gc).await {
+            // A pass must not outlive the lease it started under (another replica may take
+            // over); with the Kubernetes backend it does no slow I/O, so it is cut off at two
+            // thirds of the lease time and the next pass starts afresh.
+            let pass = self.reconcile_once(gc);
+            let result = match self.inner.backend.pass_limit(s.lease_ttl) {
+                Some(limit) => tokio::time::timeout(limit, pass).await.unwrap_or_else(|_| {
+                    metrics::counter!("watchman_reconcile_timeouts_total").increment(1);
+                    tracing::warn!(?limit, "reconcile pass cut off");
+                    Ok(())
+                }),
+                None => pass.await,
+            };
+            if let Err(error) = result {
                 tracing::warn!(%error, "reconcile pass failed");
             }
             metrics::histogram!("watchman_reconcile_duration_seconds")
@@ -502,12 +525,13 @@ impl Watchman {
     /// pods, and start or remove pods so every plan meets its warm target.
     pub async fn reconcile_once(&self, collect_garbage: bool) -> Result<(), ServiceError> {
         let inner = &self.inner;
-        let pods = inner.store.pods().await?;
+        let mut pods = inner.store.pods().await?;
         if collect_garbage {
             for pod in inner.backend.collect_garbage(&pods, &inner.plans).await {
                 inner.store.add_pod(&pod).await?;
                 metrics::counter!("watchman_pods_adopted_total", "plan" => pod.plan.clone())
                     .increment(1);
+                pods.push(pod);
             }
         }
         inner.backend.mirror(&pods).await;
@@ -591,8 +615,11 @@ impl Watchman {
             checked.retain(|id, _| live.contains(id.as_str()));
         }
 
-        // Converge every plan to its target.
-        let counts = self.pool_counts().await?;
+        // Converge every plan to its target. The counts are those read at the start of this
+        // pass: pods allocated, ended or discarded since only make them show more warm and
+        // fewer allocated pods than there are, so a pass may start too few (the next one
+        // catches up) but never too many. Removing surplus pods reads afresh.
+        let counts = self.counts_of(&pods);
         let mut starts = Vec::new();
         for (name, c) in &counts {
             let demand = inner.store.demand(name).await?;
@@ -614,8 +641,11 @@ impl Watchman {
                     starts.push(name.clone());
                 }
             } else if c.warm > 0 && have > target {
-                let surplus = (have - target).min(c.warm) as usize;
                 let pods = inner.store.pods().await?;
+                let fresh = self.counts_of(&pods).remove(name).unwrap_or_default();
+                let have = fresh.warm + fresh.starting;
+                let target = fresh.target + demand;
+                let surplus = have.saturating_sub(target).min(fresh.warm) as usize;
                 for pod in pods
                     .iter()
                     .filter(|p| p.plan == *name && p.state == PodState::Warm)
@@ -731,12 +761,22 @@ impl Watchman {
         reason: &'static str,
         detail: &str,
     ) -> Result<(), ServiceError> {
+        if matches!(reason, "surplus" | "plan_removed") {
+            // A healthy pod: taken only if no Allocate claimed it since it was read.
+            if !self.inner.store.retire(&pod.id).await? {
+                return Ok(());
+            }
+        } else {
+            // A dead pod: if it was claimed meanwhile, that allocation ends, with the reason.
+            let end = if reason == "preempted" {
+                EndReason::Preempted
+            } else {
+                EndReason::PodLost
+            };
+            self.inner.store.end_pod(&pod.id, end, detail).await?;
+        }
         tracing::info!(pod = %pod.id, reason, detail, "removing pod");
         metrics::counter!("watchman_pods_ended_total", "plan" => pod.plan.clone(), "reason" => reason).increment(1);
-        self.inner
-            .store
-            .end_pod(&pod.id, EndReason::PodLost, detail)
-            .await?;
         self.inner.backend.delete(pod).await;
         self.inner.store.remove_pod(&pod.id).await?;
         Ok(())
@@ -771,6 +811,7 @@ pub fn register_metrics(plans: &[String]) {
     }
     metrics::counter!("watchman_kube_watch_errors_total").increment(0);
     metrics::counter!("watchman_pods_collected_total").increment(0);
+    metrics::counter!("watchman_reconcile_timeouts_total").increment(0);
     for plan in plans {
         metrics::counter!("watchman_pods_adopted_total", "plan" => plan.clone()).increment(0);
         metrics::counter!("watchman_pod_start_failures_total", "plan" => plan.clone()).increment(0);

@@ -107,10 +107,12 @@ impl Policies {
         );
         let page = page_template.replace(" 'nonce-{nonce}'", "");
         // HTML outputs: their own inline scripts and styles, embedded images, and no network.
+        // `sandbox allow-scripts` keeps the frame an opaque origin even when it is opened on its
+        // own (top level, or framed without the page's sandbox attribute).
         let frame = format!(
             "default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; \
              img-src data: blob:; font-src data:; media-src data: blob:; base-uri 'none'; \
-             form-action 'none'; frame-ancestors {ancestors}"
+             form-action 'none'; frame-ancestors {ancestors}; sandbox allow-scripts"
         );
         Self {
             page_template,

@@ -6,6 +6,7 @@
 //! because the object may be gone by the time the reconciler looks.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,14 @@ pub mod keys {
     /// Annotation: the public key Middleman verifies tokens with (mounted as a file through
     /// the downward API, so no Secret or ConfigMap has to be created per pod).
     pub const PUBLIC_KEY: &str = "nbplat.dev/public-key";
+}
+
+/// Longest wait for one API write: a reconcile pass must not hang on a slow API server or
+/// admission webhook.
+const API_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn timed_out() -> kube::Error {
+    kube::Error::Service(format!("no answer from the API server within {API_TIMEOUT:?}").into())
 }
 
 /// Middleman's port in the pod.
@@ -98,6 +107,10 @@ struct Shared {
     /// When this replica last read or renewed the lease, and whether it held it then: the
     /// lease is touched every third of its duration, not on every reconcile pass.
     checked: Mutex<Option<(Instant, bool)>>,
+    /// The watch has listed every pod once, and is not failing now. Until both hold, a pod
+    /// missing from the cache proves nothing, and this replica does not reconcile.
+    listed: AtomicBool,
+    watching: AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -138,6 +151,8 @@ impl KubeBackend {
             losses: Mutex::new(HashMap::new()),
             observed: Mutex::new(None),
             checked: Mutex::new(None),
+            listed: AtomicBool::new(false),
+            watching: AtomicBool::new(false),
         });
         let selector = format!("{}={}", keys::POOL, shared.settings.pool_id);
         let watch_shared = shared.clone();
@@ -154,6 +169,7 @@ impl KubeBackend {
                 match event {
                     None => return,
                     Some(Err(error)) => {
+                        watch_shared.watching.store(false, Ordering::Release);
                         metrics::counter!("watchman_kube_watch_errors_total").increment(1);
                         tracing::warn!(%error, "pod watch failed; retrying");
                     }
@@ -168,6 +184,16 @@ impl KubeBackend {
                                 a.remove(keys::PUBLIC_KEY);
                             }
                         });
+                        match &event {
+                            watcher::Event::InitDone => {
+                                watch_shared.listed.store(true, Ordering::Release);
+                                watch_shared.watching.store(true, Ordering::Release);
+                            }
+                            watcher::Event::Apply(_) | watcher::Event::Delete(_) => {
+                                watch_shared.watching.store(true, Ordering::Release);
+                            }
+                            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+                        }
                         watch_shared.observe(&event);
                         writer.apply_watcher_event(&event);
                     }
@@ -183,19 +209,20 @@ impl KubeBackend {
             .get(&ObjectRef::new(id).within(&self.shared.settings.namespace))
     }
 
-    /// True once the watch has listed every pod.
-    async fn synced(&self) -> bool {
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            self.shared.cache.wait_until_ready(),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok())
+    /// True while the cache can be trusted: the watch has listed every pod and is not failing.
+    pub(super) fn synced(&self) -> bool {
+        self.shared.listed.load(Ordering::Acquire) && self.shared.watching.load(Ordering::Acquire)
     }
 
     pub(super) async fn create(&self, id: &str, plan: &Plan) -> Result<Started, BackendError> {
         let pod = pod_manifest(&self.shared.settings, id, plan);
-        match self.shared.pods.create(&PostParams::default(), &pod).await {
+        let created = tokio::time::timeout(
+            API_TIMEOUT,
+            self.shared.pods.create(&PostParams::default(), &pod),
+        )
+        .await
+        .unwrap_or_else(|_| Err(timed_out()));
+        match created {
             Ok(created) => Ok(Started {
                 endpoint: String::new(),
                 handle: created.metadata.uid.unwrap_or_default(),
@@ -216,7 +243,10 @@ impl KubeBackend {
             grace_period_seconds: Some(grace),
             ..DeleteParams::default()
         };
-        match self.shared.pods.delete(&pod.id, &params).await {
+        let deleted = tokio::time::timeout(API_TIMEOUT, self.shared.pods.delete(&pod.id, &params))
+            .await
+            .unwrap_or_else(|_| Err(timed_out()));
+        match deleted {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(error) => {
@@ -238,8 +268,10 @@ impl KubeBackend {
         match self.get(&pod.id) {
             Some(k) if is_ready(&k) => Health::Ready,
             Some(_) => Health::NotReady,
-            // The watch may not have delivered a pod created a moment ago.
-            None if now_ms().saturating_sub(pod.created_ms) < 60_000 => Health::NotReady,
+            // The watch may not have delivered a pod created a moment ago, or may be down.
+            None if !self.synced() || now_ms().saturating_sub(pod.created_ms) < 60_000 => {
+                Health::NotReady
+            }
             None => Health::Lost("the pod does not exist".into()),
         }
     }
@@ -259,6 +291,13 @@ impl KubeBackend {
     /// call; the rest follows in the next passes).
     pub(super) async fn mirror(&self, pods: &[Pod]) {
         const PER_PASS: usize = 256;
+        // Forget the ends of pods that neither the store nor the cluster has any more.
+        {
+            let known: std::collections::HashSet<&str> =
+                pods.iter().map(|p| p.id.as_str()).collect();
+            lock(&self.shared.losses)
+                .retain(|name, _| known.contains(name.as_str()) || self.get(name).is_some());
+        }
         let stale: Vec<&Pod> = pods
             .iter()
             .filter(|p| {
@@ -284,11 +323,14 @@ impl KubeBackend {
             let patch = serde_json::json!({
                 "metadata": {"labels": {keys::STATE: p.state.label()}, "annotations": annotations}
             });
-            let r = self
-                .shared
-                .pods
-                .patch(&p.id, &PatchParams::default(), &Patch::Merge(&patch))
-                .await;
+            let r = tokio::time::timeout(
+                API_TIMEOUT,
+                self.shared
+                    .pods
+                    .patch(&p.id, &PatchParams::default(), &Patch::Merge(&patch)),
+            )
+            .await
+            .unwrap_or_else(|_| Err(timed_out()));
             match r {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -308,7 +350,7 @@ impl KubeBackend {
         known: &[Pod],
         plans: &BTreeMap<String, Plan>,
     ) -> Vec<Pod> {
-        if !self.synced().await {
+        if !self.synced() {
             return Vec::new();
         }
         let known: std::collections::HashSet<&str> = known.iter().map(|p| p.id.as_str()).collect();
@@ -322,7 +364,12 @@ impl KubeBackend {
             }
             let plan = label(&k, keys::PLAN).filter(|p| plans.contains_key(*p));
             let state = label(&k, keys::STATE);
-            let healthy = lock(&self.shared.losses).get(name).is_none();
+            // A pod that carries a document was allocated, whatever its (possibly lagging)
+            // state label says.
+            let bound = k.metadata.annotations.as_ref().is_some_and(|a| {
+                a.contains_key(keys::DOCUMENT) || a.contains_key(keys::ALLOCATION)
+            });
+            let healthy = !bound && lock(&self.shared.losses).get(name).is_none();
             if let Some(plan) = plan
                 && matches!(state, Some("starting" | "warm"))
                 && healthy
@@ -372,7 +419,9 @@ impl KubeBackend {
         {
             return Ok(held);
         }
-        let result = self.touch_lease(holder, ttl).await;
+        let result = tokio::time::timeout(ttl / 3, self.touch_lease(holder, ttl))
+            .await
+            .unwrap_or_else(|_| Err(timed_out()));
         *lock(&self.shared.checked) = match &result {
             Ok(held) => Some((Instant::now(), *held)),
             Err(_) => None,
@@ -515,6 +564,13 @@ fn classify(pod: &KubePod) -> Option<Loss> {
     {
         let reason = c.reason.as_deref().unwrap_or("Disrupted");
         let message = c.message.as_deref().unwrap_or("");
+        let pod_message = status.and_then(|s| s.message.as_deref()).unwrap_or("");
+        if reason == "TerminationByKubelet" && storage_eviction(&format!("{message} {pod_message}"))
+        {
+            return Some(Loss::Lost(format!(
+                "evicted for its own storage use: {pod_message}"
+            )));
+        }
         return Some(Loss::Preempted(
             format!("{reason}: {message}")
                 .trim_end_matches(": ")
@@ -542,10 +598,14 @@ fn classify(pod: &KubePod) -> Option<Loss> {
             })
             .unwrap_or_default();
         let what = if reason == "Evicted" {
-            return Some(Loss::Preempted(format!(
-                "evicted: {}",
-                status.and_then(|s| s.message.as_deref()).unwrap_or("")
-            )));
+            let message = status.and_then(|s| s.message.as_deref()).unwrap_or("");
+            // The kubelet evicts a pod over its own ephemeral-storage or emptyDir limit: that
+            // is the document's code filling the disk, not the platform taking the pod.
+            return Some(if storage_eviction(message) {
+                Loss::Lost(format!("evicted for its own storage use: {message}"))
+            } else {
+                Loss::Preempted(format!("evicted: {message}"))
+            });
         } else {
             format!("pod {}", phase.to_lowercase())
         };
@@ -561,6 +621,13 @@ fn classify(pod: &KubePod) -> Option<Loss> {
         return Some(Loss::Lost("the pod is being deleted".into()));
     }
     None
+}
+
+/// Whether a kubelet eviction message is about the pod's own storage limits.
+fn storage_eviction(message: &str) -> bool {
+    message.contains("ephemeral local storage usage exceeds")
+        || message.contains("exceeds the limit")
+        || message.contains("emptyDir usage exceeds")
 }
 
 fn is_ready(pod: &KubePod) -> bool {

@@ -78,6 +78,22 @@ impl Backend {
             Backend::Kube(b) => b.health(pod),
         }
     }
+    /// Whether this replica's view of the pods can be trusted (a replica that cannot does not
+    /// reconcile).
+    pub fn ready(&self) -> bool {
+        match self {
+            Backend::Local(_) => true,
+            Backend::Kube(b) => b.synced(),
+        }
+    }
+    /// How long one reconcile pass may take under a lease of `ttl`; `None`: unbounded (the
+    /// local backend's probes wait on processes).
+    pub fn pass_limit(&self, ttl: Duration) -> Option<Duration> {
+        match self {
+            Backend::Local(_) => None,
+            Backend::Kube(_) => Some(ttl * 2 / 3),
+        }
+    }
     /// The pod's address once known (Kubernetes assigns it after scheduling); `None`: unchanged.
     pub fn endpoint(&self, pod: &Pod) -> Option<String> {
         match self {

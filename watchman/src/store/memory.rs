@@ -85,6 +85,17 @@ impl MemoryStore {
         Ok(self.lock().by_document.get(document).cloned())
     }
 
+    pub(super) async fn retire(&self, pod: &str) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        match g.pods.get_mut(pod) {
+            Some(p) if matches!(p.state, PodState::Warm | PodState::Starting) => {
+                p.state = PodState::Ending;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     pub(super) async fn end_pod(
         &self,
         pod: &str,

@@ -80,6 +80,11 @@ impl Store {
     ) -> Result<Option<Ended>, StoreError> {
         dispatch!(self, s => s.end_pod(pod, reason, detail).await)
     }
+    /// Warm or starting → Ending, atomically; false if the pod was claimed (or ended)
+    /// meanwhile, so a surplus pod is never taken from under a fresh allocation.
+    pub async fn retire(&self, pod: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.retire(pod).await)
+    }
     /// How an allocation ended, if it did (kept for an hour).
     pub async fn ended(&self, allocation: &str) -> Result<Option<Ended>, StoreError> {
         dispatch!(self, s => s.ended(allocation).await)

@@ -85,6 +85,17 @@ redis.call('SET', ARGV[1] .. 'ended:' .. p.allocation, ej, 'EX', 3600)
 return ej
 ";
 
+const RETIRE: &str = r"
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local p = cjson.decode(raw)
+if p.state ~= 'warm' and p.state ~= 'starting' then return 0 end
+p.state = 'ending'
+redis.call('SET', KEYS[1], cjson.encode(p))
+redis.call('SREM', ARGV[1] .. 'warm:' .. p.plan, ARGV[2])
+return 1
+";
+
 const LEASE: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if cur == false or cur == ARGV[1] then
@@ -209,6 +220,17 @@ impl RedisStore {
             .invoke_async(&mut c)
             .await?;
         raw.map(|r| decode("ended", &r)).transpose()
+    }
+
+    pub(super) async fn retire(&self, pod: &str) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        let done: i64 = Script::new(RETIRE)
+            .key(self.key(&format!("pod:{pod}")))
+            .arg(&self.prefix)
+            .arg(pod)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(done == 1)
     }
 
     pub(super) async fn ended(&self, allocation: &str) -> Result<Option<Ended>, StoreError> {

@@ -17,8 +17,19 @@ pub mod kube {
 
     /// An in-process replica of `warm` pods of plan `free` on `k`.
     pub async fn replica(k: &KubeEnv, warm: u32, store: &str, instance: &str) -> watchman::Running {
+        replica_of(k, "free", warm, store, instance).await
+    }
+
+    /// An in-process replica of `warm` pods of plan `plan` on `k`.
+    pub async fn replica_of(
+        k: &KubeEnv,
+        plan: &str,
+        warm: u32,
+        store: &str,
+        instance: &str,
+    ) -> watchman::Running {
         use clap::Parser as _;
-        let plans = k.write_plans(&k.plan("free", warm));
+        let plans = k.write_plans(&k.plan(plan, warm));
         let mut args = vec!["watchman".to_owned()];
         args.extend(k.args(&plans, store, instance, super::API_TOKEN));
         watchman::start(watchman::Args::try_parse_from(args).unwrap())
@@ -184,8 +195,13 @@ pub fn allocate_req(doc: &str, wait_ms: u32) -> pb::AllocateRequest {
     }
 }
 
-/// Waits until the plan has `warm` warm pods.
+/// Waits until plan `free` has `warm` warm pods.
 pub async fn wait_warm(c: &mut Client, warm: u32) {
+    wait_warm_plan(c, "free", warm).await;
+}
+
+/// Waits until `plan` has `warm` warm pods.
+pub async fn wait_warm_plan(c: &mut Client, plan: &str, warm: u32) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     loop {
         let pools = c
@@ -194,7 +210,7 @@ pub async fn wait_warm(c: &mut Client, warm: u32) {
             .unwrap()
             .into_inner()
             .pools;
-        if pools.iter().any(|p| p.plan == "free" && p.warm >= warm) {
+        if pools.iter().any(|p| p.plan == plan && p.warm >= warm) {
             return;
         }
         assert!(
