@@ -114,6 +114,10 @@ struct Inner {
     settings: Settings,
     /// Pod creations allowed now (refilled at `pod_create_rate`), and when it was refilled.
     create_budget: std::sync::Mutex<(f64, Instant)>,
+    /// When the lease was last confirmed held (by the store or the API server). A pass acts
+    /// only while this is younger than two thirds of the lease time, so a leader that stalled
+    /// (paused, starved, cut off) does nothing once another replica may have taken over.
+    lease_confirmed: std::sync::Mutex<Option<Instant>>,
     /// When each allocated pod's activity was last checked.
     activity_checked: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
 }
@@ -149,6 +153,7 @@ impl Watchman {
                 key,
                 settings,
                 create_budget: std::sync::Mutex::new((0.0, Instant::now())),
+                lease_confirmed: std::sync::Mutex::new(None),
                 activity_checked: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         }
@@ -510,22 +515,49 @@ impl Watchman {
     /// The backend's lease (Kubernetes) or else the store's.
     async fn try_lease(&self) -> Result<bool, String> {
         let s = &self.inner.settings;
-        if let Some(r) = self.inner.backend.try_lease(&s.instance, s.lease_ttl).await {
-            return r;
-        }
-        let ttl = u64::try_from(s.lease_ttl.as_millis()).unwrap_or(u64::MAX);
+        let asked = Instant::now();
+        let result = match self.inner.backend.try_lease(&s.instance, s.lease_ttl).await {
+            Some(r) => r,
+            None => {
+                let ttl = u64::try_from(s.lease_ttl.as_millis()).unwrap_or(u64::MAX);
+                self.inner
+                    .store
+                    .try_lease(&s.instance, ttl)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let confirmed = match result {
+            Ok(true) => Some(self.inner.backend.lease_confirmed().unwrap_or(asked)),
+            _ => None,
+        };
+        *self
+            .inner
+            .lease_confirmed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = confirmed;
+        result
+    }
+
+    /// Whether this replica may still act on the lease it holds (see `lease_confirmed`).
+    fn lease_fresh(&self) -> bool {
+        let limit = self.inner.settings.lease_ttl * 2 / 3;
         self.inner
-            .store
-            .try_lease(&s.instance, ttl)
-            .await
-            .map_err(|e| e.to_string())
+            .lease_confirmed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < limit)
     }
 
     /// One reconciliation pass: probe pods, end lost, idle and expired allocations, delete ended
-    /// pods, and start or remove pods so every plan meets its warm target.
+    /// pods, and start or remove pods so every plan meets its warm target. Run by the lease
+    /// holder: every step that changes something first checks that the lease is still fresh.
     pub async fn reconcile_once(&self, collect_garbage: bool) -> Result<(), ServiceError> {
         let inner = &self.inner;
         let mut pods = inner.store.pods().await?;
+        if !self.lease_fresh() {
+            return Ok(());
+        }
         if collect_garbage {
             for pod in inner.backend.collect_garbage(&pods, &inner.plans).await {
                 inner.store.add_pod(&pod).await?;
@@ -539,6 +571,9 @@ impl Watchman {
         let startup_ms =
             u64::try_from(inner.settings.pod_startup_timeout.as_millis()).unwrap_or(u64::MAX);
         let checks = pods.iter().map(|pod| async move {
+            if !self.lease_fresh() {
+                return Ok(());
+            }
             let plan = inner.plans.get(&pod.plan);
             match pod.state {
                 PodState::Starting => match inner.backend.health(pod).await {
@@ -640,7 +675,7 @@ impl Watchman {
                 for _ in 0..(target - have) {
                     starts.push(name.clone());
                 }
-            } else if c.warm > 0 && have > target {
+            } else if c.warm > 0 && have > target && self.lease_fresh() {
                 let pods = inner.store.pods().await?;
                 let fresh = self.counts_of(&pods).remove(name).unwrap_or_default();
                 let have = fresh.warm + fresh.starting;
@@ -680,6 +715,9 @@ impl Watchman {
             starts = fair;
         }
         for chunk in starts.chunks(limit) {
+            if !self.lease_fresh() {
+                break;
+            }
             for r in join_all(chunk.iter().map(|plan| self.start_pod(plan))).await {
                 r?;
             }

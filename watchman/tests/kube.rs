@@ -477,6 +477,48 @@ async fn killing_the_leader_moves_reconciliation_without_extra_pods() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_stalls_past_its_lease_does_nothing_when_it_wakes() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let redis = testkit::RedisServer::start();
+    let k = KubeEnv::new("stall", 2).await;
+    let first = Process::spawn(&k, 3, &redis.url(), "replica-a");
+    wait_holder(&k, "replica-a").await;
+    let mut c1 = first.client().await;
+    wait_warm(&mut c1, 3).await;
+    let second = Process::spawn(&k, 3, &redis.url(), "replica-b");
+    let mut c2 = second.client().await;
+    // The leader freezes (a long GC pause, a starved node, SIGSTOP): the other takes over,
+    // serves and refills.
+    let pid = Pid::from_raw(i32::try_from(first.child.id()).unwrap());
+    kill(pid, Signal::SIGSTOP).unwrap();
+    wait_holder(&k, "replica-b").await;
+    for doc in ["doc-1", "doc-2"] {
+        c2.allocate(allocate_req(doc, 0)).await.unwrap();
+    }
+    k.wait_pods("two allocated and three warm", |p| {
+        p.len() == 5 && count_state(p, "warm") == 3
+    })
+    .await;
+    // It wakes with the view it had: it must notice it lost the lease and act on nothing.
+    kill(pid, Signal::SIGCONT).unwrap();
+    let mut most = 0;
+    for _ in 0..40 {
+        most = most.max(k.live_pods().await.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(most, 5, "pods beyond 2 allocated + 3 warm appeared");
+    assert_eq!(lease_holder(&k).await.as_deref(), Some("replica-b"));
+    c1.get_allocation(pb::GetAllocationRequest {
+        document_id: "doc-1".into(),
+    })
+    .await
+    .expect("the woken replica serves the shared store");
+    drop((first, second));
+    k.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_watchman_adopts_its_pods_instead_of_leaking_or_recreating_them() {
     let redis = testkit::RedisServer::start();
     let k = KubeEnv::new("adopt", 2).await;

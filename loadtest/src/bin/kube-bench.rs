@@ -31,6 +31,10 @@ struct Args {
     /// Concurrency of each burst.
     #[arg(long, value_delimiter = ',', default_value = "16,64")]
     concurrency: Vec<usize>,
+    /// Open-loop bursts: Allocates sent at this rate (per second) whatever the answers, up to
+    /// 256 in flight; latency counts from when each was due (no coordinated omission).
+    #[arg(long, value_delimiter = ',', default_value = "2000,4000")]
+    rate: Vec<f64>,
     /// Watchman's --pod-create-rate.
     #[arg(long, default_value_t = 250.0)]
     create_rate: f64,
@@ -204,6 +208,56 @@ async fn burst(
     })
 }
 
+async fn open_loop(
+    clients: &[Client],
+    rate: f64,
+    total: usize,
+    tag: &str,
+) -> anyhow::Result<Burst> {
+    let gate = Arc::new(tokio::sync::Semaphore::new(256));
+    let started = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        let due = started + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due).await;
+        let permit = gate.clone().acquire_owned().await?;
+        let mut c = clients[i % clients.len()].clone();
+        let req = pb::AllocateRequest {
+            document_id: format!("{tag}-{i}"),
+            plan: if i % 5 < 3 { "free" } else { "pro" }.into(),
+            user_id: "u".into(),
+            wait_ms: 2000,
+            ..Default::default()
+        };
+        tasks.push(tokio::spawn(async move {
+            let r = c.allocate(req).await;
+            drop(permit);
+            r.map(|_| due.elapsed()).map_err(|s| s.to_string())
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    let mut failed = 0;
+    for t in tasks {
+        match t.await? {
+            Ok(l) => latencies.push(l),
+            Err(e) => {
+                failed += 1;
+                if failed < 3 {
+                    eprintln!("  allocate failed: {e}");
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Ok(Burst {
+        ok: latencies.len(),
+        failed,
+        elapsed,
+        latencies,
+    })
+}
+
 fn pct(v: &[Duration], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -285,9 +339,22 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("  filled in {fill:.1?}; memory {mem_full:?}");
 
     let mut rows = Vec::new();
-    for &c in &args.concurrency {
-        eprintln!("burst of {} Allocates at concurrency {c}", args.allocations);
-        let b = burst(&clients, c, args.allocations, &format!("c{c}")).await?;
+    let loads = args
+        .concurrency
+        .iter()
+        .map(|c| (format!("concurrency {c}"), Some(*c), 0.0))
+        .chain(
+            args.rate
+                .iter()
+                .map(|r| (format!("{r:.0}/s offered"), None, *r)),
+        );
+    for (label, concurrency, rate) in loads {
+        eprintln!("{} Allocates, {label}", args.allocations);
+        let tag = label.replace([' ', '/'], "-");
+        let b = match concurrency {
+            Some(c) => burst(&clients, c, args.allocations, &tag).await?,
+            None => open_loop(&clients, rate, args.allocations, &tag).await?,
+        };
         let refill = wait_warm(&mut probe, args.warm, Duration::from_secs(1800)).await?;
         let throughput = b.ok as f64 / b.elapsed.as_secs_f64();
         eprintln!(
@@ -298,7 +365,7 @@ async fn main() -> anyhow::Result<()> {
             pct(&b.latencies, 0.5),
             pct(&b.latencies, 0.99)
         );
-        rows.push((c, b, refill));
+        rows.push((label, b, refill));
     }
     let (_, allocated) = warm_total(&mut probe).await?;
     let mem_end: Vec<(f64, f64)> = replicas.iter().map(|r| rss_mib(r.pid())).collect();
@@ -313,9 +380,7 @@ async fn main() -> anyhow::Result<()> {
         f64::from(args.warm) / fill.as_secs_f64(),
         args.create_rate
     );
-    println!(
-        "| concurrency | Allocates | failed | throughput | p50 | p99 | max | pools refilled in |"
-    );
+    println!("| load | Allocates | failed | throughput | p50 | p99 | max | pools refilled in |");
     println!("|---|---|---|---|---|---|---|---|");
     for (c, b, refill) in &rows {
         println!(

@@ -419,14 +419,20 @@ impl KubeBackend {
         {
             return Ok(held);
         }
+        let asked = Instant::now();
         let result = tokio::time::timeout(ttl / 3, self.touch_lease(holder, ttl))
             .await
             .unwrap_or_else(|_| Err(timed_out()));
         *lock(&self.shared.checked) = match &result {
-            Ok(held) => Some((Instant::now(), *held)),
+            Ok(held) => Some((asked, *held)),
             Err(_) => None,
         };
         result
+    }
+
+    /// When the API server last confirmed this replica holds the lease.
+    pub(super) fn lease_confirmed(&self) -> Option<Instant> {
+        lock(&self.shared.checked).and_then(|(at, held)| held.then_some(at))
     }
 
     async fn touch_lease(&self, holder: &str, ttl: Duration) -> Result<bool, kube::Error> {

@@ -116,6 +116,14 @@ impl Backend {
             Backend::Kube(b) => Some(b.try_lease(holder, ttl).await.map_err(|e| e.to_string())),
         }
     }
+    /// When the backend's lease was last confirmed held by its authority (a cached answer
+    /// is older than the call that returned it).
+    pub fn lease_confirmed(&self) -> Option<std::time::Instant> {
+        match self {
+            Backend::Local(_) => None,
+            Backend::Kube(b) => b.lease_confirmed(),
+        }
+    }
     /// Gives up the backend's lease at shutdown.
     pub async fn release_lease(&self, holder: &str) {
         if let Backend::Kube(b) = self {
