@@ -2,7 +2,8 @@
 # Tests the web client in a real browser (Debian's headless Chromium, driven by playwright-core)
 # against a real Watchman with the local backend and real Middleman and ipykernel processes:
 #
-#  1. middleman/web-dist/ must be the build of web/ (scripts/build-web.sh --check);
+#  1. middleman/web-dist/ must be the build of web/, byte for byte, the .gz files included
+#     (scripts/build-web.sh --check);
 #  2. a Watchman on free ports of 127.0.0.1 with a temporary directory and a small plan, as
 #     scripts/run-local.sh starts it;
 #  3. web/test/*.test.mjs under `node --test`: the landing page into a document, typing and

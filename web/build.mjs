@@ -1,11 +1,13 @@
 // Builds the web client into middleman/web-dist/ (or the directory given as the first argument):
-// index.html, output-frame.html, assets/app.js, assets/app.css, assets/licenses.txt.
-// Deterministic: same sources and lockfile, same bytes. Asset URLs carry a content hash
+// index.html, output-frame.html, assets/app.js, assets/app.css, assets/licenses.txt, and
+// assets/app.js.gz, assets/app.css.gz (gzip level 9, no name, mtime 0; Middleman serves them to
+// browsers that accept gzip). Deterministic: same sources and lockfile, same bytes. Asset URLs carry a content hash
 // (?v=...) so Middleman can let browsers cache them for a year.
 import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { constants, gzipSync } from "node:zlib";
 import * as esbuild from "esbuild";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -53,8 +55,13 @@ if (existsSync(out)) rmSync(out, { recursive: true });
 mkdirSync(join(out, "assets"), { recursive: true });
 writeFileSync(join(out, "assets", "app.js"), jsBytes);
 writeFileSync(join(out, "assets", "app.css"), cssBytes);
+// Node's gzip header has no file name and mtime 0, so these bytes depend on the input only.
+const gzip = (b) => gzipSync(b, { level: constants.Z_BEST_COMPRESSION });
+const jsGz = gzip(jsBytes);
+writeFileSync(join(out, "assets", "app.js.gz"), jsGz);
+writeFileSync(join(out, "assets", "app.css.gz"), gzip(cssBytes));
 writeFileSync(join(out, "assets", "licenses.txt"), licenses);
 writeFileSync(join(out, "index.html"), index);
 writeFileSync(join(out, "output-frame.html"), readFileSync(join(here, "static", "output-frame.html")));
 const kib = (n) => `${(n / 1024).toFixed(1)} KiB`;
-console.log(`web: built ${out} (app.js ${kib(jsBytes.length)}, app.css ${kib(cssBytes.length)}, ${packages.size} packages)`);
+console.log(`web: built ${out} (app.js ${kib(jsBytes.length)}, ${kib(jsGz.length)} gzipped, app.css ${kib(cssBytes.length)}, ${packages.size} packages)`);

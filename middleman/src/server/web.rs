@@ -5,6 +5,9 @@
 //! script and style sheet, connect only to this origin, and frame only `/output-frame.html`,
 //! which HTML outputs run in: sandboxed without `allow-same-origin` (an opaque origin), with a
 //! policy of its own that lets inline scripts run but reach no network.
+//!
+//! The script and style sheet are also embedded gzipped (level 9, built by `web/build.mjs`) and
+//! sent as such, with `Content-Encoding: gzip`, to clients whose `Accept-Encoding` allows gzip.
 
 use std::sync::LazyLock;
 
@@ -15,6 +18,8 @@ use axum::response::{IntoResponse, Response};
 /// One embedded file.
 struct Asset {
     body: &'static [u8],
+    /// The same bytes gzipped, when the build writes a `.gz` next to the file.
+    gzip: Option<&'static [u8]>,
     content_type: &'static str,
     /// `hashed`: referenced from the page with `?v=<hash>`, so cacheable for a year.
     hashed: bool,
@@ -24,8 +29,21 @@ struct Asset {
 
 macro_rules! asset {
     ($name:ident, $path:literal, $content_type:literal, $hashed:literal) => {
+        asset!($name, $path, None, $content_type, $hashed);
+    };
+    ($name:ident, $path:literal, gzip $gz:literal, $content_type:literal, $hashed:literal) => {
+        asset!(
+            $name,
+            $path,
+            Some(include_bytes!($gz)),
+            $content_type,
+            $hashed
+        );
+    };
+    ($name:ident, $path:literal, $gzip:expr, $content_type:literal, $hashed:literal) => {
         static $name: Asset = Asset {
             body: include_bytes!($path),
+            gzip: $gzip,
             content_type: $content_type,
             hashed: $hashed,
             hash: LazyLock::new(|| short_hash(include_bytes!($path))),
@@ -48,12 +66,14 @@ asset!(
 asset!(
     APP_JS,
     "../../web-dist/assets/app.js",
+    gzip "../../web-dist/assets/app.js.gz",
     "text/javascript; charset=utf-8",
     true
 );
 asset!(
     APP_CSS,
     "../../web-dist/assets/app.css",
+    gzip "../../web-dist/assets/app.css.gz",
     "text/css; charset=utf-8",
     true
 );
@@ -143,9 +163,52 @@ pub(crate) struct Version {
     v: Option<String>,
 }
 
+/// Whether `Accept-Encoding` allows gzip (RFC 9110 12.5.3): `gzip` (or `x-gzip`) with a
+/// q-value above 0, or else `*` with a q-value above 0. `gzip;q=0` refuses it even if `*` is
+/// listed.
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    let mut gzip = None;
+    let mut any = None;
+    for value in headers.get_all(header::ACCEPT_ENCODING) {
+        let Ok(value) = value.to_str() else { continue };
+        for item in value.split(',') {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let mut q = 1.0_f32;
+            for param in parts {
+                if let Some((k, v)) = param.split_once('=')
+                    && k.trim().eq_ignore_ascii_case("q")
+                {
+                    // A malformed q-value counts as 0: do not guess.
+                    q = v
+                        .trim()
+                        .parse::<f32>()
+                        .ok()
+                        .filter(|q| (0.0..=1.0).contains(q))
+                        .unwrap_or(0.0);
+                }
+            }
+            let slot = match coding.as_str() {
+                "gzip" | "x-gzip" => &mut gzip,
+                "*" => &mut any,
+                _ => continue,
+            };
+            // Listed twice: the highest q wins.
+            *slot = Some(slot.map_or(q, |old: f32| old.max(q)));
+        }
+    }
+    gzip.or(any).is_some_and(|q| q > 0.0)
+}
+
 fn serve(asset: &Asset, csp: &HeaderValue, headers: &HeaderMap, version: Option<&str>) -> Response {
     let hash = hash_of(asset);
-    let etag = format!("\"{hash}\"");
+    let gzip = asset.gzip.filter(|_| accepts_gzip(headers));
+    // Each encoding has its own tag, so a cache never answers one with the other's bytes.
+    let etag = if gzip.is_some() {
+        format!("\"{hash}-gzip\"")
+    } else {
+        format!("\"{hash}\"")
+    };
     let immutable = asset.hashed && version == Some(hash.as_str());
     let matches = headers
         .get(header::IF_NONE_MATCH)
@@ -154,7 +217,7 @@ fn serve(asset: &Asset, csp: &HeaderValue, headers: &HeaderMap, version: Option<
     let mut response = if matches {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        asset.body.into_response()
+        gzip.unwrap_or(asset.body).into_response()
     };
     let h = response.headers_mut();
     if !matches {
@@ -162,6 +225,12 @@ fn serve(asset: &Asset, csp: &HeaderValue, headers: &HeaderMap, version: Option<
             header::CONTENT_TYPE,
             HeaderValue::from_static(asset.content_type),
         );
+        if gzip.is_some() {
+            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+    }
+    if asset.gzip.is_some() {
+        h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     }
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
@@ -318,5 +387,131 @@ mod tests {
             serve(&APP_JS, &p.page, &h, None).status(),
             StatusCode::NOT_MODIFIED
         );
+    }
+
+    fn accepting(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_str(value).unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn accept_encoding_q_values() {
+        for yes in [
+            "gzip",
+            "gzip, deflate, br, zstd",
+            "br;q=1.0, GZip;q=0.5",
+            "x-gzip",
+            "*",
+            "br, *;q=0.1",
+            "gzip;q=0, gzip;q=0.2",
+        ] {
+            assert!(accepts_gzip(&accepting(yes)), "{yes}");
+        }
+        for no in [
+            "",
+            "identity",
+            "br, deflate",
+            "gzip;q=0",
+            "gzip; q=0.000",
+            "gzip;q=0, *",
+            "*;q=0",
+            "gzip;q=bogus",
+            "gzip;q=2",
+            "gzipx",
+        ] {
+            assert!(!accepts_gzip(&accepting(no)), "{no}");
+        }
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
+
+    async fn body(r: Response) -> Vec<u8> {
+        axum::body::to_bytes(r.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec()
+    }
+
+    /// `gzip -dc` of the bytes: the build's gzip must decode to exactly the plain file.
+    fn gunzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("gzip")
+            .arg("-dc")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("gzip is installed");
+        let mut stdin = child.stdin.take().unwrap();
+        let input = bytes.to_vec();
+        let writer = std::thread::spawn(move || stdin.write_all(&input));
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
+        assert!(out.status.success(), "gzip -dc failed");
+        out.stdout
+    }
+
+    #[tokio::test]
+    async fn assets_are_sent_gzipped_when_accepted_and_plain_otherwise() {
+        let p = Policies::new(&[]);
+        for asset in [&APP_JS, &APP_CSS] {
+            let hash = hash_of(asset);
+            let gz = serve(asset, &p.page, &accepting("gzip, deflate, br"), Some(&hash));
+            assert_eq!(gz.status(), StatusCode::OK);
+            assert_eq!(gz.headers()[header::CONTENT_ENCODING], "gzip");
+            assert_eq!(gz.headers()[header::VARY], "Accept-Encoding");
+            assert_eq!(gz.headers()[header::CONTENT_TYPE], asset.content_type);
+            assert_eq!(gz.headers()[header::ETAG], format!("\"{hash}-gzip\""));
+            assert!(
+                gz.headers()[header::CACHE_CONTROL]
+                    .to_str()
+                    .unwrap()
+                    .contains("immutable")
+            );
+            let gz_body = body(gz).await;
+            assert!(gz_body.len() < asset.body.len() / 2);
+            assert_eq!(gunzip(&gz_body), asset.body);
+
+            for headers in [HeaderMap::new(), accepting("gzip;q=0, br")] {
+                let plain = serve(asset, &p.page, &headers, Some(&hash));
+                assert_eq!(plain.status(), StatusCode::OK);
+                assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
+                assert_eq!(plain.headers()[header::VARY], "Accept-Encoding");
+                assert_eq!(plain.headers()[header::ETAG], format!("\"{hash}\""));
+                assert_eq!(body(plain).await, asset.body);
+            }
+
+            // A tag answers only its own encoding.
+            let mut h = accepting("gzip");
+            h.insert(
+                header::IF_NONE_MATCH,
+                HeaderValue::from_str(&format!("\"{hash}-gzip\"")).unwrap(),
+            );
+            let r = serve(asset, &p.page, &h, None);
+            assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+            assert_eq!(r.headers()[header::VARY], "Accept-Encoding");
+            h.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+            assert_eq!(serve(asset, &p.page, &h, None).status(), StatusCode::OK);
+            h.insert(
+                header::IF_NONE_MATCH,
+                HeaderValue::from_str(&format!("\"{hash}\"")).unwrap(),
+            );
+            assert_eq!(
+                serve(asset, &p.page, &h, None).status(),
+                StatusCode::NOT_MODIFIED
+            );
+            h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+            assert_eq!(serve(asset, &p.page, &h, None).status(), StatusCode::OK);
+        }
+        // Files without a gzipped copy are always plain, without Vary.
+        let r = serve(&LICENSES, &p.page, &accepting("gzip"), None);
+        assert!(r.headers().get(header::CONTENT_ENCODING).is_none());
+        assert!(r.headers().get(header::VARY).is_none());
+        assert_eq!(body(r).await, LICENSES.body);
     }
 }
