@@ -8,8 +8,9 @@
 #     scripts/run-local.sh starts it;
 #  3. web/test/*.test.mjs under `node --test`: the landing page into a document, typing and
 #     running, two people in one cell, input(), interrupt, hostile HTML and huge outputs, cell
-#     operations and keys, .ipynb export/import, a viewer, and a Middleman restarted under an
-#     open page (that test starts its own Middleman with a file store).
+#     operations and keys, .ipynb export/import, a viewer, a Middleman restarted under an
+#     open page, and a network drop while Middleman keeps running (those two start their own
+#     Middleman with a file store).
 #
 # Screenshots of the main views go to artifacts/web/. Exits non-zero on any failure and stops
 # every process it started. NBP_WEB_BUILD=0 skips the cargo build (the binaries must exist).

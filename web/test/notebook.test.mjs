@@ -3,6 +3,7 @@
 // views go to artifacts/web/.
 import assert from "node:assert/strict";
 import { readFileSync, writeFileSync } from "node:fs";
+import { connect, createServer } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import {
@@ -455,6 +456,106 @@ describe("a Middleman restarted under an open page", () => {
     await run(page, 0);
     assert.match(await cell(page, 0).locator(".prompt").innerText(), /\[1\]/);
     await shot(page, "reconnected");
+    await noProblems(page);
+  });
+});
+
+/**
+ * A TCP relay between the browser and a Middleman: `drop()` resets every connection through it
+ * and refuses new ones (a network drop, seen by the page as an abnormal close) until `restore()`.
+ */
+class Link {
+  constructor(target) {
+    this.target = target;
+    this.up = true;
+    this.sockets = new Set();
+    this.server = createServer((client) => {
+      if (!this.up) return client.resetAndDestroy();
+      const upstream = connect(target, "127.0.0.1");
+      for (const [a, b] of [[client, upstream], [upstream, client]]) {
+        this.sockets.add(a);
+        a.on("error", () => b.destroy());
+        a.on("close", () => {
+          this.sockets.delete(a);
+          b.destroy();
+        });
+        a.pipe(b);
+      }
+    });
+  }
+
+  async start() {
+    await new Promise((r) => this.server.listen(0, "127.0.0.1", r));
+    return `http://127.0.0.1:${this.server.address().port}`;
+  }
+
+  drop() {
+    this.up = false;
+    for (const s of this.sockets) s.resetAndDestroy();
+  }
+
+  restore() {
+    this.up = true;
+  }
+
+  async stop() {
+    this.drop();
+    await new Promise((r) => this.server.close(r));
+  }
+}
+
+describe("a network drop under an open page (Middleman keeps running)", () => {
+  const mm = new OwnMiddleman(`web-drop-${Date.now().toString(36)}`);
+  let link;
+  let via;
+  let page;
+  let other;
+  before(async () => {
+    await mm.start();
+    link = new Link(mm.port);
+    via = await link.start();
+    page = await newPage(browser);
+    other = await newPage(browser);
+  });
+  after(async () => {
+    await page?.context().close();
+    await other?.context().close();
+    await link?.stop();
+    await mm.stop();
+  });
+
+  itShows("resumes, shows the output it missed and says it caught up", () => page, async () => {
+    // Ada reaches Middleman through the link; Grace directly.
+    await page.goto(`${via}/#token=${mm.token("Ada")}`);
+    await ready(page);
+    await other.goto(`${mm.url}/#token=${mm.token("Grace")}`);
+    await ready(other);
+    await setSource(other, 0, "print('before the drop')");
+    await run(other, 0);
+    await cell(page, 0).locator(".outputs", { hasText: "before the drop" }).waitFor();
+
+    // Ada's network goes away (her connections are reset); Middleman keeps running. (Chromium's
+    // offline emulation would not do: it leaves an open WebSocket alone.)
+    link.drop();
+    await page.waitForSelector(".link-reconnecting", { timeout: 10_000 });
+    await setSource(other, 0, "missed = 6 * 7\nprint('missed', missed)");
+    await run(other, 0);
+    await cell(other, 0).locator(".outputs", { hasText: "missed 42" }).waitFor();
+    assert.doesNotMatch(await cell(page, 0).locator(".outputs").innerText(), /missed 42/);
+
+    link.restore();
+    await page.waitForSelector(".link-connected", { timeout: 30_000 });
+    const banner = page.locator('.banner[data-key="away"]');
+    await banner.waitFor({ timeout: 30_000 });
+    const text = await banner.innerText();
+    assert.match(text, /caught up on \d+ missed events?/);
+    assert.match(text, /\d+ outputs?; 1 run finished; 1 cell changed/);
+    assert.doesNotMatch(text, /Middleman restarted/);
+    await cell(page, 0).locator(".outputs", { hasText: "missed 42" }).waitFor({ timeout: 10_000 });
+    assert.doesNotMatch(await cell(page, 0).locator(".outputs").innerText(), /before the drop/);
+    assert.equal(await cell(page, 0).evaluate((el) => el.classList.contains("changed-away")), true);
+    assert.equal(await sourceOf(page, 0), "missed = 6 * 7\nprint('missed', missed)");
+    await shot(page, "caught-up-after-drop");
     await noProblems(page);
   });
 });
