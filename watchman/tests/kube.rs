@@ -9,7 +9,7 @@ mod common;
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
-use common::kube::{KubeEnv, replica, replica_of};
+use common::kube::{KubeEnv, replica, replica_of, replica_with};
 use common::{API_TOKEN, allocate_req, client, wait_warm, wait_warm_plan};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -341,6 +341,84 @@ async fn a_deleted_spot_node_ends_its_allocations_and_the_pool_refills_on_other_
     .await;
     wait_warm(&mut c, 2).await;
     w.stop().await;
+    k.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_answering_has_its_allocations_ended_and_the_pool_moves() {
+    let k = KubeEnv::new("notready", 0).await;
+    let silent = format!("{}-a", k.tag);
+    k.create_nodes(1, &silent, &[]);
+    // Pods leave a node that stopped answering after 5 s here (30 s by default).
+    let w = replica_with(
+        &k,
+        "free",
+        2,
+        "memory",
+        "replica-a",
+        &["--pod-unreachable-toleration", "5s"],
+    )
+    .await;
+    let mut c = client(w.grpc_addr, API_TOKEN).await;
+    wait_warm(&mut c, 2).await;
+    let a = c
+        .allocate(allocate_req("doc-notready", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut wa = watch(&mut c, "doc-notready").await;
+    k.wait_pods("two warm pods and one allocated", |p| p.len() == 3)
+        .await;
+    let spare = format!("{}-b", k.tag);
+    k.create_nodes(1, &spare, &[]);
+    // The node's kubelet reports NotReady (kwok's test hook): the node lifecycle controller
+    // taints it not-ready:NoExecute, and its pods are evicted once their toleration ends.
+    let nodes: Api<Node> = Api::all(k.admin.clone());
+    nodes
+        .patch(
+            &format!("{silent}-0"),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "metadata": {"annotations": {"kwok.nbplat.dev/not-ready": "true"}}
+            })),
+        )
+        .await
+        .unwrap();
+    // And says so itself, in case kwok's stage has not run yet (the annotation keeps kwok
+    // from setting it Ready again).
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    nodes
+        .patch_status(
+            &format!("{silent}-0"),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Strategic(serde_json::json!({
+                "status": {"conditions": [{
+                    "type": "Ready", "status": "False", "reason": "KubeletNotReady",
+                    "message": "test: the node stopped answering",
+                    "lastHeartbeatTime": now, "lastTransitionTime": now
+                }]}
+            })),
+        )
+        .await
+        .unwrap();
+    let e = ended(&mut wa).await;
+    assert_eq!(e.reason, pb::EndReason::Preempted as i32, "{e:?}");
+    assert!(e.detail.contains("DeletionByTaintManager"), "{e:?}");
+    assert_eq!(e.allocation_id, a.allocation_id);
+    // The live pods are two new warm pods on the node that answers.
+    k.wait_pods("two warm pods on the answering node", |p| {
+        p.len() == 2
+            && count_state(p, "warm") == 2
+            && p.iter().all(|x| {
+                x.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&format!("{spare}-0"))
+            })
+    })
+    .await;
+    w.stop().await;
+    // The silent node goes, so that its Terminating pods do not hold the namespace.
+    let _ = nodes
+        .delete(&format!("{silent}-0"), &DeleteParams::default())
+        .await;
     k.cleanup().await;
 }
 

@@ -28,10 +28,23 @@ pub mod kube {
         store: &str,
         instance: &str,
     ) -> watchman::Running {
+        replica_with(k, plan, warm, store, instance, &[]).await
+    }
+
+    /// An in-process replica of `warm` pods of plan `plan` on `k`, with `extra` flags.
+    pub async fn replica_with(
+        k: &KubeEnv,
+        plan: &str,
+        warm: u32,
+        store: &str,
+        instance: &str,
+        extra: &[&str],
+    ) -> watchman::Running {
         use clap::Parser as _;
         let plans = k.write_plans(&k.plan(plan, warm));
         let mut args = vec!["watchman".to_owned()];
         args.extend(k.args(&plans, store, instance, super::API_TOKEN));
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
         watchman::start(watchman::Args::try_parse_from(args).unwrap())
             .await
             .unwrap()
