@@ -45,100 +45,11 @@ step "Grafana dashboards"
 
 # ---- 3. a live Watchman and its pods ------------------------------------------------------------
 step "Watchman with the local backend"
-if [ "${NBP_OPS_BUILD:-1}" != 0 ]; then
-  cargo build -q -p middleman -p watchman
-fi
-for b in watchman middleman; do
-  [ -x "target/debug/$b" ] || { echo "test-ops: target/debug/$b is missing: cargo build -p $b" >&2; exit 1; }
-done
-# Copies: a rebuild during the run must not swap the binaries under the pods.
-mkdir -p "$tmp/bin"
-cp target/debug/watchman target/debug/middleman "$tmp/bin/"
-pool="ops-$$-$RANDOM"
-watchman_pid=""
-cleanup() {
-  status=$?
-  if [ -n "$watchman_pid" ] && kill -0 "$watchman_pid" 2>/dev/null; then
-    kill -TERM "$watchman_pid" 2>/dev/null || true
-    for _ in $(seq 1 150); do kill -0 "$watchman_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$watchman_pid" 2>/dev/null || true
-  fi
-  # Pods this run's Watchman started and did not stop (it crashed, or was killed): process
-  # groups led by a process carrying this run's pool marker.
-  for envfile in /proc/[0-9]*/environ; do
-    pid="${envfile#/proc/}"
-    pid="${pid%/environ}"
-    if { tr '\0' '\n' <"$envfile"; } 2>/dev/null | grep -qx "WATCHMAN_POOL=$pool" &&
-      [ "$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ')" = "$pid" ]; then
-      kill -KILL -- "-$pid" 2>/dev/null || true
-    fi
-  done
-  if [ "$status" -ne 0 ] && [ -f "$tmp/watchman.log" ]; then
-    echo "test-ops: Watchman's log (last lines):" >&2
-    tail -n 30 "$tmp/watchman.log" >&2
-  fi
-  rm -rf "$tmp"
-  if [ "$status" -eq 0 ]; then
-    echo "test-ops: passed in $((SECONDS - began)) s"
-  else
-    echo "test-ops: FAILED (exit $status)" >&2
-  fi
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-"$tmp/bin/middleman" keygen --out-dir "$tmp/keys" >/dev/null
-(umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$tmp/keys/api-token")
 plan=ops
-cat >"$tmp/plans.toml" <<EOF
-# scripts/test-ops.sh: a small pool; a 64 KiB output cap that one cell exceeds on purpose.
-[plans.$plan]
-kernel = "python3"
-warm = { ratio = 0.5, min = 2, max = 3 }
-idle_timeout = "30m"
-max_lifetime = "1h"
-
-[plans.$plan.limits]
-execution_timeout = "60s"
-max_output_bytes = 65536
-memory_mib = 2048
-max_processes = 128
-max_open_files = 1024
-EOF
-"$tmp/bin/watchman" \
-  --plans "$tmp/plans.toml" \
-  --signing-key "$tmp/keys/signing.pem" \
-  --api-token-file "$tmp/keys/api-token" \
-  --grpc-listen 127.0.0.1:0 \
-  --http-listen 127.0.0.1:0 \
-  --local-root "$tmp/pods" \
-  --pool-id "$pool" \
-  --delete-pods-on-exit \
-  --shutdown-grace 2s \
-  --log-format json \
-  </dev/null >"$tmp/watchman.log" 2>&1 &
-watchman_pid=$!
-
-field() { grep -o "\"$1\":\"[^\"]*\"" "$tmp/watchman.log" | head -1 | cut -d'"' -f4; }
-for _ in $(seq 1 100); do
-  [ -n "$(field grpc_addr)" ] && break
-  kill -0 "$watchman_pid" 2>/dev/null || { echo "test-ops: Watchman exited" >&2; exit 1; }
-  sleep 0.1
-done
-grpc="$(field grpc_addr)"
-http="$(field http_addr)"
-[ -n "$grpc" ] && [ -n "$http" ] || { echo "test-ops: Watchman did not report its addresses" >&2; exit 1; }
-echo "Watchman: gRPC $grpc, HTTP $http"
-
-# Wait for a warm pod.
-warm=0
-for _ in $(seq 1 600); do
-  warm="$(curl -sf "http://$http/metrics" | sed -n "s/^watchman_pool_pods{plan=\"$plan\",state=\"warm\"} \([0-9]*\).*/\1/p")"
-  [ "${warm:-0}" -ge 1 ] && break
-  sleep 0.2
-done
-[ "${warm:-0}" -ge 1 ] || { echo "test-ops: no warm pod after 120 s" >&2; exit 1; }
+# A 64 KiB output cap that one cell exceeds on purpose.
+# shellcheck source=lib/local-watchman.sh
+source "$here/lib/local-watchman.sh"
+start_local_watchman test-ops "${NBP_OPS_BUILD:-1}" "$plan" 65536
 
 step "Allocate with grpcurl, drive the document over its WebSocket"
 rpc() {

@@ -26,15 +26,57 @@ pub fn tempdir(tag: &str) -> anyhow::Result<PathBuf> {
 
 /// Resident memory of a process, MiB.
 pub fn rss_mib(pid: u32) -> Option<f64> {
+    status_mib(pid, "VmRSS:")
+}
+
+/// The most resident memory a process has had, MiB.
+pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    status_mib(pid, "VmHWM:")
+}
+
+fn status_mib(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib: f64 = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()
         .ok()?;
     Some(kib / 1024.0)
+}
+
+/// The bearer token the drivers give the Watchmans they start.
+pub const API_TOKEN: &str = "bench-api-token-0123456789";
+
+/// Adds `authorization: Bearer API_TOKEN` to every call.
+#[derive(Debug, Clone, Copy)]
+pub struct Bearer;
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {API_TOKEN}")
+                .parse()
+                .map_err(|_| tonic::Status::internal("header"))?,
+        );
+        Ok(r)
+    }
+}
+
+/// A gRPC client of Watchman.
+pub type WatchmanClient = watchman_proto::v1::watchman_client::WatchmanClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+>;
+
+/// A client on its own HTTP/2 connection to Watchman at `addr`.
+pub async fn watchman_client(addr: std::net::SocketAddr) -> anyhow::Result<WatchmanClient> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    Ok(watchman_proto::v1::watchman_client::WatchmanClient::with_interceptor(channel, Bearer))
 }
 
 /// CPU time (user + system) a process has used, seconds.

@@ -12,22 +12,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 
-/// A directory removed on drop.
-#[derive(Debug)]
-pub struct Dir(pub PathBuf);
-impl Dir {
-    pub fn new(tag: &str) -> Self {
-        let p =
-            std::env::temp_dir().join(format!("nbplat-{tag}-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::TempDir;
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -42,7 +27,7 @@ pub struct KubeEnv {
     pub ns: String,
     pub pods_ns: String,
     pub admin: kube::Client,
-    pub dir: Dir,
+    pub dir: TempDir,
     /// Kubeconfig of Watchman's service account (a bearer token for it).
     pub sa_kubeconfig: PathBuf,
     pub key: PathBuf,
@@ -102,7 +87,7 @@ impl KubeEnv {
             };
             namespaces.create(&PostParams::default(), &n).await.unwrap();
         }
-        let dir = Dir::new(&tag);
+        let dir = TempDir::new(&tag);
         let env = Self {
             tag,
             ns,
@@ -378,5 +363,61 @@ tolerations = [{{ key = "nbplat.dev/spot", operator = "Equal", value = "true", e
                     .labels(&format!("node.kubernetes.io/instance-type={}", self.tag)),
             )
             .await;
+    }
+}
+
+/// A Watchman replica as a child process, killed on drop. It binds its own ports (nothing is
+/// handed over between parallel tests); its gRPC address is read from its log, so its
+/// `RUST_LOG` must let `watchman=info` through.
+#[derive(Debug)]
+pub struct WatchmanProcess {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl WatchmanProcess {
+    /// Starts `bin` with `args` (which should listen on port 0), logging to `log`.
+    pub fn spawn(bin: &Path, args: &[String], log: PathBuf, rust_log: &str) -> Self {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin)
+            .args(args)
+            .env("RUST_LOG", rust_log)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The gRPC address it logged once listening (waits up to 30 s).
+    pub async fn grpc_addr(&self) -> std::net::SocketAddr {
+        for _ in 0..300 {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(addr) = text
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("grpc_addr="))
+                .and_then(|a| a.parse().ok())
+            {
+                return addr;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("watchman never listened: {}", self.log.display());
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WatchmanProcess {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

@@ -3,6 +3,26 @@
 
 pub mod kube;
 
+/// A scratch directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    #[allow(clippy::expect_used)]
+    pub fn new(tag: &str) -> Self {
+        let p =
+            std::env::temp_dir().join(format!("nbplat-{tag}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&p).expect("creating a scratch directory");
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 

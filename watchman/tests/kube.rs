@@ -15,6 +15,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, EvictParams};
+use testkit::kube::WatchmanProcess;
 use watchman_proto::v1 as pb;
 
 fn label<'a>(p: &'a Pod, key: &str) -> Option<&'a str> {
@@ -303,33 +304,37 @@ async fn deleted_evicted_and_failed_pods_end_their_allocations_with_the_reason()
     k.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_spot_node_ends_its_allocations_and_the_pool_refills_on_other_nodes() {
-    let k = KubeEnv::new("spot", 0).await;
-    let doomed = format!("{}-a", k.tag);
-    k.create_nodes(1, &doomed, &[]);
-    let w = replica(&k, 2, "memory", "replica-a").await;
+/// A pool of two warm pods and one allocation on node `<tag>-a-0`; node `<tag>-b-0` joins;
+/// `fail` takes the first node away. The allocation must end `PREEMPTED`, its detail naming
+/// `cause`, and the pool must refill on the node that is left.
+async fn lose_a_node(
+    tag: &str,
+    extra: &[&str],
+    cause: &str,
+    fail: impl AsyncFnOnce(&KubeEnv, &str),
+) {
+    let k = KubeEnv::new(tag, 0).await;
+    let lost = format!("{}-a", k.tag);
+    k.create_nodes(1, &lost, &[]);
+    let w = replica_with(&k, "free", 2, "memory", "replica-a", extra).await;
     let mut c = client(w.grpc_addr, API_TOKEN).await;
     wait_warm(&mut c, 2).await;
     let a = c
-        .allocate(allocate_req("doc-spot", 0))
+        .allocate(allocate_req("doc-on-lost-node", 0))
         .await
         .unwrap()
         .into_inner();
-    let mut wa = watch(&mut c, "doc-spot").await;
+    let mut wa = watch(&mut c, "doc-on-lost-node").await;
     k.wait_pods("two warm pods and one allocated", |p| p.len() == 3)
         .await;
-    // A second node joins; then the spot node the pods run on is reclaimed.
     let spare = format!("{}-b", k.tag);
     k.create_nodes(1, &spare, &[]);
-    let nodes: Api<Node> = Api::all(k.admin.clone());
-    nodes
-        .delete(&format!("{doomed}-0"), &DeleteParams::default())
-        .await
-        .unwrap();
+    let lost = format!("{lost}-0");
+    fail(&k, &lost).await;
 
     let e = ended(&mut wa).await;
     assert_eq!(e.reason, pb::EndReason::Preempted as i32, "{e:?}");
+    assert!(e.detail.contains(cause), "{e:?}");
     assert_eq!(e.allocation_id, a.allocation_id);
     k.wait_pods("two warm pods on the remaining node", |p| {
         p.len() == 2
@@ -341,137 +346,86 @@ async fn a_deleted_spot_node_ends_its_allocations_and_the_pool_refills_on_other_
     .await;
     wait_warm(&mut c, 2).await;
     w.stop().await;
+    // The lost node goes (if it has not), so that no pod on it holds the namespace.
+    let nodes: Api<Node> = Api::all(k.admin.clone());
+    let _ = nodes.delete(&lost, &DeleteParams::default()).await;
     k.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_that_stops_answering_has_its_allocations_ended_and_the_pool_moves() {
-    let k = KubeEnv::new("notready", 0).await;
-    let silent = format!("{}-a", k.tag);
-    k.create_nodes(1, &silent, &[]);
-    // Pods leave a node that stopped answering after 5 s here (30 s by default).
-    let w = replica_with(
-        &k,
-        "free",
-        2,
-        "memory",
-        "replica-a",
-        &["--pod-unreachable-toleration", "5s"],
+async fn a_deleted_spot_node_ends_its_allocations_and_the_pool_refills_on_other_nodes() {
+    // The spot node is reclaimed: its Node object goes, and the pod garbage collector
+    // removes its pods (about 40 s later).
+    lose_a_node(
+        "spot",
+        &[],
+        "DeletionByPodGC",
+        async |k: &KubeEnv, node: &str| {
+            let nodes: Api<Node> = Api::all(k.admin.clone());
+            nodes.delete(node, &DeleteParams::default()).await.unwrap();
+        },
     )
     .await;
-    let mut c = client(w.grpc_addr, API_TOKEN).await;
-    wait_warm(&mut c, 2).await;
-    let a = c
-        .allocate(allocate_req("doc-notready", 0))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut wa = watch(&mut c, "doc-notready").await;
-    k.wait_pods("two warm pods and one allocated", |p| p.len() == 3)
-        .await;
-    let spare = format!("{}-b", k.tag);
-    k.create_nodes(1, &spare, &[]);
-    // The node's kubelet reports NotReady (kwok's test hook): the node lifecycle controller
-    // taints it not-ready:NoExecute, and its pods are evicted once their toleration ends.
-    let nodes: Api<Node> = Api::all(k.admin.clone());
-    nodes
-        .patch(
-            &format!("{silent}-0"),
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(serde_json::json!({
-                "metadata": {"annotations": {"kwok.nbplat.dev/not-ready": "true"}}
-            })),
-        )
-        .await
-        .unwrap();
-    // And says so itself, in case kwok's stage has not run yet (the annotation keeps kwok
-    // from setting it Ready again).
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    nodes
-        .patch_status(
-            &format!("{silent}-0"),
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Strategic(serde_json::json!({
-                "status": {"conditions": [{
-                    "type": "Ready", "status": "False", "reason": "KubeletNotReady",
-                    "message": "test: the node stopped answering",
-                    "lastHeartbeatTime": now, "lastTransitionTime": now
-                }]}
-            })),
-        )
-        .await
-        .unwrap();
-    let e = ended(&mut wa).await;
-    assert_eq!(e.reason, pb::EndReason::Preempted as i32, "{e:?}");
-    assert!(e.detail.contains("DeletionByTaintManager"), "{e:?}");
-    assert_eq!(e.allocation_id, a.allocation_id);
-    // The live pods are two new warm pods on the node that answers.
-    k.wait_pods("two warm pods on the answering node", |p| {
-        p.len() == 2
-            && count_state(p, "warm") == 2
-            && p.iter().all(|x| {
-                x.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&format!("{spare}-0"))
-            })
-    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_answering_has_its_allocations_ended_and_the_pool_moves() {
+    // Pods leave a node that stopped answering after 5 s here (30 s by default).
+    let extra = ["--pod-unreachable-toleration", "5s"];
+    lose_a_node(
+        "notready",
+        &extra,
+        "DeletionByTaintManager",
+        async |k: &KubeEnv, node: &str| {
+            // The node's kubelet reports NotReady (kwok's test hook, and the status itself in
+            // case kwok's stage has not run yet; the annotation keeps kwok from setting it Ready
+            // again): the node lifecycle controller taints it not-ready:NoExecute, and its pods
+            // are evicted once their toleration ends.
+            let nodes: Api<Node> = Api::all(k.admin.clone());
+            let params = kube::api::PatchParams::default();
+            nodes
+                .patch(
+                    node,
+                    &params,
+                    &kube::api::Patch::Merge(serde_json::json!({
+                        "metadata": {"annotations": {"kwok.nbplat.dev/not-ready": "true"}}
+                    })),
+                )
+                .await
+                .unwrap();
+            let now = k8s_openapi::jiff::Timestamp::now().to_string();
+            nodes
+                .patch_status(
+                    node,
+                    &params,
+                    &kube::api::Patch::Strategic(serde_json::json!({
+                        "status": {"conditions": [{
+                            "type": "Ready", "status": "False", "reason": "KubeletNotReady",
+                            "message": "test: the node stopped answering",
+                            "lastHeartbeatTime": now, "lastTransitionTime": now
+                        }]}
+                    })),
+                )
+                .await
+                .unwrap();
+        },
+    )
     .await;
-    w.stop().await;
-    // The silent node goes, so that its Terminating pods do not hold the namespace.
-    let _ = nodes
-        .delete(&format!("{silent}-0"), &DeleteParams::default())
-        .await;
-    k.cleanup().await;
 }
 
-/// A Watchman replica as a child process, killed with SIGKILL on drop.
-struct Process {
-    child: std::process::Child,
-    log: std::path::PathBuf,
+/// A replica of `warm` pods of plan `free` as a child process (killed with SIGKILL on drop).
+fn spawn_replica(k: &KubeEnv, warm: u32, store: &str, instance: &str) -> WatchmanProcess {
+    let plans = k.write_plans(&k.plan("free", warm));
+    WatchmanProcess::spawn(
+        std::path::Path::new(env!("CARGO_BIN_EXE_watchman")),
+        &k.args(&plans, store, instance, API_TOKEN),
+        k.dir.0.join(format!("{instance}.log")),
+        "info",
+    )
 }
 
-impl Process {
-    fn spawn(k: &KubeEnv, warm: u32, store: &str, instance: &str) -> Self {
-        let plans = k.write_plans(&k.plan("free", warm));
-        let args = k.args(&plans, store, instance, API_TOKEN);
-        let path = k.dir.0.join(format!("{instance}.log"));
-        let log = std::fs::File::create(&path).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_watchman"))
-            .args(&args)
-            .env("RUST_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Self { child, log: path }
-    }
-
-    /// A client of the replica, at the gRPC address it logs once it listens (it binds port 0:
-    /// no port is handed over between tests).
-    async fn client(&self) -> common::Client {
-        for _ in 0..300 {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if let Some(addr) = text
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("grpc_addr="))
-                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-            {
-                return client(addr, API_TOKEN).await;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("replica never listened: {}", self.log.display());
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
-    }
+async fn client_of(p: &WatchmanProcess) -> common::Client {
+    client(p.grpc_addr().await, API_TOKEN).await
 }
 
 async fn lease_holder(k: &KubeEnv) -> Option<String> {
@@ -500,12 +454,12 @@ async fn wait_holder(k: &KubeEnv, who: &str) -> Duration {
 async fn killing_the_leader_moves_reconciliation_without_extra_pods() {
     let redis = testkit::RedisServer::start();
     let k = KubeEnv::new("leader", 2).await;
-    let mut first = Process::spawn(&k, 3, &redis.url(), "replica-a");
+    let mut first = spawn_replica(&k, 3, &redis.url(), "replica-a");
     wait_holder(&k, "replica-a").await;
-    let mut c1 = first.client().await;
+    let mut c1 = client_of(&first).await;
     wait_warm(&mut c1, 3).await;
-    let second = Process::spawn(&k, 3, &redis.url(), "replica-b");
-    let mut c2 = second.client().await;
+    let second = spawn_replica(&k, 3, &redis.url(), "replica-b");
+    let mut c2 = client_of(&second).await;
     // Both serve Allocate; only the leader reconciles.
     let a = c2
         .allocate(allocate_req("doc-before", 0))
@@ -560,15 +514,15 @@ async fn a_leader_that_stalls_past_its_lease_does_nothing_when_it_wakes() {
     use nix::unistd::Pid;
     let redis = testkit::RedisServer::start();
     let k = KubeEnv::new("stall", 2).await;
-    let first = Process::spawn(&k, 3, &redis.url(), "replica-a");
+    let first = spawn_replica(&k, 3, &redis.url(), "replica-a");
     wait_holder(&k, "replica-a").await;
-    let mut c1 = first.client().await;
+    let mut c1 = client_of(&first).await;
     wait_warm(&mut c1, 3).await;
-    let second = Process::spawn(&k, 3, &redis.url(), "replica-b");
-    let mut c2 = second.client().await;
+    let second = spawn_replica(&k, 3, &redis.url(), "replica-b");
+    let mut c2 = client_of(&second).await;
     // The leader freezes (a long GC pause, a starved node, SIGSTOP): the other takes over,
     // serves and refills.
-    let pid = Pid::from_raw(i32::try_from(first.child.id()).unwrap());
+    let pid = Pid::from_raw(i32::try_from(first.pid()).unwrap());
     kill(pid, Signal::SIGSTOP).unwrap();
     wait_holder(&k, "replica-b").await;
     for doc in ["doc-1", "doc-2"] {

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Parser;
 use futures_util::{SinkExt as _, StreamExt as _};
-use tonic::transport::Channel;
 use watchman_proto::v1 as pb;
-use watchman_proto::v1::watchman_client::WatchmanClient;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -33,23 +31,7 @@ struct Args {
     middleman_bin: String,
 }
 
-const TOKEN: &str = "bench-api-token-0123456789";
-
-#[derive(Clone)]
-struct Bearer;
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        r.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {TOKEN}")
-                .parse()
-                .map_err(|_| tonic::Status::internal("header"))?,
-        );
-        Ok(r)
-    }
-}
-
-type Client = WatchmanClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+use loadtest::{API_TOKEN as TOKEN, WatchmanClient as Client};
 
 fn req(doc: &str) -> pb::AllocateRequest {
     pb::AllocateRequest {
@@ -193,11 +175,7 @@ async fn main() -> anyhow::Result<()> {
         "4",
     ])?;
     let w = watchman::start(wargs).await.context("starting watchman")?;
-    let channel = Channel::from_shared(format!("http://{}", w.grpc_addr))?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
-    let mut c = WatchmanClient::with_interceptor(channel, Bearer);
+    let mut c = loadtest::watchman_client(w.grpc_addr).await?;
 
     println!(
         "Watchman Allocate, Redis store, local backend, warm pool of {} (pods are real Middleman + ipykernel):\n",

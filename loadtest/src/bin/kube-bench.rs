@@ -11,11 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use clap::Parser;
-use tonic::transport::Channel;
+use loadtest::{API_TOKEN, WatchmanClient as Client, peak_rss_mib, rss_mib, watchman_client};
+use testkit::kube::WatchmanProcess;
 use watchman_proto::v1 as pb;
-use watchman_proto::v1::watchman_client::WatchmanClient;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -43,69 +42,12 @@ struct Args {
     watchman_bin: String,
 }
 
-const TOKEN: &str = "bench-api-token-0123456789";
-
-#[derive(Clone)]
-struct Bearer;
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        r.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {TOKEN}")
-                .parse()
-                .map_err(|_| tonic::Status::internal("header"))?,
-        );
-        Ok(r)
-    }
-}
-
-type Client = WatchmanClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
-
-/// A replica process, killed on drop.
-struct Replica {
-    child: std::process::Child,
-    grpc: std::net::SocketAddr,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Replica {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    async fn client(&self) -> anyhow::Result<Client> {
-        for _ in 0..300 {
-            if let Ok(ch) = Channel::from_shared(format!("http://{}", self.grpc))?
-                .connect()
-                .await
-            {
-                return Ok(WatchmanClient::with_interceptor(ch, Bearer));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        anyhow::bail!("replica at {} never listened", self.grpc)
-    }
-}
-
-/// (current RSS, peak RSS) in MiB.
-fn rss_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+/// (current, peak) RSS of `pid`, MiB.
+fn memory(pid: u32) -> (f64, f64) {
+    (
+        rss_mib(pid).unwrap_or(0.0),
+        peak_rss_mib(pid).unwrap_or(0.0),
+    )
 }
 
 async fn warm_total(c: &mut Client) -> anyhow::Result<(u32, u32)> {
@@ -148,6 +90,44 @@ struct Burst {
     latencies: Vec<Duration>,
 }
 
+impl Burst {
+    /// Sorts the outcomes of one load into latencies and failures (the first few are shown).
+    fn of(outcomes: impl IntoIterator<Item = Result<Duration, String>>, elapsed: Duration) -> Self {
+        let mut latencies = Vec::new();
+        let mut failed = 0;
+        for outcome in outcomes {
+            match outcome {
+                Ok(l) => latencies.push(l),
+                Err(e) => {
+                    failed += 1;
+                    if failed < 3 {
+                        eprintln!("  allocate failed: {e}");
+                    }
+                }
+            }
+        }
+        latencies.sort();
+        Self {
+            ok: latencies.len(),
+            failed,
+            elapsed,
+            latencies,
+        }
+    }
+}
+
+/// Allocate number `i` of a load tagged `tag`: a new document, 60% plan free, 40% pro.
+fn request(tag: &str, i: usize) -> pb::AllocateRequest {
+    pb::AllocateRequest {
+        document_id: format!("{tag}-{i}"),
+        plan: if i % 5 < 3 { "free" } else { "pro" }.into(),
+        user_id: "u".into(),
+        wait_ms: 2000,
+        ..Default::default()
+    }
+}
+
+/// Closed loop: `concurrency` callers, each sending its next Allocate when the last returns.
 async fn burst(
     clients: &[Client],
     concurrency: usize,
@@ -162,52 +142,28 @@ async fn burst(
         let next = next.clone();
         let tag = tag.to_owned();
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut failed = 0;
+            let mut outcomes = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= total {
                     break;
                 }
-                let plan = if i % 5 < 3 { "free" } else { "pro" };
-                let req = pb::AllocateRequest {
-                    document_id: format!("{tag}-{i}"),
-                    plan: plan.into(),
-                    user_id: "u".into(),
-                    wait_ms: 2000,
-                    ..Default::default()
-                };
                 let t = Instant::now();
-                match c.allocate(req).await {
-                    Ok(_) => lat.push(t.elapsed()),
-                    Err(status) => {
-                        failed += 1;
-                        if failed < 3 {
-                            eprintln!("  allocate failed: {status}");
-                        }
-                    }
-                }
+                let r = c.allocate(request(&tag, i)).await;
+                outcomes.push(r.map(|_| t.elapsed()).map_err(|s| s.to_string()));
             }
-            (lat, failed)
+            outcomes
         }));
     }
-    let mut latencies = Vec::with_capacity(total);
-    let mut failed = 0;
+    let mut outcomes = Vec::with_capacity(total);
     for t in tasks {
-        let (l, f) = t.await?;
-        latencies.extend(l);
-        failed += f;
+        outcomes.extend(t.await?);
     }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    Ok(Burst {
-        ok: latencies.len(),
-        failed,
-        elapsed,
-        latencies,
-    })
+    Ok(Burst::of(outcomes, started.elapsed()))
 }
 
+/// Open loop: Allocates sent at `rate` per second whatever the answers (up to 256 in flight),
+/// latency counted from when each was due.
 async fn open_loop(
     clients: &[Client],
     rate: f64,
@@ -222,40 +178,18 @@ async fn open_loop(
         tokio::time::sleep_until(due).await;
         let permit = gate.clone().acquire_owned().await?;
         let mut c = clients[i % clients.len()].clone();
-        let req = pb::AllocateRequest {
-            document_id: format!("{tag}-{i}"),
-            plan: if i % 5 < 3 { "free" } else { "pro" }.into(),
-            user_id: "u".into(),
-            wait_ms: 2000,
-            ..Default::default()
-        };
+        let req = request(tag, i);
         tasks.push(tokio::spawn(async move {
             let r = c.allocate(req).await;
             drop(permit);
             r.map(|_| due.elapsed()).map_err(|s| s.to_string())
         }));
     }
-    let mut latencies = Vec::with_capacity(total);
-    let mut failed = 0;
+    let mut outcomes = Vec::with_capacity(total);
     for t in tasks {
-        match t.await? {
-            Ok(l) => latencies.push(l),
-            Err(e) => {
-                failed += 1;
-                if failed < 3 {
-                    eprintln!("  allocate failed: {e}");
-                }
-            }
-        }
+        outcomes.push(t.await?);
     }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    Ok(Burst {
-        ok: latencies.len(),
-        failed,
-        elapsed,
-        latencies,
-    })
+    Ok(Burst::of(outcomes, started.elapsed()))
 }
 
 fn pct(v: &[Duration], p: f64) -> f64 {
@@ -284,15 +218,10 @@ async fn main() -> anyhow::Result<()> {
     let pro = args.warm - free;
     let plans = k.write_plans(&format!("{}\n{}", k.plan("free", free), k.plan("pro", pro)));
 
-    let spawn = |instance: &str| -> anyhow::Result<Replica> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let mut a = k.args(&plans, &redis.url(), instance, TOKEN);
+    let spawn = |instance: &str| {
+        let mut a = k.args(&plans, &redis.url(), instance, API_TOKEN);
         a.extend(
             [
-                "--grpc-listen",
-                &format!("127.0.0.1:{port}"),
                 "--pod-create-rate",
                 &args.create_rate.to_string(),
                 "--max-concurrent-starts",
@@ -306,26 +235,22 @@ async fn main() -> anyhow::Result<()> {
             ]
             .map(str::to_owned),
         );
-        let log = std::fs::File::create(k.dir.0.join(format!("{instance}.log")))?;
-        let child = std::process::Command::new(&args.watchman_bin)
-            .args(&a)
-            .env("RUST_LOG", "warn")
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting watchman")?;
-        Ok(Replica {
-            child,
-            grpc: ([127, 0, 0, 1], port).into(),
-        })
+        // Warnings only, but the line with the gRPC address (per-Allocate logs would
+        // measure the log file).
+        WatchmanProcess::spawn(
+            std::path::Path::new(&args.watchman_bin),
+            &a,
+            k.dir.0.join(format!("{instance}.log")),
+            "warn,watchman=info,watchman::service=warn,watchman::grpc=warn",
+        )
     };
-    let replicas = [spawn("replica-a")?, spawn("replica-b")?];
+    let replicas = [spawn("replica-a"), spawn("replica-b")];
     let mut clients = Vec::new();
     for r in &replicas {
+        let addr = r.grpc_addr().await;
         // Several HTTP/2 connections per replica, as a product backend's pool would have.
         for _ in 0..4 {
-            clients.push(r.client().await?);
+            clients.push(watchman_client(addr).await?);
         }
     }
     let mut probe = clients[0].clone();
@@ -335,7 +260,7 @@ async fn main() -> anyhow::Result<()> {
         args.warm, args.create_rate
     );
     let fill = wait_warm(&mut probe, args.warm, Duration::from_secs(1800)).await?;
-    let mem_full: Vec<(f64, f64)> = replicas.iter().map(|r| rss_mib(r.pid())).collect();
+    let mem_full: Vec<(f64, f64)> = replicas.iter().map(|r| memory(r.pid())).collect();
     eprintln!("  filled in {fill:.1?}; memory {mem_full:?}");
 
     let mut rows = Vec::new();
@@ -368,7 +293,7 @@ async fn main() -> anyhow::Result<()> {
         rows.push((label, b, refill));
     }
     let (_, allocated) = warm_total(&mut probe).await?;
-    let mem_end: Vec<(f64, f64)> = replicas.iter().map(|r| rss_mib(r.pid())).collect();
+    let mem_end: Vec<(f64, f64)> = replicas.iter().map(|r| memory(r.pid())).collect();
 
     println!(
         "\n{} simulated nodes; pools of {} warm pods ({free} free + {pro} pro); two replicas, Redis.\n",

@@ -244,14 +244,7 @@ fn serve(asset: &Asset, csp: &HeaderValue, headers: &HeaderMap, version: Option<
         }),
     );
     h.insert(header::CONTENT_SECURITY_POLICY, csp.clone());
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    hardening_headers(h);
     h.insert(
         header::HeaderName::from_static("cross-origin-resource-policy"),
         HeaderValue::from_static("same-origin"),
@@ -276,6 +269,12 @@ pub(crate) fn page(policies: &Policies) -> Response {
         Ok(v) => h.insert(header::CONTENT_SECURITY_POLICY, v),
         Err(_) => h.insert(header::CONTENT_SECURITY_POLICY, policies.page.clone()),
     };
+    hardening_headers(h);
+    response
+}
+
+/// What every response of the client carries besides its policy: no type sniffing, no referrer.
+fn hardening_headers(h: &mut axum::http::HeaderMap) {
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -284,7 +283,6 @@ pub(crate) fn page(policies: &Policies) -> Response {
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
-    response
 }
 
 /// 128 random bits, base64 (the nonce of one page response).

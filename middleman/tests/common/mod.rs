@@ -4,7 +4,6 @@
 
 pub mod ypeer;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -15,23 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 pub const WAIT: Duration = Duration::from_secs(60);
 
-/// A scratch directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        let p =
-            std::env::temp_dir().join(format!("mm-test-{tag}-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use testkit::TempDir;
 
 /// Fails clearly when the Python kernel environment is missing.
 pub fn require_kernel() {

@@ -237,13 +237,14 @@ impl KubeBackend {
         }
     }
 
-    pub(super) async fn delete(&self, pod: &Pod) {
+    /// Deletes pod `id` with the grace period (a pod already gone is fine).
+    pub(super) async fn delete(&self, id: &str) {
         let grace = u32::try_from(self.shared.settings.delete_grace.as_secs()).unwrap_or(30);
         let params = DeleteParams {
             grace_period_seconds: Some(grace),
             ..DeleteParams::default()
         };
-        let deleted = tokio::time::timeout(API_TIMEOUT, self.shared.pods.delete(&pod.id, &params))
+        let deleted = tokio::time::timeout(API_TIMEOUT, self.shared.pods.delete(id, &params))
             .await
             .unwrap_or_else(|_| Err(timed_out()));
         match deleted {
@@ -252,10 +253,9 @@ impl KubeBackend {
             Err(error) => {
                 // Left to garbage collection: the pod is no longer in the store.
                 metrics::counter!("watchman_kube_api_errors_total", "op" => "delete").increment(1);
-                tracing::warn!(pod = %pod.id, %error, "pod deletion failed");
+                tracing::warn!(pod = id, %error, "pod deletion failed");
             }
         }
-        lock(&self.shared.losses).remove(&pod.id);
     }
 
     pub(super) fn health(&self, pod: &Pod) -> Health {
@@ -394,18 +394,7 @@ impl KubeBackend {
             } else {
                 tracing::warn!(pod = name, ?state, "deleting a pod the store does not know");
                 metrics::counter!("watchman_pods_collected_total").increment(1);
-                let orphan = Pod {
-                    id: name.to_owned(),
-                    plan: String::new(),
-                    state: PodState::Ending,
-                    endpoint: String::new(),
-                    handle: String::new(),
-                    created_ms: 0,
-                    ready_ms: None,
-                    document: None,
-                    allocation: None,
-                };
-                self.delete(&orphan).await;
+                self.delete(name).await;
             }
         }
         adopted
@@ -439,7 +428,7 @@ impl KubeBackend {
         let s = &self.shared;
         let name = &s.settings.lease_name;
         let secs = i32::try_from(ttl.as_secs().max(1)).unwrap_or(i32::MAX);
-        let now = MicroTime(jiff_now());
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
         let current = match s.leases.get_opt(name).await? {
             Some(l) => l,
             None => {
@@ -647,10 +636,6 @@ fn is_ready(pod: &KubePod) -> bool {
 
 fn label<'a>(pod: &'a KubePod, key: &str) -> Option<&'a str> {
     pod.metadata.labels.as_ref()?.get(key).map(String::as_str)
-}
-
-fn jiff_now() -> k8s_openapi::jiff::Timestamp {
-    k8s_openapi::jiff::Timestamp::now()
 }
 
 /// The pod for `id` of `plan`.

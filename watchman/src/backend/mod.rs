@@ -68,7 +68,7 @@ impl Backend {
     pub async fn delete(&self, pod: &Pod) {
         match self {
             Backend::Local(b) => b.delete(pod).await,
-            Backend::Kube(b) => b.delete(pod).await,
+            Backend::Kube(b) => b.delete(&pod.id).await,
         }
     }
     /// Is it alive, and ready?

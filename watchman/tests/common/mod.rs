@@ -53,21 +53,7 @@ pub mod kube {
 
 pub const API_TOKEN: &str = "test-api-token-0123456789";
 
-#[derive(Debug)]
-pub struct Dir(pub PathBuf);
-impl Dir {
-    pub fn new(tag: &str) -> Self {
-        let p =
-            std::env::temp_dir().join(format!("wm-test-{tag}-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use testkit::TempDir as Dir;
 
 pub fn middleman_bin() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
