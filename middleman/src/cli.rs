@@ -6,7 +6,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use anyhow::Context as _;
 use session_token::{Claims, SigningKey};
 
-use crate::config::{KeygenArgs, TokenArgs};
+use crate::config::{KeygenArgs, SandboxCheckArgs, TokenArgs};
 
 /// Writes `signing.pem` (0600) and `public.pem` into `args.out_dir`. Refuses to overwrite an
 /// existing key.
@@ -51,4 +51,26 @@ pub fn token(args: &TokenArgs) -> anyhow::Result<()> {
     );
     println!("{}", key.mint(&claims)?);
     Ok(())
+}
+
+/// Prints which sandbox layers hold for kernels started with `args.agent`, as JSON; returns 0
+/// when `args.require` is met, 3 when it is not, 1 when the check could not run.
+pub fn sandbox_check(args: &SandboxCheckArgs) -> i32 {
+    match kernel_sandbox::agent::server::check(&args.agent) {
+        Ok(report) => {
+            let missing = report.missing(args.require);
+            let out = serde_json::json!({
+                "level": report.level(),
+                "required": args.require,
+                "missing": missing,
+                "layers": report.layers,
+            });
+            println!("{out}");
+            if missing.is_empty() { 0 } else { 3 }
+        }
+        Err(error) => {
+            eprintln!("sandbox check: {error}");
+            1
+        }
+    }
 }

@@ -23,6 +23,23 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Mint a session token with a private key (development; Watchman mints in production).
     Token(TokenArgs),
+    /// Serve the kernel agent: start, interrupt and kill kernels in their sandbox (the kernel
+    /// container's entrypoint on Kubernetes; Middleman starts it itself elsewhere).
+    KernelAgent(Box<kernel_sandbox::AgentArgs>),
+    /// Report which sandbox layers hold on this host, as JSON, and exit non-zero when
+    /// `--require`'s level is not met (Watchman runs this before starting a plan's pods).
+    SandboxCheck(SandboxCheckArgs),
+}
+
+/// Settings of `middleman sandbox-check`.
+#[derive(Debug, Clone, Args)]
+pub struct SandboxCheckArgs {
+    /// The level to check for.
+    #[arg(long, default_value = "none")]
+    pub require: kernel_sandbox::Level,
+    /// The agent's settings, as the pods would get them.
+    #[command(flatten)]
+    pub agent: kernel_sandbox::AgentArgs,
 }
 
 /// Settings of `middleman serve`. Every flag can also be set from the environment.
@@ -68,13 +85,13 @@ pub struct ServeArgs {
     #[arg(long, env = "MIDDLEMAN_WORKSPACE")]
     pub workspace: Option<PathBuf>,
 
-    /// Address-space limit of the kernel process in MiB (0: none). Allocations past it raise
-    /// `MemoryError` in Python instead of getting the pod killed.
+    /// Memory limit of the kernel in MiB (a cgroup: past it the kernel is stopped and the cell
+    /// says so; 0: none).
     #[arg(long, env = "MIDDLEMAN_KERNEL_MEMORY_MIB", default_value_t = 0)]
     pub kernel_memory_mib: u64,
 
-    /// Processes the kernel's user may run (0: none). Binds only when the kernel runs as an
-    /// unprivileged user (`--kernel-uid`).
+    /// Processes and threads the kernel may run (a pids cgroup, or a per-uid limit with
+    /// `--kernel-uid`; 0: none).
     #[arg(long, env = "MIDDLEMAN_KERNEL_MAX_PROCESSES", default_value_t = 0)]
     pub kernel_max_processes: u64,
 
@@ -82,14 +99,55 @@ pub struct ServeArgs {
     #[arg(long, env = "MIDDLEMAN_KERNEL_MAX_OPEN_FILES", default_value_t = 0)]
     pub kernel_max_open_files: u64,
 
-    /// Run the kernel in a new network namespace with no interfaces (no network at all; the
-    /// ipc sockets are files and keep working).
-    #[arg(long, env = "MIDDLEMAN_KERNEL_ISOLATE_NETWORK")]
-    pub kernel_isolate_network: bool,
+    /// CPUs the kernel may use (a cgroup quota where the host has the controller; 0: none).
+    #[arg(long, env = "MIDDLEMAN_KERNEL_CPUS", default_value_t = 0.0)]
+    pub kernel_cpus: f64,
 
-    /// Run the kernel as this uid (and gid), where the host allows it.
+    /// Size of the kernel's private /tmp and /dev/shm, MiB each.
+    #[arg(long, env = "MIDDLEMAN_KERNEL_TMP_MIB", default_value_t = 256)]
+    pub kernel_tmp_mib: u64,
+
+    /// Size limit of the workspace in MiB (an ext4 image on a loop device, else a tmpfs; 0:
+    /// none).
+    #[arg(long, env = "MIDDLEMAN_WORKSPACE_QUOTA_MIB", default_value_t = 0)]
+    pub workspace_quota_mib: u64,
+
+    /// Run the kernel as this uid (and gid). Without it, a root Middleman's kernel runs as uid
+    /// 0 with no privileges at all (the sandbox holds either way).
     #[arg(long, env = "MIDDLEMAN_KERNEL_UID")]
     pub kernel_uid: Option<u32>,
+
+    /// More host paths the kernel may read (`:`-separated), beyond the system directories and
+    /// its own environment.
+    #[arg(
+        long = "kernel-read-only",
+        env = "MIDDLEMAN_KERNEL_READ_ONLY",
+        value_delimiter = ':'
+    )]
+    pub kernel_read_only: Vec<PathBuf>,
+
+    /// Build the kernel's namespaces (`auto`: when Middleman runs as root).
+    #[arg(long, env = "MIDDLEMAN_KERNEL_NAMESPACES", value_enum, default_value_t = kernel_sandbox::agent::server::Namespaces::Auto)]
+    pub kernel_namespaces: kernel_sandbox::agent::server::Namespaces,
+
+    /// The sandbox level the kernel requires; Middleman refuses to start a kernel the host
+    /// cannot give it (`none`, `standard`, `strict`; see docs/operations.md).
+    #[arg(long, env = "MIDDLEMAN_SANDBOX_REQUIRE", default_value = "none")]
+    pub sandbox_require: kernel_sandbox::Level,
+
+    /// The kernel agent's socket, when it runs in a container of its own (Kubernetes). Without
+    /// it, Middleman starts the agent itself.
+    #[arg(long, env = "MIDDLEMAN_KERNEL_AGENT")]
+    pub kernel_agent: Option<PathBuf>,
+
+    /// With `--kernel-agent`: the ipc directory shared with the agent's container.
+    #[arg(long, env = "MIDDLEMAN_KERNEL_IPC_DIR", requires = "kernel_agent")]
+    pub kernel_ipc_dir: Option<PathBuf>,
+
+    /// The binary that serves `kernel-agent` when Middleman starts the agent itself (default:
+    /// this one).
+    #[arg(long, env = "MIDDLEMAN_KERNEL_AGENT_BIN")]
+    pub kernel_agent_bin: Option<PathBuf>,
 
     /// Wall-clock limit of one execution; past it the execution is interrupted, then the kernel
     /// restarted if it does not stop.
@@ -154,6 +212,16 @@ pub struct ServeArgs {
     #[arg(long, env = "MIDDLEMAN_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
     pub ping_interval: Duration,
 
+    /// A request's head must arrive within this (also how long an idle kept-alive HTTP
+    /// connection stays open).
+    #[arg(long, env = "MIDDLEMAN_HTTP_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// A request, its body included, must be answered within this (WebSockets, once
+    /// upgraded, are watched by their pings instead).
+    #[arg(long, env = "MIDDLEMAN_HTTP_REQUEST_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub http_request_timeout: Duration,
+
     /// How long shutdown waits for connections and the kernel to finish.
     #[arg(long, env = "MIDDLEMAN_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -162,10 +230,16 @@ pub struct ServeArgs {
     #[arg(long, env = "MIDDLEMAN_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
 
-    /// Where the document is saved: a `redis://` URL, or a directory (default: the user's
+    /// Where the document is saved: `watchman+http://host:port` (Watchman keeps it; this pod
+    /// reaches its own document only), a `redis://` URL, or a directory (default: the user's
     /// state directory). `none` keeps it in memory only.
     #[arg(long, env = "MIDDLEMAN_DOCUMENT_STORE", default_value_t = default_store())]
     pub document_store: String,
+
+    /// With a `watchman+http://` document store: the file holding this pod's credential
+    /// (Watchman writes it; the kernel never sees it).
+    #[arg(long, env = "MIDDLEMAN_POD_CREDENTIAL_FILE")]
+    pub pod_credential_file: Option<PathBuf>,
 
     /// Key prefix of documents in Redis (`<prefix>notebook:<document>`).
     #[arg(long, env = "MIDDLEMAN_DOCUMENT_KEY_PREFIX", default_value = "nbplat:")]

@@ -1,25 +1,49 @@
 use clap::Parser as _;
 use middleman::config::{Cli, Command};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // A jail's init is this binary too; it must run before any thread or runtime starts (it
+    // makes namespaces that a multi-threaded process cannot).
+    if let Some(code) = kernel_sandbox::run_stage() {
+        exit(code);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Keygen(args) => middleman::cli::keygen(&args),
         Command::Token(args) => middleman::cli::token(&args),
+        Command::KernelAgent(args) => {
+            middleman::telemetry::init_logging(
+                &std::env::var("MIDDLEMAN_LOG_FORMAT").unwrap_or_else(|_| "text".into()),
+            );
+            exit(kernel_sandbox::agent::server::main(*args))
+        }
+        Command::SandboxCheck(args) => exit(middleman::cli::sandbox_check(&args)),
         Command::Serve(args) => {
             middleman::telemetry::init_logging(&args.log_format);
-            let running = middleman::start(*args).await?;
-            let token = running.shutdown_token();
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                tracing::info!("shutdown signal received");
-                token.cancel();
-            });
-            running.wait().await;
-            Ok(())
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let running = middleman::start(*args).await?;
+                let token = running.shutdown_token();
+                tokio::spawn(async move {
+                    shutdown_signal().await;
+                    tracing::info!("shutdown signal received");
+                    token.cancel();
+                });
+                running.wait().await;
+                Ok(())
+            })
         }
     }
+}
+
+#[expect(
+    clippy::exit,
+    reason = "the agent and the jail stages end the process with their code"
+)]
+fn exit(code: i32) -> ! {
+    std::process::exit(code)
 }
 
 /// Resolves on SIGTERM or SIGINT.

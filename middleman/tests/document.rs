@@ -94,8 +94,12 @@ async fn documents_persist_to_a_file_and_to_redis() {
     let dir = TempDir::new("persist");
     let redis = testkit::RedisServer::start();
     let stores = [
-        DocumentStore::File(dir.0.join("docs")),
-        DocumentStore::redis(&redis.url(), "test:").await.unwrap(),
+        DocumentStore::open(&dir.0.join("docs").display().to_string(), "", None)
+            .await
+            .unwrap(),
+        DocumentStore::open(&redis.url(), "test:", None)
+            .await
+            .unwrap(),
     ];
     for store in stores {
         assert!(store.load("doc/../../etc").await.unwrap().is_none());

@@ -401,14 +401,7 @@ async fn kernel_limits_and_no_network() {
     // A listener in Middleman's network namespace that the kernel must not reach.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let server = TestServer::start(&[
-        "--kernel-isolate-network",
-        "--kernel-max-open-files",
-        "200",
-        "--kernel-memory-mib",
-        "2048",
-    ])
-    .await;
+    let server = TestServer::start(&["--kernel-max-open-files", "200"]).await;
     let mut c = server.client("ada", Role::Editor).await;
     let run = c
         .run("import resource\nprint(resource.getrlimit(resource.RLIMIT_NOFILE))")
@@ -422,15 +415,7 @@ async fn kernel_limits_and_no_network() {
         run.stdout().starts_with("blocked"),
         "the kernel reached the host's loopback: {run:?}"
     );
-    // Memory past the limit is a MemoryError in the cell, not a dead kernel.
-    let run = c.run("x = bytearray(4 * 1024**3)").await;
-    assert_eq!(run.status, Some(ExecutionStatus::Error));
-    assert!(
-        run.outputs
-            .iter()
-            .any(|o| matches!(o, Output::Error { ename, .. } if ename == "MemoryError")),
-        "{run:?}"
-    );
+    // (Memory limits: tests/sandbox.rs.)
     assert_eq!(c.run("1+1").await.status, Some(ExecutionStatus::Ok));
     drop(listener);
     server.stop().await;
@@ -486,57 +471,6 @@ async fn a_client_that_never_reads_does_not_hold_up_others() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fork_bomb_is_contained_and_cleaned_up() {
-    let server = TestServer::start(&["--kernel-max-processes", "48"]).await;
-    let mut c = server.client("ada", Role::Editor).await;
-    // Children leave the kernel's process group (setsid), so only the cgroup can find them.
-    let bomb = "import os, time\nkids = []\ntry:\n    for i in range(1000):\n        pid = os.fork()\n        if pid == 0:\n            os.setsid(); time.sleep(300); os._exit(0)\n        kids.append(pid)\nexcept OSError as e:\n    print('refused', type(e).__name__)\nprint(' '.join(map(str, kids)))";
-    let run = c.run(bomb).await;
-    assert_eq!(run.status, Some(ExecutionStatus::Ok), "{run:?}");
-    let out = run.stdout();
-    assert!(
-        out.starts_with("refused BlockingIOError"),
-        "the fork bomb was not stopped: {out}"
-    );
-    let kids: Vec<i32> = out
-        .lines()
-        .nth(1)
-        .unwrap_or("")
-        .split_whitespace()
-        .map(|p| p.parse().unwrap())
-        .collect();
-    assert!(
-        !kids.is_empty() && kids.len() < 48,
-        "{} children",
-        kids.len()
-    );
-    // The kernel still answers (with its process budget spent it cannot start threads, so the
-    // cell may fail), and the server is unaffected.
-    assert!(c.run("1+1").await.status.is_some());
-    // Restarting the kernel takes every escaped child with it.
-    c.restart().await;
-    let alive: Vec<i32> = kids
-        .iter()
-        .copied()
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                !s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-        })
-        .collect();
-    assert!(
-        alive.is_empty(),
-        "escaped children survived the restart: {alive:?}"
-    );
-    assert_eq!(c.run("1+1").await.status, Some(ExecutionStatus::Ok));
-    server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_idle_status_does_not_stall_the_queue() {
     let server = TestServer::start(&[]).await;
     let mut c = server.client("ada", Role::Editor).await;
@@ -555,33 +489,5 @@ async fn a_lost_idle_status_does_not_stall_the_queue() {
         matches!(&run.outputs[..], [Output::ExecuteResult { data, .. }] if data["text/plain"] == "42"),
         "{run:?}"
     );
-    server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sigkilled_kernel_is_reported_as_a_likely_out_of_memory_kill() {
-    // The kernel OOM killer ends a process with SIGKILL; that is what Middleman sees and names.
-    let server = TestServer::start(&[]).await;
-    let mut c = server.client("ada", Role::Editor).await;
-    let run = c
-        .run("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
-        .await;
-    assert_eq!(run.status, Some(ExecutionStatus::KernelDied));
-    let reason = run.reason.unwrap_or_default();
-    assert!(
-        reason.contains("SIGKILL") && reason.contains("memory"),
-        "{reason}"
-    );
-    c.until(|e| {
-        matches!(
-            e,
-            ServerEvent::KernelStatus {
-                state: KernelState::Idle,
-                ..
-            }
-        )
-    })
-    .await;
-    assert_eq!(c.run("1+1").await.status, Some(ExecutionStatus::Ok));
     server.stop().await;
 }

@@ -47,6 +47,11 @@ impl SigningKey {
             .map_err(|e| TokenError::Key(e.to_string()))
     }
 
+    /// The secret key's bytes (for deriving other keys from it).
+    pub(crate) fn secret_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
     /// The matching public key.
     pub fn verifying_key(&self) -> VerifyingKey {
         VerifyingKey(self.0.verifying_key())
@@ -88,6 +93,21 @@ impl VerifyingKey {
     /// Checks the signature, the algorithm, the time window and `expect`, and returns the claims.
     pub fn verify(&self, token: &str, expect: &Expectations<'_>) -> Result<Claims, TokenError> {
         self.verify_at(token, expect, crate::now_secs())
+    }
+
+    /// Checks that `token` is genuine and was minted for `pod`, whatever its age: the proof that
+    /// `pod` serves the token's document (a pod only ever serves one, so the binding never
+    /// expires even when the token does).
+    pub fn verify_binding(&self, token: &str, pod: &str) -> Result<Claims, TokenError> {
+        self.verify_at(
+            token,
+            &Expectations {
+                document: None,
+                pod: Some(pod),
+                leeway_secs: u64::MAX,
+            },
+            crate::now_secs(),
+        )
     }
 
     /// [`Self::verify`] at a given Unix time (for tests of expiry).

@@ -12,6 +12,7 @@
 mod claims;
 mod error;
 mod keys;
+mod pod_credential;
 
 pub use claims::{Claims, Role};
 pub use error::TokenError;

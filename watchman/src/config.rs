@@ -146,6 +146,14 @@ pub struct Args {
     /// empty: each pod's own address.
     #[arg(long, env = "WATCHMAN_PUBLIC_WS_BASE", default_value = "")]
     pub public_ws_base: String,
+    /// Where pods' documents are kept (pods reach them only through Watchman, each its own):
+    /// a directory or a Redis URL. Default: the Redis of `--store`, else
+    /// `<local-root>/documents`.
+    #[arg(long, env = "WATCHMAN_DOCUMENT_STORE")]
+    pub document_store: Option<String>,
+    /// Largest document snapshot a pod may save, bytes.
+    #[arg(long, env = "WATCHMAN_MAX_DOCUMENT_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_document_bytes: usize,
     /// Serve the try-it page on the HTTP address (development only: it allocates without auth).
     #[arg(long, env = "WATCHMAN_DEV_PAGE")]
     pub dev_page: bool,

@@ -130,6 +130,27 @@ impl Api {
     }
 }
 
+/// Longest document id, user id, plan or kernel name a request may carry.
+const MAX_NAME: usize = 200;
+/// Longest display name (it is minted into every token and shown to collaborators).
+const MAX_DISPLAY_NAME: usize = 128;
+
+/// Refuses a field longer than `max` characters or holding control characters, naming the
+/// field and never echoing the value.
+fn bounded(field: &str, value: &str, max: usize) -> Result<(), Status> {
+    if value.chars().count() > max {
+        return Err(Status::invalid_argument(format!(
+            "{field} is longer than {max} characters"
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "{field} holds control characters"
+        )));
+    }
+    Ok(())
+}
+
 fn role(r: i32) -> Result<TokenRole, Status> {
     match pb::Role::try_from(r) {
         Ok(pb::Role::Unspecified | pb::Role::Editor) => Ok(TokenRole::Editor),
@@ -157,6 +178,11 @@ impl pb::watchman_server::Watchman for Api {
         request: Request<pb::AllocateRequest>,
     ) -> Result<Response<pb::Allocation>, Status> {
         let r = request.into_inner();
+        bounded("document_id", &r.document_id, MAX_NAME)?;
+        bounded("plan", &r.plan, MAX_NAME)?;
+        bounded("kernel", &r.kernel, MAX_NAME)?;
+        bounded("user_id", &r.user_id, MAX_NAME)?;
+        bounded("user_name", &r.user_name, MAX_DISPLAY_NAME)?;
         let wait = (r.wait_ms > 0).then(|| Duration::from_millis(u64::from(r.wait_ms)));
         let g = self
             .watchman
@@ -182,10 +208,9 @@ impl pb::watchman_server::Watchman for Api {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let released = self
-            .watchman
-            .release(&request.into_inner().document_id)
-            .await?;
+        let document = request.into_inner().document_id;
+        bounded("document_id", &document, MAX_NAME)?;
+        let released = self.watchman.release(&document).await?;
         Ok(Response::new(pb::ReleaseResponse { released }))
     }
 
@@ -193,7 +218,9 @@ impl pb::watchman_server::Watchman for Api {
         &self,
         request: Request<pb::GetAllocationRequest>,
     ) -> Result<Response<pb::Allocation>, Status> {
-        let a = self.watchman.get(&request.into_inner().document_id).await?;
+        let document = request.into_inner().document_id;
+        bounded("document_id", &document, MAX_NAME)?;
+        let a = self.watchman.get(&document).await?;
         Ok(Response::new(self.to_pb(&a, None, String::new(), 0)))
     }
 
@@ -204,6 +231,7 @@ impl pb::watchman_server::Watchman for Api {
         request: Request<pb::WatchAllocationRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let document = request.into_inner().document_id;
+        bounded("document_id", &document, MAX_NAME)?;
         let first = self.watchman.get(&document).await?;
         let api = self.clone();
         // Polls the store, so it works whichever replica ends the allocation. Four polls a

@@ -7,7 +7,9 @@
 
 pub mod backend;
 pub mod config;
+pub mod documents;
 pub mod grpc;
+mod grpc_conn;
 pub mod model;
 pub mod plan;
 pub mod service;
@@ -66,8 +68,7 @@ impl Running {
 
 /// Loads everything, binds both listeners, and starts the servers and the reconciler.
 pub async fn start(args: Args) -> anyhow::Result<Running> {
-    let plans = plan::load_plans(&args.plans)?;
-    let plan_names: Vec<String> = plans.keys().cloned().collect();
+    let mut plans = plan::load_plans(&args.plans)?;
     let pem = std::fs::read_to_string(&args.signing_key)
         .with_context(|| format!("reading {}", args.signing_key.display()))?;
     let key = session_token::SigningKey::from_pem(&pem)?;
@@ -102,12 +103,43 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
     );
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    // Bound first: local pods are told where to save their documents.
+    let http_listener = tokio::net::TcpListener::bind(args.http_listen)
+        .await
+        .with_context(|| format!("binding {}", args.http_listen))?;
+    let http_addr = http_listener.local_addr()?;
+    let document_store = args.document_store.clone().unwrap_or_else(|| {
+        if args.store.starts_with("redis://") || args.store.starts_with("rediss://") {
+            args.store.clone()
+        } else {
+            args.local_root.join("documents").display().to_string()
+        }
+    });
+    let documents = std::sync::Arc::new(documents::PodDocuments::new(
+        key.clone(),
+        doc_store::DocStore::open(&document_store, &args.pod_document_key_prefix, None)
+            .await
+            .with_context(|| format!("document store {document_store}"))?,
+        args.max_document_bytes,
+    ));
     let backend = match args.backend.as_str() {
-        "local" => local_backend(&args, &key)?,
+        "local" => local_backend(&args, &key, http_addr)?,
         "kubernetes" => kube_backend(&args, &key, &shutdown, &tracker).await?,
         other => anyhow::bail!("unknown backend {other:?} (available: local, kubernetes)"),
     };
 
+    // A plan that requires a sandbox level this host cannot give gets no pods at all.
+    let mut refused_plans = std::collections::BTreeMap::new();
+    if let backend::Backend::Local(local) = &backend {
+        for plan in plans.values() {
+            if let Err(why) = local.check_sandbox(plan).await {
+                tracing::error!(plan = %plan.name, required = %plan.sandbox, %why, "plan refused: its sandbox level cannot be met on this host");
+                refused_plans.insert(plan.name.clone(), why);
+            }
+        }
+    }
+    plans.retain(|name, _| !refused_plans.contains_key(name));
+    let plan_names: Vec<String> = plans.keys().cloned().collect();
     let instance = args.instance.clone().unwrap_or_else(|| {
         format!(
             "watchman-{}-{}",
@@ -123,6 +155,7 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         lease_ttl: args.lease_ttl,
         reconcile_interval: args.reconcile_interval,
         pod_startup_timeout: args.pod_startup_timeout,
+        refused_plans,
         max_concurrent_starts: args.max_concurrent_starts,
         pod_create_rate: args.pod_create_rate,
         activity_interval: args.activity_interval,
@@ -149,11 +182,19 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         .register_encoded_file_descriptor_set(watchman_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let api = watchman_proto::v1::watchman_server::WatchmanServer::with_interceptor(
-        grpc::Api::new(watchman.clone(), args.public_ws_base.clone()),
+    let api = tonic::service::interceptor::InterceptedService::new(
+        watchman_proto::v1::watchman_server::WatchmanServer::new(grpc::Api::new(
+            watchman.clone(),
+            args.public_ws_base.clone(),
+        ))
+        // Requests are a few names; nothing legitimate comes near this.
+        .max_decoding_message_size(64 * 1024),
         grpc::ApiAuth::new(&api_token),
     );
-    let mut grpc_server = tonic::transport::Server::builder().tcp_nodelay(true);
+    let mut grpc_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(grpc_conn::KEEPALIVE))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)));
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let read = |p: &std::path::PathBuf| {
             std::fs::read(p).with_context(|| format!("reading {}", p.display()))
@@ -175,10 +216,11 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
                 // The builder's tcp_nodelay only applies to listeners tonic binds itself.
                 let incoming =
                     tokio_stream::wrappers::TcpListenerStream::new(grpc_listener).map(|conn| {
-                        conn.inspect(|tcp| {
+                        conn.map(|tcp| {
                             if let Err(error) = tcp.set_nodelay(true) {
                                 tracing::debug!(%error, "could not set TCP_NODELAY");
                             }
+                            grpc_conn::GrpcConn::new(tcp)
                         })
                     });
                 let served = grpc_server
@@ -195,24 +237,18 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         );
     }
 
-    let http_listener = tokio::net::TcpListener::bind(args.http_listen)
-        .await
-        .with_context(|| format!("binding {}", args.http_listen))?;
-    let http_addr = http_listener.local_addr()?;
     {
         let handle = telemetry::prometheus();
         service::register_metrics(&plan_names);
-        let app = web::router(watchman.clone(), handle, args.dev_page);
-        let s = shutdown.clone();
+        let app = web::router(watchman.clone(), handle, args.dev_page)
+            .merge(documents::routes(documents));
         tracker.spawn(
-            async move {
-                let served = axum::serve(http_listener, app)
-                    .with_graceful_shutdown(s.cancelled_owned())
-                    .await;
-                if let Err(error) = served {
-                    tracing::error!(%error, "http server failed");
-                }
-            }
+            httpserve::serve(
+                http_listener,
+                app,
+                shutdown.clone(),
+                httpserve::Deadlines::default(),
+            )
             .instrument(tracing::info_span!("http", addr = %http_addr)),
         );
     }
@@ -228,7 +264,11 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
     })
 }
 
-fn local_backend(args: &Args, key: &session_token::SigningKey) -> anyhow::Result<backend::Backend> {
+fn local_backend(
+    args: &Args,
+    key: &session_token::SigningKey,
+    http_addr: SocketAddr,
+) -> anyhow::Result<backend::Backend> {
     std::fs::create_dir_all(&args.local_root)
         .with_context(|| format!("creating {}", args.local_root.display()))?;
     let public_key = args.local_root.join("public.pem");
@@ -237,12 +277,19 @@ fn local_backend(args: &Args, key: &session_token::SigningKey) -> anyhow::Result
         Some(b) => b.clone(),
         None => std::env::current_exe()?.with_file_name("middleman"),
     };
+    // Middleman gets these and nothing else of Watchman's environment (which may hold the API
+    // token); its kernel gets none of them.
     let mut env = Vec::new();
-    for var in ["JUPYTER_PATH", "PATH", "HOME", "RUST_LOG"] {
+    for var in ["JUPYTER_PATH", "PATH", "HOME", "RUST_LOG", "LANG"] {
         if let Ok(v) = std::env::var(var) {
             env.push((var.to_owned(), v));
         }
     }
+    let host = if http_addr.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        http_addr.ip()
+    };
     Ok(backend::Backend::Local(backend::LocalBackend::new(
         backend::LocalSettings {
             middleman_bin,
@@ -250,14 +297,8 @@ fn local_backend(args: &Args, key: &session_token::SigningKey) -> anyhow::Result
             root: args.local_root.clone(),
             pool_id: args.pool_id.clone(),
             env,
-            document_store: if args.store.starts_with("redis://")
-                || args.store.starts_with("rediss://")
-            {
-                args.store.clone()
-            } else {
-                args.local_root.join("documents").display().to_string()
-            },
-            document_key_prefix: args.redis_prefix.clone(),
+            watchman_url: format!("http://{}", SocketAddr::new(host, http_addr.port())),
+            signing_key: key.clone(),
         },
     )))
 }

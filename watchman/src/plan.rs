@@ -51,6 +51,9 @@ struct RawPlan {
     max_lifetime: String,
     #[serde(default)]
     limits: RawLimits,
+    /// The sandbox level the plan's kernels require (none, standard, strict).
+    #[serde(default)]
+    sandbox: Option<String>,
 }
 
 fn default_kernel() -> String {
@@ -113,6 +116,7 @@ struct RawLimits {
     memory_mib: Option<u64>,
     max_processes: Option<u64>,
     max_open_files: Option<u64>,
+    workspace_mib: Option<u64>,
 }
 
 /// Limits handed to Middleman and to the kernel's process.
@@ -123,6 +127,8 @@ pub struct ExecutionLimits {
     pub memory_mib: u64,
     pub max_processes: u64,
     pub max_open_files: u64,
+    /// Size limit of the workspace, MiB (0: none).
+    pub workspace_mib: u64,
 }
 
 /// One plan, validated.
@@ -140,9 +146,25 @@ pub struct Plan {
     pub idle_timeout: Duration,
     pub max_lifetime: Duration,
     pub limits: ExecutionLimits,
+    /// The sandbox level its kernels require; pods of the plan are not started where the
+    /// host cannot give it.
+    pub sandbox: kernel_sandbox::Level,
 }
 
 impl Plan {
+    /// CPUs of the kernel from `resources.cpu_limit` (`500m`, `2`); 0 when unset.
+    pub fn cpus(&self) -> f64 {
+        let q = self.resources.cpu_limit.trim();
+        let value = match q.strip_suffix('m') {
+            Some(milli) => milli.parse::<f64>().map(|m| m / 1000.0),
+            None => q.parse::<f64>(),
+        };
+        value
+            .ok()
+            .filter(|v| v.is_finite() && *v > 0.0)
+            .unwrap_or(0.0)
+    }
+
     /// How many warm (or starting) pods this plan should keep with `allocated` pods in use.
     pub fn target_warm(&self, allocated: u32) -> u32 {
         let wanted = (self.warm.ratio * f64::from(allocated)).ceil();
@@ -247,12 +269,20 @@ pub fn parse_plans(path: &str, text: &str) -> Result<BTreeMap<String, Plan>, Pla
         if raw.kernel.is_empty() {
             problems.push(format!("plans.{name}.kernel is empty"));
         }
+        let sandbox = match raw.sandbox.as_deref().unwrap_or("none").parse() {
+            Ok(level) => level,
+            Err(e) => {
+                problems.push(format!("plans.{name}.sandbox: {e}"));
+                kernel_sandbox::Level::None
+            }
+        };
         let limits = ExecutionLimits {
             execution_timeout,
             max_output_bytes: raw.limits.max_output_bytes.unwrap_or(4 * 1024 * 1024),
             memory_mib: raw.limits.memory_mib.unwrap_or(1024),
             max_processes: raw.limits.max_processes.unwrap_or(64),
             max_open_files: raw.limits.max_open_files.unwrap_or(1024),
+            workspace_mib: raw.limits.workspace_mib.unwrap_or(1024),
         };
         plans.insert(
             name.clone(),
@@ -268,6 +298,7 @@ pub fn parse_plans(path: &str, text: &str) -> Result<BTreeMap<String, Plan>, Pla
                 idle_timeout,
                 max_lifetime,
                 limits,
+                sandbox,
             },
         );
     }
@@ -321,17 +352,36 @@ mod tests {
     }
 
     #[test]
+    fn cpus_from_the_cpu_limit() {
+        let mut p = parse_plans("example", EXAMPLE)
+            .unwrap()
+            .remove("free")
+            .unwrap();
+        for (limit, cpus) in [
+            ("1", 1.0),
+            ("500m", 0.5),
+            ("2.5", 2.5),
+            ("", 0.0),
+            ("x", 0.0),
+        ] {
+            p.resources.cpu_limit = limit.into();
+            assert_eq!(p.cpus(), cpus, "{limit}");
+        }
+    }
+
+    #[test]
     fn every_problem_is_reported() {
         let bad = r#"
 [plans.a]
 warm = { ratio = -1.0, min = 5, max = 2 }
 idle_timeout = "soon"
+sandbox = "paranoid"
 [plans."b c"]
 warm = { ratio = 1.0, min = 0, max = 1 }
 "#;
         match parse_plans("bad", bad) {
             Err(PlanError::Invalid { problems, .. }) => {
-                assert_eq!(problems.len(), 4, "{problems:?}")
+                assert_eq!(problems.len(), 5, "{problems:?}")
             }
             other => panic!("{other:?}"),
         }

@@ -58,6 +58,9 @@ pub struct Settings {
     pub lease_ttl: Duration,
     pub reconcile_interval: Duration,
     pub pod_startup_timeout: Duration,
+    /// Plans whose pods are not started because this host cannot give their sandbox level,
+    /// with why; Allocate for them fails with that reason.
+    pub refused_plans: BTreeMap<String, String>,
     pub max_concurrent_starts: usize,
     /// Pods created per second at most (a token bucket with `max_concurrent_starts` of burst).
     pub pod_create_rate: f64,
@@ -168,6 +171,11 @@ impl Watchman {
     }
 
     fn plan(&self, name: &str) -> Result<&Plan, ServiceError> {
+        if let Some(why) = self.inner.settings.refused_plans.get(name) {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "plan {name:?} cannot run here: {why}"
+            )));
+        }
         self.inner
             .plans
             .get(name)

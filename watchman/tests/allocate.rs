@@ -378,13 +378,14 @@ async fn restarting_watchman_keeps_allocations_and_orphans_nothing() {
     let after: HashSet<i32> = pool_processes(&d.pool_id).into_iter().collect();
     let pods = w2.watchman.store().pods().await.unwrap();
     assert_eq!(pods.len(), 3, "two warm and one allocated: {pods:?}");
-    // Every running Middleman is a pod the store knows (kernels are children of Middlemen).
+    // Every running Middleman is a pod the store knows (kernel agents and kernels are its
+    // children).
     let known: HashSet<i32> = pods.iter().map(|p| p.handle.parse().unwrap()).collect();
     let is_middleman = |pid: &i32| {
         std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-            c.split(|b| *b == 0)
-                .next()
-                .is_some_and(|a0| a0.ends_with(b"/middleman"))
+            let mut args = c.split(|b| *b == 0);
+            args.next().is_some_and(|a0| a0.ends_with(b"/middleman"))
+                && args.next() == Some(&b"serve"[..])
         })
     };
     let leaders: HashSet<i32> = after.iter().copied().filter(is_middleman).collect();

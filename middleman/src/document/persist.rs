@@ -2,7 +2,6 @@
 //! replace) or to Redis. What is saved is a versioned JSON snapshot.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -12,14 +11,8 @@ use super::{CellRuntime, DocumentError, Notebook};
 /// Persistence failures.
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
-    #[error("document file {path}: {source}")]
-    File {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Store(#[from] doc_store::StoreError),
     #[error("stored document is unreadable: {0}")]
     Corrupt(String),
     #[error(transparent)]
@@ -65,66 +58,28 @@ pub fn decode(bytes: &[u8]) -> Result<Notebook, PersistError> {
     Ok(nb)
 }
 
-/// Where documents are kept.
-#[derive(Clone)]
-pub enum DocumentStore {
-    /// One file per document in a directory.
-    File(PathBuf),
-    /// Redis, under `<prefix>notebook:<document>`.
-    Redis {
-        conn: redis::aio::ConnectionManager,
-        prefix: String,
-    },
-}
-
-impl std::fmt::Debug for DocumentStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DocumentStore::File(p) => write!(f, "File({})", p.display()),
-            DocumentStore::Redis { prefix, .. } => write!(f, "Redis({prefix})"),
-        }
-    }
-}
-
-fn file_name(document: &str) -> String {
-    // Document ids are restricted upstream; encode anyway so no id can name a path.
-    let safe: String = document
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{safe}-{:016x}.json", fnv(document))
-}
-
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
+/// Where documents are kept: a directory, Redis, or Watchman (see `doc_store`).
+#[derive(Clone, Debug)]
+pub struct DocumentStore(doc_store::DocStore);
 
 impl DocumentStore {
-    /// Connects to Redis at `url`.
-    pub async fn redis(url: &str, prefix: &str) -> Result<Self, PersistError> {
-        let conn = redis::aio::ConnectionManager::new(redis::Client::open(url)?).await?;
-        Ok(Self::Redis {
-            conn,
-            prefix: prefix.to_owned(),
-        })
+    /// Opens the store named by `spec`: a `redis://` or `rediss://` URL (keys under `prefix`),
+    /// a directory (a path, or a `file://` URL), or `watchman+http://host:port` (with the pod's
+    /// credential in `credential_file`).
+    pub async fn open(
+        spec: &str,
+        prefix: &str,
+        credential_file: Option<&std::path::Path>,
+    ) -> Result<Self, PersistError> {
+        Ok(Self(
+            doc_store::DocStore::open(spec, prefix, credential_file).await?,
+        ))
     }
 
-    /// Opens the store named by `spec`: a `redis://` or `rediss://` URL (keys under `prefix`),
-    /// or a directory (a path, or a `file://` URL).
-    pub async fn open(spec: &str, prefix: &str) -> Result<Self, PersistError> {
-        if spec.starts_with("redis://") || spec.starts_with("rediss://") {
-            return Self::redis(spec, prefix).await;
-        }
-        let dir = spec.strip_prefix("file://").unwrap_or(spec);
-        Ok(Self::File(PathBuf::from(dir)))
+    /// Records the session token that proves which document this pod serves (needed by the
+    /// Watchman store before its first load).
+    pub fn bind(&self, token: &str) {
+        self.0.bind(token);
     }
 
     /// Saves the document.
@@ -134,50 +89,12 @@ impl DocumentStore {
 
     /// Saves a document encoded with [`encode`].
     pub async fn save_bytes(&self, document: &str, bytes: Vec<u8>) -> Result<(), PersistError> {
-        match self {
-            DocumentStore::File(dir) => {
-                let path = dir.join(file_name(document));
-                let tmp = path.with_extension("json.tmp");
-                let err = |source| PersistError::File {
-                    path: path.clone(),
-                    source,
-                };
-                tokio::fs::create_dir_all(dir).await.map_err(err)?;
-                tokio::fs::write(&tmp, &bytes).await.map_err(err)?;
-                // Replace atomically: a crash mid-write leaves the previous version intact.
-                tokio::fs::rename(&tmp, &path).await.map_err(err)?;
-            }
-            DocumentStore::Redis { conn, prefix } => {
-                let mut c = conn.clone();
-                redis::cmd("SET")
-                    .arg(format!("{prefix}notebook:{document}"))
-                    .arg(bytes)
-                    .query_async::<()>(&mut c)
-                    .await?;
-            }
-        }
-        Ok(())
+        Ok(self.0.save(document, bytes).await?)
     }
 
     /// Loads the document, if it was ever saved.
     pub async fn load(&self, document: &str) -> Result<Option<Notebook>, PersistError> {
-        let bytes: Option<Vec<u8>> = match self {
-            DocumentStore::File(dir) => {
-                let path = dir.join(file_name(document));
-                match tokio::fs::read(&path).await {
-                    Ok(b) => Some(b),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                    Err(source) => return Err(PersistError::File { path, source }),
-                }
-            }
-            DocumentStore::Redis { conn, prefix } => {
-                let mut c = conn.clone();
-                redis::cmd("GET")
-                    .arg(format!("{prefix}notebook:{document}"))
-                    .query_async(&mut c)
-                    .await?
-            }
-        };
+        let bytes = self.0.load(document).await?;
         bytes.map(|b| decode(&b)).transpose()
     }
 }

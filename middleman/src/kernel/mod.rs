@@ -1,10 +1,8 @@
-//! The kernel adapter: finding, launching and talking to one Jupyter kernel over ZeroMQ `ipc://`
-//! sockets, and the session actor that owns it.
+//! The kernel adapter: finding, launching (through the kernel agent, in its sandbox) and talking
+//! to one Jupyter kernel over ZeroMQ `ipc://` sockets, and the session actor that owns it.
 
-mod cgroup;
-mod process;
+pub mod launcher;
 mod runtime_dir;
-pub mod sandbox;
 mod session;
 mod sockets;
 pub mod spec;
@@ -12,7 +10,7 @@ mod wire;
 
 use std::path::PathBuf;
 
-pub use process::exit_cause;
+pub use launcher::{LaunchError, LauncherSettings};
 pub use runtime_dir::RuntimeDir;
 pub use session::{
     Command, EventSink, KernelSession, Refusal, SessionHandle, SessionSettings, SessionSnapshot,
@@ -36,13 +34,6 @@ pub enum KernelError {
     #[error("runtime directory {path}: {source}")]
     RuntimeDir {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The kernel process could not be started.
-    #[error("cannot start kernel {argv0:?}: {source}")]
-    Spawn {
-        argv0: String,
         #[source]
         source: std::io::Error,
     },

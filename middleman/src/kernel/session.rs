@@ -4,7 +4,6 @@
 //! records and fans them out).
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,12 +11,13 @@ use jupyter_protocol::{
     ExecuteRequest, ExecutionState, InputReply, InterruptRequest, JupyterMessage,
     JupyterMessageContent, ReplyStatus, ShutdownRequest,
 };
+use kernel_sandbox::{AgentEvent, Event as AgentReport, KernelExit};
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::process::{self, Launched};
+use super::launcher::{Launched, Launcher, LauncherSettings};
 use super::sockets::{self, Channel, KernelEvent, KernelSockets, Tagged};
 use super::{KernelSpec, RuntimeDir};
 use crate::output::OutputBuffer;
@@ -30,8 +30,8 @@ use crate::protocol::{
 #[derive(Debug, Clone)]
 pub struct SessionSettings {
     pub spec: KernelSpec,
-    pub sandbox: super::sandbox::Sandbox,
-    pub workspace: Option<PathBuf>,
+    /// How kernels are started (the kernel agent, the sandbox level required).
+    pub launcher: LauncherSettings,
     pub execution_timeout: Duration,
     pub interrupt_grace: Duration,
     pub startup_timeout: Duration,
@@ -139,11 +139,9 @@ impl KernelSession {
         });
         // Small: each queued message may be large, and the actor drains faster than kernels write.
         let (kernel_tx, kernel_rx) = mpsc::channel(64);
+        let (agent_tx, agent_rx) = mpsc::channel(64);
         let actor = Actor {
-            workspace: settings
-                .workspace
-                .clone()
-                .unwrap_or_else(|| runtime.path().join("workspace")),
+            launcher: Launcher::new(settings.launcher.clone(), agent_tx),
             settings,
             runtime,
             sink,
@@ -161,7 +159,11 @@ impl KernelSession {
             next_id: 0,
         };
         let span = tracing::info_span!("kernel_session", kernel = %kernel.name);
-        let join = tokio::spawn(actor.run(cmd_rx, kernel_rx, shutdown).instrument(span));
+        let join = tokio::spawn(
+            actor
+                .run(cmd_rx, kernel_rx, agent_rx, shutdown)
+                .instrument(span),
+        );
         (
             SessionHandle {
                 commands: cmd_tx,
@@ -205,19 +207,13 @@ struct Running {
 enum Phase {
     /// No process (before the first start, between restarts, dead, or shut down).
     Down,
-    /// Process launched, handshake under way.
+    /// Launch requested from the agent, handshake under way.
     Starting {
-        pid: i32,
-        stderr: Arc<std::sync::Mutex<String>>,
         tasks: Vec<tokio::task::AbortHandle>,
-        cgroup: Option<super::cgroup::PidsCgroup>,
     },
     /// Connected and answering.
     Ready {
-        pid: i32,
-        stderr: Arc<std::sync::Mutex<String>>,
         tasks: Vec<tokio::task::AbortHandle>,
-        cgroup: Option<super::cgroup::PidsCgroup>,
         sockets: Box<KernelSockets>,
     },
 }
@@ -231,8 +227,10 @@ const RECENT_OUTPUTS: usize = 32;
 
 struct Actor {
     settings: SessionSettings,
+    /// Kept for its removal on drop (the connection files and sockets live in it).
+    #[allow(dead_code)]
     runtime: RuntimeDir,
-    workspace: PathBuf,
+    launcher: Launcher,
     sink: Arc<dyn EventSink>,
     snapshot: watch::Sender<SessionSnapshot>,
     state: KernelState,
@@ -254,9 +252,10 @@ impl Actor {
         mut self,
         mut commands: mpsc::Receiver<(Command, oneshot::Sender<Result<(), Refusal>>)>,
         mut kernel_rx: mpsc::Receiver<Tagged>,
+        mut agent_rx: mpsc::Receiver<AgentEvent>,
         shutdown: CancellationToken,
     ) {
-        self.start_kernel();
+        self.start_kernel().await;
         loop {
             let timer = self.next_timer();
             tokio::select! {
@@ -270,10 +269,46 @@ impl Actor {
                         self.on_kernel_event(tagged.event).await;
                     }
                 }
+                Some(event) = agent_rx.recv() => self.on_agent_event(event).await,
                 () = sleep_until_opt(timer) => self.on_timer().await,
             }
         }
-        self.shutdown(&mut kernel_rx).await;
+        self.shutdown(&mut agent_rx).await;
+    }
+
+    /// What the kernel agent reports: a launch that failed, a kernel that ended, or the end of
+    /// the agent itself.
+    async fn on_agent_event(&mut self, event: AgentEvent) {
+        match event {
+            AgentEvent::Event(AgentReport::StartFailed { generation, reason })
+                if generation == self.generation =>
+            {
+                tracing::error!(%reason, "the agent could not start the kernel");
+                self.on_kernel_lost(
+                    "launch_failed",
+                    format!("the kernel could not be started: {reason}"),
+                );
+            }
+            AgentEvent::Event(AgentReport::Exited { generation, exit })
+                if generation == self.generation =>
+            {
+                self.on_kernel_event(KernelEvent::Exited(exit)).await;
+            }
+            AgentEvent::Event(AgentReport::Started { generation }) => {
+                tracing::debug!(generation, "kernel process started");
+            }
+            AgentEvent::Event(_) => {}
+            AgentEvent::Closed(why) => {
+                tracing::error!(%why, "the kernel agent stopped");
+                self.launcher.agent_gone();
+                if !matches!(self.phase, Phase::Down) {
+                    self.on_kernel_lost(
+                        "launch_failed",
+                        format!("the kernel's sandbox agent stopped ({why})"),
+                    );
+                }
+            }
+        }
     }
 
     // ---- broadcasting -------------------------------------------------------------------
@@ -313,44 +348,30 @@ impl Actor {
 
     // ---- kernel lifecycle ---------------------------------------------------------------
 
-    fn start_kernel(&mut self) {
+    async fn start_kernel(&mut self) {
         self.generation += 1;
         let generation = self.generation;
         self.restart_at = None;
-        let Launched {
-            mut child,
-            pid,
-            connection,
-            stderr_tail,
-            cgroup,
-        } = match process::launch(
-            &self.settings.spec,
-            &self.settings.sandbox,
-            self.runtime.path(),
-            &self.workspace,
-            generation,
-        ) {
-            Ok(l) => l,
-            Err(error) => {
-                tracing::error!(%error, "kernel launch failed");
-                self.on_kernel_lost(
-                    "launch_failed",
-                    format!("the kernel could not be started: {error}"),
-                );
-                return;
-            }
-        };
-        let tx = self.kernel_tx.clone();
-        let waiter = tokio::spawn(async move {
-            let event = match child.wait().await {
-                Ok(status) => KernelEvent::Exited(status),
+        let Launched { connection } =
+            match self.launcher.launch(&self.settings.spec, generation).await {
+                Ok(l) => l,
                 Err(error) => {
-                    tracing::warn!(%error, "waiting for the kernel failed");
+                    tracing::error!(%error, "kernel launch failed");
+                    if matches!(error, super::launcher::LaunchError::Level { .. }) {
+                        // Retrying cannot help: the host does not give what the plan requires.
+                        self.set_state(
+                            KernelState::Dead,
+                            Some(format!("the kernel cannot be started: {error}")),
+                        );
+                        return;
+                    }
+                    self.on_kernel_lost(
+                        "launch_failed",
+                        format!("the kernel could not be started: {error}"),
+                    );
                     return;
                 }
             };
-            let _ = tx.send(Tagged { generation, event }).await;
-        });
         let tx = self.kernel_tx.clone();
         let timeout = self.settings.startup_timeout;
         let max_message = usize::try_from(self.settings.max_output_bytes).unwrap_or(usize::MAX);
@@ -379,10 +400,7 @@ impl Actor {
             .in_current_span(),
         );
         self.phase = Phase::Starting {
-            pid,
-            stderr: stderr_tail,
-            tasks: vec![waiter.abort_handle(), starter.abort_handle()],
-            cgroup,
+            tasks: vec![starter.abort_handle()],
         };
     }
 
@@ -391,34 +409,15 @@ impl Actor {
     fn stop_kernel(&mut self) {
         match std::mem::replace(&mut self.phase, Phase::Down) {
             Phase::Down => {}
-            Phase::Starting {
-                pid, tasks, cgroup, ..
-            }
-            | Phase::Ready {
-                pid, tasks, cgroup, ..
-            } => {
-                process::signal_group(pid, Signal::SIGKILL);
-                // Children that left the process group (setsid) are still in the cgroup.
-                if let Some(cg) = cgroup {
-                    cg.kill_all();
-                }
+            Phase::Starting { tasks } | Phase::Ready { tasks, .. } => {
+                // The agent kills the whole jail (its PID namespace and cgroup).
+                self.launcher.kill(self.generation);
                 for t in tasks {
                     t.abort();
                 }
             }
         }
         self.generation += 1;
-    }
-
-    fn stderr_hint(&self) -> Option<String> {
-        let (Phase::Starting { stderr, .. } | Phase::Ready { stderr, .. }) = &self.phase else {
-            return None;
-        };
-        let tail = stderr.lock().ok()?.clone();
-        tail.lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .map(|l| l.trim().chars().take(300).collect())
     }
 
     /// The kernel died or could not start: finish what ran, abort what waited, restart unless
@@ -456,12 +455,7 @@ impl Actor {
     async fn on_kernel_event(&mut self, event: KernelEvent) {
         match event {
             KernelEvent::Started(Ok(mut sockets)) => {
-                let Phase::Starting {
-                    pid,
-                    stderr,
-                    tasks,
-                    cgroup,
-                } = std::mem::replace(&mut self.phase, Phase::Down)
+                let Phase::Starting { tasks } = std::mem::replace(&mut self.phase, Phase::Down)
                 else {
                     return;
                 };
@@ -474,33 +468,22 @@ impl Actor {
                     let language = info.language_info.name.clone();
                     self.snapshot.send_modify(|s| s.kernel.language = language);
                 }
-                self.phase = Phase::Ready {
-                    pid,
-                    stderr,
-                    tasks,
-                    cgroup,
-                    sockets,
-                };
-                tracing::info!(pid, generation = self.generation, "kernel ready");
+                self.phase = Phase::Ready { tasks, sockets };
+                tracing::info!(generation = self.generation, "kernel ready");
                 self.set_state(KernelState::Idle, None);
                 self.start_next().await;
             }
             KernelEvent::Started(Err(reason)) => {
-                let hint = self
-                    .stderr_hint()
-                    .map(|h| format!(" ({h})"))
-                    .unwrap_or_default();
-                self.on_kernel_lost("startup_failed", format!("{reason}{hint}"));
+                self.on_kernel_lost("startup_failed", reason);
             }
-            KernelEvent::Exited(status) => {
-                let mut reason = process::exit_cause(&status);
-                if let Some(hint) = self
-                    .stderr_hint()
-                    .filter(|_| status.code().is_some_and(|c| c != 0))
-                {
-                    reason = format!("{reason}: {hint}");
-                }
-                self.on_kernel_lost("exited", reason);
+            KernelEvent::Exited(exit) => {
+                let reason = exit_reason(&exit);
+                let cause = if exit.out_of_memory {
+                    "out_of_memory"
+                } else {
+                    "exited"
+                };
+                self.on_kernel_lost(cause, reason);
             }
             KernelEvent::HeartbeatLost => {
                 self.on_kernel_lost(
@@ -631,7 +614,7 @@ impl Actor {
                 self.abort_queue(&reason);
                 self.crash_times.clear();
                 self.set_state(KernelState::Restarting, Some(reason));
-                self.start_kernel();
+                self.start_kernel().await;
                 Ok(())
             }
         }
@@ -715,8 +698,8 @@ impl Actor {
                     tracing::warn!(%error, "could not send interrupt_request");
                 }
             }
-            Phase::Ready { pid, .. } | Phase::Starting { pid, .. } => {
-                process::signal_group(*pid, Signal::SIGINT)
+            Phase::Ready { .. } | Phase::Starting { .. } => {
+                self.launcher.signal(self.generation, Signal::SIGINT)
             }
             Phase::Down => {}
         }
@@ -990,7 +973,7 @@ impl Actor {
         }
         if self.restart_at.is_some_and(|t| t <= now) {
             self.restart_at = None;
-            self.start_kernel();
+            self.start_kernel().await;
         }
         let Some(running) = &self.current else { return };
         if !running.idle && running.reply_at.is_some_and(|at| at + IDLE_GRACE <= now) {
@@ -1026,7 +1009,7 @@ impl Actor {
                 self.finish_current(ExecutionStatus::KernelDied, Some(reason.clone()));
                 self.abort_queue(&reason);
                 self.set_state(KernelState::Restarting, Some(reason));
-                self.start_kernel();
+                self.start_kernel().await;
             }
             _ => {}
         }
@@ -1034,7 +1017,7 @@ impl Actor {
 
     // ---- shutdown -----------------------------------------------------------------------
 
-    async fn shutdown(&mut self, kernel_rx: &mut mpsc::Receiver<Tagged>) {
+    async fn shutdown(&mut self, agent_rx: &mut mpsc::Receiver<AgentEvent>) {
         tracing::info!("shutting the kernel down");
         self.abort_queue("middleman is shutting down");
         self.finish_current(
@@ -1047,9 +1030,15 @@ impl Actor {
                 // Give the kernel a moment to exit cleanly, then kill whatever is left.
                 let generation = self.generation;
                 let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    while let Some(t) = kernel_rx.recv().await {
-                        if t.generation == generation && matches!(t.event, KernelEvent::Exited(_)) {
-                            break;
+                    while let Some(event) = agent_rx.recv().await {
+                        match event {
+                            AgentEvent::Event(AgentReport::Exited { generation: g, .. })
+                                if g == generation =>
+                            {
+                                break;
+                            }
+                            AgentEvent::Closed(_) => break,
+                            _ => {}
                         }
                     }
                 })
@@ -1058,6 +1047,16 @@ impl Actor {
         }
         self.stop_kernel();
         self.set_state(KernelState::Dead, Some("middleman shut down".into()));
+    }
+}
+
+/// What a kernel's end is shown as: the cause, and for a failing exit code the last line it
+/// wrote to stderr.
+fn exit_reason(exit: &KernelExit) -> String {
+    let reason = exit.describe();
+    match exit.hint() {
+        Some(hint) if exit.code.is_some_and(|c| c != 0) => format!("{reason}: {hint}"),
+        _ => reason,
     }
 }
 

@@ -41,8 +41,8 @@ pub(crate) enum KernelEvent {
     Oversized(super::wire::Oversized),
     /// Three heartbeats in a row went unanswered.
     HeartbeatLost,
-    /// The kernel process exited.
-    Exited(std::process::ExitStatus),
+    /// The kernel process ended (as the agent reported it).
+    Exited(kernel_sandbox::KernelExit),
     /// The startup handshake finished.
     Started(Result<Box<KernelSockets>, String>),
 }

@@ -56,6 +56,9 @@ pub enum StartError {
 struct AppState {
     session: SessionHandle,
     hub: Arc<Hub>,
+    /// The document store, to record the token that proves this pod's document (Watchman's
+    /// store needs one before the first load).
+    store: Option<DocumentStore>,
     auth: Authenticator,
     args: ServeArgs,
     shutdown: CancellationToken,
@@ -63,6 +66,18 @@ struct AppState {
     metrics: PrometheusHandle,
     activity: Activity,
     policies: web::Policies,
+}
+
+impl AppState {
+    /// Hands a verified token to the store as the proof of this pod's document.
+    fn bind_store(&self, headers: &HeaderMap, query_token: Option<&str>) {
+        if let (Some(store), Some(token)) = (
+            &self.store,
+            crate::auth::Authenticator::token_from(headers, query_token),
+        ) {
+            store.bind(token);
+        }
+    }
 }
 
 /// What Watchman reads to decide that a pod is idle.
@@ -148,22 +163,8 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
             reason: e.to_string(),
         })?;
     let spec = kernel::spec::find(&args.kernel, &kernel::spec::search_dirs(&args.kernel_paths))?;
-    let sandbox = kernel::sandbox::Sandbox::resolve(
-        &kernel::sandbox::SandboxRequest {
-            memory_mib: args.kernel_memory_mib,
-            max_processes: args.kernel_max_processes,
-            max_open_files: args.kernel_max_open_files,
-            isolate_network: args.kernel_isolate_network,
-            uid: args.kernel_uid,
-        },
-        spec.spec
-            .argv
-            .first()
-            .map(String::as_str)
-            .unwrap_or_default(),
-        &spec.dir,
-    );
     let runtime = RuntimeDir::create(&args.runtime_root)?;
+    let launcher = launcher_settings(&args, &spec, &runtime)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -178,12 +179,16 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
     let store = match args.document_store.as_str() {
         "" | "none" => None,
         spec => Some(
-            DocumentStore::open(spec, &args.document_key_prefix)
-                .await
-                .map_err(|source| StartError::Store {
-                    spec: spec.to_owned(),
-                    source,
-                })?,
+            DocumentStore::open(
+                spec,
+                &args.document_key_prefix,
+                args.pod_credential_file.as_deref(),
+            )
+            .await
+            .map_err(|source| StartError::Store {
+                spec: spec.to_owned(),
+                source,
+            })?,
         ),
     };
     let limits = Limits {
@@ -194,6 +199,7 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
         stream_flush_interval_ms: u64::try_from(args.stream_flush_interval.as_millis())
             .unwrap_or(u64::MAX),
     };
+    let store_binding = store.clone();
     let hub = Arc::new(Hub::new(
         HubSettings {
             client_queue: args.client_queue,
@@ -211,8 +217,7 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
     let shutdown = CancellationToken::new();
     let settings = SessionSettings {
         spec,
-        sandbox,
-        workspace: args.workspace.clone(),
+        launcher,
         execution_timeout: args.execution_timeout,
         interrupt_grace: args.interrupt_grace,
         startup_timeout: args.kernel_startup_timeout,
@@ -268,6 +273,7 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
     let state = Arc::new(AppState {
         session,
         hub: hub.clone(),
+        store: store_binding,
         auth: Authenticator::new(
             key,
             args.document.clone(),
@@ -289,23 +295,13 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
     state.activity.touch();
     let app = router(state);
     let token = shutdown.clone();
+    let deadlines = httpserve::Deadlines {
+        header: args.http_header_timeout,
+        request: args.http_request_timeout,
+    };
     let http = tokio::spawn(
-        async move {
-            use axum::serve::ListenerExt as _;
-            // Frames are small and latency-bound: never let Nagle hold one back for an ACK.
-            let listener = listener.tap_io(|tcp| {
-                if let Err(error) = tcp.set_nodelay(true) {
-                    tracing::debug!(%error, "could not set TCP_NODELAY");
-                }
-            });
-            let served = axum::serve(listener, app.into_make_service())
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await;
-            if let Err(error) = served {
-                tracing::error!(%error, "http server failed");
-            }
-        }
-        .instrument(tracing::info_span!("http", %addr)),
+        httpserve::serve(listener, app, token, deadlines)
+            .instrument(tracing::info_span!("http", %addr)),
     );
     tracing::info!(document = ?args.document, pod = %args.pod, "listening on http://{addr}");
     Ok(Running {
@@ -317,6 +313,81 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
         grace: args.shutdown_grace,
         hub,
     })
+}
+
+/// How kernels are launched: through the agent in the pod's kernel container
+/// (`--kernel-agent`), or an agent this Middleman starts with the sandbox flags.
+fn launcher_settings(
+    args: &ServeArgs,
+    spec: &kernel::KernelSpec,
+    runtime: &RuntimeDir,
+) -> Result<kernel::LauncherSettings, StartError> {
+    use std::ffi::OsString;
+    if let Some(socket) = &args.kernel_agent {
+        return Ok(kernel::LauncherSettings {
+            agent: kernel_sandbox::AgentTarget::Socket(socket.clone()),
+            ipc_dir: args
+                .kernel_ipc_dir
+                .clone()
+                .unwrap_or_else(|| runtime.path().to_owned()),
+            require: args.sandbox_require,
+        });
+    }
+    let io = |path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source| kernel::KernelError::RuntimeDir { path, source }
+    };
+    // Only `ipc/` is shared with the kernel; the workspace's image stays beside it, unseen.
+    let ipc = runtime.path().join("ipc");
+    std::fs::create_dir(&ipc).map_err(io(&ipc))?;
+    let workspace = args
+        .workspace
+        .clone()
+        .unwrap_or_else(|| runtime.path().join("workspace"));
+    let program = match &args.kernel_agent_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().map_err(io(std::path::Path::new("/proc/self/exe")))?,
+    };
+    let mut agent: Vec<OsString> = vec![
+        "--workspace".into(),
+        workspace.clone().into(),
+        "--workspace-image".into(),
+        workspace.with_extension("img").into(),
+        "--workspace-quota-mib".into(),
+        args.workspace_quota_mib.to_string().into(),
+        "--memory-mib".into(),
+        args.kernel_memory_mib.to_string().into(),
+        "--max-processes".into(),
+        args.kernel_max_processes.to_string().into(),
+        "--max-open-files".into(),
+        args.kernel_max_open_files.to_string().into(),
+        "--cpus".into(),
+        args.kernel_cpus.to_string().into(),
+        "--tmp-mib".into(),
+        args.kernel_tmp_mib.to_string().into(),
+        "--namespaces".into(),
+        match args.kernel_namespaces {
+            kernel_sandbox::agent::server::Namespaces::Auto => "auto",
+            kernel_sandbox::agent::server::Namespaces::On => "on",
+            kernel_sandbox::agent::server::Namespaces::Off => "off",
+        }
+        .into(),
+    ];
+    if let Some(uid) = args.kernel_uid {
+        agent.push("--kernel-uid".into());
+        agent.push(uid.to_string().into());
+    }
+    // The kernelspec's directory ({resource_dir}) and whatever the operator adds.
+    for path in std::iter::once(&spec.dir).chain(&args.kernel_read_only) {
+        agent.push("--read-only".into());
+        agent.push(path.clone().into());
+    }
+    Ok(kernel::LauncherSettings::local(
+        program,
+        ipc,
+        agent,
+        args.sandbox_require,
+    ))
 }
 
 fn router(state: Arc<AppState>) -> Router {
@@ -382,16 +453,21 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// Liveness detail for Watchman: kernel state, connected clients and the last activity, so it
-/// can end idle allocations. Carries no document content.
-async fn status(State(state): State<Arc<AppState>>) -> Response {
+/// can end idle allocations. Carries no document content, and names the document only to a
+/// caller with a valid token for it.
+async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
     let kernel_state = state.session.watch().borrow().kernel_state;
-    let body = serde_json::json!({
-        "document": state.auth.document(),
+    let mut body = serde_json::json!({
         "kernel_state": kernel_state,
         "connections": state.activity.connections.load(Relaxed),
         "last_activity": state.activity.last.load(Relaxed),
     });
+    if crate::auth::Authenticator::token_from(&headers, None).is_some()
+        && state.auth.check(&headers, None).is_ok()
+    {
+        body["document"] = serde_json::json!(state.auth.document());
+    }
     axum::Json(body).into_response()
 }
 
@@ -427,6 +503,7 @@ async fn authorize(
         tracing::info!(%error, "request refused");
         refuse(error.status(), error.code(), &error.to_string())
     })?;
+    state.bind_store(headers, token);
     state
         .hub
         .ensure_loaded(&claims.doc)
@@ -527,6 +604,7 @@ async fn websocket(
             return refuse(error.status(), error.code(), &error.to_string());
         }
     };
+    state.bind_store(&headers, query.token.as_deref());
     if let Err((_, message)) = state.hub.ensure_loaded(&claims.doc).await {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -68,6 +68,8 @@ impl TestServer {
             "python3".into(),
             "--document-store".into(),
             dir.0.join("docs").display().to_string(),
+            "--kernel-agent-bin".into(),
+            env!("CARGO_BIN_EXE_middleman").into(),
         ]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let serve = ServeArgs::from_args(args).unwrap();

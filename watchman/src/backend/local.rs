@@ -21,12 +21,13 @@ pub struct LocalSettings {
     /// Marks processes as this Watchman's, for garbage collection (`WATCHMAN_POOL` in their
     /// environment).
     pub pool_id: String,
-    /// Extra environment for Middleman (e.g. `JUPYTER_PATH`).
+    /// Middleman's whole environment (e.g. `JUPYTER_PATH`, `PATH`): nothing else of
+    /// Watchman's reaches it.
     pub env: Vec<(String, String)>,
-    /// Where Middleman saves documents (`--document-store`), shared by every pod so that a
-    /// document's next pod restores it.
-    pub document_store: String,
-    pub document_key_prefix: String,
+    /// Watchman's HTTP address, where pods read and save their own documents.
+    pub watchman_url: String,
+    /// Derives each pod's credential.
+    pub signing_key: session_token::SigningKey,
 }
 
 /// Runs each pod as a real Middleman process (with its kernel) on a free loopback port, in its
@@ -55,7 +56,13 @@ impl LocalBackend {
             .map_err(|e| err(e.to_string()))?
             .port();
         let dir = self.settings.root.join(id);
-        std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+        create_private_dir(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+        // The pod's credential reaches its own document through Watchman, nothing else. It is
+        // Middleman's alone: the kernel's jail shows nothing of the pod's directory but its
+        // workspace and ipc directory.
+        let credential = dir.join("credential");
+        write_private(&credential, &self.settings.signing_key.pod_credential(id))
+            .map_err(|e| err(format!("{}: {e}", credential.display())))?;
         let limits = &plan.limits;
         let mut cmd = tokio::process::Command::new(&self.settings.middleman_bin);
         cmd.arg("serve")
@@ -64,8 +71,12 @@ impl LocalBackend {
             .arg("--public-key")
             .arg(&self.settings.public_key)
             .args(["--kernel", &plan.kernel])
-            .args(["--document-store", &self.settings.document_store])
-            .args(["--document-key-prefix", &self.settings.document_key_prefix])
+            .args([
+                "--document-store",
+                &format!("watchman+{}", self.settings.watchman_url),
+            ])
+            .arg("--pod-credential-file")
+            .arg(&credential)
             .arg("--runtime-root")
             .arg(dir.join("run"))
             .arg("--workspace")
@@ -81,8 +92,11 @@ impl LocalBackend {
                 "--kernel-max-open-files",
                 &limits.max_open_files.to_string(),
             ])
-            .arg("--kernel-isolate-network")
+            .args(["--workspace-quota-mib", &limits.workspace_mib.to_string()])
+            .args(["--kernel-cpus", &plan.cpus().to_string()])
             .args(["--kernel-uid", &kernel_uid(id).to_string()])
+            .args(["--sandbox-require", plan.sandbox.name()])
+            .env_clear()
             .envs(self.settings.env.iter().cloned())
             .env("WATCHMAN_POOL", &self.settings.pool_id)
             .env("WATCHMAN_POD", id)
@@ -103,6 +117,76 @@ impl LocalBackend {
         Ok(Started {
             endpoint: format!("http://127.0.0.1:{port}"),
             handle: pid.to_string(),
+        })
+    }
+
+    /// Checks that pods of `plan` get the sandbox level it requires, by running Middleman's
+    /// sandbox check with the pods' own settings (the same self-test their agents run).
+    pub async fn check_sandbox(&self, plan: &Plan) -> Result<(), String> {
+        if plan.sandbox == kernel_sandbox::Level::None {
+            return Ok(());
+        }
+        let dir = self
+            .settings
+            .root
+            .join(format!("sandbox-check-{}", plan.name));
+        let _ = std::fs::remove_dir_all(&dir);
+        create_private_dir(&dir.join("ipc")).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let limits = &plan.limits;
+        let output = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new(&self.settings.middleman_bin)
+                .arg("sandbox-check")
+                .args(["--require", plan.sandbox.name()])
+                .arg("--ipc-dir")
+                .arg(dir.join("ipc"))
+                .arg("--workspace")
+                .arg(dir.join("workspace"))
+                .arg("--workspace-image")
+                .arg(dir.join("workspace.img"))
+                .args([
+                    "--workspace-quota-mib",
+                    &limits.workspace_mib.min(64).to_string(),
+                ])
+                .args([
+                    "--kernel-uid",
+                    &kernel_uid(&format!("check-{}", plan.name)).to_string(),
+                ])
+                .args(["--memory-mib", &limits.memory_mib.to_string()])
+                .args(["--max-processes", &limits.max_processes.to_string()])
+                .env_clear()
+                .envs(self.settings.env.iter().cloned())
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        let output = output
+            .map_err(|_| "the sandbox check did not finish within 60 s".to_owned())?
+            .map_err(|e| format!("{}: {e}", self.settings.middleman_bin.display()))?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        let missing = report["missing"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|l| l.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .filter(|m| !m.is_empty());
+        Err(match missing {
+            Some(m) => format!(
+                "sandbox level {} needs {m}, which this host does not give",
+                plan.sandbox
+            ),
+            None => format!(
+                "the sandbox check failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
         })
     }
 
@@ -174,6 +258,28 @@ impl LocalBackend {
             }
         }
     }
+}
+
+/// Creates `dir` readable by its owner only.
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Writes `content` to a new file readable by its owner only.
+fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(content.as_bytes())
 }
 
 /// A uid of its own for each pod's kernel (process limits count per uid, and one kernel must not

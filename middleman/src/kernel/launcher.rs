@@ -1,0 +1,212 @@
+//! Starting, interrupting and killing kernels, always through the kernel agent: locally an agent
+//! this Middleman starts (as its child, over a socket pair), on Kubernetes the agent in the
+//! pod's kernel container. Middleman never runs code as the kernel, never shares its
+//! environment with it, and refuses to start kernels when the sandbox cannot give the level the
+//! plan requires.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use jupyter_protocol::ConnectionInfo;
+use jupyter_protocol::connection_info::Transport;
+use kernel_sandbox::{Agent, AgentEvent, AgentTarget, Layer, Level, Report, Request};
+use nix::sys::signal::Signal;
+use tokio::sync::mpsc;
+
+use super::KernelSpec;
+
+/// Failures of a launch.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The agent could not be started or reached.
+    #[error(transparent)]
+    Agent(#[from] kernel_sandbox::AgentError),
+    /// The sandbox cannot give the level required.
+    #[error(
+        "the sandbox cannot give the required level {required}: {} do not hold ({})",
+        missing.iter().map(|l| l.name()).collect::<Vec<_>>().join(", "),
+        report.describe()
+    )]
+    Level {
+        required: Level,
+        missing: Vec<Layer>,
+        report: Report,
+    },
+    /// The kernelspec's command line is empty.
+    #[error("the kernelspec's argv is empty")]
+    EmptyArgv,
+}
+
+/// How kernels are launched, from the configuration.
+#[derive(Debug, Clone)]
+pub struct LauncherSettings {
+    /// The agent to start or reach.
+    pub agent: AgentTarget,
+    /// The ipc directory as Middleman sees it (shared with the agent).
+    pub ipc_dir: PathBuf,
+    /// The level the plan requires.
+    pub require: Level,
+}
+
+impl LauncherSettings {
+    /// An agent started by this Middleman: `program kernel-agent <args>`.
+    pub fn local(program: PathBuf, ipc_dir: PathBuf, args: Vec<OsString>, require: Level) -> Self {
+        let mut all = vec![OsString::from("kernel-agent")];
+        all.push("--ipc-dir".into());
+        all.push(ipc_dir.clone().into_os_string());
+        all.extend(args);
+        Self {
+            agent: AgentTarget::Spawn { program, args: all },
+            ipc_dir,
+            require,
+        }
+    }
+}
+
+/// The session's handle on the agent.
+#[derive(Debug)]
+pub(crate) struct Launcher {
+    settings: LauncherSettings,
+    agent: Option<Agent>,
+    events: mpsc::Sender<AgentEvent>,
+}
+
+/// What the session needs to talk to a started kernel.
+#[derive(Debug)]
+pub(crate) struct Launched {
+    /// The connection as Middleman reaches it.
+    pub(crate) connection: ConnectionInfo,
+}
+
+impl Launcher {
+    pub(crate) fn new(settings: LauncherSettings, events: mpsc::Sender<AgentEvent>) -> Self {
+        Self {
+            settings,
+            agent: None,
+            events,
+        }
+    }
+
+    /// The agent, opened (and its report checked against the required level) if need be.
+    async fn agent(&mut self) -> Result<&Agent, LaunchError> {
+        if self.agent.is_none() {
+            let agent = Agent::open(&self.settings.agent, self.events.clone()).await?;
+            log_report(&agent.report);
+            let missing = agent.report.missing(self.settings.require);
+            if !missing.is_empty() {
+                return Err(LaunchError::Level {
+                    required: self.settings.require,
+                    missing,
+                    report: agent.report.clone(),
+                });
+            }
+            self.agent = Some(agent);
+        }
+        self.agent.as_ref().ok_or_else(|| {
+            LaunchError::Agent(kernel_sandbox::AgentError::Protocol("is gone".into()))
+        })
+    }
+
+    /// Forgets the agent after its connection ended; the next launch opens a new one.
+    pub(crate) fn agent_gone(&mut self) {
+        self.agent = None;
+    }
+
+    /// Asks the agent to start `generation` of `spec`'s kernel. The outcome arrives as an
+    /// agent event; the returned connection is where the kernel will listen.
+    pub(crate) async fn launch(
+        &mut self,
+        spec: &KernelSpec,
+        generation: u64,
+    ) -> Result<Launched, LaunchError> {
+        let ipc_host = self.settings.ipc_dir.clone();
+        let agent = self.agent().await?;
+        let ipc_kernel = PathBuf::from(&agent.ipc_dir);
+        // Each generation gets fresh socket paths, so a dying kernel's sockets never collide
+        // with its successor's.
+        let socket_base = format!("k{generation}");
+        let key = uuid::Uuid::new_v4().simple().to_string();
+        let info = |dir: &Path| ConnectionInfo {
+            transport: Transport::IPC,
+            ip: dir.join(&socket_base).display().to_string(),
+            shell_port: 1,
+            iopub_port: 2,
+            stdin_port: 3,
+            control_port: 4,
+            hb_port: 5,
+            key: key.clone(),
+            signature_scheme: "hmac-sha256".into(),
+            kernel_name: Some(spec.name.clone()),
+        };
+        let for_kernel = info(&ipc_kernel);
+        let file_name = format!("kernel-{generation}.json");
+        let file_in_kernel = ipc_kernel.join(&file_name).display().to_string();
+        let argv: Vec<String> = spec
+            .spec
+            .argv
+            .iter()
+            .map(|a| {
+                a.replace("{connection_file}", &file_in_kernel)
+                    .replace("{resource_dir}", &spec.dir.display().to_string())
+            })
+            .collect();
+        if argv.is_empty() {
+            return Err(LaunchError::EmptyArgv);
+        }
+        let connection = serde_json::to_string(&for_kernel)
+            .map_err(|e| kernel_sandbox::AgentError::Protocol(e.to_string()))?;
+        let env: Vec<(String, String)> = spec
+            .spec
+            .env
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        agent.send(Request::Start {
+            generation,
+            argv,
+            env,
+            connection_file: file_name,
+            connection,
+        })?;
+        tracing::info!(generation, kernel = %spec.name, "kernel launch requested");
+        Ok(Launched {
+            connection: info(&ipc_host),
+        })
+    }
+
+    /// Sends `signal` to the generation's processes.
+    pub(crate) fn signal(&self, generation: u64, signal: Signal) {
+        if let Some(agent) = &self.agent
+            && let Err(error) = agent.send(Request::Signal {
+                generation,
+                signal: signal as i32,
+            })
+        {
+            tracing::warn!(%error, "could not ask the agent to signal the kernel");
+        }
+    }
+
+    /// Kills every process of the generation.
+    pub(crate) fn kill(&self, generation: u64) {
+        if let Some(agent) = &self.agent
+            && let Err(error) = agent.send(Request::Kill { generation })
+        {
+            tracing::warn!(%error, "could not ask the agent to kill the kernel");
+        }
+    }
+}
+
+/// Logs what holds, one line per layer, and exports it as a metric.
+fn log_report(report: &Report) {
+    for state in &report.layers {
+        metrics::gauge!("middleman_sandbox_layer", "layer" => state.layer.name())
+            .set(if state.holds { 1.0 } else { 0.0 });
+        if state.holds {
+            tracing::info!(layer = %state.layer, detail = %state.detail, "sandbox layer holds");
+        } else {
+            tracing::warn!(layer = %state.layer, detail = %state.detail, "sandbox layer NOT enforced");
+        }
+    }
+    tracing::info!(level = %report.level(), "kernel sandbox");
+}
