@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
+use doc_protocol::{ClientMessage, ErrorCode, ExecutionStatus, ServerEvent};
 use futures_util::{SinkExt as _, StreamExt as _};
-use middleman::protocol::{ClientMessage, ErrorCode, ExecutionStatus, ServerEvent};
 use session_token::{Role, SigningKey};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;

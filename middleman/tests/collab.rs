@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::ypeer::YPeer;
 use common::{Client, TestServer};
-use middleman::protocol::{
+use doc_protocol::{
     CellKind, CellState, ClientMessage, ErrorCode, ExecutionStatus, Output, ServerEvent,
 };
 use session_token::Role;

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use middleman::protocol::{
+use doc_protocol::{
     ClientMessage, ExecutionStatus, InputOutcome, KernelState, Output, ServerEvent, StreamName,
 };
 use session_token::Role;
@@ -180,7 +180,7 @@ async fn input_round_trip_and_cancel_on_interrupt() {
     assert!(matches!(
         e.last(),
         Some(ServerEvent::Error {
-            code: middleman::protocol::ErrorCode::NoPendingInput,
+            code: doc_protocol::ErrorCode::NoPendingInput,
             ..
         })
     ));
@@ -316,7 +316,7 @@ async fn kernel_death_is_reported_and_recovered_then_given_up() {
     assert!(matches!(
         e.last(),
         Some(ServerEvent::Error {
-            code: middleman::protocol::ErrorCode::KernelDead,
+            code: doc_protocol::ErrorCode::KernelDead,
             ..
         })
     ));

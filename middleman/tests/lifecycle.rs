@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use middleman::protocol::{ExecutionStatus, ServerEvent};
+use doc_protocol::{ExecutionStatus, ServerEvent};
 use session_token::{Claims, Role, SigningKey};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 

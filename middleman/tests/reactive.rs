@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::{Client, TestServer};
-use middleman::protocol::{
+use doc_protocol::{
     CellState, ClientMessage, ErrorCode, GraphCell, GraphError, Output, Reactivity, ServerEvent,
 };
 use session_token::Role;
