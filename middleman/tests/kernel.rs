@@ -1,4 +1,5 @@
-//! Middleman against a real ipykernel: outputs, input, interrupts, timeouts, crashes.
+//! Middleman against a real ipykernel: outputs, input, interrupts, timeouts, crashes. One file:
+//! each test is one kernel behaviour over the same helpers (`common/`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

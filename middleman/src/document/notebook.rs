@@ -1,3 +1,8 @@
+//! The notebook: cells in a `yrs` CRDT laid out like jupyter_ydoc (`cells`: a Y.Array of Y.Map
+//! `{id, cell_type, source: Y.Text}`), and each cell's runtime (outputs, count, state) beside it,
+//! outside the CRDT. One file: every operation keeps the CRDT and the runtimes in step, and a
+//! third of it is tests.
+
 use std::collections::HashMap;
 
 use yrs::updates::decoder::Decode as _;

@@ -1,7 +1,9 @@
 //! The reactive cell graph: what each cell defines and references (static analysis with a
-//! real Python parser), the dependency edges between cells, and the rules that decide what runs.
+//! real Python parser, `analysis.rs`), the dependency edges between cells (here), and the rules
+//! that decide what runs (`reactor.rs`). Pure logic: no I/O, no kernel, no lock.
 
 pub mod analysis;
+pub mod reactor;
 
 pub use analysis::{CellAnalysis, analyse};
 pub use doc_protocol::{GraphCell, GraphError};
