@@ -13,6 +13,7 @@ test: bootstrap
 	$(ENV) hadolint Dockerfile.middleman Dockerfile.watchman
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	bash scripts/check-protocol-types.sh
 	$(ENV) bash scripts/with-kube-cluster.sh cargo test --workspace $(TEST_ARGS)
 	$(ENV) NBP_OPS_BUILD=0 bash scripts/test-ops.sh
 	$(ENV) bash scripts/test-deploy.sh

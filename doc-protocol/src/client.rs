@@ -18,6 +18,7 @@ pub enum ClientMessage {
         request_id: Option<String>,
         /// Abort the executions queued behind this one if it fails (Jupyter's default).
         #[serde(default = "yes")]
+        #[cfg_attr(feature = "ts", ts(as = "Option<bool>", optional))]
         stop_on_error: bool,
     },
     /// Queue the source of code cell `cell_id`; its outputs, execution count and state are kept
@@ -27,6 +28,7 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request_id: Option<String>,
         #[serde(default = "yes")]
+        #[cfg_attr(feature = "ts", ts(as = "Option<bool>", optional))]
         stop_on_error: bool,
     },
     /// Insert a cell at `index` (0 = first; the length appends). Answered with
@@ -35,6 +37,7 @@ pub enum ClientMessage {
         index: u32,
         cell_type: CellKind,
         #[serde(default)]
+        #[cfg_attr(feature = "ts", ts(as = "Option<String>", optional))]
         source: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request_id: Option<String>,
