@@ -522,7 +522,11 @@ async fn cursors_are_relayed_under_the_token_identity_and_vanish_on_leave() {
     assert_eq!(state["user"]["name"], "ada name");
     assert_ne!(state["user"]["color"], "#000000");
     assert_eq!(state["cursor"]["head"], 4);
-    // Nor can she speak for Bob's Yjs client.
+    // Nor can she speak for Bob's Yjs client (once Bob's own state is in: before that, the id
+    // is nobody's yet).
+    let bobs: serde_json::Value =
+        serde_json::from_str(&awareness_of(&mut ada, bob_id).await).unwrap();
+    assert_eq!(bobs["cursor"]["anchor"], 3);
     let mut spoof = YPeer::new();
     spoof.doc = yrs::Doc::with_client_id(bob_id);
     spoof.announce(&mut ada, 9, r#"{"cursor":null}"#).await;

@@ -98,7 +98,6 @@ struct State {
 }
 
 /// The document hub (see the module docs).
-#[derive(Debug)]
 pub struct Hub {
     state: Mutex<State>,
     session: SessionHandle,
@@ -108,6 +107,16 @@ pub struct Hub {
     settings: HubSettings,
     clients: AtomicUsize,
     next_client: AtomicU64,
+}
+
+impl std::fmt::Debug for Hub {
+    /// Not the state: its replay buffer alone may hold megabytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("clients", &self.clients())
+            .field("saver", &self.saver)
+            .finish_non_exhaustive()
+    }
 }
 
 fn yjs(message: &YMessage) -> Message {
@@ -166,6 +175,7 @@ impl Hub {
     /// Loads `document` from the store the first time it is asked for. Until this succeeds no
     /// one joins, so an unreachable store can never lead to an empty document overwriting the
     /// saved one.
+    #[tracing::instrument(skip_all, fields(%document))]
     pub async fn ensure_loaded(&self, document: &str) -> Result<(), Refusal> {
         if self.lock().document.is_some() {
             return Ok(());
@@ -424,6 +434,7 @@ impl Hub {
     }
 
     /// Runs a code cell's current source (queued by `by`).
+    #[tracing::instrument(skip_all, fields(cell = %cell_id))]
     pub async fn execute_cell(
         &self,
         cell_id: String,
@@ -492,6 +503,7 @@ impl Hub {
 
     /// Interrupts the running execution, aborts the queue, and cancels the rest of a reactive
     /// run (`docs/reactivity.md`).
+    #[tracing::instrument(skip_all, fields(%by))]
     pub async fn interrupt(&self, by: String) -> Result<(), Refusal> {
         let answer = {
             let mut st = self.lock();
@@ -502,12 +514,14 @@ impl Hub {
     }
 
     /// Restarts the kernel (also revives a dead one).
+    #[tracing::instrument(skip_all, fields(%by))]
     pub async fn restart(&self, by: String) -> Result<(), Refusal> {
         let answer = ask(&mut self.lock(), Command::Restart { by });
         self.answer(answer).await
     }
 
     /// Runs every stale cell in dependency order.
+    #[tracing::instrument(skip_all)]
     pub async fn run_stale(&self) {
         {
             let mut st = self.lock();
@@ -549,6 +563,7 @@ impl Hub {
     }
 
     /// Replaces the document with an imported notebook; collaborators see the change live.
+    #[tracing::instrument(skip_all, fields(cells = imported.len()))]
     pub async fn import(&self, imported: &Notebook) {
         {
             let mut st = self.lock();
@@ -692,10 +707,13 @@ impl Hub {
     /// Delivers the outbox, then waits for the session's answer to the caller's command.
     async fn answer(&self, answer: oneshot::Receiver<Result<(), Refusal>>) -> Result<(), Refusal> {
         self.deliver().await;
-        answer.await.unwrap_or(Err(Refusal::Kernel {
-            code: crate::protocol::ErrorCode::Unavailable,
-            message: "the session is shutting down".into(),
-        }))
+        // The outbox was delivered, so the answer was sent, unless the hub is going away.
+        answer.await.unwrap_or_else(|_| {
+            Err(Refusal::Kernel {
+                code: crate::protocol::ErrorCode::Unavailable,
+                message: "the session is shutting down".into(),
+            })
+        })
     }
 
     /// Sends the outbox to the session, in order. Whoever calls it delivers every command
