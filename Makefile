@@ -4,7 +4,7 @@ ENV := source scripts/env.sh &&
 TEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: run test bootstrap fmt lint bench bench-kube
+.PHONY: run test unit bootstrap fmt lint bench bench-kube
 
 run: bootstrap
 	bash scripts/run-local.sh
@@ -13,10 +13,18 @@ test: bootstrap
 	$(ENV) hadolint Dockerfile.middleman Dockerfile.watchman
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	bash scripts/check-protocol-types.sh
 	$(ENV) bash scripts/with-kube-cluster.sh cargo test --workspace $(TEST_ARGS)
 	$(ENV) NBP_OPS_BUILD=0 bash scripts/test-ops.sh
 	$(ENV) bash scripts/test-deploy.sh
 	$(ENV) NBP_WEB_BUILD=0 bash scripts/test-web.sh
+
+# The unit tier: pure logic only (no Python, Redis, kernel or cluster), in seconds: the reactor's
+# rules, the protocol, the hub's parts. Add a crate's -p here when its pure tests join the tier.
+UNIT_CRATES := -p doc-protocol -p middleman
+
+unit:
+	cargo test $(UNIT_CRATES) --lib
 
 bootstrap:
 	bash scripts/bootstrap.sh

@@ -1,8 +1,12 @@
 //! Middleman: the sidecar in every notebook pod.
 //!
-//! Layers: [`protocol`] (the WebSocket message types, no I/O), [`output`] (output safety, pure
-//! logic), [`kernel`] (the ZeroMQ adapter and the session actor that owns the kernel),
-//! [`server`] (HTTP and WebSocket), [`config`] and [`cli`] (wiring).
+//! Layers: [`protocol`] (the document protocol's types, from the `doc-protocol` crate), pure
+//! logic ([`document`]'s notebook and `.ipynb` conversion, [`graph`] and its reactor, `output`
+//! safety), [`collab`] (the document hub: one lock, the one way into the kernel), adapters
+//! ([`kernel`]: ZeroMQ and the session actor that owns the kernel; `document::persist`: file and
+//! Redis), [`server`] (HTTP and WebSocket), [`config`] and [`cli`] (wiring). Data flows one way:
+//! connection -> hub -> kernel session for commands; session -> events -> hub -> connections
+//! for what happened.
 
 pub mod auth;
 pub mod cli;

@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
+use doc_protocol::{ClientMessage, ErrorCode, ExecutionStatus, ServerEvent};
 use futures_util::{SinkExt as _, StreamExt as _};
-use middleman::protocol::{ClientMessage, ErrorCode, ExecutionStatus, ServerEvent};
 use session_token::{Role, SigningKey};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -217,7 +217,7 @@ async fn health_ready_metrics_and_page() {
 async fn a_warm_pod_binds_to_its_first_document() {
     let server = TestServer::start_with(false, &[]).await;
     let (_, status) = http_get(server.addr, "/status").await;
-    assert!(status.contains("\"document\":null"), "{status}");
+    assert!(!status.contains("document"), "{status}");
     let mut c = Client::connect(
         server.addr,
         &server.token_for("ada", Role::Editor, "doc-a", 60),
@@ -229,7 +229,18 @@ async fn a_warm_pod_binds_to_its_first_document() {
     assert_eq!(refused_status(&server, &other).await, 403);
     let again = server.token_for("bob", Role::Viewer, "doc-a", 60);
     assert_eq!(refused_status(&server, &again).await, 101);
+    // Which document a pod holds is told only to someone with a token for it.
     let (_, status) = http_get(server.addr, "/status").await;
+    assert!(!status.contains("doc-a"), "{status}");
+    let bearer = format!("Bearer {again}");
+    let (_, status) = http_request(server.addr, "/status", &[("Authorization", &bearer)]).await;
     assert!(status.contains("\"document\":\"doc-a\""), "{status}");
+    let (_, status) = http_request(
+        server.addr,
+        "/status",
+        &[("Authorization", &format!("Bearer {other}"))],
+    )
+    .await;
+    assert!(!status.contains("doc-"), "{status}");
     server.stop().await;
 }

@@ -1,5 +1,6 @@
 //! Collaborative documents with a real kernel: cells run by id, many Yjs peers typing into one
-//! cell, reconnects, roles, shared prompts, slow clients.
+//! cell, reconnects, roles, shared prompts, slow clients. One file: each test is one
+//! collaboration scenario over the same helpers (`common/`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use common::ypeer::YPeer;
 use common::{Client, TestServer};
-use middleman::protocol::{
+use doc_protocol::{
     CellKind, CellState, ClientMessage, ErrorCode, ExecutionStatus, Output, ServerEvent,
 };
 use session_token::Role;
@@ -215,6 +216,8 @@ async fn a_client_that_reconnects_gets_exactly_what_it_missed() {
         "import time\nfor i in range(8):\n    print(i, flush=True)\n    time.sleep(0.25)",
     )
     .await;
+    // Someone else stays connected throughout, to tell when ada has missed something.
+    let mut watcher = server.client("watcher", Role::Viewer).await;
     let id = ada.submit_cell(&cell).await;
     // Read up to the first line, then drop the connection mid-run.
     let before = ada
@@ -223,7 +226,15 @@ async fn a_client_that_reconnects_gets_exactly_what_it_missed() {
     let since = ada.last_seq;
     let welcome = ada.welcome.clone();
     drop(ada);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Wait until the run has printed something ada did not see, so the gap is never empty.
+    loop {
+        let frame = watcher.next().await;
+        if frame.seq.is_some_and(|seq| seq > since)
+            && matches!(&frame.event, ServerEvent::Output { execution_id, .. } if *execution_id == id)
+        {
+            break;
+        }
+    }
 
     let mut back = Client::connect_query(server.addr, &resume_query(&token, &welcome, since))
         .await
@@ -511,7 +522,11 @@ async fn cursors_are_relayed_under_the_token_identity_and_vanish_on_leave() {
     assert_eq!(state["user"]["name"], "ada name");
     assert_ne!(state["user"]["color"], "#000000");
     assert_eq!(state["cursor"]["head"], 4);
-    // Nor can she speak for Bob's Yjs client.
+    // Nor can she speak for Bob's Yjs client (once Bob's own state is in: before that, the id
+    // is nobody's yet).
+    let bobs: serde_json::Value =
+        serde_json::from_str(&awareness_of(&mut ada, bob_id).await).unwrap();
+    assert_eq!(bobs["cursor"]["anchor"], 3);
     let mut spoof = YPeer::new();
     spoof.doc = yrs::Doc::with_client_id(bob_id);
     spoof.announce(&mut ada, 9, r#"{"cursor":null}"#).await;

@@ -5,9 +5,9 @@
 mod common;
 
 use common::*;
+use doc_protocol::KernelDescription;
 use middleman::document::persist::DocumentStore;
 use middleman::document::{CellKind, Notebook, ipynb};
-use middleman::protocol::KernelDescription;
 use session_token::Role;
 
 const RICH: &str = r#"
@@ -77,7 +77,7 @@ async fn exported_notebooks_pass_nbformat_and_reimport_identically() {
             .map(|mut c| {
                 // nbformat keeps display ids out of the file.
                 for o in &mut c.runtime.outputs {
-                    if let middleman::protocol::Output::DisplayData { display_id, .. } = o {
+                    if let doc_protocol::Output::DisplayData { display_id, .. } = o {
                         *display_id = None;
                     }
                 }
@@ -178,7 +178,7 @@ fn nbformat_validate(path: &std::path::Path) -> String {
 
 /// Fills a live document through the protocol: a rich cell, a failing one, markdown.
 async fn fill(c: &mut Client) {
-    use middleman::protocol::ClientMessage;
+    use doc_protocol::ClientMessage;
     let first = c.first_cell();
     c.set_source(&first, RICH).await;
     let second = c.insert_cell(1, "1/0").await;
@@ -256,10 +256,8 @@ async fn notebooks_export_and_import_over_http_with_the_websocket_auth() {
     )
     .await;
     assert_eq!(status, 200, "{reply}");
-    bob.until(
-        |e| matches!(e, middleman::protocol::ServerEvent::Cells { cells } if cells.len() == 3),
-    )
-    .await;
+    bob.until(|e| matches!(e, doc_protocol::ServerEvent::Cells { cells } if cells.len() == 3))
+        .await;
     let (_, again) = http_request(b.addr, "/api/notebook", &[("Authorization", &editor)]).await;
     let again: serde_json::Value = serde_json::from_str(&again).unwrap();
     assert_eq!(

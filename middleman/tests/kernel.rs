@@ -1,11 +1,12 @@
-//! Middleman against a real ipykernel: outputs, input, interrupts, timeouts, crashes.
+//! Middleman against a real ipykernel: outputs, input, interrupts, timeouts, crashes. One file:
+//! each test is one kernel behaviour over the same helpers (`common/`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use common::*;
-use middleman::protocol::{
+use doc_protocol::{
     ClientMessage, ExecutionStatus, InputOutcome, KernelState, Output, ServerEvent, StreamName,
 };
 use session_token::Role;
@@ -180,7 +181,7 @@ async fn input_round_trip_and_cancel_on_interrupt() {
     assert!(matches!(
         e.last(),
         Some(ServerEvent::Error {
-            code: middleman::protocol::ErrorCode::NoPendingInput,
+            code: doc_protocol::ErrorCode::NoPendingInput,
             ..
         })
     ));
@@ -316,7 +317,7 @@ async fn kernel_death_is_reported_and_recovered_then_given_up() {
     assert!(matches!(
         e.last(),
         Some(ServerEvent::Error {
-            code: middleman::protocol::ErrorCode::KernelDead,
+            code: doc_protocol::ErrorCode::KernelDead,
             ..
         })
     ));

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use middleman::protocol::{ExecutionStatus, ServerEvent};
+use doc_protocol::{ExecutionStatus, ServerEvent};
 use session_token::{Claims, Role, SigningKey};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
@@ -118,15 +118,48 @@ fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
-async fn kernel_pid_of(p: &Proc) -> i32 {
+/// Every process Middleman started, as the host numbers them: its kernel agent, the jail's
+/// init and the kernel (which calls itself pid 3 inside its own PID namespace).
+async fn descendants_of(p: &Proc) -> Vec<i32> {
+    // A run makes sure the kernel is up.
     let mut c = p.client().await;
-    let run = c.run("import os; print(os.getpid())").await;
-    run.stdout().trim().parse().unwrap()
+    assert_eq!(c.run("1").await.status, Some(ExecutionStatus::Ok));
+    let parent_of = |pid: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let all: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    let mut found = vec![p.pid()];
+    loop {
+        let more: Vec<i32> = all
+            .iter()
+            .copied()
+            .filter(|pid| {
+                !found.contains(pid) && parent_of(*pid).is_some_and(|pp| found.contains(&pp))
+            })
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        found.extend(more);
+    }
+    found.retain(|pid| *pid != p.pid());
+    assert!(found.len() >= 3, "agent, init and kernel: {found:?}");
+    found
 }
 
-async fn wait_gone(pid: i32) -> bool {
+async fn wait_gone(pids: &[i32]) -> bool {
     for _ in 0..200 {
-        if !alive(pid) {
+        if pids.iter().all(|pid| !alive(*pid)) {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -138,7 +171,7 @@ async fn wait_gone(pid: i32) -> bool {
 async fn sigterm_tells_clients_and_cleans_up() {
     let dir = TempDir::new("term");
     let mut p = spawn_binary(&dir, &[]).await;
-    let kernel = kernel_pid_of(&p).await;
+    let kernel = descendants_of(&p).await;
     let mut c = p.client().await;
     assert_eq!(p.runtime_dirs().len(), 1);
     nix::sys::signal::kill(
@@ -153,7 +186,7 @@ async fn sigterm_tells_clients_and_cleans_up() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status:?}");
-    assert!(wait_gone(kernel).await, "kernel {kernel} still running");
+    assert!(wait_gone(&kernel).await, "kernel {kernel:?} still running");
     assert!(
         p.runtime_dirs().is_empty(),
         "runtime dir removed: {:?}",
@@ -165,15 +198,16 @@ async fn sigterm_tells_clients_and_cleans_up() {
 async fn a_crash_leaves_nothing_behind() {
     let dir = TempDir::new("crash");
     let mut p = spawn_binary(&dir, &[]).await;
-    let kernel = kernel_pid_of(&p).await;
+    let kernel = descendants_of(&p).await;
     let stale = p.runtime_dirs();
     assert_eq!(stale.len(), 1);
     p.child.start_kill().unwrap(); // SIGKILL: no cleanup code runs.
     p.child.wait().await.unwrap();
-    // The kernel notices its parent is gone (JPY_PARENT_PID) and exits.
+    // The kernel agent sees its connection close and ends; the jail's init sees the agent
+    // gone and ends, and with it the jail's PID namespace and the kernel.
     assert!(
-        wait_gone(kernel).await,
-        "orphaned kernel {kernel} still running"
+        wait_gone(&kernel).await,
+        "orphaned processes {kernel:?} still running"
     );
     // The next Middleman on the same root sweeps the dead one's runtime directory.
     let p2 = spawn_binary(&dir, &[]).await;

@@ -1,5 +1,11 @@
 //! The reactive graph with a real kernel: autorun, lazy mode, duplicate definitions, cycles,
-//! upstream errors, disabled and deleted cells, seen the same way by every collaborator.
+//! upstream errors, disabled and deleted cells, interrupts, seen the same way by every
+//! collaborator.
+//!
+//! What must *not* happen (a cell that should not run) is checked after a console execution
+//! queued behind everything the hub had decided by then: the kernel runs in order, so a wrong
+//! run would have started (and shown in the view, or in the kernel's names) before the check
+//! finished, however late it came.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -7,8 +13,9 @@ mod common;
 use std::collections::HashMap;
 
 use common::{Client, TestServer};
-use middleman::protocol::{
-    CellState, ClientMessage, ErrorCode, GraphCell, GraphError, Output, Reactivity, ServerEvent,
+use doc_protocol::{
+    CellState, ClientMessage, ErrorCode, ExecutionStatus, GraphCell, GraphError, Output,
+    Reactivity, ServerEvent,
 };
 use session_token::Role;
 
@@ -19,7 +26,9 @@ struct View {
     stdout: HashMap<String, String>,
     exec_cell: HashMap<String, String>,
     started: Vec<String>,
+    finished: HashMap<String, ExecutionStatus>,
     graph: Vec<GraphCell>,
+    checks: u64,
 }
 
 impl View {
@@ -49,6 +58,15 @@ impl View {
             ServerEvent::CellState { cell_id, state, .. } => {
                 self.state.insert(cell_id.clone(), *state);
             }
+            ServerEvent::ExecutionFinished {
+                execution_id,
+                status,
+                ..
+            } => {
+                if let Some(c) = self.exec_cell.get(execution_id) {
+                    self.finished.insert(c.clone(), *status);
+                }
+            }
             ServerEvent::Graph { cells } => self.graph = cells.clone(),
             _ => {}
         }
@@ -64,6 +82,44 @@ impl View {
         })
         .await
         .expect("the document never reached the expected state");
+    }
+
+    /// Runs `code` outside the document, after everything queued so far, and returns what it
+    /// printed (the view keeps following the events meanwhile).
+    async fn console(&mut self, c: &mut Client, code: &str) -> String {
+        self.checks += 1;
+        let rid = format!("check-{}", self.checks);
+        c.send(&ClientMessage::Execute {
+            code: code.into(),
+            request_id: Some(rid.clone()),
+            stop_on_error: false,
+        })
+        .await;
+        let mut id = None;
+        let mut out = String::new();
+        loop {
+            let e = c.next().await.event;
+            self.apply(&e);
+            match e {
+                ServerEvent::ExecutionQueued {
+                    execution,
+                    request_id: Some(r),
+                } if r == rid => id = Some(execution.id),
+                ServerEvent::Output {
+                    execution_id,
+                    output: Output::Stream { text, .. },
+                } if id.as_ref() == Some(&execution_id) => out.push_str(&text),
+                ServerEvent::ExecutionFinished { execution_id, .. }
+                    if id.as_ref() == Some(&execution_id) =>
+                {
+                    return out;
+                }
+                ServerEvent::Error { message, .. } if id.is_none() => {
+                    panic!("the check was refused: {message}")
+                }
+                _ => {}
+            }
+        }
     }
 
     fn is(&self, cell: &str, state: CellState) -> bool {
@@ -141,6 +197,11 @@ async fn changing_a_cell_reruns_its_dependents_in_order_for_everyone() {
         v.is(&x, CellState::Idle) && v.is(&y, CellState::Stale) && v.is(&p, CellState::Stale)
     })
     .await;
+    assert_eq!(
+        view.console(&mut bob, "print(y)").await,
+        "3\n",
+        "y kept its value"
+    );
     assert_eq!(view.started, vec![x.clone()]);
     assert_eq!(view.out(&p), "3\n", "not re-run in lazy mode");
     ada.send(&ClientMessage::RunStale).await;
@@ -196,6 +257,11 @@ async fn graph_errors_block_execution_and_failures_block_dependents() {
         v.is(&x, CellState::Error) && v.is(&y, CellState::Blocked) && v.is(&p, CellState::Blocked)
     })
     .await;
+    assert_eq!(
+        view.console(&mut ada, "print('y' in globals())").await,
+        "False\n",
+        "a blocked cell did not run"
+    );
     assert!(!view.started.contains(&y), "a blocked cell did not run");
 
     // Fixed, everything runs; a disabled cell blocks its dependents.
@@ -233,5 +299,58 @@ async fn graph_errors_block_execution_and_failures_block_dependents() {
         "False True\n",
         "x is gone; y is the old value"
     );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupt_cancels_the_rest_of_a_reactive_run() {
+    let server = TestServer::start(&[]).await;
+    let mut ada = server.client("ada", Role::Editor).await;
+    let mut view = View::default();
+    let a = ada.first_cell();
+    ada.set_source(&a, "x = 1").await;
+    // The graph runs b, c, d after a; b takes long enough to be interrupted, c depends on b,
+    // d only on a.
+    let b = ada
+        .insert_cell(
+            1,
+            "import time\nprint('sleeping', flush=True)\ntime.sleep(600)\ny = x + 1",
+        )
+        .await;
+    let c = ada.insert_cell(2, "z = y + 1").await;
+    let d = ada.insert_cell(3, "w = x + 1").await;
+    view.until(&mut ada, |v| {
+        v.node(&c).is_some_and(|g| g.parents == [b.clone()])
+            && v.node(&d).is_some_and(|g| g.parents == [a.clone()])
+    })
+    .await;
+
+    run(&mut ada, &a).await;
+    view.until(&mut ada, |v| v.out(&b) == "sleeping\n").await;
+    ada.send(&ClientMessage::Interrupt).await;
+    // The interrupted cell failed, what depends on it is blocked, and what the run had not
+    // reached yet is stale rather than run.
+    view.until(&mut ada, |v| {
+        v.is(&b, CellState::Error) && v.is(&c, CellState::Blocked) && v.is(&d, CellState::Stale)
+    })
+    .await;
+    assert_eq!(view.finished.get(&b), Some(&ExecutionStatus::Interrupted));
+    assert_eq!(
+        view.console(&mut ada, "print('z' in globals(), 'w' in globals())")
+            .await,
+        "False False\n",
+        "nothing after the interrupted cell ran"
+    );
+    assert_eq!(view.started, [a.clone(), b.clone()]);
+
+    // What was cancelled is stale, so running what is stale finishes the job (c stays blocked
+    // until b runs again).
+    ada.send(&ClientMessage::RunStale).await;
+    view.until(&mut ada, |v| v.is(&d, CellState::Idle)).await;
+    assert_eq!(
+        view.console(&mut ada, "print('z' in globals(), w)").await,
+        "False 2\n"
+    );
+    assert!(view.is(&c, CellState::Blocked));
     server.stop().await;
 }

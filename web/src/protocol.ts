@@ -1,142 +1,262 @@
-// The Middleman document protocol as this client uses it (docs/protocol.md,
-// middleman/src/protocol.rs). Only JSON text frames; Yjs travels in binary frames.
+// Generated from the doc-protocol crate by
+//   cargo run -p doc-protocol --features ts --bin protocol-ts > web/src/protocol.ts
+// Do not edit: scripts/check-protocol-types.sh fails when this file is not current.
+// docs/protocol.md explains the messages.
 
-export type KernelState = "starting" | "idle" | "busy" | "restarting" | "dead";
-export type CellKind = "code" | "markdown" | "raw";
-export type CellState = "idle" | "queued" | "running" | "error" | "stale" | "blocked";
-export type Reactivity = "autorun" | "lazy";
+export type ClientMessage = { "type": "execute", code: string, request_id?: string | null,
+    /**
+     * Abort the executions queued behind this one if it fails (Jupyter's default).
+     */
+    stop_on_error?: boolean, }
+  | { "type": "execute_cell", cell_id: string, request_id?: string | null, stop_on_error?: boolean, }
+  | { "type": "insert_cell", index: number, cell_type: CellKind, source?: string, request_id?: string | null, }
+  | { "type": "delete_cell", cell_id: string, }
+  | { "type": "move_cell", cell_id: string, index: number, }
+  | { "type": "set_cell_type", cell_id: string, cell_type: CellKind, }
+  | { "type": "set_source", cell_id: string, source: string, }
+  | { "type": "clear_outputs", cell_id?: string | null, }
+  | { "type": "presence", cell_id?: string | null, cursor?: unknown, }
+  | { "type": "set_cell_disabled", cell_id: string, disabled: boolean, }
+  | { "type": "set_reactivity", mode: Reactivity, }
+  | { "type": "run_stale" }
+  | { "type": "input_reply", execution_id: string, value: string, }
+  | { "type": "interrupt" }
+  | { "type": "restart" }
+  | { "type": "ping", nonce?: number | null, };
 
+export type ServerFrame = { seq?: number | null, } & ({ "type": "welcome", protocol: number,
+    /**
+     * This Middleman's run: `seq` numbers are only comparable within one session.
+     */
+    session: string,
+    /**
+     * This connection's id, as it appears in presence.
+     */
+    client: number, document: string, user: string, name: string, role: string, kernel: KernelDescription, limits: Limits,
+    /**
+     * The `seq` of the last broadcast event this welcome accounts for.
+     */
+    last_seq: number,
+    /**
+     * Set when the client asked to resume from this `seq` and could: the events after it
+     * follow, and there is no snapshot.
+     */
+    resumed_from?: number | null,
+    /**
+     * The whole state at `last_seq` (absent when resumed).
+     */
+    snapshot?: Snapshot | null, }
+  | { "type": "cells", cells: Array<CellHeader>, }
+  | { "type": "cell_created", cell_id: string, request_id?: string | null, }
+  | { "type": "cell_state", cell_id: string, state: CellState, execution_count?: number | null, }
+  | { "type": "outputs_cleared", cell_id: string, }
+  | { "type": "graph", cells: Array<GraphCell>, }
+  | { "type": "reactivity", mode: Reactivity, }
+  | { "type": "cell_disabled", cell_id: string, disabled: boolean, }
+  | { "type": "presence" } & PresenceInfo
+  | { "type": "presence_left", client: number, }
+  | { "type": "kernel_status", state: KernelState, reason?: string | null, }
+  | { "type": "execution_queued", execution: ExecutionSummary, request_id?: string | null, }
+  | { "type": "queue", executions: Array<ExecutionSummary>, }
+  | { "type": "execution_started", execution_id: string, }
+  | { "type": "output", execution_id: string, output: Output, }
+  | { "type": "update_display", execution_id: string, display_id: string, data: MimeBundle, metadata: Record<string, unknown>, }
+  | { "type": "clear_output", execution_id: string, wait: boolean, }
+  | { "type": "output_truncated", execution_id: string, limit_bytes: number, }
+  | { "type": "input_request", execution_id: string, prompt: string, password: boolean, }
+  | { "type": "input_resolved", execution_id: string, outcome: InputOutcome, by?: string | null, }
+  | { "type": "execution_finished", execution_id: string, status: ExecutionStatus, execution_count?: number | null, duration_ms: number,
+    /**
+     * Why, for every status but `ok` and `error`.
+     */
+    reason?: string | null, }
+  | { "type": "error", code: ErrorCode, message: string, }
+  | { "type": "pong", nonce?: number | null, }
+  | { "type": "shutdown", reason: string, });
+
+export type ServerEvent = { "type": "welcome", protocol: number,
+    /**
+     * This Middleman's run: `seq` numbers are only comparable within one session.
+     */
+    session: string,
+    /**
+     * This connection's id, as it appears in presence.
+     */
+    client: number, document: string, user: string, name: string, role: string, kernel: KernelDescription, limits: Limits,
+    /**
+     * The `seq` of the last broadcast event this welcome accounts for.
+     */
+    last_seq: number,
+    /**
+     * Set when the client asked to resume from this `seq` and could: the events after it
+     * follow, and there is no snapshot.
+     */
+    resumed_from?: number | null,
+    /**
+     * The whole state at `last_seq` (absent when resumed).
+     */
+    snapshot?: Snapshot | null, }
+  | { "type": "cells", cells: Array<CellHeader>, }
+  | { "type": "cell_created", cell_id: string, request_id?: string | null, }
+  | { "type": "cell_state", cell_id: string, state: CellState, execution_count?: number | null, }
+  | { "type": "outputs_cleared", cell_id: string, }
+  | { "type": "graph", cells: Array<GraphCell>, }
+  | { "type": "reactivity", mode: Reactivity, }
+  | { "type": "cell_disabled", cell_id: string, disabled: boolean, }
+  | { "type": "presence" } & PresenceInfo
+  | { "type": "presence_left", client: number, }
+  | { "type": "kernel_status", state: KernelState, reason?: string | null, }
+  | { "type": "execution_queued", execution: ExecutionSummary, request_id?: string | null, }
+  | { "type": "queue", executions: Array<ExecutionSummary>, }
+  | { "type": "execution_started", execution_id: string, }
+  | { "type": "output", execution_id: string, output: Output, }
+  | { "type": "update_display", execution_id: string, display_id: string, data: MimeBundle, metadata: Record<string, unknown>, }
+  | { "type": "clear_output", execution_id: string, wait: boolean, }
+  | { "type": "output_truncated", execution_id: string, limit_bytes: number, }
+  | { "type": "input_request", execution_id: string, prompt: string, password: boolean, }
+  | { "type": "input_resolved", execution_id: string, outcome: InputOutcome, by?: string | null, }
+  | { "type": "execution_finished", execution_id: string, status: ExecutionStatus, execution_count?: number | null, duration_ms: number,
+    /**
+     * Why, for every status but `ok` and `error`.
+     */
+    reason?: string | null, }
+  | { "type": "error", code: ErrorCode, message: string, }
+  | { "type": "pong", nonce?: number | null, }
+  | { "type": "shutdown", reason: string, };
+
+export type ErrorCode = "bad_message"
+  | "too_large"
+  | "forbidden"
+  | "queue_full"
+  | "no_pending_input"
+  | "kernel_dead"
+  | "unavailable"
+  | "no_such_cell"
+  | "invalid_edit";
+
+export type Snapshot = { kernel_state: KernelState,
+    /**
+     * The execution running now, then the queue in order.
+     */
+    executions: Array<ExecutionSummary>, cells: Array<CellView>, presence: Array<PresenceInfo>,
+    /**
+     * The prompt waiting for an answer, if any.
+     */
+    input?: PendingInput | null,
+    /**
+     * The dependency graph of the code cells.
+     */
+    graph: Array<GraphCell>, reactivity: Reactivity, };
+
+export type PresenceInfo = { client: number, user: string, name: string, role: string, color: string, cell_id?: string | null, cursor?: unknown, };
+
+export type Limits = { max_client_message_bytes: number, max_output_bytes: number, execution_timeout_ms: number,
+    /**
+     * Collaborators allowed in the document at once.
+     */
+    max_clients: number,
+    /**
+     * Streamed output reaches clients at most once per this interval per execution.
+     */
+    stream_flush_interval_ms: number, };
+
+export type CellKind = "code"
+  | "markdown"
+  | "raw";
+
+export type CellState = "idle"
+  | "queued"
+  | "running"
+  | "error"
+  | "stale"
+  | "blocked";
+
+export type CellRuntime = { outputs: Array<Output>, execution_count: number | null, state: CellState,
+    /**
+     * The last execution's output passed its byte cap; later output was dropped.
+     */
+    truncated?: boolean,
+    /**
+     * A disabled cell does not run, and blocks the cells that depend on it.
+     */
+    disabled?: boolean, };
+
+export type CellView = { id: string, kind: CellKind, source: string, outputs: Array<Output>, execution_count: number | null, state: CellState,
+    /**
+     * The last execution's output passed its byte cap; later output was dropped.
+     */
+    truncated?: boolean,
+    /**
+     * A disabled cell does not run, and blocks the cells that depend on it.
+     */
+    disabled?: boolean, };
+
+export type CellHeader = { id: string, cell_type: CellKind, };
+
+export type Reactivity = "autorun"
+  | "lazy";
+
+export type GraphCell = { id: string, defs: Array<string>,
+    /**
+     * Global names it reads that it does not define itself.
+     */
+    refs: Array<string>,
+    /**
+     * Cells it depends on, and cells that depend on it (document order).
+     */
+    parents: Array<string>, children: Array<string>, error?: GraphError | null, warnings?: Array<string>, };
+
+export type GraphError = { "kind": "syntax", message: string, }
+  | { "kind": "multiple_definitions", names: Array<string>, cells: Array<string>, }
+  | { "kind": "cycle", cells: Array<string>, };
+
+export type Output = { "output_type": "stream", name: StreamName, text: string, }
+  | { "output_type": "display_data", data: MimeBundle, metadata: Record<string, unknown>,
+    /**
+     * Kept outside nbformat's fields so later `update_display` messages can find it.
+     */
+    display_id?: string | null, }
+  | { "output_type": "execute_result", execution_count: number, data: MimeBundle, metadata: Record<string, unknown>, }
+  | { "output_type": "error", ename: string, evalue: string, traceback: Array<string>, };
+
+export type StreamName = "stdout"
+  | "stderr";
+
+export type KernelState = "starting"
+  | "idle"
+  | "busy"
+  | "restarting"
+  | "dead";
+
+export type KernelDescription = { name: string, display_name: string, language: string, };
+
+export type ExecutionSummary = { id: string,
+    /**
+     * The cell it runs, when it was queued with `execute_cell`.
+     */
+    cell_id?: string | null,
+    /**
+     * The display name of whoever queued it.
+     */
+    by: string, code: string, running: boolean, };
+
+export type ExecutionStatus = "ok"
+  | "error"
+  | "aborted"
+  | "interrupted"
+  | "timed_out"
+  | "kernel_died";
+
+export type PendingInput = { execution_id: string, prompt: string, password: boolean, };
+
+export type InputOutcome = "answered"
+  | "cancelled";
+
+/** An nbformat MIME bundle: MIME type to data (text, or JSON for JSON types). */
 export type MimeBundle = Record<string, unknown>;
 
-export type Output =
-  | { output_type: "stream"; name: "stdout" | "stderr"; text: string }
-  | { output_type: "display_data"; data: MimeBundle; metadata?: Record<string, unknown>; display_id?: string }
-  | { output_type: "execute_result"; execution_count: number; data: MimeBundle; metadata?: Record<string, unknown> }
-  | { output_type: "error"; ename: string; evalue: string; traceback: string[] };
+/** A frame as received: an event, with its `seq` when it was broadcast. */
+export type Frame = ServerFrame;
 
-export interface ExecutionSummary {
-  id: string;
-  cell_id?: string;
-  by: string;
-  code: string;
-  running: boolean;
-}
-
-export interface CellView {
-  id: string;
-  kind: CellKind;
-  source: string;
-  outputs: Output[];
-  execution_count: number | null;
-  state: CellState;
-  truncated?: boolean;
-  disabled?: boolean;
-}
-
-export interface PresenceInfo {
-  client: number;
-  user: string;
-  name: string;
-  role: string;
-  color: string;
-  cell_id?: string;
-  cursor?: unknown;
-}
-
-export type GraphError =
-  | { kind: "syntax"; message: string }
-  | { kind: "multiple_definitions"; names: string[]; cells: string[] }
-  | { kind: "cycle"; cells: string[] };
-
-export interface GraphCell {
-  id: string;
-  defs: string[];
-  refs: string[];
-  parents: string[];
-  children: string[];
-  error?: GraphError;
-  warnings?: string[];
-}
-
-export interface PendingInput {
-  execution_id: string;
-  prompt: string;
-  password: boolean;
-}
-
-export interface Snapshot {
-  kernel_state: KernelState;
-  executions: ExecutionSummary[];
-  cells: CellView[];
-  presence: PresenceInfo[];
-  input?: PendingInput;
-  graph?: GraphCell[];
-  reactivity?: Reactivity;
-}
-
-export interface Welcome {
-  type: "welcome";
-  protocol: number;
-  session: string;
-  client: number;
-  document: string;
-  user: string;
-  name: string;
-  role: string;
-  kernel: { name: string; display_name: string; language: string };
-  limits: { max_output_bytes: number; execution_timeout_ms: number; max_client_message_bytes: number };
-  last_seq: number;
-  resumed_from?: number;
-  snapshot?: Snapshot;
-}
-
-export type ServerEvent =
-  | Welcome
-  | { type: "cells"; cells: { id: string; cell_type: CellKind }[] }
-  | { type: "cell_created"; cell_id: string; request_id?: string }
-  | { type: "cell_state"; cell_id: string; state: CellState; execution_count?: number }
-  | { type: "outputs_cleared"; cell_id: string }
-  | { type: "graph"; cells: GraphCell[] }
-  | { type: "reactivity"; mode: Reactivity }
-  | { type: "cell_disabled"; cell_id: string; disabled: boolean }
-  | ({ type: "presence" } & PresenceInfo)
-  | { type: "presence_left"; client: number }
-  | { type: "kernel_status"; state: KernelState; reason?: string }
-  | { type: "queue"; executions: ExecutionSummary[] }
-  | { type: "execution_queued"; execution: ExecutionSummary; request_id?: string }
-  | { type: "execution_started"; execution_id: string }
-  | { type: "output"; execution_id: string; output: Output }
-  | { type: "update_display"; execution_id: string; display_id: string; data: MimeBundle; metadata?: Record<string, unknown> }
-  | { type: "clear_output"; execution_id: string; wait: boolean }
-  | { type: "output_truncated"; execution_id: string; limit_bytes: number }
-  | ({ type: "input_request" } & PendingInput)
-  | { type: "input_resolved"; execution_id: string; outcome: "answered" | "cancelled"; by?: string }
-  | {
-      type: "execution_finished";
-      execution_id: string;
-      status: "ok" | "error" | "aborted" | "interrupted" | "timed_out" | "kernel_died";
-      execution_count?: number;
-      duration_ms: number;
-      reason?: string;
-    }
-  | { type: "error"; code: string; message: string }
-  | { type: "pong"; nonce?: number }
-  | { type: "shutdown"; reason: string };
-
-export type Frame = ServerEvent & { seq?: number };
-
-export type ClientMessage =
-  | { type: "execute_cell"; cell_id: string; request_id?: string; stop_on_error?: boolean }
-  | { type: "insert_cell"; index: number; cell_type: CellKind; source?: string; request_id?: string }
-  | { type: "delete_cell"; cell_id: string }
-  | { type: "move_cell"; cell_id: string; index: number }
-  | { type: "set_cell_type"; cell_id: string; cell_type: CellKind }
-  | { type: "clear_outputs"; cell_id?: string }
-  | { type: "input_reply"; execution_id: string; value: string }
-  | { type: "interrupt" }
-  | { type: "restart" }
-  | { type: "set_cell_disabled"; cell_id: string; disabled: boolean }
-  | { type: "set_reactivity"; mode: Reactivity }
-  | { type: "run_stale" }
-  | { type: "presence"; cell_id?: string }
-  | { type: "ping"; nonce?: number };
+/** The first frame of every connection. */
+export type Welcome = Extract<ServerEvent, { type: "welcome" }>;

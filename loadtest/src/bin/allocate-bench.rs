@@ -99,7 +99,7 @@ fn summary(name: &str, mut s: Vec<Duration>, wall: Option<Duration>) {
 }
 
 async fn first_result(a: &pb::Allocation) -> anyhow::Result<()> {
-    use middleman::protocol::{ClientMessage, ServerEvent, ServerFrame};
+    use doc_protocol::{ClientMessage, ServerEvent, ServerFrame};
     use tokio_tungstenite::tungstenite::Message;
     let url = format!("{}?token={}", a.websocket_url, a.token);
     let start = Instant::now();

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
+use doc_protocol::{ClientMessage, Output, ServerEvent};
 use futures_util::{SinkExt as _, StreamExt as _};
 use loadtest::{
     JupyterServer, Middleman, Ws, cpu_secs, jupyter_msg, next_frame, sample_peak_rss, tempdir,
 };
-use middleman::protocol::{ClientMessage, Output, ServerEvent};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 

@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use doc_protocol::{ClientMessage, ServerEvent};
 use futures_util::{SinkExt as _, StreamExt as _};
 use jupyter_protocol::{
     ConnectionInfo, ExecuteRequest, ExecutionState, JupyterMessage, JupyterMessageContent,
     KernelInfoRequest,
 };
 use loadtest::{JupyterServer, Middleman, Ws, jupyter_msg, next_frame, rss_mib, tempdir};
-use middleman::protocol::{ClientMessage, ServerEvent};
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser, Debug)]
@@ -99,10 +99,8 @@ async fn bench_middleman(args: &Args, scratch: &std::path::Path) -> anyhow::Resu
         ready = match &frame.event {
             ServerEvent::Welcome {
                 snapshot: Some(s), ..
-            } => s.kernel_state == middleman::protocol::KernelState::Idle,
-            ServerEvent::KernelStatus { state, .. } => {
-                *state == middleman::protocol::KernelState::Idle
-            }
+            } => s.kernel_state == doc_protocol::KernelState::Idle,
+            ServerEvent::KernelStatus { state, .. } => *state == doc_protocol::KernelState::Idle,
             _ => false,
         };
     }

@@ -1,13 +1,17 @@
+//! The notebook: cells in a `yrs` CRDT laid out like jupyter_ydoc (`cells`: a Y.Array of Y.Map
+//! `{id, cell_type, source: Y.Text}`), and each cell's runtime (outputs, count, state) beside it,
+//! outside the CRDT. One file: every operation keeps the CRDT and the runtimes in step, and a
+//! third of it is tests.
+
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
 use yrs::updates::decoder::Decode as _;
 use yrs::{
     Any, Array as _, ArrayRef, Doc, GetString as _, Map as _, MapPrelim, MapRef, Out, ReadTxn,
     StateVector, Text as _, TextPrelim, TextRef, Transact as _, Update,
 };
 
-use crate::protocol::Output;
+use crate::protocol::{CellKind, CellRuntime, CellState, CellView};
 
 /// Errors of document operations. Messages are safe to show a client.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -27,75 +31,6 @@ pub enum DocumentError {
     /// An imported notebook that is not nbformat 4.
     #[error("not an nbformat 4 notebook: {0}")]
     BadNotebook(String),
-}
-
-/// Code or markdown (raw cells import as markdown-like text and export back as raw).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CellKind {
-    Code,
-    Markdown,
-    Raw,
-}
-
-impl CellKind {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            CellKind::Code => "code",
-            CellKind::Markdown => "markdown",
-            CellKind::Raw => "raw",
-        }
-    }
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "code" => Some(CellKind::Code),
-            "markdown" => Some(CellKind::Markdown),
-            "raw" => Some(CellKind::Raw),
-            _ => None,
-        }
-    }
-}
-
-/// Where a code cell is in its life.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CellState {
-    #[default]
-    Idle,
-    Queued,
-    Running,
-    Error,
-    /// Its source, or something it depends on, changed since it last ran.
-    Stale,
-    /// Something it depends on failed, or is disabled, so it did not run.
-    Blocked,
-}
-
-/// Everything about a cell that is not collaborative text.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CellRuntime {
-    #[serde(default)]
-    pub outputs: Vec<Output>,
-    #[serde(default)]
-    pub execution_count: Option<u64>,
-    #[serde(default)]
-    pub state: CellState,
-    /// The last execution's output passed its byte cap; later output was dropped.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub truncated: bool,
-    /// A disabled cell does not run, and blocks the cells that depend on it.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub disabled: bool,
-}
-
-/// A cell as clients see it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CellView {
-    pub id: String,
-    pub kind: CellKind,
-    pub source: String,
-    #[serde(flatten)]
-    pub runtime: CellRuntime,
 }
 
 /// The document. Cheap operations; callers serialise access (one actor owns it).
@@ -514,7 +449,7 @@ impl Notebook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::StreamName;
+    use crate::protocol::{Output, StreamName};
 
     #[test]
     fn insert_move_delete_keep_one() {

@@ -11,6 +11,9 @@
 //!   to the functions inside them. `x += 1` reads and binds `x`.
 //! - Names starting with `_` are local to their cell; builtins are never dependencies.
 //! - `from m import *` is reported: the graph cannot see what it defines.
+//!
+//! One file: the visitor that collects bindings and the resolver that applies Python's scoping
+//! to them are one algorithm, and a fifth of the file is the builtins list.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -561,6 +564,139 @@ mod tests {
 
     fn set(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    /// The rules of `docs/reactivity.md` ("What a cell defines and references"), one row each:
+    /// source, defs, refs. (`tests/analysis.rs` checks the same analysis against Python's own
+    /// symtable on a corpus; this table needs no Python.)
+    #[test]
+    fn every_rule_of_the_reactivity_doc() {
+        let rows: &[(&str, &str, &[&str], &[&str])] = &[
+            ("assignment", "x = y", &["x"], &["y"]),
+            ("annotated-only assignment", "x: int", &["x"], &[]),
+            (
+                "augmented assignment reads and binds",
+                "x += 1",
+                &["x"],
+                &["x"],
+            ),
+            ("del binds", "del x", &["x"], &[]),
+            ("import a.b binds a", "import a.b", &["a"], &[]),
+            ("import a.b as c binds c", "import a.b as c", &["c"], &[]),
+            ("from m import x", "from m import x", &["x"], &[]),
+            (
+                "def and class",
+                "def f():\n    pass\nclass K:\n    pass",
+                &["K", "f"],
+                &[],
+            ),
+            ("for targets", "for i in r:\n    pass", &["i"], &["r"]),
+            (
+                "with targets",
+                "with open(p) as h:\n    pass",
+                &["h"],
+                &["p"],
+            ),
+            (
+                "except targets",
+                "try:\n    pass\nexcept E as e:\n    pass",
+                &["e"],
+                &["E"],
+            ),
+            (
+                "match captures",
+                "match v:\n    case [p, q]:\n        pass",
+                &["p", "q"],
+                &["v"],
+            ),
+            ("walrus", "(n := 10)", &["n"], &[]),
+            (
+                "walrus in a comprehension binds in the enclosing scope",
+                "[y := f(v) for v in s]",
+                &["y"],
+                &["f", "s"],
+            ),
+            (
+                "global declared and bound inside a function",
+                "def f():\n    global g\n    g = 1",
+                &["f", "g"],
+                &[],
+            ),
+            (
+                "function bodies are their own scope: parameters and locals are not references",
+                "def f(a):\n    b = a\n    return b + c",
+                &["f"],
+                &["c"],
+            ),
+            ("lambda parameters", "g = lambda a: a + k", &["g"], &["k"]),
+            (
+                "nonlocal names belong to the enclosing function",
+                "def f():\n    n = 0\n    def g():\n        nonlocal n\n        n += 1\n    return g",
+                &["f"],
+                &[],
+            ),
+            (
+                "class bodies are invisible to the functions inside them",
+                "class K:\n    v = 1\n    def m(self):\n        return v",
+                &["K"],
+                &["v"],
+            ),
+            (
+                "decorators and default arguments are read in the enclosing scope",
+                "@dec\ndef f(a=d):\n    return a",
+                &["f"],
+                &["d", "dec"],
+            ),
+            (
+                "class bases are read in the enclosing scope",
+                "class K(Base):\n    pass",
+                &["K"],
+                &["Base"],
+            ),
+            (
+                "a comprehension's first iterable is read in the enclosing scope",
+                "[v * w for v in items]",
+                &[],
+                &["items", "w"],
+            ),
+            (
+                "f-string expressions are read",
+                "s = f\"{name}!\"",
+                &["s"],
+                &["name"],
+            ),
+            (
+                "names starting with _ are local to their cell",
+                "_t = 1\nprint(_t, _u)",
+                &[],
+                &[],
+            ),
+            (
+                "builtins are never dependencies",
+                "n = len(s)",
+                &["n"],
+                &["s"],
+            ),
+            ("IPython escapes are allowed", "%time x = 1\n!ls", &[], &[]),
+        ];
+        for (rule, source, defs, refs) in rows {
+            let a = analyse(source);
+            assert!(
+                a.error.is_none(),
+                "{rule}: {source:?} does not parse: {:?}",
+                a.error
+            );
+            assert_eq!(a.defs, set(defs), "{rule}: defs of {source:?}");
+            assert_eq!(a.refs, set(refs), "{rule}: refs of {source:?}");
+        }
+        // `from m import *` is a warning: the graph cannot see what it defines.
+        assert!(analyse("from m import *").star_import);
+        // A cell that does not parse, or whose scopes are invalid, has no defs or refs.
+        for broken in ["x = (", "def f():\n    nonlocal q"] {
+            let a = analyse(broken);
+            assert!(a.error.is_some(), "{broken:?}");
+            assert!(a.defs.is_empty() && a.refs.is_empty(), "{broken:?}");
+        }
     }
 
     #[test]

@@ -1,44 +1,14 @@
 //! The reactive cell graph: what each cell defines and references (static analysis with a
-//! real Python parser), the dependency edges between cells, and the rules that decide what runs.
+//! real Python parser, `analysis.rs`), the dependency edges between cells (here), and the rules
+//! that decide what runs (`reactor.rs`). Pure logic: no I/O, no kernel, no lock.
 
 pub mod analysis;
+pub mod reactor;
 
 pub use analysis::{CellAnalysis, analyse};
+pub use doc_protocol::{GraphCell, GraphError};
 
 use std::collections::{BTreeSet, HashMap};
-
-use serde::{Deserialize, Serialize};
-
-/// What is wrong with a cell's place in the graph; such a cell does not run until fixed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum GraphError {
-    /// The cell does not parse.
-    Syntax { message: String },
-    /// These global names are also defined by other cells.
-    MultipleDefinitions {
-        names: Vec<String>,
-        cells: Vec<String>,
-    },
-    /// The cell is part of a dependency cycle with these cells.
-    Cycle { cells: Vec<String> },
-}
-
-/// One cell as every collaborator sees it in the graph.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GraphCell {
-    pub id: String,
-    pub defs: Vec<String>,
-    /// Global names it reads that it does not define itself.
-    pub refs: Vec<String>,
-    /// Cells it depends on, and cells that depend on it (document order).
-    pub parents: Vec<String>,
-    pub children: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<GraphError>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
-}
 
 /// The dependency graph of a document's code cells.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,10 +1,9 @@
 //! The kernel session: one actor task owns the kernel process, its sockets, the execution queue
 //! and the output buffers. Connections talk to it through [`SessionHandle`]: commands in; what
-//! happens goes out as [`ServerEvent`]s to an [`EventSink`] (the document hub, which orders,
+//! happens goes out as [`ServerEvent`]s on an [`EventSender`] (to the document hub, which orders,
 //! records and fans them out).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jupyter_protocol::{
@@ -70,11 +69,10 @@ pub enum Command {
 /// Why a command was refused.
 pub type Refusal = (ErrorCode, String);
 
-/// Where the session's events go, in the order they happen. Called from the actor task; must
-/// not block.
-pub trait EventSink: Send + Sync + std::fmt::Debug {
-    fn publish(&self, event: ServerEvent);
-}
+/// Where the session's events go, in the order they happen. Unbounded because the actor must
+/// never wait for its reader: the hub waits for the actor when it sends commands, so a full
+/// channel could stall both. What flows is bounded upstream (outputs are coalesced and capped).
+pub type EventSender = mpsc::UnboundedSender<ServerEvent>;
 
 /// The kernel's state, for readiness and status checks.
 #[derive(Debug, Clone)]
@@ -124,7 +122,7 @@ impl KernelSession {
     pub fn spawn(
         settings: SessionSettings,
         runtime: RuntimeDir,
-        sink: Arc<dyn EventSink>,
+        events: EventSender,
         shutdown: CancellationToken,
     ) -> (SessionHandle, tokio::task::JoinHandle<()>) {
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
@@ -144,7 +142,7 @@ impl KernelSession {
             launcher: Launcher::new(settings.launcher.clone(), agent_tx),
             settings,
             runtime,
-            sink,
+            events,
             snapshot: snap_tx,
             state: KernelState::Starting,
             kernel_tx,
@@ -231,7 +229,7 @@ struct Actor {
     #[allow(dead_code)]
     runtime: RuntimeDir,
     launcher: Launcher,
-    sink: Arc<dyn EventSink>,
+    events: EventSender,
     snapshot: watch::Sender<SessionSnapshot>,
     state: KernelState,
     kernel_tx: mpsc::Sender<Tagged>,
@@ -314,7 +312,8 @@ impl Actor {
     // ---- broadcasting -------------------------------------------------------------------
 
     fn emit(&mut self, event: ServerEvent) {
-        self.sink.publish(event);
+        // Nobody reading (the hub is gone at the very end of a shutdown) is fine.
+        let _ = self.events.send(event);
     }
 
     fn set_state(&mut self, state: KernelState, reason: Option<String>) {

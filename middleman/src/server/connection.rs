@@ -1,6 +1,7 @@
 //! One WebSocket connection: the opening (welcome, missed events or a snapshot, the Yjs sync),
 //! then the hub's frames out and the client's messages in, with a bounded backlog, a write
 //! timeout and a ping timeout. JSON text frames carry the protocol; binary frames carry Yjs.
+//! Every message goes to the hub, the one way into the document and the kernel.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,9 +11,8 @@ use session_token::Claims;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::AppState;
-use crate::collab::{EditRequest, Hub, Joined, Who};
-use crate::kernel::Command;
-use crate::protocol::{ClientMessage, ErrorCode, ServerEvent, ServerFrame};
+use crate::collab::{EditRequest, Hub, Joined, Refusal, Who};
+use crate::protocol::{ClientMessage, ServerEvent, ServerFrame};
 
 /// Close codes (see docs/protocol.md).
 pub(crate) mod close {
@@ -139,8 +139,7 @@ impl Conn {
                         }
                         self.resyncs.push(now);
                         metrics::counter!("middleman_slow_clients_total", "action" => "resynced").increment(1);
-                        let kernel = state.session.watch().borrow().kernel.clone();
-                        let joined = state.hub.resync(self.client, &self.who, &kernel, &self.claims.doc);
+                        let joined = state.hub.resync(self.client, &self.who, &self.claims.doc);
                         match self.open(joined).await {
                             Ok((rx, last)) => {
                                 frames = rx;
@@ -156,7 +155,7 @@ impl Conn {
                     Some(Err(error)) => {
                         if is_too_big(&error) {
                             let limit = self.state.args.max_client_message_bytes;
-                            let _ = self.reply(error_event(ErrorCode::TooLarge, format!("message exceeds {limit} bytes"))).await;
+                            let _ = self.refuse(&Refusal::MessageTooLarge { limit }).await;
                             self.close(close::TOO_BIG, "message too large").await;
                             return "message too large";
                         }
@@ -190,14 +189,14 @@ impl Conn {
                 metrics::counter!("middleman_ws_messages_received_total", "kind" => "yjs")
                     .increment(1);
                 self.state.activity.touch();
-                return match self.state.hub.on_yjs(self.client, &self.who, &bytes) {
+                return match self.state.hub.on_yjs(self.client, &self.who, &bytes).await {
                     Ok(replies) => {
                         for r in replies {
                             self.send(r).await?;
                         }
                         Ok(())
                     }
-                    Err((code, message)) => self.reply(error_event(code, message)).await,
+                    Err(refusal) => self.refuse(&refusal).await,
                 };
             }
             Message::Ping(_) | Message::Pong(_) | Message::Close(_) => return Ok(()),
@@ -206,121 +205,96 @@ impl Conn {
         self.state.activity.touch();
         let parsed: ClientMessage = match serde_json::from_str(&text) {
             Ok(m) => m,
-            Err(error) => {
-                return self
-                    .reply(error_event(
-                        ErrorCode::BadMessage,
-                        format!("unreadable message: {error}"),
-                    ))
-                    .await;
-            }
+            Err(error) => return self.refuse(&Refusal::Unreadable(error)).await,
         };
+        match self.dispatch(parsed).await {
+            Ok(Some(reply)) => self.reply(reply).await,
+            Ok(None) => Ok(()),
+            Err(refusal) => self.refuse(&refusal).await,
+        }
+    }
+
+    /// Hands a client message to the hub. Returns the reply for this connection, if any.
+    async fn dispatch(&mut self, message: ClientMessage) -> Result<Option<ServerEvent>, Refusal> {
+        let hub = &self.state.hub;
         let by = self.who.name.clone();
-        let hub = self.state.hub.clone();
-        let client = self.client;
-        let edit = |request| hub.edit(client, request);
-        let outcome = match parsed {
-            ClientMessage::Ping { nonce } => return self.reply(ServerEvent::Pong { nonce }).await,
+        match message {
+            ClientMessage::Ping { nonce } => return Ok(Some(ServerEvent::Pong { nonce })),
             // Everyone, viewers included, shows where they are.
             ClientMessage::Presence { cell_id, cursor } => {
-                edit(EditRequest::Presence { cell_id, cursor })
+                hub.presence(self.client, cell_id, cursor)?;
+                return Ok(None);
             }
-            _ if !self.claims.role.can_edit() => Err((
-                ErrorCode::Forbidden,
-                "viewers cannot edit, run code, answer prompts, interrupt or restart".into(),
-            )),
+            _ if !self.claims.role.can_edit() => return Err(Refusal::ViewerAction),
             ClientMessage::InsertCell {
                 index,
                 cell_type,
                 source,
                 request_id,
-            } => edit(EditRequest::Insert {
-                index,
-                kind: cell_type,
-                source,
-                request_id,
-            }),
-            ClientMessage::DeleteCell { cell_id } => edit(EditRequest::Delete { cell_id }),
+            } => {
+                return hub
+                    .edit(EditRequest::Insert {
+                        index,
+                        kind: cell_type,
+                        source,
+                        request_id,
+                    })
+                    .await;
+            }
+            ClientMessage::DeleteCell { cell_id } => {
+                hub.edit(EditRequest::Delete { cell_id }).await?;
+            }
             ClientMessage::MoveCell { cell_id, index } => {
-                edit(EditRequest::Move { cell_id, index })
+                hub.edit(EditRequest::Move { cell_id, index }).await?;
             }
-            ClientMessage::SetCellType { cell_id, cell_type } => edit(EditRequest::SetKind {
-                cell_id,
-                kind: cell_type,
-            }),
+            ClientMessage::SetCellType { cell_id, cell_type } => {
+                hub.edit(EditRequest::SetKind {
+                    cell_id,
+                    kind: cell_type,
+                })
+                .await?;
+            }
             ClientMessage::SetSource { cell_id, source } => {
-                edit(EditRequest::SetSource { cell_id, source })
+                hub.edit(EditRequest::SetSource { cell_id, source }).await?;
             }
-            ClientMessage::ClearOutputs { cell_id } => edit(EditRequest::ClearOutputs { cell_id }),
+            ClientMessage::ClearOutputs { cell_id } => {
+                hub.edit(EditRequest::ClearOutputs { cell_id }).await?;
+            }
             ClientMessage::SetCellDisabled { cell_id, disabled } => {
-                hub.set_disabled(&cell_id, disabled).map(|()| None)
+                hub.set_disabled(&cell_id, disabled)?;
             }
-            ClientMessage::SetReactivity { mode } => {
-                hub.set_reactivity(mode);
-                Ok(None)
-            }
-            ClientMessage::RunStale => hub.run_stale().map(|()| None),
+            ClientMessage::SetReactivity { mode } => hub.set_reactivity(mode),
+            ClientMessage::RunStale => hub.run_stale().await,
             ClientMessage::ExecuteCell {
                 cell_id,
                 request_id,
                 stop_on_error,
-            } => match hub.code_of(&cell_id) {
-                Ok(code) => self
-                    .command(Command::Execute {
-                        code,
-                        cell_id: Some(cell_id),
-                        request_id,
-                        stop_on_error,
-                        by,
-                    })
-                    .await
-                    .map(|()| None),
-                Err(refusal) => Err(refusal),
-            },
+            } => {
+                hub.execute_cell(cell_id, request_id, stop_on_error, by)
+                    .await?;
+            }
             ClientMessage::Execute {
                 code,
                 request_id,
                 stop_on_error,
-            } => self
-                .command(Command::Execute {
-                    code,
-                    cell_id: None,
-                    request_id,
-                    stop_on_error,
-                    by,
-                })
-                .await
-                .map(|()| None),
+            } => hub.execute(code, request_id, stop_on_error, by).await?,
             ClientMessage::InputReply {
                 execution_id,
                 value,
-            } => self
-                .command(Command::InputReply {
-                    execution_id,
-                    value,
-                    by,
-                })
-                .await
-                .map(|()| None),
-            ClientMessage::Interrupt => {
-                self.command(Command::Interrupt { by }).await.map(|()| None)
-            }
-            ClientMessage::Restart => self.command(Command::Restart { by }).await.map(|()| None),
-        };
-        match outcome {
-            Ok(Some(reply)) => self.reply(reply).await,
-            Ok(None) => Ok(()),
-            Err((code, message)) => self.reply(error_event(code, message)).await,
+            } => hub.input_reply(execution_id, value, by).await?,
+            ClientMessage::Interrupt => hub.interrupt(by).await?,
+            ClientMessage::Restart => hub.restart(by).await?,
         }
+        Ok(None)
     }
 
-    fn command(
-        &self,
-        command: Command,
-    ) -> impl std::future::Future<Output = Result<(), crate::kernel::Refusal>> + Send + 'static
-    {
-        let session = self.state.session.clone();
-        async move { session.send(command).await }
+    /// Tells this connection why its message was refused.
+    async fn refuse(&mut self, refusal: &Refusal) -> Result<(), ()> {
+        self.reply(ServerEvent::Error {
+            code: refusal.code(),
+            message: refusal.to_string(),
+        })
+        .await
     }
 
     async fn reply(&mut self, event: ServerEvent) -> Result<(), ()> {
@@ -355,10 +329,6 @@ impl Conn {
         )
         .await;
     }
-}
-
-fn error_event(code: ErrorCode, message: String) -> ServerEvent {
-    ServerEvent::Error { code, message }
 }
 
 /// Whether a receive error is tungstenite's capacity error (message or frame over the limit).

@@ -1,6 +1,13 @@
-//! The HTTP server: health, readiness, metrics, the web client and the document WebSocket.
+//! The HTTP server: health, readiness, metrics, the web client and the document WebSocket; and
+//! the wiring of one Middleman: the kernel session starts first, its events flow into the hub,
+//! and the hub (constructed with the session's handle) is the only way connections reach the
+//! kernel. Refusals render through [`error::HttpError`].
+//!
+//! One file: the routes, their handlers and `start` are the server's whole surface and are read
+//! together; what grew a concept of its own is beside it (a connection, the web client, errors).
 
 mod connection;
+mod error;
 mod web;
 
 use std::net::SocketAddr;
@@ -21,8 +28,9 @@ use crate::auth::Authenticator;
 use crate::collab::{Hub, HubSettings};
 use crate::config::ServeArgs;
 use crate::document::persist::{DocumentStore, PersistError};
-use crate::kernel::{self, KernelSession, RuntimeDir, SessionHandle, SessionSettings};
+use crate::kernel::{self, KernelSession, RuntimeDir, SessionSettings};
 use crate::protocol::{KernelState, Limits};
+use error::HttpError;
 
 /// Failures while starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +62,6 @@ pub enum StartError {
 
 #[derive(Debug)]
 struct AppState {
-    session: SessionHandle,
     hub: Arc<Hub>,
     /// The document store, to record the token that proves this pod's document (Watchman's
     /// store needs one before the first load).
@@ -200,19 +207,16 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
             .unwrap_or(u64::MAX),
     };
     let store_binding = store.clone();
-    let hub = Arc::new(Hub::new(
-        HubSettings {
-            client_queue: args.client_queue,
-            replay_frames: args.replay_frames,
-            replay_bytes: args.replay_bytes,
-            max_clients: args.max_clients,
-            save_debounce: args.save_interval,
-            awareness_timeout: Duration::from_secs(30),
-            max_document_bytes: args.max_document_bytes,
-            limits,
-        },
-        store,
-    ));
+    let hub_settings = HubSettings {
+        client_queue: args.client_queue,
+        replay_frames: args.replay_frames,
+        replay_bytes: args.replay_bytes,
+        max_clients: args.max_clients,
+        save_debounce: args.save_interval,
+        awareness_timeout: Duration::from_secs(30),
+        max_document_bytes: args.max_document_bytes,
+        limits,
+    };
 
     let shutdown = CancellationToken::new();
     let settings = SessionSettings {
@@ -228,50 +232,51 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
         stream_flush_interval: args.stream_flush_interval,
         max_queue: args.max_queue,
     };
-    let (session, session_join) =
-        KernelSession::spawn(settings, runtime, hub.clone(), shutdown.clone());
+    // The kernel first: its events go into a channel the hub reads, and the hub gets its handle,
+    // so data flows one way: connections -> hub -> session, session -> events -> hub.
+    let (events, kernel_events) = tokio::sync::mpsc::unbounded_channel();
+    let (session, session_join) = KernelSession::spawn(settings, runtime, events, shutdown.clone());
+    let hub = Arc::new(Hub::new(hub_settings, store, session));
     let tracker = TaskTracker::new();
     {
-        // Executions the dependency graph decides on, in order.
-        let (reactor, mut decided) = tokio::sync::mpsc::unbounded_channel();
-        hub.set_reactor(reactor);
-        let (session, token) = (session.clone(), shutdown.clone());
-        tracker.spawn(async move {
-            loop {
-                let command = tokio::select! {
-                    () = token.cancelled() => break,
-                    c = decided.recv() => match c { Some(c) => c, None => break },
-                };
-                if let Err((_, message)) = session.send(command).await {
-                    tracing::info!(%message, "a reactive execution was refused");
-                }
-            }
-        });
+        // Ends when the session ends (after its last events, at shutdown), not before.
+        let follower = hub.clone();
+        tracker.spawn(
+            async move { follower.follow_kernel(kernel_events).await }
+                .instrument(tracing::info_span!("kernel_events")),
+        );
         let (saver, token) = (hub.clone(), shutdown.clone());
-        tracker.spawn(async move { saver.run_saver(token).await });
+        tracker.spawn(
+            async move { saver.run_saver(token).await }.instrument(tracing::info_span!("saver")),
+        );
         let (expirer, token) = (hub.clone(), shutdown.clone());
-        tracker.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tokio::select! {
-                    () = token.cancelled() => break,
-                    _ = tick.tick() => expirer.expire_awareness(),
+        tracker.spawn(
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        () = token.cancelled() => break,
+                        _ = tick.tick() => expirer.expire_awareness(),
+                    }
                 }
             }
-        });
+            .instrument(tracing::info_span!("awareness_expiry")),
+        );
         if let Some(document) = args.document.clone() {
             // Restore at start, not at the first connection, so the document is ready (and a
             // broken store shows in the logs) before anyone arrives.
             let loader = hub.clone();
-            tracker.spawn(async move {
-                if loader.ensure_loaded(&document).await.is_err() {
-                    tracing::warn!("the document will be loaded when a client connects");
+            tracker.spawn(
+                async move {
+                    if loader.ensure_loaded(&document).await.is_err() {
+                        tracing::warn!("the document will be loaded when a client connects");
+                    }
                 }
-            });
+                .instrument(tracing::info_span!("load")),
+            );
         }
     }
     let state = Arc::new(AppState {
-        session,
         hub: hub.clone(),
         store: store_binding,
         auth: Authenticator::new(
@@ -441,7 +446,7 @@ fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let kernel_state = state.session.watch().borrow().kernel_state;
+    let kernel_state = state.hub.kernel().kernel_state;
     let ready = matches!(kernel_state, KernelState::Idle | KernelState::Busy);
     let status = if ready {
         StatusCode::OK
@@ -457,7 +462,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 /// caller with a valid token for it.
 async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
-    let kernel_state = state.session.watch().borrow().kernel_state;
+    let kernel_state = state.hub.kernel().kernel_state;
     let mut body = serde_json::json!({
         "kernel_state": kernel_state,
         "connections": state.activity.connections.load(Relaxed),
@@ -493,28 +498,17 @@ struct TokenQuery {
     token: Option<String>,
 }
 
-/// Authenticates an HTTP request and loads the document; the error is the response.
+/// Authenticates an HTTP request and loads the document.
 async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     token: Option<&str>,
-) -> Result<session_token::Claims, Response> {
-    let claims = state.auth.check(headers, token).map_err(|error| {
+) -> Result<session_token::Claims, HttpError> {
+    let claims = state.auth.check(headers, token).inspect_err(|error| {
         tracing::info!(%error, "request refused");
-        refuse(error.status(), error.code(), &error.to_string())
     })?;
     state.bind_store(headers, token);
-    state
-        .hub
-        .ensure_loaded(&claims.doc)
-        .await
-        .map_err(|(_, message)| {
-            refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                &message,
-            )
-        })?;
+    state.hub.ensure_loaded(&claims.doc).await?;
     Ok(claims)
 }
 
@@ -523,13 +517,9 @@ async fn export_notebook(
     State(state): State<Arc<AppState>>,
     Query(query): Query<TokenQuery>,
     headers: HeaderMap,
-) -> Response {
-    let claims = match authorize(&state, &headers, query.token.as_deref()).await {
-        Ok(c) => c,
-        Err(response) => return response,
-    };
-    let kernel = state.session.watch().borrow().kernel.clone();
-    let body = state.hub.export(&kernel);
+) -> Result<Response, HttpError> {
+    let claims = authorize(&state, &headers, query.token.as_deref()).await?;
+    let body = state.hub.export();
     let mut response = axum::Json(body).into_response();
     let safe: String = claims
         .doc
@@ -542,7 +532,7 @@ async fn export_notebook(
             .headers_mut()
             .insert(header::CONTENT_DISPOSITION, v);
     }
-    response
+    Ok(response)
 }
 
 /// `PUT /api/notebook`: replaces the document with an `.ipynb` (editors only).
@@ -551,36 +541,17 @@ async fn import_notebook(
     Query(query): Query<TokenQuery>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
-    let claims = match authorize(&state, &headers, query.token.as_deref()).await {
-        Ok(c) => c,
-        Err(response) => return response,
-    };
+) -> Result<Response, HttpError> {
+    let claims = authorize(&state, &headers, query.token.as_deref()).await?;
     if !claims.role.can_edit() {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "viewers cannot import notebooks",
-        );
+        return Err(HttpError::ViewerImport);
     }
-    let json: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(error) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "bad_notebook",
-                &format!("not JSON: {error}"),
-            );
-        }
-    };
-    let imported = match crate::document::ipynb::import(&json) {
-        Ok(nb) => nb,
-        Err(error) => return refuse(StatusCode::BAD_REQUEST, "bad_notebook", &error.to_string()),
-    };
+    let json: serde_json::Value = serde_json::from_slice(&body).map_err(HttpError::NotJson)?;
+    let imported = crate::document::ipynb::import(&json).map_err(HttpError::BadNotebook)?;
     let cells = imported.len();
-    state.hub.import(&imported);
+    state.hub.import(&imported).await;
     tracing::info!(user = %claims.sub, cells, "notebook imported");
-    axum::Json(serde_json::json!({ "cells": cells })).into_response()
+    Ok(axum::Json(serde_json::json!({ "cells": cells })).into_response())
 }
 
 async fn websocket(
@@ -588,31 +559,19 @@ async fn websocket(
     Query(query): Query<WsQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
-) -> Response {
+) -> Result<Response, HttpError> {
     if state.shutdown.is_cancelled() {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "middleman is shutting down",
-        );
+        return Err(HttpError::ShuttingDown);
     }
-    let claims = match state.auth.check(&headers, query.token.as_deref()) {
-        Ok(c) => c,
-        Err(error) => {
+    let claims = state
+        .auth
+        .check(&headers, query.token.as_deref())
+        .inspect_err(|error| {
             metrics::counter!("middleman_ws_refused_total", "reason" => error.code()).increment(1);
             tracing::info!(%error, "websocket refused");
-            return refuse(error.status(), error.code(), &error.to_string());
-        }
-    };
+        })?;
     state.bind_store(&headers, query.token.as_deref());
-    if let Err((_, message)) = state.hub.ensure_loaded(&claims.doc).await {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            &message,
-        );
-    }
-    let kernel = state.session.watch().borrow().kernel.clone();
+    state.hub.ensure_loaded(&claims.doc).await?;
     let who = crate::collab::Who {
         user: claims.sub.clone(),
         name: if claims.name.is_empty() {
@@ -624,18 +583,14 @@ async fn websocket(
     };
     let resume = query.session.as_deref().zip(query.since);
     // Admit before upgrading, so a full document is a plain HTTP refusal.
-    let joined = match state.hub.join(&who, &kernel, &claims.doc, resume) {
-        Ok(j) => j,
-        Err((_, message)) => {
-            metrics::counter!("middleman_ws_refused_total", "reason" => "document_full")
-                .increment(1);
-            return refuse(StatusCode::SERVICE_UNAVAILABLE, "document_full", &message);
-        }
-    };
+    let joined = state.hub.join(&who, &claims.doc, resume).inspect_err(|_| {
+        metrics::counter!("middleman_ws_refused_total", "reason" => "document_full").increment(1);
+    })?;
     let guard = connection::Membership::new(state.hub.clone(), joined.client);
     let limit = state.args.max_client_message_bytes;
     let st = state.clone();
-    ws.max_message_size(limit)
+    Ok(ws
+        .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
             let span = tracing::info_span!("connection", client = joined.client, user = %claims.sub, role = %claims.role);
@@ -648,15 +603,7 @@ async fn websocket(
                     .await
                     .ok();
             }
-        })
-}
-
-fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({ "error": code, "message": message })),
-    )
-        .into_response()
+        }))
 }
 
 /// Creates every counter that only moves on rare events at zero, so that dashboards and

@@ -8,6 +8,9 @@
 //!
 //! The script and style sheet are also embedded gzipped (level 9, built by `web/build.mjs`) and
 //! sent as such, with `Content-Encoding: gzip`, to clients whose `Accept-Encoding` allows gzip.
+//!
+//! One file: the assets, their caching and encoding headers and the security policies are one
+//! concern (what the browser may do with what this server sends), and half is tests.
 
 use std::sync::LazyLock;
 

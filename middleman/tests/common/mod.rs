@@ -6,9 +6,9 @@ pub mod ypeer;
 
 use std::time::Duration;
 
+use doc_protocol::{ClientMessage, ExecutionStatus, Output, ServerEvent, ServerFrame};
 use futures_util::{SinkExt as _, StreamExt as _};
 use middleman::config::ServeArgs;
-use middleman::protocol::{ClientMessage, ExecutionStatus, Output, ServerEvent, ServerFrame};
 use session_token::{Claims, Role, SigningKey};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -308,7 +308,7 @@ impl Client {
     }
 
     /// The snapshot of the welcome (panics when the connection resumed instead).
-    pub fn snapshot(&self) -> &middleman::protocol::Snapshot {
+    pub fn snapshot(&self) -> &doc_protocol::Snapshot {
         match &self.welcome {
             ServerEvent::Welcome {
                 snapshot: Some(s), ..
@@ -365,7 +365,7 @@ impl Client {
     pub async fn insert_cell(&mut self, index: u32, source: &str) -> String {
         self.send(&ClientMessage::InsertCell {
             index,
-            cell_type: middleman::protocol::CellKind::Code,
+            cell_type: doc_protocol::CellKind::Code,
             source: source.into(),
             request_id: Some("ins".into()),
         })
@@ -452,7 +452,7 @@ impl Client {
     /// Restarts the kernel and waits until the new one is idle. (Waits for `restarting` first:
     /// an `idle` left over from an earlier execution must not count.)
     pub async fn restart(&mut self) {
-        use middleman::protocol::KernelState;
+        use doc_protocol::KernelState;
         self.send(&ClientMessage::Restart).await;
         self.until(|e| {
             matches!(

@@ -1,0 +1,114 @@
+//! What a client sends.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{CellKind, Reactivity};
+
+/// A message from a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// Queue `code` for execution. `request_id` is echoed in [`crate::ServerEvent::ExecutionQueued`] so
+    /// the sender can learn the execution id.
+    Execute {
+        code: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+        /// Abort the executions queued behind this one if it fails (Jupyter's default).
+        #[serde(default = "yes")]
+        #[cfg_attr(feature = "ts", ts(as = "Option<bool>", optional))]
+        stop_on_error: bool,
+    },
+    /// Queue the source of code cell `cell_id`; its outputs, execution count and state are kept
+    /// in the document.
+    ExecuteCell {
+        cell_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+        #[serde(default = "yes")]
+        #[cfg_attr(feature = "ts", ts(as = "Option<bool>", optional))]
+        stop_on_error: bool,
+    },
+    /// Insert a cell at `index` (0 = first; the length appends). Answered with
+    /// [`crate::ServerEvent::CellCreated`].
+    InsertCell {
+        index: u32,
+        cell_type: CellKind,
+        #[serde(default)]
+        #[cfg_attr(feature = "ts", ts(as = "Option<String>", optional))]
+        source: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
+    /// Delete a cell (a document keeps at least one).
+    DeleteCell { cell_id: String },
+    /// Move a cell so that it ends at `index`.
+    MoveCell { cell_id: String, index: u32 },
+    /// Change a cell's type (code, markdown, raw).
+    SetCellType {
+        cell_id: String,
+        cell_type: CellKind,
+    },
+    /// Replace a cell's source as a minimal edit (Yjs clients edit the text in place instead).
+    SetSource { cell_id: String, source: String },
+    /// Clear the outputs of one cell, or of every cell.
+    ClearOutputs {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cell_id: Option<String>,
+    },
+    /// Where this collaborator is: the cell and an editor-defined cursor (at most 1 KiB of JSON).
+    Presence {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cell_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(feature = "ts", ts(type = "unknown"))]
+        cursor: Option<Value>,
+    },
+    /// Disable or enable a cell (a disabled cell does not run and blocks its dependents).
+    SetCellDisabled { cell_id: String, disabled: bool },
+    /// Autorun or lazy, for the whole document.
+    SetReactivity { mode: Reactivity },
+    /// Run every stale cell, in dependency order.
+    RunStale,
+    /// Answer the pending `input()` prompt of `execution_id`. The first answer wins.
+    InputReply { execution_id: String, value: String },
+    /// Interrupt the running execution and cancel the queued ones. Escalates to a kernel restart
+    /// if the code ignores the interrupt.
+    Interrupt,
+    /// Restart the kernel (its state is lost; queued executions are aborted).
+    Restart,
+    /// Application-level keepalive; answered with [`crate::ServerEvent::Pong`].
+    Ping {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nonce: Option<u64>,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_parse_from_documented_json() {
+        let m: ClientMessage =
+            serde_json::from_str(r#"{"type":"execute","code":"1+1","request_id":"r1"}"#).unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::Execute {
+                code: "1+1".into(),
+                request_id: Some("r1".into()),
+                stop_on_error: true
+            }
+        );
+        let m: ClientMessage = serde_json::from_str(r#"{"type":"interrupt"}"#).unwrap();
+        assert_eq!(m, ClientMessage::Interrupt);
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"rm_rf"}"#).is_err());
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"execute"}"#).is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! The document's dependency graph, kept current as its code cells change: each cell's analysis
+//! is cached with the source it was made from, so an edit re-analyses only the edited cell and
+//! rebuilds the graph reusing what did not change. It reports what the reactor needs to know:
+//! which cells were edited, which were deleted, the names only those defined, and what depended
+//! on them.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::document::CellKind;
+use crate::graph::{CellAnalysis, Graph, analyse};
+
+/// What changed in the graph after an edit.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Regraphed {
+    /// The graph as clients see it changed (announce it).
+    pub(super) changed: bool,
+    /// Code cells whose source changed, with the new source, in document order.
+    pub(super) edited: Vec<(String, String)>,
+    /// Code cells that are gone (deleted, or no longer code).
+    pub(super) deleted: Vec<String>,
+    /// The global names only the deleted cells defined.
+    pub(super) names: Vec<String>,
+    /// The cells still present that depended on the deleted ones.
+    pub(super) dependents: Vec<String>,
+}
+
+/// Analyses and graph of the document's code cells.
+#[derive(Debug, Default)]
+pub(super) struct Dependencies {
+    /// Each code cell's analysis, with the source it was made from.
+    analyses: HashMap<String, (String, CellAnalysis)>,
+    pub(super) graph: Graph,
+}
+
+impl Dependencies {
+    /// Brings the graph up to date with `sources` (every cell, in document order). `None` when
+    /// no code cell changed.
+    pub(super) fn update(&mut self, sources: &[(String, CellKind, String)]) -> Option<Regraphed> {
+        let mut edited = Vec::new();
+        let mut present = HashSet::new();
+        for (id, kind, source) in sources {
+            if *kind != CellKind::Code {
+                continue;
+            }
+            present.insert(id.clone());
+            if self.analyses.get(id).is_none_or(|(s, _)| s != source) {
+                self.analyses
+                    .insert(id.clone(), (source.clone(), analyse(source)));
+                edited.push((id.clone(), source.clone()));
+            }
+        }
+        let removed: Vec<(String, Vec<String>)> = self
+            .analyses
+            .iter()
+            .filter(|(id, _)| !present.contains(*id))
+            .map(|(id, (_, a))| (id.clone(), a.defs.iter().cloned().collect()))
+            .collect();
+        if edited.is_empty() && removed.is_empty() {
+            return None;
+        }
+        // What depended on a deleted cell, from the graph it was still in.
+        let mut dependents = Vec::new();
+        for (id, _) in &removed {
+            self.analyses.remove(id);
+            dependents.extend(self.graph.descendants(id));
+        }
+        let order: Vec<(&str, &CellAnalysis)> = sources
+            .iter()
+            .filter_map(|(id, _, _)| self.analyses.get(id).map(|(_, a)| (id.as_str(), a)))
+            .collect();
+        let changed_ids: HashSet<&str> = edited.iter().map(|(id, _)| id.as_str()).collect();
+        let (graph, changed) = Graph::rebuild(std::mem::take(&mut self.graph), &order, |id| {
+            changed_ids.contains(id)
+        });
+        self.graph = graph;
+        let names: Vec<String> = removed
+            .iter()
+            .flat_map(|(_, defs)| defs.iter().cloned())
+            .filter(|n| !self.analyses.values().any(|(_, a)| a.defs.contains(n)))
+            .collect();
+        dependents.retain(|c| present.contains(c));
+        dependents.dedup();
+        Some(Regraphed {
+            changed,
+            edited,
+            deleted: removed.into_iter().map(|(id, _)| id).collect(),
+            names,
+            dependents,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(cells: &[(&str, &str)]) -> Vec<(String, CellKind, String)> {
+        cells
+            .iter()
+            .map(|(id, src)| ((*id).to_owned(), CellKind::Code, (*src).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn only_what_changed_is_reported() {
+        let mut deps = Dependencies::default();
+        let first = deps
+            .update(&code(&[
+                ("a", "x = 1"),
+                ("b", "y = x + 1"),
+                ("c", "print(y)"),
+            ]))
+            .unwrap();
+        assert!(first.changed);
+        assert_eq!(first.edited.len(), 3);
+        assert!(
+            deps.update(&code(&[
+                ("a", "x = 1"),
+                ("b", "y = x + 1"),
+                ("c", "print(y)")
+            ]))
+            .is_none()
+        );
+        let edit = deps
+            .update(&code(&[
+                ("a", "x = 2"),
+                ("b", "y = x + 1"),
+                ("c", "print(y)"),
+            ]))
+            .unwrap();
+        assert_eq!(edit.edited, vec![("a".to_owned(), "x = 2".to_owned())]);
+        assert!(
+            !edit.changed,
+            "same names, same edges: clients need no new graph"
+        );
+    }
+
+    #[test]
+    fn a_deleted_cell_reports_the_names_it_alone_defined_and_its_dependents() {
+        let mut deps = Dependencies::default();
+        deps.update(&code(&[
+            ("a", "x = 1\nz = 0"),
+            ("b", "y = x + 1"),
+            ("c", "print(y)"),
+            ("d", "z = 5"),
+        ]));
+        let gone = deps
+            .update(&code(&[
+                ("b", "y = x + 1"),
+                ("c", "print(y)"),
+                ("d", "z = 5"),
+            ]))
+            .unwrap();
+        assert_eq!(gone.deleted, ["a"]);
+        // `z` is still defined by d: only `x` leaves the kernel.
+        assert_eq!(gone.names, ["x"]);
+        assert_eq!(gone.dependents, ["b", "c"]);
+        // A cell that stops being code is gone from the graph too.
+        let mut sources = code(&[("b", "y = x + 1"), ("c", "print(y)")]);
+        sources.push(("d".into(), CellKind::Markdown, "z = 5".into()));
+        let gone = deps.update(&sources).unwrap();
+        assert_eq!(gone.deleted, ["d"]);
+        assert_eq!(gone.names, ["z"]);
+        assert!(gone.dependents.is_empty());
+    }
+}

@@ -1,0 +1,399 @@
+//! The reactor: the rules of `docs/reactivity.md` as decisions. Given the graph, the cells'
+//! states and what happened (a run finished, a cell was edited or deleted, someone interrupted),
+//! it says what to do: run these cells, mark those stale or blocked, remove names from the
+//! kernel. It does nothing itself (no kernel, no lock, no clock), so every rule is a table-driven
+//! unit test; the document hub (`collab::Hub`) carries the decisions out.
+//!
+//! A reactive run is a *plan*: the cells to run, in dependency order, one at a time, so that a
+//! failure holds back exactly what depends on it. The reactor keeps the plan, the one cell of it
+//! queued now (*in flight*), and the source each cell last ran with (to tell an edit that makes
+//! a cell stale from one that puts back what ran).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use crate::document::{CellRuntime, CellState};
+use crate::graph::{Graph, GraphError};
+use crate::protocol::{ExecutionStatus, Reactivity};
+
+/// What the reactor reads: the graph, every cell's runtime (state and disabled flag, by id) and
+/// the document's mode.
+#[derive(Debug, Clone, Copy)]
+pub struct Document<'a> {
+    pub graph: &'a Graph,
+    pub cells: &'a HashMap<String, CellRuntime>,
+    pub mode: Reactivity,
+}
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// An execution of `cell` joined the kernel's queue with `code`.
+    Queued { cell: &'a str, code: &'a str },
+    /// An execution of `cell` ended (the cell's own state already says how: idle or error).
+    Finished {
+        cell: &'a str,
+        status: ExecutionStatus,
+    },
+    /// The source of code cell `cell` changed (to `source`).
+    Edited { cell: &'a str, source: &'a str },
+    /// Code cells were deleted (or stopped being code). `names` are the global names only they
+    /// defined; `dependents` the cells that depended on them, in dependency order.
+    Deleted {
+        cells: &'a [String],
+        names: &'a [String],
+        dependents: &'a [String],
+    },
+    /// Someone asked to run every stale cell.
+    RunStale,
+    /// Someone interrupted the kernel.
+    Interrupted,
+    /// The kernel session refused to queue the run of `cell` that the reactor decided on.
+    Refused { cell: &'a str },
+}
+
+/// What to do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Set a cell's state.
+    SetState { cell: String, state: CellState },
+    /// Queue the cell's current source on the kernel. `after` says what started the run (a
+    /// cell id, "run stale", "a deleted cell"); the execution shows "graph (after ...)".
+    Run { cell: String, after: String },
+    /// Remove these names from the kernel's globals.
+    Forget { names: Vec<String> },
+}
+
+impl std::fmt::Display for Decision {
+    /// The short form the tests' tables use: `run b after a`, `stale c`, `forget x, y`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Decision::SetState { cell, state } => write!(f, "{} {cell}", state_name(*state)),
+            Decision::Run { cell, after } => write!(f, "run {cell} after {after}"),
+            Decision::Forget { names } => write!(f, "forget {}", names.join(", ")),
+        }
+    }
+}
+
+fn state_name(state: CellState) -> &'static str {
+    match state {
+        CellState::Idle => "idle",
+        CellState::Queued => "queued",
+        CellState::Running => "running",
+        CellState::Error => "error",
+        CellState::Stale => "stale",
+        CellState::Blocked => "blocked",
+    }
+}
+
+/// Why a code cell may not run (its text is shown to whoever asked).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotRunnable {
+    /// The cell itself is disabled.
+    #[error("cell {cell} is disabled")]
+    Disabled { cell: String },
+    /// The cell does not parse.
+    #[error("cell {cell}: {message}")]
+    Syntax { cell: String, message: String },
+    /// The cell defines names another cell also defines.
+    #[error("cell {cell} defines {} that another cell also defines", names.join(", "))]
+    MultipleDefinitions { cell: String, names: Vec<String> },
+    /// The cell is part of a dependency cycle.
+    #[error("cell {cell} is part of a dependency cycle")]
+    Cycle { cell: String },
+    /// A cell it depends on is disabled.
+    #[error("cell {cell} depends on disabled cell {disabled}")]
+    DependsOnDisabled { cell: String, disabled: String },
+}
+
+/// Why `cell` may not run now, if it may not: it is disabled, has a graph error, or depends on
+/// a disabled cell.
+pub fn not_runnable(doc: &Document<'_>, cell: &str) -> Option<NotRunnable> {
+    let disabled = |c: &str| doc.cells.get(c).is_some_and(|r| r.disabled);
+    if disabled(cell) {
+        return Some(NotRunnable::Disabled { cell: cell.into() });
+    }
+    if let Some(error) = doc.graph.get(cell).and_then(|g| g.error.as_ref()) {
+        let cell = cell.to_owned();
+        return Some(match error {
+            GraphError::Syntax { message } => NotRunnable::Syntax {
+                cell,
+                message: message.clone(),
+            },
+            GraphError::MultipleDefinitions { names, .. } => NotRunnable::MultipleDefinitions {
+                cell,
+                names: names.clone(),
+            },
+            GraphError::Cycle { .. } => NotRunnable::Cycle { cell },
+        });
+    }
+    doc.graph
+        .ancestors(cell)
+        .into_iter()
+        .find(|a| disabled(a))
+        .map(|disabled| NotRunnable::DependsOnDisabled {
+            cell: cell.into(),
+            disabled,
+        })
+}
+
+/// The reactive run in progress and what each cell last ran (see the module docs).
+#[derive(Debug, Default)]
+pub struct Reactor {
+    /// Cells the graph will run, in order, after the one in flight.
+    plan: VecDeque<String>,
+    /// The cell of the plan queued on the kernel now.
+    in_flight: Option<String>,
+    /// The source each cell last joined the kernel's queue with.
+    last_run: HashMap<String, String>,
+}
+
+/// One decision step: the decisions so far, and the states they set (read back by later rules of
+/// the same step, as the hub will have applied them).
+struct Step<'d, 'a> {
+    doc: &'d Document<'a>,
+    states: HashMap<String, CellState>,
+    out: Vec<Decision>,
+}
+
+impl Step<'_, '_> {
+    fn state(&self, cell: &str) -> Option<CellState> {
+        self.states
+            .get(cell)
+            .copied()
+            .or_else(|| self.doc.cells.get(cell).map(|r| r.state))
+    }
+
+    /// Sets a cell's state (nothing for a cell that does not exist or is already there).
+    fn set(&mut self, cell: &str, state: CellState) {
+        if self.state(cell).is_none_or(|s| s == state) {
+            return;
+        }
+        self.states.insert(cell.to_owned(), state);
+        self.out.push(Decision::SetState {
+            cell: cell.to_owned(),
+            state,
+        });
+    }
+
+    /// Whether a cell `cell` depends on failed or was held back.
+    fn upstream_failed(&self, cell: &str) -> bool {
+        self.doc
+            .graph
+            .ancestors(cell)
+            .iter()
+            .any(|a| matches!(self.state(a), Some(CellState::Error | CellState::Blocked)))
+    }
+}
+
+impl Reactor {
+    /// Applies the rules to `event`; returns what to do, in order.
+    pub fn decide(&mut self, doc: &Document<'_>, event: Event<'_>) -> Vec<Decision> {
+        let mut step = Step {
+            doc,
+            states: HashMap::new(),
+            out: Vec::new(),
+        };
+        match event {
+            Event::Queued { cell, code } => {
+                self.last_run.insert(cell.to_owned(), code.to_owned());
+            }
+            Event::Finished { cell, status } => self.finished(&mut step, cell, status),
+            Event::Edited { cell, source } => self.edited(&mut step, cell, source),
+            Event::Deleted {
+                cells,
+                names,
+                dependents,
+            } => self.deleted(&mut step, cells, names, dependents),
+            Event::RunStale => {
+                let stale: HashSet<String> = doc
+                    .cells
+                    .iter()
+                    .filter(|(_, r)| r.state == CellState::Stale)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                let order: Vec<String> = doc
+                    .graph
+                    .order_of(&stale)
+                    .into_iter()
+                    .filter(|c| not_runnable(doc, c).is_none())
+                    .collect();
+                self.run(&mut step, order, "run stale");
+            }
+            // A person said stop: what the run had not reached yet does not run (it is stale,
+            // for `run_stale`). The cell in flight ends through the kernel (interrupted, or
+            // aborted if it had not started) and is handled when it finishes.
+            Event::Interrupted => self.cancel(&mut step),
+            Event::Refused { cell } => {
+                if self.in_flight.as_deref() == Some(cell) {
+                    self.in_flight = None;
+                }
+                step.set(cell, CellState::Stale);
+                self.cancel(&mut step);
+            }
+        }
+        step.out
+    }
+
+    /// Whether a reactive run is in progress (tests and metrics).
+    pub fn running(&self) -> bool {
+        self.in_flight.is_some() || !self.plan.is_empty()
+    }
+
+    /// What a finished execution of `cell` means for the cells that depend on it.
+    fn finished(&mut self, step: &mut Step<'_, '_>, cell: &str, status: ExecutionStatus) {
+        let reactive = self.in_flight.as_deref() == Some(cell);
+        if reactive {
+            self.in_flight = None;
+        }
+        let doc = step.doc;
+        match status {
+            ExecutionStatus::Ok => {
+                // A plan already holds the descendants of the run that started it.
+                if reactive {
+                    self.dispatch(step, cell);
+                    return;
+                }
+                let (runnable, blocked): (Vec<String>, Vec<String>) = doc
+                    .graph
+                    .descendants(cell)
+                    .into_iter()
+                    .partition(|d| not_runnable(doc, d).is_none());
+                for d in blocked {
+                    step.set(&d, CellState::Blocked);
+                }
+                match doc.mode {
+                    Reactivity::Lazy => {
+                        for d in runnable {
+                            step.set(&d, CellState::Stale);
+                        }
+                    }
+                    Reactivity::Autorun => self.run(step, runnable, cell),
+                }
+            }
+            ExecutionStatus::Aborted => {
+                // It never ran: held back by a failure upstream, or simply out of date.
+                let state = if step.upstream_failed(cell) {
+                    CellState::Blocked
+                } else {
+                    CellState::Stale
+                };
+                step.set(cell, state);
+                if reactive {
+                    // Interrupted or restarted before it ran: the rest of the plan is cancelled.
+                    self.cancel(step);
+                }
+            }
+            ExecutionStatus::Interrupted => {
+                self.block_dependents(step, cell);
+                // An interrupt stops the whole run, not only the cell it hit.
+                self.cancel(step);
+            }
+            ExecutionStatus::Error | ExecutionStatus::TimedOut | ExecutionStatus::KernelDied => {
+                // A failure holds back what depends on it; the rest of the run goes on.
+                self.block_dependents(step, cell);
+                self.dispatch(step, cell);
+            }
+        }
+    }
+
+    /// Marks what depends on `cell` blocked (except what is queued or running already) and takes
+    /// it out of the plan.
+    fn block_dependents(&mut self, step: &mut Step<'_, '_>, cell: &str) {
+        let descendants = step.doc.graph.descendants(cell);
+        self.plan.retain(|c| !descendants.contains(c));
+        for d in descendants {
+            if !matches!(step.state(&d), Some(CellState::Queued | CellState::Running)) {
+                step.set(&d, CellState::Blocked);
+            }
+        }
+    }
+
+    /// An edited cell that ran before with another source, and whatever depends on it, is stale.
+    fn edited(&mut self, step: &mut Step<'_, '_>, cell: &str, source: &str) {
+        let ran = self.last_run.get(cell);
+        if ran.is_none_or(|r| r == source) {
+            return;
+        }
+        let mut cells = vec![cell.to_owned()];
+        cells.extend(step.doc.graph.descendants(cell));
+        for c in cells {
+            if matches!(
+                step.state(&c),
+                Some(CellState::Idle | CellState::Error | CellState::Blocked)
+            ) {
+                step.set(&c, CellState::Stale);
+            }
+        }
+    }
+
+    /// A deleted cell's names leave the kernel; its dependents re-run (and fail) or go stale.
+    fn deleted(
+        &mut self,
+        step: &mut Step<'_, '_>,
+        cells: &[String],
+        names: &[String],
+        dependents: &[String],
+    ) {
+        for c in cells {
+            self.last_run.remove(c);
+        }
+        // Every name it defined is still defined elsewhere: nothing depends on it alone.
+        if names.is_empty() {
+            return;
+        }
+        step.out.push(Decision::Forget {
+            names: names.to_vec(),
+        });
+        match step.doc.mode {
+            Reactivity::Lazy => {
+                for c in dependents {
+                    step.set(c, CellState::Stale);
+                }
+            }
+            Reactivity::Autorun => self.run(step, dependents.to_vec(), "a deleted cell"),
+        }
+    }
+
+    /// Adds cells to the plan (in the order given) and starts the next one.
+    fn run(&mut self, step: &mut Step<'_, '_>, cells: Vec<String>, after: &str) {
+        for cell in cells {
+            if self.in_flight.as_deref() != Some(cell.as_str()) && !self.plan.contains(&cell) {
+                self.plan.push_back(cell);
+            }
+        }
+        self.dispatch(step, after);
+    }
+
+    /// Queues the next runnable cell of the plan, unless one is in flight; cells whose upstream
+    /// failed, or that may not run, are blocked on the way.
+    fn dispatch(&mut self, step: &mut Step<'_, '_>, after: &str) {
+        while self.in_flight.is_none() {
+            let Some(cell) = self.plan.pop_front() else {
+                return;
+            };
+            if step.upstream_failed(&cell) || not_runnable(step.doc, &cell).is_some() {
+                step.set(&cell, CellState::Blocked);
+                continue;
+            }
+            // Only code cells are in the graph: one deleted, or no longer code, is skipped.
+            if step.doc.graph.get(&cell).is_none() {
+                continue;
+            }
+            self.in_flight = Some(cell.clone());
+            step.out.push(Decision::Run {
+                cell,
+                after: after.to_owned(),
+            });
+        }
+    }
+
+    /// Cancels the rest of the plan: those cells become stale.
+    fn cancel(&mut self, step: &mut Step<'_, '_>) {
+        for c in std::mem::take(&mut self.plan) {
+            step.set(&c, CellState::Stale);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,63 @@
+//! The HTTP error of Middleman's boundary: every refusal before a WebSocket upgrade, and every
+//! failed `/api/notebook` request, renders as its status and a JSON body
+//! `{"error": code, "message": text}` (docs/protocol.md lists the codes).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::auth::AuthError;
+use crate::collab::Refusal;
+use crate::document::DocumentError;
+
+/// Why an HTTP request was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HttpError {
+    /// The token or the Origin did not pass.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The hub refused (the store is unreachable, the document is full).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// Middleman is draining.
+    #[error("middleman is shutting down")]
+    ShuttingDown,
+    /// A viewer tried to replace the document.
+    #[error("viewers cannot import notebooks")]
+    ViewerImport,
+    /// The body of an import is not JSON.
+    #[error("not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// The body of an import is JSON but not an nbformat 4 notebook.
+    #[error(transparent)]
+    BadNotebook(DocumentError),
+}
+
+impl HttpError {
+    /// The status and the machine-readable code of the body.
+    pub(crate) fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            HttpError::Auth(e) => (e.status(), e.code()),
+            HttpError::Refused(Refusal::StoreUnavailable) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
+            HttpError::Refused(Refusal::DocumentFull { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "document_full")
+            }
+            // Nothing else reaches HTTP; should it, it is the client's request that was wrong.
+            HttpError::Refused(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            HttpError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            HttpError::ViewerImport => (StatusCode::FORBIDDEN, "forbidden"),
+            HttpError::NotJson(_) | HttpError::BadNotebook(_) => {
+                (StatusCode::BAD_REQUEST, "bad_notebook")
+            }
+        }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let body = serde_json::json!({ "error": code, "message": self.to_string() });
+        (status, axum::Json(body)).into_response()
+    }
+}
