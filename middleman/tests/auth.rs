@@ -244,3 +244,27 @@ async fn a_warm_pod_binds_to_its_first_document() {
     assert!(!status.contains("doc-"), "{status}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_half_requests_are_cut_off() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = TestServer::start(&["--http-header-timeout", "1s"]).await;
+    let closed = |mut s: tokio::net::TcpStream| async move {
+        let mut out = Vec::new();
+        tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+            .await
+            .expect("the connection was never closed")
+            .ok();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert_eq!(closed(silent).await, "");
+    let mut half = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    half.write_all(b"GET /ws?token=x HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    assert_eq!(closed(half).await, "");
+    // Everyone else is still served.
+    assert_eq!(http_get(server.addr, "/healthz").await.0, 200);
+    server.stop().await;
+}

@@ -311,6 +311,9 @@ impl pb::watchman_server::Watchman for Api {
         request: Request<pb::MintTokenRequest>,
     ) -> Result<Response<pb::MintTokenResponse>, Status> {
         let r = request.into_inner();
+        bounded("document_id", &r.document_id, MAX_NAME)?;
+        bounded("user_id", &r.user_id, MAX_NAME)?;
+        bounded("user_name", &r.user_name, MAX_DISPLAY_NAME)?;
         let ttl = (r.ttl_seconds > 0).then(|| Duration::from_secs(u64::from(r.ttl_seconds)));
         let (a, token, exp) = self
             .watchman

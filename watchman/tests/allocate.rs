@@ -138,6 +138,33 @@ async fn documented_errors() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
+    // Names are bounded, and refusals never echo them.
+    let mut long = allocate_req("doc-1", 200);
+    long.user_name = "a".repeat(10_000);
+    let e = c.allocate(long).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("user_name") && e.message().len() < 200,
+        "{}",
+        e.message()
+    );
+    let mut control = allocate_req("doc-1", 200);
+    control.user_name = "Ada\u{7}\n".into();
+    assert_eq!(
+        c.allocate(control).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let mut huge = allocate_req("doc-1", 200);
+    huge.plan = "p".repeat(1 << 20);
+    let e = c.allocate(huge).await.unwrap_err();
+    assert!(
+        matches!(
+            e.code(),
+            Code::ResourceExhausted | Code::OutOfRange | Code::InvalidArgument
+        ),
+        "{e:?}"
+    );
+    assert!(e.message().len() < 300, "{}", e.message().len());
     // Empty pool, short deadline.
     let e = c.allocate(allocate_req("doc-1", 300)).await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted);
