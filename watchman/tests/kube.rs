@@ -15,7 +15,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, EvictParams};
-use testkit::kube::WatchmanProcess;
+use testkit::kube::{NodeSize, WatchmanProcess};
 use watchman_proto::v1 as pb;
 
 fn label<'a>(p: &'a Pod, key: &str) -> Option<&'a str> {
@@ -315,7 +315,7 @@ async fn lose_a_node(
 ) {
     let k = KubeEnv::new(tag, 0).await;
     let lost = format!("{}-a", k.tag);
-    k.create_nodes(1, &lost, &[]);
+    k.create_nodes(1, &lost, &NodeSize::default()).await;
     let w = replica_with(&k, "free", 2, "memory", "replica-a", extra).await;
     let mut c = client(w.grpc_addr, API_TOKEN).await;
     wait_warm(&mut c, 2).await;
@@ -328,7 +328,7 @@ async fn lose_a_node(
     k.wait_pods("two warm pods and one allocated", |p| p.len() == 3)
         .await;
     let spare = format!("{}-b", k.tag);
-    k.create_nodes(1, &spare, &[]);
+    k.create_nodes(1, &spare, &NodeSize::default()).await;
     let lost = format!("{lost}-0");
     fail(&k, &lost).await;
 
