@@ -4,7 +4,7 @@ ENV := source scripts/env.sh &&
 TEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: run test bootstrap fmt lint bench bench-kube
+.PHONY: run test unit bootstrap fmt lint bench bench-kube
 
 run: bootstrap
 	bash scripts/run-local.sh
@@ -17,6 +17,10 @@ test: bootstrap
 	$(ENV) NBP_OPS_BUILD=0 bash scripts/test-ops.sh
 	$(ENV) bash scripts/test-deploy.sh
 	$(ENV) NBP_WEB_BUILD=0 bash scripts/test-web.sh
+
+# The unit tier: pure logic only (no Python, Redis or cluster), seconds to run.
+unit:
+	cargo test -p watchman --lib
 
 bootstrap:
 	bash scripts/bootstrap.sh

@@ -374,7 +374,9 @@ async fn restarting_watchman_keeps_allocations_and_orphans_nothing() {
     assert_eq!(again.pod, a.pod);
     assert_eq!(run_code(&again, "y").await, "7");
     wait_warm(&mut c2, 2).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The new leader's first pass collected garbage; two passes over the full pool, and any
+    // pod it would wrongly start or leave behind is there to see.
+    more_passes(&w2, 2).await;
     let after: HashSet<i32> = pool_processes(&d.pool_id).into_iter().collect();
     let pods = w2.watchman.store().pods().await.unwrap();
     assert_eq!(pods.len(), 3, "two warm and one allocated: {pods:?}");

@@ -662,8 +662,6 @@ async fn a_restarted_watchman_adopts_its_pods_instead_of_leaking_or_recreating_t
     // (as one created by a Watchman that crashed before recording it might be).
     let settings = watchman::backend::KubeSettings {
         namespace: k.pods_ns.clone(),
-        lease_namespace: k.ns.clone(),
-        lease_name: "watchman".into(),
         pool_id: k.pool_id.clone(),
         default_image: "ghcr.io/nbplat/middleman:0.1.0".into(),
         public_key_pem: "unused".into(),

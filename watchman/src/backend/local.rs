@@ -1,3 +1,5 @@
+//! The local backend: each pod is a real Middleman process (with its kernel) on this host.
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -5,8 +7,8 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use super::{BackendError, Health, Started};
-use crate::model::Pod;
+use super::{BackendError, Started};
+use crate::model::{Health, Pod};
 use crate::plan::Plan;
 
 /// Settings of the local backend.
@@ -44,18 +46,21 @@ impl LocalBackend {
     }
 
     pub(super) async fn create(&self, id: &str, plan: &Plan) -> Result<Started, BackendError> {
-        let err = |reason: String| BackendError::Start {
-            pod: id.to_owned(),
-            reason,
+        let err = |what: String| {
+            move |source| BackendError::Io {
+                pod: id.to_owned(),
+                what,
+                source,
+            }
         };
         // Reserve a port by binding and releasing it; Middleman binds it a moment later. A
         // collision makes that pod fail to start, and the reconciler replaces it.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
-            .map_err(|e| err(e.to_string()))?
+            .map_err(err("reserving a port".into()))?
             .port();
         let dir = self.settings.root.join(id);
-        std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(err(dir.display().to_string()))?;
         let limits = &plan.limits;
         let mut cmd = tokio::process::Command::new(&self.settings.middleman_bin);
         cmd.arg("serve")
@@ -92,8 +97,10 @@ impl LocalBackend {
             .process_group(0);
         let child = cmd
             .spawn()
-            .map_err(|e| err(format!("{}: {e}", self.settings.middleman_bin.display())))?;
-        let pid = child.id().ok_or_else(|| err("exited at once".into()))?;
+            .map_err(err(self.settings.middleman_bin.display().to_string()))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| BackendError::ExitedAtOnce { pod: id.to_owned() })?;
         // The child is not awaited here: the reconciler watches it through its pid, which also
         // works for pods adopted after a Watchman restart. A reaper collects the exit status.
         tokio::spawn(async move {
@@ -131,7 +138,7 @@ impl LocalBackend {
         if !alive(pid) {
             return Health::Lost(format!("middleman process {pid} exited"));
         }
-        match super::http_get(&pod.endpoint, "/readyz").await {
+        match super::probe::get(&pod.endpoint, "/readyz").await {
             Some((200, _)) => Health::Ready,
             _ => Health::NotReady,
         }
