@@ -23,7 +23,7 @@ pub mod store;
 mod web;
 
 pub use config::Args;
-pub use runtime::{Running, start};
+pub use runtime::{Running, Stopped, start};
 
 /// Logging as every nbplat service does it (text or JSON on stderr, `RUST_LOG` filters).
 pub fn init_logging(format: config::LogFormat) {

@@ -30,32 +30,44 @@ pub struct Running {
     delete_pods_on_exit: bool,
 }
 
+/// How a shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every server, stream and task ended within the grace period.
+    Drained,
+    /// The grace period ran out first (what was left is dropped with the runtime).
+    GraceExpired,
+}
+
 impl Running {
     /// The token that stops everything when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
 
-    /// Waits for shutdown, then drains servers and the reconciler within the grace period.
-    pub async fn wait(self) {
+    /// Waits for shutdown, then drains servers, streams and the reconciler within the grace
+    /// period.
+    pub async fn wait(self) -> Stopped {
         self.shutdown.cancelled().await;
         self.tracker.close();
-        if tokio::time::timeout(self.grace, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("shutdown grace period ran out");
-        }
+        let stopped = match tokio::time::timeout(self.grace, self.tracker.wait()).await {
+            Ok(()) => Stopped::Drained,
+            Err(_) => {
+                tracing::warn!(tasks = self.tracker.len(), "shutdown grace period ran out");
+                Stopped::GraceExpired
+            }
+        };
         if self.delete_pods_on_exit {
             let _ = self.watchman.delete_all_pods().await;
         }
         tracing::info!("watchman stopped");
+        stopped
     }
 
     /// Requests shutdown and waits for it.
-    pub async fn stop(self) {
+    pub async fn stop(self) -> Stopped {
         self.shutdown.cancel();
-        self.wait().await;
+        self.wait().await
     }
 }
 
@@ -157,7 +169,12 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let api = watchman_proto::v1::watchman_server::WatchmanServer::with_interceptor(
-        grpc::Api::new(watchman.clone(), args.public_ws_base.clone()),
+        grpc::Api::new(
+            watchman.clone(),
+            args.public_ws_base.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+        ),
         grpc::ApiAuth::new(&api_token),
     );
     let mut grpc_server = tonic::transport::Server::builder().tcp_nodelay(true);

@@ -406,3 +406,30 @@ async fn restarting_watchman_keeps_allocations_and_orphans_nothing() {
         pool_processes(&d.pool_id)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_allocation_watches_instead_of_waiting_for_them() {
+    let d = Deployment::new("watch-stop", 1, "30m");
+    // A grace period no drain needs: running out of it means something held shutdown up.
+    let w = d.replica("memory", &["--shutdown-grace", "120s"]).await;
+    let mut c = client(w.grpc_addr, API_TOKEN).await;
+    wait_warm(&mut c, 1).await;
+    c.allocate(allocate_req("doc-watched", 0)).await.unwrap();
+    let mut watch = c
+        .watch_allocation(pb::WatchAllocationRequest {
+            document_id: "doc-watched".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        watch.message().await.unwrap().unwrap().event,
+        Some(pb::allocation_event::Event::Ready(_))
+    ));
+    let wm = w.watchman.clone();
+    assert_eq!(w.stop().await, watchman::Stopped::Drained);
+    // The watcher is told to watch again elsewhere, not left hanging.
+    let e = watch.message().await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    wm.delete_all_pods().await.unwrap();
+}

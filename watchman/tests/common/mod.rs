@@ -306,7 +306,7 @@ pub async fn more_passes(w: &watchman::Running, n: u64) {
 /// Stops a replica, then deletes its pods (stopping first, so the reconciler cannot refill).
 pub async fn teardown(w: watchman::Running) {
     let wm = w.watchman.clone();
-    w.stop().await;
+    let _ = w.stop().await;
     wm.delete_all_pods().await.unwrap();
 }
 
