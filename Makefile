@@ -20,8 +20,9 @@ test: bootstrap
 	$(ENV) NBP_WEB_BUILD=0 bash scripts/test-web.sh
 
 # The unit tier: pure logic only (no Python, Redis, kernel or cluster), in seconds: the reactor's
-# rules, the protocol, the hub's parts. Add a crate's -p here when its pure tests join the tier.
-UNIT_CRATES := -p doc-protocol -p middleman
+# rules, the protocol, the hub's parts, the pool's decisions, loss classification, the sandbox's
+# policies and filter. Add a crate's -p here when its pure tests join the tier.
+UNIT_CRATES := -p doc-protocol -p middleman -p watchman -p kernel-sandbox -p session-token
 
 unit:
 	cargo test $(UNIT_CRATES) --lib

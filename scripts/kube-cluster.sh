@@ -42,6 +42,28 @@
 # process to a pod's IP; Service IPs (10.96.0.0/16) are only data, nothing routes them.
 # Pod lifecycle and the test hooks (a boot delay, a failure after a while) are kwok stages:
 # scripts/kwok/README.md.
+#
+# One file: build, PKI, start, stop and node creation share the run directory layout, the
+# version pins and the lock, and a caller needs one tool with one --run-dir.
+#
+# Why not `kwokctl create cluster --runtime=binary` (kwok v0.8.0, the version pinned below;
+# looked at for issue 22, not adopted). kwokctl can run binaries built here
+# (--kube-apiserver-binary and friends take local paths) and would save the PKI, kubeconfig
+# and process code below, but it is not clearly simpler for what these tests need:
+#   - It runs every component with the admin certificate (system:masters) and signs
+#     service-account tokens with the admin key. Here each component has its own identity, as
+#     in a real cluster, and the audit log, which the tests read to prove that Watchman's Role
+#     is exact, is not flooded by controllers acting as the admin.
+#   - Its bind address defaults to 0.0.0.0, one more setting to override: everything here
+#     stays on 127.0.0.1 (pod IPs are loopback addresses, so binds matter).
+#   - Every setting the tests depend on (the admission plugins, audit rotation, the endpoint
+#     reconciler, event TTL, API QPS, no leader election, kwok's pod CIDR, node IP and lease)
+#     would move into `componentsPatches` extraArgs of a v1alpha1 config, which override
+#     kwokctl's own flags only by coming later: ~250 lines of plain bash for ~100 lines of
+#     YAML whose precedence is implicit, plus kwokctl itself to build.
+#   - Start time is kube-apiserver's readiness either way (about 5 s here), so there is no
+#     speed to gain; node creation, the part tests call most, moved to Rust (testkit, kube-rs).
+# Revisit if kwokctl gives each component an identity of its own.
 set -euo pipefail
 
 KUBE_VERSION=v1.34.4 # k8s-openapi's v1_34 (0.26 and later); etcd follows from it

@@ -26,7 +26,12 @@ fn own_uid() -> String {
 
 /// Where a server's kernel ipc directory is on the host.
 fn ipc_dir(server: &TestServer) -> std::path::PathBuf {
-    let run = server.dir.0.join("run");
+    let run = std::fs::read_dir(&server.dir.0)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("run-"))
+        .expect("runtime root")
+        .path();
     let rt = std::fs::read_dir(&run)
         .unwrap()
         .flatten()

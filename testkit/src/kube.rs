@@ -2,6 +2,9 @@
 //! exactly the RBAC that deploy/ grants Watchman, its own fake spot nodes, and the arguments
 //! that make a Watchman act as Watchman's service account there. Test support: it panics with
 //! a clear message on any failure.
+//!
+//! One file: everything here is one test's view of the cluster (`KubeEnv`) and the Watchman
+//! it runs there; the node, plan and argument helpers only make sense together.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 use std::path::{Path, PathBuf};
@@ -18,6 +21,58 @@ fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} unset: run the tests with `make test`, which starts the test Kubernetes control plane (scripts/with-kube-cluster.sh)")
     })
+}
+
+/// Capacity of a fake node (kwok reports it as allocatable).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSize {
+    pub cpu: String,
+    pub memory: String,
+    /// Pods the node takes at most.
+    pub pods: u32,
+}
+
+impl Default for NodeSize {
+    /// What `kube-cluster.sh create-nodes` gives by default.
+    fn default() -> Self {
+        Self {
+            cpu: "64".into(),
+            memory: "256Gi".into(),
+            pods: 256,
+        }
+    }
+}
+
+/// A fake spot node `name` in `zone` of instance type `instance_type`: kwok manages it (the
+/// annotation its controller selects on), labelled and tainted `nbplat.dev/spot=true` as the
+/// plans' node selectors and tolerations expect.
+fn spot_node(name: &str, instance_type: &str, zone: &str, size: &NodeSize) -> Node {
+    let capacity = serde_json::json!({
+        "cpu": size.cpu, "memory": size.memory, "pods": size.pods.to_string(),
+        "ephemeral-storage": "1Ti"
+    });
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "node.kubernetes.io/instance-type": instance_type,
+                "topology.kubernetes.io/region": "kwok",
+                "topology.kubernetes.io/zone": format!("kwok-{zone}"),
+                "type": "kwok",
+                "nbplat.dev/pool": "spot",
+                "nbplat.dev/spot": "true"
+            }
+        },
+        "spec": {"taints": [{"key": "nbplat.dev/spot", "value": "true", "effect": "NoSchedule"}]},
+        "status": {"allocatable": capacity, "capacity": capacity}
+    }))
+    .unwrap()
 }
 
 /// One test's corner of the cluster.
@@ -126,7 +181,8 @@ impl KubeEnv {
         ]);
         env.write_sa_kubeconfig(token.trim());
         if nodes > 0 {
-            env.create_nodes(nodes, &env.tag.clone(), &[]);
+            env.create_nodes(nodes, &env.tag, &NodeSize::default())
+                .await;
         }
         env
     }
@@ -194,18 +250,45 @@ impl KubeEnv {
     }
 
     /// Fake spot nodes `PREFIX-0..N-1` of this environment's instance type (its plans select
-    /// that type, so its pods land on its nodes only), Ready; `extra`: more create-nodes
-    /// options (`--pods 400`).
-    pub fn create_nodes(&self, n: u32, prefix: &str, extra: &[&str]) {
-        let status = Command::new(env("NBP_KUBE_CLUSTER"))
-            .args(["--run-dir", &env("NBP_KUBE_RUN"), "create-nodes"])
-            .arg(n.to_string())
-            .args(["--prefix", prefix, "--instance-type", &self.tag])
-            .args(extra)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "create-nodes");
+    /// that type, so its pods land on its nodes only), managed by kwok, as
+    /// `kube-cluster.sh create-nodes` makes them; waits until they are Ready. Nodes that
+    /// exist already are left as they are.
+    pub async fn create_nodes(&self, n: u32, prefix: &str, size: &NodeSize) {
+        let nodes: Api<Node> = Api::all(self.admin.clone());
+        let names: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+        for (i, name) in names.iter().enumerate() {
+            if nodes.get_opt(name).await.unwrap().is_some() {
+                continue;
+            }
+            let node = spot_node(name, &self.tag, ["a", "b", "c"][i % 3], size);
+            match nodes.create(&PostParams::default(), &node).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => panic!("creating node {name}: {e}"),
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let mut waiting = Vec::new();
+            for name in &names {
+                let ready = nodes.get_opt(name).await.unwrap().is_some_and(|node| {
+                    node.status.and_then(|s| s.conditions).is_some_and(|cs| {
+                        cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                    })
+                });
+                if !ready {
+                    waiting.push(name.as_str());
+                }
+            }
+            if waiting.is_empty() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nodes not Ready after 120 s: {waiting:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// A plan `name` of `warm` warm pods on this environment's nodes (TOML).
@@ -396,11 +479,20 @@ impl WatchmanProcess {
 
     /// The gRPC address it logged once listening (waits up to 30 s).
     pub async fn grpc_addr(&self) -> std::net::SocketAddr {
+        self.logged_addr("grpc_addr=").await
+    }
+
+    /// The HTTP address (/metrics) it logged once listening (waits up to 30 s).
+    pub async fn http_addr(&self) -> std::net::SocketAddr {
+        self.logged_addr("http_addr=").await
+    }
+
+    async fn logged_addr(&self, key: &str) -> std::net::SocketAddr {
         for _ in 0..300 {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
             if let Some(addr) = text
                 .split_whitespace()
-                .find_map(|w| w.strip_prefix("grpc_addr="))
+                .find_map(|w| w.strip_prefix(key))
                 .and_then(|a| a.parse().ok())
             {
                 return addr;

@@ -1,13 +1,144 @@
-//! Command-line and environment configuration.
+//! Command-line and environment configuration. Values that select behaviour are parsed into
+//! enums here, so a bad one is refused at start with clap's message, not found out later.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
-fn duration(s: &str) -> Result<Duration, String> {
-    crate::plan::parse_duration(s)
+use crate::plan::{DurationError, parse_duration};
+
+fn duration(s: &str) -> Result<Duration, DurationError> {
+    parse_duration(s)
+}
+
+/// A value of the command line or environment that does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--store` is neither `memory` nor a Redis URL.
+    #[error("expected `memory` or a Redis URL (redis://host:port/db): {0}")]
+    Store(#[source] redis::RedisError),
+    /// `--pod-document-store` is neither `none` nor a Redis URL.
+    #[error("expected `none` or a redis:// or rediss:// URL that the pods can reach")]
+    PodDocumentStore,
+    /// `--pod-annotation` is not `key=value`.
+    #[error("expected key=value")]
+    Annotation,
+    /// `--pod-create-rate` is not a positive number.
+    #[error("expected a number of pods per second above 0")]
+    Rate,
+}
+
+/// Where Watchman keeps pods and allocations (`--store`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// In this process: one replica only.
+    Memory,
+    /// A Redis URL: any number of replicas.
+    Redis(String),
+}
+
+impl StoreUrl {
+    /// The Redis URL Middleman can use as its document store too (`redis://` or `rediss://`,
+    /// the schemes Middleman speaks), if this is one.
+    pub fn shared_with_pods(&self) -> Option<&str> {
+        match self {
+            StoreUrl::Redis(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                Some(url)
+            }
+            _ => None,
+        }
+    }
+
+    /// `memory` or `redis`, for logs (never the URL, which may hold a password).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreUrl::Memory => "memory",
+            StoreUrl::Redis(_) => "redis",
+        }
+    }
+}
+
+fn store_url(s: &str) -> Result<StoreUrl, ConfigError> {
+    if s == "memory" {
+        return Ok(StoreUrl::Memory);
+    }
+    redis::IntoConnectionInfo::into_connection_info(s).map_err(ConfigError::Store)?;
+    Ok(StoreUrl::Redis(s.to_owned()))
+}
+
+/// Where pods run (`--backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// Middleman processes on this host.
+    Local,
+    /// A pod per kernel in a Kubernetes namespace.
+    Kubernetes,
+}
+
+/// Middleman's `--document-store` in Kubernetes pods (`--pod-document-store`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodDocumentStore {
+    /// Documents live in the pod's memory only.
+    None,
+    /// A Redis URL the pods can reach: a document's next pod restores it from there.
+    Redis(String),
+}
+
+impl std::fmt::Display for PodDocumentStore {
+    /// As Middleman's `--document-store` takes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PodDocumentStore::None => f.write_str("none"),
+            PodDocumentStore::Redis(url) => f.write_str(url),
+        }
+    }
+}
+
+fn pod_document_store(s: &str) -> Result<PodDocumentStore, ConfigError> {
+    if s == "none" {
+        return Ok(PodDocumentStore::None);
+    }
+    // The URL's form is checked here; TLS (rediss://) is the pods' Middleman's business, so
+    // it is checked as the same URL without TLS.
+    let plain = match s.strip_prefix("rediss://") {
+        Some(rest) => format!("redis://{rest}"),
+        None if s.starts_with("redis://") => s.to_owned(),
+        None => return Err(ConfigError::PodDocumentStore),
+    };
+    redis::IntoConnectionInfo::into_connection_info(plain.as_str())
+        .map_err(|_| ConfigError::PodDocumentStore)?;
+    Ok(PodDocumentStore::Redis(s.to_owned()))
+}
+
+fn annotation(s: &str) -> Result<(String, String), ConfigError> {
+    let (k, v) = s.split_once('=').ok_or(ConfigError::Annotation)?;
+    Ok((k.trim().to_owned(), v.trim().to_owned()))
+}
+
+fn rate(s: &str) -> Result<f64, ConfigError> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|r| r.is_finite() && *r > 0.0)
+        .ok_or(ConfigError::Rate)
+}
+
+/// Log format (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    /// As the telemetry crate takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 /// Watchman: warm kernel pods per plan, allocated to documents over gRPC.
@@ -24,8 +155,8 @@ pub struct Args {
     #[arg(long, env = "WATCHMAN_PLANS")]
     pub plans: PathBuf,
     /// `memory` (one replica) or a Redis URL (`redis://127.0.0.1:6379/0`).
-    #[arg(long, env = "WATCHMAN_STORE", default_value = "memory")]
-    pub store: String,
+    #[arg(long, env = "WATCHMAN_STORE", default_value = "memory", value_parser = store_url, hide_env_values = true)]
+    pub store: StoreUrl,
     /// Prefix of every Redis key (several Watchman deployments can share a Redis).
     #[arg(long, env = "WATCHMAN_REDIS_PREFIX", default_value = "watchman:")]
     pub redis_prefix: String,
@@ -48,8 +179,8 @@ pub struct Args {
     #[arg(long, env = "WATCHMAN_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
     /// Where pods run: `local` (Middleman processes on this host) or `kubernetes`.
-    #[arg(long, env = "WATCHMAN_BACKEND", default_value = "local")]
-    pub backend: String,
+    #[arg(long, env = "WATCHMAN_BACKEND", value_enum, default_value_t = BackendKind::Local)]
+    pub backend: BackendKind,
     /// Kubeconfig file (kubernetes backend). Default: the in-cluster service account, else
     /// `$KUBECONFIG` or `~/.kube/config`.
     #[arg(long, env = "WATCHMAN_KUBECONFIG")]
@@ -72,8 +203,8 @@ pub struct Args {
     pub pod_image: String,
     /// Middleman's `--document-store` in Kubernetes pods: `none` or a Redis URL that pods can
     /// reach (a document's next pod restores it from there).
-    #[arg(long, env = "WATCHMAN_POD_DOCUMENT_STORE", default_value = "none")]
-    pub pod_document_store: String,
+    #[arg(long, env = "WATCHMAN_POD_DOCUMENT_STORE", default_value = "none", value_parser = pod_document_store, hide_env_values = true)]
+    pub pod_document_store: PodDocumentStore,
     /// Middleman's `--document-key-prefix` in Kubernetes pods: keep it apart from
     /// `--redis-prefix`, so that a Redis user limited to `<prefix>notebook:*` cannot touch
     /// Watchman's own records.
@@ -100,11 +231,12 @@ pub struct Args {
     #[arg(
         long = "pod-annotation",
         env = "WATCHMAN_POD_ANNOTATIONS",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = annotation
     )]
-    pub pod_annotations: Vec<String>,
+    pub pod_annotations: Vec<(String, String)>,
     /// Pods created per second at most, over all plans.
-    #[arg(long, env = "WATCHMAN_POD_CREATE_RATE", default_value_t = 16.0)]
+    #[arg(long, env = "WATCHMAN_POD_CREATE_RATE", default_value = "16", value_parser = rate)]
     pub pod_create_rate: f64,
     /// How often an allocated pod's activity (idle timeout) and lifetime are checked.
     #[arg(long, env = "WATCHMAN_ACTIVITY_INTERVAL", default_value = "2s", value_parser = duration)]
@@ -139,7 +271,8 @@ pub struct Args {
     /// A pod not ready after this long is replaced.
     #[arg(long, env = "WATCHMAN_POD_STARTUP_TIMEOUT", default_value = "120s", value_parser = duration)]
     pub pod_startup_timeout: Duration,
-    /// Pods started at once per reconcile pass.
+    /// Pods in flight at once: local backend, pods not ready yet (each is a kernel booting on
+    /// this host); kubernetes, create calls. Also the creation budget's burst.
     #[arg(long, env = "WATCHMAN_MAX_CONCURRENT_STARTS", default_value_t = 4)]
     pub max_concurrent_starts: usize,
     /// Public WebSocket base when pods are reached through a gateway (`wss://host/pods`);
@@ -163,7 +296,96 @@ pub struct Args {
     /// Drain time on SIGTERM.
     #[arg(long, env = "WATCHMAN_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
     pub shutdown_grace: Duration,
-    /// Log format: text or json.
-    #[arg(long, env = "WATCHMAN_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
+    /// Log format.
+    #[arg(long, env = "WATCHMAN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        let mut argv = vec!["watchman", "--plans", "p.toml", "--signing-key", "k.pem"];
+        argv.extend(extra);
+        Args::try_parse_from(argv)
+    }
+
+    #[test]
+    fn values_that_select_behaviour_are_parsed_at_start() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.store, StoreUrl::Memory);
+        assert_eq!(a.backend, BackendKind::Local);
+        assert_eq!(a.pod_document_store, PodDocumentStore::None);
+        assert_eq!(a.log_format, LogFormat::Text);
+        let a = parse(&[
+            "--store",
+            "redis://127.0.0.1:6379/0",
+            "--backend",
+            "kubernetes",
+            "--pod-document-store",
+            "rediss://docs.internal:6380/1",
+            "--pod-annotation",
+            "a=1,b = two",
+            "--pod-create-rate",
+            "2.5",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(a.store, StoreUrl::Redis("redis://127.0.0.1:6379/0".into()));
+        assert_eq!(a.store.shared_with_pods(), Some("redis://127.0.0.1:6379/0"));
+        assert_eq!(a.backend, BackendKind::Kubernetes);
+        assert_eq!(
+            a.pod_document_store.to_string(),
+            "rediss://docs.internal:6380/1"
+        );
+        assert_eq!(
+            a.pod_annotations,
+            [("a".into(), "1".into()), ("b".into(), "two".into())]
+        );
+        assert_eq!(a.pod_create_rate, 2.5);
+        assert_eq!(a.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn invalid_values_are_refused_with_what_was_expected() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--store", "memroy"], "expected `memory` or a Redis URL"),
+            (
+                &["--store", "http://127.0.0.1:6379"],
+                "expected `memory` or a Redis URL",
+            ),
+            (
+                &["--backend", "kube"],
+                "[possible values: local, kubernetes]",
+            ),
+            (
+                &["--pod-document-store", "/var/lib/docs"],
+                "expected `none` or a redis://",
+            ),
+            (
+                &["--pod-document-store", "memory"],
+                "expected `none` or a redis://",
+            ),
+            (&["--pod-annotation", "novalue"], "expected key=value"),
+            (&["--pod-create-rate", "0"], "above 0"),
+            (&["--pod-create-rate", "NaN"], "above 0"),
+            (&["--log-format", "yaml"], "[possible values: text, json]"),
+            (&["--lease-ttl", "soon"], "not a duration"),
+            (&["--lease-ttl", "5d"], "unknown unit"),
+        ];
+        for (argv, expected) in cases {
+            let e = parse(argv).unwrap_err();
+            assert!(
+                matches!(
+                    e.kind(),
+                    clap::error::ErrorKind::ValueValidation | clap::error::ErrorKind::InvalidValue
+                ),
+                "{argv:?}: {e}"
+            );
+            let text = e.to_string();
+            assert!(text.contains(expected), "{argv:?}: {text}");
+        }
+    }
 }

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use session_token::Role as TokenRole;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 use watchman_proto::v1 as pb;
 
 use crate::model::{Allocation, EndReason, LaunchKind};
@@ -83,13 +86,24 @@ pub struct Api {
     watchman: Watchman,
     /// Base for WebSocket URLs when pods are reached through a gateway; empty: the pod's own.
     public_ws_base: String,
+    /// Where stream tasks are tracked, so that shutdown waits for them.
+    tasks: TaskTracker,
+    /// Fires when shutdown starts: streams end then, instead of holding the server open.
+    shutdown: CancellationToken,
 }
 
 impl Api {
-    pub fn new(watchman: Watchman, public_ws_base: String) -> Self {
+    pub fn new(
+        watchman: Watchman,
+        public_ws_base: String,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             watchman,
             public_ws_base,
+            tasks,
+            shutdown,
         }
     }
 
@@ -236,54 +250,66 @@ impl pb::watchman_server::Watchman for Api {
         let api = self.clone();
         // Polls the store, so it works whichever replica ends the allocation. Four polls a
         // second is fast enough for a UI and costs one GET per watcher.
-        let stream = async_stream(move |tx| async move {
-            let ready = api.to_pb(&first, None, String::new(), 0);
-            if tx
-                .send(Ok(pb::AllocationEvent {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let span =
+            tracing::info_span!("watch_allocation", document = %document, allocation = %first.id);
+        self.tasks.spawn(
+            async move {
+                let ready = api.to_pb(&first, None, String::new(), 0);
+                let event = pb::AllocationEvent {
                     event: Some(pb::allocation_event::Event::Ready(ready)),
-                }))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                if tx.is_closed() {
+                };
+                if tx.send(Ok(event)).await.is_err() {
                     return;
                 }
-                let current = match api.watchman.get(&document).await {
-                    Ok(a) => Some(a),
-                    Err(ServiceError::NotFound(_)) => None,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
+                loop {
+                    tokio::select! {
+                        () = api.shutdown.cancelled() => {
+                            // The caller watches again, on another replica or after restart.
+                            let _ = tx.try_send(Err(Status::unavailable(
+                                "watchman is shutting down; watch again",
+                            )));
+                            return;
+                        }
+                        () = tx.closed() => return,
+                        () = tokio::time::sleep(Duration::from_millis(250)) => {}
                     }
-                };
-                if current.as_ref().is_some_and(|a| a.id == first.id) {
-                    continue;
+                    let current = match api.watchman.get(&document).await {
+                        Ok(a) => Some(a),
+                        Err(ServiceError::NotFound(_)) => None,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.into())).await;
+                            return;
+                        }
+                    };
+                    if current.as_ref().is_some_and(|a| a.id == first.id) {
+                        continue;
+                    }
+                    let ended = match api.watchman.ended(&first.id).await {
+                        Ok(Some(e)) => pb::Ended {
+                            allocation_id: e.allocation,
+                            reason: end_reason(e.reason) as i32,
+                            detail: e.detail,
+                        },
+                        _ => pb::Ended {
+                            allocation_id: first.id.clone(),
+                            reason: pb::EndReason::Unspecified as i32,
+                            detail: "ended".into(),
+                        },
+                    };
+                    let _ = tx
+                        .send(Ok(pb::AllocationEvent {
+                            event: Some(pb::allocation_event::Event::Ended(ended)),
+                        }))
+                        .await;
+                    return;
                 }
-                let ended = match api.watchman.ended(&first.id).await {
-                    Ok(Some(e)) => pb::Ended {
-                        allocation_id: e.allocation,
-                        reason: end_reason(e.reason) as i32,
-                        detail: e.detail,
-                    },
-                    _ => pb::Ended {
-                        allocation_id: first.id.clone(),
-                        reason: pb::EndReason::Unspecified as i32,
-                        detail: "ended".into(),
-                    },
-                };
-                let _ = tx
-                    .send(Ok(pb::AllocationEvent {
-                        event: Some(pb::allocation_event::Event::Ended(ended)),
-                    }))
-                    .await;
-                return;
             }
-        });
-        Ok(Response::new(stream))
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn list_pools(
@@ -326,15 +352,4 @@ impl pb::watchman_server::Watchman for Api {
             websocket_url: url,
         }))
     }
-}
-
-/// A stream fed by a task through a bounded channel; the task ends when the client goes away.
-fn async_stream<F, Fut>(f: F) -> EventStream
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::AllocationEvent, Status>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::spawn(f(tx));
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }

@@ -3,7 +3,7 @@ use clap::Parser as _;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = watchman::Args::parse();
-    watchman::init_logging(&args.log_format);
+    watchman::init_logging(args.log_format);
     let running = watchman::start(args).await?;
     let token = running.shutdown_token();
     tokio::spawn(async move {

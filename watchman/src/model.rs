@@ -25,6 +25,7 @@ pub enum PodState {
 }
 
 impl PodState {
+    /// As Kubernetes labels and metrics show it.
     pub fn label(self) -> &'static str {
         match self {
             PodState::Starting => "starting",
@@ -32,6 +33,18 @@ impl PodState {
             PodState::Allocated => "allocated",
             PodState::Ending => "ending",
         }
+    }
+
+    /// The state a [`Self::label`] names.
+    pub fn from_label(label: &str) -> Option<Self> {
+        [
+            PodState::Starting,
+            PodState::Warm,
+            PodState::Allocated,
+            PodState::Ending,
+        ]
+        .into_iter()
+        .find(|s| s.label() == label)
     }
 }
 
@@ -85,6 +98,15 @@ pub enum EndReason {
 }
 
 impl EndReason {
+    /// Every reason, for metrics that must exist before the first event.
+    pub const ALL: [EndReason; 5] = [
+        EndReason::Released,
+        EndReason::Idle,
+        EndReason::Lifetime,
+        EndReason::PodLost,
+        EndReason::Preempted,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             EndReason::Released => "released",
@@ -94,6 +116,97 @@ impl EndReason {
             EndReason::Preempted => "preempted",
         }
     }
+}
+
+/// Why a pod that serves no document is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscardReason {
+    /// It died, or was not ready within the startup timeout.
+    FailedStart,
+    /// A warm pod died or vanished.
+    PodLost,
+    /// A warm pod was taken away by the platform (spot preemption, eviction, node loss).
+    Preempted,
+    /// Its plan is no longer in the plans file.
+    PlanRemoved,
+    /// The plan has more warm pods than its target.
+    Surplus,
+}
+
+impl DiscardReason {
+    /// Every reason, for metrics that must exist before the first event.
+    pub const ALL: [DiscardReason; 5] = [
+        DiscardReason::FailedStart,
+        DiscardReason::PodLost,
+        DiscardReason::Preempted,
+        DiscardReason::PlanRemoved,
+        DiscardReason::Surplus,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DiscardReason::FailedStart => "failed_start",
+            DiscardReason::PodLost => "pod_lost",
+            DiscardReason::Preempted => "preempted",
+            DiscardReason::PlanRemoved => "plan_removed",
+            DiscardReason::Surplus => "surplus",
+        }
+    }
+
+    /// A healthy pod (surplus, or of a removed plan) is retired only if no Allocate claimed it
+    /// meanwhile; a dead one is removed whatever happened, and an allocation made on it in the
+    /// meantime ends with [`Self::end_reason`].
+    pub fn healthy(self) -> bool {
+        matches!(self, DiscardReason::PlanRemoved | DiscardReason::Surplus)
+    }
+
+    /// How an allocation that claimed the pod meanwhile ends.
+    pub fn end_reason(self) -> EndReason {
+        match self {
+            DiscardReason::Preempted => EndReason::Preempted,
+            _ => EndReason::PodLost,
+        }
+    }
+}
+
+/// What a probe of a pod found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Running; the kernel is ready.
+    Ready,
+    /// Running; not ready yet.
+    NotReady,
+    /// Gone, with why.
+    Lost(String),
+    /// Taken away by the platform (spot preemption, eviction, node loss), with why.
+    Preempted(String),
+}
+
+impl Health {
+    /// Whether the pod still runs (ready or not).
+    pub fn alive(&self) -> bool {
+        matches!(self, Health::Ready | Health::NotReady)
+    }
+}
+
+/// The kernel's state as Middleman reports it. Only `busy` matters to Watchman (a busy kernel
+/// is never idle); Middleman's other states need no variant of their own here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelState {
+    Busy,
+    #[serde(other)]
+    NotBusy,
+}
+
+/// What Middleman's `/status` reports about use, for idle timeouts.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Activity {
+    /// Open client connections.
+    pub connections: u64,
+    /// Last activity, in seconds since the Unix epoch.
+    pub last_activity: u64,
+    pub kernel_state: KernelState,
 }
 
 /// A document's binding to a pod.

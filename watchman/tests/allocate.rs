@@ -401,7 +401,9 @@ async fn restarting_watchman_keeps_allocations_and_orphans_nothing() {
     assert_eq!(again.pod, a.pod);
     assert_eq!(run_code(&again, "y").await, "7");
     wait_warm(&mut c2, 2).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The new leader's first pass collected garbage; two passes over the full pool, and any
+    // pod it would wrongly start or leave behind is there to see.
+    more_passes(&w2, 2).await;
     let after: HashSet<i32> = pool_processes(&d.pool_id).into_iter().collect();
     let pods = w2.watchman.store().pods().await.unwrap();
     assert_eq!(pods.len(), 3, "two warm and one allocated: {pods:?}");
@@ -431,4 +433,31 @@ async fn restarting_watchman_keeps_allocations_and_orphans_nothing() {
         "everything stopped: {:?}",
         pool_processes(&d.pool_id)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_allocation_watches_instead_of_waiting_for_them() {
+    let d = Deployment::new("watch-stop", 1, "30m");
+    // A grace period no drain needs: running out of it means something held shutdown up.
+    let w = d.replica("memory", &["--shutdown-grace", "120s"]).await;
+    let mut c = client(w.grpc_addr, API_TOKEN).await;
+    wait_warm(&mut c, 1).await;
+    c.allocate(allocate_req("doc-watched", 0)).await.unwrap();
+    let mut watch = c
+        .watch_allocation(pb::WatchAllocationRequest {
+            document_id: "doc-watched".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        watch.message().await.unwrap().unwrap().event,
+        Some(pb::allocation_event::Event::Ready(_))
+    ));
+    let wm = w.watchman.clone();
+    assert_eq!(w.stop().await, watchman::Stopped::Drained);
+    // The watcher is told to watch again elsewhere, not left hanging.
+    let e = watch.message().await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    wm.delete_all_pods().await.unwrap();
 }

@@ -2,6 +2,10 @@
 //! admission, controller manager, scheduler, kwok playing the kubelet): each test has its own
 //! namespaces, fake spot nodes and pool, and Watchman acts as its service account with exactly
 //! the Role that deploy/ grants.
+//!
+//! One file, one test binary: the tests share one control plane (with-kube-cluster.sh) and
+//! its helpers (pod labels, the audit log, metrics), and cargo runs each test binary apart, so
+//! splitting it would only add binaries to build and link.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -15,7 +19,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, EvictParams};
-use testkit::kube::WatchmanProcess;
+use testkit::kube::{NodeSize, WatchmanProcess};
 use watchman_proto::v1 as pb;
 
 fn label<'a>(p: &'a Pod, key: &str) -> Option<&'a str> {
@@ -72,6 +76,47 @@ async fn metrics_text(addr: std::net::SocketAddr) -> String {
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The value of the unlabelled series `name` in a /metrics text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Reconcile passes the replica has run as leader (its pass histogram's count).
+async fn passes(p: &WatchmanProcess) -> f64 {
+    let text = metrics_text(p.http_addr().await).await;
+    metric(&text, "watchman_reconcile_duration_seconds_count").unwrap_or(0.0)
+}
+
+/// Waits until the replica has run `n` more passes as leader than now: whatever those passes
+/// would do wrong with the state they saw, they have done.
+async fn more_passes(p: &WatchmanProcess, n: f64) {
+    let start = passes(p).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while passes(p).await < start + n {
+        assert!(Instant::now() < deadline, "no reconcile passes for 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Pod requests with verb `verb` that Watchman's service account made in this test and the
+/// API server granted, from its audit log: every one, whenever it was made, so a pod created
+/// and deleted again between two looks still counts. The log is written as requests complete,
+/// so this waits (a while) for at least `at_least` before counting.
+async fn pod_requests(k: &KubeEnv, verb: &str, at_least: usize) -> usize {
+    let count = || {
+        k.audited()
+            .iter()
+            .filter(|e| e.0 == "pods" && e.1 == verb && (200..300).contains(&e.3))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count() < at_least && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    count()
 }
 
 /// (resource[.group], verb) pairs the Role in deploy/base/watchman-rbac.yaml grants.
@@ -315,7 +360,7 @@ async fn lose_a_node(
 ) {
     let k = KubeEnv::new(tag, 0).await;
     let lost = format!("{}-a", k.tag);
-    k.create_nodes(1, &lost, &[]);
+    k.create_nodes(1, &lost, &NodeSize::default()).await;
     let w = replica_with(&k, "free", 2, "memory", "replica-a", extra).await;
     let mut c = client(w.grpc_addr, API_TOKEN).await;
     wait_warm(&mut c, 2).await;
@@ -328,7 +373,7 @@ async fn lose_a_node(
     k.wait_pods("two warm pods and one allocated", |p| p.len() == 3)
         .await;
     let spare = format!("{}-b", k.tag);
-    k.create_nodes(1, &spare, &[]);
+    k.create_nodes(1, &spare, &NodeSize::default()).await;
     let lost = format!("{lost}-0");
     fail(&k, &lost).await;
 
@@ -483,27 +528,15 @@ async fn killing_the_leader_moves_reconciliation_without_extra_pods() {
         .unwrap()
         .into_inner();
     assert_eq!(a2.launch, pb::LaunchKind::Warm as i32);
-    let mut most = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let pods = k.live_pods().await;
-        most = most.max(pods.len());
-        if pods.len() == 5 && count_state(&pods, "warm") == 3 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pool did not refill: {}",
-            pods.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Two allocated and three warm; sample a while longer for strays.
-    for _ in 0..20 {
-        most = most.max(k.live_pods().await.len());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(most, 5, "more pods than 2 allocated + 3 warm existed");
+    k.wait_pods("the pool refilled by the new leader", |p| {
+        p.len() == 5 && count_state(p, "warm") == 3
+    })
+    .await;
+    // Two more passes of the new leader over that state, then every creation ever made:
+    // three to fill the pool and one refill per allocation, nothing beyond the target.
+    more_passes(&second, 2.0).await;
+    let created = pod_requests(&k, "create", 5).await;
+    assert_eq!(created, 5, "pods created beyond 2 allocated + 3 warm");
     drop(second);
     k.cleanup().await;
 }
@@ -533,13 +566,30 @@ async fn a_leader_that_stalls_past_its_lease_does_nothing_when_it_wakes() {
     })
     .await;
     // It wakes with the view it had: it must notice it lost the lease and act on nothing.
+    // Its leader gauge drops only once the pass it was frozen in has ended and its next lease
+    // check failed; by then anything it would wrongly do is done, and in the audit log.
     kill(pid, Signal::SIGCONT).unwrap();
-    let mut most = 0;
-    for _ in 0..40 {
-        most = most.max(k.live_pods().await.len());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(
+        &metrics_text(first.http_addr().await).await,
+        "watchman_leader",
+    ) != Some(0.0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the woken replica still believes it leads"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(most, 5, "pods beyond 2 allocated + 3 warm appeared");
+    more_passes(&second, 2.0).await;
+    let created = pod_requests(&k, "create", 5).await;
+    assert_eq!(created, 5, "pods created beyond 2 allocated + 3 warm");
+    assert_eq!(
+        pod_requests(&k, "delete", 0).await,
+        0,
+        "a pod was deleted though none ended"
+    );
+    assert_eq!(k.live_pods().await.len(), 5);
     assert_eq!(lease_holder(&k).await.as_deref(), Some("replica-b"));
     c1.get_allocation(pb::GetAllocationRequest {
         document_id: "doc-1".into(),
@@ -612,8 +662,6 @@ async fn a_restarted_watchman_adopts_its_pods_instead_of_leaking_or_recreating_t
     // (as one created by a Watchman that crashed before recording it might be).
     let settings = watchman::backend::KubeSettings {
         namespace: k.pods_ns.clone(),
-        lease_namespace: k.ns.clone(),
-        lease_name: "watchman".into(),
         pool_id: k.pool_id.clone(),
         default_image: "ghcr.io/nbplat/middleman:0.1.0".into(),
         public_key_pem: "unused".into(),

@@ -211,7 +211,12 @@ async fn main() -> anyhow::Result<()> {
     let k = testkit::kube::KubeEnv::new("bench", 0).await;
     eprintln!("creating {} simulated spot nodes", args.nodes);
     let node_started = Instant::now();
-    k.create_nodes(args.nodes, &format!("{}-n", k.tag), &["--pods", "500"]);
+    let size = testkit::kube::NodeSize {
+        pods: 500,
+        ..testkit::kube::NodeSize::default()
+    };
+    k.create_nodes(args.nodes, &format!("{}-n", k.tag), &size)
+        .await;
     eprintln!("  ready in {:.1?}", node_started.elapsed());
     let redis = testkit::RedisServer::start();
     let free = args.warm * 3 / 5;

@@ -35,6 +35,13 @@ pub enum LaunchError {
     /// The kernelspec's command line is empty.
     #[error("the kernelspec's argv is empty")]
     EmptyArgv,
+    /// The ipc directory cannot be opened.
+    #[error("ipc directory {path}: {source}")]
+    IpcDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How kernels are launched, from the configuration.
@@ -69,6 +76,10 @@ pub(crate) struct Launcher {
     settings: LauncherSettings,
     agent: Option<Agent>,
     events: mpsc::Sender<AgentEvent>,
+    /// The ipc directory, held open: Middleman reaches the kernel's sockets through
+    /// `/proc/self/fd/<fd>/`, because a unix socket's path is limited to 107 bytes and a pod's
+    /// directory can be deeper than that.
+    ipc: Option<std::fs::File>,
 }
 
 /// What the session needs to talk to a started kernel.
@@ -84,7 +95,27 @@ impl Launcher {
             settings,
             agent: None,
             events,
+            ipc: None,
         }
+    }
+
+    /// A short path to the ipc directory (see [`Launcher::ipc`]).
+    fn ipc_path(&mut self) -> Result<PathBuf, LaunchError> {
+        use std::os::fd::AsRawFd as _;
+        if self.ipc.is_none() {
+            let dir = std::fs::File::open(&self.settings.ipc_dir).map_err(|source| {
+                LaunchError::IpcDir {
+                    path: self.settings.ipc_dir.clone(),
+                    source,
+                }
+            })?;
+            self.ipc = Some(dir);
+        }
+        Ok(self
+            .ipc
+            .as_ref()
+            .map(|f| PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())))
+            .unwrap_or_else(|| self.settings.ipc_dir.clone()))
     }
 
     /// The agent, opened (and its report checked against the required level) if need be.
@@ -119,7 +150,7 @@ impl Launcher {
         spec: &KernelSpec,
         generation: u64,
     ) -> Result<Launched, LaunchError> {
-        let ipc_host = self.settings.ipc_dir.clone();
+        let ipc_host = self.ipc_path()?;
         let agent = self.agent().await?;
         let ipc_kernel = PathBuf::from(&agent.ipc_dir);
         // Each generation gets fresh socket paths, so a dying kernel's sockets never collide

@@ -49,7 +49,9 @@ impl TestServer {
         let public = dir.0.join("public.pem");
         std::fs::write(&public, key.verifying_key().to_pem().unwrap()).unwrap();
         let document = format!("doc-{}", uuid::Uuid::new_v4().simple());
-        let runtime_root = dir.0.join("run");
+        // Deep on purpose: a unix socket's path is limited to 107 bytes, and pods' directories
+        // can be deeper than that (Middleman reaches the kernel's sockets by a short path).
+        let runtime_root = dir.0.join(format!("run-{}", "deep".repeat(16)));
         let mut args: Vec<String> = if bound {
             vec!["--document".into(), document.clone()]
         } else {

@@ -1,3 +1,5 @@
+//! The local backend: each pod is a real Middleman process (with its kernel) on this host.
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -5,8 +7,8 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use super::{BackendError, Health, Started};
-use crate::model::Pod;
+use super::{BackendError, Started};
+use crate::model::{Health, Pod};
 use crate::plan::Plan;
 
 /// Settings of the local backend.
@@ -45,24 +47,27 @@ impl LocalBackend {
     }
 
     pub(super) async fn create(&self, id: &str, plan: &Plan) -> Result<Started, BackendError> {
-        let err = |reason: String| BackendError::Start {
-            pod: id.to_owned(),
-            reason,
+        let err = |what: String| {
+            move |source| BackendError::Io {
+                pod: id.to_owned(),
+                what,
+                source,
+            }
         };
         // Reserve a port by binding and releasing it; Middleman binds it a moment later. A
         // collision makes that pod fail to start, and the reconciler replaces it.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
-            .map_err(|e| err(e.to_string()))?
+            .map_err(err("reserving a port".into()))?
             .port();
         let dir = self.settings.root.join(id);
-        create_private_dir(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+        create_private_dir(&dir).map_err(err(dir.display().to_string()))?;
         // The pod's credential reaches its own document through Watchman, nothing else. It is
         // Middleman's alone: the kernel's jail shows nothing of the pod's directory but its
         // workspace and ipc directory.
         let credential = dir.join("credential");
         write_private(&credential, &self.settings.signing_key.pod_credential(id))
-            .map_err(|e| err(format!("{}: {e}", credential.display())))?;
+            .map_err(err(credential.display().to_string()))?;
         let limits = &plan.limits;
         let mut cmd = tokio::process::Command::new(&self.settings.middleman_bin);
         cmd.arg("serve")
@@ -106,8 +111,10 @@ impl LocalBackend {
             .process_group(0);
         let child = cmd
             .spawn()
-            .map_err(|e| err(format!("{}: {e}", self.settings.middleman_bin.display())))?;
-        let pid = child.id().ok_or_else(|| err("exited at once".into()))?;
+            .map_err(err(self.settings.middleman_bin.display().to_string()))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| BackendError::ExitedAtOnce { pod: id.to_owned() })?;
         // The child is not awaited here: the reconciler watches it through its pid, which also
         // works for pods adopted after a Watchman restart. A reaper collects the exit status.
         tokio::spawn(async move {
@@ -122,7 +129,7 @@ impl LocalBackend {
 
     /// Checks that pods of `plan` get the sandbox level it requires, by running Middleman's
     /// sandbox check with the pods' own settings (the same self-test their agents run).
-    pub async fn check_sandbox(&self, plan: &Plan) -> Result<(), String> {
+    pub async fn check_sandbox(&self, plan: &Plan) -> Result<(), BackendError> {
         if plan.sandbox == kernel_sandbox::Level::None {
             return Ok(());
         }
@@ -131,7 +138,8 @@ impl LocalBackend {
             .root
             .join(format!("sandbox-check-{}", plan.name));
         let _ = std::fs::remove_dir_all(&dir);
-        create_private_dir(&dir.join("ipc")).map_err(|e| format!("{}: {e}", dir.display()))?;
+        create_private_dir(&dir.join("ipc"))
+            .map_err(|e| BackendError::SandboxCheck(format!("{}: {e}", dir.display())))?;
         let limits = &plan.limits;
         let output = tokio::time::timeout(
             Duration::from_secs(60),
@@ -163,8 +171,13 @@ impl LocalBackend {
         .await;
         let _ = std::fs::remove_dir_all(&dir);
         let output = output
-            .map_err(|_| "the sandbox check did not finish within 60 s".to_owned())?
-            .map_err(|e| format!("{}: {e}", self.settings.middleman_bin.display()))?;
+            .map_err(|_| BackendError::SandboxCheck("it did not finish within 60 s".into()))?
+            .map_err(|e| {
+                BackendError::SandboxCheck(format!(
+                    "{}: {e}",
+                    self.settings.middleman_bin.display()
+                ))
+            })?;
         if output.status.success() {
             return Ok(());
         }
@@ -179,13 +192,12 @@ impl LocalBackend {
             })
             .filter(|m| !m.is_empty());
         Err(match missing {
-            Some(m) => format!(
-                "sandbox level {} needs {m}, which this host does not give",
-                plan.sandbox
-            ),
-            None => format!(
-                "the sandbox check failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
+            Some(missing) => BackendError::SandboxUnmet {
+                level: plan.sandbox,
+                missing,
+            },
+            None => BackendError::SandboxCheck(
+                String::from_utf8_lossy(&output.stderr).trim().to_owned(),
             ),
         })
     }
@@ -215,7 +227,7 @@ impl LocalBackend {
         if !alive(pid) {
             return Health::Lost(format!("middleman process {pid} exited"));
         }
-        match super::http_get(&pod.endpoint, "/readyz").await {
+        match super::probe::get(&pod.endpoint, "/readyz").await {
             Some((200, _)) => Health::Ready,
             _ => Health::NotReady,
         }

@@ -3,43 +3,50 @@
 
 pub mod kube;
 mod local;
+mod probe;
 
-pub use self::kube::{KubeBackend, KubeSettings};
+pub use self::kube::{KubeBackend, KubeLease, KubeSettings};
 pub use local::{LocalBackend, LocalSettings};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::model::Pod;
+use crate::model::{Activity, Health, Pod};
 use crate::plan::Plan;
+use crate::pool::InFlight;
 
 /// Backend failures.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    /// The pod could not be started.
-    #[error("cannot start pod {pod}: {reason}")]
-    Start { pod: String, reason: String },
-}
-
-/// What a probe of a pod found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Health {
-    /// Running; the kernel is ready.
-    Ready,
-    /// Running; not ready yet.
-    NotReady,
-    /// Gone, with why.
-    Lost(String),
-    /// Taken away by the platform (spot preemption, eviction, node loss), with why.
-    Preempted(String),
-}
-
-/// What Middleman reports about use, for idle timeouts.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub struct Activity {
-    pub connections: u64,
-    pub last_activity: u64,
-    pub kernel_state: String,
+    /// A local pod's port, directory or process could not be set up.
+    #[error("cannot start pod {pod}: {what}: {source}")]
+    Io {
+        pod: String,
+        /// What was being done (`reserving a port`, the path of a directory or binary).
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A local pod's process exited as soon as it was spawned.
+    #[error("cannot start pod {pod}: middleman exited at once")]
+    ExitedAtOnce { pod: String },
+    /// The API server refused the pod, or did not answer in time.
+    #[error("cannot create pod {pod}: {source}")]
+    Create {
+        pod: String,
+        #[source]
+        source: Box<::kube::Error>,
+    },
+    /// The host cannot give a plan's kernels the sandbox level the plan requires.
+    #[error("sandbox level {level} needs {missing}, which this host does not give")]
+    SandboxUnmet {
+        level: kernel_sandbox::Level,
+        /// The layers that do not hold, `,`-separated.
+        missing: String,
+    },
+    /// The sandbox check itself could not run.
+    #[error("the sandbox check failed: {0}")]
+    SandboxCheck(String),
 }
 
 /// A started pod: where to reach it and the backend's handle on it.
@@ -108,31 +115,16 @@ impl Backend {
             Backend::Kube(b) => b.mirror(pods).await,
         }
     }
-    /// The backend's own leader election, if it has one (a Kubernetes Lease); `None`: use the
-    /// store's lease.
-    pub async fn try_lease(&self, holder: &str, ttl: Duration) -> Option<Result<bool, String>> {
+    /// What counts against `--max-concurrent-starts` (see [`InFlight`]).
+    pub fn in_flight(&self) -> InFlight {
         match self {
-            Backend::Local(_) => None,
-            Backend::Kube(b) => Some(b.try_lease(holder, ttl).await.map_err(|e| e.to_string())),
-        }
-    }
-    /// When the backend's lease was last confirmed held by its authority (a cached answer
-    /// is older than the call that returned it).
-    pub fn lease_confirmed(&self) -> Option<std::time::Instant> {
-        match self {
-            Backend::Local(_) => None,
-            Backend::Kube(b) => b.lease_confirmed(),
-        }
-    }
-    /// Gives up the backend's lease at shutdown.
-    pub async fn release_lease(&self, holder: &str) {
-        if let Backend::Kube(b) = self {
-            b.release_lease(holder).await;
+            Backend::Local(_) => InFlight::StartingPods,
+            Backend::Kube(_) => InFlight::CreateCalls,
         }
     }
     /// Middleman's activity report.
     pub async fn activity(&self, pod: &Pod) -> Option<Activity> {
-        http_json(&pod.endpoint, "/status").await
+        probe::get_json(&pod.endpoint, "/status").await
     }
     /// Stops pods this backend started that no pod in `known` accounts for (after a crash
     /// between starting a pod and recording it), and returns those worth adopting instead
@@ -146,38 +138,4 @@ impl Backend {
             Backend::Kube(b) => b.collect_garbage(known, plans).await,
         }
     }
-}
-
-/// GET `path` on `base` (`http://host:port`) and decode JSON; None on any failure. A tiny
-/// HTTP/1.1 client: Watchman only ever talks to Middleman's own endpoints on loopback or the
-/// pod network, so a full client library is not worth its weight.
-pub(crate) async fn http_get(base: &str, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let hostport = base.strip_prefix("http://")?.trim_end_matches('/');
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(hostport).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = Vec::with_capacity(512);
-        s.take(64 * 1024).read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let status = text.split(' ').nth(1)?.parse().ok()?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Some((status, body))
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(2), fut)
-        .await
-        .ok()
-        .flatten()
-}
-
-async fn http_json<T: serde::de::DeserializeOwned>(base: &str, path: &str) -> Option<T> {
-    let (status, body) = http_get(base, path).await?;
-    if status != 200 {
-        return None;
-    }
-    serde_json::from_str(&body).ok()
 }

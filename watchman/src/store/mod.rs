@@ -115,6 +115,3 @@ impl Store {
         dispatch!(self, s => s.demand(plan).await)
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -289,10 +289,24 @@ pub fn pool_processes(pool_id: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Waits until the replica has completed `n` more reconcile passes as leader than now:
+/// whatever those passes would do wrong with the state they saw, they have done.
+pub async fn more_passes(w: &watchman::Running, n: u64) {
+    let mut status = w.reconciler.clone();
+    let start = status.borrow_and_update().passes;
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        status.wait_for(|s| s.leading && s.passes >= start + n),
+    )
+    .await
+    .expect("no reconcile passes for 120 s")
+    .expect("the reconciler stopped");
+}
+
 /// Stops a replica, then deletes its pods (stopping first, so the reconciler cannot refill).
 pub async fn teardown(w: watchman::Running) {
     let wm = w.watchman.clone();
-    w.stop().await;
+    let _ = w.stop().await;
     wm.delete_all_pods().await.unwrap();
 }
 

@@ -1,8 +1,10 @@
-//! The same behaviour from both stores: memory, and a real Redis.
+//! The same behaviour from both stores: memory, and a real Redis (this is why it is an
+//! integration test, not part of the unit tier).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use super::*;
-use crate::model::{PodState, now_ms};
 use testkit::RedisServer;
+use watchman::model::{Allocation, EndReason, Pod, PodState, now_ms};
+use watchman::store::{Claim, MemoryStore, RedisStore, Store};
 
 fn pod(id: &str, plan: &str) -> Pod {
     Pod {
