@@ -516,3 +516,113 @@ async fn everyday_work_runs_in_the_sandbox() {
     assert_eq!(run.stdout(), "False True\n");
     server.stop().await;
 }
+
+/// A kernel agent in a process of its own, listening on a socket: the Kubernetes layout (the
+/// kernel container's entrypoint), here without namespaces, as an unprivileged container has
+/// none.
+struct AgentProcess {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+    ipc: std::path::PathBuf,
+}
+
+impl AgentProcess {
+    fn start(dir: &std::path::Path, allow_uid: u32) -> Self {
+        let socket = dir.join("agent.sock");
+        let ipc = dir.join("ipc");
+        std::fs::create_dir_all(&ipc).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_middleman"))
+            .arg("kernel-agent")
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--allow-uid", &allow_uid.to_string()])
+            .arg("--ipc-dir")
+            .arg(&ipc)
+            .arg("--workspace")
+            .arg(dir.join("work"))
+            .args(["--container", "--namespaces", "off"])
+            .args(["--max-open-files", "256"])
+            .spawn()
+            .unwrap();
+        Self { child, socket, ipc }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_layout_holds_without_namespaces() {
+    require_root();
+    let dir = TempDir::new("agent-layout");
+    let agent = AgentProcess::start(&dir.0, nix::unistd::geteuid().as_raw());
+    // Not under /tmp: without namespaces the kernel's /tmp is the host's here (in a pod it is
+    // the kernel container's own).
+    let secret = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("middleman-secret-{}", std::process::id()));
+    std::fs::write(&secret, "only Middleman reads this").unwrap();
+    let socket = agent.socket.display().to_string();
+    let ipc = agent.ipc.display().to_string();
+    let server = TestServer::start(&["--kernel-agent", &socket, "--kernel-ipc-dir", &ipc]).await;
+    let mut c = server.client("ada", Role::Editor).await;
+    // The pod's network is shared with Middleman, and Middleman's container is another
+    // process tree: Landlock, seccomp and no privileges are what stand between them.
+    let code = format!(
+        r#"{PRELUDE}
+try:
+    socket.create_connection(('127.0.0.1', {port}), timeout=2)
+    report("Middleman's port", "connected")
+except OSError:
+    report("Middleman's port", None)
+report("Middleman's files", read({secret:?}))
+try:
+    os.kill({middleman}, 0)
+    report("signal Middleman", "reachable")
+except OSError:
+    report("signal Middleman", None)
+report("user namespace", syscall_refused(272, 0x10000000))
+report("ptrace", syscall_refused(101, 0, 0, 0, 0))
+status = open('/proc/self/status').read()
+report("no_new_privs", 'NoNewPrivs:\t1' not in status and "unset")
+caps = [l for l in status.splitlines() if l.startswith(('CapEff', 'CapPrm')) and not l.endswith('0000000000000000')]
+report("capabilities", caps and f"holds {{caps}}")
+"#,
+        port = server.addr.port(),
+        secret = secret.display().to_string(),
+        middleman = std::process::id(),
+    );
+    expect_no_leaks(&mut c, &code).await;
+    // Interrupts and restarts go through the agent too.
+    let id = c
+        .submit("print('looping', flush=True)\nwhile True: pass")
+        .await;
+    c.until(|e| matches!(e, ServerEvent::Output { .. })).await;
+    c.send(&middleman::protocol::ClientMessage::Interrupt).await;
+    assert_eq!(
+        c.collect(&id).await.status,
+        Some(ExecutionStatus::Interrupted)
+    );
+    c.restart().await;
+    assert_eq!(c.run("print(1 + 1)").await.stdout(), "2\n");
+    server.stop().await;
+    let _ = std::fs::remove_file(&secret);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_answers_only_middlemans_uid() {
+    require_root();
+    let dir = TempDir::new("agent-uid");
+    // An agent that expects another uid than ours (Middleman's in a pod is 10001).
+    let agent = AgentProcess::start(&dir.0, 4242);
+    let (events, _rx) = tokio::sync::mpsc::channel(4);
+    let refused = kernel_sandbox::Agent::open(
+        &kernel_sandbox::AgentTarget::Socket(agent.socket.clone()),
+        events,
+    )
+    .await;
+    assert!(refused.is_err(), "a process of another uid was served");
+}

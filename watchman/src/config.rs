@@ -20,7 +20,9 @@ pub enum ConfigError {
     #[error("expected `memory` or a Redis URL (redis://host:port/db): {0}")]
     Store(#[source] redis::RedisError),
     /// `--pod-document-store` is neither `none` nor a Redis URL.
-    #[error("expected `none` or a redis:// or rediss:// URL that the pods can reach")]
+    #[error(
+        "expected `none` or Watchman's http:// or https:// URL as the pods reach it (pods keep their documents through Watchman, never with a store's credentials)"
+    )]
     PodDocumentStore,
     /// `--pod-annotation` is not `key=value`.
     #[error("expected key=value")]
@@ -82,16 +84,16 @@ pub enum BackendKind {
 pub enum PodDocumentStore {
     /// Documents live in the pod's memory only.
     None,
-    /// A Redis URL the pods can reach: a document's next pod restores it from there.
-    Redis(String),
+    /// Watchman, at this URL as the pods reach it: each pod reads and saves its own document
+    /// with its pod credential, and a document's next pod restores it from there.
+    Watchman(String),
 }
 
 impl std::fmt::Display for PodDocumentStore {
-    /// As Middleman's `--document-store` takes it.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PodDocumentStore::None => f.write_str("none"),
-            PodDocumentStore::Redis(url) => f.write_str(url),
+            PodDocumentStore::Watchman(url) => f.write_str(url),
         }
     }
 }
@@ -100,16 +102,15 @@ fn pod_document_store(s: &str) -> Result<PodDocumentStore, ConfigError> {
     if s == "none" {
         return Ok(PodDocumentStore::None);
     }
-    // The URL's form is checked here; TLS (rediss://) is the pods' Middleman's business, so
-    // it is checked as the same URL without TLS.
-    let plain = match s.strip_prefix("rediss://") {
-        Some(rest) => format!("redis://{rest}"),
-        None if s.starts_with("redis://") => s.to_owned(),
-        None => return Err(ConfigError::PodDocumentStore),
-    };
-    redis::IntoConnectionInfo::into_connection_info(plain.as_str())
-        .map_err(|_| ConfigError::PodDocumentStore)?;
-    Ok(PodDocumentStore::Redis(s.to_owned()))
+    let url = s.trim_end_matches('/');
+    let host = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or(ConfigError::PodDocumentStore)?;
+    if host.is_empty() || host.contains(['/', '@', ' ']) {
+        return Err(ConfigError::PodDocumentStore);
+    }
+    Ok(PodDocumentStore::Watchman(url.to_owned()))
 }
 
 fn annotation(s: &str) -> Result<(String, String), ConfigError> {
@@ -201,13 +202,13 @@ pub struct Args {
         default_value = "ghcr.io/nbplat/middleman:0.1.0"
     )]
     pub pod_image: String,
-    /// Middleman's `--document-store` in Kubernetes pods: `none` or a Redis URL that pods can
-    /// reach (a document's next pod restores it from there).
-    #[arg(long, env = "WATCHMAN_POD_DOCUMENT_STORE", default_value = "none", value_parser = pod_document_store, hide_env_values = true)]
+    /// Where Kubernetes pods keep their documents: `none` (in memory only) or Watchman's URL
+    /// as the pods reach it (`http://watchman.nbplat.svc:8080`): each pod then reads and saves
+    /// its own document through Watchman, with a credential that reaches nothing else.
+    #[arg(long, env = "WATCHMAN_POD_DOCUMENT_STORE", default_value = "none", value_parser = pod_document_store)]
     pub pod_document_store: PodDocumentStore,
-    /// Middleman's `--document-key-prefix` in Kubernetes pods: keep it apart from
-    /// `--redis-prefix`, so that a Redis user limited to `<prefix>notebook:*` cannot touch
-    /// Watchman's own records.
+    /// Key prefix of documents in Watchman's document store (`<prefix>notebook:<document>`
+    /// in Redis): apart from `--redis-prefix`, so documents and Watchman's records never mix.
     #[arg(
         long,
         env = "WATCHMAN_POD_DOCUMENT_KEY_PREFIX",
@@ -324,7 +325,7 @@ mod tests {
             "--backend",
             "kubernetes",
             "--pod-document-store",
-            "rediss://docs.internal:6380/1",
+            "http://watchman.nbplat.svc:8080/",
             "--pod-annotation",
             "a=1,b = two",
             "--pod-create-rate",
@@ -337,8 +338,8 @@ mod tests {
         assert_eq!(a.store.shared_with_pods(), Some("redis://127.0.0.1:6379/0"));
         assert_eq!(a.backend, BackendKind::Kubernetes);
         assert_eq!(
-            a.pod_document_store.to_string(),
-            "rediss://docs.internal:6380/1"
+            a.pod_document_store,
+            PodDocumentStore::Watchman("http://watchman.nbplat.svc:8080".into())
         );
         assert_eq!(
             a.pod_annotations,
@@ -362,11 +363,11 @@ mod tests {
             ),
             (
                 &["--pod-document-store", "/var/lib/docs"],
-                "expected `none` or a redis://",
+                "expected `none` or Watchman's",
             ),
             (
-                &["--pod-document-store", "memory"],
-                "expected `none` or a redis://",
+                &["--pod-document-store", "redis://:secret@redis:6379/0"],
+                "never with a store's credentials",
             ),
             (&["--pod-annotation", "novalue"], "expected key=value"),
             (&["--pod-create-rate", "0"], "above 0"),

@@ -167,7 +167,15 @@ fn deploy_role_rules() -> BTreeSet<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pools_converge_on_hardened_pods_allocate_binds_warm_ones_and_the_role_is_exact() {
     let k = KubeEnv::new("pools", 2).await;
-    let w = replica(&k, 3, "memory", "replica-a").await;
+    let w = replica_with(
+        &k,
+        "free",
+        3,
+        "memory",
+        "replica-a",
+        &["--pod-document-store", "http://watchman.test:8080"],
+    )
+    .await;
     let mut c = client(w.grpc_addr, API_TOKEN).await;
     wait_warm(&mut c, 3).await;
     let pods = k
@@ -197,27 +205,80 @@ async fn pools_converge_on_hardened_pods_allocate_binds_warm_ones_and_the_role_i
         psc.seccomp_profile.as_ref().unwrap().type_,
         "RuntimeDefault"
     );
-    let container = &spec.containers[0];
-    let sc = container.security_context.as_ref().unwrap();
-    assert_eq!(sc.read_only_root_filesystem, Some(true));
-    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    // Two containers, two principals: Middleman, and the kernel (its agent) under another
+    // uid, each in its own PID namespace, sharing only the ipc and agent directories.
+    assert_eq!(spec.share_process_namespace, Some(false));
+    let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["middleman", "kernel"]);
+    let uid = |c: &k8s_openapi::api::core::v1::Container| {
+        c.security_context.as_ref().unwrap().run_as_user.unwrap()
+    };
+    let (middleman, kernel) = (&spec.containers[0], &spec.containers[1]);
+    assert_ne!(uid(middleman), uid(kernel));
+    assert!(uid(kernel) != 0 && uid(middleman) != 0);
+    let kernel_args = kernel.args.as_ref().unwrap();
+    assert_eq!(kernel_args[0], "kernel-agent");
+    let allowed = kernel_args
+        .iter()
+        .position(|a| a == "--allow-uid")
+        .map(|i| kernel_args[i + 1].parse::<i64>().unwrap());
     assert_eq!(
-        sc.capabilities.as_ref().unwrap().drop.as_deref(),
-        Some(&["ALL".to_owned()][..])
+        allowed,
+        Some(uid(middleman)),
+        "the agent answers Middleman only"
     );
-    let limits = container
-        .resources
-        .as_ref()
-        .unwrap()
-        .limits
-        .as_ref()
-        .unwrap();
+    let mounts = |c: &k8s_openapi::api::core::v1::Container| -> Vec<String> {
+        c.volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.name.clone())
+            .collect()
+    };
+    assert!(mounts(middleman).contains(&"pod-info".to_owned()));
+    assert!(
+        !mounts(kernel).contains(&"pod-info".to_owned()),
+        "the kernel must not see the pod's credential"
+    );
+    let shared: Vec<String> = mounts(kernel)
+        .into_iter()
+        .filter(|m| mounts(middleman).contains(m))
+        .collect();
+    assert_eq!(shared, ["ipc", "agent"]);
+    // Nothing store-wide reaches a pod: its documents go through Watchman with a credential
+    // for this pod alone.
+    for c in &spec.containers {
+        let text = format!("{:?} {:?}", c.args, c.env);
+        assert!(!text.contains("redis://"), "{text}");
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_owned()][..])
+        );
+    }
+    let limits = kernel.resources.as_ref().unwrap().limits.as_ref().unwrap();
     assert_eq!(limits["memory"].0, "1Gi");
     assert_eq!(limits["ephemeral-storage"].0, "1Gi");
     assert!(
         annotation(pod, "nbplat.dev/public-key")
             .unwrap()
             .contains("BEGIN PUBLIC KEY")
+    );
+    let middleman_args = middleman.args.as_ref().unwrap().join(" ");
+    assert!(
+        middleman_args.contains("--document-store watchman+http://watchman.test:8080")
+            && middleman_args.contains("--pod-credential-file /etc/nbplat/pod/credential"),
+        "{middleman_args}"
+    );
+    let key =
+        session_token::SigningKey::from_pem(&std::fs::read_to_string(&k.key).unwrap()).unwrap();
+    let credential = annotation(pod, "nbplat.dev/pod-credential").unwrap();
+    assert_eq!(
+        key.check_pod_credential(credential).as_deref(),
+        Some(name(pod)),
+        "the credential names this pod and no other"
     );
     assert_eq!(label(pod, "nbplat.dev/plan"), Some("free"));
 
@@ -665,8 +726,8 @@ async fn a_restarted_watchman_adopts_its_pods_instead_of_leaking_or_recreating_t
         pool_id: k.pool_id.clone(),
         default_image: "ghcr.io/nbplat/middleman:0.1.0".into(),
         public_key_pem: "unused".into(),
-        document_store: "none".into(),
-        document_key_prefix: "nbplat:".into(),
+        document_store: watchman::config::PodDocumentStore::None,
+        signing_key: session_token::SigningKey::generate(),
         service_account: "middleman".into(),
         delete_grace: Duration::from_secs(1),
         unreachable_toleration: Duration::from_secs(30),

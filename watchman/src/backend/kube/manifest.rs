@@ -1,7 +1,11 @@
-//! The pod manifest: one pod per warm kernel, built from its plan, with Middleman and the
-//! kernel in one container, hardened as DESIGN.md asks (non-root, read-only root filesystem,
-//! every capability dropped, seccomp RuntimeDefault, no service account token, no service
-//! links, memory and ephemeral-storage limits, the plan's RuntimeClass, spot placement).
+//! The pod manifest: one pod per warm kernel, built from its plan, hardened as DESIGN.md asks
+//! (non-root, read-only root filesystems, every capability dropped, seccomp RuntimeDefault, no
+//! service account token, no service links, memory and ephemeral-storage limits, the plan's
+//! RuntimeClass, spot placement). The kernel is another principal than Middleman: it runs in a
+//! container of its own under its own uid (the `kernel` container's entrypoint is the kernel
+//! agent, which Middleman commands over a socket only Middleman's uid may use); the two share
+//! only the ipc directory and the agent's socket. Only Middleman's container mounts the pod's
+//! information (the public key and the pod credential). docs/sandbox.md says why.
 
 use std::collections::BTreeMap;
 
@@ -16,11 +20,30 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{KubeSettings, keys};
+use crate::config::PodDocumentStore;
 use crate::model::PodState;
 use crate::plan::Plan;
 
 /// Middleman's port in the pod.
 pub const MIDDLEMAN_PORT: i32 = 8888;
+/// Middleman's uid, the only one the kernel agent answers.
+pub(super) const MIDDLEMAN_UID: i64 = 10001;
+/// The kernel container's uid.
+pub(super) const KERNEL_UID: i64 = 10002;
+/// The group both containers share the ipc and agent directories through.
+pub(super) const SHARED_GID: i64 = 10000;
+/// The binary in the image (both containers run it).
+const MIDDLEMAN_BIN: &str = "/usr/local/bin/middleman";
+/// Middleman's memory limit (the plan's resources are the kernel's).
+const MIDDLEMAN_MEMORY: &str = "256Mi";
+/// Connection files and the kernel's ipc sockets, shared by both containers.
+pub(super) const IPC_DIR: &str = "/run/nbplat/ipc";
+/// The kernel agent's socket, shared by both containers.
+pub(super) const AGENT_DIR: &str = "/run/nbplat/agent";
+/// The pod's information (public key, credential), in Middleman's container only.
+pub(super) const POD_INFO: &str = "/etc/nbplat/pod";
+/// The kernel's home and workspace.
+pub(super) const KERNEL_HOME: &str = "/home/kernel";
 
 /// The pod for `id` of `plan`.
 pub fn pod_manifest(settings: &KubeSettings, id: &str, plan: &Plan) -> KubePod {
@@ -104,33 +127,65 @@ pub fn pod_manifest(settings: &KubeSettings, id: &str, plan: &Plan) -> KubePod {
     } else {
         plan.image.clone()
     };
-    let args: Vec<String> = [
+    let mut middleman_args: Vec<String> = [
+        "serve",
         "--listen",
         &format!("0.0.0.0:{MIDDLEMAN_PORT}"),
         "--pod",
         id,
         "--public-key",
-        "/etc/middleman/key/public.pem",
+        &format!("{POD_INFO}/public.pem"),
         "--kernel",
         &plan.kernel,
-        "--document-store",
-        &settings.document_store,
-        "--document-key-prefix",
-        &settings.document_key_prefix,
         "--runtime-root",
         "/tmp/middleman-runtime",
-        "--workspace",
-        "/home/kernel/work",
+        "--kernel-agent",
+        &format!("{AGENT_DIR}/agent.sock"),
+        "--kernel-ipc-dir",
+        IPC_DIR,
+        "--sandbox-require",
+        plan.sandbox.name(),
         "--execution-timeout",
         &format!("{}ms", limits.execution_timeout.as_millis()),
         "--max-output-bytes",
         &limits.max_output_bytes.to_string(),
-        "--kernel-memory-mib",
-        &limits.memory_mib.to_string(),
-        "--kernel-max-processes",
+    ]
+    .map(str::to_owned)
+    .into();
+    match &settings.document_store {
+        PodDocumentStore::None => middleman_args.extend(["--document-store".into(), "none".into()]),
+        PodDocumentStore::Watchman(url) => {
+            // The pod's credential reaches its own document through Watchman, nothing else;
+            // it is mounted in Middleman's container only.
+            annotations.insert(
+                keys::POD_CREDENTIAL.to_owned(),
+                settings.signing_key.pod_credential(id),
+            );
+            middleman_args.extend([
+                "--document-store".into(),
+                format!("watchman+{url}"),
+                "--pod-credential-file".into(),
+                format!("{POD_INFO}/credential"),
+            ]);
+        }
+    }
+    let kernel_args: Vec<String> = [
+        "kernel-agent",
+        "--socket",
+        &format!("{AGENT_DIR}/agent.sock"),
+        "--allow-uid",
+        &MIDDLEMAN_UID.to_string(),
+        "--ipc-dir",
+        IPC_DIR,
+        "--workspace",
+        KERNEL_HOME,
+        "--container",
+        "--max-processes",
         &limits.max_processes.to_string(),
-        "--kernel-max-open-files",
+        "--max-open-files",
         &limits.max_open_files.to_string(),
+        "--workspace-quota-mib",
+        &limits.workspace_mib.to_string(),
     ]
     .map(str::to_owned)
     .into();
@@ -159,6 +214,39 @@ pub fn pod_manifest(settings: &KubeSettings, id: &str, plan: &Plan) -> KubePod {
         read_only: Some(read_only),
         ..VolumeMount::default()
     };
+    let hardened = |uid: i64| SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(uid),
+        run_as_group: Some(uid),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Capabilities::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..SeccompProfile::default()
+        }),
+        ..SecurityContext::default()
+    };
+    let workspace_size = if limits.workspace_mib > 0 {
+        format!("{}Mi", limits.workspace_mib)
+    } else {
+        ephemeral.clone()
+    };
+    let pod_info_item = |path: &str, key: &str| DownwardAPIVolumeFile {
+        path: path.to_owned(),
+        field_ref: Some(ObjectFieldSelector {
+            field_path: format!("metadata.annotations['{key}']"),
+            ..ObjectFieldSelector::default()
+        }),
+        ..DownwardAPIVolumeFile::default()
+    };
+    let mut pod_info = vec![pod_info_item("public.pem", keys::PUBLIC_KEY)];
+    if matches!(settings.document_store, PodDocumentStore::Watchman(_)) {
+        pod_info.push(pod_info_item("credential", keys::POD_CREDENTIAL));
+    }
     KubePod {
         metadata: ObjectMeta {
             name: Some(id.to_owned()),
@@ -171,6 +259,9 @@ pub fn pod_manifest(settings: &KubeSettings, id: &str, plan: &Plan) -> KubePod {
             service_account_name: Some(settings.service_account.clone()),
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
+            // Each container keeps its own PID namespace: the kernel cannot see or signal
+            // Middleman.
+            share_process_namespace: Some(false),
             runtime_class_name: (!plan.runtime_class.is_empty())
                 .then(|| plan.runtime_class.clone()),
             node_selector: (!plan.node_selector.is_empty()).then(|| plan.node_selector.clone()),
@@ -181,79 +272,87 @@ pub fn pod_manifest(settings: &KubeSettings, id: &str, plan: &Plan) -> KubePod {
             ),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
-                run_as_user: Some(10001),
-                run_as_group: Some(10001),
-                fs_group: Some(10001),
+                // The group both containers share the ipc and agent directories through.
+                fs_group: Some(SHARED_GID),
                 seccomp_profile: Some(SeccompProfile {
                     type_: "RuntimeDefault".to_owned(),
                     ..SeccompProfile::default()
                 }),
                 ..PodSecurityContext::default()
             }),
-            containers: vec![Container {
-                name: "middleman".to_owned(),
-                image: Some(image),
-                args: Some(args),
-                // The root filesystem is read-only: home (IPython's profile, pip --user)
-                // and the workspace are on an emptyDir.
-                env: Some(vec![k8s_openapi::api::core::v1::EnvVar {
-                    name: "HOME".to_owned(),
-                    value: Some("/home/kernel".to_owned()),
-                    ..k8s_openapi::api::core::v1::EnvVar::default()
-                }]),
-                ports: Some(vec![ContainerPort {
-                    name: Some("http".to_owned()),
-                    container_port: MIDDLEMAN_PORT,
-                    protocol: Some("TCP".to_owned()),
-                    ..ContainerPort::default()
-                }]),
-                readiness_probe: Some(probe("/readyz", 1, 2)),
-                liveness_probe: Some(probe("/healthz", 10, 3)),
-                resources: Some(ResourceRequirements {
-                    requests: Some(requests),
-                    limits: Some(limit),
-                    ..ResourceRequirements::default()
-                }),
-                security_context: Some(SecurityContext {
-                    allow_privilege_escalation: Some(false),
-                    read_only_root_filesystem: Some(true),
-                    run_as_non_root: Some(true),
-                    capabilities: Some(Capabilities {
-                        drop: Some(vec!["ALL".to_owned()]),
-                        ..Capabilities::default()
+            containers: vec![
+                Container {
+                    name: "middleman".to_owned(),
+                    image: Some(image.clone()),
+                    command: Some(vec![MIDDLEMAN_BIN.to_owned()]),
+                    args: Some(middleman_args),
+                    ports: Some(vec![ContainerPort {
+                        name: Some("http".to_owned()),
+                        container_port: MIDDLEMAN_PORT,
+                        protocol: Some("TCP".to_owned()),
+                        ..ContainerPort::default()
+                    }]),
+                    readiness_probe: Some(probe("/readyz", 1, 2)),
+                    liveness_probe: Some(probe("/healthz", 10, 3)),
+                    resources: Some(ResourceRequirements {
+                        requests: Some(BTreeMap::from([
+                            ("cpu".to_owned(), q("50m")),
+                            ("memory".to_owned(), q("64Mi")),
+                            ("ephemeral-storage".to_owned(), q("64Mi")),
+                        ])),
+                        limits: Some(BTreeMap::from([
+                            ("memory".to_owned(), q(MIDDLEMAN_MEMORY)),
+                            ("ephemeral-storage".to_owned(), q("64Mi")),
+                        ])),
+                        ..ResourceRequirements::default()
                     }),
-                    seccomp_profile: Some(SeccompProfile {
-                        type_: "RuntimeDefault".to_owned(),
-                        ..SeccompProfile::default()
+                    security_context: Some(hardened(MIDDLEMAN_UID)),
+                    volume_mounts: Some(vec![
+                        mount("middleman-tmp", "/tmp", false),
+                        mount("ipc", IPC_DIR, false),
+                        mount("agent", AGENT_DIR, false),
+                        mount("pod-info", POD_INFO, true),
+                    ]),
+                    ..Container::default()
+                },
+                Container {
+                    name: "kernel".to_owned(),
+                    image: Some(image),
+                    command: Some(vec![MIDDLEMAN_BIN.to_owned()]),
+                    args: Some(kernel_args),
+                    env: Some(vec![k8s_openapi::api::core::v1::EnvVar {
+                        name: "HOME".to_owned(),
+                        value: Some(KERNEL_HOME.to_owned()),
+                        ..k8s_openapi::api::core::v1::EnvVar::default()
+                    }]),
+                    // The plan's resources are the kernel's.
+                    resources: Some(ResourceRequirements {
+                        requests: Some(requests),
+                        limits: Some(limit),
+                        ..ResourceRequirements::default()
                     }),
-                    ..SecurityContext::default()
-                }),
-                volume_mounts: Some(vec![
-                    mount("tmp", "/tmp", false),
-                    mount("work", "/home/kernel", false),
-                    mount("key", "/etc/middleman/key", true),
-                ]),
-                ..Container::default()
-            }],
+                    security_context: Some(hardened(KERNEL_UID)),
+                    volume_mounts: Some(vec![
+                        mount("kernel-tmp", "/tmp", false),
+                        mount("work", KERNEL_HOME, false),
+                        mount("ipc", IPC_DIR, false),
+                        mount("agent", AGENT_DIR, false),
+                    ]),
+                    ..Container::default()
+                },
+            ],
             volumes: Some(vec![
-                empty_dir("tmp", "256Mi"),
-                empty_dir("work", &ephemeral),
+                empty_dir("middleman-tmp", "64Mi"),
+                empty_dir("kernel-tmp", "256Mi"),
+                empty_dir("work", &workspace_size),
+                empty_dir("ipc", "16Mi"),
+                empty_dir("agent", "1Mi"),
                 Volume {
-                    name: "key".to_owned(),
+                    name: "pod-info".to_owned(),
                     projected: Some(k8s_openapi::api::core::v1::ProjectedVolumeSource {
                         sources: Some(vec![VolumeProjection {
                             downward_api: Some(DownwardAPIProjection {
-                                items: Some(vec![DownwardAPIVolumeFile {
-                                    path: "public.pem".to_owned(),
-                                    field_ref: Some(ObjectFieldSelector {
-                                        field_path: format!(
-                                            "metadata.annotations['{}']",
-                                            keys::PUBLIC_KEY
-                                        ),
-                                        ..ObjectFieldSelector::default()
-                                    }),
-                                    ..DownwardAPIVolumeFile::default()
-                                }]),
+                                items: Some(pod_info),
                             }),
                             ..VolumeProjection::default()
                         }]),

@@ -44,6 +44,9 @@ pub mod keys {
     /// Annotation: the public key Middleman verifies tokens with (mounted as a file through
     /// the downward API, so no Secret or ConfigMap has to be created per pod).
     pub const PUBLIC_KEY: &str = "nbplat.dev/public-key";
+    /// Annotation: the pod's credential for its own document (mounted the same way, in
+    /// Middleman's container only).
+    pub const POD_CREDENTIAL: &str = "nbplat.dev/pod-credential";
 }
 
 /// Longest wait for one API write: a reconcile pass must not hang on a slow API server or
@@ -65,9 +68,10 @@ pub struct KubeSettings {
     pub default_image: String,
     /// PEM of the key Middleman verifies tokens with.
     pub public_key_pem: String,
-    /// Middleman's `--document-store` in the pods (`none`, or a Redis URL).
-    pub document_store: String,
-    pub document_key_prefix: String,
+    /// Where the pods keep their documents: nowhere, or Watchman (each its own).
+    pub document_store: crate::config::PodDocumentStore,
+    /// Derives each pod's credential.
+    pub signing_key: session_token::SigningKey,
     /// Service account of the pods (it has no bindings; its token is never mounted).
     pub service_account: String,
     /// Grace period of a pod deletion.
