@@ -626,6 +626,7 @@ fn register_metrics() {
         "heartbeat",
         "startup_failed",
         "launch_failed",
+        "out_of_memory",
         "socket",
         "interrupt",
         "timeout",

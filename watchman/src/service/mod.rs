@@ -175,6 +175,12 @@ pub fn register_metrics(plans: &[String]) {
     metrics::counter!("watchman_kube_watch_errors_total").increment(0);
     metrics::counter!("watchman_pods_collected_total").increment(0);
     metrics::counter!("watchman_reconcile_timeouts_total").increment(0);
+    for op in ["load", "save"] {
+        metrics::counter!("watchman_pod_document_requests_total", "op" => op).increment(0);
+    }
+    for reason in ["bad_credential", "bad_binding", "store_unavailable"] {
+        metrics::counter!("watchman_pod_document_refusals_total", "reason" => reason).increment(0);
+    }
     for plan in plans {
         metrics::counter!("watchman_pods_adopted_total", "plan" => plan.clone()).increment(0);
         metrics::counter!("watchman_pod_start_failures_total", "plan" => plan.clone()).increment(0);
