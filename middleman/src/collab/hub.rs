@@ -708,12 +708,9 @@ impl Hub {
     async fn answer(&self, answer: oneshot::Receiver<Result<(), Refusal>>) -> Result<(), Refusal> {
         self.deliver().await;
         // The outbox was delivered, so the answer was sent, unless the hub is going away.
-        answer.await.unwrap_or_else(|_| {
-            Err(Refusal::Kernel {
-                code: crate::protocol::ErrorCode::Unavailable,
-                message: "the session is shutting down".into(),
-            })
-        })
+        answer.await.unwrap_or(Err(Refusal::Kernel(
+            crate::kernel::SessionRefusal::ShuttingDown,
+        )))
     }
 
     /// Sends the outbox to the session, in order. Whoever calls it delivers every command

@@ -56,9 +56,9 @@ pub enum Refusal {
     #[error(transparent)]
     NotRunnable(#[from] NotRunnable),
     /// The kernel session refused the command (a dead kernel, a full queue, no pending prompt,
-    /// shutting down). The session reports its refusals as a code and a text.
-    #[error("{message}")]
-    Kernel { code: ErrorCode, message: String },
+    /// shutting down).
+    #[error(transparent)]
+    Kernel(#[from] crate::kernel::SessionRefusal),
 }
 
 impl Refusal {
@@ -85,13 +85,7 @@ impl Refusal {
                 }
             },
             Refusal::NotCode { .. } | Refusal::NotRunnable(_) => ErrorCode::InvalidEdit,
-            Refusal::Kernel { code, .. } => *code,
+            Refusal::Kernel(refusal) => refusal.code(),
         }
-    }
-}
-
-impl From<crate::kernel::Refusal> for Refusal {
-    fn from((code, message): crate::kernel::Refusal) -> Self {
-        Refusal::Kernel { code, message }
     }
 }

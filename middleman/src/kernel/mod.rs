@@ -13,7 +13,8 @@ use std::path::PathBuf;
 pub use launcher::{LaunchError, LauncherSettings};
 pub use runtime_dir::RuntimeDir;
 pub use session::{
-    Command, EventSender, KernelSession, Refusal, SessionHandle, SessionSettings, SessionSnapshot,
+    Command, EventSender, KernelSession, Refusal, SessionHandle, SessionRefusal, SessionSettings,
+    SessionSnapshot,
 };
 pub use spec::KernelSpec;
 

@@ -44,7 +44,18 @@ pub(crate) enum KernelEvent {
     /// The kernel process ended (as the agent reported it).
     Exited(kernel_sandbox::KernelExit),
     /// The startup handshake finished.
-    Started(Result<Box<KernelSockets>, String>),
+    Started(Result<Box<KernelSockets>, StartupError>),
+}
+
+/// Why a kernel's startup handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartupError {
+    /// A channel could not be connected or used.
+    #[error(transparent)]
+    Connect(#[from] KernelError),
+    /// No `kernel_info_reply` came in time.
+    #[error("the kernel did not answer within {} s", .0.as_secs())]
+    Timeout(Duration),
 }
 
 /// A [`KernelEvent`] of one kernel generation; events of older generations are ignored.
@@ -279,10 +290,8 @@ async fn read_one<S: SocketRecv>(
 fn decode_multipart(
     multipart: zeromq::ZmqMessage,
     mac: &Option<ring::hmac::Key>,
-) -> Result<JupyterMessage, String> {
-    super::wire::split_and_verify(multipart, mac)
-        .and_then(super::wire::decode)
-        .map_err(|e| e.to_string())
+) -> Result<JupyterMessage, super::wire::WireError> {
+    super::wire::split_and_verify(multipart, mac).and_then(super::wire::decode)
 }
 
 /// Reads `conn` until it fails, forwarding decoded messages. A message whose content is larger

@@ -1,28 +1,43 @@
-//! The kernel session: one actor task owns the kernel process, its sockets, the execution queue
-//! and the output buffers. Connections talk to it through [`SessionHandle`]: commands in; what
-//! happens goes out as [`ServerEvent`]s on an [`EventSender`] (to the document hub, which orders,
-//! records and fans them out).
+//! The kernel session: one actor task owns the kernel (through the agent), its sockets, the
+//! execution queue and the output buffers, so nothing else touches them and there are no locks.
+//! The hub talks to it through [`SessionHandle`]: commands in; what happens goes out as
+//! [`ServerEvent`]s on an [`EventSender`] (to the hub, which orders, records and fans them out).
+//!
+//! The actor's parts live beside it: lifecycle.rs (starting, stopping, the one restart path and
+//! the crash window), executions.rs (the queue, stopping, ending an execution), status.rs (how
+//! an execution's status is resolved, pure), iopub.rs (IOPub messages as outputs, pure),
+//! refusal.rs. This file keeps the actor's state, its loop, its commands, the kernel's messages
+//! and its timers: one state machine, whose transitions read best next to each other (over 500
+//! lines for that reason).
+
+mod executions;
+mod iopub;
+mod lifecycle;
+mod refusal;
+mod status;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use jupyter_protocol::{
-    ExecuteRequest, ExecutionState, InputReply, InterruptRequest, JupyterMessage,
-    JupyterMessageContent, ReplyStatus, ShutdownRequest,
+    ExecutionState, InputReply, JupyterMessage, JupyterMessageContent, ReplyStatus, ShutdownRequest,
 };
 use kernel_sandbox::{AgentEvent, Event as AgentReport, KernelExit};
-use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::launcher::{Launched, Launcher, LauncherSettings};
-use super::sockets::{self, Channel, KernelEvent, KernelSockets, Tagged};
+use self::iopub::IopubOutput;
+use self::lifecycle::{CrashWindow, Restart};
+pub use self::refusal::SessionRefusal;
+use self::status::{StopCause, state_label};
+use super::launcher::{Launcher, LauncherSettings};
+use super::sockets::{Channel, KernelEvent, KernelSockets, Tagged};
 use super::{KernelSpec, RuntimeDir};
 use crate::output::OutputBuffer;
 use crate::protocol::{
-    ErrorCode, ExecutionStatus, ExecutionSummary, InputOutcome, KernelDescription, KernelState,
-    Output, ServerEvent, StreamName,
+    ExecutionStatus, ExecutionSummary, InputOutcome, KernelDescription, KernelState, ServerEvent,
+    StreamName,
 };
 
 /// What the session needs to know, taken from the configuration.
@@ -67,7 +82,7 @@ pub enum Command {
 }
 
 /// Why a command was refused.
-pub type Refusal = (ErrorCode, String);
+pub type Refusal = SessionRefusal;
 
 /// Where the session's events go, in the order they happen. Unbounded because the actor must
 /// never wait for its reader: the hub waits for the actor when it sends commands, so a full
@@ -92,18 +107,11 @@ impl SessionHandle {
     /// Sends a command and waits for it to be accepted or refused.
     pub async fn send(&self, command: Command) -> Result<(), Refusal> {
         let (tx, rx) = oneshot::channel();
-        self.commands.send((command, tx)).await.map_err(|_| {
-            (
-                ErrorCode::Unavailable,
-                "the session is shutting down".to_owned(),
-            )
-        })?;
-        rx.await.unwrap_or_else(|_| {
-            Err((
-                ErrorCode::Unavailable,
-                "the session is shutting down".to_owned(),
-            ))
-        })
+        self.commands
+            .send((command, tx))
+            .await
+            .map_err(|_| SessionRefusal::ShuttingDown)?;
+        rx.await.unwrap_or(Err(SessionRefusal::ShuttingDown))
     }
 
     /// A watch of the snapshot (readiness checks).
@@ -138,6 +146,7 @@ impl KernelSession {
         // Small: each queued message may be large, and the actor drains faster than kernels write.
         let (kernel_tx, kernel_rx) = mpsc::channel(64);
         let (agent_tx, agent_rx) = mpsc::channel(64);
+        let crashes = CrashWindow::new(settings.max_restarts, settings.restart_window);
         let actor = Actor {
             launcher: Launcher::new(settings.launcher.clone(), agent_tx),
             settings,
@@ -152,7 +161,7 @@ impl KernelSession {
             current: None,
             outputs: HashMap::new(),
             output_order: VecDeque::new(),
-            crash_times: VecDeque::new(),
+            crashes,
             restart_at: None,
             next_id: 0,
         };
@@ -179,12 +188,6 @@ struct Pending {
     code: String,
     by: String,
     stop_on_error: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StopCause {
-    Interrupt,
-    Timeout,
 }
 
 #[derive(Debug)]
@@ -219,10 +222,6 @@ enum Phase {
 /// How long an execution whose reply arrived waits for the kernel's idle status.
 const IDLE_GRACE: Duration = Duration::from_secs(5);
 
-/// Output buffers kept for executions that finished, so late output (a background thread
-/// printing after the cell ended) still lands on the right execution, within its cap.
-const RECENT_OUTPUTS: usize = 32;
-
 struct Actor {
     settings: SessionSettings,
     /// Kept for its removal on drop (the connection files and sockets live in it).
@@ -240,7 +239,7 @@ struct Actor {
     /// Output buffers by the kernel `msg_id` of the execute request.
     outputs: HashMap<String, OutputBuffer>,
     output_order: VecDeque<String>,
-    crash_times: VecDeque<Instant>,
+    crashes: CrashWindow,
     restart_at: Option<Instant>,
     next_id: u64,
 }
@@ -282,10 +281,11 @@ impl Actor {
                 if generation == self.generation =>
             {
                 tracing::error!(%reason, "the agent could not start the kernel");
-                self.on_kernel_lost(
-                    "launch_failed",
-                    format!("the kernel could not be started: {reason}"),
-                );
+                self.restart(Restart::Lost {
+                    cause: "launch_failed",
+                    reason: format!("the kernel could not be started: {reason}"),
+                })
+                .await;
             }
             AgentEvent::Event(AgentReport::Exited { generation, exit })
                 if generation == self.generation =>
@@ -300,10 +300,11 @@ impl Actor {
                 tracing::error!(%why, "the kernel agent stopped");
                 self.launcher.agent_gone();
                 if !matches!(self.phase, Phase::Down) {
-                    self.on_kernel_lost(
-                        "launch_failed",
-                        format!("the kernel's sandbox agent stopped ({why})"),
-                    );
+                    self.restart(Restart::Lost {
+                        cause: "launch_failed",
+                        reason: format!("the kernel's sandbox agent stopped ({why})"),
+                    })
+                    .await;
                 }
             }
         }
@@ -345,111 +346,7 @@ impl Actor {
         self.emit(ServerEvent::Queue { executions: list });
     }
 
-    // ---- kernel lifecycle ---------------------------------------------------------------
-
-    async fn start_kernel(&mut self) {
-        self.generation += 1;
-        let generation = self.generation;
-        self.restart_at = None;
-        let Launched { connection } =
-            match self.launcher.launch(&self.settings.spec, generation).await {
-                Ok(l) => l,
-                Err(error) => {
-                    tracing::error!(%error, "kernel launch failed");
-                    if matches!(error, super::launcher::LaunchError::Level { .. }) {
-                        // Retrying cannot help: the host does not give what the plan requires.
-                        self.set_state(
-                            KernelState::Dead,
-                            Some(format!("the kernel cannot be started: {error}")),
-                        );
-                        return;
-                    }
-                    self.on_kernel_lost(
-                        "launch_failed",
-                        format!("the kernel could not be started: {error}"),
-                    );
-                    return;
-                }
-            };
-        let tx = self.kernel_tx.clone();
-        let timeout = self.settings.startup_timeout;
-        let max_message = usize::try_from(self.settings.max_output_bytes).unwrap_or(usize::MAX);
-        let starter = tokio::spawn(
-            async move {
-                let result = match tokio::time::timeout(
-                    timeout,
-                    sockets::connect(&connection, generation, tx.clone(), max_message),
-                )
-                .await
-                {
-                    Ok(Ok(s)) => Ok(s),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!(
-                        "the kernel did not answer within {} s",
-                        timeout.as_secs()
-                    )),
-                };
-                let _ = tx
-                    .send(Tagged {
-                        generation,
-                        event: KernelEvent::Started(result),
-                    })
-                    .await;
-            }
-            .in_current_span(),
-        );
-        self.phase = Phase::Starting {
-            tasks: vec![starter.abort_handle()],
-        };
-    }
-
-    /// Kills the kernel's process group and forgets its tasks; later events of this generation
-    /// are ignored.
-    fn stop_kernel(&mut self) {
-        match std::mem::replace(&mut self.phase, Phase::Down) {
-            Phase::Down => {}
-            Phase::Starting { tasks } | Phase::Ready { tasks, .. } => {
-                // The agent kills the whole jail (its PID namespace and cgroup).
-                self.launcher.kill(self.generation);
-                for t in tasks {
-                    t.abort();
-                }
-            }
-        }
-        self.generation += 1;
-    }
-
-    /// The kernel died or could not start: finish what ran, abort what waited, restart unless
-    /// it keeps dying.
-    fn on_kernel_lost(&mut self, cause: &'static str, reason: String) {
-        tracing::warn!(cause, %reason, "kernel lost");
-        metrics::counter!("middleman_kernel_restarts_total", "cause" => cause).increment(1);
-        self.stop_kernel();
-        self.finish_current(ExecutionStatus::KernelDied, Some(reason.clone()));
-        self.abort_queue("the kernel restarted");
-        let now = Instant::now();
-        self.crash_times.push_back(now);
-        while self
-            .crash_times
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > self.settings.restart_window)
-        {
-            self.crash_times.pop_front();
-        }
-        if self.crash_times.len() > self.settings.max_restarts as usize {
-            let reason = format!(
-                "{reason}; it died {} times within {} s, so it was not restarted. Restart it to try again.",
-                self.crash_times.len(),
-                self.settings.restart_window.as_secs()
-            );
-            self.set_state(KernelState::Dead, Some(reason));
-            return;
-        }
-        self.set_state(KernelState::Restarting, Some(reason));
-        // Back off a little when it keeps failing, so a kernel that dies at start does not spin.
-        let backoff = Duration::from_millis(200 * (1 << self.crash_times.len().min(5)) as u64);
-        self.restart_at = Some(now + backoff);
-    }
+    // ---- kernel lifecycle: lifecycle.rs -----------------------------------------------
 
     async fn on_kernel_event(&mut self, event: KernelEvent) {
         match event {
@@ -473,7 +370,11 @@ impl Actor {
                 self.start_next().await;
             }
             KernelEvent::Started(Err(reason)) => {
-                self.on_kernel_lost("startup_failed", reason);
+                self.restart(Restart::Lost {
+                    cause: "startup_failed",
+                    reason: reason.to_string(),
+                })
+                .await;
             }
             KernelEvent::Exited(exit) => {
                 let reason = exit_reason(&exit);
@@ -482,13 +383,14 @@ impl Actor {
                 } else {
                     "exited"
                 };
-                self.on_kernel_lost(cause, reason);
+                self.restart(Restart::Lost { cause, reason }).await;
             }
             KernelEvent::HeartbeatLost => {
-                self.on_kernel_lost(
-                    "heartbeat",
-                    "the kernel stopped answering heartbeats and was restarted".into(),
-                );
+                self.restart(Restart::Lost {
+                    cause: "heartbeat",
+                    reason: "the kernel stopped answering heartbeats and was restarted".into(),
+                })
+                .await;
             }
             KernelEvent::Message(channel, msg) => self.on_message(channel, *msg).await,
             KernelEvent::Oversized(o) => {
@@ -526,16 +428,12 @@ impl Actor {
                 by,
             } => {
                 if self.state == KernelState::Dead {
-                    return Err((
-                        ErrorCode::KernelDead,
-                        "the kernel is dead; restart it first".into(),
-                    ));
+                    return Err(SessionRefusal::KernelDead);
                 }
                 if self.queue.len() >= self.settings.max_queue {
-                    return Err((
-                        ErrorCode::QueueFull,
-                        format!("{} executions are already queued", self.queue.len()),
-                    ));
+                    return Err(SessionRefusal::QueueFull {
+                        queued: self.queue.len(),
+                    });
                 }
                 self.next_id += 1;
                 let pending = Pending {
@@ -568,16 +466,14 @@ impl Actor {
                     .as_mut()
                     .filter(|r| r.pending.id == execution_id)
                 else {
-                    return Err((
-                        ErrorCode::NoPendingInput,
-                        format!("no prompt is pending for {execution_id}"),
-                    ));
+                    return Err(SessionRefusal::NoPendingInput {
+                        execution_id: execution_id.clone(),
+                    });
                 };
                 let Some(request) = running.input.take() else {
-                    return Err((
-                        ErrorCode::NoPendingInput,
-                        format!("no prompt is pending for {execution_id}"),
-                    ));
+                    return Err(SessionRefusal::NoPendingInput {
+                        execution_id: execution_id.clone(),
+                    });
                 };
                 let reply = InputReply {
                     value,
@@ -604,211 +500,10 @@ impl Actor {
                 Ok(())
             }
             Command::Restart { by } => {
-                tracing::info!(%by, "restart requested");
-                metrics::counter!("middleman_kernel_restarts_total", "cause" => "requested")
-                    .increment(1);
-                self.stop_kernel();
-                let reason = format!("the kernel was restarted by {by}");
-                self.finish_current(ExecutionStatus::Aborted, Some(reason.clone()));
-                self.abort_queue(&reason);
-                self.crash_times.clear();
-                self.set_state(KernelState::Restarting, Some(reason));
-                self.start_kernel().await;
+                self.restart(Restart::Requested { by }).await;
                 Ok(())
             }
         }
-    }
-
-    async fn start_next(&mut self) {
-        if self.current.is_some() || self.state == KernelState::Dead {
-            return;
-        }
-        let Phase::Ready { sockets, .. } = &mut self.phase else {
-            return;
-        };
-        let Some(pending) = self.queue.pop_front() else {
-            return;
-        };
-        let mut request = ExecuteRequest::new(pending.code.clone());
-        request.allow_stdin = true;
-        // We keep our own queue and send one request at a time, so the kernel never aborts on
-        // our behalf.
-        request.stop_on_error = false;
-        let message: JupyterMessage = request.into();
-        let msg_id = message.header.msg_id.clone();
-        if let Err(error) = sockets.shell.send(message).await {
-            tracing::error!(%error, "could not send execute_request");
-            self.queue.push_front(pending);
-            self.on_kernel_lost("socket", format!("the kernel connection failed: {error}"));
-            return;
-        }
-        let now = Instant::now();
-        self.remember_output(
-            msg_id.clone(),
-            OutputBuffer::new(
-                pending.id.clone(),
-                self.settings.max_output_bytes,
-                self.settings.stream_flush_interval,
-            ),
-        );
-        self.emit(ServerEvent::ExecutionStarted {
-            execution_id: pending.id.clone(),
-        });
-        self.current = Some(Running {
-            pending,
-            msg_id,
-            started: now,
-            deadline: now + self.settings.execution_timeout,
-            reply: None,
-            reply_at: None,
-            idle: false,
-            stopping: None,
-            input: None,
-        });
-        self.publish_queue();
-        self.set_state(KernelState::Busy, None);
-    }
-
-    fn remember_output(&mut self, msg_id: String, buffer: OutputBuffer) {
-        self.outputs.insert(msg_id.clone(), buffer);
-        self.output_order.push_back(msg_id);
-        while self.output_order.len() > RECENT_OUTPUTS {
-            if let Some(old) = self.output_order.pop_front() {
-                self.outputs.remove(&old);
-            }
-        }
-    }
-
-    /// Interrupts the running execution; escalation to a kill happens in [`Self::on_timer`].
-    async fn begin_stop(&mut self, cause: StopCause) {
-        let grace = self.settings.interrupt_grace;
-        let by_message = self.settings.spec.interrupt_by_message();
-        let Some(running) = self.current.as_mut() else {
-            return;
-        };
-        if running.stopping.is_some() {
-            return;
-        }
-        running.stopping = Some((cause, Instant::now() + grace));
-        let cancelled = running.input.take().map(|_| running.pending.id.clone());
-        match &mut self.phase {
-            Phase::Ready { sockets, .. } if by_message => {
-                if let Err(error) = sockets.control.send(InterruptRequest {}.into()).await {
-                    tracing::warn!(%error, "could not send interrupt_request");
-                }
-            }
-            Phase::Ready { .. } | Phase::Starting { .. } => {
-                self.launcher.signal(self.generation, Signal::SIGINT)
-            }
-            Phase::Down => {}
-        }
-        if let Some(execution_id) = cancelled {
-            self.emit(ServerEvent::InputResolved {
-                execution_id,
-                outcome: InputOutcome::Cancelled,
-                by: None,
-            });
-        }
-    }
-
-    fn abort_queue(&mut self, reason: &str) {
-        let aborted: Vec<Pending> = self.queue.drain(..).collect();
-        for p in aborted {
-            metrics::counter!("middleman_executions_total", "status" => "aborted").increment(1);
-            self.emit(ServerEvent::ExecutionFinished {
-                execution_id: p.id,
-                status: ExecutionStatus::Aborted,
-                execution_count: None,
-                duration_ms: 0,
-                reason: Some(reason.to_owned()),
-            });
-        }
-        self.publish_queue();
-    }
-
-    /// Ends the running execution with `status` (overridden by an interrupt or timeout in
-    /// progress), flushing its output first.
-    fn finish_current(&mut self, status: ExecutionStatus, reason: Option<String>) {
-        let Some(running) = self.current.take() else {
-            return;
-        };
-        let mut events = Vec::new();
-        if let Some(buffer) = self.outputs.get_mut(&running.msg_id) {
-            buffer.flush(Instant::now(), &mut events);
-            metrics::counter!("middleman_output_bytes_total").increment(buffer.used());
-        }
-        for e in events {
-            self.emit(e);
-        }
-        if running.input.is_some() {
-            self.emit(ServerEvent::InputResolved {
-                execution_id: running.pending.id.clone(),
-                outcome: InputOutcome::Cancelled,
-                by: None,
-            });
-        }
-        let (status, reason) = match (running.stopping, status) {
-            (
-                Some((StopCause::Interrupt, _)),
-                ExecutionStatus::Error | ExecutionStatus::Aborted,
-            ) => (ExecutionStatus::Interrupted, Some("interrupted".to_owned())),
-            (Some((StopCause::Interrupt, _)), ExecutionStatus::KernelDied) => (
-                ExecutionStatus::Interrupted,
-                Some(reason.unwrap_or_else(|| "interrupted".into())),
-            ),
-            (
-                Some((StopCause::Timeout, _)),
-                ExecutionStatus::Error | ExecutionStatus::Aborted | ExecutionStatus::KernelDied,
-            ) => (
-                ExecutionStatus::TimedOut,
-                Some(format!(
-                    "the execution ran longer than its limit of {} s{}",
-                    self.settings.execution_timeout.as_secs(),
-                    reason.map(|r| format!("; {r}")).unwrap_or_default()
-                )),
-            ),
-            (_, s) => (s, reason),
-        };
-        let elapsed = running.started.elapsed();
-        metrics::counter!("middleman_executions_total", "status" => status_label(status))
-            .increment(1);
-        metrics::histogram!("middleman_execution_duration_seconds").record(elapsed.as_secs_f64());
-        self.emit(ServerEvent::ExecutionFinished {
-            execution_id: running.pending.id.clone(),
-            status,
-            execution_count: running.reply.map(|(_, c)| c),
-            duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-            reason,
-        });
-        let stop_rest = match status {
-            ExecutionStatus::Error => running.pending.stop_on_error,
-            ExecutionStatus::Interrupted | ExecutionStatus::TimedOut => true,
-            _ => false,
-        };
-        if stop_rest {
-            self.abort_queue(&format!(
-                "an earlier execution ended: {}",
-                status_label(status)
-            ));
-        }
-        self.publish_queue();
-    }
-
-    async fn maybe_finish(&mut self) {
-        let Some(running) = &self.current else { return };
-        let (Some((status, _)), true) = (&running.reply, running.idle) else {
-            return;
-        };
-        let status = match status {
-            ReplyStatus::Ok => ExecutionStatus::Ok,
-            ReplyStatus::Error => ExecutionStatus::Error,
-            _ => ExecutionStatus::Aborted,
-        };
-        self.finish_current(status, None);
-        if self.queue.is_empty() && matches!(self.phase, Phase::Ready { .. }) {
-            self.set_state(KernelState::Idle, None);
-        }
-        self.start_next().await;
     }
 
     async fn on_message(&mut self, channel: Channel, msg: JupyterMessage) {
@@ -880,58 +575,20 @@ impl Actor {
         let Some(buffer) = self.outputs.get_mut(parent) else {
             return;
         };
+        let Some(output) = iopub::output_of(content) else {
+            return;
+        };
         let now = Instant::now();
         let mut events = Vec::new();
-        match content {
-            JupyterMessageContent::StreamContent(s) => {
-                let name = match s.name {
-                    jupyter_protocol::Stdio::Stderr => StreamName::Stderr,
-                    _ => StreamName::Stdout,
-                };
-                buffer.stream(now, name, &s.text, &mut events);
-            }
-            JupyterMessageContent::DisplayData(d) => {
-                let display_id = d.transient.and_then(|t| t.display_id);
-                buffer.rich(
-                    now,
-                    Output::DisplayData {
-                        data: media_map(&d.data),
-                        metadata: d.metadata,
-                        display_id,
-                    },
-                    &mut events,
-                );
-            }
-            JupyterMessageContent::ExecuteResult(r) => {
-                let execution_count = u64::try_from(r.execution_count.value()).unwrap_or(0);
-                buffer.rich(
-                    now,
-                    Output::ExecuteResult {
-                        execution_count,
-                        data: media_map(&r.data),
-                        metadata: r.metadata,
-                    },
-                    &mut events,
-                );
-            }
-            JupyterMessageContent::ErrorOutput(e) => {
-                buffer.rich(
-                    now,
-                    Output::Error {
-                        ename: e.ename,
-                        evalue: e.evalue,
-                        traceback: e.traceback,
-                    },
-                    &mut events,
-                );
-            }
-            JupyterMessageContent::UpdateDisplayData(u) => {
-                if let Some(id) = u.transient.display_id {
-                    buffer.update_display(now, id, media_map(&u.data), u.metadata, &mut events);
-                }
-            }
-            JupyterMessageContent::ClearOutput(c) => buffer.clear(now, c.wait, &mut events),
-            _ => {}
+        match output {
+            IopubOutput::Stream { name, text } => buffer.stream(now, name, &text, &mut events),
+            IopubOutput::Rich(output) => buffer.rich(now, output, &mut events),
+            IopubOutput::Update {
+                display_id,
+                data,
+                metadata,
+            } => buffer.update_display(now, display_id, data, metadata, &mut events),
+            IopubOutput::Clear { wait } => buffer.clear(now, wait, &mut events),
         }
         for e in events {
             self.emit(e);
@@ -993,22 +650,7 @@ impl Actor {
                 self.begin_stop(StopCause::Timeout).await;
             }
             Some((cause, escalate_at)) if escalate_at <= now => {
-                tracing::warn!(execution = %running.pending.id, ?cause, "kernel ignored the interrupt; restarting it");
-                let label = if cause == StopCause::Timeout {
-                    "timeout"
-                } else {
-                    "interrupt"
-                };
-                metrics::counter!("middleman_kernel_restarts_total", "cause" => label).increment(1);
-                let reason = format!(
-                    "the code did not stop within {} s of the interrupt, so the kernel was restarted",
-                    self.settings.interrupt_grace.as_secs_f64()
-                );
-                self.stop_kernel();
-                self.finish_current(ExecutionStatus::KernelDied, Some(reason.clone()));
-                self.abort_queue(&reason);
-                self.set_state(KernelState::Restarting, Some(reason));
-                self.start_kernel().await;
+                self.restart(Restart::Unresponsive(cause)).await;
             }
             _ => {}
         }
@@ -1069,37 +711,9 @@ fn summary(p: &Pending, running: bool) -> ExecutionSummary {
     }
 }
 
-fn media_map(media: &jupyter_protocol::Media) -> serde_json::Map<String, serde_json::Value> {
-    match serde_json::to_value(media) {
-        Ok(serde_json::Value::Object(m)) => m,
-        _ => serde_json::Map::new(),
-    }
-}
-
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
-    }
-}
-
-pub(crate) fn status_label(s: ExecutionStatus) -> &'static str {
-    match s {
-        ExecutionStatus::Ok => "ok",
-        ExecutionStatus::Error => "error",
-        ExecutionStatus::Aborted => "aborted",
-        ExecutionStatus::Interrupted => "interrupted",
-        ExecutionStatus::TimedOut => "timed_out",
-        ExecutionStatus::KernelDied => "kernel_died",
-    }
-}
-
-fn state_label(s: KernelState) -> &'static str {
-    match s {
-        KernelState::Starting => "starting",
-        KernelState::Idle => "idle",
-        KernelState::Busy => "busy",
-        KernelState::Restarting => "restarting",
-        KernelState::Dead => "dead",
     }
 }

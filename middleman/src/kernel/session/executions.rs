@@ -1,0 +1,191 @@
+//! The execution queue: sending the next execution to the kernel, stopping the running one
+//! (interrupt or time limit), and ending it with its outputs flushed and its status resolved
+//! (status.rs), aborting what waited behind it when it must.
+
+use std::time::Instant;
+
+use jupyter_protocol::{ExecuteRequest, InterruptRequest, JupyterMessage};
+use nix::sys::signal::Signal;
+
+use super::lifecycle::Restart;
+use super::status::{self, StopCause, status_label};
+use super::{Actor, Pending, Phase, Running};
+use crate::output::OutputBuffer;
+use crate::protocol::{ExecutionStatus, InputOutcome, KernelState, ServerEvent};
+
+/// Output buffers kept for executions that finished, so late output (a background thread
+/// printing after the cell ended) still lands on the right execution, within its cap.
+const RECENT_OUTPUTS: usize = 32;
+
+impl Actor {
+    pub(super) async fn start_next(&mut self) {
+        if self.current.is_some() || self.state == KernelState::Dead {
+            return;
+        }
+        let Phase::Ready { sockets, .. } = &mut self.phase else {
+            return;
+        };
+        let Some(pending) = self.queue.pop_front() else {
+            return;
+        };
+        let mut request = ExecuteRequest::new(pending.code.clone());
+        request.allow_stdin = true;
+        // We keep our own queue and send one request at a time, so the kernel never aborts on
+        // our behalf.
+        request.stop_on_error = false;
+        let message: JupyterMessage = request.into();
+        let msg_id = message.header.msg_id.clone();
+        if let Err(error) = sockets.shell.send(message).await {
+            tracing::error!(%error, "could not send execute_request");
+            self.queue.push_front(pending);
+            Box::pin(self.restart(Restart::Lost {
+                cause: "socket",
+                reason: format!("the kernel connection failed: {error}"),
+            }))
+            .await;
+            return;
+        }
+        let now = Instant::now();
+        self.remember_output(
+            msg_id.clone(),
+            OutputBuffer::new(
+                pending.id.clone(),
+                self.settings.max_output_bytes,
+                self.settings.stream_flush_interval,
+            ),
+        );
+        self.emit(ServerEvent::ExecutionStarted {
+            execution_id: pending.id.clone(),
+        });
+        self.current = Some(Running {
+            pending,
+            msg_id,
+            started: now,
+            deadline: now + self.settings.execution_timeout,
+            reply: None,
+            reply_at: None,
+            idle: false,
+            stopping: None,
+            input: None,
+        });
+        self.publish_queue();
+        self.set_state(KernelState::Busy, None);
+    }
+
+    pub(super) fn remember_output(&mut self, msg_id: String, buffer: OutputBuffer) {
+        self.outputs.insert(msg_id.clone(), buffer);
+        self.output_order.push_back(msg_id);
+        while self.output_order.len() > RECENT_OUTPUTS {
+            if let Some(old) = self.output_order.pop_front() {
+                self.outputs.remove(&old);
+            }
+        }
+    }
+
+    /// Interrupts the running execution; escalation to a kill happens in [`Self::on_timer`].
+    pub(super) async fn begin_stop(&mut self, cause: StopCause) {
+        let grace = self.settings.interrupt_grace;
+        let by_message = self.settings.spec.interrupt_by_message();
+        let Some(running) = self.current.as_mut() else {
+            return;
+        };
+        if running.stopping.is_some() {
+            return;
+        }
+        running.stopping = Some((cause, Instant::now() + grace));
+        let cancelled = running.input.take().map(|_| running.pending.id.clone());
+        match &mut self.phase {
+            Phase::Ready { sockets, .. } if by_message => {
+                if let Err(error) = sockets.control.send(InterruptRequest {}.into()).await {
+                    tracing::warn!(%error, "could not send interrupt_request");
+                }
+            }
+            Phase::Ready { .. } | Phase::Starting { .. } => {
+                self.launcher.signal(self.generation, Signal::SIGINT)
+            }
+            Phase::Down => {}
+        }
+        if let Some(execution_id) = cancelled {
+            self.emit(ServerEvent::InputResolved {
+                execution_id,
+                outcome: InputOutcome::Cancelled,
+                by: None,
+            });
+        }
+    }
+
+    pub(super) fn abort_queue(&mut self, reason: &str) {
+        let aborted: Vec<Pending> = self.queue.drain(..).collect();
+        for p in aborted {
+            metrics::counter!("middleman_executions_total", "status" => "aborted").increment(1);
+            self.emit(ServerEvent::ExecutionFinished {
+                execution_id: p.id,
+                status: ExecutionStatus::Aborted,
+                execution_count: None,
+                duration_ms: 0,
+                reason: Some(reason.to_owned()),
+            });
+        }
+        self.publish_queue();
+    }
+
+    /// Ends the running execution with `status` (overridden by an interrupt or timeout in
+    /// progress), flushing its output first.
+    pub(super) fn finish_current(&mut self, status: ExecutionStatus, reason: Option<String>) {
+        let Some(running) = self.current.take() else {
+            return;
+        };
+        let mut events = Vec::new();
+        if let Some(buffer) = self.outputs.get_mut(&running.msg_id) {
+            buffer.flush(Instant::now(), &mut events);
+            metrics::counter!("middleman_output_bytes_total").increment(buffer.used());
+        }
+        for e in events {
+            self.emit(e);
+        }
+        if running.input.is_some() {
+            self.emit(ServerEvent::InputResolved {
+                execution_id: running.pending.id.clone(),
+                outcome: InputOutcome::Cancelled,
+                by: None,
+            });
+        }
+        let (status, reason) = status::resolve(
+            running.stopping.map(|(cause, _)| cause),
+            status,
+            reason,
+            self.settings.execution_timeout,
+        );
+        let elapsed = running.started.elapsed();
+        metrics::counter!("middleman_executions_total", "status" => status_label(status))
+            .increment(1);
+        metrics::histogram!("middleman_execution_duration_seconds").record(elapsed.as_secs_f64());
+        self.emit(ServerEvent::ExecutionFinished {
+            execution_id: running.pending.id.clone(),
+            status,
+            execution_count: running.reply.map(|(_, c)| c),
+            duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            reason,
+        });
+        if status::stops_the_queue(status, running.pending.stop_on_error) {
+            self.abort_queue(&format!(
+                "an earlier execution ended: {}",
+                status_label(status)
+            ));
+        }
+        self.publish_queue();
+    }
+
+    pub(super) async fn maybe_finish(&mut self) {
+        let Some(running) = &self.current else { return };
+        let (Some((status, _)), true) = (&running.reply, running.idle) else {
+            return;
+        };
+        let status = status::from_reply(status);
+        self.finish_current(status, None);
+        if self.queue.is_empty() && matches!(self.phase, Phase::Ready { .. }) {
+            self.set_state(KernelState::Idle, None);
+        }
+        self.start_next().await;
+    }
+}

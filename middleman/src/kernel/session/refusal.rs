@@ -1,0 +1,32 @@
+//! Why the kernel session refused a command.
+
+use crate::protocol::ErrorCode;
+
+/// A command the session did not carry out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionRefusal {
+    /// The kernel is dead (it kept dying, or cannot be started here).
+    #[error("the kernel is dead; restart it first")]
+    KernelDead,
+    /// `queued` executions already wait.
+    #[error("{queued} executions are already queued")]
+    QueueFull { queued: usize },
+    /// No prompt of that execution is waiting for an answer.
+    #[error("no prompt is pending for {execution_id}")]
+    NoPendingInput { execution_id: String },
+    /// The session is shutting down.
+    #[error("the session is shutting down")]
+    ShuttingDown,
+}
+
+impl SessionRefusal {
+    /// The protocol's code for it.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            SessionRefusal::KernelDead => ErrorCode::KernelDead,
+            SessionRefusal::QueueFull { .. } => ErrorCode::QueueFull,
+            SessionRefusal::NoPendingInput { .. } => ErrorCode::NoPendingInput,
+            SessionRefusal::ShuttingDown => ErrorCode::Unavailable,
+        }
+    }
+}
