@@ -285,22 +285,8 @@ impl Drop for KernelCgroup {
 /// Removes `nbplat-<pid>-*` cgroups of agents that no longer run (rmdir only succeeds on an
 /// empty cgroup, which is the check we want).
 fn sweep(parent: &Path) {
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(PREFIX))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
-            let _ = std::fs::remove_dir(entry.path());
-        }
+    for (path, _) in crate::stale::of_dead_processes(parent, PREFIX) {
+        let _ = std::fs::remove_dir(path);
     }
 }
 

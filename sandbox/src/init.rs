@@ -84,14 +84,37 @@ pub fn main() -> i32 {
     drop(stdin);
     match run(&policy) {
         Ok(code) => code,
-        Err(reason) => {
-            say(&InitReport::Failed { reason });
+        Err(error) => {
+            say(&InitReport::Failed {
+                reason: error.to_string(),
+            });
             1
         }
     }
 }
 
-fn run(policy: &JailPolicy) -> Result<i32, String> {
+/// Why a jail could not be set up or its kernel started.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("new namespaces: {0}")]
+    Namespaces(#[source] nix::Error),
+    #[error("host name: {0}")]
+    Hostname(#[source] nix::Error),
+    #[error("jail filesystem: {0}")]
+    Filesystem(#[from] crate::jail_fs::JailFsError),
+    #[error("empty command line")]
+    EmptyArgv,
+    #[error("cannot start {program:?}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("waitpid: {0}")]
+    Wait(#[source] nix::Error),
+}
+
+fn run(policy: &JailPolicy) -> Result<i32, InitError> {
     let mut applied = Applied {
         namespaces: policy.namespaces,
         ..Applied::default()
@@ -111,9 +134,9 @@ fn run(policy: &JailPolicy) -> Result<i32, String> {
                 | CloneFlags::CLONE_NEWUTS
                 | CloneFlags::CLONE_NEWCGROUP,
         )
-        .map_err(|e| format!("new namespaces: {e}"))?;
-        nix::unistd::sethostname(&policy.hostname).map_err(|e| format!("hostname: {e}"))?;
-        crate::jail_fs::enter(policy).map_err(|e| format!("jail filesystem: {e}"))?;
+        .map_err(InitError::Namespaces)?;
+        nix::unistd::sethostname(&policy.hostname).map_err(InitError::Hostname)?;
+        crate::jail_fs::enter(policy)?;
     } else if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         failed("subreaper", &e);
     }
@@ -174,7 +197,7 @@ fn run(policy: &JailPolicy) -> Result<i32, String> {
     applied.failures = failures;
 
     let Some((program, args)) = policy.argv.split_first() else {
-        return Err("empty command line".into());
+        return Err(InitError::EmptyArgv);
     };
     let mut command = Command::new(program);
     command
@@ -187,10 +210,12 @@ fn run(policy: &JailPolicy) -> Result<i32, String> {
     if switch {
         command.uid(target).gid(target);
     }
-    let child = command
-        .spawn()
-        .map_err(|e| format!("cannot start {program:?}: {e}"))?;
-    let kernel = Pid::from_raw(i32::try_from(child.id()).map_err(|e| e.to_string())?);
+    let child = command.spawn().map_err(|source| InitError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    // A pid always fits an i32 (pid_max is at most 2^22).
+    let kernel = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     // Signals meant for the kernel's process group (interrupts) must not end init. Blocked
     // only now: a child inherits its parent's mask, and the kernel must start without one. (As
     // PID 1 of its namespace init ignores them anyway; without namespaces it is not PID 1.)
@@ -220,7 +245,7 @@ fn run(policy: &JailPolicy) -> Result<i32, String> {
             }
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(format!("waitpid: {e}")),
+            Err(e) => return Err(InitError::Wait(e)),
         }
     }
 }

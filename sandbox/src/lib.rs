@@ -22,6 +22,7 @@ pub mod privileges;
 pub mod rules;
 pub mod seccomp;
 pub mod selftest;
+pub mod stale;
 pub mod workspace;
 
 pub use agent::client::{Agent, AgentError, AgentEvent, AgentTarget};

@@ -87,15 +87,31 @@ fn chown(path: &Path, owner: Option<u32>) {
     }
 }
 
-fn loop_mount(workspace: &Path, image: &Path, bytes: u64, uid: u32) -> Result<(), String> {
+/// Why the loop-mounted image could not be made or mounted.
+#[derive(Debug, thiserror::Error)]
+enum ImageError {
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program}: {detail}")]
+    Tool { program: String, detail: String },
+}
+
+fn loop_mount(workspace: &Path, image: &Path, bytes: u64, uid: u32) -> Result<(), ImageError> {
+    let file_error = |source| ImageError::File {
+        path: image.to_owned(),
+        source,
+    };
     if !image.exists() {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(image)
-            .map_err(|e| format!("{}: {e}", image.display()))?;
-        file.set_len(bytes)
-            .map_err(|e| format!("{}: {e}", image.display()))?;
+            .map_err(file_error)?;
+        file.set_len(bytes).map_err(file_error)?;
         drop(file);
         run(Command::new(tool("mkfs.ext4"))
             .args(["-q", "-F", "-m", "0", "-O", "^has_journal", "-E"])
@@ -125,20 +141,23 @@ fn tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-fn run(command: &mut Command) -> Result<(), String> {
+fn run(command: &mut Command) -> Result<(), ImageError> {
+    let program = command.get_program().to_string_lossy().into_owned();
     let out = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
-        .map_err(|e| format!("{:?}: {e}", command.get_program()))?;
+        .map_err(|e| ImageError::Tool {
+            program: program.clone(),
+            detail: e.to_string(),
+        })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "{:?} failed: {}",
-            command.get_program(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(ImageError::Tool {
+            program,
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 }

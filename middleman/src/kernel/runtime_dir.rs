@@ -58,30 +58,16 @@ impl Drop for RuntimeDir {
 /// Removes `mm-<pid>-*` directories whose process no longer exists. Symlinks are never followed:
 /// only real directories we could have made are touched.
 fn sweep_stale(root: &Path) {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(PREFIX))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
+    for (path, pid) in kernel_sandbox::stale::of_dead_processes(root, PREFIX) {
+        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
             continue;
-        };
-        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-        if pid != std::process::id() && is_dir && !Path::new("/proc").join(pid.to_string()).exists()
-        {
-            let path = entry.path();
-            match std::fs::remove_dir_all(&path) {
-                Ok(()) => {
-                    tracing::info!(path = %path.display(), pid, "removed stale runtime directory of a dead middleman")
-                }
-                Err(error) => {
-                    tracing::warn!(path = %path.display(), %error, "could not remove stale runtime directory")
-                }
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), pid, "removed stale runtime directory of a dead middleman")
+            }
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "could not remove stale runtime directory")
             }
         }
     }

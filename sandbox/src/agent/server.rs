@@ -110,6 +110,41 @@ pub struct AgentArgs {
     pub hostname: String,
 }
 
+/// Why the agent could not set itself up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("private mount namespace: {0}")]
+    MountNamespace(#[source] nix::Error),
+    #[error("{path}: {source}")]
+    Directory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a generation could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cgroup: {0}")]
+    Cgroup(#[source] std::io::Error),
+    #[error("cannot start the jail: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("cannot hand the jail its policy: {0}")]
+    Policy(#[source] std::io::Error),
+    #[error("bad connection file name {0:?}")]
+    ConnectionFileName(String),
+    #[error("{path}: {source}")]
+    ConnectionFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The jail's init said why, or ended without a word (its stderr's last line).
+    #[error("{0}")]
+    Jail(String),
+}
+
 /// What every generation shares.
 #[derive(Debug)]
 struct Context {
@@ -149,14 +184,14 @@ pub fn main(args: AgentArgs) -> i32 {
 
 /// What holds for kernels started with `args` on this host: the same preparation and self-test
 /// as an agent's start.
-pub fn check(args: &AgentArgs) -> Result<Report, String> {
+pub fn check(args: &AgentArgs) -> Result<Report, SetupError> {
     let context = prepare(args)?;
     let _ = std::fs::remove_dir(&context.template.root_dir);
     Ok(context.report)
 }
 
 /// Everything before the first connection: mount namespace, workspace, cgroups, self-test.
-fn prepare(args: &AgentArgs) -> Result<Context, String> {
+fn prepare(args: &AgentArgs) -> Result<Context, SetupError> {
     let root = nix::unistd::geteuid().is_root();
     let namespaces = match args.namespaces {
         Namespaces::On => true,
@@ -170,7 +205,7 @@ fn prepare(args: &AgentArgs) -> Result<Context, String> {
         // Mounts made from here on (the workspace's filesystem) are the agent's alone and end
         // with its last process.
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
-            .map_err(|e| format!("private mount namespace: {e}"))?;
+            .map_err(SetupError::MountNamespace)?;
         nix::mount::mount(
             None::<&str>,
             "/",
@@ -178,7 +213,7 @@ fn prepare(args: &AgentArgs) -> Result<Context, String> {
             nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
             None::<&str>,
         )
-        .map_err(|e| format!("private mounts: {e}"))?;
+        .map_err(SetupError::MountNamespace)?;
         let quota = crate::workspace::prepare(
             &args.workspace,
             args.workspace_image.as_deref(),
@@ -187,8 +222,10 @@ fn prepare(args: &AgentArgs) -> Result<Context, String> {
         );
         workspace_quota = (quota.holds(), quota.describe());
     } else {
-        std::fs::create_dir_all(&args.workspace)
-            .map_err(|e| format!("{}: {e}", args.workspace.display()))?;
+        std::fs::create_dir_all(&args.workspace).map_err(|source| SetupError::Directory {
+            path: args.workspace.clone(),
+            source,
+        })?;
         if args.container && quota_bytes > 0 {
             workspace_quota = (
                 true,
@@ -215,7 +252,10 @@ fn prepare(args: &AgentArgs) -> Result<Context, String> {
             .recursive(true)
             .mode(0o700)
             .create(&jail_root)
-            .map_err(|e| format!("{}: {e}", jail_root.display()))?;
+            .map_err(|source| SetupError::Directory {
+                path: jail_root.clone(),
+                source,
+            })?;
     }
     let cgroups = (root && !args.container).then(CgroupRoot::detect).flatten();
     let limits = Limits {
@@ -369,11 +409,11 @@ fn start(
     generation: u64,
     policy: &JailPolicy,
     events: mpsc::UnboundedSender<Event>,
-) -> Result<Running, String> {
+) -> Result<Running, StartError> {
     let cgroup = match &context.cgroups {
         Some(root) => Some(Arc::new(
             root.create(&format!("g{generation}"), context.limits)
-                .map_err(|e| format!("cgroup: {e}"))?,
+                .map_err(StartError::Cgroup)?,
         )),
         None => None,
     };
@@ -395,30 +435,33 @@ fn start(
             .spawn()
     })
     .join()
-    .map_err(|_| "the spawning thread panicked".to_owned())?
-    .map_err(|e| format!("cannot start the jail: {e}"))?;
+    .map_err(|_| StartError::Spawn(std::io::Error::other("the spawning thread panicked")))?
+    .map_err(StartError::Spawn)?;
     let mut child = spawned;
     let pid = child.id();
-    let pgid = i32::try_from(pid).map_err(|e| e.to_string())?;
+    // A pid always fits an i32 (pid_max is at most 2^22).
+    let pgid = i32::try_from(pid).unwrap_or(i32::MAX);
     if let Some(cg) = &cgroup
         && let Err(e) = cg.add(pid)
     {
         let _ = child.kill();
         let _ = child.wait();
-        return Err(format!("cannot put the jail in its cgroup: {e}"));
+        return Err(StartError::Cgroup(e));
     }
     let (Some(mut stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
-        return Err("the jail's pipes are missing".into());
+        return Err(StartError::Spawn(std::io::Error::other(
+            "the jail's pipes are missing",
+        )));
     };
     // Only now may init go on: it is in its cgroup before it can start anything.
-    let mut line = serde_json::to_vec(policy).map_err(|e| e.to_string())?;
+    let mut line = serde_json::to_vec(policy).map_err(|e| StartError::Policy(e.into()))?;
     line.push(b'\n');
     stdin
         .write_all(&line)
         .and_then(|()| stdin.flush())
-        .map_err(|e| format!("cannot hand the jail its policy: {e}"))?;
+        .map_err(StartError::Policy)?;
     let tail = Arc::new(Mutex::new(String::new()));
     let tail_writer = tail.clone();
     let stderr_thread = std::thread::spawn(move || drain(stderr, &tail_writer));
@@ -434,7 +477,7 @@ fn start(
                 Some(InitReport::Failed { reason }) => reason,
                 _ => last_line(&tail).unwrap_or_else(|| "the jail ended at once".into()),
             };
-            return Err(reason);
+            return Err(StartError::Jail(reason));
         }
     };
     let memory_limit_mib =
@@ -703,8 +746,11 @@ async fn handle(
             if let Some(old) = running.remove(&generation) {
                 kill(&old, context.container);
             }
-            if let Err(reason) = write_connection_file(context, &connection_file, &connection) {
-                return vec![Event::StartFailed { generation, reason }];
+            if let Err(error) = write_connection_file(context, &connection_file, &connection) {
+                return vec![Event::StartFailed {
+                    generation,
+                    reason: error.to_string(),
+                }];
             }
             let policy = policy_for(context, argv, env);
             let (ctx, tx) = (context.clone(), events.clone());
@@ -715,7 +761,10 @@ async fn handle(
                     running.insert(generation, r);
                     vec![Event::Started { generation }]
                 }
-                Ok(Err(reason)) => vec![Event::StartFailed { generation, reason }],
+                Ok(Err(error)) => vec![Event::StartFailed {
+                    generation,
+                    reason: error.to_string(),
+                }],
                 Err(e) => vec![Event::StartFailed {
                     generation,
                     reason: e.to_string(),
@@ -743,10 +792,14 @@ async fn handle(
 }
 
 /// Writes the connection file where the kernel reads it, owned by the kernel's user.
-fn write_connection_file(context: &Context, name: &str, content: &str) -> Result<(), String> {
+fn write_connection_file(context: &Context, name: &str, content: &str) -> Result<(), StartError> {
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
-        return Err(format!("bad connection file name {name:?}"));
+        return Err(StartError::ConnectionFileName(name.to_owned()));
     }
+    let file_error = |path: &Path| {
+        let path = path.to_owned();
+        move |source| StartError::ConnectionFile { path, source }
+    };
     let path = context.template.ipc_dir.join(name);
     let _ = std::fs::remove_file(&path);
     {
@@ -756,13 +809,11 @@ fn write_connection_file(context: &Context, name: &str, content: &str) -> Result
             .create_new(true)
             .mode(0o400)
             .open(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        f.write_all(content.as_bytes())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(file_error(&path))?;
+        f.write_all(content.as_bytes()).map_err(file_error(&path))?;
     }
     if let Some(uid) = context.template.uid.filter(|u| *u != 0) {
-        std::os::unix::fs::chown(&path, Some(uid), Some(uid))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        std::os::unix::fs::chown(&path, Some(uid), Some(uid)).map_err(file_error(&path))?;
     }
     Ok(())
 }
