@@ -265,6 +265,8 @@ refused "ephemeral-storage limits" '[{"op":"remove","path":"/spec/containers/0/r
   fail "a kernel pod without an ephemeral-storage limit was admitted"
 refused 'violates PodSecurity "restricted' '[{"op":"remove","path":"/spec/containers/0/securityContext/capabilities"}]' ||
   fail "a kernel pod keeping its capabilities was admitted"
+refused "process namespace" '[{"op":"add","path":"/spec/shareProcessNamespace","value":true}]' ||
+  fail "a kernel pod sharing one process namespace (the kernel would see Middleman) was admitted"
 step "Watchman's RBAC: exactly pods and leases; a kernel pod created, run on a spot node and deleted as Watchman; non-conforming kernel pods refused"
 
 # --- 3. CRDs, then every other kustomization by server dry run --------------------------------
