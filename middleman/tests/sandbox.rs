@@ -239,6 +239,20 @@ try:
 except OSError:
     report("listen on a port", None)
 report("host name", socket.gethostname() != 'kernel' and socket.gethostname())
+# Socket files in the ipc directory (the only thing Landlock lets it make there) are bounded.
+made = []
+try:
+    for i in range(2000):
+        p = f'/run/nbplat/ipc/flood-{{i}}'
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(p)
+        s.close()
+        made.append(p)
+    report("socket files in the ipc directory", f"made {{len(made)}}")
+except OSError:
+    report("socket files in the ipc directory", None)
+for p in made:
+    os.remove(p)
 # A private /tmp; the workspace is its own.
 report("private tmp", write('/tmp/{marker}', b'x') is None and "cannot write its own /tmp")
 report("home", write(os.path.expanduser('~/{marker}'), b'x') is None and "cannot write its home")

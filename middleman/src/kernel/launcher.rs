@@ -99,16 +99,27 @@ impl Launcher {
         }
     }
 
-    /// A short path to the ipc directory (see [`Launcher::ipc`]).
-    fn ipc_path(&mut self) -> Result<PathBuf, LaunchError> {
+    /// A short path to the ipc directory (see [`Launcher::ipc`]). An agent this Middleman
+    /// started gives the directory a filesystem of its own in its mount namespace, so it is
+    /// opened through the agent's root.
+    fn ipc_path(&mut self, agent_pid: Option<u32>) -> Result<PathBuf, LaunchError> {
         use std::os::fd::AsRawFd as _;
         if self.ipc.is_none() {
-            let dir = std::fs::File::open(&self.settings.ipc_dir).map_err(|source| {
-                LaunchError::IpcDir {
+            let through_agent = agent_pid.map(|pid| {
+                PathBuf::from(format!("/proc/{pid}/root")).join(
+                    self.settings
+                        .ipc_dir
+                        .strip_prefix("/")
+                        .unwrap_or(&self.settings.ipc_dir),
+                )
+            });
+            let dir = through_agent
+                .and_then(|p| std::fs::File::open(p).ok())
+                .map_or_else(|| std::fs::File::open(&self.settings.ipc_dir), Ok)
+                .map_err(|source| LaunchError::IpcDir {
                     path: self.settings.ipc_dir.clone(),
                     source,
-                }
-            })?;
+                })?;
             self.ipc = Some(dir);
         }
         Ok(self
@@ -138,9 +149,11 @@ impl Launcher {
         })
     }
 
-    /// Forgets the agent after its connection ended; the next launch opens a new one.
+    /// Forgets the agent after its connection ended; the next launch opens a new one (with a
+    /// new ipc filesystem).
     pub(crate) fn agent_gone(&mut self) {
         self.agent = None;
+        self.ipc = None;
     }
 
     /// Asks the agent to start `generation` of `spec`'s kernel. The outcome arrives as an
@@ -150,7 +163,8 @@ impl Launcher {
         spec: &KernelSpec,
         generation: u64,
     ) -> Result<Launched, LaunchError> {
-        let ipc_host = self.ipc_path()?;
+        let agent_pid = self.agent().await?.pid();
+        let ipc_host = self.ipc_path(agent_pid)?;
         let agent = self.agent().await?;
         let ipc_kernel = PathBuf::from(&agent.ipc_dir);
         // Each generation gets fresh socket paths, so a dying kernel's sockets never collide

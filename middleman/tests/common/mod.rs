@@ -217,6 +217,9 @@ pub struct Client {
     /// The highest `seq` received.
     pub last_seq: u64,
     next_request: u64,
+    /// Frames read past while waiting for an `execution_queued` acknowledgement (an earlier
+    /// execution's output can come before it); [`Client::next`] hands them out first.
+    backlog: std::collections::VecDeque<ServerFrame>,
 }
 
 impl Client {
@@ -240,6 +243,7 @@ impl Client {
             yjs: Vec::new(),
             last_seq: 0,
             next_request: 0,
+            backlog: Default::default(),
         };
         c.welcome = c.next().await.event;
         assert!(
@@ -263,6 +267,14 @@ impl Client {
 
     /// The next protocol frame (panics on close or after [`WAIT`]).
     pub async fn next(&mut self) -> ServerFrame {
+        match self.backlog.pop_front() {
+            Some(frame) => frame,
+            None => self.read_frame().await,
+        }
+    }
+
+    /// Reads the next JSON frame from the socket (Yjs frames go to `self.yjs`).
+    async fn read_frame(&mut self) -> ServerFrame {
         loop {
             let msg = tokio::time::timeout(WAIT, self.ws.next())
                 .await
@@ -289,6 +301,9 @@ impl Client {
 
     /// Reads one message of any kind: true if it was a Yjs frame (now in `self.yjs`).
     pub async fn pump(&mut self) -> Option<ServerEvent> {
+        if let Some(frame) = self.backlog.pop_front() {
+            return Some(frame.event);
+        }
         let msg = tokio::time::timeout(WAIT, self.ws.next())
             .await
             .expect("timed out waiting for a frame")
@@ -340,16 +355,23 @@ impl Client {
         self.next_request += 1;
         let rid = format!("r{}", self.next_request);
         self.send(&make(rid.clone())).await;
-        let events = self
-            .until(|e| {
-                matches!(e, ServerEvent::ExecutionQueued { request_id: Some(r), .. } if *r == rid)
-                    || matches!(e, ServerEvent::Error { .. })
-            })
-            .await;
-        match events.last() {
-            Some(ServerEvent::ExecutionQueued { execution, .. }) => execution.id.clone(),
-            other => panic!("execution refused: {other:?}"),
-        }
+        // Read from the wire only: what was read past (an earlier execution's output, say) is
+        // kept for the caller's next read rather than lost.
+        let mut skipped = Vec::new();
+        let id = loop {
+            let frame = self.read_frame().await;
+            match &frame.event {
+                ServerEvent::ExecutionQueued {
+                    request_id: Some(r),
+                    execution,
+                    ..
+                } if *r == rid => break execution.id.clone(),
+                ServerEvent::Error { .. } => panic!("execution refused: {:?}", frame.event),
+                _ => skipped.push(frame),
+            }
+        };
+        self.backlog.extend(skipped);
+        id
     }
 
     /// Sets a cell's source through the JSON protocol and waits until it is applied (the next

@@ -150,6 +150,12 @@ impl Agent {
         })
     }
 
+    /// The agent's process id, when this Middleman started it (its mount namespace holds the
+    /// ipc directory's own filesystem, reached through `/proc/<pid>/root`).
+    pub fn pid(&self) -> Option<u32> {
+        self._child.as_ref().and_then(tokio::process::Child::id)
+    }
+
     /// Sends a request (in order with every earlier one).
     pub fn send(&self, request: Request) -> Result<(), AgentError> {
         self.requests

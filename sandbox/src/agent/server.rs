@@ -221,6 +221,22 @@ fn prepare(args: &AgentArgs) -> Result<Context, SetupError> {
             owner,
         );
         workspace_quota = (quota.holds(), quota.describe());
+        // The kernel may create sockets in the ipc directory (Landlock allows nothing else
+        // there), and each leaves an inode: a small tmpfs of the agent's own bounds how many.
+        // Middleman reaches it through /proc/<agent>/root.
+        let uid = owner.unwrap_or(0);
+        let options = format!("size=1m,nr_inodes=512,mode=0700,uid={uid},gid={uid}");
+        if let Err(e) = nix::mount::mount(
+            Some("tmpfs"),
+            &args.ipc_dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOEXEC,
+            Some(options.as_str()),
+        ) {
+            tracing::warn!(error = %e, "the ipc directory keeps the host's filesystem (no tmpfs)");
+        }
     } else {
         std::fs::create_dir_all(&args.workspace).map_err(|source| SetupError::Directory {
             path: args.workspace.clone(),
