@@ -3,6 +3,8 @@
 //! kernel under a uid of its own, and forced uid-0 operation (uid 0 without any privilege).
 //! And what people do all day still works inside: plots, frames, `input()`, interrupts,
 //! restarts, files in the workspace, and the memory, disk and process limits say so when hit.
+//!
+//! One file over 500 lines: the attack battery is one list, run against one set-up in both modes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

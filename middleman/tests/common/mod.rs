@@ -1,5 +1,7 @@
 //! Test fixtures: a real Middleman on 127.0.0.1:0 with a real ipykernel, and a WebSocket client
 //! speaking the protocol types.
+//!
+//! One file over 500 lines: every test crate includes it as its one `common` module.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod ypeer;

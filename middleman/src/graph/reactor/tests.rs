@@ -3,6 +3,8 @@
 //! hub's part: it applies the decided states, marks a decided run queued (as the kernel's
 //! `execution_queued` would), and sets a finished cell idle or error before the reactor
 //! hears of it (as the execution mirror does).
+//!
+//! One file over 500 lines: the table is read as one list of rules against one harness.
 
 use super::*;
 use crate::graph::{CellAnalysis, analyse};
