@@ -61,6 +61,8 @@ if [ "$(cat "$node_stamp" 2>/dev/null)" != "$node_want" ]; then
   (cd "$NBP_CACHE/node" && npm install --silent --no-audit --no-fund >/dev/null)
   echo "$node_want" >"$node_stamp"
 fi
+# Real public notebooks for the document tests (scripts/fetch-corpus.sh).
+bash "$here/fetch-corpus.sh"
 # The web client's toolchain and the browser tests' driver (web/package-lock.json, npm ci).
 bash "$here/build-web.sh" --deps
 # Operator tooling (promtool, kustomize, the load runner's packages).

@@ -23,7 +23,8 @@ pub enum Output {
         display_id: Option<String>,
     },
     ExecuteResult {
-        execution_count: u64,
+        /// Null in notebooks saved without one (nbformat allows it).
+        execution_count: Option<u64>,
         #[cfg_attr(feature = "ts", ts(type = "MimeBundle"))]
         data: Map<String, Value>,
         #[serde(default)]
@@ -34,6 +35,13 @@ pub enum Output {
         ename: String,
         evalue: String,
         traceback: Vec<String>,
+    },
+    /// An output of an imported notebook that the document does not model (an output type of
+    /// a newer nbformat, a stream other than stdout and stderr): kept as it was and written back
+    /// on export; clients need not render it.
+    Unknown {
+        #[cfg_attr(feature = "ts", ts(type = "Record<string, unknown>"))]
+        output: Map<String, Value>,
     },
 }
 

@@ -251,6 +251,7 @@ fn output_size(output: &Output) -> usize {
             evalue,
             traceback,
         } => ename.len() + evalue.len() + traceback.iter().map(|t| t.len() + 4).sum::<usize>(),
+        Output::Unknown { output } => map_size(output),
     }
 }
 

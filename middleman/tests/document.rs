@@ -70,7 +70,7 @@ async fn exported_notebooks_pass_nbformat_and_reimport_identically() {
     // The official validator, from the pinned environment.
     assert_eq!(nbformat_validate(&path), "4 5 4");
 
-    let back = ipynb::import(&exported).unwrap();
+    let back = ipynb::import(&exported, &kernel()).unwrap().notebook;
     let strip = |nb: &Notebook| {
         nb.cells()
             .into_iter()
@@ -362,4 +362,86 @@ async fn a_killed_middleman_restores_its_document_from_redis() {
     assert_eq!(back.snapshot().cells, cells, "restored as it was");
     drop(second);
     keys.stop().await;
+}
+
+/// Over HTTP: what the document does not model comes back on export, the import says what it
+/// changed, and every refusal (the size limit included) is the JSON error shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imports_keep_what_they_do_not_model_and_refuse_in_json() {
+    let server = TestServer::start(&["--max-import-bytes", "4096"]).await;
+    let editor = format!("Bearer {}", server.token("ada", Role::Editor));
+    let original = serde_json::json!({
+        "nbformat": 4, "nbformat_minor": 5,
+        "metadata": {
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+            "language_info": {"name": "python", "version": "3.11.4"},
+            "papermill": {"parameters": {"alpha": 0.6}}
+        },
+        "cells": [
+            {"id": "params", "cell_type": "code", "metadata": {"tags": ["parameters"]},
+             "execution_count": null, "source": "alpha = 0.5",
+             "outputs": [{"output_type": "execute_result", "execution_count": null, "metadata": {},
+                          "data": {"text/plain": "0.5"}}]},
+            {"id": "pic", "cell_type": "markdown", "metadata": {},
+             "attachments": {"dot.png": {"image/png": "iVBORw0KGgo="}}, "source": "![dot](attachment:dot.png)"},
+            {"id": "later", "cell_type": "whiteboard", "metadata": {}, "source": "a sketch"}
+        ]
+    });
+    let (status, reply) = http_send(
+        server.addr,
+        "PUT",
+        "/api/notebook",
+        &[("Authorization", &editor)],
+        original.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply["cells"], 3);
+    assert!(
+        reply["changes"][0]
+            .as_str()
+            .is_some_and(|c| c.contains("\"whiteboard\"")),
+        "{reply}"
+    );
+    let (status, body) =
+        http_request(server.addr, "/api/notebook", &[("Authorization", &editor)]).await;
+    assert_eq!(status, 200);
+    let exported: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(exported, original);
+
+    // Too large: a JSON error that names the limit.
+    let big = vec![b' '; 5000];
+    let (status, reply) = http_send(
+        server.addr,
+        "PUT",
+        "/api/notebook",
+        &[("Authorization", &editor)],
+        &big,
+    )
+    .await;
+    assert_eq!(status, 413, "{reply}");
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply["error"], "too_large");
+    assert!(
+        reply["message"].as_str().unwrap().contains("4096"),
+        "{reply}"
+    );
+    // Malformed: JSON errors in plain words.
+    let (status, reply) = http_send(
+        server.addr,
+        "PUT",
+        "/api/notebook",
+        &[("Authorization", &editor)],
+        br#"{"nbformat": 4, "cells": [{"source": "x"}]}"#,
+    )
+    .await;
+    assert_eq!(status, 400);
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply["error"], "bad_notebook");
+    assert_eq!(
+        reply["message"],
+        "not an nbformat 4 notebook: cell 0 has no cell_type"
+    );
+    server.stop().await;
 }

@@ -29,7 +29,7 @@ async fn print_result_and_counts() {
                 ..
             },
         ] => {
-            assert_eq!(*execution_count, 2);
+            assert_eq!(*execution_count, Some(2));
             assert_eq!(data["text/plain"], "2");
         }
         other => panic!("unexpected outputs {other:?}"),

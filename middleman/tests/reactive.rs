@@ -354,3 +354,85 @@ async fn an_interrupt_cancels_the_rest_of_a_reactive_run() {
     assert!(view.is(&c, CellState::Blocked));
     server.stop().await;
 }
+
+/// Notebooks written for Jupyter use IPython's syntax: cell magics whose bodies are not Python,
+/// magics that bind names, prompt-style cells, `from __future__` in several cells. The graph
+/// understands them as IPython runs them, and they run, with their dependents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cell_magics_and_ipython_syntax_run_through_the_graph() {
+    let server = TestServer::start(&[]).await;
+    let mut ada = server.client("ada", Role::Editor).await;
+    let mut view = View::default();
+    let future_a = ada.first_cell();
+    ada.set_source(
+        &future_a,
+        "from __future__ import annotations\nlimit: int = 3",
+    )
+    .await;
+    let future_b = ada
+        .insert_cell(
+            1,
+            "from __future__ import annotations\nwords = ['a', 'b', 'c'][:limit]",
+        )
+        .await;
+    let write = ada
+        .insert_cell(2, "%%writefile magic-data.txt\nfrom the writefile magic\n")
+        .await;
+    let bash = ada
+        .insert_cell(
+            3,
+            "%%bash --out listing\ncat magic-data.txt\necho from bash",
+        )
+        .await;
+    let html = ada
+        .insert_cell(4, "%%html\n<b>bold</b> & not Python (")
+        .await;
+    let capture = ada
+        .insert_cell(5, "%%capture captured\nprint('inside', len(words))")
+        .await;
+    let uses = ada
+        .insert_cell(
+            6,
+            "print(captured.stdout.strip(), '|', listing.splitlines()[1])",
+        )
+        .await;
+    let timeit = ada.insert_cell(7, "%%timeit -n1 -r1\nsorted(words)").await;
+    let prompt = ada
+        .insert_cell(8, ">>> total = len(words)\n>>> print('total', total)")
+        .await;
+    let cells = [
+        &future_a, &future_b, &write, &bash, &html, &capture, &uses, &timeit, &prompt,
+    ];
+    view.until(&mut ada, |v| {
+        cells.iter().all(|c| v.node(c).is_some())
+            && v.node(&uses)
+                .is_some_and(|g| g.parents.contains(&capture) && g.parents.contains(&bash))
+    })
+    .await;
+    for c in cells {
+        let node = view.node(c).unwrap();
+        assert!(node.error.is_none(), "{c}: {:?}", node.error);
+    }
+    assert_eq!(
+        view.node(&future_b).unwrap().parents,
+        std::slice::from_ref(&future_a)
+    );
+    assert_eq!(view.node(&capture).unwrap().defs, ["captured"]);
+    assert_eq!(view.node(&bash).unwrap().defs, ["listing"]);
+    assert!(view.node(&timeit).unwrap().defs.is_empty());
+    assert_eq!(view.node(&prompt).unwrap().defs, ["total"]);
+
+    for c in cells {
+        run(&mut ada, c).await;
+    }
+    view.until(&mut ada, |v| {
+        cells.iter().all(|c| v.finished.contains_key(*c))
+    })
+    .await;
+    for c in cells {
+        assert_eq!(view.finished[c.as_str()], ExecutionStatus::Ok, "{c}");
+    }
+    assert_eq!(view.out(&uses), "inside 3 | from bash\n");
+    assert_eq!(view.out(&prompt), "total 3\n");
+    server.stop().await;
+}

@@ -220,6 +220,9 @@ export class OutputArea {
         boundedText(tb || `${output.ename}: ${output.evalue}`, pre, true);
         return pre;
       }
+      case "unknown":
+        // Kept from an imported notebook for its export; nothing to show.
+        return h("div", { class: "unknown-output", attrs: { hidden: "" } });
       default: {
         const el = h("div", { class: `rich ${output.output_type}` }, [renderMime(output.data ?? {})]);
         return el;

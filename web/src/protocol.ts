@@ -216,8 +216,13 @@ export type Output = { "output_type": "stream", name: StreamName, text: string, 
      * Kept outside nbformat's fields so later `update_display` messages can find it.
      */
     display_id?: string | null, }
-  | { "output_type": "execute_result", execution_count: number, data: MimeBundle, metadata: Record<string, unknown>, }
-  | { "output_type": "error", ename: string, evalue: string, traceback: Array<string>, };
+  | { "output_type": "execute_result",
+    /**
+     * Null in notebooks saved without one (nbformat allows it).
+     */
+    execution_count: number | null, data: MimeBundle, metadata: Record<string, unknown>, }
+  | { "output_type": "error", ename: string, evalue: string, traceback: Array<string>, }
+  | { "output_type": "unknown", output: Record<string, unknown>, };
 
 export type StreamName = "stdout"
   | "stderr";

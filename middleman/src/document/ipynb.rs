@@ -1,4 +1,10 @@
-//! `.ipynb` (nbformat 4.5, with cell ids) import and export.
+//! `.ipynb` (nbformat 4) import and export, without loss: what the document does not model
+//! (cell and notebook metadata, attachments, raw cells' formats, cell types and output types of
+//! newer minor versions, streams other than stdout and stderr) is kept as it came and written
+//! back. What an import had to change is reported, never silent:
+//! - cell ids that were missing (nbformat < 4.5), invalid or repeated get new ones;
+//! - the kernelspec and `language_info` written are those of the document's kernel;
+//! - outputs that are not JSON objects are dropped.
 
 use std::collections::HashSet;
 
@@ -8,38 +14,95 @@ use super::notebook::new_cell_id;
 use super::{CellKind, DocumentError, Notebook};
 use crate::protocol::{KernelDescription, Output};
 
-/// The document as an nbformat 4.5 notebook.
+/// The oldest minor version written: cell ids are always present.
+const MINOR: u64 = 5;
+
+/// An imported notebook and what the import changed.
+#[derive(Debug)]
+pub struct Imported {
+    pub notebook: Notebook,
+    /// Human-readable, one change a line (empty when nothing changed but the layout of
+    /// multi-line strings).
+    pub changes: Vec<String>,
+}
+
+/// The document as an nbformat 4 notebook (minor version 5, or the imported one if newer).
 pub fn export(nb: &Notebook, kernel: &KernelDescription) -> Value {
+    let mut extras = nb.extras();
     let cells: Vec<Value> = nb
         .cells()
         .into_iter()
         .map(|c| {
-            let mut cell = json!({
-                "id": c.id,
-                "cell_type": match c.kind { CellKind::Code => "code", CellKind::Markdown => "markdown", CellKind::Raw => "raw" },
-                "metadata": {},
-                "source": c.source,
-            });
+            let mut cell = extras
+                .remove(&c.id)
+                .and_then(|json| serde_json::from_str::<Map<String, Value>>(&json).ok())
+                .unwrap_or_default();
+            let kept_type = cell.remove("cell_type");
+            let cell_type = match (c.kind, kept_type) {
+                // A cell type the document does not know, kept as a raw cell.
+                (CellKind::Raw, Some(Value::String(t))) => t,
+                (kind, _) => kind.as_str().to_owned(),
+            };
+            cell.insert("id".into(), Value::String(c.id));
+            cell.insert("cell_type".into(), Value::String(cell_type.clone()));
+            cell.insert("source".into(), Value::String(c.source));
+            cell.entry("metadata").or_insert_with(|| json!({}));
             if c.kind == CellKind::Code {
-                cell["execution_count"] = c.runtime.execution_count.map_or(Value::Null, Value::from);
-                cell["outputs"] = Value::Array(c.runtime.outputs.iter().map(output_json).collect());
+                cell.insert(
+                    "execution_count".into(),
+                    c.runtime.execution_count.map_or(Value::Null, Value::from),
+                );
+                cell.insert(
+                    "outputs".into(),
+                    Value::Array(c.runtime.outputs.iter().map(output_json).collect()),
+                );
+            } else if ["markdown", "raw"].contains(&cell_type.as_str()) {
+                cell.remove("outputs");
+                cell.remove("execution_count");
             }
-            cell
+            Value::Object(cell)
         })
         .collect();
-    json!({
-        "nbformat": 4,
-        "nbformat_minor": 5,
-        "metadata": {
-            "kernelspec": { "name": kernel.name, "display_name": kernel.display_name, "language": kernel.language },
-            "language_info": { "name": kernel.language },
-        },
-        "cells": cells,
-    })
+    let mut top = nb
+        .notebook_extras()
+        .and_then(|json| serde_json::from_str::<Map<String, Value>>(&json).ok())
+        .unwrap_or_default();
+    let mut metadata = match top.remove("metadata") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    metadata.insert(
+        "kernelspec".into(),
+        json!({ "name": kernel.name, "display_name": kernel.display_name, "language": kernel.language }),
+    );
+    let language_info = match metadata.remove("language_info") {
+        // The imported details (version, mimetype, ...) stay when the language is the same.
+        Some(Value::Object(mut info))
+            if info.get("name").and_then(Value::as_str) == Some(kernel.language.as_str()) =>
+        {
+            info.insert("name".into(), Value::String(kernel.language.clone()));
+            Value::Object(info)
+        }
+        _ => json!({ "name": kernel.language }),
+    };
+    metadata.insert("language_info".into(), language_info);
+    let minor = top
+        .remove("nbformat_minor")
+        .and_then(|v| v.as_u64())
+        .map_or(MINOR, |m| m.max(MINOR));
+    top.insert("nbformat".into(), json!(4));
+    top.insert("nbformat_minor".into(), json!(minor));
+    top.insert("metadata".into(), Value::Object(metadata));
+    top.insert("cells".into(), Value::Array(cells));
+    Value::Object(top)
 }
 
-/// nbformat's output shape: ours minus the display id, which nbformat keeps out of the file.
+/// nbformat's output shape: ours minus the display id, which nbformat keeps out of the file;
+/// an output the document does not model, as it came.
 fn output_json(o: &Output) -> Value {
+    if let Output::Unknown { output } = o {
+        return Value::Object(output.clone());
+    }
     let mut v = serde_json::to_value(o).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut v {
         m.remove("display_id");
@@ -69,76 +132,216 @@ fn normalise_bundle(data: &mut Map<String, Value>) {
     }
 }
 
-fn parse_output(v: &Value) -> Option<Output> {
-    let mut v = v.clone();
-    let obj = v.as_object_mut()?;
-    if let Some(text) = obj.get("text").and_then(text_of) {
-        obj.insert("text".into(), Value::String(text));
+/// An output as the document models it when that loses nothing, else kept as it came (an
+/// output type of a newer minor version, a field the document does not model, a stream other
+/// than stdout and stderr).
+fn parse_output(original: &Map<String, Value>) -> Output {
+    let mut v = original.clone();
+    if let Some(text) = v.get("text").and_then(text_of) {
+        v.insert("text".into(), Value::String(text));
     }
-    if let Some(Value::Object(data)) = obj.get_mut("data") {
+    if let Some(Value::Object(data)) = v.get_mut("data") {
         normalise_bundle(data);
     }
-    serde_json::from_value(v).ok()
+    let normalised = Value::Object(v);
+    match serde_json::from_value::<Output>(normalised.clone()) {
+        Ok(output) if output_json(&output) == normalised => output,
+        _ => Output::Unknown {
+            output: original.clone(),
+        },
+    }
 }
 
-/// A document from an nbformat 4 notebook. Invalid or duplicate cell ids are replaced, missing
-/// ones (nbformat < 4.5) generated; outputs of unknown shape are dropped.
-pub fn import(json: &Value) -> Result<Notebook, DocumentError> {
-    let bad = |m: &str| DocumentError::BadNotebook(m.to_owned());
-    if json.get("nbformat").and_then(Value::as_u64) != Some(4) {
-        return Err(bad("nbformat must be 4"));
+/// The fields of a code cell the document models itself; the rest is kept.
+const MODELLED: &[&str] = &["id", "cell_type", "source", "execution_count", "outputs"];
+
+/// A document from an nbformat 4 notebook of any minor version.
+pub fn import(json: &Value, kernel: &KernelDescription) -> Result<Imported, DocumentError> {
+    let bad = |m: String| DocumentError::BadNotebook(m);
+    let top = json
+        .as_object()
+        .ok_or_else(|| bad("the notebook is not a JSON object".into()))?;
+    match top.get("nbformat") {
+        Some(Value::Number(n)) if n.as_u64() == Some(4) => {}
+        Some(other) => return Err(bad(format!("nbformat must be 4, not {other}"))),
+        None => return Err(bad("no nbformat field".into())),
     }
-    let cells = json
+    let cells = top
         .get("cells")
         .and_then(Value::as_array)
-        .ok_or_else(|| bad("no cells array"))?;
+        .ok_or_else(|| bad("no cells array".into()))?;
+    let mut changes = Vec::new();
     let mut nb = Notebook::empty();
-    let mut seen = HashSet::new();
+    let mut seen = HashSet::with_capacity(cells.len());
+    let mut generated = 0usize;
+    let mut runtimes = Vec::new();
     for (i, cell) in cells.iter().enumerate() {
-        let kind = match cell.get("cell_type").and_then(Value::as_str) {
-            Some("code") => CellKind::Code,
-            Some("markdown") => CellKind::Markdown,
-            Some("raw") => CellKind::Raw,
-            other => {
-                return Err(DocumentError::BadNotebook(format!(
-                    "cell {i}: unknown cell_type {other:?}"
-                )));
+        let cell = cell
+            .as_object()
+            .ok_or_else(|| bad(format!("cell {i} is not a JSON object")))?;
+        let cell_type = cell
+            .get("cell_type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad(format!("cell {i} has no cell_type")))?;
+        let (kind, known) = match CellKind::parse(cell_type) {
+            Some(kind) => (kind, true),
+            None => (CellKind::Raw, false),
+        };
+        let source = match cell.get("source") {
+            None => {
+                changes.push(format!("cell {i}: no source; written back as an empty one"));
+                String::new()
+            }
+            Some(v) => text_of(v).ok_or_else(|| {
+                bad(format!(
+                    "cell {i}: source must be a string or a list of strings"
+                ))
+            })?,
+        };
+        let given = cell.get("id").and_then(Value::as_str);
+        let id = match given {
+            Some(id) if valid_id(id) && !seen.contains(id) => id.to_owned(),
+            Some(id) => {
+                let new = new_cell_id();
+                changes.push(format!(
+                    "cell {i}: id {id:?} is {} and was replaced by {new:?}",
+                    if valid_id(id) {
+                        "a repeat"
+                    } else {
+                        "not a valid cell id"
+                    }
+                ));
+                new
+            }
+            None => {
+                generated += 1;
+                new_cell_id()
             }
         };
-        let source = cell.get("source").and_then(text_of).unwrap_or_default();
-        let id = cell
-            .get("id")
-            .and_then(Value::as_str)
-            .filter(|id| {
-                (1..=64).contains(&id.len())
-                    && id
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-                    && !seen.contains(*id)
-            })
-            .map_or_else(new_cell_id, str::to_owned);
         seen.insert(id.clone());
+        // What the document does not model, kept as it came.
+        let mut extras: Map<String, Value> = cell
+            .iter()
+            .filter(|(k, _)| {
+                let k = k.as_str();
+                // An unknown cell type keeps its own fields (its outputs, say) but the id and
+                // source, which the document holds.
+                let modelled = match (known, kind) {
+                    (true, CellKind::Code) => MODELLED,
+                    (true, _) => &["id", "cell_type", "source"][..],
+                    (false, _) => &["id", "source"][..],
+                };
+                !modelled.contains(&k)
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if extras
+            .get("metadata")
+            .is_some_and(|m| m.as_object().is_some_and(Map::is_empty))
+        {
+            extras.remove("metadata");
+        }
+        if !known {
+            changes.push(format!(
+                "cell {i}: cell type {cell_type:?} is kept as a raw cell and written back as it was"
+            ));
+        }
         let index = nb.len();
         nb.insert_cell_with_id(index, &id, kind, &source)?;
+        if !extras.is_empty() {
+            nb.set_extras(&id, &Value::Object(extras).to_string())?;
+        }
         if kind == CellKind::Code {
-            let runtime = nb.runtime_mut(&id)?;
-            runtime.execution_count = cell.get("execution_count").and_then(Value::as_u64);
-            runtime.outputs = cell
-                .get("outputs")
-                .and_then(Value::as_array)
-                .map(|outs| outs.iter().filter_map(parse_output).collect())
-                .unwrap_or_default();
+            let mut outputs = Vec::new();
+            if let Some(given) = cell.get("outputs").and_then(Value::as_array) {
+                for (j, o) in given.iter().enumerate() {
+                    match o.as_object() {
+                        Some(o) => outputs.push(parse_output(o)),
+                        None => changes.push(format!(
+                            "cell {i}: output {j} is not a JSON object and was dropped"
+                        )),
+                    }
+                }
+            }
+            runtimes.push((
+                id,
+                cell.get("execution_count").and_then(Value::as_u64),
+                outputs,
+            ));
         }
     }
+    if generated > 0 {
+        changes.push(format!(
+            "{generated} cells had no id (nbformat before 4.5) and were given one"
+        ));
+    }
+    for (id, execution_count, outputs) in runtimes {
+        let runtime = nb.runtime_mut(&id)?;
+        runtime.execution_count = execution_count;
+        runtime.outputs = outputs;
+    }
+    let notebook_extras: Map<String, Value> = top
+        .iter()
+        .filter(|(k, _)| !["cells", "nbformat"].contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    report_kernel(&notebook_extras, kernel, &mut changes);
+    nb.set_notebook_extras(&Value::Object(notebook_extras).to_string());
     if nb.is_empty() {
         nb.insert_cell(0, CellKind::Code, "")?;
     }
-    Ok(nb)
+    Ok(Imported {
+        notebook: nb,
+        changes,
+    })
+}
+
+/// nbformat 4.5's cell id: 1 to 64 of `[a-zA-Z0-9-_]`.
+fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Says when the kernel the notebook names is not the document's.
+fn report_kernel(top: &Map<String, Value>, kernel: &KernelDescription, changes: &mut Vec<String>) {
+    let metadata = top.get("metadata");
+    if let Some(name) = metadata
+        .and_then(|m| m.get("kernelspec"))
+        .and_then(|k| k.get("name"))
+        .and_then(Value::as_str)
+        .filter(|name| *name != kernel.name)
+    {
+        changes.push(format!(
+            "the notebook's kernel {name:?} is replaced by this document's {:?} on export",
+            kernel.name
+        ));
+    }
+    if let Some(language) = metadata
+        .and_then(|m| m.get("language_info"))
+        .and_then(|k| k.get("name"))
+        .and_then(Value::as_str)
+        .filter(|l| *l != kernel.language)
+    {
+        changes.push(format!(
+            "the notebook's language {language:?} is replaced by {:?} on export",
+            kernel.language
+        ));
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn python() -> KernelDescription {
+        KernelDescription {
+            name: "python3".into(),
+            display_name: "Python 3".into(),
+            language: "python".into(),
+        }
+    }
 
     #[test]
     fn multiline_sources_and_outputs_import() {
@@ -152,12 +355,121 @@ mod tests {
                 {"cell_type": "markdown", "id": "bad id!", "metadata": {}, "source": "# T"}
             ]
         });
-        let nb = import(&json).unwrap();
-        let cells = nb.cells();
+        let imported = import(&json, &python()).unwrap();
+        let cells = imported.notebook.cells();
         assert_eq!(cells[0].source, "x = 1\nx");
         assert_eq!(cells[0].runtime.execution_count, Some(3));
-        assert_eq!(cells[0].runtime.outputs.len(), 2, "unknown output dropped");
+        assert_eq!(cells[0].runtime.outputs.len(), 3);
+        assert!(matches!(
+            cells[0].runtime.outputs[2],
+            Output::Unknown { .. }
+        ));
         assert_ne!(cells[1].id, "bad id!");
-        assert!(import(&json!({"nbformat": 3, "cells": []})).is_err());
+        assert!(
+            imported.changes.iter().any(|c| c.contains("\"bad id!\"")),
+            "{:?}",
+            imported.changes
+        );
+        assert!(
+            imported
+                .changes
+                .iter()
+                .any(|c| c.contains("1 cells had no id")),
+            "{:?}",
+            imported.changes
+        );
+    }
+
+    #[test]
+    fn refusals_say_what_is_wrong_in_plain_words() {
+        let rows = [
+            (
+                json!({"nbformat": 3, "cells": []}),
+                "nbformat must be 4, not 3",
+            ),
+            (json!([]), "not a JSON object"),
+            (json!({"nbformat": 4}), "no cells array"),
+            (
+                json!({"nbformat": 4, "cells": [1]}),
+                "cell 0 is not a JSON object",
+            ),
+            (
+                json!({"nbformat": 4, "cells": [{"source": ""}]}),
+                "cell 0 has no cell_type",
+            ),
+        ];
+        for (json, want) in rows {
+            let error = import(&json, &python()).unwrap_err().to_string();
+            assert!(error.contains(want), "{error}");
+            assert!(!error.contains("Some("), "{error}");
+        }
+    }
+
+    #[test]
+    fn what_the_document_does_not_model_comes_back_as_it_was() {
+        let original = json!({
+            "nbformat": 4, "nbformat_minor": 5,
+            "metadata": {
+                "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                "language_info": {"name": "python", "version": "3.11.4", "mimetype": "text/x-python"},
+                "widgets": {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2}},
+                "jupytext": {"formats": "ipynb,py:percent"}
+            },
+            "cells": [
+                {"id": "params", "cell_type": "code", "execution_count": null,
+                 "metadata": {"tags": ["parameters"], "collapsed": true, "jupyter": {"source_hidden": true}},
+                 "source": "alpha = 0.1", "outputs": [
+                    {"output_type": "execute_result", "execution_count": null, "metadata": {}, "data": {"text/plain": "0.1"}},
+                    {"output_type": "stream", "name": "stdin", "text": "typed\n"},
+                    {"output_type": "future_kind", "payload": [1, 2]}
+                 ]},
+                {"id": "pic", "cell_type": "markdown", "metadata": {"slideshow": {"slide_type": "slide"}},
+                 "attachments": {"a.png": {"image/png": "iVBORw0KGgo="}}, "source": "![a](attachment:a.png)"},
+                {"id": "tex", "cell_type": "raw", "metadata": {"format": "text/latex"}, "source": "\\LaTeX"},
+                {"id": "new", "cell_type": "diagram", "metadata": {}, "source": "a -> b", "layout": "lr"}
+            ]
+        });
+        let imported = import(&original, &python()).unwrap();
+        let exported = export(&imported.notebook, &python());
+        assert_eq!(exported, original);
+        // Kept through the CRDT's own encoding (persistence, resume), a move and a replace.
+        let mut restored = Notebook::restore(
+            &imported.notebook.encode_state(),
+            imported.notebook.runtimes().clone(),
+        )
+        .unwrap();
+        restored.move_cell("tex", 0).unwrap();
+        restored.move_cell("tex", 2).unwrap();
+        let mut replaced = Notebook::new();
+        replaced.replace_all(&restored);
+        assert_eq!(export(&replaced, &python()), original);
+    }
+
+    #[test]
+    fn the_documents_kernel_is_written_and_a_replaced_one_reported() {
+        let original = json!({
+            "nbformat": 4, "nbformat_minor": 4,
+            "metadata": {"kernelspec": {"name": "ir", "display_name": "R", "language": "R"},
+                         "language_info": {"name": "R", "version": "4.3"}},
+            "cells": []
+        });
+        let imported = import(&original, &python()).unwrap();
+        assert!(
+            imported.changes.iter().any(|c| c.contains("\"ir\"")),
+            "{:?}",
+            imported.changes
+        );
+        assert!(
+            imported.changes.iter().any(|c| c.contains("\"R\"")),
+            "{:?}",
+            imported.changes
+        );
+        let exported = export(&imported.notebook, &python());
+        assert_eq!(exported["metadata"]["kernelspec"]["name"], "python3");
+        assert_eq!(
+            exported["metadata"]["language_info"],
+            json!({"name": "python"})
+        );
+        assert_eq!(exported["nbformat_minor"], 5);
     }
 }

@@ -37,6 +37,8 @@ pub enum DocumentError {
 pub struct Notebook {
     doc: Doc,
     cells: ArrayRef,
+    /// The notebook's own fields (the `.ipynb` metadata an import kept).
+    meta: MapRef,
     runtime: HashMap<String, CellRuntime>,
     /// Lazy reactivity: dependents are marked stale instead of run.
     pub lazy: bool,
@@ -49,6 +51,11 @@ impl std::fmt::Debug for Notebook {
             .finish_non_exhaustive()
     }
 }
+
+/// The key, in a cell's map and in the `meta` map, of the `.ipynb` fields the document keeps
+/// without using them (metadata, attachments, an unknown cell type's own fields), as JSON text:
+/// kept byte for byte, and left alone by editors that do not know it.
+pub(crate) const EXTRAS: &str = "nbformat";
 
 /// A fresh cell id: 12 url-safe characters (nbformat 4.5 allows `[a-zA-Z0-9-_]{1,64}`).
 pub(crate) fn new_cell_id() -> String {
@@ -102,9 +109,11 @@ impl Notebook {
             ..yrs::Options::default()
         });
         let cells = doc.get_or_insert_array("cells");
+        let meta = doc.get_or_insert_map("meta");
         Self {
             doc,
             cells,
+            meta,
             runtime: HashMap::new(),
             lazy: false,
         }
@@ -192,8 +201,18 @@ impl Notebook {
     /// collaborators see one change.
     pub fn replace_all(&mut self, other: &Notebook) {
         let cells = other.cells();
+        let mut extras = other.extras();
+        let notebook_extras = other.notebook_extras();
         {
             let mut txn = self.doc.transact_mut();
+            match notebook_extras {
+                Some(json) => {
+                    self.meta.insert(&mut txn, EXTRAS, json);
+                }
+                None => {
+                    self.meta.remove(&mut txn, EXTRAS);
+                }
+            }
             let len = self.cells.len(&txn);
             self.cells.remove_range(&mut txn, 0, len);
             for (i, cell) in cells.iter().enumerate() {
@@ -205,6 +224,9 @@ impl Notebook {
                 map.insert(&mut txn, "id", cell.id.as_str());
                 map.insert(&mut txn, "cell_type", cell.kind.as_str());
                 map.insert(&mut txn, "source", TextPrelim::new(cell.source.as_str()));
+                if let Some(json) = extras.remove(&cell.id) {
+                    map.insert(&mut txn, EXTRAS, json);
+                }
             }
         }
         self.runtime = cells.into_iter().map(|c| (c.id, c.runtime)).collect();
@@ -283,6 +305,7 @@ impl Notebook {
             return Ok(());
         }
         let cell = self.cell(id)?;
+        let extras = self.extras().remove(id);
         let runtime = self.runtime.remove(id);
         // yrs has no array move: remove and re-insert the same id and text in one transaction.
         {
@@ -292,6 +315,9 @@ impl Notebook {
             map.insert(&mut txn, "id", cell.id.as_str());
             map.insert(&mut txn, "cell_type", cell.kind.as_str());
             map.insert(&mut txn, "source", TextPrelim::new(cell.source.as_str()));
+            if let Some(json) = extras {
+                map.insert(&mut txn, EXTRAS, json);
+            }
         }
         self.runtime
             .insert(id.to_owned(), runtime.unwrap_or_default());
@@ -403,6 +429,39 @@ impl Notebook {
     }
 
     /// The whole CRDT state as one Yjs update (v1), for snapshots and new clients.
+    /// Each cell's kept `.ipynb` fields (see [`EXTRAS`]), by id, in one pass.
+    pub fn extras(&self) -> HashMap<String, String> {
+        let txn = self.doc.transact();
+        self.cells
+            .iter(&txn)
+            .filter_map(|v| {
+                let Out::YMap(m) = v else { return None };
+                Some((out_str(m.get(&txn, "id"))?, out_str(m.get(&txn, EXTRAS))?))
+            })
+            .collect()
+    }
+
+    /// Keeps a cell's `.ipynb` fields that the document has no place for (JSON text).
+    pub fn set_extras(&mut self, id: &str, json: &str) -> Result<(), DocumentError> {
+        let (_, map) = self
+            .cell_maps()
+            .into_iter()
+            .find(|(cid, _)| cid == id)
+            .ok_or_else(|| DocumentError::NoSuchCell(id.to_owned()))?;
+        map.insert(&mut self.doc.transact_mut(), EXTRAS, json);
+        Ok(())
+    }
+
+    /// The notebook's kept `.ipynb` fields (JSON text).
+    pub fn notebook_extras(&self) -> Option<String> {
+        out_str(self.meta.get(&self.doc.transact(), EXTRAS))
+    }
+
+    /// Keeps the notebook's `.ipynb` fields (JSON text).
+    pub fn set_notebook_extras(&mut self, json: &str) {
+        self.meta.insert(&mut self.doc.transact_mut(), EXTRAS, json);
+    }
+
     pub fn encode_state(&self) -> Vec<u8> {
         self.doc
             .transact()

@@ -17,6 +17,8 @@
 
 use std::collections::{BTreeSet, HashSet};
 
+use super::ipython;
+
 use ruff_python_ast::visitor::{self, Visitor};
 use ruff_python_ast::{self as ast, Expr, ExprContext, Pattern, Stmt};
 
@@ -68,8 +70,24 @@ struct Collector {
     star_import: bool,
 }
 
-/// Analyses one cell. IPython escapes (`%magic`, `!shell`) are ignored.
+/// Analyses one cell as IPython would run it (see [`ipython`]): prompts and a leading indent
+/// removed, a cell magic's body analysed only when it is Python, the names a magic binds
+/// counted; line magics and `!shell` lines are ignored.
 pub fn analyse(source: &str) -> CellAnalysis {
+    let prepared = ipython::prepare(source);
+    let mut analysis = analyse_python(&prepared.python);
+    if analysis.error.is_none() {
+        if prepared.reads_only {
+            analysis.defs.clear();
+        }
+        analysis
+            .defs
+            .extend(prepared.defs.into_iter().filter(|d| !d.starts_with('_')));
+    }
+    analysis
+}
+
+fn analyse_python(source: &str) -> CellAnalysis {
     let parsed =
         ruff_python_parser::parse_unchecked_source(source, ruff_python_ast::PySourceType::Ipynb);
     if let Some(error) = parsed.errors().first() {
@@ -312,6 +330,11 @@ impl<'a> Visitor<'a> for Collector {
                     self.bind(&bound);
                 }
             }
+            // A compiler directive, not a definition: every cell may start with one.
+            Stmt::ImportFrom(i)
+                if i.module
+                    .as_ref()
+                    .is_some_and(|m| m.as_str() == "__future__") => {}
             Stmt::ImportFrom(i) => {
                 for alias in &i.names {
                     if alias.name.as_str() == "*" {
@@ -678,6 +701,42 @@ mod tests {
                 &["s"],
             ),
             ("IPython escapes are allowed", "%time x = 1\n!ls", &[], &[]),
+            (
+                "a __future__ import is not a definition",
+                "from __future__ import annotations\nx: int = 1",
+                &["x"],
+                &[],
+            ),
+            (
+                "a cell magic's non-Python body is not parsed",
+                "%%bash --out listing\nfor f in *; do echo $f; done",
+                &["listing"],
+                &[],
+            ),
+            (
+                "a Python magic's body is analysed, its own binding a definition",
+                "%%capture out\nfig = plot(df)",
+                &["fig", "out"],
+                &["df", "plot"],
+            ),
+            (
+                "%%timeit reads globals and binds none",
+                "%%timeit\ny = sorted(data)",
+                &[],
+                &["data"],
+            ),
+            (
+                "prompt-style cells are analysed without their prompts",
+                ">>> import math\n>>> r = math.sqrt(x)",
+                &["math", "r"],
+                &["math", "x"],
+            ),
+            (
+                "an indented cell is dedented",
+                "    total = a + b\n    total",
+                &["total"],
+                &["a", "b", "total"],
+            ),
         ];
         for (rule, source, defs, refs) in rows {
             let a = analyse(source);

@@ -3,6 +3,7 @@
 //! that decide what runs (`reactor.rs`). Pure logic: no I/O, no kernel, no lock.
 
 pub mod analysis;
+pub mod ipython;
 pub mod reactor;
 
 pub use analysis::{CellAnalysis, analyse};

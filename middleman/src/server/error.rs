@@ -30,6 +30,12 @@ pub(crate) enum HttpError {
     /// The body of an import is JSON but not an nbformat 4 notebook.
     #[error(transparent)]
     BadNotebook(DocumentError),
+    /// The body of an import is larger than `--max-import-bytes`.
+    #[error("the notebook is larger than the import limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    /// The body of an import could not be read.
+    #[error("the request body could not be read: {0}")]
+    BadBody(String),
 }
 
 impl HttpError {
@@ -50,6 +56,8 @@ impl HttpError {
             HttpError::NotJson(_) | HttpError::BadNotebook(_) => {
                 (StatusCode::BAD_REQUEST, "bad_notebook")
             }
+            HttpError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            HttpError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         }
     }
 }

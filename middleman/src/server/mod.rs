@@ -540,18 +540,32 @@ async fn import_notebook(
     State(state): State<Arc<AppState>>,
     Query(query): Query<TokenQuery>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, HttpError> {
     let claims = authorize(&state, &headers, query.token.as_deref()).await?;
     if !claims.role.can_edit() {
         return Err(HttpError::ViewerImport);
     }
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            HttpError::TooLarge {
+                limit: state.args.max_import_bytes,
+            }
+        } else {
+            HttpError::BadBody(rejection.body_text())
+        }
+    })?;
     let json: serde_json::Value = serde_json::from_slice(&body).map_err(HttpError::NotJson)?;
-    let imported = crate::document::ipynb::import(&json).map_err(HttpError::BadNotebook)?;
-    let cells = imported.len();
-    state.hub.import(&imported).await;
-    tracing::info!(user = %claims.sub, cells, "notebook imported");
-    Ok(axum::Json(serde_json::json!({ "cells": cells })).into_response())
+    let kernel = state.hub.kernel().kernel;
+    let imported =
+        crate::document::ipynb::import(&json, &kernel).map_err(HttpError::BadNotebook)?;
+    let cells = imported.notebook.len();
+    state.hub.import(&imported.notebook).await;
+    tracing::info!(user = %claims.sub, cells, changes = imported.changes.len(), "notebook imported");
+    Ok(
+        axum::Json(serde_json::json!({ "cells": cells, "changes": imported.changes }))
+            .into_response(),
+    )
 }
 
 async fn websocket(

@@ -42,7 +42,7 @@ pub(super) fn output_of(content: JupyterMessageContent) -> Option<IopubOutput> {
             display_id: d.transient.and_then(|t| t.display_id),
         }),
         JupyterMessageContent::ExecuteResult(r) => IopubOutput::Rich(Output::ExecuteResult {
-            execution_count: u64::try_from(r.execution_count.value()).unwrap_or(0),
+            execution_count: u64::try_from(r.execution_count.value()).ok(),
             data: media_map(&r.data),
             metadata: r.metadata,
         }),
@@ -149,7 +149,7 @@ mod tests {
             serde_json::json!({"data": {"text/plain": "42"}, "metadata": {}, "execution_count": 7}),
         ));
         assert!(
-            matches!(&result, Some(IopubOutput::Rich(Output::ExecuteResult { execution_count: 7, data, .. })) if data["text/plain"] == "42"),
+            matches!(&result, Some(IopubOutput::Rich(Output::ExecuteResult { execution_count: Some(7), data, .. })) if data["text/plain"] == "42"),
             "{result:?}"
         );
         let error = output_of(content(
