@@ -89,6 +89,21 @@ pub struct CellHeader {
     pub cell_type: CellKind,
 }
 
+/// How the graph resolves a name that several cells define.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "snake_case")]
+pub enum GraphRule {
+    /// A reference depends on the nearest cell above that defines the name (as in Deepnote and
+    /// Hex): redefinitions and `x = x + 1` chains run in document order, and there are no
+    /// cycles. Notebooks written for Jupyter run as they are.
+    #[default]
+    Positional,
+    /// Each global name is defined in one cell and order does not matter (as in marimo): a
+    /// name defined in several cells, and a cycle, are errors.
+    Strict,
+}
+
 /// How the document reacts when a cell runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{CellKind, Reactivity};
+use crate::{CellKind, GraphRule, Reactivity};
 
 /// A message from a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +70,8 @@ pub enum ClientMessage {
     SetCellDisabled { cell_id: String, disabled: bool },
     /// Autorun or lazy, for the whole document.
     SetReactivity { mode: Reactivity },
+    /// Positional or strict definitions, for the whole document (editors).
+    SetGraphRule { rule: GraphRule },
     /// Run every stale cell, in dependency order.
     RunStale,
     /// Answer the pending `input()` prompt of `execution_id`. The first answer wins.

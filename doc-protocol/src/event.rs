@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::{
-    CellHeader, CellState, CellView, ExecutionStatus, ExecutionSummary, GraphCell, InputOutcome,
-    KernelDescription, KernelState, Limits, Output, PendingInput, Reactivity,
+    CellHeader, CellState, CellView, ExecutionStatus, ExecutionSummary, GraphCell, GraphRule,
+    InputOutcome, KernelDescription, KernelState, Limits, Output, PendingInput, Reactivity,
 };
 
 /// A message from Middleman. Broadcast events carry a `seq`, increasing by one per event within
@@ -68,6 +68,8 @@ pub enum ServerEvent {
     Graph { cells: Vec<GraphCell> },
     /// The document's reactivity mode changed.
     Reactivity { mode: Reactivity },
+    /// The document's graph rule changed (the new graph follows as a `graph` event).
+    GraphRule { rule: GraphRule },
     /// A cell was disabled or enabled.
     CellDisabled { cell_id: String, disabled: bool },
     /// A collaborator joined or moved.
@@ -189,6 +191,8 @@ pub struct Snapshot {
     pub graph: Vec<GraphCell>,
     #[serde(default)]
     pub reactivity: Reactivity,
+    #[serde(default)]
+    pub graph_rule: GraphRule,
 }
 
 /// A collaborator. Identity comes from the token, never from the client.

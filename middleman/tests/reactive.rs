@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use common::{Client, TestServer};
 use doc_protocol::{
-    CellState, ClientMessage, ErrorCode, ExecutionStatus, GraphCell, GraphError, Output,
+    CellState, ClientMessage, ErrorCode, ExecutionStatus, GraphCell, GraphError, GraphRule, Output,
     Reactivity, ServerEvent,
 };
 use session_token::Role;
@@ -218,6 +218,11 @@ async fn graph_errors_block_execution_and_failures_block_dependents() {
     let server = TestServer::start(&[]).await;
     let mut ada = server.client("ada", Role::Editor).await;
     let mut view = View::default();
+    // marimo's guarantees: one definition per name, no cycles.
+    ada.send(&ClientMessage::SetGraphRule {
+        rule: GraphRule::Strict,
+    })
+    .await;
     let x = ada.first_cell();
     ada.set_source(&x, "x = 1").await;
     let y = ada.insert_cell(1, "y = x + 1").await;
@@ -434,5 +439,93 @@ async fn cell_magics_and_ipython_syntax_run_through_the_graph() {
     }
     assert_eq!(view.out(&uses), "inside 3 | from bash\n");
     assert_eq!(view.out(&prompt), "total 3\n");
+    server.stop().await;
+}
+
+/// The positional rule (every document's default): a notebook written for Jupyter, with names
+/// redefined down the page and `x = x + 1` chains, runs as it is and keeps its dependents fresh;
+/// a move changes what a cell reads and marks it stale; the strict rule can be chosen per
+/// document, and every collaborator (and a late joiner's snapshot) sees which one is in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notebooks_written_for_jupyter_run_under_the_positional_rule() {
+    let server = TestServer::start(&[]).await;
+    let mut ada = server.client("ada", Role::Editor).await;
+    let mut view = View::default();
+    let load = ada.first_cell();
+    ada.set_source(&load, "df = [3, 1, 2]").await;
+    let clean = ada.insert_cell(1, "df = sorted(df)").await;
+    let show = ada.insert_cell(2, "print(df)").await;
+    let bump = ada.insert_cell(3, "df = df + [9]").await;
+    let last = ada.insert_cell(4, "print(len(df))").await;
+    view.until(&mut ada, |v| {
+        v.node(&last).is_some_and(|g| g.parents == [bump.clone()])
+            && v.node(&bump).is_some_and(|g| g.parents == [clean.clone()])
+    })
+    .await;
+    assert!(
+        view.graph.iter().all(|g| g.error.is_none()),
+        "{:?}",
+        view.graph
+    );
+
+    run(&mut ada, &load).await;
+    view.until(&mut ada, |v| {
+        v.is(&last, CellState::Idle) && v.out(&last) == "4\n"
+    })
+    .await;
+    assert_eq!(
+        view.started,
+        [&load, &clean, &show, &bump, &last].map(|c| c.clone())
+    );
+    assert_eq!(view.out(&show), "[1, 2, 3]\n");
+
+    // Moving `bump` above `show`: show now reads bump's df, so it (and not the others) is stale.
+    ada.send(&ClientMessage::MoveCell {
+        cell_id: bump.clone(),
+        index: 2,
+    })
+    .await;
+    view.until(&mut ada, |v| {
+        v.is(&show, CellState::Stale) && v.node(&show).is_some_and(|g| g.parents == [bump.clone()])
+    })
+    .await;
+    assert!(view.is(&load, CellState::Idle) && view.is(&clean, CellState::Idle));
+    ada.send(&ClientMessage::RunStale).await;
+    view.until(&mut ada, |v| {
+        v.is(&show, CellState::Idle) && v.out(&show) == "[1, 2, 3, 9]\n"
+    })
+    .await;
+
+    // Strict, for this document: the redefinitions become errors, seen by a late joiner too.
+    ada.send(&ClientMessage::SetGraphRule {
+        rule: GraphRule::Strict,
+    })
+    .await;
+    view.until(&mut ada, |v| {
+        matches!(
+            v.node(&load).and_then(|g| g.error.as_ref()),
+            Some(GraphError::MultipleDefinitions { .. })
+        )
+    })
+    .await;
+    let bob = server.client("bob", Role::Viewer).await;
+    assert!(
+        matches!(&bob.snapshot().graph_rule, GraphRule::Strict),
+        "the snapshot names the rule"
+    );
+    // A viewer cannot change it.
+    let mut bob = bob;
+    bob.send(&ClientMessage::SetGraphRule {
+        rule: GraphRule::Positional,
+    })
+    .await;
+    bob.until(|e| matches!(e, ServerEvent::Error { .. })).await;
+    // Back to positional: no errors again.
+    ada.send(&ClientMessage::SetGraphRule {
+        rule: GraphRule::Positional,
+    })
+    .await;
+    view.until(&mut ada, |v| v.graph.iter().all(|g| g.error.is_none()))
+        .await;
     server.stop().await;
 }

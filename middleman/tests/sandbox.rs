@@ -576,10 +576,15 @@ async fn the_kubernetes_layout_holds_without_namespaces() {
     require_root();
     let dir = TempDir::new("agent-layout");
     let agent = AgentProcess::start(&dir.0, nix::unistd::geteuid().as_raw());
-    // Not under /tmp: without namespaces the kernel's /tmp is the host's here (in a pod it is
-    // the kernel container's own).
-    let secret = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("middleman-secret-{}", std::process::id()));
+    // Not under /tmp (nor the target directory, which a checkout under /tmp puts there):
+    // without namespaces the kernel's /tmp is the host's here (in a pod it is the kernel
+    // container's own).
+    let secret_dir = std::path::Path::new("/var/tmp");
+    std::fs::create_dir_all(secret_dir).unwrap();
+    let secret = secret_dir.join(format!(
+        "nbplat-middleman-secret-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
     std::fs::write(&secret, "only Middleman reads this").unwrap();
     let socket = agent.socket.display().to_string();
     let ipc = agent.ipc.display().to_string();

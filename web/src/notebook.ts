@@ -21,6 +21,7 @@ import type {
   Output,
   PendingInput,
   PresenceInfo,
+  GraphRule,
   Reactivity,
   Welcome,
 } from "./protocol";
@@ -231,6 +232,7 @@ export class Notebook {
   private kernelState: KernelState = "starting";
   private kernelReason = "";
   private reactivity: Reactivity = "autorun";
+  private graphRule: GraphRule = "positional";
   private welcome: Welcome | null = null;
   private selected: string | null = null;
   private pendingFocus: string | null = null;
@@ -257,6 +259,7 @@ export class Notebook {
   private readonly toolbar = h("nav", { class: "toolbar", attrs: { "aria-label": "notebook actions" } });
   private readonly toasts = h("div", { class: "toasts", attrs: { "aria-live": "polite" } });
   private readonly modeSelect: HTMLSelectElement;
+  private readonly ruleSelect: HTMLSelectElement;
   private readonly staleButton: HTMLButtonElement;
   private readonly fileInput: HTMLInputElement;
 
@@ -276,6 +279,11 @@ export class Notebook {
       h("option", { text: "Lazy: mark stale", attrs: { value: "lazy" } }),
     ]);
     this.modeSelect.addEventListener("change", () => this.send({ type: "set_reactivity", mode: this.modeSelect.value as Reactivity }));
+    this.ruleSelect = h("select", { attrs: { "aria-label": "definitions", "data-action": "graph-rule", title: "Positional: a cell reads each name from the nearest cell above that defines it (notebooks written for Jupyter run as they are). Strict: each name is defined in one cell, order does not matter." } }, [
+      h("option", { text: "Names: nearest above", attrs: { value: "positional" } }),
+      h("option", { text: "Names: one definition", attrs: { value: "strict" } }),
+    ]);
+    this.ruleSelect.addEventListener("change", () => this.send({ type: "set_graph_rule", rule: this.ruleSelect.value as GraphRule }));
     this.staleButton = button("Run stale", "Run every stale cell in dependency order", () => this.send({ type: "run_stale" }), "run-stale");
     this.fileInput = h("input", { attrs: { type: "file", accept: ".ipynb,application/x-ipynb+json,application/json", hidden: true, "data-action": "import-file" } });
     this.fileInput.addEventListener("change", () => void this.importFile());
@@ -382,6 +390,10 @@ export class Notebook {
         return;
       case "reactivity":
         this.reactivity = f.mode;
+        this.refreshToolbar();
+        return;
+      case "graph_rule":
+        this.graphRule = f.rule;
         this.refreshToolbar();
         return;
       case "cell_disabled": {
@@ -538,6 +550,7 @@ export class Notebook {
       this.graph.clear();
       for (const g of s.graph ?? []) this.graph.set(g.id, g);
       this.reactivity = s.reactivity ?? "autorun";
+      this.graphRule = s.graph_rule ?? "positional";
       this.presence.clear();
       for (const p of s.presence) this.presence.set(p.client, p);
       this.pendingInput = s.input ?? null;
@@ -902,6 +915,7 @@ export class Notebook {
         button("+ Markdown", "Insert a markdown cell below the selected one", () => this.insertAt(this.selected ? this.index(this.selected) + 1 : this.order.length, "markdown"), "insert-markdown"),
         h("span", { class: "sep" }),
         this.modeSelect,
+        this.ruleSelect,
         h("span", { class: "sep" }),
         button("Import", "Replace this notebook with an .ipynb file", () => this.fileInput.click(), "import"),
       );
@@ -912,6 +926,7 @@ export class Notebook {
 
   private refreshToolbar(): void {
     this.modeSelect.value = this.reactivity;
+    this.ruleSelect.value = this.graphRule;
     const stale = Array.from(this.rt.values()).filter((r) => r.state === "stale").length;
     this.staleButton.textContent = stale ? `Run stale (${stale})` : "Run stale";
     this.staleButton.disabled = stale === 0;
@@ -1000,7 +1015,7 @@ export class Notebook {
       let error = "";
       if (g.error?.kind === "syntax") error = `Syntax error: ${g.error.message}`;
       else if (g.error?.kind === "multiple_definitions")
-        error = `${g.error.names.join(", ")} also defined in ${g.error.cells.filter((c) => c !== id).map((c) => this.label(c)).join(", ")}: each name must be defined in one cell`;
+        error = `${g.error.names.join(", ")} also defined in ${g.error.cells.filter((c) => c !== id).map((c) => this.label(c)).join(", ")}: under "one definition" each name is defined in one cell (switch to "nearest above" to read each name from the nearest cell above)`;
       else if (g.error?.kind === "cycle") error = `Dependency cycle with ${g.error.cells.filter((c) => c !== id).map((c) => this.label(c)).join(", ")}`;
       const rt = this.rt.get(id);
       if (!error && rt?.state === "blocked") {

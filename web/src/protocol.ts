@@ -18,6 +18,7 @@ export type ClientMessage = { "type": "execute", code: string, request_id?: stri
   | { "type": "presence", cell_id?: string | null, cursor?: unknown, }
   | { "type": "set_cell_disabled", cell_id: string, disabled: boolean, }
   | { "type": "set_reactivity", mode: Reactivity, }
+  | { "type": "set_graph_rule", rule: GraphRule, }
   | { "type": "run_stale" }
   | { "type": "input_reply", execution_id: string, value: string, }
   | { "type": "interrupt" }
@@ -52,6 +53,7 @@ export type ServerFrame = { seq?: number | null, } & ({ "type": "welcome", proto
   | { "type": "outputs_cleared", cell_id: string, }
   | { "type": "graph", cells: Array<GraphCell>, }
   | { "type": "reactivity", mode: Reactivity, }
+  | { "type": "graph_rule", rule: GraphRule, }
   | { "type": "cell_disabled", cell_id: string, disabled: boolean, }
   | { "type": "presence" } & PresenceInfo
   | { "type": "presence_left", client: number, }
@@ -102,6 +104,7 @@ export type ServerEvent = { "type": "welcome", protocol: number,
   | { "type": "outputs_cleared", cell_id: string, }
   | { "type": "graph", cells: Array<GraphCell>, }
   | { "type": "reactivity", mode: Reactivity, }
+  | { "type": "graph_rule", rule: GraphRule, }
   | { "type": "cell_disabled", cell_id: string, disabled: boolean, }
   | { "type": "presence" } & PresenceInfo
   | { "type": "presence_left", client: number, }
@@ -146,7 +149,7 @@ export type Snapshot = { kernel_state: KernelState,
     /**
      * The dependency graph of the code cells.
      */
-    graph: Array<GraphCell>, reactivity: Reactivity, };
+    graph: Array<GraphCell>, reactivity: Reactivity, graph_rule: GraphRule, };
 
 export type PresenceInfo = { client: number, user: string, name: string, role: string, color: string, cell_id?: string | null, cursor?: unknown, };
 
@@ -195,6 +198,9 @@ export type CellHeader = { id: string, cell_type: CellKind, };
 
 export type Reactivity = "autorun"
   | "lazy";
+
+export type GraphRule = "positional"
+  | "strict";
 
 export type GraphCell = { id: string, defs: Array<string>,
     /**

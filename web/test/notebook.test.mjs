@@ -126,6 +126,16 @@ describe("a document opened from the landing page", () => {
     await setSource(page, 0, "greeting = 'hello again'");
     await run(page, 0);
     await cell(page, 1).locator(".outputs", { hasText: "HELLO AGAIN" }).waitFor({ timeout: 15_000 });
+    // A name redefined below: read from the nearest cell above by default, an error when the
+    // document asks for one definition per name.
+    await setSource(page, 1, "greeting = greeting + '!'\nprint(greeting)");
+    await cell(page, 1).locator(".deps", { hasText: "uses #1" }).waitFor();
+    await page.selectOption('[data-action="graph-rule"]', "strict");
+    await cell(page, 1).locator(".deps .graph-error", { hasText: "also defined in #1" }).waitFor();
+    await page.selectOption('[data-action="graph-rule"]', "positional");
+    await cell(page, 1).locator(".deps", { hasText: "uses #1" }).waitFor();
+    assert.equal(await cell(page, 1).locator(".deps .graph-error").count(), 0);
+    await setSource(page, 1, "shout = greeting.upper()\nprint(shout)");
   });
 
   itShows("answers an input() prompt in the page", () => page, async () => {

@@ -28,6 +28,7 @@ fn main() {
         CellView::decl(&cfg),
         CellHeader::decl(&cfg),
         Reactivity::decl(&cfg),
+        GraphRule::decl(&cfg),
         GraphCell::decl(&cfg),
         GraphError::decl(&cfg),
         Output::decl(&cfg),

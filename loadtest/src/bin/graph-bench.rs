@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
-use middleman::graph::{CellAnalysis, Graph, analyse};
+use middleman::graph::{CellAnalysis, Graph, GraphRule, analyse};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -18,6 +18,17 @@ struct Args {
     /// The Python with marimo installed (`make bench` prepares it).
     #[arg(long, default_value = "~/.cache/nbplat/bench-venv/bin/python")]
     marimo_python: String,
+    /// The graph rule Middleman uses: positional (documents' default) or strict (marimo's).
+    #[arg(long, default_value = "positional", value_parser = parse_rule)]
+    rule: GraphRule,
+}
+
+fn parse_rule(s: &str) -> Result<GraphRule, String> {
+    match s {
+        "positional" => Ok(GraphRule::Positional),
+        "strict" => Ok(GraphRule::Strict),
+        _ => Err(format!("unknown rule {s:?} (positional or strict)")),
+    }
 }
 
 /// A notebook of `n` cells that looks like analysis code: imports, helpers, a long chain of
@@ -67,7 +78,7 @@ fn main() -> anyhow::Result<()> {
     let ids: Vec<String> = (0..cells.len()).map(|i| format!("c{i}")).collect();
     let mut analyses: Vec<CellAnalysis> = cells.iter().map(|c| analyse(c)).collect();
     let edges: usize = {
-        let g = build(&ids, &analyses);
+        let g = build(&ids, &analyses, args.rule);
         g.cells().iter().map(|c| c.parents.len()).sum()
     };
     let t = Instant::now();
@@ -76,7 +87,7 @@ fn main() -> anyhow::Result<()> {
     }
     let analysis_only = t.elapsed() / args.iterations as u32;
     let mut rust = Vec::with_capacity(args.iterations);
-    let mut graph = build(&ids, &analyses);
+    let mut graph = build(&ids, &analyses, args.rule);
     for n in 0..args.iterations {
         let t = Instant::now();
         analyses[k] = analyse(&versions[n % 2]);
@@ -86,7 +97,12 @@ fn main() -> anyhow::Result<()> {
             .zip(analyses.iter())
             .collect();
         let edited = ids[k].as_str();
-        let (g, changed) = Graph::rebuild(std::mem::take(&mut graph), &cells, |id| id == edited);
+        let (g, changed) = Graph::rebuild(
+            std::mem::take(&mut graph),
+            &cells,
+            |id| id == edited,
+            args.rule,
+        );
         graph = g;
         std::hint::black_box(changed);
         rust.push(t.elapsed());
@@ -125,7 +141,8 @@ fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|");
     let (r50, m50) = (pct(rust.clone(), 0.5), pct(marimo.clone(), 0.5));
     println!(
-        "| Middleman (Ruff parser, graph rebuilt) | {r50:.3} | {:.3} | {:.3} |",
+        "| Middleman (Ruff parser, graph rebuilt, {:?} rule) | {r50:.3} | {:.3} | {:.3} |",
+        args.rule,
         pct(rust.clone(), 0.9),
         pct(rust, 0.99)
     );
@@ -142,11 +159,11 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build(ids: &[String], analyses: &[CellAnalysis]) -> Graph {
+fn build(ids: &[String], analyses: &[CellAnalysis], rule: GraphRule) -> Graph {
     let cells: Vec<(&str, &CellAnalysis)> = ids
         .iter()
         .map(String::as_str)
         .zip(analyses.iter())
         .collect();
-    Graph::build(&cells)
+    Graph::build(&cells, rule)
 }

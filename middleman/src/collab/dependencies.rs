@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::document::CellKind;
-use crate::graph::{CellAnalysis, Graph, analyse};
+use crate::graph::{CellAnalysis, Graph, GraphRule, analyse};
 
 /// What changed in the graph after an edit.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -22,6 +22,9 @@ pub(super) struct Regraphed {
     pub(super) names: Vec<String>,
     /// The cells still present that depended on the deleted ones.
     pub(super) dependents: Vec<String>,
+    /// Cells not edited whose parents changed (a move, the rule, another cell's edit that
+    /// takes or gives up a definition between them and their old parent).
+    pub(super) reparented: Vec<String>,
 }
 
 /// Analyses and graph of the document's code cells.
@@ -30,12 +33,19 @@ pub(super) struct Dependencies {
     /// Each code cell's analysis, with the source it was made from.
     analyses: HashMap<String, (String, CellAnalysis)>,
     pub(super) graph: Graph,
+    /// The rule and the code cells' order the graph was built with.
+    rule: GraphRule,
+    order: Vec<String>,
 }
 
 impl Dependencies {
-    /// Brings the graph up to date with `sources` (every cell, in document order). `None` when
-    /// no code cell changed.
-    pub(super) fn update(&mut self, sources: &[(String, CellKind, String)]) -> Option<Regraphed> {
+    /// Brings the graph up to date with `sources` (every cell, in document order) under `rule`.
+    /// `None` when no code cell, their order or the rule changed.
+    pub(super) fn update(
+        &mut self,
+        sources: &[(String, CellKind, String)],
+        rule: GraphRule,
+    ) -> Option<Regraphed> {
         let mut edited = Vec::new();
         let mut present = HashSet::new();
         for (id, kind, source) in sources {
@@ -55,9 +65,21 @@ impl Dependencies {
             .filter(|(id, _)| !present.contains(*id))
             .map(|(id, (_, a))| (id.clone(), a.defs.iter().cloned().collect()))
             .collect();
-        if edited.is_empty() && removed.is_empty() {
+        let order_changed = self.order.len() != present.len()
+            || sources
+                .iter()
+                .filter(|(_, kind, _)| *kind == CellKind::Code)
+                .zip(&self.order)
+                .any(|((id, _, _), old)| id != old);
+        if edited.is_empty() && removed.is_empty() && !order_changed && rule == self.rule {
             return None;
         }
+        self.rule = rule;
+        self.order = sources
+            .iter()
+            .filter(|(_, kind, _)| *kind == CellKind::Code)
+            .map(|(id, _, _)| id.clone())
+            .collect();
         // What depended on a deleted cell, from the graph it was still in.
         let mut dependents = Vec::new();
         for (id, _) in &removed {
@@ -69,10 +91,29 @@ impl Dependencies {
             .filter_map(|(id, _, _)| self.analyses.get(id).map(|(_, a)| (id.as_str(), a)))
             .collect();
         let changed_ids: HashSet<&str> = edited.iter().map(|(id, _)| id.as_str()).collect();
-        let (graph, changed) = Graph::rebuild(std::mem::take(&mut self.graph), &order, |id| {
-            changed_ids.contains(id)
-        });
+        let old_parents: HashMap<String, Vec<String>> = self
+            .graph
+            .cells()
+            .iter()
+            .map(|c| (c.id.clone(), c.parents.clone()))
+            .collect();
+        let (graph, changed) = Graph::rebuild(
+            std::mem::take(&mut self.graph),
+            &order,
+            |id| changed_ids.contains(id),
+            rule,
+        );
         self.graph = graph;
+        let reparented: Vec<String> = self
+            .graph
+            .cells()
+            .iter()
+            .filter(|c| {
+                !changed_ids.contains(c.id.as_str())
+                    && old_parents.get(&c.id).is_some_and(|p| *p != c.parents)
+            })
+            .map(|c| c.id.clone())
+            .collect();
         let names: Vec<String> = removed
             .iter()
             .flat_map(|(_, defs)| defs.iter().cloned())
@@ -86,6 +127,7 @@ impl Dependencies {
             deleted: removed.into_iter().map(|(id, _)| id).collect(),
             names,
             dependents,
+            reparented,
         })
     }
 }
@@ -101,11 +143,53 @@ mod tests {
             .collect()
     }
 
+    impl Dependencies {
+        fn update_strict(&mut self, sources: &[(String, CellKind, String)]) -> Option<Regraphed> {
+            self.update(sources, GraphRule::Strict)
+        }
+    }
+
+    #[test]
+    fn a_move_reparents_under_the_positional_rule() {
+        let mut deps = Dependencies::default();
+        let positional = GraphRule::Positional;
+        deps.update(
+            &code(&[("a", "x = 1"), ("b", "x = 2"), ("c", "print(x)")]),
+            positional,
+        )
+        .unwrap();
+        assert!(
+            deps.update(
+                &code(&[("a", "x = 1"), ("b", "x = 2"), ("c", "print(x)")]),
+                positional
+            )
+            .is_none()
+        );
+        let moved = deps
+            .update(
+                &code(&[("b", "x = 2"), ("a", "x = 1"), ("c", "print(x)")]),
+                positional,
+            )
+            .unwrap();
+        assert!(moved.changed && moved.edited.is_empty());
+        assert_eq!(moved.reparented, ["c"]);
+        assert_eq!(deps.graph.get("c").unwrap().parents, ["a"]);
+        // The same cells under the strict rule: x is defined twice.
+        let strict = deps
+            .update(
+                &code(&[("b", "x = 2"), ("a", "x = 1"), ("c", "print(x)")]),
+                GraphRule::Strict,
+            )
+            .unwrap();
+        assert!(strict.changed);
+        assert!(deps.graph.get("a").unwrap().error.is_some());
+    }
+
     #[test]
     fn only_what_changed_is_reported() {
         let mut deps = Dependencies::default();
         let first = deps
-            .update(&code(&[
+            .update_strict(&code(&[
                 ("a", "x = 1"),
                 ("b", "y = x + 1"),
                 ("c", "print(y)"),
@@ -114,7 +198,7 @@ mod tests {
         assert!(first.changed);
         assert_eq!(first.edited.len(), 3);
         assert!(
-            deps.update(&code(&[
+            deps.update_strict(&code(&[
                 ("a", "x = 1"),
                 ("b", "y = x + 1"),
                 ("c", "print(y)")
@@ -122,7 +206,7 @@ mod tests {
             .is_none()
         );
         let edit = deps
-            .update(&code(&[
+            .update_strict(&code(&[
                 ("a", "x = 2"),
                 ("b", "y = x + 1"),
                 ("c", "print(y)"),
@@ -138,14 +222,14 @@ mod tests {
     #[test]
     fn a_deleted_cell_reports_the_names_it_alone_defined_and_its_dependents() {
         let mut deps = Dependencies::default();
-        deps.update(&code(&[
+        deps.update_strict(&code(&[
             ("a", "x = 1\nz = 0"),
             ("b", "y = x + 1"),
             ("c", "print(y)"),
             ("d", "z = 5"),
         ]));
         let gone = deps
-            .update(&code(&[
+            .update_strict(&code(&[
                 ("b", "y = x + 1"),
                 ("c", "print(y)"),
                 ("d", "z = 5"),
@@ -158,7 +242,7 @@ mod tests {
         // A cell that stops being code is gone from the graph too.
         let mut sources = code(&[("b", "y = x + 1"), ("c", "print(y)")]);
         sources.push(("d".into(), CellKind::Markdown, "z = 5".into()));
-        let gone = deps.update(&sources).unwrap();
+        let gone = deps.update_strict(&sources).unwrap();
         assert_eq!(gone.deleted, ["d"]);
         assert_eq!(gone.names, ["z"]);
         assert!(gone.dependents.is_empty());

@@ -256,6 +256,7 @@ impl Hub {
                 input: st.mirror.input.clone(),
                 graph: st.deps.graph.cells().to_vec(),
                 reactivity: reactivity_of(&st.edits.nb),
+                graph_rule: st.edits.nb.graph_rule,
             })
         });
         let welcome = ServerEvent::Welcome {
@@ -541,6 +542,23 @@ impl Hub {
         }
     }
 
+    /// Sets how the document's graph resolves names defined in several cells; the graph is
+    /// rebuilt, and cells that now read from other cells go stale.
+    pub async fn set_graph_rule(&self, rule: crate::graph::GraphRule) {
+        {
+            let mut st = self.lock();
+            if st.edits.nb.graph_rule == rule {
+                return;
+            }
+            st.edits.nb.graph_rule = rule;
+            st.log.emit(ServerEvent::GraphRule { rule });
+            let sources = st.edits.nb.sources();
+            self.regraph(&mut st, &sources);
+            self.touched(&mut st);
+        }
+        self.deliver().await;
+    }
+
     /// Disables or enables a cell.
     pub fn set_disabled(&self, cell_id: &str, disabled: bool) -> Result<(), Refusal> {
         let mut st = self.lock();
@@ -618,7 +636,8 @@ impl Hub {
     /// Re-analyses the cells whose source changed, announces a changed graph, and lets the
     /// reactor decide what edits and deletions mean.
     fn regraph(&self, st: &mut State, sources: &[(String, CellKind, String)]) {
-        let Some(changed) = st.deps.update(sources) else {
+        let rule = st.edits.nb.graph_rule;
+        let Some(changed) = st.deps.update(sources, rule) else {
             return;
         };
         if changed.changed {
@@ -627,6 +646,14 @@ impl Hub {
         }
         for (cell, source) in &changed.edited {
             self.react(st, Event::Edited { cell, source });
+        }
+        if !changed.reparented.is_empty() {
+            self.react(
+                st,
+                Event::Reparented {
+                    cells: &changed.reparented,
+                },
+            );
         }
         if !changed.deleted.is_empty() {
             self.react(

@@ -42,6 +42,8 @@ pub struct Notebook {
     runtime: HashMap<String, CellRuntime>,
     /// Lazy reactivity: dependents are marked stale instead of run.
     pub lazy: bool,
+    /// How the graph resolves names defined in several cells.
+    pub graph_rule: crate::graph::GraphRule,
 }
 
 impl std::fmt::Debug for Notebook {
@@ -116,6 +118,7 @@ impl Notebook {
             meta,
             runtime: HashMap::new(),
             lazy: false,
+            graph_rule: crate::graph::GraphRule::default(),
         }
     }
 

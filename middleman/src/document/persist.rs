@@ -27,6 +27,8 @@ struct Snapshot {
     runtimes: HashMap<String, CellRuntime>,
     #[serde(default)]
     lazy: bool,
+    #[serde(default)]
+    graph_rule: crate::graph::GraphRule,
 }
 
 /// Encodes a document for storage.
@@ -36,6 +38,7 @@ pub fn encode(nb: &Notebook) -> Vec<u8> {
         state: base64::engine::general_purpose::STANDARD.encode(nb.encode_state()),
         runtimes: nb.runtimes().clone(),
         lazy: nb.lazy,
+        graph_rule: nb.graph_rule,
     };
     serde_json::to_vec(&snapshot).unwrap_or_default()
 }
@@ -55,6 +58,7 @@ pub fn decode(bytes: &[u8]) -> Result<Notebook, PersistError> {
         .map_err(|e| PersistError::Corrupt(e.to_string()))?;
     let mut nb = Notebook::restore(&state, s.runtimes)?;
     nb.lazy = s.lazy;
+    nb.graph_rule = s.graph_rule;
     Ok(nb)
 }
 

@@ -7,7 +7,7 @@ pub mod ipython;
 pub mod reactor;
 
 pub use analysis::{CellAnalysis, analyse};
-pub use doc_protocol::{GraphCell, GraphError};
+pub use doc_protocol::{GraphCell, GraphError, GraphRule};
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -21,10 +21,11 @@ pub struct Graph {
 }
 
 impl Graph {
-    /// Builds the graph of `cells` (code cells in document order). An edge runs from the one
-    /// cell that defines a name to each cell that reads it.
-    pub fn build(cells: &[(&str, &CellAnalysis)]) -> Self {
-        Self::rebuild(Self::default(), cells, |_| true).0
+    /// Builds the graph of `cells` (code cells in document order) under `rule`. An edge runs
+    /// from the cell that defines a name to each cell that reads it: under the positional rule
+    /// the nearest defining cell above the reader, under the strict rule the one defining cell.
+    pub fn build(cells: &[(&str, &CellAnalysis)], rule: GraphRule) -> Self {
+        Self::rebuild(Self::default(), cells, |_| true, rule).0
     }
 
     /// Like [`Self::build`], reusing what did not change in `prev` (an edit changes a few
@@ -34,6 +35,7 @@ impl Graph {
         prev: Graph,
         cells: &[(&str, &CellAnalysis)],
         edited: impl Fn(&str) -> bool,
+        rule: GraphRule,
     ) -> (Self, bool) {
         let n = cells.len();
         // The first definer of each name; names with several are kept apart (rare).
@@ -58,23 +60,56 @@ impl Graph {
         let mut parents: Vec<Vec<usize>> = vec![Vec::new(); n];
         let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
         let mut errors: Vec<Option<GraphError>> = vec![None; n];
+        let mut warnings: Vec<Vec<String>> = vec![Vec::new(); n];
+        // Positional: the nearest definition above each cell, as the cells are walked in order.
+        let mut above: FastMap<&str, usize> = FastMap::default();
         for (i, (_, a)) in cells.iter().enumerate() {
             if let Some(message) = &a.error {
                 errors[i] = Some(GraphError::Syntax {
                     message: message.clone(),
                 });
             }
-            for r in &a.refs {
-                let Some(&d) = first.get(r.as_str()) else {
-                    continue;
-                };
-                match several.get(r.as_str()) {
-                    None => {
-                        if d != i {
-                            parents[i].push(d);
+            if a.star_import {
+                warnings[i].push("`import *` defines names the graph cannot see".to_owned());
+            }
+            match rule {
+                GraphRule::Strict => {
+                    for r in &a.refs {
+                        let Some(&d) = first.get(r.as_str()) else {
+                            continue;
+                        };
+                        match several.get(r.as_str()) {
+                            None => {
+                                if d != i {
+                                    parents[i].push(d);
+                                }
+                            }
+                            Some(ds) => parents[i].extend(ds.iter().copied().filter(|&d| d != i)),
                         }
                     }
-                    Some(ds) => parents[i].extend(ds.iter().copied().filter(|&d| d != i)),
+                }
+                GraphRule::Positional => {
+                    let mut below = Vec::new();
+                    for r in &a.refs {
+                        match above.get(r.as_str()) {
+                            Some(&d) => parents[i].push(d),
+                            // Read here, defined only further down: the kernel has whatever ran
+                            // last, and the graph says so.
+                            None if first.get(r.as_str()).is_some_and(|&d| d > i) => {
+                                below.push(r.as_str());
+                            }
+                            None => {}
+                        }
+                    }
+                    if !below.is_empty() {
+                        warnings[i].push(format!(
+                            "defined only below this cell: {}",
+                            below.join(", ")
+                        ));
+                    }
+                    for d in &a.defs {
+                        above.insert(d.as_str(), i);
+                    }
                 }
             }
             parents[i].sort_unstable();
@@ -85,8 +120,9 @@ impl Graph {
                 children[p].push(i);
             }
         }
-        // A name defined in several cells is an error on each of them.
-        if !several.is_empty() {
+        // Strict: a name defined in several cells is an error on each of them. (Under the
+        // positional rule every edge points down the document, so there are no cycles either.)
+        if rule == GraphRule::Strict && !several.is_empty() {
             for (i, (_, a)) in cells.iter().enumerate() {
                 if errors[i].is_some() {
                     continue;
@@ -108,7 +144,7 @@ impl Graph {
             }
         }
         // Cycles: Kahn's algorithm finds whether any exist; Tarjan's names them only then.
-        if !acyclic(&parents, &children) {
+        if rule == GraphRule::Strict && !acyclic(&parents, &children) {
             for scc in strongly_connected(&children) {
                 if scc.len() > 1 {
                     let ids: Vec<String> = scc.iter().map(|&j| cells[j].0.to_owned()).collect();
@@ -142,9 +178,9 @@ impl Graph {
                     && prev_parents[i] == parents[i]
                     && prev_children[i] == children[i]
                     && old.error == errors[i]
+                    && old.warnings == warnings[i]
                     && (!edited(id)
-                        || (old.warnings.is_empty() != a.star_import
-                            && old.defs.len() == a.defs.len()
+                        || (old.defs.len() == a.defs.len()
                             && old.defs.iter().zip(&a.defs).all(|(x, y)| x == y)
                             && old.refs.iter().eq(a.refs.difference(&a.defs))))
                 {
@@ -158,11 +194,7 @@ impl Graph {
                     parents: parents[i].iter().map(|&j| cells[j].0.to_owned()).collect(),
                     children: children[i].iter().map(|&j| cells[j].0.to_owned()).collect(),
                     error: errors[i].take(),
-                    warnings: if a.star_import {
-                        vec!["`import *` defines names the graph cannot see".to_owned()]
-                    } else {
-                        Vec::new()
-                    },
+                    warnings: std::mem::take(&mut warnings[i]),
                 }
             })
             .collect();
@@ -376,7 +408,52 @@ mod tests {
             .collect();
         let refs: Vec<(&str, &CellAnalysis)> =
             analyses.iter().map(|(id, a)| (id.as_str(), a)).collect();
-        Graph::build(&refs)
+        Graph::build(&refs, GraphRule::Strict)
+    }
+
+    fn positional(cells: &[(&str, &str)]) -> Graph {
+        let analyses: Vec<(String, CellAnalysis)> = cells
+            .iter()
+            .map(|(id, src)| ((*id).to_owned(), analyse(src)))
+            .collect();
+        let refs: Vec<(&str, &CellAnalysis)> =
+            analyses.iter().map(|(id, a)| (id.as_str(), a)).collect();
+        Graph::build(&refs, GraphRule::Positional)
+    }
+
+    #[test]
+    fn positional_references_depend_on_the_nearest_definition_above() {
+        let g = positional(&[
+            ("load", "df = load()"),
+            ("clean", "df = df.dropna()"),
+            ("show", "print(df)"),
+            ("fresh", "df = other()\nfig, ax = plot(df)"),
+            ("again", "fig, ax = plot(df)"),
+            ("early", "print(later)"),
+            ("late", "later = 1"),
+        ]);
+        let parents = |id: &str| g.get(id).unwrap().parents.clone();
+        assert_eq!(parents("clean"), ["load"]);
+        assert_eq!(parents("show"), ["clean"]);
+        // Reads its own `df` after binding it; the earlier definition is a (harmless) parent.
+        assert_eq!(parents("fresh"), ["clean"]);
+        assert_eq!(parents("again"), ["fresh"]);
+        assert!(parents("early").is_empty());
+        assert_eq!(
+            g.get("early").unwrap().warnings,
+            ["defined only below this cell: later"]
+        );
+        assert!(g.cells().iter().all(|c| c.error.is_none()), "{g:?}");
+        // Re-running the first definition reruns the chain in order, and stops where the name
+        // is defined afresh without being read.
+        assert_eq!(g.descendants("load"), ["clean", "show", "fresh", "again"]);
+        let g = positional(&[("a", "x = 1"), ("b", "x = 2"), ("c", "y = x")]);
+        assert_eq!(g.descendants("a"), Vec::<String>::new());
+        assert_eq!(g.descendants("b"), ["c"]);
+        // What strict calls a cycle is an order.
+        let g = positional(&[("c", "p = q"), ("d", "q = p")]);
+        assert!(g.cells().iter().all(|c| c.error.is_none()));
+        assert_eq!(g.get("d").unwrap().parents, ["c"]);
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub enum Event<'a> {
         names: &'a [String],
         dependents: &'a [String],
     },
+    /// These cells now read their names from other cells than before (a cell moved, or the
+    /// graph rule changed), their sources unchanged.
+    Reparented { cells: &'a [String] },
     /// Someone asked to run every stale cell.
     RunStale,
     /// Someone interrupted the kernel.
@@ -199,6 +202,13 @@ impl Reactor {
             }
             Event::Finished { cell, status } => self.finished(&mut step, cell, status),
             Event::Edited { cell, source } => self.edited(&mut step, cell, source),
+            Event::Reparented { cells } => {
+                for cell in cells {
+                    if self.last_run.contains_key(cell.as_str()) {
+                        Self::stale_from(&mut step, cell);
+                    }
+                }
+            }
             Event::Deleted {
                 cells,
                 names,
@@ -314,6 +324,11 @@ impl Reactor {
         if ran.is_none_or(|r| r == source) {
             return;
         }
+        Self::stale_from(step, cell);
+    }
+
+    /// A cell that has run and what depends on it no longer show what the code would give.
+    fn stale_from(step: &mut Step<'_, '_>, cell: &str) {
         let mut cells = vec![cell.to_owned()];
         cells.extend(step.doc.graph.descendants(cell));
         for c in cells {

@@ -264,6 +264,7 @@ impl Conn {
                 hub.set_disabled(&cell_id, disabled)?;
             }
             ClientMessage::SetReactivity { mode } => hub.set_reactivity(mode),
+            ClientMessage::SetGraphRule { rule } => hub.set_graph_rule(rule).await,
             ClientMessage::RunStale => hub.run_stale().await,
             ClientMessage::ExecuteCell {
                 cell_id,

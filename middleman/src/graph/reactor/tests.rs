@@ -7,7 +7,7 @@
 //! One file over 500 lines: the table is read as one list of rules against one harness.
 
 use super::*;
-use crate::graph::{CellAnalysis, analyse};
+use crate::graph::{CellAnalysis, GraphRule, analyse};
 
 use CellState::{Error, Stale};
 use ExecutionStatus::{Aborted, Error as Failed, Interrupted, KernelDied, Ok as Done, TimedOut};
@@ -17,6 +17,8 @@ enum Given {
     State(&'static str, CellState),
     Disabled(&'static str),
     Lazy,
+    /// The document uses the strict graph rule (the positional rule otherwise).
+    Strict,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +35,8 @@ enum Do {
     Interrupt,
     /// The session refuses the run the reactor decided for this cell.
     Refuse(&'static str),
+    /// The cell moves to this index.
+    Move(&'static str, usize),
 }
 use Do::*;
 
@@ -53,6 +57,53 @@ const CHAIN: &[(&str, &str)] = &[
 
 const CASES: &[Case] = &[
     Case {
+        rule: "positional: a reference depends on the nearest definition above it; redefinitions and x = x + 1 chains run in document order",
+        cells: &[
+            ("a", "x = 1"),
+            ("b", "x = x + 1"),
+            ("c", "print(x)"),
+            ("d", "x = 10"),
+            ("e", "print(x)"),
+        ],
+        given: &[],
+        steps: &[
+            (Run("a"), &[]),
+            (Finish("a", Done), &["run b after a"]),
+            (Finish("b", Done), &["run c after b"]),
+            (Finish("c", Done), &[]),
+            (Run("d"), &[]),
+            (Finish("d", Done), &["run e after d"]),
+            (Finish("e", Done), &[]),
+        ],
+    },
+    Case {
+        rule: "positional: what the strict rule calls a cycle is an order: each cell reads what is above it",
+        cells: &[("a", "p = 1"), ("b", "q = p"), ("c", "p = q + 1")],
+        given: &[],
+        steps: &[
+            (Run("a"), &[]),
+            (Finish("a", Done), &["run b after a"]),
+            (Finish("b", Done), &["run c after b"]),
+            (Finish("c", Done), &[]),
+        ],
+    },
+    Case {
+        rule: "positional: after a move, cells that now read from another cell, and their dependents, go stale",
+        cells: &[
+            ("a", "x = 1"),
+            ("b", "x = 2"),
+            ("c", "y = x"),
+            ("d", "print(y)"),
+        ],
+        given: &[],
+        steps: &[
+            (Run("c"), &[]),
+            (Finish("c", Done), &["run d after c"]),
+            (Finish("d", Done), &[]),
+            (Move("a", 1), &["stale c", "stale d"]),
+        ],
+    },
+    Case {
         rule: "an edge runs from the cell that defines a name to each cell that reads it",
         cells: &[("a", "x = 1"), ("b", "y = x + 1"), ("c", "z = 3")],
         given: &[],
@@ -63,14 +114,14 @@ const CASES: &[Case] = &[
         ],
     },
     Case {
-        rule: "autorun: dependents run one at a time, in topological order, document order among independent cells",
+        rule: "autorun: dependents run one at a time, in topological order, document order among independent cells (strict: a reader may sit above what it reads)",
         cells: &[
             ("p", "print(y, w)"),
             ("a", "x = 1"),
             ("b", "y = x + 1"),
             ("c", "w = x * 2"),
         ],
-        given: &[],
+        given: &[Given::Strict],
         steps: &[
             (Run("a"), &[]),
             (Finish("a", Done), &["run b after a"]),
@@ -104,14 +155,14 @@ const CASES: &[Case] = &[
         steps: &[(RunStale, &["blocked b"])],
     },
     Case {
-        rule: "a name defined in two cells is an error on both: such cells do not run, and block nothing else",
+        rule: "strict: a name defined in two cells is an error on both: such cells do not run, and block nothing else",
         cells: &[
             ("a", "x = 1"),
             ("b", "y = x"),
             ("c", "y = 2"),
             ("d", "z = x"),
         ],
-        given: &[],
+        given: &[Given::Strict],
         steps: &[
             (Run("a"), &[]),
             (Finish("a", Done), &["blocked b", "run d after a"]),
@@ -119,9 +170,9 @@ const CASES: &[Case] = &[
         ],
     },
     Case {
-        rule: "a cycle is an error on every cell in it: those cells do not run",
+        rule: "strict: a cycle is an error on every cell in it: those cells do not run",
         cells: &[("a", "x = 1"), ("b", "p = q + x"), ("c", "q = p")],
-        given: &[],
+        given: &[Given::Strict],
         steps: &[(Run("a"), &[]), (Finish("a", Done), &[])],
     },
     Case {
@@ -310,6 +361,7 @@ struct Harness {
     graph: Graph,
     cells: HashMap<String, CellRuntime>,
     mode: Reactivity,
+    rule: GraphRule,
     reactor: Reactor,
 }
 
@@ -326,6 +378,7 @@ impl Harness {
                 .map(|(id, _)| ((*id).to_owned(), CellRuntime::default()))
                 .collect(),
             mode: Reactivity::Autorun,
+            rule: GraphRule::Positional,
             reactor: Reactor::default(),
         };
         h.rebuild();
@@ -340,7 +393,7 @@ impl Harness {
             .collect();
         let refs: Vec<(&str, &CellAnalysis)> =
             analyses.iter().map(|(id, a)| (id.as_str(), a)).collect();
-        self.graph = Graph::build(&refs);
+        self.graph = Graph::build(&refs, self.rule);
     }
 
     fn source(&self, cell: &str) -> String {
@@ -430,6 +483,21 @@ impl Harness {
                     dependents: &dependents,
                 })
             }
+            Move(cell, to) => {
+                let before = self.graph.clone();
+                let at = self.sources.iter().position(|(id, _)| id == cell).unwrap();
+                let moved = self.sources.remove(at);
+                self.sources.insert(to, moved);
+                self.rebuild();
+                let reparented: Vec<String> = self
+                    .graph
+                    .cells()
+                    .iter()
+                    .filter(|c| before.get(&c.id).is_some_and(|b| b.parents != c.parents))
+                    .map(|c| c.id.clone())
+                    .collect();
+                self.decide(Event::Reparented { cells: &reparented })
+            }
             RunStale => self.decide(Event::RunStale),
             Interrupt => self.decide(Event::Interrupted),
             Refuse(cell) => self.decide(Event::Refused { cell }),
@@ -450,6 +518,10 @@ fn every_rule_of_the_reactivity_doc() {
                     }
                 }
                 Given::Lazy => h.mode = Reactivity::Lazy,
+                Given::Strict => {
+                    h.rule = GraphRule::Strict;
+                    h.rebuild();
+                }
             }
         }
         for (i, (action, expected)) in case.steps.iter().enumerate() {
@@ -505,6 +577,8 @@ fn what_may_not_run_and_why() {
     ];
     for (cells, disabled, cell, expected) in cases {
         let mut h = Harness::new(cells);
+        h.rule = GraphRule::Strict;
+        h.rebuild();
         for d in *disabled {
             if let Some(r) = h.cells.get_mut(*d) {
                 r.disabled = true;
