@@ -574,3 +574,95 @@ async fn a_document_cannot_grow_past_its_limit() {
     assert_eq!(ada.collect(&id).await.status, Some(ExecutionStatus::Ok));
     server.stop().await;
 }
+
+/// Runs the stock y-websocket provider script against `/yjs/{document}`; its JSON report.
+fn y_websocket_peer(
+    server: &TestServer,
+    document: &str,
+    token: &str,
+    cell: &str,
+    text: &str,
+    tries: u32,
+) -> (bool, String) {
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts/node/y-websocket-peer.mjs");
+    let out = std::process::Command::new("node")
+        .arg(script)
+        .args([
+            &format!("ws://{}/yjs", server.addr),
+            document,
+            token,
+            cell,
+            text,
+            &tries.to_string(),
+        ])
+        .env(
+            "NODE_PATH",
+            std::env::var("NODE_PATH")
+                .expect("NODE_PATH: run `make test`, which installs y-websocket"),
+        )
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A stock `WebsocketProvider` (y-websocket, in Node) binds to the document through the
+/// Yjs-only endpoint, authenticated by its token: its edit reaches a JSON client and the
+/// export; a viewer's provider syncs but its edit goes nowhere; another room is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stock_y_websocket_provider_edits_cells() {
+    let server = TestServer::start(&[]).await;
+    let mut ada = server.client("ada", Role::Editor).await;
+    let cell = ada.first_cell();
+    ada.set_source(&cell, "x = 1").await;
+    let editor = server.token("yws", Role::Editor);
+    let (ok, report) =
+        y_websocket_peer(&server, &server.document, &editor, &cell, "\nprint(x)", 100);
+    assert!(ok, "{report}");
+    assert!(report.contains(r#""after":"x = 1\nprint(x)""#), "{report}");
+    // The export and the JSON client's runs have it.
+    let bearer = format!("Bearer {}", server.token("ada", Role::Editor));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) =
+            common::http_request(server.addr, "/api/notebook", &[("Authorization", &bearer)]).await;
+        assert_eq!(status, 200);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if json["cells"][0]["source"] == "x = 1\nprint(x)" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "export: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = ada.submit_cell(&cell).await;
+    assert_eq!(stdout_of(&ada.collect(&id).await.outputs), "1\n");
+
+    // A viewer's provider syncs, but what it types is not taken.
+    let viewer = server.token("vic", Role::Viewer);
+    let (ok, report) = y_websocket_peer(&server, &server.document, &viewer, &cell, "\nhacked()", 5);
+    assert!(!ok, "{report}");
+    assert!(report.contains(r#""after":"x = 1\nprint(x)""#), "{report}");
+
+    // The room must be the token's document.
+    let refused = tokio_tungstenite::connect_async(format!(
+        "ws://{}/yjs/another-document?token={editor}",
+        server.addr
+    ))
+    .await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());
+            assert!(body.contains("wrong_document"), "{body}");
+        }
+        other => panic!("another room was not refused: {other:?}"),
+    }
+    server.stop().await;
+}

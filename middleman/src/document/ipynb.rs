@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::notebook::new_cell_id;
 use super::{CellKind, DocumentError, Notebook};
-use crate::protocol::{KernelDescription, Output};
+use crate::protocol::{CellRuntime, KernelDescription, Output};
 
 /// The oldest minor version written: cell ids are always present.
 const MINOR: u64 = 5;
@@ -171,10 +171,9 @@ pub fn import(json: &Value, kernel: &KernelDescription) -> Result<Imported, Docu
         .and_then(Value::as_array)
         .ok_or_else(|| bad("no cells array".into()))?;
     let mut changes = Vec::new();
-    let mut nb = Notebook::empty();
     let mut seen = HashSet::with_capacity(cells.len());
     let mut generated = 0usize;
-    let mut runtimes = Vec::new();
+    let mut built = Vec::with_capacity(cells.len());
     for (i, cell) in cells.iter().enumerate() {
         let cell = cell
             .as_object()
@@ -246,39 +245,27 @@ pub fn import(json: &Value, kernel: &KernelDescription) -> Result<Imported, Docu
                 "cell {i}: cell type {cell_type:?} is kept as a raw cell and written back as it was"
             ));
         }
-        let index = nb.len();
-        nb.insert_cell_with_id(index, &id, kind, &source)?;
-        if !extras.is_empty() {
-            nb.set_extras(&id, &Value::Object(extras).to_string())?;
-        }
+        let mut runtime = CellRuntime::default();
         if kind == CellKind::Code {
-            let mut outputs = Vec::new();
             if let Some(given) = cell.get("outputs").and_then(Value::as_array) {
                 for (j, o) in given.iter().enumerate() {
                     match o.as_object() {
-                        Some(o) => outputs.push(parse_output(o)),
+                        Some(o) => runtime.outputs.push(parse_output(o)),
                         None => changes.push(format!(
                             "cell {i}: output {j} is not a JSON object and was dropped"
                         )),
                     }
                 }
             }
-            runtimes.push((
-                id,
-                cell.get("execution_count").and_then(Value::as_u64),
-                outputs,
-            ));
+            runtime.execution_count = cell.get("execution_count").and_then(Value::as_u64);
         }
+        let extras = (!extras.is_empty()).then(|| Value::Object(extras).to_string());
+        built.push((id, kind, source, extras, runtime));
     }
     if generated > 0 {
         changes.push(format!(
             "{generated} cells had no id (nbformat before 4.5) and were given one"
         ));
-    }
-    for (id, execution_count, outputs) in runtimes {
-        let runtime = nb.runtime_mut(&id)?;
-        runtime.execution_count = execution_count;
-        runtime.outputs = outputs;
     }
     let notebook_extras: Map<String, Value> = top
         .iter()
@@ -286,7 +273,7 @@ pub fn import(json: &Value, kernel: &KernelDescription) -> Result<Imported, Docu
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     report_kernel(&notebook_extras, kernel, &mut changes);
-    nb.set_notebook_extras(&Value::Object(notebook_extras).to_string());
+    let mut nb = Notebook::from_cells(built, Some(Value::Object(notebook_extras).to_string()));
     if nb.is_empty() {
         nb.insert_cell(0, CellKind::Code, "")?;
     }

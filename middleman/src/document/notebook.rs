@@ -218,12 +218,9 @@ impl Notebook {
             }
             let len = self.cells.len(&txn);
             self.cells.remove_range(&mut txn, 0, len);
-            for (i, cell) in cells.iter().enumerate() {
-                let map = self.cells.insert(
-                    &mut txn,
-                    u32::try_from(i).unwrap_or(u32::MAX),
-                    MapPrelim::default(),
-                );
+            // Last to first at the front (see `from_cells`).
+            for cell in cells.iter().rev() {
+                let map = self.cells.insert(&mut txn, 0, MapPrelim::default());
                 map.insert(&mut txn, "id", cell.id.as_str());
                 map.insert(&mut txn, "cell_type", cell.kind.as_str());
                 map.insert(&mut txn, "source", TextPrelim::new(cell.source.as_str()));
@@ -284,6 +281,34 @@ impl Notebook {
         drop(txn);
         self.runtime.entry(id.to_owned()).or_default();
         Ok(())
+    }
+
+    /// A document built from whole cells in one transaction (an import): id, type, source, the
+    /// kept `.ipynb` fields, the runtime. Linear in the cells (no per-cell lookups).
+    pub(crate) fn from_cells(
+        cells: Vec<(String, CellKind, String, Option<String>, CellRuntime)>,
+        notebook_extras: Option<String>,
+    ) -> Self {
+        let mut nb = Self::empty();
+        {
+            let mut txn = nb.doc.transact_mut();
+            if let Some(json) = notebook_extras {
+                nb.meta.insert(&mut txn, EXTRAS, json);
+            }
+            // Last to first, each at the front: yrs finds an index by walking the array from
+            // its start, so appending one by one would take quadratic time.
+            for (id, kind, source, extras, runtime) in cells.into_iter().rev() {
+                let map = nb.cells.insert(&mut txn, 0, MapPrelim::default());
+                map.insert(&mut txn, "id", id.as_str());
+                map.insert(&mut txn, "cell_type", kind.as_str());
+                map.insert(&mut txn, "source", TextPrelim::new(source.as_str()));
+                if let Some(json) = extras {
+                    map.insert(&mut txn, EXTRAS, json);
+                }
+                nb.runtime.insert(id, runtime);
+            }
+        }
+        nb
     }
 
     /// Deletes a cell (never the last one).

@@ -2,6 +2,11 @@
 //! then the hub's frames out and the client's messages in, with a bounded backlog, a write
 //! timeout and a ping timeout. JSON text frames carry the protocol; binary frames carry Yjs.
 //! Every message goes to the hub, the one way into the document and the kernel.
+//!
+//! A Yjs-only connection (`/yjs/{document}`, for stock providers such as y-websocket's
+//! `WebsocketProvider`) is the same seat with the JSON frames left out both ways: it syncs the
+//! CRDT and awareness, and refusals (a viewer's edit) are dropped silently, as y-protocols has no
+//! way to say them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +61,8 @@ struct Conn {
     client: u64,
     last_heard: Instant,
     resyncs: Vec<Instant>,
+    /// Only y-protocols frames (binary) cross this connection.
+    yjs_only: bool,
 }
 
 pub(crate) async fn serve(
@@ -65,6 +72,7 @@ pub(crate) async fn serve(
     who: Who,
     joined: Joined,
     membership: Membership,
+    yjs_only: bool,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     metrics::gauge!("middleman_ws_connections").increment(1.0);
@@ -79,6 +87,7 @@ pub(crate) async fn serve(
         client: joined.client,
         last_heard: Instant::now(),
         resyncs: Vec::new(),
+        yjs_only,
     };
     let reason = conn.run(joined).await;
     drop(membership);
@@ -184,6 +193,7 @@ impl Conn {
 
     async fn on_message(&mut self, message: Message) -> Result<(), ()> {
         let text = match message {
+            Message::Text(_) if self.yjs_only => return Ok(()),
             Message::Text(t) => t,
             Message::Binary(bytes) => {
                 metrics::counter!("middleman_ws_messages_received_total", "kind" => "yjs")
@@ -291,6 +301,10 @@ impl Conn {
 
     /// Tells this connection why its message was refused.
     async fn refuse(&mut self, refusal: &Refusal) -> Result<(), ()> {
+        if self.yjs_only {
+            tracing::debug!(%refusal, "refused on a Yjs-only connection");
+            return Ok(());
+        }
         self.reply(ServerEvent::Error {
             code: refusal.code(),
             message: refusal.to_string(),
@@ -304,6 +318,9 @@ impl Conn {
     }
 
     async fn send(&mut self, message: Message) -> Result<(), ()> {
+        if self.yjs_only && matches!(message, Message::Text(_)) {
+            return Ok(());
+        }
         match tokio::time::timeout(WRITE_TIMEOUT, self.socket.send(message)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(()),

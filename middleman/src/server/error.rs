@@ -33,6 +33,9 @@ pub(crate) enum HttpError {
     /// The body of an import is larger than `--max-import-bytes`.
     #[error("the notebook is larger than the import limit of {limit} bytes")]
     TooLarge { limit: usize },
+    /// A Yjs-only connection named another room than the token's document.
+    #[error("the room is not the token's document")]
+    WrongRoom,
     /// The body of an import could not be read.
     #[error("the request body could not be read: {0}")]
     BadBody(String),
@@ -56,6 +59,7 @@ impl HttpError {
             HttpError::NotJson(_) | HttpError::BadNotebook(_) => {
                 (StatusCode::BAD_REQUEST, "bad_notebook")
             }
+            HttpError::WrongRoom => (StatusCode::FORBIDDEN, "wrong_document"),
             HttpError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             HttpError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         }

@@ -434,6 +434,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/ws", get(websocket))
+        .route("/yjs/{document}", get(websocket_yjs))
         .route(
             "/api/notebook",
             get(export_notebook)
@@ -574,6 +575,30 @@ async fn websocket(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, HttpError> {
+    upgrade(state, query, headers, ws, None).await
+}
+
+/// `/yjs/{document}`: the document's CRDT alone, for stock Yjs providers (y-websocket's
+/// `WebsocketProvider` puts the room in the path and `params` in the query: `?token=`). The
+/// room must be the token's document.
+async fn websocket_yjs(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(document): axum::extract::Path<String>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, HttpError> {
+    upgrade(state, query, headers, ws, Some(document)).await
+}
+
+/// Authenticates, admits and upgrades a document connection; `yjs_room` makes it Yjs-only.
+async fn upgrade(
+    state: Arc<AppState>,
+    query: WsQuery,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+    yjs_room: Option<String>,
+) -> Result<Response, HttpError> {
     if state.shutdown.is_cancelled() {
         return Err(HttpError::ShuttingDown);
     }
@@ -584,6 +609,10 @@ async fn websocket(
             metrics::counter!("middleman_ws_refused_total", "reason" => error.code()).increment(1);
             tracing::info!(%error, "websocket refused");
         })?;
+    if yjs_room.as_ref().is_some_and(|room| *room != claims.doc) {
+        return Err(HttpError::WrongRoom);
+    }
+    let yjs_only = yjs_room.is_some();
     state.bind_store(&headers, query.token.as_deref());
     state.hub.ensure_loaded(&claims.doc).await?;
     let who = crate::collab::Who {
@@ -595,7 +624,11 @@ async fn websocket(
         },
         role: claims.role,
     };
-    let resume = query.session.as_deref().zip(query.since);
+    let resume = query
+        .session
+        .as_deref()
+        .zip(query.since)
+        .filter(|_| !yjs_only);
     // Admit before upgrading, so a full document is a plain HTTP refusal.
     let joined = state.hub.join(&who, &claims.doc, resume).inspect_err(|_| {
         metrics::counter!("middleman_ws_refused_total", "reason" => "document_full").increment(1);
@@ -612,7 +645,8 @@ async fn websocket(
             async move {
                 tracker
                     .spawn(
-                        connection::serve(socket, st, claims, who, joined, guard).instrument(span),
+                        connection::serve(socket, st, claims, who, joined, guard, yjs_only)
+                            .instrument(span),
                     )
                     .await
                     .ok();

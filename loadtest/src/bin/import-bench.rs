@@ -1,0 +1,130 @@
+//! Importing big notebooks: `.ipynb` JSON of 500, 5,000 and 20,000 cells (code with outputs,
+//! markdown with metadata) through Middleman's import, the document replacement a `PUT
+//! /api/notebook` does, and the export; with nbformat's own reader (`nbformat.reads`) on the
+//! same files as the anchor, side by side in one run.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use doc_protocol::KernelDescription;
+use middleman::document::{Notebook, ipynb};
+use serde_json::{Value, json};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Cell counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "500,5000,20000")]
+    cells: Vec<usize>,
+    /// Runs of each size (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// The Python with nbformat (`make test`'s environment).
+    #[arg(long, default_value = "~/.cache/nbplat/venv/bin/python")]
+    python: String,
+}
+
+/// A notebook of `n` cells: two thirds code with a stream and a result, a third markdown with
+/// tags; a realistic mix of sizes (about 400 bytes a cell).
+fn notebook(n: usize) -> Value {
+    let cells: Vec<Value> = (0..n)
+        .map(|i| {
+            if i % 3 == 2 {
+                json!({"id": format!("m{i}"), "cell_type": "markdown", "metadata": {"tags": ["notes"]},
+                       "source": format!("## Section {i}\n\nSome prose about step {i}, with `code` and a [link](https://example.org/{i}).")})
+            } else {
+                json!({"id": format!("c{i}"), "cell_type": "code", "metadata": {}, "execution_count": i,
+                       "source": format!("df_{i} = df_{p}.assign(col_{i}=lambda d: d.a * {i})\nprint(len(df_{i}))\ndf_{i}.head()", p = i.saturating_sub(1)),
+                       "outputs": [
+                           {"output_type": "stream", "name": "stdout", "text": format!("{i}\n")},
+                           {"output_type": "execute_result", "execution_count": i, "metadata": {},
+                            "data": {"text/plain": format!("   a  col_{i}\n0  1  {i}\n1  2  {}", i * 2)}}
+                       ]})
+            }
+        })
+        .collect();
+    json!({"nbformat": 4, "nbformat_minor": 5,
+           "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+           "cells": cells})
+}
+
+fn median(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64() * 1000.0
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let kernel = KernelDescription {
+        name: "python3".into(),
+        display_name: "Python 3".into(),
+        language: "python".into(),
+    };
+    let python = args
+        .python
+        .replacen('~', &std::env::var("HOME").unwrap_or_default(), 1);
+    let dir = std::env::temp_dir().join(format!("import-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    println!(
+        "Import of generated notebooks (median of {} runs, ms): parse + import, replace the document, export; nbformat.reads on the same bytes.\n",
+        args.runs
+    );
+    println!(
+        "| cells | bytes | Middleman parse + import | replace document | export | nbformat.reads | nbformat / Middleman import |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for &n in &args.cells {
+        let bytes = serde_json::to_vec(&notebook(n))?;
+        let (mut import, mut replace, mut export) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..args.runs {
+            let t = Instant::now();
+            let json: Value = serde_json::from_slice(&bytes)?;
+            let imported = ipynb::import(&json, &kernel)?;
+            import.push(t.elapsed());
+            let mut doc = Notebook::new();
+            let t = Instant::now();
+            doc.replace_all(&imported.notebook);
+            replace.push(t.elapsed());
+            let t = Instant::now();
+            std::hint::black_box(serde_json::to_vec(&ipynb::export(&doc, &kernel))?);
+            export.push(t.elapsed());
+            anyhow::ensure!(
+                doc.len() as usize == n,
+                "imported {} cells of {n}",
+                doc.len()
+            );
+        }
+        let path = dir.join(format!("{n}.ipynb"));
+        std::fs::write(&path, &bytes)?;
+        let out = std::process::Command::new(&python)
+            .arg("-c")
+            .arg(
+                "import sys, time, nbformat\n\
+                 data = open(sys.argv[1]).read()\n\
+                 times = []\n\
+                 for _ in range(int(sys.argv[2])):\n\
+                 \x20   t = time.perf_counter(); nbformat.reads(data, as_version=4); times.append(time.perf_counter() - t)\n\
+                 print(sorted(times)[len(times) // 2] * 1000)",
+            )
+            .arg(&path)
+            .arg(args.runs.to_string())
+            .output()
+            .with_context(|| format!("running {python}"))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "nbformat: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let anchor: f64 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
+        let ours = median(import);
+        println!(
+            "| {n} | {} | {ours:.1} | {:.1} | {:.1} | {anchor:.1} | {:.1} |",
+            bytes.len(),
+            median(replace),
+            median(export),
+            anchor / ours
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
