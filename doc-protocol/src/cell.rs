@@ -79,6 +79,20 @@ pub struct CellView {
     pub source: String,
     #[serde(flatten)]
     pub runtime: CellRuntime,
+    /// In a welcome snapshot: this cell's outputs were left out to keep the snapshot small
+    /// (`outputs` is empty); `fetch_outputs` brings them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<DeferredOutputs>,
+}
+
+/// What a snapshot left out of a cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct DeferredOutputs {
+    /// How many outputs.
+    pub count: u32,
+    /// About how many bytes of JSON they take.
+    pub bytes: u64,
 }
 
 /// A cell's id and type, as listed in [`crate::ServerEvent::Cells`].

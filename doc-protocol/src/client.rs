@@ -74,6 +74,9 @@ pub enum ClientMessage {
     SetGraphRule { rule: GraphRule },
     /// Run every stale cell, in dependency order.
     RunStale,
+    /// Send the outputs a welcome snapshot deferred (at most 64 cells a message; viewers too).
+    /// Answered with one `cell_outputs` per cell, to this connection only.
+    FetchOutputs { cell_ids: Vec<String> },
     /// Answer the pending `input()` prompt of `execution_id`. The first answer wins.
     InputReply { execution_id: String, value: String },
     /// Interrupt the running execution and cancel the queued ones. Escalates to a kernel restart

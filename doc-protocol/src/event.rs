@@ -68,6 +68,11 @@ pub enum ServerEvent {
     Graph { cells: Vec<GraphCell> },
     /// The document's reactivity mode changed.
     Reactivity { mode: Reactivity },
+    /// The outputs of a cell, for the connection that asked with `fetch_outputs`.
+    CellOutputs {
+        cell_id: String,
+        outputs: Vec<Output>,
+    },
     /// The document's graph rule changed (the new graph follows as a `graph` event).
     GraphRule { rule: GraphRule },
     /// A cell was disabled or enabled.

@@ -20,7 +20,9 @@ mod graph;
 mod limits;
 mod output;
 
-pub use cell::{CellHeader, CellKind, CellRuntime, CellState, CellView, GraphRule, Reactivity};
+pub use cell::{
+    CellHeader, CellKind, CellRuntime, CellState, CellView, DeferredOutputs, GraphRule, Reactivity,
+};
 pub use client::ClientMessage;
 pub use event::{ErrorCode, PresenceInfo, ServerEvent, ServerFrame, Snapshot};
 pub use execution::{

@@ -445,3 +445,104 @@ async fn imports_keep_what_they_do_not_model_and_refuse_in_json() {
     );
     server.stop().await;
 }
+
+/// A document with megabytes of outputs: the welcome carries its structure and small outputs,
+/// and the large ones come when asked for, whole; what ran since the snapshot wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_outputs_are_deferred_from_the_welcome_and_fetched_on_demand() {
+    use doc_protocol::{ClientMessage, Output, ServerEvent};
+    let server = TestServer::start(&[]).await;
+    let editor = format!("Bearer {}", server.token("ada", Role::Editor));
+    let big = "x".repeat(500 * 1024);
+    let cells: Vec<serde_json::Value> = (0..40)
+        .map(|i| {
+            serde_json::json!({"id": format!("c{i}"), "cell_type": "code", "metadata": {},
+                "execution_count": i + 1, "source": format!("print({i})"),
+                "outputs": [{"output_type": "stream", "name": "stdout",
+                             "text": if i % 2 == 0 { big.clone() } else { format!("{i}\n") }}]})
+        })
+        .collect();
+    let notebook =
+        serde_json::json!({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": cells});
+    let body = notebook.to_string();
+    assert!(body.len() > 10_000_000);
+    let (status, reply) = http_send(
+        server.addr,
+        "PUT",
+        "/api/notebook",
+        &[("Authorization", &editor)],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+
+    let mut c = server.client("bob", Role::Viewer).await;
+    let welcome_bytes = serde_json::to_vec(&c.welcome).unwrap().len();
+    assert!(
+        welcome_bytes < 512 * 1024,
+        "welcome of {welcome_bytes} bytes"
+    );
+    let cells = c.snapshot().cells.clone();
+    assert_eq!(cells.len(), 40);
+    let deferred: Vec<String> = cells
+        .iter()
+        .filter(|c| c.deferred.is_some())
+        .map(|c| c.id.clone())
+        .collect();
+    assert_eq!(deferred.len(), 20, "the twenty large ones");
+    assert!(
+        cells
+            .iter()
+            .filter(|c| c.deferred.is_none())
+            .all(|c| c.runtime.outputs.len() == 1)
+    );
+    assert!(
+        cells[0]
+            .deferred
+            .is_some_and(|d| d.count == 1 && d.bytes > 500 * 1024)
+    );
+
+    // Fetched, a few at a time (viewers too), whole.
+    c.send(&ClientMessage::FetchOutputs {
+        cell_ids: deferred[..8].to_vec(),
+    })
+    .await;
+    let mut got = Vec::new();
+    while got.len() < 8 {
+        if let ServerEvent::CellOutputs { cell_id, outputs } = c.next().await.event {
+            assert!(matches!(&outputs[..], [Output::Stream { text, .. }] if *text == big));
+            got.push(cell_id);
+        }
+    }
+    assert_eq!(got, deferred[..8]);
+    // Too many at once, or an unknown cell: refused, the connection kept.
+    c.send(&ClientMessage::FetchOutputs {
+        cell_ids: vec!["c0".into(); 65],
+    })
+    .await;
+    c.until(|e| {
+        matches!(
+            e,
+            ServerEvent::Error {
+                code: doc_protocol::ErrorCode::TooLarge,
+                ..
+            }
+        )
+    })
+    .await;
+    c.send(&ClientMessage::FetchOutputs {
+        cell_ids: vec!["nope".into()],
+    })
+    .await;
+    c.until(|e| {
+        matches!(
+            e,
+            ServerEvent::Error {
+                code: doc_protocol::ErrorCode::NoSuchCell,
+                ..
+            }
+        )
+    })
+    .await;
+    server.stop().await;
+}

@@ -32,6 +32,8 @@ interface Runtime {
   state: CellState;
   truncatedAt?: number;
   disabled: boolean;
+  /** The snapshot left this cell's outputs out; `fetch_outputs` brings them. */
+  deferred?: boolean;
 }
 
 function newRuntime(): Runtime {
@@ -376,8 +378,18 @@ export class Notebook {
         this.refreshDeps();
         return;
       }
+      case "cell_outputs": {
+        const rt = this.runtime(f.cell_id);
+        // Only if nothing newer came meanwhile (a run clears the cell first).
+        if (!rt.deferred) return;
+        rt.deferred = false;
+        rt.outputs = f.outputs.slice();
+        this.cells.get(f.cell_id)?.outputs.set(rt.outputs, rt.truncatedAt);
+        return;
+      }
       case "outputs_cleared": {
         const rt = this.runtime(f.cell_id);
+        rt.deferred = false;
         rt.outputs = [];
         rt.truncatedAt = undefined;
         this.cells.get(f.cell_id)?.outputs.clear();
@@ -542,6 +554,7 @@ export class Notebook {
           state: c.state,
           truncatedAt: c.truncated ? w.limits.max_output_bytes : undefined,
           disabled: c.disabled ?? false,
+          deferred: c.deferred != null,
         });
       }
       this.execCell.clear();
@@ -557,8 +570,13 @@ export class Notebook {
       for (const [id, ui] of this.cells) {
         const rt = this.runtime(id);
         ui.outputs.set(rt.outputs, rt.truncatedAt);
+        if (rt.deferred) ui.outputs.notice("Loading outputs…", "deferred");
         ui.showRuntime(rt);
       }
+      // The document's structure is on screen; its large outputs follow, a few cells a message,
+      // in document order.
+      const deferred = s.cells.filter((c) => c.deferred != null).map((c) => c.id);
+      for (let i = 0; i < deferred.length; i += 8) this.send({ type: "fetch_outputs", cell_ids: deferred.slice(i, i + 8) });
       this.showPrompt(false);
       this.showPeople();
       this.showQueue();

@@ -20,6 +20,7 @@ export type ClientMessage = { "type": "execute", code: string, request_id?: stri
   | { "type": "set_reactivity", mode: Reactivity, }
   | { "type": "set_graph_rule", rule: GraphRule, }
   | { "type": "run_stale" }
+  | { "type": "fetch_outputs", cell_ids: Array<string>, }
   | { "type": "input_reply", execution_id: string, value: string, }
   | { "type": "interrupt" }
   | { "type": "restart" }
@@ -53,6 +54,7 @@ export type ServerFrame = { seq?: number | null, } & ({ "type": "welcome", proto
   | { "type": "outputs_cleared", cell_id: string, }
   | { "type": "graph", cells: Array<GraphCell>, }
   | { "type": "reactivity", mode: Reactivity, }
+  | { "type": "cell_outputs", cell_id: string, outputs: Array<Output>, }
   | { "type": "graph_rule", rule: GraphRule, }
   | { "type": "cell_disabled", cell_id: string, disabled: boolean, }
   | { "type": "presence" } & PresenceInfo
@@ -104,6 +106,7 @@ export type ServerEvent = { "type": "welcome", protocol: number,
   | { "type": "outputs_cleared", cell_id: string, }
   | { "type": "graph", cells: Array<GraphCell>, }
   | { "type": "reactivity", mode: Reactivity, }
+  | { "type": "cell_outputs", cell_id: string, outputs: Array<Output>, }
   | { "type": "graph_rule", rule: GraphRule, }
   | { "type": "cell_disabled", cell_id: string, disabled: boolean, }
   | { "type": "presence" } & PresenceInfo
@@ -184,7 +187,12 @@ export type CellRuntime = { outputs: Array<Output>, execution_count: number | nu
      */
     disabled?: boolean, };
 
-export type CellView = { id: string, kind: CellKind, source: string, outputs: Array<Output>, execution_count: number | null, state: CellState,
+export type CellView = { id: string, kind: CellKind, source: string,
+    /**
+     * In a welcome snapshot: this cell's outputs were left out to keep the snapshot small
+     * (`outputs` is empty); `fetch_outputs` brings them.
+     */
+    deferred?: DeferredOutputs | null, outputs: Array<Output>, execution_count: number | null, state: CellState,
     /**
      * The last execution's output passed its byte cap; later output was dropped.
      */
@@ -193,6 +201,16 @@ export type CellView = { id: string, kind: CellKind, source: string, outputs: Ar
      * A disabled cell does not run, and blocks the cells that depend on it.
      */
     disabled?: boolean, };
+
+export type DeferredOutputs = {
+    /**
+     * How many outputs.
+     */
+    count: number,
+    /**
+     * About how many bytes of JSON they take.
+     */
+    bytes: number, };
 
 export type CellHeader = { id: string, cell_type: CellKind, };
 

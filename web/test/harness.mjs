@@ -138,9 +138,28 @@ export async function addCell(page) {
 
 /** Runs a cell with Ctrl-Enter from its editor and waits until it is idle or failed. */
 export async function run(page, index, { wait = true } = {}) {
+  // Notes when this run starts (the cell turns queued or running), so that waiting for it to
+  // end does not mistake the previous run's prompt and state for this one's.
+  await page.evaluate((i) => {
+    const el = document.querySelectorAll("section.cell")[i];
+    el.dataset.runStarted = "";
+    const seen = () => el.classList.contains("state-queued") || el.classList.contains("state-running");
+    const obs = new MutationObserver(() => {
+      if (seen()) {
+        el.dataset.runStarted = "1";
+        obs.disconnect();
+      }
+    });
+    obs.observe(el, { attributes: true, attributeFilter: ["class"] });
+  }, index);
   await click(cell(page, index).locator(".cm-content"));
   await page.keyboard.press("Control+Enter");
-  if (wait) await waitDone(page, index);
+  if (!wait) return;
+  // A run the server refuses never starts: after a while, fall back to the state alone.
+  await page
+    .waitForFunction((i) => document.querySelectorAll("section.cell")[i]?.dataset.runStarted === "1", index, { timeout: 10_000 })
+    .catch(() => {});
+  await waitDone(page, index);
 }
 
 export async function waitDone(page, index, timeout = 30_000) {

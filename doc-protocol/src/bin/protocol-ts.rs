@@ -26,6 +26,7 @@ fn main() {
         CellState::decl(&cfg),
         CellRuntime::decl(&cfg),
         CellView::decl(&cfg),
+        DeferredOutputs::decl(&cfg),
         CellHeader::decl(&cfg),
         Reactivity::decl(&cfg),
         GraphRule::decl(&cfg),

@@ -248,10 +248,12 @@ impl Hub {
             st.log.missed(session, since).map(|frames| (since, frames))
         });
         let snapshot = missed.is_none().then(|| {
+            let mut cells = st.edits.nb.cells();
+            defer_large_outputs(&mut cells, SNAPSHOT_OUTPUT_BUDGET);
             Box::new(Snapshot {
                 kernel_state: st.mirror.kernel_state,
                 executions: st.mirror.executions.clone(),
-                cells: st.edits.nb.cells(),
+                cells,
                 presence: st.presence.people(),
                 input: st.mirror.input.clone(),
                 graph: st.deps.graph.cells().to_vec(),
@@ -540,6 +542,26 @@ impl Hub {
             st.log.emit(ServerEvent::Reactivity { mode });
             self.touched(&mut st);
         }
+    }
+
+    /// The current outputs of `cell_ids` (for `fetch_outputs`: what a snapshot deferred).
+    pub fn outputs(&self, cell_ids: &[String]) -> Result<Vec<ServerEvent>, Refusal> {
+        if cell_ids.len() > MAX_FETCH_CELLS {
+            return Err(Refusal::TooManyCells {
+                max: MAX_FETCH_CELLS,
+            });
+        }
+        let mut st = self.lock();
+        cell_ids
+            .iter()
+            .map(|id| {
+                let outputs = st.edits.nb.runtime_mut(id)?.outputs.clone();
+                Ok(ServerEvent::CellOutputs {
+                    cell_id: id.clone(),
+                    outputs,
+                })
+            })
+            .collect()
     }
 
     /// Sets how the document's graph resolves names defined in several cells; the graph is
@@ -844,6 +866,48 @@ fn document_of(st: &State) -> reactor::Document<'_> {
         graph: &st.deps.graph,
         cells: st.edits.nb.runtimes(),
         mode: reactivity_of(&st.edits.nb),
+    }
+}
+
+/// The outputs a welcome snapshot carries at most, in bytes of JSON; the largest are deferred
+/// beyond it (`fetch_outputs`), so a document with megabytes of outputs opens as fast as a
+/// small one.
+const SNAPSHOT_OUTPUT_BUDGET: u64 = 256 * 1024;
+/// A cell's outputs smaller than this always travel in the snapshot.
+const SMALL_OUTPUTS: u64 = 4 * 1024;
+/// Cells in one `fetch_outputs`.
+const MAX_FETCH_CELLS: usize = 64;
+
+/// Leaves the largest outputs out of `cells` until the rest fit in `budget` bytes, marking
+/// each cell it emptied.
+fn defer_large_outputs(cells: &mut [crate::protocol::CellView], budget: u64) {
+    let sizes: Vec<u64> = cells
+        .iter()
+        .map(|c| {
+            c.runtime
+                .outputs
+                .iter()
+                .map(|o| serde_json::to_vec(o).map_or(0, |v| v.len() as u64))
+                .sum()
+        })
+        .collect();
+    let mut total: u64 = sizes.iter().sum();
+    if total <= budget {
+        return;
+    }
+    let mut largest: Vec<usize> = (0..cells.len()).collect();
+    largest.sort_by_key(|&i| std::cmp::Reverse(sizes[i]));
+    for i in largest {
+        if total <= budget || sizes[i] < SMALL_OUTPUTS {
+            break;
+        }
+        let cell = &mut cells[i];
+        cell.deferred = Some(crate::protocol::DeferredOutputs {
+            count: u32::try_from(cell.runtime.outputs.len()).unwrap_or(u32::MAX),
+            bytes: sizes[i],
+        });
+        cell.runtime.outputs = Vec::new();
+        total -= sizes[i];
     }
 }
 

@@ -59,6 +59,9 @@ pub enum Refusal {
     /// shutting down).
     #[error(transparent)]
     Kernel(#[from] crate::kernel::SessionRefusal),
+    /// A `fetch_outputs` for too many cells at once.
+    #[error("fetch_outputs takes at most {max} cells a message")]
+    TooManyCells { max: usize },
 }
 
 impl Refusal {
@@ -74,7 +77,8 @@ impl Refusal {
             Refusal::MessageTooLarge { .. }
             | Refusal::AwarenessTooLarge
             | Refusal::CursorTooLarge
-            | Refusal::DocumentTooLarge { .. } => ErrorCode::TooLarge,
+            | Refusal::DocumentTooLarge { .. }
+            | Refusal::TooManyCells { .. } => ErrorCode::TooLarge,
             Refusal::Document(e) => match e {
                 DocumentError::NoSuchCell(_) => ErrorCode::NoSuchCell,
                 DocumentError::BadUpdate(_) | DocumentError::BadNotebook(_) => {

@@ -171,6 +171,7 @@ impl Notebook {
                     kind,
                     source,
                     runtime,
+                    deferred: None,
                 }
             })
             .collect()

@@ -217,6 +217,17 @@ impl Conn {
             Ok(m) => m,
             Err(error) => return self.refuse(&Refusal::Unreadable(error)).await,
         };
+        if let ClientMessage::FetchOutputs { cell_ids } = &parsed {
+            return match self.state.hub.outputs(cell_ids) {
+                Ok(replies) => {
+                    for reply in replies {
+                        self.reply(reply).await?;
+                    }
+                    Ok(())
+                }
+                Err(refusal) => self.refuse(&refusal).await,
+            };
+        }
         match self.dispatch(parsed).await {
             Ok(Some(reply)) => self.reply(reply).await,
             Ok(None) => Ok(()),
@@ -235,6 +246,8 @@ impl Conn {
                 hub.presence(self.client, cell_id, cursor)?;
                 return Ok(None);
             }
+            // Answered in `on_message` (several replies).
+            ClientMessage::FetchOutputs { .. } => return Ok(None),
             _ if !self.claims.role.can_edit() => return Err(Refusal::ViewerAction),
             ClientMessage::InsertCell {
                 index,
