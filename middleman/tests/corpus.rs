@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use common::*;
 use doc_protocol::KernelDescription;
 use middleman::document::ipynb;
+use middleman::graph::{Graph, GraphError, GraphRule};
 use serde_json::Value;
 
 fn corpus() -> Vec<PathBuf> {
@@ -137,6 +138,7 @@ fn is_python(json: &Value) -> bool {
 fn every_python_cell_of_the_corpus_is_understood_as_ipython_runs_it() {
     let mut cells = 0;
     let mut refused = Vec::new();
+    let (mut blocked_strict, mut blocked_positional) = (0, 0);
     for path in corpus() {
         let Some(json) = read_json(&path) else {
             continue;
@@ -145,16 +147,41 @@ fn every_python_cell_of_the_corpus_is_understood_as_ipython_runs_it() {
             continue;
         }
         let imported = ipynb::import(&json, &python_kernel()).unwrap();
+        let mut analyses = Vec::new();
         for cell in imported.notebook.cells() {
             if cell.kind != middleman::document::CellKind::Code {
                 continue;
             }
             cells += 1;
-            if middleman::graph::analyse(&cell.source).error.is_some() {
+            let analysis = middleman::graph::analyse(&cell.source);
+            if analysis.error.is_some() {
                 refused.push(cell.source);
             }
+            analyses.push((cell.id, analysis));
+        }
+        // The same notebook's graph under both rules: the strict one refuses redefinitions and
+        // cycles, the positional one nothing but syntax errors.
+        let refs: Vec<(&str, &middleman::graph::CellAnalysis)> =
+            analyses.iter().map(|(id, a)| (id.as_str(), a)).collect();
+        for (rule, count) in [
+            (GraphRule::Strict, &mut blocked_strict),
+            (GraphRule::Positional, &mut blocked_positional),
+        ] {
+            *count += Graph::build(&refs, rule)
+                .cells()
+                .iter()
+                .filter(|c| {
+                    c.error
+                        .as_ref()
+                        .is_some_and(|e| !matches!(e, GraphError::Syntax { .. }))
+                })
+                .count();
         }
     }
+    eprintln!(
+        "corpus: graph refusals of {cells} Python code cells: strict rule {blocked_strict}, positional rule {blocked_positional}"
+    );
+    assert_eq!(blocked_positional, 0);
     assert!(cells >= 200, "only {cells} Python code cells");
     // What the analysis refuses, IPython must refuse too: its own transforms, then Python's
     // compiler (the corpus has Python 2 prints and cells broken on purpose).
@@ -195,4 +222,93 @@ fn every_python_cell_of_the_corpus_is_understood_as_ipython_runs_it() {
         "IPython runs these, the analysis refuses them:\n{}",
         runnable.join("\n----\n")
     );
+}
+
+/// The Python notebooks of the corpus, imported into a live document and run cell by cell in
+/// document order through the graph (positional rule, lazy so that each cell runs once): no
+/// cell is refused by the graph. Cells may fail on their own (a missing package, no network, a
+/// file the notebook expected); that is the notebook's business, not the graph's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_notebooks_of_the_corpus_run_in_order_without_graph_refusals() {
+    use doc_protocol::{ClientMessage, Reactivity, ServerEvent};
+    use session_token::Role;
+    // Short: some cells sleep for long, or wait for input() nobody gives.
+    let server = TestServer::start(&["--execution-timeout", "5s"]).await;
+    let bearer = format!("Bearer {}", server.token("ada", Role::Editor));
+    let mut c = server.client("ada", Role::Editor).await;
+    c.send(&ClientMessage::SetReactivity {
+        mode: Reactivity::Lazy,
+    })
+    .await;
+    let (mut notebooks, mut ran, mut failed) = (0, 0, 0);
+    for path in corpus() {
+        let Some(json) = read_json(&path) else {
+            continue;
+        };
+        if json["nbformat"] != 4 || !is_python(&json) {
+            continue;
+        }
+        let (status, reply) = http_send(
+            server.addr,
+            "PUT",
+            "/api/notebook",
+            &[("Authorization", &bearer)],
+            json.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 200, "{}: {reply}", path.display());
+        notebooks += 1;
+        // The cells as the document holds them (ids a notebook lacked were made by the import).
+        let (status, body) =
+            http_request(server.addr, "/api/notebook", &[("Authorization", &bearer)]).await;
+        assert_eq!(status, 200);
+        let exported: Value = serde_json::from_str(&body).unwrap();
+        let imported = ipynb::import(&exported, &python_kernel()).unwrap();
+        for cell in imported.notebook.cells() {
+            if cell.kind != middleman::document::CellKind::Code || cell.source.trim().is_empty() {
+                continue;
+            }
+            let rid = format!("r{ran}");
+            c.send(&ClientMessage::ExecuteCell {
+                cell_id: cell.id.clone(),
+                request_id: Some(rid.clone()),
+                stop_on_error: false,
+            })
+            .await;
+            let execution = c
+                .until(|e| {
+                    matches!(e, ServerEvent::ExecutionQueued { request_id: Some(r), .. } if *r == rid)
+                        || matches!(e, ServerEvent::Error { .. })
+                })
+                .await;
+            match execution.last() {
+                Some(ServerEvent::ExecutionQueued { execution, .. }) => {
+                    let run = c.collect(&execution.id).await;
+                    ran += 1;
+                    if run.status != Some(doc_protocol::ExecutionStatus::Ok) {
+                        failed += 1;
+                    }
+                }
+                other => {
+                    // Only a syntax error IPython shares may keep a cell from running.
+                    let syntax = middleman::graph::analyse(&cell.source).error.is_some();
+                    assert!(
+                        syntax,
+                        "{}: cell {} refused: {other:?}\n{}",
+                        path.display(),
+                        cell.id,
+                        cell.source
+                    );
+                }
+            }
+        }
+    }
+    eprintln!(
+        "corpus: {notebooks} Python notebooks, {ran} code cells run in order, {failed} failed on their own"
+    );
+    assert!(
+        notebooks >= 20 && ran >= 150,
+        "{notebooks} notebooks, {ran} cells"
+    );
+    server.stop().await;
 }
