@@ -60,6 +60,13 @@ pub fn enter(policy: &JailPolicy) -> Result<(), JailFsError> {
     )
     .map_err(fail("mount root tmpfs on", root))?;
 
+    // The private /tmp and /dev first: what is bound below may live under /tmp on the host (a
+    // checkout there, with the agent's own binary for the self-test), and a later tmpfs would
+    // hide it.
+    dev(root, policy.tmp_bytes)?;
+    let tmp = root.join("tmp");
+    mkdir(&tmp)?;
+    tmpfs(&tmp, policy.tmp_bytes, "1777")?;
     for dir in SYSTEM_DIRS {
         replicate(root, Path::new(dir))?;
     }
@@ -70,10 +77,6 @@ pub fn enter(policy: &JailPolicy) -> Result<(), JailFsError> {
         bind(root, file, file, true)?;
     }
     etc(root, policy)?;
-    dev(root, policy.tmp_bytes)?;
-    let tmp = root.join("tmp");
-    mkdir(&tmp)?;
-    tmpfs(&tmp, policy.tmp_bytes, "1777")?;
     proc(root)?;
     bind_rw(root, &policy.workspace, Path::new(JAIL_HOME), true)?;
     bind_rw(root, &policy.ipc_dir, Path::new(JAIL_IPC), false)?;
