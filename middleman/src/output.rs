@@ -241,7 +241,7 @@ fn floor_char_boundary(s: &str, i: usize) -> usize {
 
 /// Approximate encoded size of an output: string bytes plus a little per node. Cheap (no
 /// serialisation) and never less than the payload a client receives.
-fn output_size(output: &Output) -> usize {
+pub(crate) fn output_size(output: &Output) -> usize {
     match output {
         Output::Stream { text, .. } => text.len(),
         Output::DisplayData { data, metadata, .. }

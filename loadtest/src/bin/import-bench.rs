@@ -1,7 +1,9 @@
 //! Importing big notebooks: `.ipynb` JSON of 500, 5,000 and 20,000 cells (code with outputs,
 //! markdown with metadata) through Middleman's import, the document replacement a `PUT
 //! /api/notebook` does, and the export; with nbformat's own reader (`nbformat.reads`) on the
-//! same files as the anchor, side by side in one run.
+//! same files as the anchor, side by side in one run. Then end to end against a Middleman
+//! process: `PUT /api/notebook` of each size, and how long a joining client waits for its
+//! welcome (and how big it is) in a small document and in one with 20 MB of outputs.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,9 @@ struct Args {
     /// The Python with nbformat (`make test`'s environment).
     #[arg(long, default_value = "~/.cache/nbplat/venv/bin/python")]
     python: String,
+    /// The Middleman binary for the end-to-end part.
+    #[arg(long, default_value = "target/release/middleman")]
+    middleman_bin: std::path::PathBuf,
 }
 
 /// A notebook of `n` cells: two thirds code with a stream and a result, a third markdown with
@@ -53,7 +58,8 @@ fn median(mut v: Vec<Duration>) -> f64 {
     v[v.len() / 2].as_secs_f64() * 1000.0
 }
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let kernel = KernelDescription {
         name: "python3".into(),
@@ -126,5 +132,118 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+    end_to_end(&args).await
+}
+
+/// A notebook of `cells` code cells whose outputs total about `output_bytes`.
+fn with_outputs(cells: usize, output_bytes: usize) -> Value {
+    let mut nb = notebook(cells);
+    let code = nb["cells"]
+        .as_array()
+        .map_or(1, |c| c.iter().filter(|c| c["cell_type"] == "code").count())
+        .max(1);
+    let each = output_bytes / code;
+    if let Some(cells) = nb["cells"].as_array_mut() {
+        for c in cells.iter_mut().filter(|c| c["cell_type"] == "code") {
+            c["outputs"][0]["text"] = Value::String("y".repeat(each));
+        }
+    }
+    nb
+}
+
+async fn put(addr: &str, token: &str, body: &[u8]) -> anyhow::Result<(u16, Duration)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let t = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let head = format!(
+        "PUT /api/notebook HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body).await?;
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).await?;
+    let text = String::from_utf8_lossy(&reply);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, t.elapsed()))
+}
+
+/// Connects a client and reads its welcome: (time, bytes).
+async fn welcome(mm: &loadtest::Middleman, token: &str) -> anyhow::Result<(Duration, usize)> {
+    use futures_util::StreamExt as _;
+    let t = Instant::now();
+    let mut ws = mm.connect(token).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
+                return Ok((t.elapsed(), text.len()));
+            }
+            Some(Ok(_)) => {}
+            other => anyhow::bail!("no welcome: {other:?}"),
+        }
+    }
+}
+
+async fn end_to_end(args: &Args) -> anyhow::Result<()> {
+    let scratch = loadtest::tempdir("import-bench")?;
+    let mm = loadtest::Middleman::start(
+        &args.middleman_bin,
+        &scratch,
+        &[
+            "--max-import-bytes",
+            "134217728",
+            "--max-document-bytes",
+            "134217728",
+        ],
+    )
+    .await?;
+    let token = mm.token("bench").await?;
+    println!(
+        "\nEnd to end against a Middleman process (median of {} runs, ms):\n",
+        args.runs
+    );
+    println!("| cells | PUT /api/notebook |");
+    println!("|---|---|");
+    for &n in &args.cells {
+        let body = serde_json::to_vec(&notebook(n))?;
+        let mut times = Vec::new();
+        for _ in 0..args.runs {
+            let (status, took) = put(&mm.addr, &token, &body).await?;
+            anyhow::ensure!(status == 200, "PUT of {n} cells answered {status}");
+            times.push(took);
+        }
+        println!("| {n} | {:.1} |", median(times));
+    }
+    println!("\n| document | outputs | welcome bytes | time to welcome |");
+    println!("|---|---|---|---|");
+    for (label, nb) in [
+        ("small (50 cells)", with_outputs(50, 50 * 100)),
+        (
+            "20 MB of outputs (50 cells)",
+            with_outputs(50, 20 * 1024 * 1024),
+        ),
+    ] {
+        let body = serde_json::to_vec(&nb)?;
+        let (status, _) = put(&mm.addr, &token, &body).await?;
+        anyhow::ensure!(status == 200, "PUT answered {status}");
+        let mut times = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..args.runs {
+            let (took, size) = welcome(&mm, &token).await?;
+            times.push(took);
+            bytes = size;
+        }
+        println!(
+            "| {label} | {} | {bytes} | {:.1} |",
+            body.len(),
+            median(times)
+        );
+    }
+    mm.stop().await;
+    let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
 }

@@ -8,7 +8,7 @@
 //! announces what changed and carries out the reactor's decisions; splitting it further would
 //! split those steps from the lock they need.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -248,8 +248,8 @@ impl Hub {
             st.log.missed(session, since).map(|frames| (since, frames))
         });
         let snapshot = missed.is_none().then(|| {
-            let mut cells = st.edits.nb.cells();
-            defer_large_outputs(&mut cells, SNAPSHOT_OUTPUT_BUDGET);
+            let deferred = large_outputs(st.edits.nb.runtimes(), SNAPSHOT_OUTPUT_BUDGET);
+            let cells = st.edits.nb.cells_deferring(&deferred);
             Box::new(Snapshot {
                 kernel_state: st.mirror.kernel_state,
                 executions: st.mirror.executions.clone(),
@@ -878,37 +878,43 @@ const SMALL_OUTPUTS: u64 = 4 * 1024;
 /// Cells in one `fetch_outputs`.
 const MAX_FETCH_CELLS: usize = 64;
 
-/// Leaves the largest outputs out of `cells` until the rest fit in `budget` bytes, marking
-/// each cell it emptied.
-fn defer_large_outputs(cells: &mut [crate::protocol::CellView], budget: u64) {
-    let sizes: Vec<u64> = cells
+/// The cells whose outputs a snapshot leaves out: the largest, until the rest fit in `budget`
+/// bytes (sizes estimated without serialising, under the lock).
+fn large_outputs(
+    runtimes: &HashMap<String, crate::protocol::CellRuntime>,
+    budget: u64,
+) -> HashMap<String, crate::protocol::DeferredOutputs> {
+    let mut sizes: Vec<(&String, u64, usize)> = runtimes
         .iter()
-        .map(|c| {
-            c.runtime
+        .map(|(id, r)| {
+            let bytes = r
                 .outputs
                 .iter()
-                .map(|o| serde_json::to_vec(o).map_or(0, |v| v.len() as u64))
-                .sum()
+                .map(|o| crate::output::output_size(o) as u64)
+                .sum();
+            (id, bytes, r.outputs.len())
         })
         .collect();
-    let mut total: u64 = sizes.iter().sum();
+    let mut total: u64 = sizes.iter().map(|(_, b, _)| b).sum();
+    let mut deferred = HashMap::new();
     if total <= budget {
-        return;
+        return deferred;
     }
-    let mut largest: Vec<usize> = (0..cells.len()).collect();
-    largest.sort_by_key(|&i| std::cmp::Reverse(sizes[i]));
-    for i in largest {
-        if total <= budget || sizes[i] < SMALL_OUTPUTS {
+    sizes.sort_by_key(|(_, bytes, _)| std::cmp::Reverse(*bytes));
+    for (id, bytes, count) in sizes {
+        if total <= budget || bytes < SMALL_OUTPUTS {
             break;
         }
-        let cell = &mut cells[i];
-        cell.deferred = Some(crate::protocol::DeferredOutputs {
-            count: u32::try_from(cell.runtime.outputs.len()).unwrap_or(u32::MAX),
-            bytes: sizes[i],
-        });
-        cell.runtime.outputs = Vec::new();
-        total -= sizes[i];
+        deferred.insert(
+            id.clone(),
+            crate::protocol::DeferredOutputs {
+                count: u32::try_from(count).unwrap_or(u32::MAX),
+                bytes,
+            },
+        );
+        total -= bytes;
     }
+    deferred
 }
 
 fn reactivity_of(nb: &Notebook) -> Reactivity {

@@ -177,6 +177,38 @@ impl Notebook {
             .collect()
     }
 
+    /// The cells in order, leaving out the outputs of the cells in `deferred` (a snapshot's
+    /// large ones) without copying them.
+    pub fn cells_deferring(
+        &self,
+        deferred: &HashMap<String, crate::protocol::DeferredOutputs>,
+    ) -> Vec<CellView> {
+        self.scan(true)
+            .into_iter()
+            .map(|(id, kind, source)| {
+                let left_out = deferred.get(&id).copied();
+                let runtime = match (self.runtime.get(&id), left_out) {
+                    (Some(r), Some(_)) => CellRuntime {
+                        outputs: Vec::new(),
+                        execution_count: r.execution_count,
+                        state: r.state,
+                        truncated: r.truncated,
+                        disabled: r.disabled,
+                    },
+                    (Some(r), None) => r.clone(),
+                    (None, _) => CellRuntime::default(),
+                };
+                CellView {
+                    id,
+                    kind,
+                    source,
+                    runtime,
+                    deferred: left_out,
+                }
+            })
+            .collect()
+    }
+
     /// Each cell's id and type, in order (cheaper than [`Self::cells`]: no text, no outputs).
     pub fn headers(&self) -> Vec<(String, CellKind)> {
         self.scan(false)
