@@ -80,11 +80,12 @@ impl Dependencies {
             .filter(|(_, kind, _)| *kind == CellKind::Code)
             .map(|(id, _, _)| id.clone())
             .collect();
-        // What depended on a deleted cell, from the graph it was still in.
-        let mut dependents = Vec::new();
+        // What depended on a deleted cell, from the graph it was still in (one walk for all of
+        // them: an import replaces thousands at once).
+        let removed_ids: Vec<&str> = removed.iter().map(|(id, _)| id.as_str()).collect();
+        let mut dependents = self.graph.descendants_of_all(&removed_ids);
         for (id, _) in &removed {
             self.analyses.remove(id);
-            dependents.extend(self.graph.descendants(id));
         }
         let order: Vec<(&str, &CellAnalysis)> = sources
             .iter()
@@ -114,11 +115,19 @@ impl Dependencies {
             })
             .map(|c| c.id.clone())
             .collect();
-        let names: Vec<String> = removed
-            .iter()
-            .flat_map(|(_, defs)| defs.iter().cloned())
-            .filter(|n| !self.analyses.values().any(|(_, a)| a.defs.contains(n)))
+        let still_defined: HashSet<&str> = self
+            .analyses
+            .values()
+            .flat_map(|(_, a)| a.defs.iter().map(String::as_str))
             .collect();
+        let mut names: Vec<String> = removed
+            .iter()
+            .flat_map(|(_, defs)| defs.iter())
+            .filter(|n| !still_defined.contains(n.as_str()))
+            .cloned()
+            .collect();
+        names.sort_unstable();
+        names.dedup();
         dependents.retain(|c| present.contains(c));
         dependents.dedup();
         Some(Regraphed {

@@ -249,9 +249,11 @@ impl Notebook {
                     self.meta.remove(&mut txn, EXTRAS);
                 }
             }
-            let len = self.cells.len(&txn);
-            self.cells.remove_range(&mut txn, 0, len);
-            // Last to first at the front (see `from_cells`).
+            // The new cells go in front of the old ones, last first, and the old ones are
+            // deleted after: yrs finds an index by walking from the array's start and steps over
+            // deleted items on the way, so inserting behind the tombstones of earlier imports
+            // would cost their number for every cell (quadratic over repeated imports).
+            let old = self.cells.len(&txn);
             for cell in cells.iter().rev() {
                 let map = self.cells.insert(&mut txn, 0, MapPrelim::default());
                 map.insert(&mut txn, "id", cell.id.as_str());
@@ -261,6 +263,8 @@ impl Notebook {
                     map.insert(&mut txn, EXTRAS, json);
                 }
             }
+            let new = u32::try_from(cells.len()).unwrap_or(u32::MAX);
+            self.cells.remove_range(&mut txn, new, old);
         }
         self.runtime = cells.into_iter().map(|c| (c.id, c.runtime)).collect();
     }

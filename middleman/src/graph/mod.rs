@@ -38,11 +38,17 @@ impl Graph {
         rule: GraphRule,
     ) -> (Self, bool) {
         let n = cells.len();
-        // The first definer of each name; names with several are kept apart (rare).
-        let mut first: FastMap<&str, usize> =
-            FastMap::with_capacity_and_hasher(n * 2, Default::default());
+        // Strict: the first definer of each name; names with several are kept apart (rare).
+        let mut first: FastMap<&str, usize> = FastMap::default();
         let mut several: FastMap<&str, Vec<usize>> = FastMap::default();
-        for (i, (_, a)) in cells.iter().enumerate() {
+        if rule == GraphRule::Strict {
+            first.reserve(n * 2);
+        }
+        for (i, (_, a)) in cells
+            .iter()
+            .enumerate()
+            .filter(|_| rule == GraphRule::Strict)
+        {
             for d in &a.defs {
                 match first.entry(d.as_str()) {
                     std::collections::hash_map::Entry::Vacant(v) => {
@@ -61,8 +67,13 @@ impl Graph {
         let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
         let mut errors: Vec<Option<GraphError>> = vec![None; n];
         let mut warnings: Vec<Vec<String>> = vec![Vec::new(); n];
-        // Positional: the nearest definition above each cell, as the cells are walked in order.
+        // Positional: the nearest definition above each cell, as the cells are walked in order;
+        // names read before any definition, checked against the last definitions at the end.
         let mut above: FastMap<&str, usize> = FastMap::default();
+        if rule == GraphRule::Positional {
+            above.reserve(n * 2);
+        }
+        let mut unresolved: Vec<(usize, &str)> = Vec::new();
         for (i, (_, a)) in cells.iter().enumerate() {
             if let Some(message) = &a.error {
                 errors[i] = Some(GraphError::Syntax {
@@ -89,23 +100,14 @@ impl Graph {
                     }
                 }
                 GraphRule::Positional => {
-                    let mut below = Vec::new();
                     for r in &a.refs {
                         match above.get(r.as_str()) {
                             Some(&d) => parents[i].push(d),
-                            // Read here, defined only further down: the kernel has whatever ran
-                            // last, and the graph says so.
-                            None if first.get(r.as_str()).is_some_and(|&d| d > i) => {
-                                below.push(r.as_str());
-                            }
-                            None => {}
+                            // Its own definition (read after it, or `x = x + 1` with
+                            // nothing above) is no warning.
+                            None if a.defs.contains(r) => {}
+                            None => unresolved.push((i, r.as_str())),
                         }
-                    }
-                    if !below.is_empty() {
-                        warnings[i].push(format!(
-                            "defined only below this cell: {}",
-                            below.join(", ")
-                        ));
                     }
                     for d in &a.defs {
                         above.insert(d.as_str(), i);
@@ -118,6 +120,19 @@ impl Graph {
             debug_assert!(before.len() == i);
             for &p in &rest[0] {
                 children[p].push(i);
+            }
+        }
+        // Read here, defined only further down: the kernel has whatever ran last, and the graph
+        // says so. (`above` now holds each name's last definition.)
+        for (i, name) in unresolved {
+            if above.get(name).is_some_and(|&d| d > i) {
+                match warnings[i].last_mut() {
+                    Some(w) if w.starts_with(BELOW) => {
+                        w.push_str(", ");
+                        w.push_str(name);
+                    }
+                    _ => warnings[i].push(format!("{BELOW}{name}")),
+                }
             }
         }
         // Strict: a name defined in several cells is an error on each of them. (Under the
@@ -232,6 +247,29 @@ impl Graph {
         self.topological(&self.reach(id, &self.child_idx))
     }
 
+    /// The cells that depend on any of `ids` (themselves excluded), in dependency order: one
+    /// walk for all of them.
+    pub fn descendants_of_all(&self, ids: &[&str]) -> Vec<String> {
+        let mut seen = vec![false; self.cells.len()];
+        let starts: Vec<usize> = ids
+            .iter()
+            .filter_map(|id| self.index.get(*id).copied())
+            .collect();
+        let mut stack = starts.clone();
+        while let Some(i) = stack.pop() {
+            for &j in &self.child_idx[i] {
+                if !seen[j] {
+                    seen[j] = true;
+                    stack.push(j);
+                }
+            }
+        }
+        for i in starts {
+            seen[i] = false;
+        }
+        self.topological(&seen)
+    }
+
     /// The cells `id` depends on, directly or not.
     pub fn ancestors(&self, id: &str) -> Vec<String> {
         let seen = self.reach(id, &self.parent_idx);
@@ -299,6 +337,9 @@ impl Graph {
         order
     }
 }
+
+/// The start of the warning on a cell that reads names defined only below it.
+const BELOW: &str = "defined only below this cell: ";
 
 /// A map keyed by short names with FNV-1a hashing: much cheaper than SipHash for identifiers,
 /// and the keys come from one document's own code.
@@ -430,6 +471,7 @@ mod tests {
             ("fresh", "df = other()\nfig, ax = plot(df)"),
             ("again", "fig, ax = plot(df)"),
             ("early", "print(later)"),
+            ("own", "later = 0\nprint(later)"),
             ("late", "later = 1"),
         ]);
         let parents = |id: &str| g.get(id).unwrap().parents.clone();
@@ -443,6 +485,8 @@ mod tests {
             g.get("early").unwrap().warnings,
             ["defined only below this cell: later"]
         );
+        assert!(g.get("own").unwrap().warnings.is_empty());
+        assert_eq!(parents("late"), Vec::<String>::new());
         assert!(g.cells().iter().all(|c| c.error.is_none()), "{g:?}");
         // Re-running the first definition reruns the chain in order, and stops where the name
         // is defined afresh without being read.
