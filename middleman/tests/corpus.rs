@@ -84,8 +84,7 @@ fn every_notebook_of_the_corpus_comes_back_whole() {
     assert!(manifest.len() >= 100, "only {} imported", manifest.len());
     let manifest_path = dir.0.join("manifest.json");
     std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
-    let python = PathBuf::from(std::env::var("NBP_VENV").expect("NBP_VENV: run `make test`"))
-        .join("bin/python");
+    let python = venv_python();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/compare_notebooks.py");
     let out = std::process::Command::new(python)
         .arg(script)
@@ -188,8 +187,7 @@ fn every_python_cell_of_the_corpus_is_understood_as_ipython_runs_it() {
     let dir = TempDir::new("corpus-cells");
     let list = dir.0.join("refused.json");
     std::fs::write(&list, serde_json::to_vec(&refused).unwrap()).unwrap();
-    let python = PathBuf::from(std::env::var("NBP_VENV").expect("NBP_VENV: run `make test`"))
-        .join("bin/python");
+    let python = venv_python();
     let out = std::process::Command::new(python)
         .arg("-c")
         .arg(

@@ -160,9 +160,7 @@ async fn a_real_yjs_client_edits_cells_in_place() {
 
 /// Validates a notebook file with the official `nbformat` package; returns "major minor cells".
 fn nbformat_validate(path: &std::path::Path) -> String {
-    let python =
-        std::path::PathBuf::from(std::env::var("NBP_VENV").expect("NBP_VENV: run `make test`"))
-            .join("bin/python");
+    let python = venv_python();
     let out = std::process::Command::new(python)
         .args(["-c", "import sys, nbformat; nb = nbformat.read(sys.argv[1], as_version=4); nbformat.validate(nb); print(nb.nbformat, nb.nbformat_minor, len(nb.cells))"])
         .arg(path)

@@ -188,11 +188,11 @@ async fn welcome(mm: &loadtest::Middleman, token: &str) -> anyhow::Result<(Durat
     }
 }
 
-async fn end_to_end(args: &Args) -> anyhow::Result<()> {
-    let scratch = loadtest::tempdir("import-bench")?;
-    let mm = loadtest::Middleman::start(
+/// A Middleman process that takes notebooks of up to 128 MiB.
+async fn start(args: &Args, scratch: &std::path::Path) -> anyhow::Result<loadtest::Middleman> {
+    loadtest::Middleman::start(
         &args.middleman_bin,
-        &scratch,
+        scratch,
         &[
             "--max-import-bytes",
             "134217728",
@@ -200,7 +200,12 @@ async fn end_to_end(args: &Args) -> anyhow::Result<()> {
             "134217728",
         ],
     )
-    .await?;
+    .await
+}
+
+async fn end_to_end(args: &Args) -> anyhow::Result<()> {
+    let scratch = loadtest::tempdir("import-bench")?;
+    let mm = start(args, &scratch).await?;
     let token = mm.token("bench").await?;
     println!(
         "\nEnd to end against a Middleman process (median of {} runs, ms):\n",
@@ -223,17 +228,7 @@ async fn end_to_end(args: &Args) -> anyhow::Result<()> {
     // that forgets the replaced cells' names, which a welcome would carry.
     let fresh = scratch.join("fresh");
     std::fs::create_dir_all(&fresh)?;
-    let mm = loadtest::Middleman::start(
-        &args.middleman_bin,
-        &fresh,
-        &[
-            "--max-import-bytes",
-            "134217728",
-            "--max-document-bytes",
-            "134217728",
-        ],
-    )
-    .await?;
+    let mm = start(args, &fresh).await?;
     let token = mm.token("bench").await?;
     println!("\n| document | outputs | welcome bytes | time to welcome |");
     println!("|---|---|---|---|");

@@ -65,21 +65,17 @@ impl Dependencies {
             .filter(|(id, _)| !present.contains(*id))
             .map(|(id, (_, a))| (id.clone(), a.defs.iter().cloned().collect()))
             .collect();
-        let order_changed = self.order.len() != present.len()
-            || sources
-                .iter()
-                .filter(|(_, kind, _)| *kind == CellKind::Code)
-                .zip(&self.order)
-                .any(|((id, _, _), old)| id != old);
+        let order: Vec<&String> = sources
+            .iter()
+            .filter(|(_, kind, _)| *kind == CellKind::Code)
+            .map(|(id, _, _)| id)
+            .collect();
+        let order_changed = !order.iter().copied().eq(self.order.iter());
         if edited.is_empty() && removed.is_empty() && !order_changed && rule == self.rule {
             return None;
         }
         self.rule = rule;
-        self.order = sources
-            .iter()
-            .filter(|(_, kind, _)| *kind == CellKind::Code)
-            .map(|(id, _, _)| id.clone())
-            .collect();
+        self.order = order.into_iter().cloned().collect();
         // What depended on a deleted cell, from the graph it was still in (one walk for all of
         // them: an import replaces thousands at once).
         let removed_ids: Vec<&str> = removed.iter().map(|(id, _)| id.as_str()).collect();

@@ -551,11 +551,17 @@ impl Hub {
                 max: MAX_FETCH_CELLS,
             });
         }
-        let mut st = self.lock();
+        let st = self.lock();
+        let runtimes = st.edits.nb.runtimes();
         cell_ids
             .iter()
             .map(|id| {
-                let outputs = st.edits.nb.runtime_mut(id)?.outputs.clone();
+                // Every cell has a runtime entry (the document adds one with the cell).
+                let outputs = runtimes
+                    .get(id)
+                    .ok_or_else(|| crate::document::DocumentError::NoSuchCell(id.clone()))?
+                    .outputs
+                    .clone();
                 Ok(ServerEvent::CellOutputs {
                     cell_id: id.clone(),
                     outputs,

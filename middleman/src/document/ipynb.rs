@@ -219,19 +219,16 @@ pub fn import(json: &Value, kernel: &KernelDescription) -> Result<Imported, Docu
         };
         seen.insert(id.clone());
         // What the document does not model, kept as it came.
+        // An unknown cell type keeps its own fields (its outputs, say) but the id and source,
+        // which the document holds.
+        let modelled = match (known, kind) {
+            (true, CellKind::Code) => MODELLED,
+            (true, _) => &["id", "cell_type", "source"][..],
+            (false, _) => &["id", "source"][..],
+        };
         let mut extras: Map<String, Value> = cell
             .iter()
-            .filter(|(k, _)| {
-                let k = k.as_str();
-                // An unknown cell type keeps its own fields (its outputs, say) but the id and
-                // source, which the document holds.
-                let modelled = match (known, kind) {
-                    (true, CellKind::Code) => MODELLED,
-                    (true, _) => &["id", "cell_type", "source"][..],
-                    (false, _) => &["id", "source"][..],
-                };
-                !modelled.contains(&k)
-            })
+            .filter(|(k, _)| !modelled.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         if extras

@@ -162,19 +162,7 @@ impl Notebook {
 
     /// The cells in order.
     pub fn cells(&self) -> Vec<CellView> {
-        self.scan(true)
-            .into_iter()
-            .map(|(id, kind, source)| {
-                let runtime = self.runtime.get(&id).cloned().unwrap_or_default();
-                CellView {
-                    id,
-                    kind,
-                    source,
-                    runtime,
-                    deferred: None,
-                }
-            })
-            .collect()
+        self.cells_deferring(&HashMap::new())
     }
 
     /// The cells in order, leaving out the outputs of the cells in `deferred` (a snapshot's

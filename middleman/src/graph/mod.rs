@@ -244,12 +244,26 @@ impl Graph {
     /// The cells that depend on `id`, directly or not, in an order that runs every cell after
     /// the cells it depends on (document order among independent cells).
     pub fn descendants(&self, id: &str) -> Vec<String> {
-        self.topological(&self.reach(id, &self.child_idx))
+        self.descendants_of_all(&[id])
     }
 
     /// The cells that depend on any of `ids` (themselves excluded), in dependency order: one
     /// walk for all of them.
     pub fn descendants_of_all(&self, ids: &[&str]) -> Vec<String> {
+        self.topological(&self.reach(ids, &self.child_idx))
+    }
+
+    /// The cells `id` depends on, directly or not.
+    pub fn ancestors(&self, id: &str) -> Vec<String> {
+        let seen = self.reach(&[id], &self.parent_idx);
+        (0..self.cells.len())
+            .filter(|&i| seen[i])
+            .map(|i| self.cells[i].id.clone())
+            .collect()
+    }
+
+    /// Which cells `ids` reach along `edges` (children or parents), themselves excluded.
+    fn reach(&self, ids: &[&str], edges: &[Vec<usize>]) -> Vec<bool> {
         let mut seen = vec![false; self.cells.len()];
         let starts: Vec<usize> = ids
             .iter()
@@ -257,7 +271,7 @@ impl Graph {
             .collect();
         let mut stack = starts.clone();
         while let Some(i) = stack.pop() {
-            for &j in &self.child_idx[i] {
+            for &j in &edges[i] {
                 if !seen[j] {
                     seen[j] = true;
                     stack.push(j);
@@ -267,34 +281,6 @@ impl Graph {
         for i in starts {
             seen[i] = false;
         }
-        self.topological(&seen)
-    }
-
-    /// The cells `id` depends on, directly or not.
-    pub fn ancestors(&self, id: &str) -> Vec<String> {
-        let seen = self.reach(id, &self.parent_idx);
-        (0..self.cells.len())
-            .filter(|&i| seen[i])
-            .map(|i| self.cells[i].id.clone())
-            .collect()
-    }
-
-    /// Which cells `id` reaches along `edges` (children or parents), itself excluded.
-    fn reach(&self, id: &str, edges: &[Vec<usize>]) -> Vec<bool> {
-        let mut seen = vec![false; self.cells.len()];
-        let Some(&start) = self.index.get(id) else {
-            return seen;
-        };
-        let mut stack = vec![start];
-        while let Some(i) = stack.pop() {
-            for &j in &edges[i] {
-                if !seen[j] {
-                    seen[j] = true;
-                    stack.push(j);
-                }
-            }
-        }
-        seen[start] = false;
         seen
     }
 
@@ -442,24 +428,22 @@ fn strongly_connected(children: &[Vec<usize>]) -> Vec<Vec<usize>> {
 mod tests {
     use super::*;
 
-    fn graph(cells: &[(&str, &str)]) -> Graph {
+    fn build(cells: &[(&str, &str)], rule: GraphRule) -> Graph {
         let analyses: Vec<(String, CellAnalysis)> = cells
             .iter()
             .map(|(id, src)| ((*id).to_owned(), analyse(src)))
             .collect();
         let refs: Vec<(&str, &CellAnalysis)> =
             analyses.iter().map(|(id, a)| (id.as_str(), a)).collect();
-        Graph::build(&refs, GraphRule::Strict)
+        Graph::build(&refs, rule)
+    }
+
+    fn graph(cells: &[(&str, &str)]) -> Graph {
+        build(cells, GraphRule::Strict)
     }
 
     fn positional(cells: &[(&str, &str)]) -> Graph {
-        let analyses: Vec<(String, CellAnalysis)> = cells
-            .iter()
-            .map(|(id, src)| ((*id).to_owned(), analyse(src)))
-            .collect();
-        let refs: Vec<(&str, &CellAnalysis)> =
-            analyses.iter().map(|(id, a)| (id.as_str(), a)).collect();
-        Graph::build(&refs, GraphRule::Positional)
+        build(cells, GraphRule::Positional)
     }
 
     #[test]

@@ -18,6 +18,12 @@ pub const WAIT: Duration = Duration::from_secs(60);
 
 pub use testkit::TempDir;
 
+/// The pinned environment's Python (`make test` prepares it).
+pub fn venv_python() -> std::path::PathBuf {
+    std::path::PathBuf::from(std::env::var("NBP_VENV").expect("NBP_VENV: run `make test`"))
+        .join("bin/python")
+}
+
 /// Fails clearly when the Python kernel environment is missing.
 pub fn require_kernel() {
     let found = std::env::var_os("JUPYTER_PATH")
