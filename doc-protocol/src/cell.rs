@@ -68,6 +68,56 @@ pub struct CellRuntime {
     /// A disabled cell does not run, and blocks the cells that depend on it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disabled: bool,
+    /// Why the cell is stale or blocked (absent in other states).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<StateCause>,
+    /// Who ran it last, when, for how long, on which kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<RunRecord>,
+}
+
+/// Why a cell is stale or blocked: what a person needs to know to fix it. Cells are named by
+/// id; clients show them by position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StateCause {
+    /// Its source changed since it ran.
+    Edited,
+    /// `cell`, which it depends on, changed (or ran again, in lazy mode).
+    UpstreamChanged { cell: String },
+    /// It now reads its names from other cells (a move, the graph rule, a deleted cell).
+    Reparented,
+    /// `cell`, which it depends on, failed.
+    UpstreamFailed { cell: String },
+    /// `cell`, which it depends on, did not run (refused, blocked or cancelled).
+    UpstreamNotRun { cell: String },
+    /// The cell itself may not run: `message` says why (a syntax error, a name defined in two
+    /// cells, a cycle).
+    Invalid { message: String },
+    /// The cell is disabled.
+    Disabled,
+    /// `cell`, which it depends on, is disabled.
+    UpstreamDisabled { cell: String },
+    /// A run that would have reached it was interrupted, or the kernel refused it.
+    Cancelled,
+    /// Its results are not in the kernel: the kernel restarted, or the document came back on a
+    /// new kernel, since it ran.
+    NotInKernel,
+}
+
+/// The last run of a cell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct RunRecord {
+    /// The display name of whoever ran it ("graph" runs name who started the chain).
+    pub by: String,
+    /// When it finished, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub duration_ms: u64,
+    /// The kernel session that ran it (see `Snapshot::kernel_session`): results from another
+    /// session are not in the kernel.
+    pub kernel_session: String,
 }
 
 /// A cell as clients see it.

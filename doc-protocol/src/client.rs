@@ -74,6 +74,9 @@ pub enum ClientMessage {
     SetGraphRule { rule: GraphRule },
     /// Run every stale cell, in dependency order.
     RunStale,
+    /// Run every code cell once, in dependency order (document order under the positional
+    /// rule); cells that may not run, and what depends on them, are blocked with a cause.
+    RunAll,
     /// Send the outputs a welcome snapshot deferred (at most 64 cells a message; viewers too).
     /// Answered with one `cell_outputs` per cell, to this connection only.
     FetchOutputs { cell_ids: Vec<String> },

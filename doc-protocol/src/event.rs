@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 use crate::{
     CellHeader, CellState, CellView, ExecutionStatus, ExecutionSummary, GraphCell, GraphRule,
     InputOutcome, KernelDescription, KernelState, Limits, Output, PendingInput, Reactivity,
+    RunRecord, StateCause,
 };
 
 /// A message from Middleman. Broadcast events carry a `seq`, increasing by one per event within
@@ -55,12 +56,17 @@ pub enum ServerEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request_id: Option<String>,
     },
-    /// A cell's state or execution count changed.
+    /// A cell's state or execution count changed. `cause` says why a stale or blocked cell
+    /// is so; `last_run` comes when a run of the cell finished.
     CellState {
         cell_id: String,
         state: CellState,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         execution_count: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cause: Option<StateCause>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_run: Option<RunRecord>,
     },
     /// A cell's outputs were cleared (by a client, or because it started running again).
     OutputsCleared { cell_id: String },
@@ -86,6 +92,10 @@ pub enum ServerEvent {
         state: KernelState,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// Set when a new kernel session begins (a restart): results from earlier sessions
+        /// are not in the kernel.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kernel_session: Option<String>,
     },
     /// An execution joined the queue.
     ExecutionQueued {
@@ -143,8 +153,14 @@ pub enum ServerEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
-    /// A request from this connection was refused or could not be parsed.
-    Error { code: ErrorCode, message: String },
+    /// A request from this connection was refused or could not be parsed. `cell_id` names the
+    /// cell the message speaks of (the message itself does not name cells).
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cell_id: Option<String>,
+    },
     /// Answer to [`crate::ClientMessage::Ping`].
     Pong {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -198,6 +214,10 @@ pub struct Snapshot {
     pub reactivity: Reactivity,
     #[serde(default)]
     pub graph_rule: GraphRule,
+    /// The kernel session running now: a cell whose `last_run` names another one has no
+    /// results in the kernel.
+    #[serde(default)]
+    pub kernel_session: String,
 }
 
 /// A collaborator. Identity comes from the token, never from the client.

@@ -22,6 +22,7 @@ mod output;
 
 pub use cell::{
     CellHeader, CellKind, CellRuntime, CellState, CellView, DeferredOutputs, GraphRule, Reactivity,
+    RunRecord, StateCause,
 };
 pub use client::ClientMessage;
 pub use event::{ErrorCode, PresenceInfo, ServerEvent, ServerFrame, Snapshot};

@@ -43,7 +43,7 @@ async fn cells_run_by_id_and_everyone_sees_the_same_document() {
     // Bob watched it happen: queued, running, output, idle with a count.
     let seen = bob
         .until(|e| {
-            matches!(e, ServerEvent::CellState { state: CellState::Idle, execution_count: Some(_), cell_id } if *cell_id == cell)
+            matches!(e, ServerEvent::CellState { state: CellState::Idle, execution_count: Some(_), cell_id, .. } if *cell_id == cell)
         })
         .await;
     let states: Vec<CellState> = seen

@@ -283,7 +283,7 @@ async fn kernel_death_is_reported_and_recovered_then_given_up() {
             )
         })
         .await;
-    assert!(ev.iter().any(|e| matches!(e, ServerEvent::KernelStatus { state: KernelState::Restarting, reason: Some(r) } if r.contains("code 1"))));
+    assert!(ev.iter().any(|e| matches!(e, ServerEvent::KernelStatus { state: KernelState::Restarting, reason: Some(r), .. } if r.contains("code 1"))));
     assert_eq!(c.run("1+1").await.status, Some(ExecutionStatus::Ok));
 
     // A segfault: reported with its cause; the second death passes the limit of one restart.

@@ -236,7 +236,7 @@ async fn graph_errors_block_execution_and_failures_block_dependents() {
     })
     .await;
     run(&mut ada, &dup).await;
-    ada.until(|e| matches!(e, ServerEvent::Error { code: ErrorCode::InvalidEdit, message } if message.contains("defines x")))
+    ada.until(|e| matches!(e, ServerEvent::Error { code: ErrorCode::InvalidEdit, message, .. } if message.contains("defines x")))
         .await;
     ada.send(&ClientMessage::DeleteCell { cell_id: dup }).await;
 
@@ -250,7 +250,7 @@ async fn graph_errors_block_execution_and_failures_block_dependents() {
     })
     .await;
     run(&mut ada, &a).await;
-    ada.until(|e| matches!(e, ServerEvent::Error { code: ErrorCode::InvalidEdit, message } if message.contains("cycle")))
+    ada.until(|e| matches!(e, ServerEvent::Error { code: ErrorCode::InvalidEdit, message, .. } if message.contains("cycle")))
         .await;
     ada.send(&ClientMessage::DeleteCell { cell_id: a }).await;
     ada.send(&ClientMessage::DeleteCell { cell_id: b }).await;
@@ -282,7 +282,7 @@ async fn graph_errors_block_execution_and_failures_block_dependents() {
     })
     .await;
     run(&mut ada, &p).await;
-    ada.until(|e| matches!(e, ServerEvent::Error { code: ErrorCode::InvalidEdit, message } if message.contains("disabled")))
+    ada.until(|e| matches!(e, ServerEvent::Error { code: ErrorCode::InvalidEdit, message, .. } if message.contains("disabled")))
         .await;
     ada.send(&ClientMessage::SetCellDisabled {
         cell_id: y.clone(),

@@ -775,7 +775,9 @@ export class Notebook {
   }
 
   runAll(): void {
-    for (const id of this.order) if (this.cells.get(id)?.kind === "code") this.send({ type: "execute_cell", cell_id: id });
+    // One plan on the server: every code cell once, in dependency order, merged with what
+    // autorun schedules.
+    this.send({ type: "run_all" });
   }
 
   insertAt(index: number, kind: CellKind): void {

@@ -20,6 +20,7 @@ export type ClientMessage = { "type": "execute", code: string, request_id?: stri
   | { "type": "set_reactivity", mode: Reactivity, }
   | { "type": "set_graph_rule", rule: GraphRule, }
   | { "type": "run_stale" }
+  | { "type": "run_all" }
   | { "type": "fetch_outputs", cell_ids: Array<string>, }
   | { "type": "input_reply", execution_id: string, value: string, }
   | { "type": "interrupt" }
@@ -50,7 +51,7 @@ export type ServerFrame = { seq?: number | null, } & ({ "type": "welcome", proto
     snapshot?: Snapshot | null, }
   | { "type": "cells", cells: Array<CellHeader>, }
   | { "type": "cell_created", cell_id: string, request_id?: string | null, }
-  | { "type": "cell_state", cell_id: string, state: CellState, execution_count?: number | null, }
+  | { "type": "cell_state", cell_id: string, state: CellState, execution_count?: number | null, cause?: StateCause | null, last_run?: RunRecord | null, }
   | { "type": "outputs_cleared", cell_id: string, }
   | { "type": "graph", cells: Array<GraphCell>, }
   | { "type": "reactivity", mode: Reactivity, }
@@ -59,7 +60,12 @@ export type ServerFrame = { seq?: number | null, } & ({ "type": "welcome", proto
   | { "type": "cell_disabled", cell_id: string, disabled: boolean, }
   | { "type": "presence" } & PresenceInfo
   | { "type": "presence_left", client: number, }
-  | { "type": "kernel_status", state: KernelState, reason?: string | null, }
+  | { "type": "kernel_status", state: KernelState, reason?: string | null,
+    /**
+     * Set when a new kernel session begins (a restart): results from earlier sessions
+     * are not in the kernel.
+     */
+    kernel_session?: string | null, }
   | { "type": "execution_queued", execution: ExecutionSummary, request_id?: string | null, }
   | { "type": "queue", executions: Array<ExecutionSummary>, }
   | { "type": "execution_started", execution_id: string, }
@@ -74,7 +80,7 @@ export type ServerFrame = { seq?: number | null, } & ({ "type": "welcome", proto
      * Why, for every status but `ok` and `error`.
      */
     reason?: string | null, }
-  | { "type": "error", code: ErrorCode, message: string, }
+  | { "type": "error", code: ErrorCode, message: string, cell_id?: string | null, }
   | { "type": "pong", nonce?: number | null, }
   | { "type": "shutdown", reason: string, });
 
@@ -102,7 +108,7 @@ export type ServerEvent = { "type": "welcome", protocol: number,
     snapshot?: Snapshot | null, }
   | { "type": "cells", cells: Array<CellHeader>, }
   | { "type": "cell_created", cell_id: string, request_id?: string | null, }
-  | { "type": "cell_state", cell_id: string, state: CellState, execution_count?: number | null, }
+  | { "type": "cell_state", cell_id: string, state: CellState, execution_count?: number | null, cause?: StateCause | null, last_run?: RunRecord | null, }
   | { "type": "outputs_cleared", cell_id: string, }
   | { "type": "graph", cells: Array<GraphCell>, }
   | { "type": "reactivity", mode: Reactivity, }
@@ -111,7 +117,12 @@ export type ServerEvent = { "type": "welcome", protocol: number,
   | { "type": "cell_disabled", cell_id: string, disabled: boolean, }
   | { "type": "presence" } & PresenceInfo
   | { "type": "presence_left", client: number, }
-  | { "type": "kernel_status", state: KernelState, reason?: string | null, }
+  | { "type": "kernel_status", state: KernelState, reason?: string | null,
+    /**
+     * Set when a new kernel session begins (a restart): results from earlier sessions
+     * are not in the kernel.
+     */
+    kernel_session?: string | null, }
   | { "type": "execution_queued", execution: ExecutionSummary, request_id?: string | null, }
   | { "type": "queue", executions: Array<ExecutionSummary>, }
   | { "type": "execution_started", execution_id: string, }
@@ -126,7 +137,7 @@ export type ServerEvent = { "type": "welcome", protocol: number,
      * Why, for every status but `ok` and `error`.
      */
     reason?: string | null, }
-  | { "type": "error", code: ErrorCode, message: string, }
+  | { "type": "error", code: ErrorCode, message: string, cell_id?: string | null, }
   | { "type": "pong", nonce?: number | null, }
   | { "type": "shutdown", reason: string, };
 
@@ -152,7 +163,12 @@ export type Snapshot = { kernel_state: KernelState,
     /**
      * The dependency graph of the code cells.
      */
-    graph: Array<GraphCell>, reactivity: Reactivity, graph_rule: GraphRule, };
+    graph: Array<GraphCell>, reactivity: Reactivity, graph_rule: GraphRule,
+    /**
+     * The kernel session running now: a cell whose `last_run` names another one has no
+     * results in the kernel.
+     */
+    kernel_session: string, };
 
 export type PresenceInfo = { client: number, user: string, name: string, role: string, color: string, cell_id?: string | null, cursor?: unknown, };
 
@@ -185,7 +201,15 @@ export type CellRuntime = { outputs: Array<Output>, execution_count: number | nu
     /**
      * A disabled cell does not run, and blocks the cells that depend on it.
      */
-    disabled?: boolean, };
+    disabled?: boolean,
+    /**
+     * Why the cell is stale or blocked (absent in other states).
+     */
+    cause?: StateCause | null,
+    /**
+     * Who ran it last, when, for how long, on which kernel.
+     */
+    last_run?: RunRecord | null, };
 
 export type CellView = { id: string, kind: CellKind, source: string,
     /**
@@ -200,7 +224,41 @@ export type CellView = { id: string, kind: CellKind, source: string,
     /**
      * A disabled cell does not run, and blocks the cells that depend on it.
      */
-    disabled?: boolean, };
+    disabled?: boolean,
+    /**
+     * Why the cell is stale or blocked (absent in other states).
+     */
+    cause?: StateCause | null,
+    /**
+     * Who ran it last, when, for how long, on which kernel.
+     */
+    last_run?: RunRecord | null, };
+
+export type StateCause = { "kind": "edited" }
+  | { "kind": "upstream_changed", cell: string, }
+  | { "kind": "reparented" }
+  | { "kind": "upstream_failed", cell: string, }
+  | { "kind": "upstream_not_run", cell: string, }
+  | { "kind": "invalid", message: string, }
+  | { "kind": "disabled" }
+  | { "kind": "upstream_disabled", cell: string, }
+  | { "kind": "cancelled" }
+  | { "kind": "not_in_kernel" };
+
+export type RunRecord = {
+    /**
+     * The display name of whoever ran it ("graph" runs name who started the chain).
+     */
+    by: string,
+    /**
+     * When it finished, in milliseconds since the Unix epoch.
+     */
+    at_ms: number, duration_ms: number,
+    /**
+     * The kernel session that ran it (see `Snapshot::kernel_session`): results from another
+     * session are not in the kernel.
+     */
+    kernel_session: string, };
 
 export type DeferredOutputs = {
     /**

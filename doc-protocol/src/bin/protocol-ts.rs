@@ -26,6 +26,8 @@ fn main() {
         CellState::decl(&cfg),
         CellRuntime::decl(&cfg),
         CellView::decl(&cfg),
+        StateCause::decl(&cfg),
+        RunRecord::decl(&cfg),
         DeferredOutputs::decl(&cfg),
         CellHeader::decl(&cfg),
         Reactivity::decl(&cfg),

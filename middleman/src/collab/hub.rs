@@ -259,6 +259,7 @@ impl Hub {
                 graph: st.deps.graph.cells().to_vec(),
                 reactivity: reactivity_of(&st.edits.nb),
                 graph_rule: st.edits.nb.graph_rule,
+                kernel_session: st.mirror.kernel_session.clone(),
             })
         });
         let welcome = ServerEvent::Welcome {
@@ -533,6 +534,16 @@ impl Hub {
         self.deliver().await;
     }
 
+    /// Runs every code cell once, in dependency order.
+    #[tracing::instrument(skip_all)]
+    pub async fn run_all(&self) {
+        {
+            let mut st = self.lock();
+            self.react(&mut st, Event::RunAll);
+        }
+        self.deliver().await;
+    }
+
     /// Sets the document's reactivity mode.
     pub fn set_reactivity(&self, mode: Reactivity) {
         let mut st = self.lock();
@@ -623,6 +634,8 @@ impl Hub {
                     cell_id: cell.id,
                     state: cell.runtime.state,
                     execution_count: cell.runtime.execution_count,
+                    cause: cell.runtime.cause,
+                    last_run: cell.runtime.last_run,
                 });
             }
         }
@@ -955,6 +968,8 @@ fn set_cell_state(st: &mut State, cell: &str, state: CellState) {
         cell_id: cell.to_owned(),
         state,
         execution_count,
+        cause: r.cause.clone(),
+        last_run: None,
     });
 }
 

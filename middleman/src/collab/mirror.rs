@@ -21,6 +21,8 @@ pub(super) struct Mirror {
     pub(super) executions: Vec<ExecutionSummary>,
     /// The prompt waiting for an answer.
     pub(super) input: Option<PendingInput>,
+    /// The kernel session running now (results of cells run in another are not in the kernel).
+    pub(super) kernel_session: String,
     /// The cell of each recent execution.
     exec_cells: HashMap<String, String>,
     exec_order: VecDeque<String>,
@@ -47,6 +49,7 @@ impl Default for Mirror {
             kernel_state: KernelState::Starting,
             executions: Vec::new(),
             input: None,
+            kernel_session: String::new(),
             exec_cells: HashMap::new(),
             exec_order: VecDeque::new(),
             clear_pending: HashSet::new(),
@@ -210,6 +213,8 @@ fn set_state(
         cell_id: cell.to_owned(),
         state,
         execution_count: r.execution_count,
+        cause: r.cause.clone(),
+        last_run: None,
     });
 }
 

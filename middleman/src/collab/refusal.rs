@@ -50,7 +50,7 @@ pub enum Refusal {
     #[error(transparent)]
     Document(#[from] DocumentError),
     /// Only code cells run.
-    #[error("cell {cell} is {}, not code", kind.as_str())]
+    #[error("the cell is {}, not code", kind.as_str())]
     NotCode { cell: String, kind: CellKind },
     /// The graph does not let the cell run (disabled, a graph error, a disabled dependency).
     #[error(transparent)]
@@ -65,6 +65,17 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The cell the refusal speaks of, if one (its text does not name it: clients show cells
+    /// by position).
+    pub fn cell(&self) -> Option<&str> {
+        match self {
+            Refusal::NotCode { cell, .. } => Some(cell),
+            Refusal::NotRunnable(n) => Some(n.cell()),
+            Refusal::Document(DocumentError::NoSuchCell(cell)) => Some(cell),
+            _ => None,
+        }
+    }
+
     /// The protocol's code for it.
     pub fn code(&self) -> ErrorCode {
         match self {

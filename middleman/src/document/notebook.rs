@@ -182,6 +182,8 @@ impl Notebook {
                         state: r.state,
                         truncated: r.truncated,
                         disabled: r.disabled,
+                        cause: r.cause.clone(),
+                        last_run: r.last_run.clone(),
                     },
                     (Some(r), None) => r.clone(),
                     (None, _) => CellRuntime::default(),

@@ -48,6 +48,8 @@ pub enum Event<'a> {
     Reparented { cells: &'a [String] },
     /// Someone asked to run every stale cell.
     RunStale,
+    /// Someone asked to run every code cell.
+    RunAll,
     /// Someone interrupted the kernel.
     Interrupted,
     /// The kernel session refused to queue the run of `cell` that the reactor decided on.
@@ -106,6 +108,19 @@ pub enum NotRunnable {
     /// A cell it depends on is disabled.
     #[error("cell {cell} depends on disabled cell {disabled}")]
     DependsOnDisabled { cell: String, disabled: String },
+}
+
+impl NotRunnable {
+    /// The cell that may not run.
+    pub fn cell(&self) -> &str {
+        match self {
+            NotRunnable::Disabled { cell }
+            | NotRunnable::Syntax { cell, .. }
+            | NotRunnable::MultipleDefinitions { cell, .. }
+            | NotRunnable::Cycle { cell }
+            | NotRunnable::DependsOnDisabled { cell, .. } => cell,
+        }
+    }
 }
 
 /// Why `cell` may not run now, if it may not: it is disabled, has a graph error, or depends on
@@ -214,6 +229,11 @@ impl Reactor {
                 names,
                 dependents,
             } => self.deleted(&mut step, cells, names, dependents),
+            Event::RunAll => {
+                let all: HashSet<String> = doc.graph.cells().iter().map(|c| c.id.clone()).collect();
+                let order = doc.graph.order_of(&all);
+                self.run(&mut step, order, "run all");
+            }
             Event::RunStale => {
                 let stale: HashSet<String> = doc
                     .cells

@@ -289,6 +289,7 @@ impl Conn {
             ClientMessage::SetReactivity { mode } => hub.set_reactivity(mode),
             ClientMessage::SetGraphRule { rule } => hub.set_graph_rule(rule).await,
             ClientMessage::RunStale => hub.run_stale().await,
+            ClientMessage::RunAll => hub.run_all().await,
             ClientMessage::ExecuteCell {
                 cell_id,
                 request_id,
@@ -321,6 +322,7 @@ impl Conn {
         self.reply(ServerEvent::Error {
             code: refusal.code(),
             message: refusal.to_string(),
+            cell_id: refusal.cell().map(str::to_owned),
         })
         .await
     }

@@ -318,7 +318,18 @@ impl Actor {
     }
 
     fn set_state(&mut self, state: KernelState, reason: Option<String>) {
-        if self.state == state && reason.is_none() {
+        self.announce_state(state, reason, None);
+    }
+
+    /// Sets and announces the kernel's state; `kernel_session` names a new kernel session
+    /// (a kernel process that just became ready: nothing earlier cells ran is in it).
+    fn announce_state(
+        &mut self,
+        state: KernelState,
+        reason: Option<String>,
+        kernel_session: Option<String>,
+    ) {
+        if self.state == state && reason.is_none() && kernel_session.is_none() {
             return;
         }
         self.state = state;
@@ -333,7 +344,11 @@ impl Actor {
                 .set(if s == state { 1.0 } else { 0.0 });
         }
         self.snapshot.send_modify(|s| s.kernel_state = state);
-        self.emit(ServerEvent::KernelStatus { state, reason });
+        self.emit(ServerEvent::KernelStatus {
+            state,
+            reason,
+            kernel_session,
+        });
     }
 
     fn publish_queue(&mut self) {
@@ -365,8 +380,11 @@ impl Actor {
                     self.snapshot.send_modify(|s| s.kernel.language = language);
                 }
                 self.phase = Phase::Ready { tasks, sockets };
-                tracing::info!(generation = self.generation, "kernel ready");
-                self.set_state(KernelState::Idle, None);
+                // Unique across Middlemen too: a document that comes back on another pod
+                // must not take the new kernel for the one its cells ran in.
+                let kernel_session = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+                tracing::info!(generation = self.generation, %kernel_session, "kernel ready");
+                self.announce_state(KernelState::Idle, None, Some(kernel_session));
                 self.start_next().await;
             }
             KernelEvent::Started(Err(reason)) => {
