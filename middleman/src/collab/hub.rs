@@ -31,7 +31,9 @@ use crate::document::persist::{self, DocumentStore};
 use crate::document::{CellKind, CellState, Notebook};
 use crate::graph::reactor::{self, Decision, Event, Reactor};
 use crate::kernel::{Command, SessionHandle, SessionSnapshot};
-use crate::protocol::{Limits, PROTOCOL_VERSION, Reactivity, ServerEvent, ServerFrame, Snapshot};
+use crate::protocol::{
+    Limits, PROTOCOL_VERSION, Reactivity, ServerEvent, ServerFrame, Snapshot, StateCause,
+};
 
 /// How the hub is sized.
 #[derive(Debug, Clone)]
@@ -95,6 +97,8 @@ struct State {
     document: Option<String>,
     /// Changed since it was last written.
     dirty: bool,
+    /// Who started the reactive run in progress (its executions say "<name> (graph)").
+    plan_by: String,
 }
 
 /// The document hub (see the module docs).
@@ -146,6 +150,7 @@ impl Hub {
                 outbox: VecDeque::new(),
                 document: None,
                 dirty: false,
+                plan_by: String::new(),
             }),
             session,
             delivery: tokio::sync::Mutex::new(()),
@@ -194,6 +199,8 @@ impl Hub {
             st.document = Some(document.to_owned());
             let sources = st.edits.nb.sources();
             self.regraph(&mut st, &sources);
+            // What the saved cells show is not in this kernel (if it is up; else when it is).
+            self.new_kernel(&mut st);
         }
         self.deliver().await;
         Ok(())
@@ -524,21 +531,23 @@ impl Hub {
         self.answer(answer).await
     }
 
-    /// Runs every stale cell in dependency order.
-    #[tracing::instrument(skip_all)]
-    pub async fn run_stale(&self) {
+    /// Runs every stale cell in dependency order (asked by `by`).
+    #[tracing::instrument(skip_all, fields(%by))]
+    pub async fn run_stale(&self, by: String) {
         {
             let mut st = self.lock();
+            st.plan_by = by;
             self.react(&mut st, Event::RunStale);
         }
         self.deliver().await;
     }
 
-    /// Runs every code cell once, in dependency order.
-    #[tracing::instrument(skip_all)]
-    pub async fn run_all(&self) {
+    /// Runs every code cell once, in dependency order (asked by `by`).
+    #[tracing::instrument(skip_all, fields(%by))]
+    pub async fn run_all(&self, by: String) {
         {
             let mut st = self.lock();
+            st.plan_by = by;
             self.react(&mut st, Event::RunAll);
         }
         self.deliver().await;
@@ -638,6 +647,8 @@ impl Hub {
                     last_run: cell.runtime.last_run,
                 });
             }
+            // An imported notebook's outputs were made by some other kernel.
+            self.new_kernel(&mut st);
         }
         self.deliver().await;
     }
@@ -708,6 +719,17 @@ impl Hub {
         }
     }
 
+    /// Marks the cells whose results are not in the kernel running now (after a restart, or
+    /// when the document came back on a new kernel); nothing before the kernel is up.
+    fn new_kernel(&self, st: &mut State) {
+        if st.mirror.kernel_session.is_empty() {
+            return;
+        }
+        let session = st.mirror.kernel_session.clone();
+        self.react(st, Event::NewKernel { session: &session });
+        self.touched(st);
+    }
+
     fn touched(&self, st: &mut State) {
         if st.document.is_some() {
             st.dirty = true;
@@ -728,8 +750,10 @@ impl Hub {
         let decisions = st.reactor.decide(&document, event);
         for decision in decisions {
             match decision {
-                Decision::SetState { cell, state } => set_cell_state(st, &cell, state),
-                Decision::Run { cell, after } => match st.edits.source(&cell) {
+                Decision::SetState { cell, state, cause } => {
+                    set_cell_state(st, &cell, state, cause);
+                }
+                Decision::Run { cell, .. } => match st.edits.source(&cell) {
                     Ok((CellKind::Code, code)) => st.outbox.push_back(Outgoing {
                         command: Command::Execute {
                             code,
@@ -738,7 +762,11 @@ impl Hub {
                             // A failure holds back its dependents only (the reactor sees to
                             // that), not the queue.
                             stop_on_error: false,
-                            by: format!("graph (after {after})"),
+                            by: if st.plan_by.is_empty() {
+                                "graph".to_owned()
+                            } else {
+                                format!("{} (graph)", st.plan_by)
+                            },
                         },
                         answer: Answer::Reactor(cell),
                     }),
@@ -826,7 +854,10 @@ impl Hub {
     fn on_kernel_event(&self, event: ServerEvent) -> bool {
         let mut st = self.lock();
         let st = &mut *st;
-        let applied = st.mirror.apply(&mut st.edits.nb, &event);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let applied = st.mirror.apply(&mut st.edits.nb, &event, now_ms);
         if let Some((cell, code)) = &applied.queued {
             self.react(st, Event::Queued { cell, code });
         }
@@ -834,7 +865,14 @@ impl Hub {
         for e in applied.follow {
             st.log.emit(e);
         }
-        if let Some((cell, status)) = &applied.finished {
+        if applied.new_kernel.is_some() {
+            self.new_kernel(st);
+        }
+        if let Some((cell, status, by)) = &applied.finished {
+            // A person's run that finishes starts the graph's: its runs are theirs.
+            if !by.ends_with("(graph)") && by != "graph" {
+                st.plan_by.clone_from(by);
+            }
             self.react(
                 st,
                 Event::Finished {
@@ -954,21 +992,22 @@ fn ask(st: &mut State, command: Command) -> oneshot::Receiver<Result<(), Refusal
     rx
 }
 
-/// Sets a cell's state and announces it, if it changed.
-fn set_cell_state(st: &mut State, cell: &str, state: CellState) {
+/// Sets a cell's state and cause and announces them, if they changed.
+fn set_cell_state(st: &mut State, cell: &str, state: CellState, cause: Option<StateCause>) {
     let Ok(r) = st.edits.nb.runtime_mut(cell) else {
         return;
     };
-    if r.state == state {
+    if r.state == state && r.cause == cause {
         return;
     }
     r.state = state;
+    r.cause.clone_from(&cause);
     let execution_count = r.execution_count;
     st.log.emit(ServerEvent::CellState {
         cell_id: cell.to_owned(),
         state,
         execution_count,
-        cause: r.cause.clone(),
+        cause,
         last_run: None,
     });
 }

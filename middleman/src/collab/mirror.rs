@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::document::{CellState, Notebook};
 use crate::protocol::{
-    ExecutionStatus, ExecutionSummary, KernelState, Output, PendingInput, ServerEvent,
+    ExecutionStatus, ExecutionSummary, KernelState, Output, PendingInput, RunRecord, ServerEvent,
 };
 
 /// Executions whose cells are remembered, so late output still lands on the right cell.
@@ -23,8 +23,8 @@ pub(super) struct Mirror {
     pub(super) input: Option<PendingInput>,
     /// The kernel session running now (results of cells run in another are not in the kernel).
     pub(super) kernel_session: String,
-    /// The cell of each recent execution.
-    exec_cells: HashMap<String, String>,
+    /// The cell of each recent execution, and who queued it.
+    exec_cells: HashMap<String, (String, String)>,
     exec_order: VecDeque<String>,
     /// Cells whose outputs are cleared when their next output arrives (`clear_output(wait)`).
     clear_pending: HashSet<String>,
@@ -39,8 +39,10 @@ pub(super) struct Applied {
     pub(super) changed: bool,
     /// An execution of a cell joined the queue: the cell and its code.
     pub(super) queued: Option<(String, String)>,
-    /// An execution of a cell ended: the cell and how.
-    pub(super) finished: Option<(String, ExecutionStatus)>,
+    /// An execution of a cell ended: the cell, how, and who had queued it.
+    pub(super) finished: Option<(String, ExecutionStatus, String)>,
+    /// A new kernel session began (its id).
+    pub(super) new_kernel: Option<String>,
 }
 
 impl Default for Mirror {
@@ -58,15 +60,27 @@ impl Default for Mirror {
 }
 
 impl Mirror {
-    /// Records a kernel event in the document.
-    pub(super) fn apply(&mut self, nb: &mut Notebook, event: &ServerEvent) -> Applied {
+    /// Records a kernel event in the document; `now_ms` is the time it happened (milliseconds
+    /// since the Unix epoch), for the cells' last runs.
+    pub(super) fn apply(&mut self, nb: &mut Notebook, event: &ServerEvent, now_ms: u64) -> Applied {
         let mut applied = Applied::default();
         match event {
-            ServerEvent::KernelStatus { state, .. } => self.kernel_state = *state,
+            ServerEvent::KernelStatus {
+                state,
+                kernel_session,
+                ..
+            } => {
+                self.kernel_state = *state;
+                if let Some(session) = kernel_session {
+                    self.kernel_session.clone_from(session);
+                    applied.new_kernel = Some(session.clone());
+                }
+            }
             ServerEvent::Queue { executions } => self.executions = executions.clone(),
             ServerEvent::ExecutionQueued { execution, .. } => {
                 if let Some(cell) = &execution.cell_id {
-                    self.exec_cells.insert(execution.id.clone(), cell.clone());
+                    self.exec_cells
+                        .insert(execution.id.clone(), (cell.clone(), execution.by.clone()));
                     self.exec_order.push_back(execution.id.clone());
                     while self.exec_order.len() > RECENT_EXECUTIONS {
                         if let Some(old) = self.exec_order.pop_front() {
@@ -159,16 +173,34 @@ impl Mirror {
                 execution_id,
                 status,
                 execution_count,
+                duration_ms,
                 ..
             } => {
                 self.prompt_ended(execution_id);
-                if let Some(cell) = self.cell_of(execution_id) {
+                if let Some((cell, by)) = self.exec_cells.get(execution_id).cloned() {
                     let state = match status {
                         ExecutionStatus::Ok | ExecutionStatus::Aborted => CellState::Idle,
                         _ => CellState::Error,
                     };
+                    // An aborted execution never ran: the cell's last run is the one before.
+                    let ran = (*status != ExecutionStatus::Aborted).then(|| RunRecord {
+                        by: by.clone(),
+                        at_ms: now_ms,
+                        duration_ms: *duration_ms,
+                        kernel_session: self.kernel_session.clone(),
+                    });
+                    if let Ok(r) = nb.runtime_mut(&cell)
+                        && ran.is_some()
+                    {
+                        r.last_run.clone_from(&ran);
+                    }
                     set_state(nb, &cell, state, *execution_count, &mut applied.follow);
-                    applied.finished = Some((cell, *status));
+                    if let (Some(ran), Some(ServerEvent::CellState { last_run, .. })) =
+                        (ran, applied.follow.last_mut())
+                    {
+                        *last_run = Some(ran);
+                    }
+                    applied.finished = Some((cell, *status, by));
                 }
             }
             _ => {}
@@ -180,7 +212,9 @@ impl Mirror {
     }
 
     fn cell_of(&self, execution_id: &str) -> Option<String> {
-        self.exec_cells.get(execution_id).cloned()
+        self.exec_cells
+            .get(execution_id)
+            .map(|(cell, _)| cell.clone())
     }
 
     fn prompt_ended(&mut self, execution_id: &str) {
@@ -206,6 +240,8 @@ fn set_state(
         return;
     };
     r.state = state;
+    // Queued, running, idle or failed: the cell's own run says why.
+    r.cause = None;
     if execution_count.is_some() {
         r.execution_count = execution_count;
     }
@@ -213,7 +249,7 @@ fn set_state(
         cell_id: cell.to_owned(),
         state,
         execution_count: r.execution_count,
-        cause: r.cause.clone(),
+        cause: None,
         last_run: None,
     });
 }
@@ -277,7 +313,7 @@ mod tests {
         let mut nb = Notebook::new();
         let cell = nb.cells()[0].id.clone();
         let mut m = Mirror::default();
-        let a = m.apply(&mut nb, &queued("x1", &cell));
+        let a = m.apply(&mut nb, &queued("x1", &cell), 1_000);
         assert_eq!(a.queued, Some((cell.clone(), "print(1)".into())));
         assert_eq!(nb.runtimes()[&cell].state, CellState::Queued);
         let started = m.apply(
@@ -285,6 +321,7 @@ mod tests {
             &ServerEvent::ExecutionStarted {
                 execution_id: "x1".into(),
             },
+            1_000,
         );
         assert!(matches!(
             started.follow[..],
@@ -296,17 +333,33 @@ mod tests {
                 }
             ]
         ));
-        m.apply(&mut nb, &stream("x1", StreamName::Stdout, "a"));
-        m.apply(&mut nb, &stream("x1", StreamName::Stdout, "b"));
-        m.apply(&mut nb, &stream("x1", StreamName::Stderr, "c"));
+        m.apply(&mut nb, &stream("x1", StreamName::Stdout, "a"), 1_000);
+        m.apply(&mut nb, &stream("x1", StreamName::Stdout, "b"), 1_000);
+        m.apply(&mut nb, &stream("x1", StreamName::Stderr, "c"), 1_000);
         // An execution without a cell (a console) leaves the document alone.
         assert!(
-            !m.apply(&mut nb, &stream("x9", StreamName::Stdout, "z"))
+            !m.apply(&mut nb, &stream("x9", StreamName::Stdout, "z"), 1_000)
                 .changed
         );
-        let done = m.apply(&mut nb, &finished("x1", ExecutionStatus::Error));
-        assert_eq!(done.finished, Some((cell.clone(), ExecutionStatus::Error)));
+        let done = m.apply(&mut nb, &finished("x1", ExecutionStatus::Error), 1_000);
+        assert_eq!(
+            done.finished,
+            Some((cell.clone(), ExecutionStatus::Error, "ada".into()))
+        );
         let r = &nb.runtimes()[&cell];
+        let ran = r.last_run.as_ref().expect("a finished run is recorded");
+        assert_eq!(
+            (ran.by.as_str(), ran.at_ms, ran.duration_ms),
+            ("ada", 1_000, 1)
+        );
+        assert!(matches!(
+            &done.follow[..],
+            [ServerEvent::CellState {
+                last_run: Some(_),
+                cause: None,
+                ..
+            }]
+        ));
         assert_eq!(r.state, CellState::Error);
         assert_eq!(r.execution_count, Some(3));
         assert_eq!(
@@ -329,17 +382,18 @@ mod tests {
         let mut nb = Notebook::new();
         let cell = nb.cells()[0].id.clone();
         let mut m = Mirror::default();
-        m.apply(&mut nb, &queued("x1", &cell));
-        m.apply(&mut nb, &stream("x1", StreamName::Stdout, "old"));
+        m.apply(&mut nb, &queued("x1", &cell), 1_000);
+        m.apply(&mut nb, &stream("x1", StreamName::Stdout, "old"), 1_000);
         m.apply(
             &mut nb,
             &ServerEvent::ClearOutput {
                 execution_id: "x1".into(),
                 wait: true,
             },
+            1_000,
         );
         assert_eq!(nb.runtimes()[&cell].outputs.len(), 1, "not yet");
-        m.apply(&mut nb, &stream("x1", StreamName::Stdout, "new"));
+        m.apply(&mut nb, &stream("x1", StreamName::Stdout, "new"), 1_000);
         assert_eq!(
             nb.runtimes()[&cell].outputs,
             vec![Output::Stream {
@@ -354,7 +408,7 @@ mod tests {
         let mut nb = Notebook::new();
         let cell = nb.cells()[0].id.clone();
         let mut m = Mirror::default();
-        m.apply(&mut nb, &queued("x1", &cell));
+        m.apply(&mut nb, &queued("x1", &cell), 1_000);
         m.apply(
             &mut nb,
             &ServerEvent::InputRequest {
@@ -362,10 +416,32 @@ mod tests {
                 prompt: "name? ".into(),
                 password: false,
             },
+            1_000,
         );
         assert!(m.input.is_some());
-        m.apply(&mut nb, &finished("x1", ExecutionStatus::Aborted));
+        m.apply(&mut nb, &finished("x1", ExecutionStatus::Aborted), 1_000);
         assert!(m.input.is_none());
         assert_eq!(nb.runtimes()[&cell].state, CellState::Idle);
+        assert!(
+            nb.runtimes()[&cell].last_run.is_none(),
+            "an aborted execution never ran"
+        );
+    }
+
+    #[test]
+    fn a_new_kernel_session_is_recorded_and_reported() {
+        let mut nb = Notebook::new();
+        let mut m = Mirror::default();
+        let a = m.apply(
+            &mut nb,
+            &ServerEvent::KernelStatus {
+                state: KernelState::Idle,
+                reason: None,
+                kernel_session: Some("k2".into()),
+            },
+            1_000,
+        );
+        assert_eq!(a.new_kernel.as_deref(), Some("k2"));
+        assert_eq!(m.kernel_session, "k2");
     }
 }

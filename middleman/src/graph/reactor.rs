@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::document::{CellRuntime, CellState};
 use crate::graph::{Graph, GraphError};
-use crate::protocol::{ExecutionStatus, Reactivity};
+use crate::protocol::{ExecutionStatus, Reactivity, StateCause};
 
 /// What the reactor reads: the graph, every cell's runtime (state and disabled flag, by id) and
 /// the document's mode.
@@ -50,6 +50,9 @@ pub enum Event<'a> {
     RunStale,
     /// Someone asked to run every code cell.
     RunAll,
+    /// A new kernel session began (`session`): cells whose results came from another one
+    /// (or from a file) have nothing in the kernel.
+    NewKernel { session: &'a str },
     /// Someone interrupted the kernel.
     Interrupted,
     /// The kernel session refused to queue the run of `cell` that the reactor decided on.
@@ -59,8 +62,12 @@ pub enum Event<'a> {
 /// What to do, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Set a cell's state.
-    SetState { cell: String, state: CellState },
+    /// Set a cell's state, and why (stale and blocked cells say; other states clear it).
+    SetState {
+        cell: String,
+        state: CellState,
+        cause: Option<StateCause>,
+    },
     /// Queue the cell's current source on the kernel. `after` says what started the run (a
     /// cell id, "run stale", "a deleted cell"); the execution shows "graph (after ...)".
     Run { cell: String, after: String },
@@ -72,7 +79,9 @@ impl std::fmt::Display for Decision {
     /// The short form the tests' tables use: `run b after a`, `stale c`, `forget x, y`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Decision::SetState { cell, state } => write!(f, "{} {cell}", state_name(*state)),
+            Decision::SetState { cell, state, .. } => {
+                write!(f, "{} {cell}", state_name(*state))
+            }
             Decision::Run { cell, after } => write!(f, "run {cell} after {after}"),
             Decision::Forget { names } => write!(f, "forget {}", names.join(", ")),
         }
@@ -94,19 +103,19 @@ fn state_name(state: CellState) -> &'static str {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotRunnable {
     /// The cell itself is disabled.
-    #[error("cell {cell} is disabled")]
+    #[error("the cell is disabled")]
     Disabled { cell: String },
     /// The cell does not parse.
-    #[error("cell {cell}: {message}")]
+    #[error("{message}")]
     Syntax { cell: String, message: String },
     /// The cell defines names another cell also defines.
-    #[error("cell {cell} defines {} that another cell also defines", names.join(", "))]
+    #[error("it defines {} that another cell also defines", names.join(", "))]
     MultipleDefinitions { cell: String, names: Vec<String> },
     /// The cell is part of a dependency cycle.
-    #[error("cell {cell} is part of a dependency cycle")]
+    #[error("it is part of a dependency cycle")]
     Cycle { cell: String },
     /// A cell it depends on is disabled.
-    #[error("cell {cell} depends on disabled cell {disabled}")]
+    #[error("it depends on a disabled cell")]
     DependsOnDisabled { cell: String, disabled: String },
 }
 
@@ -119,6 +128,19 @@ impl NotRunnable {
             | NotRunnable::MultipleDefinitions { cell, .. }
             | NotRunnable::Cycle { cell }
             | NotRunnable::DependsOnDisabled { cell, .. } => cell,
+        }
+    }
+
+    /// The cause a cell blocked for this reason shows.
+    pub fn cause(&self) -> StateCause {
+        match self {
+            NotRunnable::Disabled { .. } => StateCause::Disabled,
+            NotRunnable::DependsOnDisabled { disabled, .. } => StateCause::UpstreamDisabled {
+                cell: disabled.clone(),
+            },
+            other => StateCause::Invalid {
+                message: other.to_string(),
+            },
         }
     }
 }
@@ -163,13 +185,16 @@ pub struct Reactor {
     in_flight: Option<String>,
     /// The source each cell last joined the kernel's queue with.
     last_run: HashMap<String, String>,
+    /// The cell that was running when someone interrupted: if it still ends well, what
+    /// depends on it does not run (an interrupt stops the whole run).
+    stopped: Option<String>,
 }
 
 /// One decision step: the decisions so far, and the states they set (read back by later rules of
 /// the same step, as the hub will have applied them).
 struct Step<'d, 'a> {
     doc: &'d Document<'a>,
-    states: HashMap<String, CellState>,
+    states: HashMap<String, (CellState, Option<StateCause>)>,
     out: Vec<Decision>,
 }
 
@@ -177,29 +202,56 @@ impl Step<'_, '_> {
     fn state(&self, cell: &str) -> Option<CellState> {
         self.states
             .get(cell)
-            .copied()
+            .map(|(s, _)| *s)
             .or_else(|| self.doc.cells.get(cell).map(|r| r.state))
     }
 
-    /// Sets a cell's state (nothing for a cell that does not exist or is already there).
-    fn set(&mut self, cell: &str, state: CellState) {
-        if self.state(cell).is_none_or(|s| s == state) {
+    fn cause(&self, cell: &str) -> Option<&StateCause> {
+        match self.states.get(cell) {
+            Some((_, cause)) => cause.as_ref(),
+            None => self.doc.cells.get(cell).and_then(|r| r.cause.as_ref()),
+        }
+    }
+
+    /// Sets a cell's state and cause (nothing for a cell that does not exist or is already
+    /// there).
+    fn set(&mut self, cell: &str, state: CellState, cause: Option<StateCause>) {
+        let Some(now) = self.state(cell) else {
+            return;
+        };
+        if now == state && self.cause(cell) == cause.as_ref() {
             return;
         }
-        self.states.insert(cell.to_owned(), state);
+        self.states.insert(cell.to_owned(), (state, cause.clone()));
         self.out.push(Decision::SetState {
             cell: cell.to_owned(),
             state,
+            cause,
         });
     }
 
-    /// Whether a cell `cell` depends on failed or was held back.
-    fn upstream_failed(&self, cell: &str) -> bool {
-        self.doc
-            .graph
-            .ancestors(cell)
+    /// Why `cell` may not run because of what is above it: the first cell it depends on that
+    /// failed, else the first that did not run.
+    fn upstream(&self, cell: &str) -> Option<StateCause> {
+        let ancestors = self.doc.graph.ancestors(cell);
+        if let Some(a) = ancestors
             .iter()
-            .any(|a| matches!(self.state(a), Some(CellState::Error | CellState::Blocked)))
+            .find(|a| self.state(a) == Some(CellState::Error))
+        {
+            return Some(StateCause::UpstreamFailed { cell: a.clone() });
+        }
+        ancestors
+            .into_iter()
+            .find(|a| self.state(a) == Some(CellState::Blocked))
+            .map(|a| StateCause::UpstreamNotRun { cell: a })
+    }
+
+    /// Whether `cell` is waiting in the kernel's queue or running.
+    fn busy(&self, cell: &str) -> bool {
+        matches!(
+            self.state(cell),
+            Some(CellState::Queued | CellState::Running)
+        )
     }
 }
 
@@ -220,7 +272,7 @@ impl Reactor {
             Event::Reparented { cells } => {
                 for cell in cells {
                     if self.last_run.contains_key(cell.as_str()) {
-                        Self::stale_from(&mut step, cell);
+                        Self::stale_from(&mut step, cell, StateCause::Reparented);
                     }
                 }
             }
@@ -231,8 +283,7 @@ impl Reactor {
             } => self.deleted(&mut step, cells, names, dependents),
             Event::RunAll => {
                 let all: HashSet<String> = doc.graph.cells().iter().map(|c| c.id.clone()).collect();
-                let order = doc.graph.order_of(&all);
-                self.run(&mut step, order, "run all");
+                self.plan_all(&mut step, all, "run all");
             }
             Event::RunStale => {
                 let stale: HashSet<String> = doc
@@ -241,23 +292,45 @@ impl Reactor {
                     .filter(|(_, r)| r.state == CellState::Stale)
                     .map(|(id, _)| id.clone())
                     .collect();
-                let order: Vec<String> = doc
-                    .graph
-                    .order_of(&stale)
-                    .into_iter()
-                    .filter(|c| not_runnable(doc, c).is_none())
+                self.plan_all(&mut step, stale, "run stale");
+            }
+            Event::NewKernel { session } => {
+                // Cells that ran elsewhere (another session, or before the document was saved)
+                // show results the kernel does not have.
+                let mut gone: Vec<&String> = doc
+                    .cells
+                    .iter()
+                    .filter(|(_, r)| {
+                        matches!(r.state, CellState::Idle | CellState::Error)
+                            && match &r.last_run {
+                                Some(run) => run.kernel_session != session,
+                                None => r.execution_count.is_some(),
+                            }
+                    })
+                    .map(|(id, _)| id)
                     .collect();
-                self.run(&mut step, order, "run stale");
+                gone.sort();
+                for cell in gone {
+                    step.set(cell, CellState::Stale, Some(StateCause::NotInKernel));
+                }
             }
             // A person said stop: what the run had not reached yet does not run (it is stale,
             // for `run_stale`). The cell in flight ends through the kernel (interrupted, or
             // aborted if it had not started) and is handled when it finishes.
-            Event::Interrupted => self.cancel(&mut step),
+            Event::Interrupted => {
+                self.stopped = self.in_flight.clone().or_else(|| {
+                    doc.cells
+                        .iter()
+                        .find(|(_, r)| r.state == CellState::Running)
+                        .map(|(id, _)| id.clone())
+                });
+                self.cancel(&mut step);
+            }
             Event::Refused { cell } => {
                 if self.in_flight.as_deref() == Some(cell) {
                     self.in_flight = None;
                 }
-                step.set(cell, CellState::Stale);
+                step.set(cell, CellState::Stale, Some(StateCause::Cancelled));
                 self.cancel(&mut step);
             }
         }
@@ -269,45 +342,78 @@ impl Reactor {
         self.in_flight.is_some() || !self.plan.is_empty()
     }
 
+    /// A person asked to run `cells` (every cell, or the stale ones): they join the plan once
+    /// each, in dependency order, merged with what it holds. Cells already waiting in the
+    /// kernel's queue are not planned again; cells that may not run are blocked with why.
+    fn plan_all(&mut self, step: &mut Step<'_, '_>, cells: HashSet<String>, after: &str) {
+        let doc = step.doc;
+        let mut order = Vec::new();
+        for cell in doc.graph.order_of(&cells) {
+            if step.state(&cell) == Some(CellState::Queued) {
+                continue;
+            }
+            match not_runnable(doc, &cell) {
+                Some(reason) => step.set(&cell, CellState::Blocked, Some(reason.cause())),
+                None => order.push(cell),
+            }
+        }
+        self.run(step, order, after);
+    }
+
     /// What a finished execution of `cell` means for the cells that depend on it.
     fn finished(&mut self, step: &mut Step<'_, '_>, cell: &str, status: ExecutionStatus) {
         let reactive = self.in_flight.as_deref() == Some(cell);
         if reactive {
             self.in_flight = None;
         }
+        let stopped = self.stopped.as_deref() == Some(cell);
+        if stopped {
+            self.stopped = None;
+        }
         let doc = step.doc;
         match status {
+            // Interrupted as it succeeded: the run stops here all the same.
+            ExecutionStatus::Ok if stopped => {}
             ExecutionStatus::Ok => {
-                // A plan already holds the descendants of the run that started it.
-                if reactive {
-                    self.dispatch(step, cell);
-                    return;
-                }
+                // What depends on it and is not already on its way (planned, or waiting in
+                // the kernel's queue behind it) runs or goes stale.
                 let (runnable, blocked): (Vec<String>, Vec<String>) = doc
                     .graph
                     .descendants(cell)
                     .into_iter()
+                    .filter(|d| {
+                        !step.busy(d)
+                            && !self.plan.contains(d)
+                            && self.in_flight.as_deref() != Some(d.as_str())
+                    })
                     .partition(|d| not_runnable(doc, d).is_none());
                 for d in blocked {
-                    step.set(&d, CellState::Blocked);
+                    if let Some(reason) = not_runnable(doc, &d) {
+                        step.set(&d, CellState::Blocked, Some(reason.cause()));
+                    }
                 }
                 match doc.mode {
                     Reactivity::Lazy => {
                         for d in runnable {
-                            step.set(&d, CellState::Stale);
+                            step.set(
+                                &d,
+                                CellState::Stale,
+                                Some(StateCause::UpstreamChanged {
+                                    cell: cell.to_owned(),
+                                }),
+                            );
                         }
+                        self.dispatch(step, cell);
                     }
                     Reactivity::Autorun => self.run(step, runnable, cell),
                 }
             }
             ExecutionStatus::Aborted => {
-                // It never ran: held back by a failure upstream, or simply out of date.
-                let state = if step.upstream_failed(cell) {
-                    CellState::Blocked
-                } else {
-                    CellState::Stale
-                };
-                step.set(cell, state);
+                // It never ran: held back by a failure upstream, or simply cancelled.
+                match step.upstream(cell) {
+                    Some(cause) => step.set(cell, CellState::Blocked, Some(cause)),
+                    None => step.set(cell, CellState::Stale, Some(StateCause::Cancelled)),
+                }
                 if reactive {
                     // Interrupted or restarted before it ran: the rest of the plan is cancelled.
                     self.cancel(step);
@@ -331,9 +437,12 @@ impl Reactor {
     fn block_dependents(&mut self, step: &mut Step<'_, '_>, cell: &str) {
         let descendants = step.doc.graph.descendants(cell);
         self.plan.retain(|c| !descendants.contains(c));
+        let cause = StateCause::UpstreamFailed {
+            cell: cell.to_owned(),
+        };
         for d in descendants {
-            if !matches!(step.state(&d), Some(CellState::Queued | CellState::Running)) {
-                step.set(&d, CellState::Blocked);
+            if !step.busy(&d) {
+                step.set(&d, CellState::Blocked, Some(cause.clone()));
             }
         }
     }
@@ -344,19 +453,28 @@ impl Reactor {
         if ran.is_none_or(|r| r == source) {
             return;
         }
-        Self::stale_from(step, cell);
+        Self::stale_from(step, cell, StateCause::Edited);
     }
 
     /// A cell that has run and what depends on it no longer show what the code would give.
-    fn stale_from(step: &mut Step<'_, '_>, cell: &str) {
-        let mut cells = vec![cell.to_owned()];
-        cells.extend(step.doc.graph.descendants(cell));
-        for c in cells {
+    fn stale_from(step: &mut Step<'_, '_>, cell: &str, why: StateCause) {
+        let upstream = StateCause::UpstreamChanged {
+            cell: cell.to_owned(),
+        };
+        let mut cells = vec![(cell.to_owned(), why)];
+        cells.extend(
+            step.doc
+                .graph
+                .descendants(cell)
+                .into_iter()
+                .map(|d| (d, upstream.clone())),
+        );
+        for (c, cause) in cells {
             if matches!(
                 step.state(&c),
                 Some(CellState::Idle | CellState::Error | CellState::Blocked)
             ) {
-                step.set(&c, CellState::Stale);
+                step.set(&c, CellState::Stale, Some(cause));
             }
         }
     }
@@ -382,36 +500,47 @@ impl Reactor {
         match step.doc.mode {
             Reactivity::Lazy => {
                 for c in dependents {
-                    step.set(c, CellState::Stale);
+                    step.set(c, CellState::Stale, Some(StateCause::Reparented));
                 }
             }
             Reactivity::Autorun => self.run(step, dependents.to_vec(), "a deleted cell"),
         }
     }
 
-    /// Adds cells to the plan (in the order given) and starts the next one.
+    /// Adds cells to the plan, keeps the plan in dependency order, and starts the next one.
     fn run(&mut self, step: &mut Step<'_, '_>, cells: Vec<String>, after: &str) {
+        let before = self.plan.len();
         for cell in cells {
             if self.in_flight.as_deref() != Some(cell.as_str()) && !self.plan.contains(&cell) {
                 self.plan.push_back(cell);
             }
         }
+        // Merged plans (a run all, then what autorun adds) still run each cell after what it
+        // depends on.
+        if before > 0 && self.plan.len() > before {
+            let planned: HashSet<String> = self.plan.iter().cloned().collect();
+            self.plan = step.doc.graph.order_of(&planned).into();
+        }
         self.dispatch(step, after);
     }
 
     /// Queues the next runnable cell of the plan, unless one is in flight; cells whose upstream
-    /// failed, or that may not run, are blocked on the way.
+    /// failed or did not run, or that may not run, are blocked on the way.
     fn dispatch(&mut self, step: &mut Step<'_, '_>, after: &str) {
         while self.in_flight.is_none() {
             let Some(cell) = self.plan.pop_front() else {
                 return;
             };
-            if step.upstream_failed(&cell) || not_runnable(step.doc, &cell).is_some() {
-                step.set(&cell, CellState::Blocked);
-                continue;
-            }
             // Only code cells are in the graph: one deleted, or no longer code, is skipped.
             if step.doc.graph.get(&cell).is_none() {
+                continue;
+            }
+            if let Some(reason) = not_runnable(step.doc, &cell) {
+                step.set(&cell, CellState::Blocked, Some(reason.cause()));
+                continue;
+            }
+            if let Some(cause) = step.upstream(&cell) {
+                step.set(&cell, CellState::Blocked, Some(cause));
                 continue;
             }
             self.in_flight = Some(cell.clone());
@@ -425,7 +554,7 @@ impl Reactor {
     /// Cancels the rest of the plan: those cells become stale.
     fn cancel(&mut self, step: &mut Step<'_, '_>) {
         for c in std::mem::take(&mut self.plan) {
-            step.set(&c, CellState::Stale);
+            step.set(&c, CellState::Stale, Some(StateCause::Cancelled));
         }
     }
 }

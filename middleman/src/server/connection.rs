@@ -288,8 +288,8 @@ impl Conn {
             }
             ClientMessage::SetReactivity { mode } => hub.set_reactivity(mode),
             ClientMessage::SetGraphRule { rule } => hub.set_graph_rule(rule).await,
-            ClientMessage::RunStale => hub.run_stale().await,
-            ClientMessage::RunAll => hub.run_all().await,
+            ClientMessage::RunStale => hub.run_stale(by).await,
+            ClientMessage::RunAll => hub.run_all(by).await,
             ClientMessage::ExecuteCell {
                 cell_id,
                 request_id,

@@ -37,6 +37,9 @@ enum Do {
     Refuse(&'static str),
     /// The cell moves to this index.
     Move(&'static str, usize),
+    RunAll,
+    /// A new kernel session begins.
+    NewKernel(&'static str),
 }
 use Do::*;
 
@@ -144,7 +147,7 @@ const CASES: &[Case] = &[
         ],
     },
     Case {
-        rule: "run_stale skips what may not run and blocks what a failure holds back",
+        rule: "run_stale blocks what may not run (saying why, not leaving it stale for ever) and what a failure holds back",
         cells: CHAIN,
         given: &[
             Given::State("a", Error),
@@ -152,7 +155,7 @@ const CASES: &[Case] = &[
             Given::State("d", Stale),
             Given::Disabled("d"),
         ],
-        steps: &[(RunStale, &["blocked b"])],
+        steps: &[(RunStale, &["blocked d", "blocked b"])],
     },
     Case {
         rule: "strict: a name defined in two cells is an error on both: such cells do not run, and block nothing else",
@@ -363,6 +366,8 @@ struct Harness {
     mode: Reactivity,
     rule: GraphRule,
     reactor: Reactor,
+    /// Decisions print with the cause of each state (`blocked c: upstream_failed a`).
+    causes: bool,
 }
 
 impl Harness {
@@ -380,6 +385,7 @@ impl Harness {
             mode: Reactivity::Autorun,
             rule: GraphRule::Positional,
             reactor: Reactor::default(),
+            causes: false,
         };
         h.rebuild();
         h
@@ -414,7 +420,12 @@ impl Harness {
         let mut queued = Vec::new();
         for d in &decisions {
             match d {
-                Decision::SetState { cell, state } => self.set(cell, *state),
+                Decision::SetState { cell, state, cause } => {
+                    self.set(cell, *state);
+                    if let Some(r) = self.cells.get_mut(cell) {
+                        r.cause.clone_from(cause);
+                    }
+                }
                 Decision::Run { cell, .. } => queued.push(cell.clone()),
                 Decision::Forget { .. } => {}
             }
@@ -422,12 +433,22 @@ impl Harness {
         for cell in queued {
             self.queue(&cell);
         }
-        decisions.iter().map(ToString::to_string).collect()
+        decisions
+            .iter()
+            .map(|d| match d {
+                Decision::SetState {
+                    cause: Some(cause), ..
+                } if self.causes => format!("{d}: {}", cause_text(cause)),
+                _ => d.to_string(),
+            })
+            .collect()
     }
 
+    /// Sets a state as the execution mirror does (which clears the cause).
     fn set(&mut self, cell: &str, state: CellState) {
         if let Some(r) = self.cells.get_mut(cell) {
             r.state = state;
+            r.cause = None;
         }
     }
 
@@ -499,6 +520,8 @@ impl Harness {
                 self.decide(Event::Reparented { cells: &reparented })
             }
             RunStale => self.decide(Event::RunStale),
+            RunAll => self.decide(Event::RunAll),
+            NewKernel(session) => self.decide(Event::NewKernel { session }),
             Interrupt => self.decide(Event::Interrupted),
             Refuse(cell) => self.decide(Event::Refused { cell }),
         }
@@ -554,25 +577,30 @@ type Runnable<'a> = (
 fn what_may_not_run_and_why() {
     let cases: &[Runnable<'_>] = &[
         (&[("a", "x = 1")], &[], "a", None),
-        (&[("a", "x = (")], &[], "a", Some("cell a: ")),
+        (
+            &[("a", "x = (")],
+            &[],
+            "a",
+            Some("syntax error: unexpected EOF"),
+        ),
         (
             &[("a", "x = 1"), ("b", "x = 2")],
             &[],
             "b",
-            Some("cell b defines x that another cell also defines"),
+            Some("it defines x that another cell also defines"),
         ),
         (
             &[("a", "p = q"), ("b", "q = p")],
             &[],
             "a",
-            Some("cell a is part of a dependency cycle"),
+            Some("it is part of a dependency cycle"),
         ),
-        (&[("a", "x = 1")], &["a"], "a", Some("cell a is disabled")),
+        (&[("a", "x = 1")], &["a"], "a", Some("the cell is disabled")),
         (
             &[("a", "x = 1"), ("b", "y = x"), ("c", "print(y)")],
             &["a"],
             "c",
-            Some("cell c depends on disabled cell a"),
+            Some("it depends on a disabled cell"),
         ),
     ];
     for (cells, disabled, cell, expected) in cases {
@@ -599,3 +627,15 @@ fn what_may_not_run_and_why() {
         }
     }
 }
+
+/// A cause as the plan tables write it: its kind, and the cell it names.
+fn cause_text(cause: &StateCause) -> String {
+    let value = serde_json::to_value(cause).unwrap_or_default();
+    let kind = value["kind"].as_str().unwrap_or("?").to_owned();
+    match value.get("cell").or_else(|| value.get("message")) {
+        Some(v) => format!("{kind} {}", v.as_str().unwrap_or("?")),
+        None => kind,
+    }
+}
+
+mod plans;
