@@ -283,7 +283,7 @@ impl Reactor {
             } => self.deleted(&mut step, cells, names, dependents),
             Event::RunAll => {
                 let all: HashSet<String> = doc.graph.cells().iter().map(|c| c.id.clone()).collect();
-                self.plan_all(&mut step, all, "run all");
+                self.plan_all(&mut step, &all, "run all");
             }
             Event::RunStale => {
                 let stale: HashSet<String> = doc
@@ -292,7 +292,7 @@ impl Reactor {
                     .filter(|(_, r)| r.state == CellState::Stale)
                     .map(|(id, _)| id.clone())
                     .collect();
-                self.plan_all(&mut step, stale, "run stale");
+                self.plan_all(&mut step, &stale, "run stale");
             }
             Event::NewKernel { session } => {
                 // Cells that ran elsewhere (another session, or before the document was saved)
@@ -345,10 +345,10 @@ impl Reactor {
     /// A person asked to run `cells` (every cell, or the stale ones): they join the plan once
     /// each, in dependency order, merged with what it holds. Cells already waiting in the
     /// kernel's queue are not planned again; cells that may not run are blocked with why.
-    fn plan_all(&mut self, step: &mut Step<'_, '_>, cells: HashSet<String>, after: &str) {
+    fn plan_all(&mut self, step: &mut Step<'_, '_>, cells: &HashSet<String>, after: &str) {
         let doc = step.doc;
         let mut order = Vec::new();
-        for cell in doc.graph.order_of(&cells) {
+        for cell in doc.graph.order_of(cells) {
             if step.state(&cell) == Some(CellState::Queued) {
                 continue;
             }
