@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use common::{Client, TestServer};
 use doc_protocol::{
     CellState, ClientMessage, ErrorCode, ExecutionStatus, GraphCell, GraphError, GraphRule, Output,
-    Reactivity, ServerEvent,
+    Reactivity, RunRecord, ServerEvent, StateCause,
 };
 use session_token::Role;
 
@@ -29,6 +29,9 @@ struct View {
     finished: HashMap<String, ExecutionStatus>,
     graph: Vec<GraphCell>,
     checks: u64,
+    cause: HashMap<String, StateCause>,
+    last_run: HashMap<String, RunRecord>,
+    kernel_session: Option<String>,
 }
 
 impl View {
@@ -55,9 +58,26 @@ impl View {
                     self.stdout.entry(c.clone()).or_default().push_str(text);
                 }
             }
-            ServerEvent::CellState { cell_id, state, .. } => {
+            ServerEvent::CellState {
+                cell_id,
+                state,
+                cause,
+                last_run,
+                ..
+            } => {
                 self.state.insert(cell_id.clone(), *state);
+                match cause {
+                    Some(c) => self.cause.insert(cell_id.clone(), c.clone()),
+                    None => self.cause.remove(cell_id),
+                };
+                if let Some(r) = last_run {
+                    self.last_run.insert(cell_id.clone(), r.clone());
+                }
             }
+            ServerEvent::KernelStatus {
+                kernel_session: Some(s),
+                ..
+            } => self.kernel_session = Some(s.clone()),
             ServerEvent::ExecutionFinished {
                 execution_id,
                 status,
@@ -527,5 +547,86 @@ async fn notebooks_written_for_jupyter_run_under_the_positional_rule() {
     .await;
     view.until(&mut ada, |v| v.graph.iter().all(|g| g.error.is_none()))
         .await;
+    server.stop().await;
+}
+
+/// "Run all" is one plan on the server: every cell once, in dependency order (a cell that appends
+/// to a list appends once); a disabled cell and what reads its names do not run and say why;
+/// each run records who ran it and on which kernel; after a restart the cells whose results are
+/// not in the kernel are stale, as "not in kernel", and "Run stale" brings them back in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_all_runs_each_cell_once_and_a_restart_says_what_the_kernel_lost() {
+    let server = TestServer::start(&[]).await;
+    let mut ada = server.client("ada", Role::Editor).await;
+    let first_session = ada.snapshot().kernel_session.clone();
+    assert!(
+        !first_session.is_empty(),
+        "the snapshot names the kernel session"
+    );
+    let mut view = View::default();
+    let a = ada.first_cell();
+    ada.set_source(&a, "xs = []").await;
+    let b = ada.insert_cell(1, "xs.append(1)\nprint(xs)").await;
+    let c = ada.insert_cell(2, "z = len(xs)").await;
+    let d = ada.insert_cell(3, "print('z is', z)").await;
+    view.until(&mut ada, |v| {
+        v.node(&d).is_some_and(|g| g.parents == [c.clone()])
+    })
+    .await;
+    ada.send(&ClientMessage::SetCellDisabled {
+        cell_id: c.clone(),
+        disabled: true,
+    })
+    .await;
+    ada.send(&ClientMessage::RunAll).await;
+    view.until(&mut ada, |v| {
+        v.is(&b, CellState::Idle) && v.is(&d, CellState::Blocked) && v.is(&c, CellState::Blocked)
+    })
+    .await;
+    assert_eq!(
+        view.console(&mut ada, "print(xs, 'z' in globals())").await,
+        "[1] False\n",
+        "b appended once, and neither c nor d ran"
+    );
+    assert_eq!(view.started, [a.clone(), b.clone()]);
+    assert_eq!(view.out(&b), "[1]\n");
+    assert_eq!(view.cause.get(&c), Some(&StateCause::Disabled));
+    assert_eq!(
+        view.cause.get(&d),
+        Some(&StateCause::UpstreamDisabled { cell: c.clone() })
+    );
+    let ran = view.last_run.get(&b).expect("b's run is recorded");
+    assert_eq!(ran.by, "ada name (graph)", "the graph's runs are ada's");
+    assert_eq!(ran.kernel_session, first_session);
+
+    // A restart: a and b ran in the old kernel, so their results are gone with it.
+    ada.restart().await;
+    view.until(&mut ada, |v| {
+        v.is(&a, CellState::Stale) && v.is(&b, CellState::Stale)
+    })
+    .await;
+    assert_eq!(view.cause.get(&a), Some(&StateCause::NotInKernel));
+    assert_eq!(view.cause.get(&b), Some(&StateCause::NotInKernel));
+    let late = server.client("bob", Role::Viewer).await;
+    let snapshot = late.snapshot();
+    assert_ne!(snapshot.kernel_session, first_session, "a new session");
+    let b_view = snapshot.cells.iter().find(|v| v.id == b).unwrap();
+    assert_eq!(b_view.runtime.cause, Some(StateCause::NotInKernel));
+    assert_eq!(
+        b_view
+            .runtime
+            .last_run
+            .as_ref()
+            .map(|r| r.kernel_session.as_str()),
+        Some(first_session.as_str()),
+        "the snapshot keeps who ran it, on which kernel"
+    );
+    view.started.clear();
+    ada.send(&ClientMessage::RunStale).await;
+    view.until(&mut ada, |v| {
+        v.is(&a, CellState::Idle) && v.is(&b, CellState::Idle) && v.out(&b) == "[1]\n"
+    })
+    .await;
+    assert_eq!(view.started, [a.clone(), b.clone()]);
     server.stop().await;
 }
