@@ -10,6 +10,7 @@ import { button, colorClass, h, initials } from "./dom";
 import { CellEditor } from "./editor";
 import { renderMarkdown } from "./markdown";
 import { OutputArea } from "./outputs";
+import { badgeText, runText } from "./runinfo";
 import type {
   CellKind,
   CellState,
@@ -23,6 +24,8 @@ import type {
   PresenceInfo,
   GraphRule,
   Reactivity,
+  RunRecord,
+  StateCause,
   Welcome,
 } from "./protocol";
 
@@ -34,20 +37,14 @@ interface Runtime {
   disabled: boolean;
   /** The snapshot left this cell's outputs out; `fetch_outputs` brings them. */
   deferred?: boolean;
+  /** Why it is stale or blocked. */
+  cause: StateCause | null;
+  last_run: RunRecord | null;
 }
 
 function newRuntime(): Runtime {
-  return { outputs: [], execution_count: null, state: "idle", disabled: false };
+  return { outputs: [], execution_count: null, state: "idle", disabled: false, cause: null, last_run: null };
 }
-
-const STATE_LABEL: Record<CellState, string> = {
-  idle: "",
-  queued: "queued",
-  running: "running",
-  error: "error",
-  stale: "stale",
-  blocked: "blocked by an upstream error",
-};
 
 class CellUI {
   readonly root: HTMLElement;
@@ -55,6 +52,7 @@ class CellUI {
   readonly editor: CellEditor;
   private readonly prompt = h("div", { class: "prompt" });
   private readonly badge = h("span", { class: "state-badge" });
+  private readonly ran = h("span", { class: "last-run" });
   private readonly people = h("div", { class: "cell-people" });
   private readonly rendered = h("div", { class: "markdown rendered", attrs: { tabindex: "-1" } });
   private readonly deps = h("div", { class: "deps" });
@@ -66,7 +64,7 @@ class CellUI {
   private readonly observer: () => void;
 
   constructor(
-    app: Notebook,
+    private readonly app: Notebook,
     readonly id: string,
     public kind: CellKind,
     readonly ytext: Y.Text,
@@ -93,7 +91,7 @@ class CellUI {
     this.root = h("section", { class: `cell kind-${kind}`, attrs: { "data-cell-id": id, "aria-label": "cell", tabindex: "-1" } }, [
       h("div", { class: "gutter" }, [this.prompt, this.people]),
       h("div", { class: "body" }, [
-        h("div", { class: "cell-head" }, [this.badge, this.away, h("span", { class: "spacer" }), tools]),
+        h("div", { class: "cell-head" }, [this.badge, this.away, h("span", { class: "spacer" }), this.ran, tools]),
         this.editorHost,
         this.rendered,
         this.deps,
@@ -182,8 +180,13 @@ class CellUI {
     const state = rt.disabled ? "disabled" : rt.state;
     for (const c of Array.from(this.root.classList)) if (c.startsWith("state-")) this.root.classList.remove(c);
     this.root.classList.add(`state-${state}`);
-    this.badge.textContent = rt.disabled ? "disabled" : STATE_LABEL[rt.state];
+    this.badge.textContent = rt.disabled ? "disabled" : badgeText(rt.state, rt.cause, (id) => this.app.cellName(id));
     this.badge.hidden = this.badge.textContent === "";
+    this.root.classList.toggle("not-in-kernel", rt.cause?.kind === "not_in_kernel");
+    const ran = this.kind === "code" ? runText(rt.last_run, this.app.kernelSession) : { text: "", title: "" };
+    this.ran.textContent = ran.text;
+    this.ran.title = ran.title;
+    this.ran.hidden = ran.text === "";
     if (this.kind === "code") {
       const n = rt.state === "running" ? "*" : rt.state === "queued" ? "…" : rt.execution_count !== null ? String(rt.execution_count) : " ";
       this.prompt.textContent = `[${n}]`;
@@ -233,6 +236,8 @@ export class Notebook {
   private queue: ExecutionSummary[] = [];
   private kernelState: KernelState = "starting";
   private kernelReason = "";
+  /** The kernel session running now: a cell last run in another has no results in the kernel. */
+  kernelSession = "";
   private reactivity: Reactivity = "autorun";
   private graphRule: GraphRule = "positional";
   private welcome: Welcome | null = null;
@@ -372,10 +377,13 @@ export class Notebook {
       case "cell_state": {
         const rt = this.runtime(f.cell_id);
         rt.state = f.state;
+        rt.cause = f.cause ?? null;
+        if (f.last_run) rt.last_run = f.last_run;
         if (f.execution_count !== undefined) rt.execution_count = f.execution_count;
         this.cells.get(f.cell_id)?.showRuntime(rt);
         this.refreshToolbar();
         this.refreshDeps();
+        this.showLostResults();
         return;
       }
       case "cell_outputs": {
@@ -427,6 +435,10 @@ export class Notebook {
       case "kernel_status":
         this.kernelState = f.state;
         this.kernelReason = f.reason ?? "";
+        if (f.kernel_session) {
+          this.kernelSession = f.kernel_session;
+          for (const [id, ui] of this.cells) ui.showRuntime(this.runtime(id));
+        }
         this.showKernel();
         return;
       case "queue":
@@ -545,6 +557,7 @@ export class Notebook {
     if (s) {
       this.kernelState = s.kernel_state;
       this.kernelReason = "";
+      this.kernelSession = s.kernel_session ?? "";
       this.rt.clear();
       this.pendingClear.clear();
       for (const c of s.cells) {
@@ -555,6 +568,8 @@ export class Notebook {
           truncatedAt: c.truncated ? w.limits.max_output_bytes : undefined,
           disabled: c.disabled ?? false,
           deferred: c.deferred != null,
+          cause: c.cause ?? null,
+          last_run: c.last_run ?? null,
         });
       }
       this.execCell.clear();
@@ -581,6 +596,7 @@ export class Notebook {
       this.showPeople();
       this.showQueue();
       this.refreshDeps();
+      this.showLostResults();
     }
     this.showKernel();
     this.refreshToolbar();
@@ -706,6 +722,39 @@ export class Notebook {
 
   private index(id: string): number {
     return this.order.indexOf(id);
+  }
+
+  /** A cell as messages name it (by position). */
+  cellName(id: string): string {
+    return this.label(id);
+  }
+
+  /**
+   * One banner while cells show results the kernel does not have (after a restart, or when the
+   * document came back on a new kernel), offering to run them again.
+   */
+  private showLostResults(): void {
+    const lost = Array.from(this.rt.values()).filter((r) => r.cause?.kind === "not_in_kernel").length;
+    const el = this.bannerEl.querySelector<HTMLElement>('[data-key="not-in-kernel"]');
+    if (lost === 0 || !this.welcome) {
+      el?.remove();
+      return;
+    }
+    const text = `The kernel is new: ${lost} cell${lost === 1 ? " shows results" : "s show results"} it does not have.`;
+    if (el) {
+      const span = el.querySelector("span");
+      if (span) span.textContent = text;
+      return;
+    }
+    const actions = this.canEdit
+      ? [
+          button("Run all", "Run every code cell once, in dependency order", () => this.runAll(), "banner-run-all"),
+          button("Run stale", "Run the cells that are stale, in dependency order", () => this.send({ type: "run_stale" }), "banner-run-stale"),
+        ]
+      : [];
+    const close = button("×", "Dismiss", () => banner.remove(), "dismiss");
+    const banner = h("div", { class: "banner banner-warn", attrs: { "data-key": "not-in-kernel", role: "status" } }, [h("span", { text }), ...actions, close]);
+    this.bannerEl.append(banner);
   }
 
   private label(id: string): string {
@@ -1037,14 +1086,6 @@ export class Notebook {
       else if (g.error?.kind === "multiple_definitions")
         error = `${g.error.names.join(", ")} also defined in ${g.error.cells.filter((c) => c !== id).map((c) => this.label(c)).join(", ")}: under "one definition" each name is defined in one cell (switch to "nearest above" to read each name from the nearest cell above)`;
       else if (g.error?.kind === "cycle") error = `Dependency cycle with ${g.error.cells.filter((c) => c !== id).map((c) => this.label(c)).join(", ")}`;
-      const rt = this.rt.get(id);
-      if (!error && rt?.state === "blocked") {
-        const bad = g.parents.filter((p) => {
-          const r = this.rt.get(p);
-          return r && (r.state === "error" || r.state === "blocked" || r.disabled);
-        });
-        if (bad.length) error = `Blocked: ${bad.map((b) => this.label(b)).join(", ")} failed or is disabled`;
-      }
       if (g.warnings?.length) parts.push(g.warnings.join("; "));
       ui.showDeps(parts.join(" · "), error);
     }

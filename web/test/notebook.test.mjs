@@ -462,9 +462,14 @@ describe("a Middleman restarted under an open page", () => {
     assert.equal(await sourceOf(page, 0), "kept = 6 * 7\nprint('kept is', kept)");
     assert.match(await cell(page, 0).locator(".outputs").innerText(), /kept is 42/);
     await page.waitForSelector(".kernel-idle", { timeout: 60_000 });
+    // The kernel is new: the page says the cell's results are not in it, and offers to run.
+    await page.locator('.banner[data-key="not-in-kernel"]').waitFor({ timeout: 30_000 });
+    await cell(page, 0).locator(".state-badge", { hasText: "not in kernel" }).waitFor();
+    assert.match(await cell(page, 0).locator(".last-run").innerText(), /Ada · .* · earlier kernel/);
     // It works again: the kernel is new, so the cell runs from scratch.
     await run(page, 0);
     assert.match(await cell(page, 0).locator(".prompt").innerText(), /\[1\]/);
+    await page.locator('.banner[data-key="not-in-kernel"]').waitFor({ state: "detached" });
     await shot(page, "reconnected");
     await noProblems(page);
   });
