@@ -135,6 +135,12 @@ pub struct ServeArgs {
     #[arg(long, env = "MIDDLEMAN_SANDBOX_REQUIRE", default_value = "none")]
     pub sandbox_require: kernel_sandbox::Level,
 
+    /// What the plan allows, in a sentence people read when the kernel has no network (`%pip
+    /// install`, a lookup or a connection fails at once with it): for example "Team plans can
+    /// reach PyPI; upload data files with the Files panel."
+    #[arg(long, env = "MIDDLEMAN_PLAN_NOTE", default_value = "")]
+    pub plan_note: String,
+
     /// The kernel agent's socket, when it runs in a container of its own (Kubernetes). Without
     /// it, Middleman starts the agent itself.
     #[arg(long, env = "MIDDLEMAN_KERNEL_AGENT")]

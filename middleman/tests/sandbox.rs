@@ -647,3 +647,39 @@ async fn the_agent_answers_only_middlemans_uid() {
     .await;
     assert!(refused.is_err(), "a process of another uid was served");
 }
+
+/// A plan without network says so at once: `%pip install`, `!pip install`, a lookup and a
+/// connection fail with the plan's note instead of retrying and blaming the kernel; what needs
+/// no network (`%pip list`, `!echo`) still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_network_is_said_plainly() {
+    require_root();
+    let server = TestServer::start(&["--plan-note", "Team plans can reach PyPI."]).await;
+    let mut c = server.client("ada", Role::Editor).await;
+    let refused = |run: &common::Run| {
+        run.outputs.iter().any(|o| {
+            // urllib wraps it in a URLError, with the message.
+            matches!(o, Output::Error { evalue, .. }
+                if evalue.contains("This notebook has no network")
+                    && evalue.contains("Team plans can reach PyPI."))
+        })
+    };
+    for code in [
+        "%pip install surely-not-installed-package",
+        "!pip install surely-not-installed-package",
+        "!python -m pip install --upgrade numpy",
+        "import urllib.request\nurllib.request.urlopen('https://pypi.org/simple/', timeout=60)",
+        "import socket\nsocket.create_connection(('1.1.1.1', 443), timeout=60)",
+    ] {
+        let run = c.run(code).await;
+        assert_eq!(run.status, Some(ExecutionStatus::Error), "{code}");
+        assert!(refused(&run), "{code}: {:?}", run.stdout());
+    }
+    let run = c.run("%pip list").await;
+    assert_eq!(run.status, Some(ExecutionStatus::Ok), "{run:?}");
+    assert!(run.stdout().contains("ipykernel"), "{run:?}");
+    // Shell commands run through a pseudo-terminal of the jail's own.
+    let run = c.run("!echo shell ok").await;
+    assert_eq!(run.stdout().trim_end(), "shell ok", "{run:?}");
+    server.stop().await;
+}

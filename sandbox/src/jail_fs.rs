@@ -1,6 +1,6 @@
 //! The jail's filesystem, built by its init process in a fresh mount namespace: a small
 //! read-only tmpfs root with the system directories, the kernel's environment and a few `/etc`
-//! files bound read-only; a private `/tmp` and `/dev/shm` (tmpfs with a size); a minimal `/dev`;
+//! files bound read-only; a private `/tmp` and `/dev/shm` (tmpfs with a size); a minimal `/dev` (with pseudo-terminals of its own);
 //! a new read-only `/proc` of the jail's own PID namespace; the workspace at `/home/kernel`
 //! and the ipc directory at `/run/nbplat/ipc`. No `/sys`, no cgroup filesystem, nothing else of the
 //! host. Then `pivot_root` into it and detach the host's tree.
@@ -273,6 +273,20 @@ fn dev(root: &Path, shm_bytes: u64) -> Result<(), JailFsError> {
     let shm = dev.join("shm");
     mkdir(&shm)?;
     tmpfs(&shm, shm_bytes, "1777")?;
+    // Pseudo-terminals of its own (a new devpts instance: the host's terminals stay unseen),
+    // for what runs commands through one: IPython's `!cmd` and `%pip`, `pexpect`.
+    let pts = dev.join("pts");
+    mkdir(&pts)?;
+    mount(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,max=64"),
+    )
+    .map_err(fail("mount devpts on", &pts))?;
+    let ptmx = dev.join("ptmx");
+    std::os::unix::fs::symlink("pts/ptmx", &ptmx).map_err(fail("symlink", &ptmx))?;
     mount(
         NONE,
         &dev,

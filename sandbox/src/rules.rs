@@ -49,11 +49,12 @@ pub fn restrict(policy: &JailPolicy) -> Result<RulesOutcome, RulesError> {
     for path in policy.readable_paths() {
         ruleset = add(ruleset, &path, read)?;
     }
-    // /dev: read the random devices, write /dev/null and friends.
+    // /dev: read the random devices, write /dev/null and friends, and use the jail's own
+    // pseudo-terminals (which take ioctls).
     ruleset = add(
         ruleset,
         std::path::Path::new("/dev"),
-        read | AccessFs::WriteFile,
+        read | AccessFs::WriteFile | AccessFs::IoctlDev,
     )?;
     for path in policy.writable_paths() {
         ruleset = add(ruleset, &path, write)?;

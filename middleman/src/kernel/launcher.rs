@@ -53,11 +53,19 @@ pub struct LauncherSettings {
     pub ipc_dir: PathBuf,
     /// The level the plan requires.
     pub require: Level,
+    /// What the plan allows, told to a kernel without network (`--plan-note`).
+    pub plan_note: String,
 }
 
 impl LauncherSettings {
     /// An agent started by this Middleman: `program kernel-agent <args>`.
-    pub fn local(program: PathBuf, ipc_dir: PathBuf, args: Vec<OsString>, require: Level) -> Self {
+    pub fn local(
+        program: PathBuf,
+        ipc_dir: PathBuf,
+        args: Vec<OsString>,
+        require: Level,
+        plan_note: String,
+    ) -> Self {
         let mut all = vec![OsString::from("kernel-agent")];
         all.push("--ipc-dir".into());
         all.push(ipc_dir.clone().into_os_string());
@@ -66,6 +74,7 @@ impl LauncherSettings {
             agent: AgentTarget::Spawn { program, args: all },
             ipc_dir,
             require,
+            plan_note,
         }
     }
 }
@@ -165,7 +174,9 @@ impl Launcher {
     ) -> Result<Launched, LaunchError> {
         let agent_pid = self.agent().await?.pid();
         let ipc_host = self.ipc_path(agent_pid)?;
+        let note = self.settings.plan_note.clone();
         let agent = self.agent().await?;
+        let offline = super::network::network_off(&agent.report);
         let ipc_kernel = PathBuf::from(&agent.ipc_dir);
         // Each generation gets fresh socket paths, so a dying kernel's sockets never collide
         // with its successor's.
@@ -186,7 +197,7 @@ impl Launcher {
         let for_kernel = info(&ipc_kernel);
         let file_name = format!("kernel-{generation}.json");
         let file_in_kernel = ipc_kernel.join(&file_name).display().to_string();
-        let argv: Vec<String> = spec
+        let mut argv: Vec<String> = spec
             .spec
             .argv
             .iter()
@@ -200,13 +211,16 @@ impl Launcher {
         }
         let connection = serde_json::to_string(&for_kernel)
             .map_err(|e| kernel_sandbox::AgentError::Protocol(e.to_string()))?;
-        let env: Vec<(String, String)> = spec
+        let mut env: Vec<(String, String)> = spec
             .spec
             .env
             .clone()
             .unwrap_or_default()
             .into_iter()
             .collect();
+        if offline {
+            super::network::say_no_network(&mut argv, &mut env, &note);
+        }
         agent.send(Request::Start {
             generation,
             argv,

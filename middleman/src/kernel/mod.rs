@@ -2,6 +2,7 @@
 //! to one Jupyter kernel over ZeroMQ `ipc://` sockets, and the session actor that owns it.
 
 pub mod launcher;
+mod network;
 mod runtime_dir;
 mod session;
 mod sockets;

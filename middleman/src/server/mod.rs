@@ -336,6 +336,7 @@ fn launcher_settings(
                 .clone()
                 .unwrap_or_else(|| runtime.path().to_owned()),
             require: args.sandbox_require,
+            plan_note: args.plan_note.clone(),
         });
     }
     let io = |path: &std::path::Path| {
@@ -392,6 +393,7 @@ fn launcher_settings(
         ipc,
         agent,
         args.sandbox_require,
+        args.plan_note.clone(),
     ))
 }
 
