@@ -255,10 +255,19 @@ impl Graph {
 
     /// The cells `id` depends on, directly or not.
     pub fn ancestors(&self, id: &str) -> Vec<String> {
+        self.ancestor_ids(id)
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The ids of the cells `id` depends on, borrowed (the reactor asks for every cell it
+    /// dispatches).
+    pub fn ancestor_ids(&self, id: &str) -> Vec<&str> {
         let seen = self.reach(&[id], &self.parent_idx);
         (0..self.cells.len())
             .filter(|&i| seen[i])
-            .map(|i| self.cells[i].id.clone())
+            .map(|i| self.cells[i].id.as_str())
             .collect()
     }
 

@@ -148,6 +148,11 @@ impl NotRunnable {
 /// Why `cell` may not run now, if it may not: it is disabled, has a graph error, or depends on
 /// a disabled cell.
 pub fn not_runnable(doc: &Document<'_>, cell: &str) -> Option<NotRunnable> {
+    not_runnable_given(doc, cell, &doc.graph.ancestor_ids(cell))
+}
+
+/// [`not_runnable`], given the cell's ancestors.
+fn not_runnable_given(doc: &Document<'_>, cell: &str, ancestors: &[&str]) -> Option<NotRunnable> {
     let disabled = |c: &str| doc.cells.get(c).is_some_and(|r| r.disabled);
     if disabled(cell) {
         return Some(NotRunnable::Disabled { cell: cell.into() });
@@ -166,13 +171,12 @@ pub fn not_runnable(doc: &Document<'_>, cell: &str) -> Option<NotRunnable> {
             GraphError::Cycle { .. } => NotRunnable::Cycle { cell },
         });
     }
-    doc.graph
-        .ancestors(cell)
-        .into_iter()
+    ancestors
+        .iter()
         .find(|a| disabled(a))
         .map(|disabled| NotRunnable::DependsOnDisabled {
             cell: cell.into(),
-            disabled,
+            disabled: (*disabled).to_owned(),
         })
 }
 
@@ -181,6 +185,12 @@ pub fn not_runnable(doc: &Document<'_>, cell: &str) -> Option<NotRunnable> {
 pub struct Reactor {
     /// Cells the graph will run, in order, after the one in flight.
     plan: VecDeque<String>,
+    /// The same cells, to ask "is it planned?" in constant time (a plan can hold a whole
+    /// 20,000-cell notebook, and each finished cell asks it of all its dependents).
+    planned: HashSet<String>,
+    /// The plan holds every code cell (a run all): what a planned cell's success would add is
+    /// planned already, so its dependents need not be looked at.
+    covering: bool,
     /// The cell of the plan queued on the kernel now.
     in_flight: Option<String>,
     /// The source each cell last joined the kernel's queue with.
@@ -233,17 +243,25 @@ impl Step<'_, '_> {
     /// Why `cell` may not run because of what is above it: the first cell it depends on that
     /// failed, else the first that did not run.
     fn upstream(&self, cell: &str) -> Option<StateCause> {
-        let ancestors = self.doc.graph.ancestors(cell);
+        self.upstream_given(&self.doc.graph.ancestor_ids(cell))
+    }
+
+    /// [`Step::upstream`], given the cell's ancestors.
+    fn upstream_given(&self, ancestors: &[&str]) -> Option<StateCause> {
         if let Some(a) = ancestors
             .iter()
             .find(|a| self.state(a) == Some(CellState::Error))
         {
-            return Some(StateCause::UpstreamFailed { cell: a.clone() });
+            return Some(StateCause::UpstreamFailed {
+                cell: (*a).to_owned(),
+            });
         }
         ancestors
-            .into_iter()
+            .iter()
             .find(|a| self.state(a) == Some(CellState::Blocked))
-            .map(|a| StateCause::UpstreamNotRun { cell: a })
+            .map(|a| StateCause::UpstreamNotRun {
+                cell: (*a).to_owned(),
+            })
     }
 
     /// Whether `cell` is waiting in the kernel's queue or running.
@@ -283,7 +301,8 @@ impl Reactor {
             } => self.deleted(&mut step, cells, names, dependents),
             Event::RunAll => {
                 let all: HashSet<String> = doc.graph.cells().iter().map(|c| c.id.clone()).collect();
-                self.plan_all(&mut step, &all, "run all");
+                let skipped = self.plan_all(&mut step, &all, "run all");
+                self.covering = !skipped && self.running();
             }
             Event::RunStale => {
                 let stale: HashSet<String> = doc
@@ -345,11 +364,14 @@ impl Reactor {
     /// A person asked to run `cells` (every cell, or the stale ones): they join the plan once
     /// each, in dependency order, merged with what it holds. Cells already waiting in the
     /// kernel's queue are not planned again; cells that may not run are blocked with why.
-    fn plan_all(&mut self, step: &mut Step<'_, '_>, cells: &HashSet<String>, after: &str) {
+    /// Returns whether a cell was left out for waiting in the kernel's queue already.
+    fn plan_all(&mut self, step: &mut Step<'_, '_>, cells: &HashSet<String>, after: &str) -> bool {
         let doc = step.doc;
         let mut order = Vec::new();
+        let mut skipped = false;
         for cell in doc.graph.order_of(cells) {
             if step.state(&cell) == Some(CellState::Queued) {
+                skipped = true;
                 continue;
             }
             match not_runnable(doc, &cell) {
@@ -358,6 +380,7 @@ impl Reactor {
             }
         }
         self.run(step, order, after);
+        skipped
     }
 
     /// What a finished execution of `cell` means for the cells that depend on it.
@@ -374,6 +397,7 @@ impl Reactor {
         match status {
             // Interrupted as it succeeded: the run stops here all the same.
             ExecutionStatus::Ok if stopped => {}
+            ExecutionStatus::Ok if reactive && self.covering => self.dispatch(step, cell),
             ExecutionStatus::Ok => {
                 // What depends on it and is not already on its way (planned, or waiting in
                 // the kernel's queue behind it) runs or goes stale.
@@ -383,7 +407,7 @@ impl Reactor {
                     .into_iter()
                     .filter(|d| {
                         !step.busy(d)
-                            && !self.plan.contains(d)
+                            && !self.planned.contains(d)
                             && self.in_flight.as_deref() != Some(d.as_str())
                     })
                     .partition(|d| not_runnable(doc, d).is_none());
@@ -436,7 +460,11 @@ impl Reactor {
     /// it out of the plan.
     fn block_dependents(&mut self, step: &mut Step<'_, '_>, cell: &str) {
         let descendants = step.doc.graph.descendants(cell);
-        self.plan.retain(|c| !descendants.contains(c));
+        for d in &descendants {
+            self.planned.remove(d);
+        }
+        let planned = &self.planned;
+        self.plan.retain(|c| planned.contains(c));
         let cause = StateCause::UpstreamFailed {
             cell: cell.to_owned(),
         };
@@ -511,15 +539,16 @@ impl Reactor {
     fn run(&mut self, step: &mut Step<'_, '_>, cells: Vec<String>, after: &str) {
         let before = self.plan.len();
         for cell in cells {
-            if self.in_flight.as_deref() != Some(cell.as_str()) && !self.plan.contains(&cell) {
+            if self.in_flight.as_deref() != Some(cell.as_str()) && self.planned.insert(cell.clone())
+            {
                 self.plan.push_back(cell);
             }
         }
         // Merged plans (a run all, then what autorun adds) still run each cell after what it
         // depends on.
         if before > 0 && self.plan.len() > before {
-            let planned: HashSet<String> = self.plan.iter().cloned().collect();
-            self.plan = step.doc.graph.order_of(&planned).into();
+            self.plan = step.doc.graph.order_of(&self.planned).into();
+            self.planned = self.plan.iter().cloned().collect();
         }
         self.dispatch(step, after);
     }
@@ -529,17 +558,20 @@ impl Reactor {
     fn dispatch(&mut self, step: &mut Step<'_, '_>, after: &str) {
         while self.in_flight.is_none() {
             let Some(cell) = self.plan.pop_front() else {
+                self.covering = false;
                 return;
             };
+            self.planned.remove(&cell);
             // Only code cells are in the graph: one deleted, or no longer code, is skipped.
             if step.doc.graph.get(&cell).is_none() {
                 continue;
             }
-            if let Some(reason) = not_runnable(step.doc, &cell) {
-                step.set(&cell, CellState::Blocked, Some(reason.cause()));
-                continue;
-            }
-            if let Some(cause) = step.upstream(&cell) {
+            // One walk of what it depends on serves both questions.
+            let ancestors = step.doc.graph.ancestor_ids(&cell);
+            let held = not_runnable_given(step.doc, &cell, &ancestors)
+                .map(|reason| reason.cause())
+                .or_else(|| step.upstream_given(&ancestors));
+            if let Some(cause) = held {
                 step.set(&cell, CellState::Blocked, Some(cause));
                 continue;
             }
@@ -553,6 +585,8 @@ impl Reactor {
 
     /// Cancels the rest of the plan: those cells become stale.
     fn cancel(&mut self, step: &mut Step<'_, '_>) {
+        self.planned.clear();
+        self.covering = false;
         for c in std::mem::take(&mut self.plan) {
             step.set(&c, CellState::Stale, Some(StateCause::Cancelled));
         }
