@@ -33,5 +33,7 @@ export function renderMarkdown(source: string, into: HTMLElement): void {
     ALLOW_DATA_ATTR: false,
   });
   if (pieces.length) insertMath(fragment, pieces);
+  // Code blocks scroll sideways: reachable by keyboard.
+  for (const pre of Array.from(fragment.querySelectorAll("pre"))) pre.tabIndex = 0;
   into.replaceChildren(fragment);
 }
