@@ -19,7 +19,7 @@ const FENCE = /^ {0,3}(`{3,}|~{3,})/;
 
 const isSpace = (c: string | undefined) => c === undefined || /\s/.test(c);
 
-/** The closing `$` of inline math opened at `from`, or -1 (never across a blank line). */
+/** The closing `$` of inline math opened at `from`, or -1. */
 function closingDollar(src: string, from: number): number {
   for (let j = from; j < src.length; j++) {
     const c = src[j];
@@ -27,7 +27,8 @@ function closingDollar(src: string, from: number): number {
       j++;
       continue;
     }
-    if (c === "\n" && src[j + 1] === "\n") return -1;
+    // Not across a blank line, nor into a code span.
+    if ((c === "\n" && src[j + 1] === "\n") || c === "`") return -1;
     if (c === "$") {
       if (isSpace(src[j - 1]) || /[0-9]/.test(src[j + 1] ?? "")) return -1;
       return j;

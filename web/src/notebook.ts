@@ -678,6 +678,7 @@ export class Notebook {
       const kind: CellKind = kindRaw === "markdown" || kindRaw === "raw" ? kindRaw : "code";
       seen.add(id);
       order.push(id);
+      const name = `cell ${order.length}`;
       let ui = this.cells.get(id);
       if (ui && ui.ytext !== source) {
         // Moved: Middleman re-creates the cell's map, so the editor binds to the new text.
@@ -696,6 +697,7 @@ export class Notebook {
         ui.showRuntime(rt);
       }
       ui.setKind(kind);
+      if (ui.root.getAttribute("aria-label") !== name) ui.root.setAttribute("aria-label", name);
       const want: Element | null = prev ? prev.nextElementSibling : this.cellsEl.firstElementChild;
       if (want !== ui.root) this.cellsEl.insertBefore(ui.root, want);
       prev = ui.root;
