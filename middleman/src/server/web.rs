@@ -359,7 +359,12 @@ pub(crate) fn licenses(policies: &Policies, headers: &HeaderMap) -> Response {
 }
 
 /// One of KaTeX's fonts by file name, or 404.
-pub(crate) fn font(policies: &Policies, headers: &HeaderMap, name: &str, q: &Query<Version>) -> Response {
+pub(crate) fn font(
+    policies: &Policies,
+    headers: &HeaderMap,
+    name: &str,
+    q: &Query<Version>,
+) -> Response {
     match FONTS.iter().find(|(n, _)| *n == name) {
         Some((_, asset)) => serve(asset, &policies.page, headers, q.v.as_deref()),
         None => StatusCode::NOT_FOUND.into_response(),
@@ -382,7 +387,10 @@ mod tests {
     fn the_style_sheet_asks_for_every_embedded_font_by_hash() {
         let css = std::str::from_utf8(APP_CSS.body).unwrap();
         for (name, font) in FONTS {
-            assert!(css.contains(&format!("url(fonts/{name}?v={})", hash_of(font))), "{name}");
+            assert!(
+                css.contains(&format!("url(fonts/{name}?v={})", hash_of(font))),
+                "{name}"
+            );
         }
         assert_eq!(css.matches("url(fonts/").count(), FONTS.len());
     }
