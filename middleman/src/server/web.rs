@@ -91,7 +91,7 @@ asset!(
 /// asks for each with `?v=<hash>`.
 macro_rules! fonts {
     ($($name:literal),* $(,)?) => {
-        static FONTS: &[(&str, Asset)] = &[$((
+        static FONTS: [(&str, Asset); [$($name),*].len()] = [$((
             concat!($name, ".woff2"),
             Asset {
                 body: include_bytes!(concat!("../../web-dist/assets/fonts/", $name, ".woff2")),
@@ -386,7 +386,7 @@ mod tests {
     #[test]
     fn the_style_sheet_asks_for_every_embedded_font_by_hash() {
         let css = std::str::from_utf8(APP_CSS.body).unwrap();
-        for (name, font) in FONTS {
+        for (name, font) in &FONTS {
             assert!(
                 css.contains(&format!("url(fonts/{name}?v={})", hash_of(font))),
                 "{name}"
