@@ -29,8 +29,14 @@ export function h<K extends keyof HTMLElementTagNameMap>(
   return el;
 }
 
+/**
+ * A button. An icon (no letters) is named by `title`; a worded one by its words, so that the
+ * name people see is the one speech input and screen readers use, with `title` as its
+ * description.
+ */
 export function button(label: string, title: string, onClick: () => void, cls = ""): HTMLButtonElement {
-  const b = h("button", { class: cls, text: label, title, attrs: { type: "button", "aria-label": title, "data-action": cls || undefined } });
+  const icon = !/\p{L}/u.test(label);
+  const b = h("button", { class: cls, text: label, title, attrs: { type: "button", "aria-label": icon ? title : undefined, "data-action": cls || undefined } });
   b.addEventListener("click", (e) => {
     e.preventDefault();
     onClick();
