@@ -33,6 +33,20 @@ export function finishedNotice(label: string, status: string, reason: string): s
   return !r || r === norm(label) || r === norm(status) ? label : `${label}: ${reason}`;
 }
 
+/**
+ * A server message with cells named by position: `cell <id>` and bare ids of the document's
+ * cells become "cell n" ("this cell" for the one the toast leads with).
+ */
+export function namePositions(text: string, ids: readonly string[], label: (id: string) => string, subject?: string): string {
+  let out = text;
+  for (const id of ids) {
+    if (!out.includes(id)) continue;
+    const name = id === subject ? "this cell" : label(id);
+    out = out.split(`cell ${id}`).join(name).split(id).join(name);
+  }
+  return out;
+}
+
 const MAX_VISIBLE = 3;
 
 interface Shown {

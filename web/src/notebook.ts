@@ -10,7 +10,7 @@ import { button, colorClass, h, initials } from "./dom";
 import { CellEditor } from "./editor";
 import { CellKeys } from "./keys";
 import { renderMarkdown } from "./markdown";
-import { finishedNotice, Toasts, type ToastKind } from "./messages";
+import { finishedNotice, namePositions, Toasts, type ToastKind } from "./messages";
 import { OutputArea } from "./outputs";
 import type {
   CellKind,
@@ -543,7 +543,7 @@ export class Notebook {
         return;
       }
       case "error":
-        this.toast(f.message, "error", f.cell_id ?? undefined);
+        this.toast(namePositions(f.message, this.order, (id) => this.label(id), f.cell_id ?? undefined), "error", f.cell_id ?? undefined);
         return;
       case "pong":
         return;

@@ -223,6 +223,9 @@ describe("a day-long notebook", () => {
     assert.equal(await toast.count(), 1, "one toast for three refusals");
     assert.equal(await toast.locator(".cell-ref").innerText(), `cell ${i + 1}`);
     assert.doesNotMatch(await ada.locator(".toasts").innerText(), /#\d/);
+    const ids = await ada.evaluate(() => Array.from(document.querySelectorAll("section.cell")).map((c) => c.dataset.cellId));
+    const said = await toast.locator(".toast-text").innerText();
+    assert.ok(!ids.some((id) => said.includes(id)), `no internal id in "${said}"`);
     await ada.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
     const [t, c] = await Promise.all([ada.locator(".toasts").boundingBox(), cell(ada, i).boundingBox()]);
     const overlap = t.x < c.x + c.width && c.x < t.x + t.width && t.y < c.y + c.height && c.y < t.y + t.height;
