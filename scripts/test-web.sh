@@ -10,7 +10,8 @@
 #     running, two people in one cell, input(), interrupt, hostile HTML and huge outputs, cell
 #     operations and keys, .ipynb export/import, a viewer, a Middleman restarted under an
 #     open page, and a network drop while Middleman keeps running (those two start their own
-#     Middleman with a file store).
+#     Middleman with a file store); daylong.test.mjs: keyboard without traps, c/x/v/z/Shift-M,
+#     input() focus, KaTeX offline, toasts, axe-core, a phone-sized page.
 #
 # Screenshots of the main views go to artifacts/web/. Exits non-zero on any failure and stops
 # every process it started. NBP_WEB_BUILD=0 skips the cargo build (the binaries must exist).

@@ -1,6 +1,7 @@
 // Builds the web client into middleman/web-dist/ (or the directory given as the first argument):
-// index.html, output-frame.html, assets/app.js, assets/app.css, assets/licenses.txt, and
-// assets/app.js.gz, assets/app.css.gz (gzip level 9, no name, mtime 0; Middleman serves them to
+// index.html, output-frame.html, assets/app.js, assets/app.css, assets/licenses.txt,
+// assets/fonts/KaTeX_*.woff2 (math in markdown; KaTeX's style sheet goes into app.css, its font
+// URLs carry each font's content hash), and assets/app.js.gz, assets/app.css.gz (gzip level 9, no name, mtime 0; Middleman serves them to
 // browsers that accept gzip). Deterministic: same sources and lockfile, same bytes. Asset URLs carry a content hash
 // (?v=...) so Middleman can let browsers cache them for a year.
 import { createHash } from "node:crypto";
@@ -28,7 +29,21 @@ const common = {
 const js = await esbuild.build({ ...common, entryPoints: ["src/main.ts"], outfile: "app.js", format: "iife", platform: "browser" });
 const css = await esbuild.build({ ...common, entryPoints: ["src/style.css"], outfile: "app.css" });
 const jsBytes = js.outputFiles[0].contents;
-const cssBytes = css.outputFiles[0].contents;
+
+// KaTeX's fonts, woff2 only (every browser the bundle targets reads it), served by Middleman
+// from /assets/fonts/ (middleman/src/server/web.rs embeds each by name).
+const katexDist = join(here, "node_modules", "katex", "dist");
+const fonts = new Map();
+const katexCss = readFileSync(join(katexDist, "katex.min.css"), "utf8").replace(
+  /src:url\(fonts\/(KaTeX_[A-Za-z0-9-]+)\.woff2\) format\("woff2"\)(?:,url\([^)]*\) format\("[a-z]+"\))*/g,
+  (_, name) => {
+    const bytes = readFileSync(join(katexDist, "fonts", `${name}.woff2`));
+    fonts.set(name, bytes);
+    return `src:url(fonts/${name}.woff2?v=${hash(bytes)}) format("woff2")`;
+  },
+);
+if (fonts.size === 0 || /\.(woff|ttf)\)/.test(katexCss)) throw new Error("build: KaTeX's font rules changed; update build.mjs");
+const cssBytes = Buffer.concat([Buffer.from(katexCss + "\n"), css.outputFiles[0].contents]);
 
 // Third-party licences of every package in the bundle, in a stable order.
 const packages = new Map();
@@ -52,7 +67,8 @@ const index = readFileSync(join(here, "static", "index.html"), "utf8")
   .replace("__CSS_HASH__", hash(cssBytes));
 
 if (existsSync(out)) rmSync(out, { recursive: true });
-mkdirSync(join(out, "assets"), { recursive: true });
+mkdirSync(join(out, "assets", "fonts"), { recursive: true });
+for (const [name, bytes] of [...fonts].sort(([a], [b]) => a.localeCompare(b))) writeFileSync(join(out, "assets", "fonts", `${name}.woff2`), bytes);
 writeFileSync(join(out, "assets", "app.js"), jsBytes);
 writeFileSync(join(out, "assets", "app.css"), cssBytes);
 // Node's gzip header has no file name and mtime 0, so these bytes depend on the input only.
@@ -64,4 +80,4 @@ writeFileSync(join(out, "assets", "licenses.txt"), licenses);
 writeFileSync(join(out, "index.html"), index);
 writeFileSync(join(out, "output-frame.html"), readFileSync(join(here, "static", "output-frame.html")));
 const kib = (n) => `${(n / 1024).toFixed(1)} KiB`;
-console.log(`web: built ${out} (app.js ${kib(jsBytes.length)}, ${kib(jsGz.length)} gzipped, app.css ${kib(cssBytes.length)}, ${packages.size} packages)`);
+console.log(`web: built ${out} (app.js ${kib(jsBytes.length)}, ${kib(jsGz.length)} gzipped, app.css ${kib(cssBytes.length)}, ${fonts.size} fonts, ${packages.size} packages)`);

@@ -29,8 +29,14 @@ export function h<K extends keyof HTMLElementTagNameMap>(
   return el;
 }
 
+/**
+ * A button. An icon (no letters) is named by `title`; a worded one by its words, so that the
+ * name people see is the one speech input and screen readers use, with `title` as its
+ * description.
+ */
 export function button(label: string, title: string, onClick: () => void, cls = ""): HTMLButtonElement {
-  const b = h("button", { class: cls, text: label, title, attrs: { type: "button", "aria-label": title, "data-action": cls || undefined } });
+  const icon = !/\p{L}/u.test(label);
+  const b = h("button", { class: cls, text: label, title, attrs: { type: "button", "aria-label": icon ? title : undefined, "data-action": cls || undefined } });
   b.addEventListener("click", (e) => {
     e.preventDefault();
     onClick();
@@ -59,9 +65,20 @@ export function colorClass(color: string): string {
       sheet = new CSSStyleSheet();
       document.adoptedStyleSheets = [...document.adoptedStyleSheets, sheet];
     }
-    sheet.insertRule(`.${name}{--user:#${c};--user-light:#${c}33}`);
+    sheet.insertRule(`.${name}{--user:#${c};--user-light:#${c}33;--user-ink:${inkOn(c)}}`);
   }
   return name;
+}
+
+/** Black or white, whichever reads better on the colour `rrggbb` (WCAG relative luminance). */
+function inkOn(rrggbb: string): string {
+  const [r, g, b] = [0, 2, 4].map((i) => {
+    const v = parseInt(rrggbb.slice(i, i + 2), 16) / 255;
+    return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+  });
+  const l = 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  // Contrast with white is 1.05/(l+.05), with black (l+.05)/.05: equal at l ≈ 0.179.
+  return l > 0.179 ? "#000" : "#fff";
 }
 
 export function initials(name: string): string {

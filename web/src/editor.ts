@@ -5,7 +5,7 @@
 import { closeBrackets, closeBracketsKeymap } from "@codemirror/autocomplete";
 import { defaultKeymap, indentWithTab } from "@codemirror/commands";
 import { python } from "@codemirror/lang-python";
-import { bracketMatching, defaultHighlightStyle, indentOnInput, indentUnit, syntaxHighlighting } from "@codemirror/language";
+import { bracketMatching, indentOnInput, indentUnit, syntaxHighlighting } from "@codemirror/language";
 import { highlightSelectionMatches, searchKeymap } from "@codemirror/search";
 import { Compartment, EditorState, type Extension, type Range, RangeSet } from "@codemirror/state";
 import { Decoration, type DecorationSet, drawSelection, dropCursor, EditorView, highlightSpecialChars, keymap, placeholder, ViewPlugin, type ViewUpdate, WidgetType } from "@codemirror/view";
@@ -13,6 +13,7 @@ import type { Awareness } from "y-protocols/awareness";
 import { yCollab, yUndoManagerKeymap } from "y-codemirror.next";
 import * as Y from "yjs";
 import { colorClass, safeColor } from "./dom";
+import { readableHighlight } from "./highlight";
 import type { CellKind } from "./protocol";
 
 class CaretWidget extends WidgetType {
@@ -115,6 +116,20 @@ function remoteSelections(ytext: Y.Text, awareness: Awareness): Extension {
   );
 }
 
+/**
+ * Whether focus is arriving by the Tab key (keyboard navigation) rather than a click or a
+ * command. An editor entered this way lets Tab move focus on (WCAG 2.1.2, no keyboard trap)
+ * instead of indenting the shared source; Enter in command mode or a click makes Tab indent.
+ */
+let tabPressedAt = 0;
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Tab") tabPressedAt = Date.now();
+}, true);
+document.addEventListener("mousedown", () => {
+  tabPressedAt = 0;
+}, true);
+const focusByTab = () => Date.now() - tabPressedAt < 500;
+
 /** The page's style nonce (Middleman puts a fresh one in each page and its CSP). */
 const cspNonce = document.querySelector<HTMLMetaElement>('meta[name="csp-nonce"]')?.content ?? "";
 
@@ -149,7 +164,7 @@ export class CellEditor {
           bracketMatching(),
           closeBrackets(),
           highlightSelectionMatches(),
-          syntaxHighlighting(defaultHighlightStyle, { fallback: true }),
+          syntaxHighlighting(readableHighlight, { fallback: true }),
           keymap.of([...closeBracketsKeymap, ...yUndoManagerKeymap, ...searchKeymap, indentWithTab, ...defaultKeymap]),
           this.language.of(CellEditor.languageFor(opts.kind)),
           yCollab(opts.ytext, null, { undoManager: undo }),
@@ -157,10 +172,17 @@ export class CellEditor {
           EditorState.readOnly.of(opts.readOnly),
           EditorView.editable.of(!opts.readOnly),
           EditorView.contentAttributes.of({ "aria-label": "cell source", spellcheck: "false", autocorrect: "off", autocapitalize: "off" }),
+          // A viewer's editor is not editable, but stays reachable by keyboard (to read and scroll).
+          opts.readOnly ? EditorView.contentAttributes.of({ tabindex: "0" }) : [],
           placeholder(opts.readOnly ? "" : opts.kind === "markdown" ? "Markdown text" : opts.kind === "raw" ? "Raw text" : "Python code"),
           EditorView.domEventHandlers({
-            focus: () => {
+            focus: (_e, view) => {
+              view.setTabFocusMode(focusByTab());
               opts.onFocus();
+              return false;
+            },
+            mousedown: (_e, view) => {
+              view.setTabFocusMode(false);
               return false;
             },
           }),
@@ -180,6 +202,11 @@ export class CellEditor {
   focus(atEnd = false): void {
     this.view.focus();
     if (atEnd) this.view.dispatch({ selection: { anchor: this.view.state.doc.length } });
+  }
+
+  /** Tab moves focus out of the editor (true) or indents (false). */
+  setTabMovesFocus(on: boolean): void {
+    this.view.setTabFocusMode(on);
   }
 
   destroy(): void {

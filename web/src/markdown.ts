@@ -1,8 +1,10 @@
 // Markdown (cells and text/markdown outputs) to sanitised DOM: marked renders, DOMPurify keeps
 // only inert elements. The CSP would block scripts anyway; sanitising also drops forms, frames,
 // styles and event handlers, so a collaborator's markdown cannot restyle or overlay the page.
+// TeX is taken out first and rendered after sanitising (math.ts).
 import DOMPurify from "dompurify";
 import { Marked } from "marked";
+import { extractMath, insertMath } from "./math";
 
 const marked = new Marked({ gfm: true, breaks: false, async: false });
 
@@ -22,12 +24,16 @@ purify.addHook("afterSanitizeAttributes", (node) => {
 });
 
 export function renderMarkdown(source: string, into: HTMLElement): void {
-  const html = marked.parse(source) as string;
+  const { text, pieces } = extractMath(source);
+  const html = marked.parse(text) as string;
   const fragment = purify.sanitize(html, {
     RETURN_DOM_FRAGMENT: true,
     FORBID_TAGS: ["style", "form", "input", "button", "textarea", "select", "iframe", "object", "embed", "link", "meta", "base"],
     FORBID_ATTR: ["style", "srcset", "action", "formaction"],
     ALLOW_DATA_ATTR: false,
   });
+  if (pieces.length) insertMath(fragment, pieces);
+  // Code blocks scroll sideways: reachable by keyboard.
+  for (const pre of Array.from(fragment.querySelectorAll("pre"))) pre.tabIndex = 0;
   into.replaceChildren(fragment);
 }

@@ -8,7 +8,9 @@ import * as Y from "yjs";
 import { type Connection, type LinkState } from "./connection";
 import { button, colorClass, h, initials } from "./dom";
 import { CellEditor } from "./editor";
+import { CellKeys } from "./keys";
 import { renderMarkdown } from "./markdown";
+import { finishedNotice, namePositions, Toasts, type ToastKind } from "./messages";
 import { OutputArea } from "./outputs";
 import { badgeText, runText } from "./runinfo";
 import type {
@@ -157,10 +159,12 @@ class CellUI {
     this.refreshMarkdown();
   }
 
+  /** Editing on purpose (Enter, a double click, a new cell): Tab indents here. */
   edit(): void {
     this.editing = true;
     this.refreshMarkdown();
     this.editor.focus();
+    this.editor.setTabMovesFocus(false);
   }
 
   stopEditing(): void {
@@ -243,7 +247,12 @@ export class Notebook {
   private welcome: Welcome | null = null;
   private selected: string | null = null;
   private pendingFocus: string | null = null;
-  private readonly myRequests = new Set<string>();
+  /** insert_cell requests of this page: edit the new cell, or only select it (paste, undo). */
+  private readonly myRequests = new Map<string, "edit" | "select">();
+  /** execute_cell requests of this page, then their executions: their input() prompts take focus. */
+  private readonly myRuns = new Set<string>();
+  private readonly myExecutions = new Set<string>();
+  private readonly cellKeys: CellKeys;
   private requestCounter = 0;
   private pendingInput: PendingInput | null = null;
   private readonly myAnswers = new Map<string, string>();
@@ -264,7 +273,7 @@ export class Notebook {
   private readonly bannerEl = h("div", { class: "banners" });
   private readonly cellsEl = h("main", { class: "cells", attrs: { "aria-label": "notebook" } });
   private readonly toolbar = h("nav", { class: "toolbar", attrs: { "aria-label": "notebook actions" } });
-  private readonly toasts = h("div", { class: "toasts", attrs: { "aria-live": "polite" } });
+  private readonly toasts: Toasts;
   private readonly modeSelect: HTMLSelectElement;
   private readonly ruleSelect: HTMLSelectElement;
   private readonly staleButton: HTMLButtonElement;
@@ -294,6 +303,18 @@ export class Notebook {
     this.staleButton = button("Run stale", "Run every stale cell in dependency order", () => this.send({ type: "run_stale" }), "run-stale");
     this.fileInput = h("input", { attrs: { type: "file", accept: ".ipynb,application/x-ipynb+json,application/json", hidden: true, "data-action": "import-file" } });
     this.fileInput.addEventListener("change", () => void this.importFile());
+    this.toasts = new Toasts({ label: (id) => this.label(id), jumpTo: (id) => this.jumpTo(id), element: (id) => this.cells.get(id)?.root });
+    this.cellKeys = new CellKeys({
+      order: () => this.order,
+      copy: (id) => {
+        const ui = this.cells.get(id);
+        return ui ? { kind: ui.kind, source: ui.ytext.toString() } : undefined;
+      },
+      send: (m) => this.send(m),
+      insert: (index, c) => this.insertAt(index, c.kind, c.source, "select"),
+      remove: (id) => this.deleteCell(id),
+      toast: (text) => this.toast(text, "info"),
+    });
     root.replaceChildren(
       h("header", { class: "topbar" }, [
         h("span", { class: "brand", text: "nbplat" }),
@@ -307,7 +328,7 @@ export class Notebook {
       this.toolbar,
       this.bannerEl,
       this.cellsEl,
-      this.toasts,
+      this.toasts.root,
       this.fileInput,
     );
     this.cellsEl.append(h("p", { class: "loading", text: "Loading the document…" }));
@@ -369,9 +390,14 @@ export class Notebook {
         return;
       }
       case "cell_created":
-        if (f.request_id && this.myRequests.delete(f.request_id)) {
-          this.pendingFocus = f.cell_id;
-          this.focusPending();
+        if (f.request_id && this.myRequests.has(f.request_id)) {
+          const then = this.myRequests.get(f.request_id);
+          this.myRequests.delete(f.request_id);
+          if (then === "edit") {
+            this.pendingFocus = f.cell_id;
+            this.focusPending();
+          } else if (this.cells.has(f.cell_id)) this.jumpTo(f.cell_id);
+          else this.pendingSelect = f.cell_id;
         }
         return;
       case "cell_state": {
@@ -448,6 +474,7 @@ export class Notebook {
         return;
       case "execution_queued":
         if (f.execution.cell_id) this.execCell.set(f.execution.id, f.execution.cell_id);
+        if (f.request_id && this.myRuns.delete(f.request_id)) this.myExecutions.add(f.execution.id);
         return;
       case "execution_started":
         return;
@@ -498,7 +525,7 @@ export class Notebook {
       case "input_request": {
         const { type: _t, seq: _s, ...input } = f;
         this.pendingInput = input;
-        this.showPrompt(true);
+        this.showPrompt(this.myExecutions.has(input.execution_id));
         return;
       }
       case "input_resolved": {
@@ -521,13 +548,14 @@ export class Notebook {
         const cell = this.execCell.get(f.execution_id);
         if (cell && f.status !== "ok" && f.status !== "error" && f.reason) {
           const label = { aborted: "Not run", interrupted: "Interrupted", timed_out: "Timed out", kernel_died: "Kernel died" }[f.status];
-          this.cells.get(cell)?.outputs.notice(`${label}: ${f.reason}`, `finished-${f.status}`);
+          this.cells.get(cell)?.outputs.notice(finishedNotice(label, f.status, f.reason), `finished-${f.status}`);
         }
         this.execCell.delete(f.execution_id);
+        this.myExecutions.delete(f.execution_id);
         return;
       }
       case "error":
-        this.toast(f.message, "error");
+        this.toast(namePositions(f.message, this.order, (id) => this.label(id), f.cell_id ?? undefined), "error", f.cell_id ?? undefined);
         return;
       case "pong":
         return;
@@ -666,6 +694,7 @@ export class Notebook {
       const kind: CellKind = kindRaw === "markdown" || kindRaw === "raw" ? kindRaw : "code";
       seen.add(id);
       order.push(id);
+      const name = `cell ${order.length}`;
       let ui = this.cells.get(id);
       if (ui && ui.ytext !== source) {
         // Moved: Middleman re-creates the cell's map, so the editor binds to the new text.
@@ -684,6 +713,7 @@ export class Notebook {
         ui.showRuntime(rt);
       }
       ui.setKind(kind);
+      if (ui.root.getAttribute("aria-label") !== name) ui.root.setAttribute("aria-label", name);
       const want: Element | null = prev ? prev.nextElementSibling : this.cellsEl.firstElementChild;
       if (want !== ui.root) this.cellsEl.insertBefore(ui.root, want);
       prev = ui.root;
@@ -711,7 +741,14 @@ export class Notebook {
     this.focusPending();
   }
 
+  private pendingSelect: string | null = null;
+
   private focusPending(): void {
+    if (this.pendingSelect && this.cells.has(this.pendingSelect)) {
+      const id = this.pendingSelect;
+      this.pendingSelect = null;
+      this.jumpTo(id);
+    }
     if (!this.pendingFocus) return;
     const ui = this.cells.get(this.pendingFocus);
     if (!ui) return;
@@ -759,7 +796,16 @@ export class Notebook {
 
   private label(id: string): string {
     const i = this.index(id);
-    return i < 0 ? "a deleted cell" : `#${i + 1}`;
+    return i < 0 ? "a deleted cell" : `cell ${i + 1}`;
+  }
+
+  /** Scrolls to a cell and selects it (command mode). */
+  jumpTo(id: string): void {
+    const ui = this.cells.get(id);
+    if (!ui) return;
+    this.select(id, false);
+    ui.root.scrollIntoView({ block: "center" });
+    ui.root.focus({ preventScroll: true });
   }
 
   // ---- actions ----------------------------------------------------------------------------------
@@ -795,7 +841,9 @@ export class Notebook {
       return;
     }
     if (ui.kind !== "code" || !this.canEdit) return;
-    this.send({ type: "execute_cell", cell_id: id });
+    const request_id = this.requestId();
+    this.myRuns.add(request_id);
+    this.send({ type: "execute_cell", cell_id: id, request_id });
   }
 
   runAndAdvance(id: string): void {
@@ -829,10 +877,14 @@ export class Notebook {
     this.send({ type: "run_all" });
   }
 
-  insertAt(index: number, kind: CellKind): void {
-    const request_id = `r${++this.requestCounter}-${Date.now().toString(36)}`;
-    this.myRequests.add(request_id);
-    this.send({ type: "insert_cell", index: Math.max(0, Math.min(index, this.order.length)), cell_type: kind, request_id });
+  private requestId(): string {
+    return `r${++this.requestCounter}-${Date.now().toString(36)}`;
+  }
+
+  insertAt(index: number, kind: CellKind, source?: string, then: "edit" | "select" = "edit"): void {
+    const request_id = this.requestId();
+    this.myRequests.set(request_id, then);
+    this.send({ type: "insert_cell", index: Math.max(0, Math.min(index, this.order.length)), cell_type: kind, source, request_id });
   }
 
   deleteCell(id: string): void {
@@ -842,6 +894,8 @@ export class Notebook {
     }
     const i = this.index(id);
     const neighbour = this.order[i + 1] ?? this.order[i - 1] ?? null;
+    const ui = this.cells.get(id);
+    if (ui) this.cellKeys.noteDeleted(i, { kind: ui.kind, source: ui.ytext.toString() });
     this.send({ type: "delete_cell", cell_id: id });
     this.select(neighbour, false);
   }
@@ -948,7 +1002,7 @@ export class Notebook {
       if (twice("i")) this.send({ type: "interrupt" });
     } else if (key === "0") {
       if (twice("0")) this.send({ type: "restart" });
-    } else handled = false;
+    } else if (!this.cellKeys.handle(key, id)) handled = false;
     if (handled) e.preventDefault();
   }
 
@@ -966,6 +1020,15 @@ export class Notebook {
   private buildToolbar(): void {
     const t = this.toolbar;
     t.replaceChildren();
+    // On a phone the less frequent controls fold behind "More" (style.css), so the toolbar
+    // keeps to two rows.
+    const more = h("div", { class: "toolbar-more", attrs: { id: "toolbar-more" } });
+    const toggle = button("⋯ More", "More actions", () => {
+      const open = t.classList.toggle("open");
+      toggle.setAttribute("aria-expanded", String(open));
+    }, "more");
+    toggle.setAttribute("aria-expanded", "false");
+    toggle.setAttribute("aria-controls", "toolbar-more");
     if (this.welcome && !this.canEdit) {
       t.append(h("span", { class: "readonly-tag", text: "Read-only" }));
     } else if (this.welcome) {
@@ -981,6 +1044,8 @@ export class Notebook {
         button("↻ Restart", "Restart the kernel (0, 0)", () => this.send({ type: "restart" }), "restart"),
         h("span", { class: "sep" }),
         button("+ Code", "Insert a code cell below the selected one (B)", () => this.insertAt(this.selected ? this.index(this.selected) + 1 : this.order.length, "code"), "insert-code"),
+      );
+      more.append(
         button("+ Markdown", "Insert a markdown cell below the selected one", () => this.insertAt(this.selected ? this.index(this.selected) + 1 : this.order.length, "markdown"), "insert-markdown"),
         h("span", { class: "sep" }),
         this.modeSelect,
@@ -989,7 +1054,8 @@ export class Notebook {
         button("Import", "Replace this notebook with an .ipynb file", () => this.fileInput.click(), "import"),
       );
     }
-    if (this.welcome) t.append(button("Export", "Download this notebook as .ipynb", () => void this.exportFile(), "export"));
+    if (this.welcome) more.append(button("Export", "Download this notebook as .ipynb", () => void this.exportFile(), "export"));
+    if (more.childElementCount) t.append(toggle, more);
     t.append(h("span", { class: "spacer" }), this.queueEl);
   }
 
@@ -1104,7 +1170,9 @@ export class Notebook {
           this.send({ type: "input_reply", execution_id: input.execution_id, value });
         }
       : undefined;
-    ui.outputs.showPrompt(input, answer, focus && !document.activeElement?.closest(".cm-editor"));
+    // Focus goes to the prompt only when this page asked for the run (then even from an editor):
+    // someone else's input() never takes the keyboard away from what this person is doing.
+    ui.outputs.showPrompt(input, answer, focus);
     if (focus) ui.root.scrollIntoView({ block: "nearest" });
   }
 
@@ -1115,10 +1183,8 @@ export class Notebook {
     this.bannerEl.append(el);
   }
 
-  toast(text: string, kind: "info" | "warn" | "error"): void {
-    const el = h("div", { class: `toast toast-${kind}`, text });
-    this.toasts.append(el);
-    while (this.toasts.childElementCount > 4) this.toasts.firstElementChild?.remove();
-    window.setTimeout(() => el.remove(), kind === "error" ? 8000 : 4000);
+  /** A passing message; `cell` puts a "cell n" link in front and keeps the toast off that cell. */
+  toast(text: string, kind: ToastKind, cell?: string): void {
+    this.toasts.show(text, kind, cell);
   }
 }

@@ -90,6 +90,8 @@ export class OutputArea {
   private collapsed: boolean | null = null;
   private measure = 0;
   private prompt: HTMLElement | null = null;
+  /** Outputs before this index do not merge with later streams (an input() prompt came between). */
+  private mergeFrom = 0;
 
   constructor() {
     this.toggle.addEventListener("click", () => {
@@ -112,7 +114,8 @@ export class OutputArea {
     this.notices.replaceChildren();
     this.clearOnNext = false;
     this.collapsed = null;
-    if (this.prompt) this.notices.append(this.prompt);
+    this.mergeFrom = 0;
+    if (this.prompt) this.list.append(this.prompt);
     forgetDetachedFrames();
     this.changed();
   }
@@ -125,7 +128,8 @@ export class OutputArea {
   add(output: Output): void {
     if (this.clearOnNext) this.clear();
     const last = this.items[this.items.length - 1];
-    if (output.output_type === "stream" && last && last.output.output_type === "stream" && last.output.name === output.name) {
+    const mergeable = this.items.length > this.mergeFrom;
+    if (mergeable && output.output_type === "stream" && last && last.output.output_type === "stream" && last.output.name === output.name) {
       last.output = { ...last.output, text: last.output.text + output.text };
       boundedText(applyControl(last.output.text), last.el, true);
       this.changed();
@@ -163,7 +167,10 @@ export class OutputArea {
     this.changed();
   }
 
-  /** Shows the kernel's input() prompt; `answer` is undefined for viewers. */
+  /**
+   * Shows the kernel's input() prompt where the run's output has got to; `answer` is undefined
+   * for viewers. Output printed after it goes below it, and below its echo once answered.
+   */
   showPrompt(input: PendingInput, answer: ((value: string) => void) | undefined, focus: boolean): void {
     this.hidePrompt();
     const field = h("input", {
@@ -184,17 +191,18 @@ export class OutputArea {
     }
     form.dataset.execution = input.execution_id;
     this.prompt = form;
-    this.notices.append(form);
+    this.mergeFrom = this.items.length;
+    this.list.append(form);
     this.changed();
     if (focus && answer) field.focus();
   }
 
+  /** Removes the prompt; `after` (the answer's echo) takes its place. */
   hidePrompt(after?: string): void {
-    if (this.prompt) {
-      this.prompt.remove();
-      this.prompt = null;
-    }
-    if (after) this.notice(after, "stdin-done");
+    const at = this.prompt;
+    this.prompt = null;
+    if (at && after) at.replaceWith(h("div", { class: "notice stdin-done", text: after }));
+    else at?.remove();
     this.changed();
   }
 
@@ -231,7 +239,7 @@ export class OutputArea {
   }
 
   private changed(): void {
-    this.root.hidden = this.items.length === 0 && this.notices.childElementCount === 0;
+    this.root.hidden = this.list.childElementCount === 0 && this.notices.childElementCount === 0;
     if (this.measure) return;
     this.measure = requestAnimationFrame(() => {
       this.measure = 0;
@@ -243,7 +251,8 @@ export class OutputArea {
   private applyCollapse(): void {
     const tall = this.list.scrollHeight > COLLAPSE_PX;
     const lines = this.items.reduce((n, i) => n + (i.output.output_type === "stream" ? i.output.text.split("\n").length - 1 : 1), 0);
-    this.list.classList.toggle("collapsed", !!this.collapsed && tall);
+    // Never collapsed over an open prompt.
+    this.list.classList.toggle("collapsed", !!this.collapsed && tall && !this.prompt);
     this.toggle.hidden = !tall;
     this.toggle.textContent = this.collapsed ? `Output collapsed (${lines.toLocaleString("en")} lines). Show all` : "Collapse output";
   }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::extract::{Path, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -422,6 +422,17 @@ fn router(state: Arc<AppState>) -> Router {
             get(
                 |State(s): State<Arc<AppState>>, h: HeaderMap, q: Query<web::Version>| async move {
                     web::style(&s.policies, &h, &q)
+                },
+            ),
+        )
+        .route(
+            "/assets/fonts/{name}",
+            get(
+                |State(s): State<Arc<AppState>>,
+                 h: HeaderMap,
+                 Path(name): Path<String>,
+                 q: Query<web::Version>| async move {
+                    web::font(&s.policies, &h, &name, &q)
                 },
             ),
         )

@@ -87,6 +87,48 @@ asset!(
     false
 );
 
+/// KaTeX's fonts (math in markdown cells), served as `/assets/fonts/<name>.woff2`; app.css
+/// asks for each with `?v=<hash>`.
+macro_rules! fonts {
+    ($($name:literal),* $(,)?) => {
+        static FONTS: [(&str, Asset); [$($name),*].len()] = [$((
+            concat!($name, ".woff2"),
+            Asset {
+                body: include_bytes!(concat!("../../web-dist/assets/fonts/", $name, ".woff2")),
+                gzip: None,
+                content_type: "font/woff2",
+                hashed: true,
+                hash: LazyLock::new(|| {
+                    short_hash(include_bytes!(concat!("../../web-dist/assets/fonts/", $name, ".woff2")))
+                }),
+            },
+        )),*];
+    };
+}
+
+fonts!(
+    "KaTeX_AMS-Regular",
+    "KaTeX_Caligraphic-Bold",
+    "KaTeX_Caligraphic-Regular",
+    "KaTeX_Fraktur-Bold",
+    "KaTeX_Fraktur-Regular",
+    "KaTeX_Main-Bold",
+    "KaTeX_Main-BoldItalic",
+    "KaTeX_Main-Italic",
+    "KaTeX_Main-Regular",
+    "KaTeX_Math-BoldItalic",
+    "KaTeX_Math-Italic",
+    "KaTeX_SansSerif-Bold",
+    "KaTeX_SansSerif-Italic",
+    "KaTeX_SansSerif-Regular",
+    "KaTeX_Script-Regular",
+    "KaTeX_Size1-Regular",
+    "KaTeX_Size2-Regular",
+    "KaTeX_Size3-Regular",
+    "KaTeX_Size4-Regular",
+    "KaTeX_Typewriter-Regular",
+);
+
 fn short_hash(body: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, body);
     digest.as_ref()[..8]
@@ -125,7 +167,7 @@ impl Policies {
         // CodeMirror adds its themes as <style> elements: they carry this response's nonce.
         let page_template = format!(
             "default-src 'none'; script-src 'self'; style-src 'self' 'nonce-{{nonce}}'; \
-             img-src 'self' data: blob:; connect-src 'self'; frame-src 'self'; base-uri 'none'; \
+             img-src 'self' data: blob:; font-src 'self'; connect-src 'self'; frame-src 'self'; base-uri 'none'; \
              form-action 'none'; frame-ancestors {ancestors}"
         );
         let page = page_template.replace(" 'nonce-{nonce}'", "");
@@ -316,6 +358,19 @@ pub(crate) fn licenses(policies: &Policies, headers: &HeaderMap) -> Response {
     serve(&LICENSES, &policies.page, headers, None)
 }
 
+/// One of KaTeX's fonts by file name, or 404.
+pub(crate) fn font(
+    policies: &Policies,
+    headers: &HeaderMap,
+    name: &str,
+    q: &Query<Version>,
+) -> Response {
+    match FONTS.iter().find(|(n, _)| *n == name) {
+        Some((_, asset)) => serve(asset, &policies.page, headers, q.v.as_deref()),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +381,18 @@ mod tests {
         assert!(index.contains("__CSP_NONCE__"));
         assert!(index.contains(&format!("/assets/app.js?v={}", hash_of(&APP_JS))));
         assert!(index.contains(&format!("/assets/app.css?v={}", hash_of(&APP_CSS))));
+    }
+
+    #[test]
+    fn the_style_sheet_asks_for_every_embedded_font_by_hash() {
+        let css = std::str::from_utf8(APP_CSS.body).unwrap();
+        for (name, font) in &FONTS {
+            assert!(
+                css.contains(&format!("url(fonts/{name}?v={})", hash_of(font))),
+                "{name}"
+            );
+        }
+        assert_eq!(css.matches("url(fonts/").count(), FONTS.len());
     }
 
     #[test]
