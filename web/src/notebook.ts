@@ -7,6 +7,7 @@ import { keymap } from "@codemirror/view";
 import * as Y from "yjs";
 import { type Connection, type LinkState } from "./connection";
 import { button, colorClass, h, initials } from "./dom";
+import { FilesPanel } from "./files";
 import { CellEditor } from "./editor";
 import { renderMarkdown } from "./markdown";
 import { OutputArea } from "./outputs";
@@ -264,6 +265,7 @@ export class Notebook {
   private readonly ruleSelect: HTMLSelectElement;
   private readonly staleButton: HTMLButtonElement;
   private readonly fileInput: HTMLInputElement;
+  private readonly files: FilesPanel;
 
   constructor(
     root: HTMLElement,
@@ -289,6 +291,7 @@ export class Notebook {
     this.staleButton = button("Run stale", "Run every stale cell in dependency order", () => this.send({ type: "run_stale" }), "run-stale");
     this.fileInput = h("input", { attrs: { type: "file", accept: ".ipynb,application/x-ipynb+json,application/json", hidden: true, "data-action": "import-file" } });
     this.fileInput.addEventListener("change", () => void this.importFile());
+    this.files = new FilesPanel(token);
     root.replaceChildren(
       h("header", { class: "topbar" }, [
         h("span", { class: "brand", text: "nbplat" }),
@@ -301,6 +304,7 @@ export class Notebook {
       ]),
       this.toolbar,
       this.bannerEl,
+      this.files.el,
       this.cellsEl,
       this.toasts,
       this.fileInput,
@@ -940,7 +944,7 @@ export class Notebook {
         button("Import", "Replace this notebook with an .ipynb file", () => this.fileInput.click(), "import"),
       );
     }
-    if (this.welcome) t.append(button("Export", "Download this notebook as .ipynb", () => void this.exportFile(), "export"));
+    if (this.welcome) t.append(button("Export", "Download this notebook as .ipynb", () => void this.exportFile(), "export"), this.files.toggle);
     t.append(h("span", { class: "spacer" }), this.queueEl);
   }
 
