@@ -105,6 +105,8 @@ export class FilesPanel {
   /** The toolbar button that opens and closes the panel. */
   readonly toggle: HTMLButtonElement;
   private path = "";
+  /** The file the preview shows, if any. */
+  private previewing: string | null = null;
   private listing: Listing | null = null;
   private readonly crumbs = h("nav", { class: "files-crumbs", attrs: { "aria-label": "folder" } });
   private readonly actions = h("div", { class: "files-actions" });
@@ -200,7 +202,7 @@ export class FilesPanel {
 
   private go(path: string): void {
     this.path = path;
-    this.preview.hidden = true;
+    this.closePreview();
     void this.refresh();
   }
 
@@ -304,6 +306,7 @@ export class FilesPanel {
     if (!to || to === name) return;
     try {
       await this.call("/api/files/rename", {}, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ from: path, to: this.join(to) }) });
+      if (this.previewing === path) this.closePreview();
       await this.refresh();
       this.say(`Renamed ${name} to ${to}.`);
     } catch (e) {
@@ -315,11 +318,18 @@ export class FilesPanel {
     if (!window.confirm(`Delete ${kind === "dir" ? "the folder " : ""}${name}? This cannot be undone.`)) return;
     try {
       await this.call("/api/files", { path }, { method: "DELETE" });
+      if (this.previewing === path) this.closePreview();
       await this.refresh();
       this.say(`Deleted ${name}.`);
     } catch (e) {
       this.say(`Delete failed: ${message(e)}`, "error");
     }
+  }
+
+  private closePreview(): void {
+    this.preview.hidden = true;
+    this.preview.replaceChildren();
+    this.previewing = null;
   }
 
   private async showTable(path: string, name: string, delimiter: string): Promise<void> {
@@ -346,11 +356,12 @@ export class FilesPanel {
           h("h3", { text: name }),
           h("span", { class: "muted files-summary", text: `${summary}${body.length < dataRows ? `; showing ${body.length}` : ""}` }),
           h("span", { class: "spacer" }),
-          button("×", "Close the preview", () => (this.preview.hidden = true), "files-preview-close"),
+          button("×", "Close the preview", () => this.closePreview(), "files-preview-close"),
         ]),
         h("div", { class: "files-table-wrap", attrs: { tabindex: "0", "aria-label": `${name} preview` } }, [table]),
       );
       this.preview.hidden = false;
+      this.previewing = path;
     } catch (e) {
       this.say(`Preview of ${name} failed: ${message(e)}`, "error");
     }

@@ -69,11 +69,16 @@ describe("the Files panel", () => {
       assert.equal(await preview.locator("img, b").count(), 0, "cells are text, never markup");
       assert.match(await preview.locator(".files-summary").innerText(), /3 rows × 3 columns/);
       await shot(page, "files-1280");
+      await page.setViewportSize({ width: 390, height: 844 });
+      await page.locator('[data-role="files"]').scrollIntoViewIfNeeded();
+      await shot(page, "files-390");
+      await page.setViewportSize({ width: 1280, height: 800 });
 
       await click(row.locator('[data-action="files-rename"]'));
       const renamed = page.locator('.files-row[data-name="scores.csv"]');
       await renamed.waitFor();
       assert.equal(await page.locator('.files-row[data-name="data.csv"]').count(), 0);
+      assert.ok(await preview.isHidden(), "the preview of the old name is closed");
 
       const [download] = await Promise.all([page.waitForEvent("download"), click(renamed.locator('[data-action="files-download"]'))]);
       assert.equal(download.suggestedFilename(), "scores.csv");
@@ -81,10 +86,6 @@ describe("the Files panel", () => {
       await download.saveAs(saved);
       assert.equal(readFileSync(saved, "utf8"), CSV);
 
-      await page.setViewportSize({ width: 390, height: 844 });
-      await page.locator('[data-role="files"]').scrollIntoViewIfNeeded();
-      await shot(page, "files-390");
-      await page.setViewportSize({ width: 1280, height: 800 });
 
       await click(renamed.locator('[data-action="files-delete"]'));
       await page.waitForFunction(() => !document.querySelector('.files-row[data-name="scores.csv"]'));
