@@ -626,4 +626,53 @@ mod tests {
         assert!(RelPath::parse(&"a/".repeat(40)).is_err());
         assert_eq!(RelPath::parse("..").unwrap_err().code(), "bad_path");
     }
+
+    /// Another process (the kernel) swaps a directory on the way for a symlink out of the root,
+    /// again and again, while files are read through it: the outside file is never served.
+    #[test]
+    fn a_directory_swapped_for_a_symlink_mid_flight_is_never_followed() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = testkit::TempDir::new("workspace-swap");
+        let root = dir.0.join("root");
+        let outside = dir.0.join("outside");
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(root.join("d/f"), "inside").unwrap();
+        std::fs::write(outside.join("f"), "SECRET").unwrap();
+        let workspace = Workspace::new(Some(root.clone()), None);
+        let stop = Arc::new(AtomicBool::new(false));
+        let swapper = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::fs::rename(root.join("d"), root.join("d.real")).unwrap();
+                    std::os::unix::fs::symlink(&outside, root.join("d")).unwrap();
+                    std::fs::remove_file(root.join("d")).unwrap();
+                    std::fs::rename(root.join("d.real"), root.join("d")).unwrap();
+                }
+            })
+        };
+        let path = RelPath::parse("d/f").unwrap();
+        let (mut served, mut refused) = (0, 0);
+        for _ in 0..3000 {
+            match workspace.open_read(&path) {
+                Ok(opened) => {
+                    let text = std::io::read_to_string(opened.file).unwrap();
+                    assert_eq!(text, "inside");
+                    served += 1;
+                }
+                Err(e) => {
+                    assert!(
+                        matches!(e.code(), "symlink" | "not_found" | "not_a_directory"),
+                        "{e}"
+                    );
+                    refused += 1;
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        swapper.join().unwrap();
+        assert!(served + refused == 3000 && served > 0, "{served} served");
+    }
 }
