@@ -274,6 +274,11 @@ pub struct ServeArgs {
     /// Largest `.ipynb` accepted by the import endpoint.
     #[arg(long, env = "MIDDLEMAN_MAX_IMPORT_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_import_bytes: usize,
+
+    /// Largest file accepted by the file API's upload (`PUT /api/files/content`); larger
+    /// uploads are refused with 413 and leave nothing behind.
+    #[arg(long, env = "MIDDLEMAN_MAX_UPLOAD_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_upload_bytes: u64,
 }
 
 fn default_store() -> String {

@@ -19,5 +19,6 @@ mod output;
 pub mod protocol;
 pub mod server;
 pub mod telemetry;
+pub mod workspace;
 
 pub use server::{Running, StartError, start};

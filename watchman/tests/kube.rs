@@ -244,7 +244,8 @@ async fn pools_converge_on_hardened_pods_allocate_binds_warm_ones_and_the_role_i
         .into_iter()
         .filter(|m| mounts(middleman).contains(m))
         .collect();
-    assert_eq!(shared, ["ipc", "agent"]);
+    // The workspace too: Middleman's file API reads and writes it as the shared group.
+    assert_eq!(shared, ["work", "ipc", "agent"]);
     // Nothing store-wide reaches a pod: its documents go through Watchman with a credential
     // for this pod alone.
     for c in &spec.containers {

@@ -7,6 +7,7 @@ import { keymap } from "@codemirror/view";
 import * as Y from "yjs";
 import { type Connection, type LinkState } from "./connection";
 import { button, colorClass, h, initials } from "./dom";
+import { FilesPanel } from "./files";
 import { CellEditor } from "./editor";
 import { CellKeys } from "./keys";
 import { renderMarkdown } from "./markdown";
@@ -278,6 +279,7 @@ export class Notebook {
   private readonly ruleSelect: HTMLSelectElement;
   private readonly staleButton: HTMLButtonElement;
   private readonly fileInput: HTMLInputElement;
+  private readonly files: FilesPanel;
 
   constructor(
     root: HTMLElement,
@@ -315,6 +317,7 @@ export class Notebook {
       remove: (id) => this.deleteCell(id),
       toast: (text) => this.toast(text, "info"),
     });
+    this.files = new FilesPanel(token);
     root.replaceChildren(
       h("header", { class: "topbar" }, [
         h("span", { class: "brand", text: "nbplat" }),
@@ -327,6 +330,7 @@ export class Notebook {
       ]),
       this.toolbar,
       this.bannerEl,
+      this.files.el,
       this.cellsEl,
       this.toasts.root,
       this.fileInput,
@@ -1054,7 +1058,10 @@ export class Notebook {
         button("Import", "Replace this notebook with an .ipynb file", () => this.fileInput.click(), "import"),
       );
     }
-    if (this.welcome) more.append(button("Export", "Download this notebook as .ipynb", () => void this.exportFile(), "export"));
+    if (this.welcome) {
+      more.append(button("Export", "Download this notebook as .ipynb", () => void this.exportFile(), "export"));
+      t.append(this.files.toggle);
+    }
     if (more.childElementCount) t.append(toggle, more);
     t.append(h("span", { class: "spacer" }), this.queueEl);
   }

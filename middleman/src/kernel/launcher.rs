@@ -55,6 +55,26 @@ pub struct LauncherSettings {
     pub require: Level,
     /// What the plan allows, told to a kernel without network (`--plan-note`).
     pub plan_note: String,
+    /// Where the current agent's pid is published (the workspace's filesystem lives in its
+    /// mount namespace; the file API reaches it through `/proc/<pid>/root`).
+    pub agent_pid: AgentPid,
+}
+
+/// The pid of the agent this Middleman started, while it runs: a cheap shared handle the
+/// launcher writes and the file API reads.
+#[derive(Debug, Clone, Default)]
+pub struct AgentPid(std::sync::Arc<std::sync::atomic::AtomicU32>);
+
+impl AgentPid {
+    /// The agent's pid, if this Middleman started one and it is open.
+    pub fn get(&self) -> Option<u32> {
+        Some(self.0.load(std::sync::atomic::Ordering::Acquire)).filter(|pid| *pid != 0)
+    }
+
+    fn set(&self, pid: Option<u32>) {
+        self.0
+            .store(pid.unwrap_or(0), std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl LauncherSettings {
@@ -75,6 +95,7 @@ impl LauncherSettings {
             ipc_dir,
             require,
             plan_note,
+            agent_pid: AgentPid::default(),
         }
     }
 }
@@ -151,6 +172,7 @@ impl Launcher {
                     report: agent.report.clone(),
                 });
             }
+            self.settings.agent_pid.set(agent.pid());
             self.agent = Some(agent);
         }
         self.agent.as_ref().ok_or_else(|| {
@@ -163,6 +185,7 @@ impl Launcher {
     pub(crate) fn agent_gone(&mut self) {
         self.agent = None;
         self.ipc = None;
+        self.settings.agent_pid.set(None);
     }
 
     /// Asks the agent to start `generation` of `spec`'s kernel. The outcome arrives as an

@@ -11,7 +11,7 @@ mod wire;
 
 use std::path::PathBuf;
 
-pub use launcher::{LaunchError, LauncherSettings};
+pub use launcher::{AgentPid, LaunchError, LauncherSettings};
 pub use runtime_dir::RuntimeDir;
 pub use session::{
     Command, EventSender, KernelSession, Refusal, SessionHandle, SessionRefusal, SessionSettings,

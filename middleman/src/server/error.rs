@@ -1,5 +1,5 @@
 //! The HTTP error of Middleman's boundary: every refusal before a WebSocket upgrade, and every
-//! failed `/api/notebook` request, renders as its status and a JSON body
+//! failed `/api/notebook` or `/api/files` request, renders as its status and a JSON body
 //! `{"error": code, "message": text}` (docs/protocol.md lists the codes).
 
 use axum::http::StatusCode;
@@ -36,6 +36,15 @@ pub(crate) enum HttpError {
     /// A Yjs-only connection named another room than the token's document.
     #[error("the room is not the token's document")]
     WrongRoom,
+    /// A viewer tried to change the workspace's files.
+    #[error("viewers cannot change files")]
+    ViewerWrite,
+    /// An upload is larger than `--max-upload-bytes`.
+    #[error("the file is larger than the upload limit of {limit} bytes; nothing was written")]
+    UploadTooLarge { limit: u64 },
+    /// A file request the workspace refused.
+    #[error(transparent)]
+    Files(#[from] crate::workspace::WorkspaceError),
     /// The body of an import could not be read.
     #[error("the request body could not be read: {0}")]
     BadBody(String),
@@ -62,7 +71,26 @@ impl HttpError {
             HttpError::WrongRoom => (StatusCode::FORBIDDEN, "wrong_document"),
             HttpError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             HttpError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            HttpError::ViewerWrite => (StatusCode::FORBIDDEN, "forbidden"),
+            HttpError::UploadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            HttpError::Files(e) => (files_status(e), e.code()),
         }
+    }
+}
+
+/// The status of a workspace refusal.
+fn files_status(error: &crate::workspace::WorkspaceError) -> StatusCode {
+    use crate::workspace::WorkspaceError as W;
+    match error {
+        W::BadPath(_) => StatusCode::BAD_REQUEST,
+        W::NotFound(_) => StatusCode::NOT_FOUND,
+        W::Symlink(_) | W::NotRegular { .. } | W::Permission(_) => StatusCode::FORBIDDEN,
+        W::NotADirectory(_) | W::IsADirectory(_) | W::Exists(_) | W::NotEmpty(_) => {
+            StatusCode::CONFLICT
+        }
+        W::Full => StatusCode::INSUFFICIENT_STORAGE,
+        W::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        W::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod connection;
 mod error;
+mod files;
 mod web;
 
 use std::net::SocketAddr;
@@ -73,6 +74,8 @@ struct AppState {
     metrics: PrometheusHandle,
     activity: Activity,
     policies: web::Policies,
+    /// The kernel's working directory, for the file API.
+    workspace: crate::workspace::Workspace,
 }
 
 impl AppState {
@@ -172,6 +175,18 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
     let spec = kernel::spec::find(&args.kernel, &kernel::spec::search_dirs(&args.kernel_paths))?;
     let runtime = RuntimeDir::create(&args.runtime_root)?;
     let launcher = launcher_settings(&args, &spec, &runtime)?;
+    // The file API's view of the workspace: with `--kernel-agent`, `--workspace` as mounted in
+    // this container; else where the agent this Middleman starts puts it, seen through the
+    // agent's mount namespace when it has one (it makes one when it runs as root).
+    let workspace = match &args.kernel_agent {
+        Some(_) => crate::workspace::Workspace::new(args.workspace.clone(), None),
+        None => crate::workspace::Workspace::new(
+            Some(local_workspace(&args, &runtime)),
+            nix::unistd::geteuid()
+                .is_root()
+                .then(|| launcher.agent_pid.clone()),
+        ),
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -292,10 +307,12 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
         metrics: {
             let handle = crate::telemetry::prometheus();
             register_metrics();
+            files::register_metrics();
             handle
         },
         activity: Activity::default(),
         policies: web::Policies::new(&args.allowed_origins),
+        workspace,
     });
     state.activity.touch();
     let app = router(state);
@@ -337,6 +354,7 @@ fn launcher_settings(
                 .unwrap_or_else(|| runtime.path().to_owned()),
             require: args.sandbox_require,
             plan_note: args.plan_note.clone(),
+            agent_pid: kernel::AgentPid::default(),
         });
     }
     let io = |path: &std::path::Path| {
@@ -346,10 +364,7 @@ fn launcher_settings(
     // Only `ipc/` is shared with the kernel; the workspace's image stays beside it, unseen.
     let ipc = runtime.path().join("ipc");
     std::fs::create_dir(&ipc).map_err(io(&ipc))?;
-    let workspace = args
-        .workspace
-        .clone()
-        .unwrap_or_else(|| runtime.path().join("workspace"));
+    let workspace = local_workspace(args, runtime);
     let program = match &args.kernel_agent_bin {
         Some(p) => p.clone(),
         None => std::env::current_exe().map_err(io(std::path::Path::new("/proc/self/exe")))?,
@@ -395,6 +410,13 @@ fn launcher_settings(
         args.sandbox_require,
         args.plan_note.clone(),
     ))
+}
+
+/// The workspace of a kernel this Middleman's own agent runs.
+fn local_workspace(args: &ServeArgs, runtime: &RuntimeDir) -> std::path::PathBuf {
+    args.workspace
+        .clone()
+        .unwrap_or_else(|| runtime.path().join("workspace"))
 }
 
 fn router(state: Arc<AppState>) -> Router {
@@ -448,6 +470,12 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/status", get(status))
         .route("/ws", get(websocket))
         .route("/yjs/{document}", get(websocket_yjs))
+        .route("/api/files", get(files::list).delete(files::delete))
+        .route(
+            "/api/files/content",
+            get(files::download).put(files::upload),
+        )
+        .route("/api/files/rename", axum::routing::post(files::rename))
         .route(
             "/api/notebook",
             get(export_notebook)

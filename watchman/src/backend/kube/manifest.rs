@@ -143,6 +143,9 @@ pub fn pod_manifest(settings: &KubeSettings, id: &str, plan: &Plan) -> KubePod {
         &format!("{AGENT_DIR}/agent.sock"),
         "--kernel-ipc-dir",
         IPC_DIR,
+        // The workspace as mounted in Middleman's container too, for the file API.
+        "--workspace",
+        KERNEL_HOME,
         "--sandbox-require",
         plan.sandbox.name(),
         "--execution-timeout",
@@ -309,6 +312,9 @@ pub fn pod_manifest(settings: &KubeSettings, id: &str, plan: &Plan) -> KubePod {
                     security_context: Some(hardened(MIDDLEMAN_UID)),
                     volume_mounts: Some(vec![
                         mount("middleman-tmp", "/tmp", false),
+                        // The kernel's workspace, read-write, for the file API (uploads land
+                        // here as the shared group, mode 0660; the kernel is in that group).
+                        mount("work", KERNEL_HOME, false),
                         mount("ipc", IPC_DIR, false),
                         mount("agent", AGENT_DIR, false),
                         mount("pod-info", POD_INFO, true),
