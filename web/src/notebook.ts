@@ -716,7 +716,11 @@ export class Notebook {
         ui.outputs.set(rt.outputs, rt.truncatedAt);
         ui.showRuntime(rt);
       }
-      ui.setKind(kind);
+      if (ui.kind !== kind) {
+        ui.setKind(kind);
+        // A prompt and a last-run line are for code cells only.
+        ui.showRuntime(this.runtime(id));
+      }
       if (ui.root.getAttribute("aria-label") !== name) ui.root.setAttribute("aria-label", name);
       const want: Element | null = prev ? prev.nextElementSibling : this.cellsEl.firstElementChild;
       if (want !== ui.root) this.cellsEl.insertBefore(ui.root, want);
