@@ -94,3 +94,19 @@ describe("run semantics", () => {
     assert.deepEqual(await problems(page), []);
   });
 });
+
+describe("a plan without network", () => {
+  // The local backend's kernels run in a jail without network when Watchman runs as root (as in
+  // CI); elsewhere the kernel may have the host's network, and there is nothing to say.
+  const jailed = process.getuid?.() === 0;
+  it("says so at once when a cell runs %pip install", { skip: !jailed && "not root: the kernel may have network" }, async () => {
+    await addCell(page);
+    const i = 5;
+    await setSource(page, i, "%pip install surely-not-installed-package");
+    await click(cell(page, i).locator('[data-action="run-cell"]'));
+    const error = cell(page, i).locator(".error-output", { hasText: "This notebook has no network" });
+    await error.waitFor({ timeout: 30_000 });
+    assert.match(await error.innerText(), /NoNetworkError/);
+    await shot(page, "no-network-1280");
+  });
+});
