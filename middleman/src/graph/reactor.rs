@@ -311,7 +311,11 @@ impl Reactor {
                     .filter(|(_, r)| r.state == CellState::Stale)
                     .map(|(id, _)| id.clone())
                     .collect();
-                self.plan_all(&mut step, &stale, "run stale");
+                let skipped = self.plan_all(&mut step, &stale, "run stale");
+                // After a restart every cell is stale: such a plan covers them all too.
+                self.covering = !skipped
+                    && self.running()
+                    && doc.graph.cells().iter().all(|c| stale.contains(&c.id));
             }
             Event::NewKernel { session } => {
                 // Cells that ran elsewhere (another session, or before the document was saved)
