@@ -675,6 +675,23 @@ async fn no_network_is_said_plainly() {
         assert_eq!(run.status, Some(ExecutionStatus::Error), "{code}");
         assert!(refused(&run), "{code}: {:?}", run.stdout());
     }
+    // A package the environment lacks says it cannot be installed here, and stays catchable.
+    let run = c.run("import surely_not_installed_module").await;
+    assert!(
+        run.outputs
+            .iter()
+            .any(|o| matches!(o, Output::Error { ename, evalue, .. }
+            if ename == "ModuleNotFoundError"
+                && evalue.contains("'surely_not_installed_module'")
+                && evalue.contains("no network to install it")
+                && evalue.contains("Team plans can reach PyPI."))),
+        "{:?}",
+        run.stdout()
+    );
+    let run = c
+        .run("try:\n    import surely_not_installed_module\nexcept ImportError:\n    print('caught')")
+        .await;
+    assert_eq!(run.stdout(), "caught\n", "{run:?}");
     let run = c.run("%pip list").await;
     assert_eq!(run.status, Some(ExecutionStatus::Ok), "{run:?}");
     assert!(run.stdout().contains("ipykernel"), "{run:?}");

@@ -128,6 +128,22 @@ def _nbplat_no_network():
     ip.system = system
     ip.getoutput = getoutput
 
+    # `import x` of a package the environment lacks: say that it cannot be installed here.
+    def missing_module(shell, etype, value, tb, tb_offset=None):
+        name = (getattr(value, "name", None) or "").split(".")[0]
+        if name and not getattr(value, "_nbplat_said", False):
+            value._nbplat_said = True
+            value.msg = (
+                f"{value.msg}. It is not installed, and this notebook has no network to "
+                "install it: its plan does not allow the kernel to reach the internet."
+                + (" " + note if note else "")
+                + " `%pip list` shows what is installed."
+            )
+            value.args = (value.msg,)
+        return shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+
+    ip.set_custom_exc((ModuleNotFoundError,), missing_module)
+
 
 _nbplat_no_network()
 del _nbplat_no_network
