@@ -532,23 +532,22 @@ impl Hub {
     }
 
     /// Runs every stale cell in dependency order (asked by `by`).
-    #[tracing::instrument(skip_all, fields(%by))]
     pub async fn run_stale(&self, by: String) {
-        {
-            let mut st = self.lock();
-            st.plan_by = by;
-            self.react(&mut st, Event::RunStale);
-        }
-        self.deliver().await;
+        self.plan(by, Event::RunStale).await;
     }
 
     /// Runs every code cell once, in dependency order (asked by `by`).
-    #[tracing::instrument(skip_all, fields(%by))]
     pub async fn run_all(&self, by: String) {
+        self.plan(by, Event::RunAll).await;
+    }
+
+    /// A reactive run that `by` asked for: its executions are theirs.
+    #[tracing::instrument(skip_all, fields(%by, ?event))]
+    async fn plan(&self, by: String, event: Event<'_>) {
         {
             let mut st = self.lock();
             st.plan_by = by;
-            self.react(&mut st, Event::RunAll);
+            self.react(&mut st, event);
         }
         self.deliver().await;
     }
@@ -726,8 +725,9 @@ impl Hub {
             return;
         }
         let session = st.mirror.kernel_session.clone();
-        self.react(st, Event::NewKernel { session: &session });
-        self.touched(st);
+        if self.react(st, Event::NewKernel { session: &session }) {
+            self.touched(st);
+        }
     }
 
     fn touched(&self, st: &mut State) {
@@ -739,15 +739,16 @@ impl Hub {
 
     // ---- the reactor and the kernel -------------------------------------------------------
 
-    /// Asks the reactor about `event` and carries out its decisions: states are set and
-    /// announced now; runs and name removals join the outbox.
-    fn react(&self, st: &mut State, event: Event<'_>) {
+    /// Asks the reactor about `event` and carries out its decisions (returns whether there
+    /// were any): states are set and announced now; runs and name removals join the outbox.
+    fn react(&self, st: &mut State, event: Event<'_>) -> bool {
         let document = reactor::Document {
             graph: &st.deps.graph,
             cells: st.edits.nb.runtimes(),
             mode: reactivity_of(&st.edits.nb),
         };
         let decisions = st.reactor.decide(&document, event);
+        let decided = !decisions.is_empty();
         for decision in decisions {
             match decision {
                 Decision::SetState { cell, state, cause } => {
@@ -798,6 +799,7 @@ impl Hub {
                 }
             }
         }
+        decided
     }
 
     /// Delivers the outbox, then waits for the session's answer to the caller's command.
@@ -870,7 +872,7 @@ impl Hub {
         }
         if let Some((cell, status, by)) = &applied.finished {
             // A person's run that finishes starts the graph's: its runs are theirs.
-            if !by.ends_with("(graph)") && by != "graph" {
+            if !st.reactor.in_flight(cell) {
                 st.plan_by.clone_from(by);
             }
             self.react(

@@ -360,6 +360,11 @@ impl Reactor {
         step.out
     }
 
+    /// Whether `cell`'s execution is the reactive run's (not a person's).
+    pub fn in_flight(&self, cell: &str) -> bool {
+        self.in_flight.as_deref() == Some(cell)
+    }
+
     /// Whether a reactive run is in progress (tests and metrics).
     pub fn running(&self) -> bool {
         self.in_flight.is_some() || !self.plan.is_empty()
