@@ -87,7 +87,7 @@ impl Mirror {
                             self.exec_cells.remove(&old);
                         }
                     }
-                    set_state(nb, cell, CellState::Queued, None, &mut applied.follow);
+                    set_state(nb, cell, CellState::Queued, None, None, &mut applied.follow);
                     applied.queued = Some((cell.clone(), execution.code.clone()));
                 }
             }
@@ -99,7 +99,14 @@ impl Mirror {
                     applied.follow.push(ServerEvent::OutputsCleared {
                         cell_id: cell.clone(),
                     });
-                    set_state(nb, &cell, CellState::Running, None, &mut applied.follow);
+                    set_state(
+                        nb,
+                        &cell,
+                        CellState::Running,
+                        None,
+                        None,
+                        &mut applied.follow,
+                    );
                 }
             }
             ServerEvent::Output {
@@ -189,17 +196,8 @@ impl Mirror {
                         duration_ms: *duration_ms,
                         kernel_session: self.kernel_session.clone(),
                     });
-                    if let Ok(r) = nb.runtime_mut(&cell)
-                        && ran.is_some()
-                    {
-                        r.last_run.clone_from(&ran);
-                    }
-                    set_state(nb, &cell, state, *execution_count, &mut applied.follow);
-                    if let (Some(ran), Some(ServerEvent::CellState { last_run, .. })) =
-                        (ran, applied.follow.last_mut())
-                    {
-                        *last_run = Some(ran);
-                    }
+                    let count = *execution_count;
+                    set_state(nb, &cell, state, count, ran, &mut applied.follow);
                     applied.finished = Some((cell, *status, by));
                 }
             }
@@ -228,12 +226,13 @@ impl Mirror {
     }
 }
 
-/// Sets a cell's state (and count, when given) and announces it.
+/// Sets a cell's state (and count and last run, when given) and announces it.
 fn set_state(
     nb: &mut Notebook,
     cell: &str,
     state: CellState,
     execution_count: Option<u64>,
+    last_run: Option<RunRecord>,
     follow: &mut Vec<ServerEvent>,
 ) {
     let Ok(r) = nb.runtime_mut(cell) else {
@@ -245,12 +244,15 @@ fn set_state(
     if execution_count.is_some() {
         r.execution_count = execution_count;
     }
+    if last_run.is_some() {
+        r.last_run.clone_from(&last_run);
+    }
     follow.push(ServerEvent::CellState {
         cell_id: cell.to_owned(),
         state,
         execution_count: r.execution_count,
         cause: None,
-        last_run: None,
+        last_run,
     });
 }
 
