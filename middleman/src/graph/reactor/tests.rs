@@ -526,6 +526,29 @@ impl Harness {
             Refuse(cell) => self.decide(Event::Refused { cell }),
         }
     }
+
+    fn disable(&mut self, cell: &str) {
+        if let Some(r) = self.cells.get_mut(cell) {
+            r.disabled = true;
+        }
+    }
+
+    fn strict(&mut self) {
+        self.rule = GraphRule::Strict;
+        self.rebuild();
+    }
+
+    /// Plays a table's steps, checking each step's decisions, and that the run ends.
+    fn play(&mut self, rule: &str, steps: &[(Do, &[&str])]) {
+        for (i, (action, expected)) in steps.iter().enumerate() {
+            let got = self.step(*action);
+            assert_eq!(got, *expected, "rule: {rule}\nstep {} ({action:?})", i + 1);
+        }
+        assert!(
+            !self.reactor.running(),
+            "rule: {rule}: the run is over at the end"
+        );
+    }
 }
 
 #[test]
@@ -535,33 +558,12 @@ fn every_rule_of_the_reactivity_doc() {
         for given in case.given {
             match *given {
                 Given::State(cell, state) => h.set(cell, state),
-                Given::Disabled(cell) => {
-                    if let Some(r) = h.cells.get_mut(cell) {
-                        r.disabled = true;
-                    }
-                }
+                Given::Disabled(cell) => h.disable(cell),
                 Given::Lazy => h.mode = Reactivity::Lazy,
-                Given::Strict => {
-                    h.rule = GraphRule::Strict;
-                    h.rebuild();
-                }
+                Given::Strict => h.strict(),
             }
         }
-        for (i, (action, expected)) in case.steps.iter().enumerate() {
-            let got = h.step(*action);
-            assert_eq!(
-                got,
-                *expected,
-                "rule: {}\nstep {} ({action:?})",
-                case.rule,
-                i + 1
-            );
-        }
-        assert!(
-            !h.reactor.running(),
-            "rule: {}: the run is over at the end",
-            case.rule
-        );
+        h.play(case.rule, case.steps);
     }
 }
 
@@ -605,12 +607,9 @@ fn what_may_not_run_and_why() {
     ];
     for (cells, disabled, cell, expected) in cases {
         let mut h = Harness::new(cells);
-        h.rule = GraphRule::Strict;
-        h.rebuild();
+        h.strict();
         for d in *disabled {
-            if let Some(r) = h.cells.get_mut(*d) {
-                r.disabled = true;
-            }
+            h.disable(d);
         }
         let document = Document {
             graph: &h.graph,

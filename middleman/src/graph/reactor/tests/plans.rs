@@ -23,6 +23,15 @@ struct Plan {
     steps: &'static [(Do, &'static [&'static str])],
 }
 
+/// Run all over four cells: each runs once, in order.
+const ONCE_EACH: &[(Do, &[&str])] = &[
+    (RunAll, &["run a after run all"]),
+    (Finish("a", Done), &["run b after a"]),
+    (Finish("b", Done), &["run c after b"]),
+    (Finish("c", Done), &["run d after c"]),
+    (Finish("d", Done), &[]),
+];
+
 const PLANS: &[Plan] = &[
     Plan {
         rule: "run all runs every cell once, in dependency order: autorun adds nothing twice",
@@ -33,25 +42,13 @@ const PLANS: &[Plan] = &[
             ("d", "w = 2"),
         ],
         given: &[],
-        steps: &[
-            (RunAll, &["run a after run all"]),
-            (Finish("a", Done), &["run b after a"]),
-            (Finish("b", Done), &["run c after b"]),
-            (Finish("c", Done), &["run d after c"]),
-            (Finish("d", Done), &[]),
-        ],
+        steps: ONCE_EACH,
     },
     Plan {
         rule: "run all in lazy mode: the same single runs, nothing left stale",
         cells: CHAIN,
         given: &[Given::Lazy],
-        steps: &[
-            (RunAll, &["run a after run all"]),
-            (Finish("a", Done), &["run b after a"]),
-            (Finish("b", Done), &["run c after b"]),
-            (Finish("c", Done), &["run d after c"]),
-            (Finish("d", Done), &[]),
-        ],
+        steps: ONCE_EACH,
     },
     Plan {
         rule: "a cell already waiting in the kernel's queue is not planned again; it re-runs after its upstream does",
@@ -216,13 +213,8 @@ fn run_all_run_stale_and_a_new_kernel() {
         h.causes = true;
         for given in plan.given {
             match *given {
-                Given::Disabled(cell) => {
-                    if let Some(r) = h.cells.get_mut(cell) {
-                        r.disabled = true;
-                    }
-                }
+                Given::Disabled(cell) => h.disable(cell),
                 Given::Ran(cell, session, state) => {
-                    let source = h.source(cell);
                     h.queue(cell);
                     h.set(cell, state);
                     if let Some(r) = h.cells.get_mut(cell) {
@@ -234,7 +226,6 @@ fn run_all_run_stale_and_a_new_kernel() {
                             kernel_session: session.into(),
                         });
                     }
-                    assert_eq!(h.source(cell), source);
                 }
                 Given::FromFile(cell) => {
                     if let Some(r) = h.cells.get_mut(cell) {
@@ -242,26 +233,9 @@ fn run_all_run_stale_and_a_new_kernel() {
                     }
                 }
                 Given::Lazy => h.mode = Reactivity::Lazy,
-                Given::Strict => {
-                    h.rule = GraphRule::Strict;
-                    h.rebuild();
-                }
+                Given::Strict => h.strict(),
             }
         }
-        for (i, (action, expected)) in plan.steps.iter().enumerate() {
-            let got = h.step(*action);
-            assert_eq!(
-                got,
-                *expected,
-                "rule: {}\nstep {} ({action:?})",
-                plan.rule,
-                i + 1
-            );
-        }
-        assert!(
-            !h.reactor.running(),
-            "rule: {}: the run is over at the end",
-            plan.rule
-        );
+        h.play(plan.rule, plan.steps);
     }
 }
