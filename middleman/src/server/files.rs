@@ -35,9 +35,14 @@ pub(super) struct RenameBody {
     to: String,
 }
 
-/// Counts one operation's outcome, and a refusal by its reason, with a log line.
-fn record<T>(op: &'static str, result: &Result<T, HttpError>) {
-    let outcome = match result {
+/// Runs one operation's handler and counts its outcome, and a refusal by its reason, with a
+/// log line.
+async fn recorded<T>(
+    op: &'static str,
+    handler: impl Future<Output = Result<T, HttpError>>,
+) -> Result<T, HttpError> {
+    let result = handler.await;
+    let outcome = match &result {
         Ok(_) => "ok",
         Err(error) => {
             let code = error.status_and_code().1;
@@ -48,6 +53,7 @@ fn record<T>(op: &'static str, result: &Result<T, HttpError>) {
     };
     metrics::counter!("middleman_files_requests_total", "op" => op, "outcome" => outcome)
         .increment(1);
+    result
 }
 
 /// Runs a blocking workspace call on the blocking pool.
@@ -80,7 +86,7 @@ pub(super) async fn list(
     Query(query): Query<PathQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let result = async {
+    recorded("list", async {
         let claims = authorize(&state, &headers, query.token.as_deref()).await?;
         let path = RelPath::parse(&query.path)?;
         let workspace = state.workspace.clone();
@@ -94,10 +100,8 @@ pub(super) async fn list(
             "max_upload_bytes": state.args.max_upload_bytes,
         }))
         .into_response())
-    }
-    .await;
-    record("list", &result);
-    result
+    })
+    .await
 }
 
 /// `GET /api/files/content?path=[&limit=]`: a regular file, as an attachment.
@@ -106,7 +110,7 @@ pub(super) async fn download(
     Query(query): Query<PathQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let result = async {
+    recorded("download", async {
         authorize(&state, &headers, query.token.as_deref()).await?;
         let path = RelPath::parse(&query.path)?;
         let name = path.name().unwrap_or("file").to_owned();
@@ -145,10 +149,8 @@ pub(super) async fn download(
             h.insert(header::CONTENT_DISPOSITION, v);
         }
         Ok(response)
-    }
-    .await;
-    record("download", &result);
-    result
+    })
+    .await
 }
 
 /// `Content-Disposition` naming `name`: an ASCII fallback and the exact name (RFC 6266).
@@ -182,7 +184,7 @@ pub(super) async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, HttpError> {
-    let result = async {
+    recorded("upload", async {
         let claims = authorize(&state, &headers, query.token.as_deref()).await?;
         editor(&claims)?;
         let path = RelPath::parse(&query.path)?;
@@ -224,10 +226,8 @@ pub(super) async fn upload(
             Json(serde_json::json!({ "path": path.to_string(), "size": written })),
         )
             .into_response())
-    }
-    .await;
-    record("upload", &result);
-    result
+    })
+    .await
 }
 
 fn write_error(path: &RelPath, error: std::io::Error) -> HttpError {
@@ -249,7 +249,7 @@ pub(super) async fn delete(
     Query(query): Query<PathQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let result = async {
+    recorded("delete", async {
         let claims = authorize(&state, &headers, query.token.as_deref()).await?;
         editor(&claims)?;
         let path = RelPath::parse(&query.path)?;
@@ -258,10 +258,8 @@ pub(super) async fn delete(
         let kind = blocking(move || workspace.delete(&target)).await?;
         tracing::info!(user = %claims.sub, path = %path, %kind, "file deleted");
         Ok(Json(serde_json::json!({ "deleted": path.to_string() })).into_response())
-    }
-    .await;
-    record("delete", &result);
-    result
+    })
+    .await
 }
 
 /// `POST /api/files/rename` `{"from", "to"}`: never replaces (editors only).
@@ -271,7 +269,7 @@ pub(super) async fn rename(
     headers: HeaderMap,
     body: Result<Json<RenameBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, HttpError> {
-    let result = async {
+    recorded("rename", async {
         let claims = authorize(&state, &headers, query.token.as_deref()).await?;
         editor(&claims)?;
         let Json(body) = body.map_err(|e| HttpError::BadBody(e.body_text()))?;
@@ -285,10 +283,8 @@ pub(super) async fn rename(
             Json(serde_json::json!({ "from": from.to_string(), "to": to.to_string() }))
                 .into_response(),
         )
-    }
-    .await;
-    record("rename", &result);
-    result
+    })
+    .await
 }
 
 /// Creates the counters at zero (see `register_metrics`).
