@@ -7,8 +7,10 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
-import { after, before, describe, it } from "node:test";
-import { addCell, cell, cellCount, click, launch, newPage, openFromLanding, problems, ready, run, setSource, shot, sourceOf, waitDone } from "./harness.mjs";
+import { after, before, describe } from "node:test";
+import { addCell, cell, cellCount, click, itShows as shows, launch, newPage, openFromLanding, problems, ready, run, setSource, shot, sourceOf, waitDone } from "./harness.mjs";
+
+const itShows = (name, pageOf, fn) => shows(name, pageOf, fn, "daylong-");
 
 const require = createRequire(import.meta.url);
 const AXE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
@@ -20,18 +22,6 @@ before(async () => {
 after(async () => {
   await browser?.close();
 });
-
-function itShows(name, pageOf, fn) {
-  it(name, async () => {
-    try {
-      await fn();
-    } catch (e) {
-      const page = pageOf();
-      if (page) await shot(page, `FAILED-daylong-${name.slice(0, 40).replace(/[^A-Za-z0-9]+/g, "-")}`).catch(() => {});
-      throw e;
-    }
-  });
-}
 
 const active = (page) =>
   page.evaluate(() => {

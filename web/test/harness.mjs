@@ -6,6 +6,7 @@ import { spawn, execFileSync } from "node:child_process";
 import { mkdirSync, openSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
+import { it } from "node:test";
 import { chromium } from "playwright-core";
 
 export const env = {
@@ -257,4 +258,17 @@ export class OwnMiddleman {
     clearTimeout(timer);
     this.proc = null;
   }
+}
+
+/** `it`, with a screenshot of the page (`FAILED-<prefix><name>`) when the test fails. */
+export function itShows(name, pageOf, fn, prefix = "") {
+  it(name, async () => {
+    try {
+      await fn();
+    } catch (e) {
+      const page = pageOf();
+      if (page) await shot(page, `FAILED-${prefix}${name.slice(0, 40).replace(/[^A-Za-z0-9]+/g, "-")}`).catch(() => {});
+      throw e;
+    }
+  });
 }

@@ -5,13 +5,14 @@ import assert from "node:assert/strict";
 import { readFileSync, writeFileSync } from "node:fs";
 import { connect, createServer } from "node:net";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { after, before, describe } from "node:test";
 import {
   addCell,
   cell,
   cellCount,
   click,
   env,
+  itShows,
   launch,
   newPage,
   OwnMiddleman,
@@ -32,19 +33,6 @@ before(async () => {
 after(async () => {
   await browser?.close();
 });
-
-/** `it`, with a screenshot of the page when the test fails. */
-function itShows(name, pageOf, fn) {
-  it(name, async () => {
-    try {
-      await fn();
-    } catch (e) {
-      const page = pageOf();
-      if (page) await shot(page, `FAILED-${name.slice(0, 40).replace(/[^A-Za-z0-9]+/g, "-")}`).catch(() => {});
-      throw e;
-    }
-  });
-}
 
 async function noProblems(page) {
   assert.deepEqual(await problems(page), [], "no CSP violations, uncaught errors or console errors");
