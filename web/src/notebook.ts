@@ -413,7 +413,6 @@ export class Notebook {
         this.cells.get(f.cell_id)?.showRuntime(rt);
         this.refreshToolbar();
         this.refreshDeps();
-        this.showLostResults();
         return;
       }
       case "cell_outputs": {
@@ -628,7 +627,6 @@ export class Notebook {
       this.showPeople();
       this.showQueue();
       this.refreshDeps();
-      this.showLostResults();
     }
     this.showKernel();
     this.refreshToolbar();
@@ -775,11 +773,10 @@ export class Notebook {
   }
 
   /**
-   * One banner while cells show results the kernel does not have (after a restart, or when the
+   * One banner while `lost` cells show results the kernel does not have (after a restart, or when the
    * document came back on a new kernel), offering to run them again.
    */
-  private showLostResults(): void {
-    const lost = Array.from(this.rt.values()).filter((r) => r.cause?.kind === "not_in_kernel").length;
+  private showLostResults(lost: number): void {
     const el = this.bannerEl.querySelector<HTMLElement>('[data-key="not-in-kernel"]');
     if (lost === 0 || !this.welcome) {
       el?.remove();
@@ -797,9 +794,7 @@ export class Notebook {
           button("Run stale", "Run the cells that are stale, in dependency order", () => this.send({ type: "run_stale" }), "banner-run-stale"),
         ]
       : [];
-    const close = button("×", "Dismiss", () => banner.remove(), "dismiss");
-    const banner = h("div", { class: "banner banner-warn", attrs: { "data-key": "not-in-kernel", role: "status" } }, [h("span", { text }), ...actions, close]);
-    this.bannerEl.append(banner);
+    this.banner(text, "warn", "not-in-kernel", actions);
   }
 
   private label(id: string): string {
@@ -1073,9 +1068,15 @@ export class Notebook {
   private refreshToolbar(): void {
     this.modeSelect.value = this.reactivity;
     this.ruleSelect.value = this.graphRule;
-    const stale = Array.from(this.rt.values()).filter((r) => r.state === "stale").length;
+    let stale = 0;
+    let lost = 0;
+    for (const r of this.rt.values()) {
+      if (r.state === "stale") stale += 1;
+      if (r.cause?.kind === "not_in_kernel") lost += 1;
+    }
     this.staleButton.textContent = stale ? `Run stale (${stale})` : "Run stale";
     this.staleButton.disabled = stale === 0;
+    this.showLostResults(lost);
     for (const b of Array.from(this.cellsEl.querySelectorAll<HTMLButtonElement>("button.delete-cell"))) b.disabled = this.order.length <= 1;
   }
 
@@ -1187,10 +1188,11 @@ export class Notebook {
     if (focus) ui.root.scrollIntoView({ block: "nearest" });
   }
 
-  banner(text: string, kind: string, key: string): void {
+  /** One banner per `key` (a new one replaces it), with optional action buttons. */
+  banner(text: string, kind: string, key: string, actions: HTMLElement[] = []): void {
     this.bannerEl.querySelector(`[data-key="${key}"]`)?.remove();
     const close = button("×", "Dismiss", () => el.remove(), "dismiss");
-    const el = h("div", { class: `banner banner-${kind}`, attrs: { "data-key": key, role: "status" } }, [h("span", { text }), close]);
+    const el = h("div", { class: `banner banner-${kind}`, attrs: { "data-key": key, role: "status" } }, [h("span", { text }), ...actions, close]);
     this.bannerEl.append(el);
   }
 
