@@ -5,12 +5,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::Output;
 
-/// Code or markdown (raw cells import as markdown-like text and export back as raw).
+/// Code, SQL or markdown (raw cells import as markdown-like text and export back as raw).
+///
+/// A SQL cell runs its query with DuckDB in the kernel, against the DataFrames in scope and the
+/// files in the workspace. A first line `-- result: name` binds the result (a DataFrame) to
+/// `name` for the cells that read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "lowercase")]
 pub enum CellKind {
     Code,
+    Sql,
     Markdown,
     Raw,
 }
@@ -20,6 +25,7 @@ impl CellKind {
     pub fn as_str(self) -> &'static str {
         match self {
             CellKind::Code => "code",
+            CellKind::Sql => "sql",
             CellKind::Markdown => "markdown",
             CellKind::Raw => "raw",
         }
@@ -29,10 +35,16 @@ impl CellKind {
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "code" => Some(CellKind::Code),
+            "sql" => Some(CellKind::Sql),
             "markdown" => Some(CellKind::Markdown),
             "raw" => Some(CellKind::Raw),
             _ => None,
         }
+    }
+
+    /// Whether cells of this kind run in the kernel (code and SQL).
+    pub fn runs(self) -> bool {
+        matches!(self, CellKind::Code | CellKind::Sql)
     }
 }
 

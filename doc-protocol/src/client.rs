@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{CellKind, GraphRule, Reactivity};
+use crate::{CellKind, GraphRule, Reactivity, TableSort};
 
 /// A message from a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +87,37 @@ pub enum ClientMessage {
     Interrupt,
     /// Restart the kernel (its state is lost; queued executions are aborted).
     Restart,
+    /// Completions of `code` at `cursor` (UTF-16 units), in the language of cell `cell_id`
+    /// (Python, or SQL for a SQL cell). Answered with `assist`, to this connection only.
+    Complete {
+        request_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cell_id: Option<String>,
+        code: String,
+        cursor: u32,
+    },
+    /// What the kernel knows about the name at `cursor` of `code` (signature, docstring; more
+    /// with `detail` 1). Answered with `assist`.
+    Inspect {
+        request_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cell_id: Option<String>,
+        code: String,
+        cursor: u32,
+        #[serde(default)]
+        #[cfg_attr(feature = "ts", ts(as = "Option<u8>", optional))]
+        detail: u8,
+    },
+    /// Rows `offset..offset + limit` (at most 1,000) of a table output, sorted by `sort` when
+    /// given. Answered with `assist`.
+    TablePage {
+        request_id: String,
+        table: String,
+        offset: u64,
+        limit: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sort: Option<TableSort>,
+    },
     /// Application-level keepalive; answered with [`crate::ServerEvent::Pong`].
     Ping {
         #[serde(default, skip_serializing_if = "Option::is_none")]

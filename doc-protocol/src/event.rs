@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::{
-    CellHeader, CellState, CellView, ExecutionStatus, ExecutionSummary, GraphCell, GraphRule,
+    AssistAnswer,     CellHeader, CellState, CellView, ExecutionStatus, ExecutionSummary, GraphCell, GraphRule,
     InputOutcome, KernelDescription, KernelState, Limits, Output, PendingInput, Reactivity,
     RunRecord, StateCause,
 };
@@ -160,6 +160,11 @@ pub enum ServerEvent {
         message: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cell_id: Option<String>,
+    },
+    /// The answer to `complete`, `inspect` or `table_page` (this connection only).
+    Assist {
+        request_id: String,
+        answer: AssistAnswer,
     },
     /// Answer to [`crate::ClientMessage::Ping`].
     Pong {

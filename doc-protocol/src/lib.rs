@@ -12,6 +12,7 @@
 //! Outputs travel in nbformat's own shape (`output_type` = `stream`, `display_data`,
 //! `execute_result`, `error`) so that what a client shows is exactly what an `.ipynb` would store.
 
+mod assist;
 mod cell;
 mod client;
 mod event;
@@ -20,6 +21,9 @@ mod graph;
 mod limits;
 mod output;
 
+pub use assist::{
+    AssistAnswer, AssistRefusal, Completion, TABLE_MIME, TableColumn, TableOutput, TableSort,
+};
 pub use cell::{
     CellHeader, CellKind, CellRuntime, CellState, CellView, DeferredOutputs, GraphRule, Reactivity,
     RunRecord, StateCause,

@@ -25,6 +25,9 @@ export type ClientMessage = { "type": "execute", code: string, request_id?: stri
   | { "type": "input_reply", execution_id: string, value: string, }
   | { "type": "interrupt" }
   | { "type": "restart" }
+  | { "type": "complete", request_id: string, cell_id?: string | null, code: string, cursor: number, }
+  | { "type": "inspect", request_id: string, cell_id?: string | null, code: string, cursor: number, detail?: number, }
+  | { "type": "table_page", request_id: string, table: string, offset: number, limit: number, sort?: TableSort | null, }
   | { "type": "ping", nonce?: number | null, };
 
 export type ServerFrame = { seq?: number | null, } & ({ "type": "welcome", protocol: number,
@@ -81,6 +84,7 @@ export type ServerFrame = { seq?: number | null, } & ({ "type": "welcome", proto
      */
     reason?: string | null, }
   | { "type": "error", code: ErrorCode, message: string, cell_id?: string | null, }
+  | { "type": "assist", request_id: string, answer: AssistAnswer, }
   | { "type": "pong", nonce?: number | null, }
   | { "type": "shutdown", reason: string, });
 
@@ -138,6 +142,7 @@ export type ServerEvent = { "type": "welcome", protocol: number,
      */
     reason?: string | null, }
   | { "type": "error", code: ErrorCode, message: string, cell_id?: string | null, }
+  | { "type": "assist", request_id: string, answer: AssistAnswer, }
   | { "type": "pong", nonce?: number | null, }
   | { "type": "shutdown", reason: string, };
 
@@ -183,6 +188,7 @@ export type Limits = { max_client_message_bytes: number, max_output_bytes: numbe
     stream_flush_interval_ms: number, };
 
 export type CellKind = "code"
+  | "sql"
   | "markdown"
   | "raw";
 
@@ -338,6 +344,54 @@ export type PendingInput = { execution_id: string, prompt: string, password: boo
 
 export type InputOutcome = "answered"
   | "cancelled";
+
+export type AssistAnswer = { "kind": "complete", matches: Array<Completion>, cursor_start: number, cursor_end: number, }
+  | { "kind": "inspect", found: boolean, text: string, }
+  | { "kind": "table_page", table: string, offset: number, row_count: number, rows: Array<Array<unknown>>, }
+  | { "kind": "refused", reason: AssistRefusal, message: string, };
+
+export type AssistRefusal = "busy"
+  | "rate_limited"
+  | "no_kernel"
+  | "timeout"
+  | "gone"
+  | "failed";
+
+export type Completion = { text: string,
+    /**
+     * What it is, as the kernel says (`function`, `instance`, `module`, `keyword`, `column`).
+     */
+    type?: string | null,
+    /**
+     * A callable's signature, when the kernel gives one.
+     */
+    signature?: string | null, };
+
+export type TableOutput = {
+    /**
+     * The kernel's handle for the table (valid while that kernel runs and keeps it).
+     */
+    table: string, columns: Array<TableColumn>,
+    /**
+     * Rows in the whole table.
+     */
+    row_count: number,
+    /**
+     * The index's name(s) when it carries information (not a plain 0..n range).
+     */
+    index?: Array<string>,
+    /**
+     * The first rows: one array per row, index values first, then one value per column.
+     */
+    rows: Array<Array<unknown>>, };
+
+export type TableColumn = { name: string,
+    /**
+     * The column's type as the kernel names it (`int64`, `float64`, `object`, `datetime64[ns]`).
+     */
+    type: string, };
+
+export type TableSort = { column: string, descending: boolean, };
 
 /** An nbformat MIME bundle: MIME type to data (text, or JSON for JSON types). */
 export type MimeBundle = Record<string, unknown>;

@@ -43,6 +43,13 @@ fn main() {
         ExecutionStatus::decl(&cfg),
         PendingInput::decl(&cfg),
         InputOutcome::decl(&cfg),
+        // Side questions: completion, inspection, table pages.
+        AssistAnswer::decl(&cfg),
+        AssistRefusal::decl(&cfg),
+        Completion::decl(&cfg),
+        TableOutput::decl(&cfg),
+        TableColumn::decl(&cfg),
+        TableSort::decl(&cfg),
     ];
     let mut out = String::from(
         "// Generated from the doc-protocol crate by\n\
