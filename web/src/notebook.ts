@@ -5,6 +5,7 @@
 import { Prec } from "@codemirror/state";
 import { keymap } from "@codemirror/view";
 import * as Y from "yjs";
+import { Assist } from "./assist";
 import { type Connection, type LinkState } from "./connection";
 import { button, colorClass, h, initials } from "./dom";
 import { FilesPanel } from "./files";
@@ -258,6 +259,8 @@ export class Notebook {
   private pendingInput: PendingInput | null = null;
   private readonly myAnswers = new Map<string, string>();
   private away: AwaySummary | null = null;
+  /** Completion, inspection and table pages: questions to the kernel answered to this page. */
+  readonly assist: Assist;
   private synced = false;
   private lastKey = "";
   private lastKeyAt = 0;
@@ -288,6 +291,7 @@ export class Notebook {
   ) {
     this.root = root;
     this.conn = conn;
+    this.assist = new Assist((m) => conn.send(m));
     this.yCells = conn.doc.getArray<Y.Map<unknown>>("cells");
     this.yCells.observeDeep((events) => {
       if (events.some((e) => e.target === this.yCells || e.target instanceof Y.Map)) this.reconcile();
@@ -353,6 +357,7 @@ export class Notebook {
   // ---- connection events ------------------------------------------------------------------------
 
   onLink(state: LinkState, detail: string): void {
+    if (state !== "connected") this.assist.dropAll();
     if (state !== "connected" && this.welcome && !this.away) {
       this.away = {
         since: Date.now(),
@@ -559,6 +564,9 @@ export class Notebook {
       }
       case "error":
         this.toast(namePositions(f.message, this.order, (id) => this.label(id), f.cell_id ?? undefined), "error", f.cell_id ?? undefined);
+        return;
+      case "assist":
+        this.assist.answer(f.request_id, f.answer);
         return;
       case "pong":
         return;
