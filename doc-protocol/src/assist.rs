@@ -86,7 +86,10 @@ pub enum AssistAnswer {
         rows: Vec<Vec<Value>>,
     },
     /// The question could not be answered now; `message` says why.
-    Refused { reason: AssistRefusal, message: String },
+    Refused {
+        reason: AssistRefusal,
+        message: String,
+    },
 }
 
 /// Why a side question was not answered.

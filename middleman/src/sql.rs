@@ -69,10 +69,10 @@ fn is_identifier(name: &str) -> bool {
 }
 
 const PYTHON_KEYWORDS: &[&str] = &[
-    "False", "None", "True", "and", "as", "assert", "async", "await", "break", "class",
-    "continue", "def", "del", "elif", "else", "except", "finally", "for", "from", "global", "if",
-    "import", "in", "is", "lambda", "nonlocal", "not", "or", "pass", "raise", "return", "try",
-    "while", "with", "yield",
+    "False", "None", "True", "and", "as", "assert", "async", "await", "break", "class", "continue",
+    "def", "del", "elif", "else", "except", "finally", "for", "from", "global", "if", "import",
+    "in", "is", "lambda", "nonlocal", "not", "or", "pass", "raise", "return", "try", "while",
+    "with", "yield",
 ];
 
 /// What a SQL cell defines and reads, in the graph's terms.
@@ -242,7 +242,10 @@ mod tests {
     fn the_header_names_the_result() {
         let s = split("-- result: sales\nSELECT 1");
         assert_eq!(s.result, Some("sales"));
-        assert_eq!(split("\n  -- result:  by_region  \nSELECT 1").result, Some("by_region"));
+        assert_eq!(
+            split("\n  -- result:  by_region  \nSELECT 1").result,
+            Some("by_region")
+        );
         assert_eq!(split("SELECT 1 -- result: x").result, None);
         assert!(split("-- result: 1x\nSELECT 1").header_error.is_some());
         assert!(split("-- result: class\nSELECT 1").header_error.is_some());
@@ -272,7 +275,8 @@ mod tests {
 
     #[test]
     fn files_are_not_names_and_duckdb_syntax_falls_back_to_tokens() {
-        let a = analyse("-- result: s\nSELECT region, sum(amount) FROM 'sales.csv' GROUP BY region");
+        let a =
+            analyse("-- result: s\nSELECT region, sum(amount) FROM 'sales.csv' GROUP BY region");
         assert_eq!((a.defs, a.refs), (set(&["s"]), set(&[])));
         // FROM-first is DuckDB's own; the parser refuses it, the scan still finds `df`.
         let b = analyse("FROM df SELECT a WHERE a > (SELECT max(a) FROM other_df)");

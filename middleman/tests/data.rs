@@ -146,13 +146,7 @@ async fn sql_cells_read_frames_and_files_and_feed_python_cells_reactively() {
          GROUP BY s.region ORDER BY s.region",
     )
     .await;
-    let user = insert(
-        &mut c,
-        2,
-        CellKind::Code,
-        "print(totals.to_dict('list'))",
-    )
-    .await;
+    let user = insert(&mut c, 2, CellKind::Code, "print(totals.to_dict('list'))").await;
     // The graph learned the SQL cell's reads and definitions from its parser.
     let graph = c
         .until(|e| matches!(e, ServerEvent::Graph { cells } if cells.len() == 3 && cells.iter().any(|g| g.id == user && !g.parents.is_empty())))
@@ -172,7 +166,7 @@ async fn sql_cells_read_frames_and_files_and_feed_python_cells_reactively() {
     c.send(&ClientMessage::RunAll).await;
     assert_eq!(
         printed_by(&mut c, &user, Vec::new()).await,
-        "{'region': ['n', 's'], 'total': [40, 200]}\n"
+        "{'region': ['n', 's'], 'total': [40.0, 200.0]}\n"
     );
 
     // Edit the query and run it: the Python cell that reads its result runs again by itself.
@@ -189,7 +183,7 @@ async fn sql_cells_read_frames_and_files_and_feed_python_cells_reactively() {
     assert_eq!(table_of(&result.outputs).row_count, 2);
     assert_eq!(
         printed_by(&mut c, &user, result.events).await,
-        "{'region': ['n', 's'], 'total': [30, 200]}\n"
+        "{'region': ['n', 's'], 'total': [30.0, 200.0]}\n"
     );
 
     // A failing query says what DuckDB said, and blocks the cell that reads its result.
@@ -236,12 +230,16 @@ async fn tables_page_and_completion_answers_while_a_cell_runs() {
     );
     assert!(table.index.is_empty(), "a plain range index is not shown");
     // Other clients get pandas' own (truncated) HTML beside it.
-    assert!(shown.outputs.iter().any(|o| matches!(o, Output::ExecuteResult { data, .. } if data.contains_key("text/html"))));
+    assert!(shown.outputs.iter().any(
+        |o| matches!(o, Output::ExecuteResult { data, .. } if data.contains_key("text/html"))
+    ));
 
     // A long cell runs; questions are answered beside it.
     let sleeper = c.submit("import time\ntime.sleep(60)").await;
-    c.until(|e| matches!(e, ServerEvent::ExecutionStarted { execution_id } if *execution_id == sleeper))
-        .await;
+    c.until(
+        |e| matches!(e, ServerEvent::ExecutionStarted { execution_id } if *execution_id == sleeper),
+    )
+    .await;
     let last = ask(&mut c, page("p1", &table.table, 999_998, 5, None)).await;
     let AssistAnswer::TablePage {
         rows, row_count, ..
@@ -441,5 +439,8 @@ finally:
     let imported = ipynb::import(&edited, &kernel).unwrap();
     assert_eq!(imported.notebook.cells()[1].kind, CellKind::Code);
     assert!(imported.changes.iter().any(|c| c.contains("SQL cell")));
-    assert_eq!(ipynb::export(&imported.notebook, &kernel)["cells"][1]["metadata"], serde_json::json!({}));
+    assert_eq!(
+        ipynb::export(&imported.notebook, &kernel)["cells"][1]["metadata"],
+        serde_json::json!({})
+    );
 }

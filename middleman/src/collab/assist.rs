@@ -353,7 +353,10 @@ fn page(table: &str, content: &Value) -> AssistAnswer {
     AssistAnswer::TablePage {
         table: table.to_owned(),
         offset: content.get("offset").and_then(Value::as_u64).unwrap_or(0),
-        row_count: content.get("row_count").and_then(Value::as_u64).unwrap_or(0),
+        row_count: content
+            .get("row_count")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
         rows: rows
             .iter()
             .map(|r| r.as_array().cloned().unwrap_or_default())
@@ -453,7 +456,9 @@ mod tests {
         };
         assert_eq!(question(&ask, CellKind::Code).content["limit"], 1000);
         let ok = json!({"status": "ok", "offset": 50, "row_count": 1000000, "rows": [[50, "x"], [51, null]]});
-        assert!(matches!(answer(&ask, &ok), AssistAnswer::TablePage { row_count: 1000000, ref rows, .. } if rows.len() == 2));
+        assert!(
+            matches!(answer(&ask, &ok), AssistAnswer::TablePage { row_count: 1000000, ref rows, .. } if rows.len() == 2)
+        );
         let gone = json!({"status": "error", "ename": "gone", "evalue": "run its cell again"});
         assert!(matches!(
             answer(&ask, &gone),
@@ -471,9 +476,6 @@ mod tests {
             }
         ));
         let huge = json!({"status": "ok", "rows": vec![json!([0]); 1001]});
-        assert!(matches!(
-            answer(&ask, &huge),
-            AssistAnswer::Refused { .. }
-        ));
+        assert!(matches!(answer(&ask, &huge), AssistAnswer::Refused { .. }));
     }
 }

@@ -33,7 +33,8 @@ use crate::document::{CellKind, CellState, Notebook};
 use crate::graph::reactor::{self, Decision, Event, Reactor};
 use crate::kernel::{Command, SessionHandle, SessionRefusal, SessionSnapshot};
 use crate::protocol::{
-    AssistAnswer, AssistRefusal,     Limits, PROTOCOL_VERSION, Reactivity, ServerEvent, ServerFrame, Snapshot, StateCause,
+    AssistAnswer, AssistRefusal, Limits, PROTOCOL_VERSION, Reactivity, ServerEvent, ServerFrame,
+    Snapshot, StateCause,
 };
 
 /// How the hub is sized.

@@ -37,7 +37,11 @@ mod tests {
 
     #[test]
     fn ipython_kernels_get_the_helper_as_one_plain_line() {
-        let mut argv = vec!["python".to_owned(), "-m".into(), "ipykernel_launcher".into()];
+        let mut argv = vec![
+            "python".to_owned(),
+            "-m".into(),
+            "ipykernel_launcher".into(),
+        ];
         add_helper(&mut argv);
         assert_eq!(argv.len(), 4);
         assert!(argv[3].starts_with("--IPKernelApp.exec_lines=exec("));

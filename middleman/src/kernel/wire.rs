@@ -113,8 +113,8 @@ pub(crate) fn encode_request(
         bytes::Bytes::from(signature.into_bytes()),
     ];
     frames.extend(parts);
-    let message = zeromq::ZmqMessage::try_from(frames)
-        .map_err(|_| WireError::Framing("an empty message"))?;
+    let message =
+        zeromq::ZmqMessage::try_from(frames).map_err(|_| WireError::Framing("an empty message"))?;
     Ok((msg_id, message))
 }
 
