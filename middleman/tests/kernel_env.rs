@@ -13,8 +13,8 @@ use session_token::Role;
 
 /// `name==version` of every package `scripts/kernel-env/requirements.in` pins.
 fn pinned() -> Vec<(String, String)> {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kernel-env/requirements.in");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts/kernel-env/requirements.in");
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
@@ -89,10 +89,10 @@ import numpy as np, pandas as pd, pyarrow as pa, duckdb, altair as alt
 import matplotlib.pyplot as plt
 from sklearn.linear_model import LinearRegression
 df = pd.DataFrame({"x": np.arange(10, dtype=float), "y": np.arange(10) * 2.0 + 1})
-table = pa.Table.from_pandas(df, preserve_index=False)
-print("arrow", table.num_rows, table.column_names, table.schema.field("y").type)
-print("duckdb", duckdb.sql("select sum(y) from df where x >= 5").fetchone()[0])
-print("duckdb-arrow", duckdb.sql("select count(*) from table").fetchone()[0])
+arrow_table = pa.Table.from_pandas(df, preserve_index=False)
+print("arrow", arrow_table.num_rows, arrow_table.column_names, arrow_table.schema.field("y").type)
+print("duckdb", duckdb.sql("select sum(y) from df where x >= 5").fetchall())
+print("duckdb-arrow", duckdb.sql("select count(*), max(y) from arrow_table").fetchall())
 model = LinearRegression().fit(df[["x"]], df["y"])
 print("sklearn", round(float(model.coef_[0]), 6), round(float(model.intercept_), 6))
 spec = alt.Chart(df).mark_line().encode(x="x:Q", y="y:Q").to_dict()
@@ -109,8 +109,8 @@ print("savefig", buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n", len(buf.getvalue())
     let out = run.stdout();
     for line in [
         "arrow 10 ['x', 'y'] double\n",
-        "duckdb 75.0\n",
-        "duckdb-arrow 10\n",
+        "duckdb [(75.0,)]\n",
+        "duckdb-arrow [(10, 19.0)]\n",
         "sklearn 2.0 1.0\n",
         "savefig True True\n",
     ] {
