@@ -19,7 +19,7 @@ base_python() {
   local python="${PYTHON:-python3.11}"
   command -v "$python" >/dev/null 2>&1 || python=python3
   "$python" -c 'import sys
-assert sys.version_info[:2] == (3, 11), f"CPython 3.11 needed (the locks are for it), not {sys.version}"
+assert sys.version_info[:2] == (3, 11), f"the locks are for CPython 3.11, not {sys.version}"
 print(sys._base_executable)'
 }
 
