@@ -2,7 +2,7 @@
 //! the real ipykernel of `scripts/kernel-env` (the python3 kernelspec on `JUPYTER_PATH`), which
 //! runs the versions `requirements.in` pins, does a small real thing with each package, draws
 //! Matplotlib figures inline (PNG by default, SVG when asked), and cannot import the platform's
-//! tools.
+//! tools; and a kernelspec on `--kernel-path` (where a plan names another environment) wins.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -165,5 +165,27 @@ async fn matplotlib_draws_inline_out_of_the_box_as_png_then_svg() {
     let svg = displayed(&run, "image/svg+xml").and_then(|v| v.as_str());
     assert!(svg.is_some_and(|s| s.contains("<svg")), "{run:?}");
     assert!(displayed(&run, "image/png").is_none(), "{run:?}");
+    server.stop().await;
+}
+
+/// A plan that names another environment hands Middleman `--kernel-path` (watchman's
+/// `Plan::kernel_args`): a kernelspec there wins over the one on `JUPYTER_PATH`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kernelspec_on_the_kernel_path_wins_over_jupyter_path() {
+    require_kernel();
+    let env = std::env::var("NBP_KERNEL_ENV").expect("NBP_KERNEL_ENV: run `make test`");
+    let own = std::path::Path::new(&env).join("share/jupyter/kernels/python3/kernel.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(own).unwrap()).unwrap();
+    spec["env"] = serde_json::json!({"NBP_KERNELSPEC": "from the kernel path"});
+    let other = TempDir::new("kernel-path");
+    let dir = other.0.join("kernels/python3");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("kernel.json"), spec.to_string()).unwrap();
+
+    let server = TestServer::start(&["--kernel-path", &other.0.display().to_string()]).await;
+    let mut c = server.client("ada", Role::Editor).await;
+    let run = run_ok(&mut c, "import os\nprint(os.environ.get('NBP_KERNELSPEC'))").await;
+    assert_eq!(run.stdout(), "from the kernel path\n");
     server.stop().await;
 }
