@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the platform and its tests need, idempotently, caching under
-# ~/.cache/nbplat: Debian packages (Redis, Chromium for the web client's tests), a pinned Python
-# environment with ipykernel and its kernelspec, and the web client's pinned npm packages. Fast
-# and quiet when nothing changed.
+# ~/.cache/nbplat: Debian packages (Redis, Chromium for the web client's tests), the kernel's and
+# the tools' Python environments (locked, with hashes) and the kernelspec, and the web client's
+# pinned npm packages. Fast and quiet when nothing changed.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=env.sh
@@ -25,19 +25,8 @@ if ((${#missing[@]})); then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# The Python environment, rebuilt when the requirements or this script change.
-stamp="$NBP_VENV/.stamp"
-want="$(cat "$here/requirements.txt" "$0" | sha256sum | cut -c1-16)"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "bootstrap: preparing the Python environment in $NBP_VENV"
-  python="${PYTHON:-python3.11}"
-  command -v "$python" >/dev/null 2>&1 || python=python3
-  [ -x "$NBP_VENV/bin/python" ] || "$python" -m venv "$NBP_VENV"
-  "$NBP_VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$here/requirements.txt"
-  "$NBP_VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
-  echo "$want" >"$stamp"
-fi
-[ -f "$JUPYTER_PATH/kernels/python3/kernel.json" ] || { echo "bootstrap: kernelspec missing" >&2; exit 1; }
+# The Python environments: the kernel's and the tools' (scripts/python-envs.sh).
+bash "$here/python-envs.sh"
 
 # Go tools, built from the Go module proxy once and cached: grpcurl (tests that Watchman's
 # health and reflection work with the tool operators use).

@@ -1,7 +1,12 @@
 # Sourced by the other scripts: where the cached tools live.
 export NBP_CACHE="${NBP_CACHE:-$HOME/.cache/nbplat}"
-export NBP_VENV="$NBP_CACHE/venv"
-export JUPYTER_PATH="$NBP_VENV/share/jupyter"
+# The kernel's Python environment (scripts/kernel-env): what user code imports, and the python3
+# kernelspec that runs it. Reached through JUPYTER_PATH only, never PATH.
+export NBP_KERNEL_ENV="$NBP_CACHE/kernel-env"
+# The platform's tools (scripts/tools-env): jupyter_server, nbformat, hadolint; tests and
+# benchmarks only. Its bin is on PATH, so `python3` here is the tools' Python.
+export NBP_TOOLS_ENV="$NBP_CACHE/tools-env"
+export JUPYTER_PATH="$NBP_KERNEL_ENV/share/jupyter"
 export NBP_CORPUS="$NBP_CACHE/corpus/notebooks"
 export NODE_PATH="$NBP_CACHE/node/node_modules"
-export PATH="$NBP_CACHE/bin:$NBP_VENV/bin:$PATH"
+export PATH="$NBP_CACHE/bin:$NBP_TOOLS_ENV/bin:$PATH"

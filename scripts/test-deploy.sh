@@ -94,7 +94,7 @@ python3 - "$repo/deploy" <<'PY' || fail "plans files"
 # The keys of watchman/src/plan.rs (deny_unknown_fields); gvisor's plans add runtime_class,
 # which the Kubernetes backend reads.
 import sys, tomllib, pathlib
-plan_keys = {"kernel", "image", "resources", "node_selector", "tolerations", "warm",
+plan_keys = {"kernel", "kernel_path", "image", "resources", "node_selector", "tolerations", "warm",
              "idle_timeout", "max_lifetime", "limits"}
 sub = {"warm": {"ratio", "min", "max"},
        "limits": {"execution_timeout", "max_output_bytes", "memory_mib", "max_processes",

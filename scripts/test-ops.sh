@@ -23,7 +23,7 @@ bash scripts/bootstrap.sh </dev/null
 bash scripts/bootstrap-ops.sh </dev/null
 # shellcheck source=env.sh
 source "$here/env.sh"
-py="$NBP_VENV/bin/python"
+py="$NBP_TOOLS_ENV/bin/python"
 began=$SECONDS
 step() { printf '\n== %s (%ss)\n' "$*" "$((SECONDS - began))"; }
 

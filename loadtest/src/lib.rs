@@ -251,7 +251,8 @@ pub async fn http(
     ))
 }
 
-/// A stock Jupyter Server (from the pinned environment) with one python3 kernel.
+/// A stock Jupyter Server (from the tools' environment) with one python3 kernel (the kernelspec on
+/// `JUPYTER_PATH`: the kernel's environment, as Middleman runs it).
 #[derive(Debug)]
 pub struct JupyterServer {
     pub child: tokio::process::Child,

@@ -27,8 +27,9 @@ fn corpus() -> Vec<(String, String)> {
 fn analysis_agrees_with_python_ast_and_symtable_on_the_corpus() {
     let cells = corpus();
     assert!(cells.len() >= 150, "the corpus has {} cells", cells.len());
-    let python = PathBuf::from(std::env::var("NBP_VENV").expect("NBP_VENV: run `make test`"))
-        .join("bin/python");
+    let python =
+        PathBuf::from(std::env::var("NBP_TOOLS_ENV").expect("NBP_TOOLS_ENV: run `make test`"))
+            .join("bin/python");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/python/cell_scopes.py");
     let sources: Vec<&str> = cells.iter().map(|(_, s)| s.as_str()).collect();
     let mut child = std::process::Command::new(python)

@@ -1,6 +1,7 @@
 //! Plans: what a tier of users gets (kernel, resources, warm buffer, limits), from a TOML file.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -34,6 +35,8 @@ struct PlansFile {
 struct RawPlan {
     #[serde(default = "default_kernel")]
     kernel: String,
+    #[serde(default)]
+    kernel_path: Vec<String>,
     #[serde(default)]
     image: String,
     #[serde(default)]
@@ -135,7 +138,14 @@ pub struct ExecutionLimits {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub name: String,
+    /// The kernelspec name its pods run (Middleman's `--kernel`).
     pub kernel: String,
+    /// Jupyter data directories searched for that kernelspec before the pod's `JUPYTER_PATH`
+    /// (Middleman's `--kernel-path`): where another Python environment keeps its kernelspec.
+    /// Empty: the kernel's environment of the host or image (docs/kernel-environment.md).
+    pub kernel_path: Vec<PathBuf>,
+    /// The Middleman image of its Kubernetes pods (empty: `--pod-image`); both containers run
+    /// it, so it holds the environments the plan's kernelspec may name.
     pub image: String,
     pub resources: Resources,
     pub node_selector: BTreeMap<String, String>,
@@ -152,6 +162,21 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Middleman's arguments that choose the kernel: `--kernel`, and `--kernel-path` when the
+    /// plan names where its kernelspec is.
+    pub fn kernel_args(&self) -> Vec<String> {
+        let mut args = vec!["--kernel".to_owned(), self.kernel.clone()];
+        if !self.kernel_path.is_empty() {
+            let dirs: Vec<String> = self
+                .kernel_path
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect();
+            args.extend(["--kernel-path".to_owned(), dirs.join(":")]);
+        }
+        args
+    }
+
     /// CPUs of the kernel from `resources.cpu_limit` (`500m`, `2`); 0 when unset.
     pub fn cpus(&self) -> f64 {
         let q = self.resources.cpu_limit.trim();
@@ -282,8 +307,23 @@ pub fn parse_plans(path: &str, text: &str) -> Result<BTreeMap<String, Plan>, Pla
                 ));
             }
         }
-        if raw.kernel.is_empty() {
-            problems.push(format!("plans.{name}.kernel is empty"));
+        if raw.kernel.is_empty()
+            || !raw
+                .kernel
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            problems.push(format!(
+                "plans.{name}.kernel {:?}: a kernelspec name is letters, digits, '.', '_' and '-'",
+                raw.kernel
+            ));
+        }
+        for dir in &raw.kernel_path {
+            if !dir.starts_with('/') || dir.contains(':') {
+                problems.push(format!(
+                    "plans.{name}.kernel_path: {dir:?} is not an absolute path without ':'"
+                ));
+            }
         }
         let sandbox = match raw.sandbox.as_deref().unwrap_or("none").parse() {
             Ok(level) => level,
@@ -305,6 +345,7 @@ pub fn parse_plans(path: &str, text: &str) -> Result<BTreeMap<String, Plan>, Pla
             Plan {
                 name,
                 kernel: raw.kernel,
+                kernel_path: raw.kernel_path.into_iter().map(PathBuf::from).collect(),
                 image: raw.image,
                 resources: raw.resources,
                 node_selector: raw.node_selector,
@@ -408,5 +449,51 @@ warm = { ratio = 1.0, min = 0, max = 1 }
             ),
             Err(PlanError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn a_plan_names_its_kernels_environment() {
+        let plans = parse_plans(
+            "envs",
+            r#"
+[plans.default]
+warm = { ratio = 0.0, min = 0, max = 1 }
+[plans.geo]
+kernel = "geo-3.11"
+kernel_path = ["/opt/envs/geo/share/jupyter", "/srv/jupyter"]
+image = "registry.example.com/middleman-geo:1"
+warm = { ratio = 0.0, min = 0, max = 1 }
+"#,
+        )
+        .unwrap();
+        assert_eq!(plans["default"].kernel_args(), ["--kernel", "python3"]);
+        assert!(plans["default"].image.is_empty());
+        let geo = &plans["geo"];
+        assert_eq!(
+            geo.kernel_args(),
+            [
+                "--kernel",
+                "geo-3.11",
+                "--kernel-path",
+                "/opt/envs/geo/share/jupyter:/srv/jupyter"
+            ]
+        );
+        assert_eq!(geo.image, "registry.example.com/middleman-geo:1");
+
+        let bad = r#"
+[plans.a]
+kernel = "../python3"
+kernel_path = ["share/jupyter", "/a:/b"]
+warm = { ratio = 0.0, min = 0, max = 1 }
+"#;
+        match parse_plans("bad", bad) {
+            Err(PlanError::Invalid { problems, .. }) => {
+                assert_eq!(problems.len(), 3, "{problems:?}");
+                assert!(problems[0].contains("kernelspec name"), "{problems:?}");
+                assert!(problems[1].contains("\"share/jupyter\""), "{problems:?}");
+                assert!(problems[2].contains("\"/a:/b\""), "{problems:?}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

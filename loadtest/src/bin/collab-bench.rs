@@ -55,7 +55,8 @@ struct Outcome {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let venv = PathBuf::from(
-        std::env::var("NBP_VENV").context("NBP_VENV not set: run through `make bench`")?,
+        std::env::var("NBP_TOOLS_ENV")
+            .context("NBP_TOOLS_ENV not set: run through `make bench`")?,
     );
     let mut outcomes = Vec::new();
     for &n in &args.clients {

@@ -37,7 +37,8 @@ const STEP: Duration = Duration::from_secs(30);
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let venv = PathBuf::from(
-        std::env::var("NBP_VENV").context("NBP_VENV not set: run through `make bench`")?,
+        std::env::var("NBP_TOOLS_ENV")
+            .context("NBP_TOOLS_ENV not set: run through `make bench`")?,
     );
     let scratch = tempdir("exec-bench")?;
     let mut results = Vec::new();

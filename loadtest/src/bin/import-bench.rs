@@ -21,8 +21,8 @@ struct Args {
     /// Runs of each size (the median is reported).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// The Python with nbformat (`make test`'s environment).
-    #[arg(long, default_value = "~/.cache/nbplat/venv/bin/python")]
+    /// The Python with nbformat (the tools' environment, `make test` prepares it).
+    #[arg(long, default_value = "~/.cache/nbplat/tools-env/bin/python")]
     python: String,
     /// The Middleman binary for the end-to-end part.
     #[arg(long, default_value = "target/release/middleman")]

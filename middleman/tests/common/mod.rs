@@ -18,10 +18,12 @@ pub const WAIT: Duration = Duration::from_secs(60);
 
 pub use testkit::TempDir;
 
-/// The pinned environment's Python (`make test` prepares it).
+/// The tools' Python (nbformat, IPython; `make test` prepares it), never the kernel's.
 pub fn venv_python() -> std::path::PathBuf {
-    std::path::PathBuf::from(std::env::var("NBP_VENV").expect("NBP_VENV: run `make test`"))
-        .join("bin/python")
+    std::path::PathBuf::from(
+        std::env::var("NBP_TOOLS_ENV").expect("NBP_TOOLS_ENV: run `make test`"),
+    )
+    .join("bin/python")
 }
 
 /// Fails clearly when the Python kernel environment is missing.

@@ -75,7 +75,7 @@ impl LocalBackend {
             .args(["--pod", id])
             .arg("--public-key")
             .arg(&self.settings.public_key)
-            .args(["--kernel", &plan.kernel])
+            .args(plan.kernel_args())
             .args([
                 "--document-store",
                 &format!("watchman+{}", self.settings.watchman_url),

@@ -135,8 +135,6 @@ pub fn pod_manifest(settings: &KubeSettings, id: &str, plan: &Plan) -> KubePod {
         id,
         "--public-key",
         &format!("{POD_INFO}/public.pem"),
-        "--kernel",
-        &plan.kernel,
         "--runtime-root",
         "/tmp/middleman-runtime",
         "--kernel-agent",
@@ -155,6 +153,7 @@ pub fn pod_manifest(settings: &KubeSettings, id: &str, plan: &Plan) -> KubePod {
     ]
     .map(str::to_owned)
     .into();
+    middleman_args.extend(plan.kernel_args());
     match &settings.document_store {
         PodDocumentStore::None => middleman_args.extend(["--document-store".into(), "none".into()]),
         PodDocumentStore::Watchman(url) => {
