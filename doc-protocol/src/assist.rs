@@ -106,4 +106,6 @@ pub enum AssistRefusal {
     Gone,
     /// The kernel answered with an error (`message` has it).
     Failed,
+    /// This connection's role may not ask it (viewers page tables; they do not complete).
+    Forbidden,
 }

@@ -2,6 +2,7 @@
 //! to one Jupyter kernel over ZeroMQ `ipc://` sockets, and the session actor that owns it.
 
 pub mod launcher;
+mod helper;
 mod network;
 mod runtime_dir;
 mod session;
@@ -14,7 +15,7 @@ use std::path::PathBuf;
 pub use launcher::{AgentPid, LaunchError, LauncherSettings};
 pub use runtime_dir::RuntimeDir;
 pub use session::{
-    Command, EventSender, KernelSession, Refusal, SessionHandle, SessionRefusal, SessionSettings,
+    AnswerSender, Command, Question, EventSender, KernelSession, Refusal, SessionHandle, SessionRefusal, SessionSettings,
     SessionSnapshot,
 };
 pub use spec::KernelSpec;
