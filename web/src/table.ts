@@ -50,6 +50,11 @@ function numericType(dtype: string): boolean {
   return /^(u?int|float|complex|decimal)/i.test(dtype);
 }
 
+/** A number as JSON has it, but a float column's whole numbers keep their ".0" (JSON drops it). */
+function numberText(v: number, dtype: string): string {
+  return Number.isInteger(v) && /^float/i.test(dtype) && Math.abs(v) < 1e16 ? `${v}.0` : String(v);
+}
+
 /** A missing value as pandas shows it for the column's type. */
 function missing(dtype: string): string {
   if (/^float/i.test(dtype)) return "NaN";
@@ -108,10 +113,10 @@ export class TableView {
     const go = (label: string, title: string, to: () => number, cls: string) =>
       button(label, title, () => this.request({ offset: to(), sort: this.wanted.sort }), `table-${cls}`);
     this.nav = {
-      first: go("⏮", "First page", () => 0, "first"),
-      prev: go("◀", "Previous page", () => Math.max(0, this.wanted.offset - PAGE_ROWS), "prev"),
-      next: go("▶", "Next page", () => Math.min(this.lastOffset(), this.wanted.offset + PAGE_ROWS), "next"),
-      last: go("⏭", "Last page", () => this.lastOffset(), "last"),
+      first: go("First", "First page", () => 0, "first"),
+      prev: go("Previous", "Previous page", () => Math.max(0, this.wanted.offset - PAGE_ROWS), "prev"),
+      next: go("Next", "Next page", () => Math.min(this.lastOffset(), this.wanted.offset + PAGE_ROWS), "next"),
+      last: go("Last", "Last page", () => this.lastOffset(), "last"),
     };
     const table = h("table", { class: "data-table" }, [h("thead", {}, [this.headRow]), this.body]);
     this.root = h("div", { class: "table-output" }, [
@@ -167,7 +172,9 @@ export class TableView {
   }
 
   private sorted(sort: TableSort): unknown[][] {
-    const at = this.fields.findIndex((f) => !f.index && f.name === sort.column);
+    // A column by that name before an index level, as the kernel looks it up.
+    const named = (index: boolean) => this.fields.findIndex((f) => f.index === index && f.name === sort.column);
+    const at = named(false) >= 0 ? named(false) : named(true);
     // Array.prototype.sort is stable: equal values keep the table's order.
     return [...(this.allRows ?? [])].sort((a, b) => compareValues(a[at], b[at], sort.descending));
   }
@@ -205,16 +212,14 @@ export class TableView {
 
   private header(f: { name: string; type: string; index: boolean }): HTMLElement {
     const th = h("th", { class: f.index ? "index" : "", attrs: { scope: "col" } });
-    if (f.index) {
-      th.textContent = f.name;
-      return th;
-    }
+    // An unnamed index level cannot be asked for by name.
+    if (!f.name && f.index) return th;
     const sort = this.shown.sort?.column === f.name ? this.shown.sort : null;
     th.setAttribute("aria-sort", sort ? (sort.descending ? "descending" : "ascending") : "none");
     if (numericType(f.type)) th.classList.add("num");
     const b = h("button", { class: "sort", attrs: { type: "button", title: `Sort by ${f.name}` } }, [
       h("span", { class: "col-name", text: f.name }),
-      h("span", { class: "col-type", text: f.type }),
+      f.type ? h("span", { class: "col-type", text: f.type }) : null,
       h("span", { class: "sort-mark", text: sort ? (sort.descending ? "▼" : "▲") : "", attrs: { "aria-hidden": "true" } }),
     ]);
     b.addEventListener("click", () => this.sortBy(f.name));
@@ -227,7 +232,7 @@ export class TableView {
     if (v === null || v === undefined) {
       cell.append(h("span", { class: "null", text: missing(f.type) }));
     } else {
-      const text = typeof v === "string" ? v : typeof v === "boolean" ? (v ? "True" : "False") : typeof v === "number" ? String(v) : JSON.stringify(v);
+      const text = typeof v === "string" ? v : typeof v === "boolean" ? (v ? "True" : "False") : typeof v === "number" ? numberText(v, f.type) : JSON.stringify(v);
       cell.textContent = text.length > VALUE_CHARS ? `${text.slice(0, VALUE_CHARS)}…` : text;
       if (text.length > VALUE_CHARS) cell.title = text;
     }
