@@ -1,9 +1,11 @@
 // Builds the web client into middleman/web-dist/ (or the directory given as the first argument):
-// index.html, output-frame.html, assets/app.js, assets/app.css, assets/licenses.txt,
-// assets/fonts/KaTeX_*.woff2 (math in markdown; KaTeX's style sheet goes into app.css, its font
-// URLs carry each font's content hash), and assets/app.js.gz, assets/app.css.gz (gzip level 9, no name, mtime 0; Middleman serves them to
-// browsers that accept gzip). Deterministic: same sources and lockfile, same bytes. Asset URLs carry a content hash
-// (?v=...) so Middleman can let browsers cache them for a year.
+// index.html, output-frame.html, chart-frame.html, assets/app.js, assets/app.css,
+// assets/chart.js (Vega, Vega-Lite and vega-embed, loaded only by chart frames),
+// assets/licenses.txt, assets/fonts/KaTeX_*.woff2 (math in markdown; KaTeX's style sheet goes
+// into app.css, its font URLs carry each font's content hash), and assets/app.js.gz,
+// assets/app.css.gz, assets/chart.js.gz (gzip level 9, no name, mtime 0; Middleman serves them
+// to browsers that accept gzip). Deterministic: same sources and lockfile, same bytes. Asset URLs
+// carry a content hash (?v=...) so Middleman can let browsers cache them for a year.
 import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
@@ -28,7 +30,9 @@ const common = {
 };
 const js = await esbuild.build({ ...common, entryPoints: ["src/main.ts"], outfile: "app.js", format: "iife", platform: "browser" });
 const css = await esbuild.build({ ...common, entryPoints: ["src/style.css"], outfile: "app.css" });
+const chart = await esbuild.build({ ...common, entryPoints: ["src/chart-frame.ts"], outfile: "chart.js", format: "iife", platform: "browser" });
 const jsBytes = js.outputFiles[0].contents;
+const chartBytes = chart.outputFiles[0].contents;
 
 // KaTeX's fonts, woff2 only (every browser the bundle targets reads it), served by Middleman
 // from /assets/fonts/ (middleman/src/server/web.rs embeds each by name).
@@ -45,21 +49,29 @@ const katexCss = readFileSync(join(katexDist, "katex.min.css"), "utf8").replace(
 if (fonts.size === 0 || /\.(woff|ttf)\)/.test(katexCss)) throw new Error("build: KaTeX's font rules changed; update build.mjs");
 const cssBytes = Buffer.concat([Buffer.from(katexCss + "\n"), css.outputFiles[0].contents]);
 
-// Third-party licences of every package in the bundle, in a stable order.
-const packages = new Map();
-for (const input of Object.keys(js.metafile.inputs)) {
-  const m = input.match(/node_modules\/((?:@[^/]+\/)?[^/]+)\//);
-  if (!m) continue;
-  const dir = join(here, input.slice(0, input.indexOf(m[0]) + m[0].length));
-  if (packages.has(m[1])) continue;
-  const pkg = JSON.parse(readFileSync(join(dir, "package.json"), "utf8"));
-  const file = readdirSync(dir).filter((f) => /^(licen[cs]e|copying)(\..*)?$/i.test(f)).sort()[0];
-  packages.set(m[1], { version: pkg.version, license: pkg.license ?? "see package", text: file ? readFileSync(join(dir, file), "utf8").trim() : "" });
+// Third-party licences of every package in each bundle, in a stable order.
+function packagesOf(build) {
+  const packages = new Map();
+  for (const input of Object.keys(build.metafile.inputs)) {
+    const m = input.match(/node_modules\/((?:@[^/]+\/)?[^/]+)\//);
+    if (!m) continue;
+    const dir = join(here, input.slice(0, input.indexOf(m[0]) + m[0].length));
+    if (packages.has(m[1])) continue;
+    const pkg = JSON.parse(readFileSync(join(dir, "package.json"), "utf8"));
+    const file = readdirSync(dir).filter((f) => /^(licen[cs]e|copying)(\..*)?$/i.test(f)).sort()[0];
+    packages.set(m[1], { version: pkg.version, license: pkg.license ?? "see package", text: file ? readFileSync(join(dir, file), "utf8").trim() : "" });
+  }
+  return packages;
 }
-let licenses = "Third-party software in assets/app.js\n\n";
-for (const name of [...packages.keys()].sort()) {
-  const p = packages.get(name);
-  licenses += `== ${name} ${p.version} (${p.license})\n\n${p.text}\n\n`;
+const packages = packagesOf(js);
+const chartPackages = packagesOf(chart);
+let licenses = "";
+for (const [bundle, pkgs] of [["assets/app.js", packages], ["assets/chart.js", chartPackages]]) {
+  licenses += `${licenses ? "\n" : ""}Third-party software in ${bundle}\n\n`;
+  for (const name of [...pkgs.keys()].sort()) {
+    const p = pkgs.get(name);
+    licenses += `== ${name} ${p.version} (${p.license})\n\n${p.text}\n\n`;
+  }
 }
 
 const index = readFileSync(join(here, "static", "index.html"), "utf8")
@@ -76,8 +88,15 @@ const gzip = (b) => gzipSync(b, { level: constants.Z_BEST_COMPRESSION });
 const jsGz = gzip(jsBytes);
 writeFileSync(join(out, "assets", "app.js.gz"), jsGz);
 writeFileSync(join(out, "assets", "app.css.gz"), gzip(cssBytes));
+const chartGz = gzip(chartBytes);
+writeFileSync(join(out, "assets", "chart.js"), chartBytes);
+writeFileSync(join(out, "assets", "chart.js.gz"), chartGz);
 writeFileSync(join(out, "assets", "licenses.txt"), licenses);
 writeFileSync(join(out, "index.html"), index);
 writeFileSync(join(out, "output-frame.html"), readFileSync(join(here, "static", "output-frame.html")));
+writeFileSync(join(out, "chart-frame.html"), readFileSync(join(here, "static", "chart-frame.html"), "utf8").replace("__CHART_HASH__", hash(chartBytes)));
 const kib = (n) => `${(n / 1024).toFixed(1)} KiB`;
-console.log(`web: built ${out} (app.js ${kib(jsBytes.length)}, ${kib(jsGz.length)} gzipped, app.css ${kib(cssBytes.length)}, ${fonts.size} fonts, ${packages.size} packages)`);
+console.log(
+  `web: built ${out} (app.js ${kib(jsBytes.length)}, ${kib(jsGz.length)} gzipped, app.css ${kib(cssBytes.length)}, ` +
+    `chart.js ${kib(chartBytes.length)}, ${kib(chartGz.length)} gzipped, ${fonts.size} fonts, ${packages.size} + ${chartPackages.size} packages)`,
+);

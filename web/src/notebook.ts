@@ -52,7 +52,7 @@ function newRuntime(): Runtime {
 
 class CellUI {
   readonly root: HTMLElement;
-  readonly outputs = new OutputArea();
+  readonly outputs: OutputArea;
   readonly editor: CellEditor;
   private readonly prompt = h("div", { class: "prompt" });
   private readonly badge = h("span", { class: "state-badge" });
@@ -73,6 +73,8 @@ class CellUI {
     public kind: CellKind,
     readonly ytext: Y.Text,
   ) {
+    // Table outputs ask the kernel for their pages.
+    this.outputs = new OutputArea(app.assist);
     const editable = app.canEdit;
     this.typeSelect = h("select", { class: "cell-type", attrs: { "aria-label": "cell type", "data-action": "cell-type" } }, [
       h("option", { text: "Code", attrs: { value: "code" } }),

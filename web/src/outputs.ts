@@ -1,12 +1,14 @@
 // One cell's outputs: streams (merged, ANSI colours, carriage returns), errors with tracebacks,
-// rich data by MIME priority (HTML in a sandboxed frame, images, SVG as an image, JSON,
-// markdown, plain text), display updates, the byte-cap notice, collapsing of long outputs and
-// the inline input() prompt. Rendering is bounded: huge texts show their head and tail.
+// rich data by MIME priority (paged tables, Vega-Lite charts and HTML in sandboxed frames,
+// images, SVG as an image, JSON, markdown, plain text), display updates, the byte-cap notice,
+// collapsing of long outputs and the inline input() prompt. Rendering is bounded: huge texts
+// show their head and tail, tables one page.
 import { applyControl, renderAnsi } from "./ansi";
 import { h } from "./dom";
-import { htmlFrame, forgetDetachedFrames } from "./frames";
+import { chartFrame, htmlFrame, forgetDetachedFrames } from "./frames";
 import { renderMarkdown } from "./markdown";
 import type { MimeBundle, Output, PendingInput } from "./protocol";
+import { isTableOutput, TABLE_MIME, TableView, type TablePages } from "./table";
 
 /** Characters of one text output rendered at most (head and tail); the rest is counted. */
 const RENDER_CHARS = 120_000;
@@ -34,8 +36,41 @@ function boundedText(text: string, pre: HTMLElement, ansi: boolean): void {
 }
 
 const IMAGE_TYPES = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+/** Chart specs, drawn by the bundled Vega 6 and Vega-Lite 6 (Altair 6's mimetype renderer says `.v6.json`). */
+const CHART_TYPES: [string, "vega" | "vega-lite"][] = [
+  ["application/vnd.vegalite.v6+json", "vega-lite"],
+  ["application/vnd.vegalite.v6.json", "vega-lite"],
+  ["application/vnd.vegalite.v5+json", "vega-lite"],
+  ["application/vnd.vegalite.v4+json", "vega-lite"],
+  ["application/vnd.vega.v6+json", "vega"],
+  ["application/vnd.vega.v6.json", "vega"],
+  ["application/vnd.vega.v5+json", "vega"],
+];
 
-export function renderMime(data: MimeBundle): HTMLElement {
+/** A JSON MIME type's data: an object, or (from some tools) its JSON text. */
+function jsonObject(v: unknown): object | null {
+  if (typeof v === "string") {
+    try {
+      v = JSON.parse(v);
+    } catch {
+      return null;
+    }
+  }
+  return typeof v === "object" && v !== null && !Array.isArray(v) ? v : null;
+}
+
+/** `pages` answers a table output's requests for more rows. */
+export function renderMime(data: MimeBundle, pages: TablePages): HTMLElement {
+  const table = data[TABLE_MIME];
+  if (isTableOutput(table)) return new TableView(table, pages).root;
+  for (const [type, mode] of CHART_TYPES) {
+    const spec = jsonObject(data[type]);
+    if (!spec) continue;
+    const rest = Object.fromEntries(Object.entries(data).filter(([t]) => !CHART_TYPES.some(([c]) => c === t)));
+    return chartFrame(spec, mode, (reason) =>
+      h("div", { class: "chart-fallback" }, [h("div", { class: "notice", text: `The chart could not be drawn${reason ? `: ${reason}` : ""}.` }), renderMime(rest, pages)]),
+    );
+  }
   const html = data["text/html"];
   if (html !== undefined) return htmlFrame(joinText(html));
   const md = data["text/markdown"];
@@ -93,7 +128,7 @@ export class OutputArea {
   /** Outputs before this index do not merge with later streams (an input() prompt came between). */
   private mergeFrom = 0;
 
-  constructor() {
+  constructor(private readonly pages: TablePages) {
     this.toggle.addEventListener("click", () => {
       this.collapsed = !this.collapsed;
       this.applyCollapse();
@@ -232,7 +267,7 @@ export class OutputArea {
         // Kept from an imported notebook for its export; nothing to show.
         return h("div", { class: "unknown-output", attrs: { hidden: "" } });
       default: {
-        const el = h("div", { class: `rich ${output.output_type}` }, [renderMime(output.data ?? {})]);
+        const el = h("div", { class: `rich ${output.output_type}` }, [renderMime(output.data ?? {}, this.pages)]);
         return el;
       }
     }

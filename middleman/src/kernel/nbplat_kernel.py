@@ -10,6 +10,9 @@
 #   while a cell runs): a table's page (`table_page`) and SQL completion (`sql_complete`).
 # - `sql()`, what a SQL cell runs: DuckDB over the DataFrames the query names and the files in
 #   the working directory (the workspace).
+# - Altair charts are shown as their Vega-Lite spec (the mimetype renderer) unless the user chose
+#   a renderer: Altair's default HTML loads Vega from a CDN, which a kernel here cannot reach, and
+#   the web client draws specs with the Vega it bundles.
 #
 # Nothing here is trusted by Middleman: replies are size-capped and checked there.
 import collections
@@ -299,6 +302,16 @@ def sql(query, ns, names):
                 pass
 
 
+def _altair_bundle(chart):
+    """An Altair chart's display: its spec when the renderer is still Altair's default."""
+    import altair as alt
+
+    if alt.renderers.active != "default":
+        return chart._repr_mimebundle_()
+    with alt.renderers.enable("mimetype"):
+        return chart._repr_mimebundle_()
+
+
 def _install():
     ip = get_ipython()
     if ip is None:
@@ -317,6 +330,11 @@ def _install():
         formatter.for_type_by_name(module, "DataFrame", table_output)
         formatter.for_type_by_name(module, "Series", table_output)
     ip.display_formatter.formatters[TABLE_MIME] = formatter
+    # Every Altair chart class derives from TopLevelMixin; Altair is imported only if a cell does.
+    for version in ("v5", "v6"):
+        ip.display_formatter.mimebundle_formatter.for_type_by_name(
+            f"altair.vegalite.{version}.api", "TopLevelMixin", _altair_bundle
+        )
     kernel = getattr(ip, "kernel", None)
     if kernel is not None:
         kernel.shell_handlers["nbplat_request"] = _on_request

@@ -432,6 +432,20 @@ fn router(state: Arc<AppState>) -> Router {
             }),
         )
         .route(
+            "/chart-frame.html",
+            get(|State(s): State<Arc<AppState>>, h: HeaderMap| async move {
+                web::chart_frame(&s.policies, &h)
+            }),
+        )
+        .route(
+            "/assets/chart.js",
+            get(
+                |State(s): State<Arc<AppState>>, h: HeaderMap, q: Query<web::Version>| async move {
+                    web::chart_script(&s.policies, &h, &q)
+                },
+            ),
+        )
+        .route(
             "/assets/app.js",
             get(
                 |State(s): State<Arc<AppState>>, h: HeaderMap, q: Query<web::Version>| async move {

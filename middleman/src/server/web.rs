@@ -2,9 +2,11 @@
 //! (committed) and embedded in the binary, so nothing is fetched from anywhere else at run time.
 //!
 //! Every response carries a strict Content-Security-Policy. The page may load only its own
-//! script and style sheet, connect only to this origin, and frame only `/output-frame.html`,
-//! which HTML outputs run in: sandboxed without `allow-same-origin` (an opaque origin), with a
-//! policy of its own that lets inline scripts run but reach no network.
+//! script and style sheet, connect only to this origin, and frame only its own frame documents,
+//! sandboxed without `allow-same-origin` (an opaque origin), each with a policy of its own that
+//! reaches no network: `/output-frame.html`, where HTML outputs run with their inline scripts,
+//! and `/chart-frame.html`, where `assets/chart.js` (Vega) draws charts, with no inline script
+//! and no eval.
 //!
 //! The script and style sheet are also embedded gzipped (level 9, built by `web/build.mjs`) and
 //! sent as such, with `Content-Encoding: gzip`, to clients whose `Accept-Encoding` allows gzip.
@@ -67,6 +69,12 @@ asset!(
     false
 );
 asset!(
+    CHART_FRAME,
+    "../../web-dist/chart-frame.html",
+    "text/html; charset=utf-8",
+    false
+);
+asset!(
     APP_JS,
     "../../web-dist/assets/app.js",
     gzip "../../web-dist/assets/app.js.gz",
@@ -78,6 +86,13 @@ asset!(
     "../../web-dist/assets/app.css",
     gzip "../../web-dist/assets/app.css.gz",
     "text/css; charset=utf-8",
+    true
+);
+asset!(
+    CHART_JS,
+    "../../web-dist/assets/chart.js",
+    gzip "../../web-dist/assets/chart.js.gz",
+    "text/javascript; charset=utf-8",
     true
 );
 asset!(
@@ -150,6 +165,7 @@ pub(crate) struct Policies {
     /// The same without a nonce, for the assets.
     page: HeaderValue,
     frame: HeaderValue,
+    chart: HeaderValue,
 }
 
 impl Policies {
@@ -179,14 +195,19 @@ impl Policies {
              img-src data: blob:; font-src data:; media-src data: blob:; base-uri 'none'; \
              form-action 'none'; frame-ancestors {ancestors}; sandbox allow-scripts"
         );
+        // Charts: this origin's chart script only (`'self'` is the URL's origin even in an
+        // opaque-origin frame), no eval (Vega's expression interpreter), no inline style (a
+        // constructed style sheet), embedded images, and no network.
+        let chart = format!(
+            "default-src 'none'; script-src 'self'; img-src data: blob:; base-uri 'none'; \
+             form-action 'none'; frame-ancestors {ancestors}; sandbox allow-scripts"
+        );
+        let fallback = || HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'");
         Self {
             page_template,
-            page: HeaderValue::from_str(&page).unwrap_or(HeaderValue::from_static(
-                "default-src 'none'; frame-ancestors 'none'",
-            )),
-            frame: HeaderValue::from_str(&frame).unwrap_or(HeaderValue::from_static(
-                "default-src 'none'; frame-ancestors 'none'",
-            )),
+            page: HeaderValue::from_str(&page).unwrap_or_else(|_| fallback()),
+            frame: HeaderValue::from_str(&frame).unwrap_or_else(|_| fallback()),
+            chart: HeaderValue::from_str(&chart).unwrap_or_else(|_| fallback()),
         }
     }
 }
@@ -346,6 +367,25 @@ pub(crate) fn output_frame(policies: &Policies, headers: &HeaderMap) -> Response
     serve(&FRAME, &policies.frame, headers, None)
 }
 
+pub(crate) fn chart_frame(policies: &Policies, headers: &HeaderMap) -> Response {
+    serve(&CHART_FRAME, &policies.chart, headers, None)
+}
+
+/// Vega for the chart frames. Their origin is opaque, so `Cross-Origin-Resource-Policy:
+/// same-origin` would block it there; it is a public library, readable by anyone.
+pub(crate) fn chart_script(
+    policies: &Policies,
+    headers: &HeaderMap,
+    q: &Query<Version>,
+) -> Response {
+    let mut response = serve(&CHART_JS, &policies.page, headers, q.v.as_deref());
+    response.headers_mut().insert(
+        header::HeaderName::from_static("cross-origin-resource-policy"),
+        HeaderValue::from_static("cross-origin"),
+    );
+    response
+}
+
 pub(crate) fn script(policies: &Policies, headers: &HeaderMap, q: &Query<Version>) -> Response {
     serve(&APP_JS, &policies.page, headers, q.v.as_deref())
 }
@@ -381,6 +421,8 @@ mod tests {
         assert!(index.contains("__CSP_NONCE__"));
         assert!(index.contains(&format!("/assets/app.js?v={}", hash_of(&APP_JS))));
         assert!(index.contains(&format!("/assets/app.css?v={}", hash_of(&APP_CSS))));
+        let chart = std::str::from_utf8(CHART_FRAME.body).unwrap();
+        assert!(chart.contains(&format!("/assets/chart.js?v={}", hash_of(&CHART_JS))));
     }
 
     #[test]
@@ -425,6 +467,22 @@ mod tests {
         let frame = p.frame.to_str().unwrap();
         assert!(frame.contains("default-src 'none'"));
         assert!(!frame.contains("connect-src"));
+        let chart = p.chart.to_str().unwrap();
+        assert!(chart.starts_with("default-src 'none'; script-src 'self';"));
+        assert!(!chart.contains("unsafe") && !chart.contains("connect-src"));
+        assert!(chart.ends_with("sandbox allow-scripts"));
+    }
+
+    #[test]
+    fn only_the_chart_script_is_loadable_from_opaque_origin_frames() {
+        let p = Policies::new(&[]);
+        let corp = |r: Response| r.headers()["cross-origin-resource-policy"].clone();
+        let q = Query(Version { v: None });
+        assert_eq!(
+            corp(chart_script(&p, &HeaderMap::new(), &q)),
+            "cross-origin"
+        );
+        assert_eq!(corp(script(&p, &HeaderMap::new(), &q)), "same-origin");
     }
 
     #[test]
@@ -524,7 +582,7 @@ mod tests {
     #[tokio::test]
     async fn assets_are_sent_gzipped_when_accepted_and_plain_otherwise() {
         let p = Policies::new(&[]);
-        for asset in [&APP_JS, &APP_CSS] {
+        for asset in [&APP_JS, &APP_CSS, &CHART_JS] {
             let hash = hash_of(asset);
             let gz = serve(asset, &p.page, &accepting("gzip, deflate, br"), Some(&hash));
             assert_eq!(gz.status(), StatusCode::OK);
