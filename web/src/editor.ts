@@ -5,6 +5,7 @@
 import { closeBrackets, closeBracketsKeymap } from "@codemirror/autocomplete";
 import { defaultKeymap, indentWithTab } from "@codemirror/commands";
 import { python } from "@codemirror/lang-python";
+import { PostgreSQL, sql } from "@codemirror/lang-sql";
 import { bracketMatching, indentOnInput, indentUnit, syntaxHighlighting } from "@codemirror/language";
 import { highlightSelectionMatches, searchKeymap } from "@codemirror/search";
 import { Compartment, EditorState, type Extension, type Range, RangeSet } from "@codemirror/state";
@@ -146,8 +147,11 @@ export interface EditorOptions {
 export class CellEditor {
   readonly view: EditorView;
   private readonly language = new Compartment();
+  private readonly placeholder = new Compartment();
+  private readonly readOnly: boolean;
 
   constructor(parent: HTMLElement, opts: EditorOptions) {
+    this.readOnly = opts.readOnly;
     const undo = new Y.UndoManager(opts.ytext);
     this.view = new EditorView({
       parent,
@@ -174,7 +178,7 @@ export class CellEditor {
           EditorView.contentAttributes.of({ "aria-label": "cell source", spellcheck: "false", autocorrect: "off", autocapitalize: "off" }),
           // A viewer's editor is not editable, but stays reachable by keyboard (to read and scroll).
           opts.readOnly ? EditorView.contentAttributes.of({ tabindex: "0" }) : [],
-          placeholder(opts.readOnly ? "" : opts.kind === "markdown" ? "Markdown text" : opts.kind === "raw" ? "Raw text" : "Python code"),
+          this.placeholder.of(CellEditor.placeholderFor(opts.kind, opts.readOnly)),
           EditorView.domEventHandlers({
             focus: (_e, view) => {
               view.setTabFocusMode(focusByTab());
@@ -192,11 +196,20 @@ export class CellEditor {
   }
 
   static languageFor(kind: CellKind): Extension {
-    return kind === "code" ? python() : EditorView.lineWrapping;
+    // DuckDB's SQL is closest to PostgreSQL's among lang-sql's dialects.
+    return kind === "code" ? python() : kind === "sql" ? sql({ dialect: PostgreSQL }) : EditorView.lineWrapping;
+  }
+
+  static placeholderFor(kind: CellKind, readOnly: boolean): Extension {
+    if (readOnly) return [];
+    const text = { code: "Python code", sql: "SQL (DuckDB): -- result: name, then a query", markdown: "Markdown text", raw: "Raw text" }[kind];
+    return placeholder(text);
   }
 
   setKind(kind: CellKind): void {
-    this.view.dispatch({ effects: this.language.reconfigure(CellEditor.languageFor(kind)) });
+    this.view.dispatch({
+      effects: [this.language.reconfigure(CellEditor.languageFor(kind)), this.placeholder.reconfigure(CellEditor.placeholderFor(kind, this.readOnly))],
+    });
   }
 
   focus(atEnd = false): void {
