@@ -1,20 +1,24 @@
 // A cell's CodeMirror 6 editor bound to its Y.Text (y-codemirror.next's sync and undo), with
 // collaborators' cursors and selections from Yjs awareness. The remote-selection decorations
 // are this project's own: y-codemirror.next's put colours in style attributes, which the CSP
-// refuses; these use classes whose colours live in a constructed style sheet.
-import { closeBrackets, closeBracketsKeymap } from "@codemirror/autocomplete";
+// refuses; these use classes whose colours live in a constructed style sheet. For people who may
+// edit, the kernel completes (completion.ts) and inspects (inspect.ts) what they type.
+import { closeBrackets, closeBracketsKeymap, closeCompletion } from "@codemirror/autocomplete";
 import { defaultKeymap, indentWithTab } from "@codemirror/commands";
 import { python } from "@codemirror/lang-python";
 import { PostgreSQL, sql } from "@codemirror/lang-sql";
 import { bracketMatching, indentOnInput, indentUnit, syntaxHighlighting } from "@codemirror/language";
 import { highlightSelectionMatches, searchKeymap } from "@codemirror/search";
-import { Compartment, EditorState, type Extension, type Range, RangeSet } from "@codemirror/state";
+import { Compartment, EditorState, type Extension, Prec, type Range, RangeSet } from "@codemirror/state";
 import { Decoration, type DecorationSet, drawSelection, dropCursor, EditorView, highlightSpecialChars, keymap, placeholder, ViewPlugin, type ViewUpdate, WidgetType } from "@codemirror/view";
 import type { Awareness } from "y-protocols/awareness";
 import { yCollab, yUndoManagerKeymap } from "y-codemirror.next";
 import * as Y from "yjs";
+import type { Assist } from "./assist";
+import { kernelCompletion, tabCompletes } from "./completion";
 import { colorClass, safeColor } from "./dom";
 import { readableHighlight } from "./highlight";
+import { closeTip, inIndentation, inspectAt, inspection } from "./inspect";
 import type { CellKind } from "./protocol";
 
 class CaretWidget extends WidgetType {
@@ -142,6 +146,26 @@ export interface EditorOptions {
   /** Key bindings that take precedence (run, modes). */
   keys: Extension;
   onFocus: () => void;
+  /** The cell's id and the kernel to ask for completion and inspection (editors only). */
+  assist?: { cellId: string; ask: Assist["ask"] };
+}
+
+/**
+ * Tab completes after a non-space character (else indents), Shift-Tab inspects outside a line's
+ * indentation (else dedents), Escape closes their popups before it leaves the editor.
+ */
+function assistExtensions(cellId: string, ask: Assist["ask"]): Extension {
+  return [
+    Prec.highest(
+      keymap.of([
+        { key: "Tab", run: tabCompletes },
+        { key: "Shift-Tab", run: (view) => !inIndentation(view.state) && inspectAt(view, ask, cellId) },
+        { key: "Escape", run: (view) => closeCompletion(view) || closeTip(view) },
+      ]),
+    ),
+    kernelCompletion(ask, cellId),
+    inspection,
+  ];
 }
 
 export class CellEditor {
@@ -158,6 +182,8 @@ export class CellEditor {
       state: EditorState.create({
         doc: opts.ytext.toString(),
         extensions: [
+          // Before `keys`: Escape closes a popup before it leaves the editor.
+          opts.assist && !opts.readOnly ? assistExtensions(opts.assist.cellId, opts.assist.ask) : [],
           opts.keys,
           EditorView.cspNonce.of(cspNonce),
           highlightSpecialChars(),

@@ -137,6 +137,7 @@ class CellUI {
       kind,
       readOnly: !editable,
       keys: runKeys,
+      assist: { cellId: id, ask: (request) => app.assist.ask(request) },
       onFocus: () => {
         this.editing = true;
         app.select(this.id, true);
