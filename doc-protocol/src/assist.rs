@@ -86,7 +86,10 @@ pub enum AssistAnswer {
         rows: Vec<Vec<Value>>,
     },
     /// The question could not be answered now; `message` says why.
-    Refused { reason: AssistRefusal, message: String },
+    Refused {
+        reason: AssistRefusal,
+        message: String,
+    },
 }
 
 /// Why a side question was not answered.
@@ -106,4 +109,6 @@ pub enum AssistRefusal {
     Gone,
     /// The kernel answered with an error (`message` has it).
     Failed,
+    /// This connection's role may not ask it (viewers page tables; they do not complete).
+    Forbidden,
 }

@@ -4,9 +4,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::{
-    AssistAnswer,     CellHeader, CellState, CellView, ExecutionStatus, ExecutionSummary, GraphCell, GraphRule,
-    InputOutcome, KernelDescription, KernelState, Limits, Output, PendingInput, Reactivity,
-    RunRecord, StateCause,
+    AssistAnswer, CellHeader, CellState, CellView, ExecutionStatus, ExecutionSummary, GraphCell,
+    GraphRule, InputOutcome, KernelDescription, KernelState, Limits, Output, PendingInput,
+    Reactivity, RunRecord, StateCause,
 };
 
 /// A message from Middleman. Broadcast events carry a `seq`, increasing by one per event within

@@ -673,6 +673,11 @@ mod tests {
         }
         stop.store(true, Ordering::Relaxed);
         swapper.join().unwrap();
-        assert!(served + refused == 3000 && served > 0, "{served} served");
+        assert_eq!(served + refused, 3000);
+        // How many reads landed while the real directory was in place depends on scheduling
+        // (none, on a loaded machine): what matters is that none was the outside file. That
+        // the reads work at all is checked once the swapping stops.
+        let opened = workspace.open_read(&path).unwrap();
+        assert_eq!(std::io::read_to_string(opened.file).unwrap(), "inside");
     }
 }

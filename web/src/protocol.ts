@@ -355,7 +355,8 @@ export type AssistRefusal = "busy"
   | "no_kernel"
   | "timeout"
   | "gone"
-  | "failed";
+  | "failed"
+  | "forbidden";
 
 export type Completion = { text: string,
     /**

@@ -1,5 +1,5 @@
-//! The document's dependency graph, kept current as its code cells change: each cell's analysis
-//! is cached with the source it was made from, so an edit re-analyses only the edited cell and
+//! The document's dependency graph, kept current as its code and SQL cells change: each cell's
+//! analysis (Python's, or SQL's: `crate::sql`) is cached with the kind and source it was made from, so an edit re-analyses only the edited cell and
 //! rebuilds the graph reusing what did not change. It reports what the reactor needs to know:
 //! which cells were edited, which were deleted, the names only those defined, and what depended
 //! on them.
@@ -31,7 +31,7 @@ pub(super) struct Regraphed {
 #[derive(Debug, Default)]
 pub(super) struct Dependencies {
     /// Each code cell's analysis, with the source it was made from.
-    analyses: HashMap<String, (String, CellAnalysis)>,
+    analyses: HashMap<String, ((CellKind, String), CellAnalysis)>,
     pub(super) graph: Graph,
     /// The rule and the code cells' order the graph was built with.
     rule: GraphRule,
@@ -49,13 +49,21 @@ impl Dependencies {
         let mut edited = Vec::new();
         let mut present = HashSet::new();
         for (id, kind, source) in sources {
-            if *kind != CellKind::Code {
+            if !kind.runs() {
                 continue;
             }
             present.insert(id.clone());
-            if self.analyses.get(id).is_none_or(|(s, _)| s != source) {
+            if self
+                .analyses
+                .get(id)
+                .is_none_or(|((k, s), _)| k != kind || s != source)
+            {
+                let analysis = match kind {
+                    CellKind::Sql => crate::sql::analyse(source),
+                    _ => analyse(source),
+                };
                 self.analyses
-                    .insert(id.clone(), (source.clone(), analyse(source)));
+                    .insert(id.clone(), ((*kind, source.clone()), analysis));
                 edited.push((id.clone(), source.clone()));
             }
         }
@@ -67,7 +75,7 @@ impl Dependencies {
             .collect();
         let order: Vec<&String> = sources
             .iter()
-            .filter(|(_, kind, _)| *kind == CellKind::Code)
+            .filter(|(_, kind, _)| kind.runs())
             .map(|(id, _, _)| id)
             .collect();
         let order_changed = !order.iter().copied().eq(self.order.iter());

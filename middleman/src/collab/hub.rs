@@ -20,6 +20,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::Refusal;
+use super::assist;
 use super::dependencies::Dependencies;
 use super::edits::{EditRequest, Edits};
 use super::log::{EventLog, Frame};
@@ -30,9 +31,10 @@ use super::yproto::{self, AwarenessEntry, YMessage};
 use crate::document::persist::{self, DocumentStore};
 use crate::document::{CellKind, CellState, Notebook};
 use crate::graph::reactor::{self, Decision, Event, Reactor};
-use crate::kernel::{Command, SessionHandle, SessionSnapshot};
+use crate::kernel::{Command, SessionHandle, SessionRefusal, SessionSnapshot};
 use crate::protocol::{
-    Limits, PROTOCOL_VERSION, Reactivity, ServerEvent, ServerFrame, Snapshot, StateCause,
+    AssistAnswer, AssistRefusal, Limits, PROTOCOL_VERSION, Reactivity, ServerEvent, ServerFrame,
+    Snapshot, StateCause,
 };
 
 /// How the hub is sized.
@@ -170,6 +172,39 @@ impl Hub {
     /// The kernel as the session last reported it (readiness, status, the welcome).
     pub fn kernel(&self) -> SessionSnapshot {
         self.session.watch().borrow().clone()
+    }
+
+    /// Asks the kernel a side question and waits (at most [`ASSIST_DEADLINE`]) for the answer.
+    /// Never queued behind a cell: the session refuses at once what it cannot ask now.
+    pub async fn assist(&self, ask: &assist::Ask) -> AssistAnswer {
+        let kind = ask
+            .cell_id()
+            .and_then(|id| self.lock().edits.source(id).ok())
+            .map_or(CellKind::Code, |(kind, _)| kind);
+        let (tx, rx) = oneshot::channel();
+        let command = Command::Ask {
+            question: assist::question(ask, kind),
+            answer: tx,
+        };
+        if let Err(refusal) = self.session.send(command).await {
+            let reason = match refusal {
+                SessionRefusal::Busy => AssistRefusal::Busy,
+                SessionRefusal::TooManyQuestions => AssistRefusal::RateLimited,
+                _ => AssistRefusal::NoKernel,
+            };
+            return assist::refused(reason, refusal.to_string());
+        }
+        match tokio::time::timeout(ASSIST_DEADLINE, rx).await {
+            Ok(Ok(content)) => assist::answer(ask, &content),
+            Ok(Err(_)) => assist::refused(AssistRefusal::NoKernel, "the kernel went away"),
+            Err(_) => assist::refused(
+                AssistRefusal::Timeout,
+                format!(
+                    "the kernel did not answer within {} s",
+                    ASSIST_DEADLINE.as_secs()
+                ),
+            ),
+        }
     }
 
     /// Connections currently joined.
@@ -404,9 +439,9 @@ impl Hub {
                     None
                 }
                 EditRequest::SetKind { cell_id, kind } => {
-                    let was_code = st.edits.source(&cell_id)?.0 == CellKind::Code;
+                    let was = st.edits.source(&cell_id)?.0;
                     self.mutate(st, |nb| nb.set_kind(&cell_id, kind))?;
-                    if was_code && kind != CellKind::Code {
+                    if was.runs() && was != kind {
                         st.log.emit(ServerEvent::OutputsCleared { cell_id });
                     }
                     None
@@ -455,13 +490,13 @@ impl Hub {
     ) -> Result<(), Refusal> {
         let answer = {
             let mut st = self.lock();
-            let (kind, code) = st.edits.source(&cell_id)?;
-            if kind != CellKind::Code {
+            let (kind, source) = st.edits.source(&cell_id)?;
+            let Some(code) = kernel_code(kind, source) else {
                 return Err(Refusal::NotCode {
                     cell: cell_id,
                     kind,
                 });
-            }
+            };
             if let Some(reason) = reactor::not_runnable(&document_of(&st), &cell_id) {
                 return Err(reason.into());
             }
@@ -754,8 +789,12 @@ impl Hub {
                 Decision::SetState { cell, state, cause } => {
                     set_cell_state(st, &cell, state, cause);
                 }
-                Decision::Run { cell, .. } => match st.edits.source(&cell) {
-                    Ok((CellKind::Code, code)) => st.outbox.push_back(Outgoing {
+                Decision::Run { cell, .. } => match st
+                    .edits
+                    .source(&cell)
+                    .map(|(kind, source)| kernel_code(kind, source))
+                {
+                    Ok(Some(code)) => st.outbox.push_back(Outgoing {
                         command: Command::Execute {
                             code,
                             cell_id: Some(cell.clone()),
@@ -771,10 +810,10 @@ impl Hub {
                         },
                         answer: Answer::Reactor(cell),
                     }),
-                    // The graph holds only code cells, so this does not happen; should it,
-                    // the run must not wait for a cell that will never finish.
+                    // The graph holds only code and SQL cells, so this does not happen; should
+                    // it, the run must not wait for a cell that will never finish.
                     _ => {
-                        tracing::warn!(%cell, "the reactor chose a cell that is not code");
+                        tracing::warn!(%cell, "the reactor chose a cell that does not run");
                         self.react(st, Event::Refused { cell: &cell });
                     }
                 },
@@ -920,6 +959,20 @@ impl Hub {
 }
 
 /// What the reactor reads of the state.
+/// How long a side question may wait for the kernel (sorting a large table for a page takes a
+/// moment; a completion far less).
+const ASSIST_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What the kernel runs for a cell of `kind`: a code cell's source, or the Python a SQL cell
+/// becomes; `None` for cells that do not run.
+fn kernel_code(kind: CellKind, source: String) -> Option<String> {
+    match kind {
+        CellKind::Code => Some(source),
+        CellKind::Sql => Some(crate::sql::kernel_code(&source)),
+        CellKind::Markdown | CellKind::Raw => None,
+    }
+}
+
 fn document_of(st: &State) -> reactor::Document<'_> {
     reactor::Document {
         graph: &st.deps.graph,

@@ -21,6 +21,7 @@
 //! The reactive rules are pure and live beside the graph (`graph::reactor`); the hub carries out
 //! their decisions. `yproto.rs` is the Yjs wire protocol.
 
+pub mod assist;
 mod dependencies;
 mod edits;
 mod hub;

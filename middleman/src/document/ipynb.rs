@@ -26,6 +26,24 @@ pub struct Imported {
     pub changes: Vec<String>,
 }
 
+/// The key, in a cell's metadata, of what the platform keeps there: `{"sql": source}` for a SQL
+/// cell.
+const SQL_METADATA: &str = "nbplat";
+
+/// Removes a SQL cell's source from the cell's metadata (dropping what is left empty).
+fn take_sql(cell: &mut Map<String, Value>) -> Option<String> {
+    let metadata = cell.get_mut("metadata")?.as_object_mut()?;
+    let ours = metadata.get_mut(SQL_METADATA)?.as_object_mut()?;
+    let sql = match ours.remove("sql")? {
+        Value::String(s) => s,
+        _ => return None,
+    };
+    if ours.is_empty() {
+        metadata.remove(SQL_METADATA);
+    }
+    Some(sql)
+}
+
 /// The document as an nbformat 4 notebook (minor version 5, or the imported one if newer).
 pub fn export(nb: &Notebook, kernel: &KernelDescription) -> Value {
     let mut extras = nb.extras();
@@ -41,13 +59,29 @@ pub fn export(nb: &Notebook, kernel: &KernelDescription) -> Value {
             let cell_type = match (c.kind, kept_type) {
                 // A cell type the document does not know, kept as a raw cell.
                 (CellKind::Raw, Some(Value::String(t))) => t,
+                // A SQL cell is a code cell calling DuckDB, its SQL kept in the metadata.
+                (CellKind::Sql, _) => CellKind::Code.as_str().to_owned(),
                 (kind, _) => kind.as_str().to_owned(),
             };
             cell.insert("id".into(), Value::String(c.id));
             cell.insert("cell_type".into(), Value::String(cell_type.clone()));
-            cell.insert("source".into(), Value::String(c.source));
-            cell.entry("metadata").or_insert_with(|| json!({}));
-            if c.kind == CellKind::Code {
+            let metadata = cell.entry("metadata").or_insert_with(|| json!({}));
+            if c.kind == CellKind::Sql {
+                if let Value::Object(m) = metadata {
+                    let ours = m.entry(SQL_METADATA).or_insert_with(|| json!({}));
+                    if !ours.is_object() {
+                        *ours = json!({});
+                    }
+                    ours["sql"] = Value::String(c.source.clone());
+                }
+                cell.insert(
+                    "source".into(),
+                    Value::String(crate::sql::notebook_code(&c.source)),
+                );
+            } else {
+                cell.insert("source".into(), Value::String(c.source));
+            }
+            if c.kind.runs() {
                 cell.insert(
                     "execution_count".into(),
                     c.runtime.execution_count.map_or(Value::Null, Value::from),
@@ -182,11 +216,12 @@ pub fn import(json: &Value, kernel: &KernelDescription) -> Result<Imported, Docu
             .get("cell_type")
             .and_then(Value::as_str)
             .ok_or_else(|| bad(format!("cell {i} has no cell_type")))?;
+        // "sql" is not an nbformat cell type: SQL cells come back from their metadata.
         let (kind, known) = match CellKind::parse(cell_type) {
+            Some(CellKind::Sql) | None => (CellKind::Raw, false),
             Some(kind) => (kind, true),
-            None => (CellKind::Raw, false),
         };
-        let source = match cell.get("source") {
+        let mut source = match cell.get("source") {
             None => {
                 changes.push(format!("cell {i}: no source; written back as an empty one"));
                 String::new()
@@ -197,6 +232,21 @@ pub fn import(json: &Value, kernel: &KernelDescription) -> Result<Imported, Docu
                 ))
             })?,
         };
+        let mut kind = kind;
+        let mut cell = cell.clone();
+        if kind == CellKind::Code
+            && let Some(sql) = take_sql(&mut cell)
+        {
+            if crate::sql::is_notebook_code_of(&source, &sql) {
+                kind = CellKind::Sql;
+                source = sql;
+            } else {
+                changes.push(format!(
+                    "cell {i}: was a SQL cell whose code was edited elsewhere; kept as a code cell"
+                ));
+            }
+        }
+        let cell = &cell;
         let given = cell.get("id").and_then(Value::as_str);
         let id = match given {
             Some(id) if valid_id(id) && !seen.contains(id) => id.to_owned(),
@@ -222,7 +272,7 @@ pub fn import(json: &Value, kernel: &KernelDescription) -> Result<Imported, Docu
         // An unknown cell type keeps its own fields (its outputs, say) but the id and source,
         // which the document holds.
         let modelled = match (known, kind) {
-            (true, CellKind::Code) => MODELLED,
+            (true, CellKind::Code | CellKind::Sql) => MODELLED,
             (true, _) => &["id", "cell_type", "source"][..],
             (false, _) => &["id", "source"][..],
         };
@@ -243,7 +293,7 @@ pub fn import(json: &Value, kernel: &KernelDescription) -> Result<Imported, Docu
             ));
         }
         let mut runtime = CellRuntime::default();
-        if kind == CellKind::Code {
+        if kind.runs() {
             if let Some(given) = cell.get("outputs").and_then(Value::as_array) {
                 for (j, o) in given.iter().enumerate() {
                     match o.as_object() {

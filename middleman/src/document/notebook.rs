@@ -387,7 +387,7 @@ impl Notebook {
             .find(|(cid, _)| cid == id)
             .ok_or_else(|| DocumentError::NoSuchCell(id.to_owned()))?;
         map.insert(&mut self.doc.transact_mut(), "cell_type", kind.as_str());
-        if kind != CellKind::Code {
+        if !kind.runs() {
             self.runtime.insert(id.to_owned(), CellRuntime::default());
         }
         Ok(())

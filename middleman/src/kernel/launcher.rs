@@ -241,6 +241,7 @@ impl Launcher {
             .unwrap_or_default()
             .into_iter()
             .collect();
+        super::helper::add_helper(&mut argv);
         if offline {
             super::network::say_no_network(&mut argv, &mut env, &note);
         }

@@ -1,6 +1,7 @@
 //! The kernel adapter: finding, launching (through the kernel agent, in its sandbox) and talking
 //! to one Jupyter kernel over ZeroMQ `ipc://` sockets, and the session actor that owns it.
 
+mod helper;
 pub mod launcher;
 mod network;
 mod runtime_dir;
@@ -14,8 +15,8 @@ use std::path::PathBuf;
 pub use launcher::{AgentPid, LaunchError, LauncherSettings};
 pub use runtime_dir::RuntimeDir;
 pub use session::{
-    Command, EventSender, KernelSession, Refusal, SessionHandle, SessionRefusal, SessionSettings,
-    SessionSnapshot,
+    AnswerSender, Command, EventSender, KernelSession, Question, Refusal, SessionHandle,
+    SessionRefusal, SessionSettings, SessionSnapshot,
 };
 pub use spec::KernelSpec;
 

@@ -7,7 +7,6 @@
 //! connections to anything but loopback fail at once with that message. Not a security
 //! boundary (the sandbox is): a convenience on top of it.
 
-use base64::Engine as _;
 use kernel_sandbox::{Layer, Report};
 
 /// The start-up code for IPython kernels.
@@ -34,14 +33,8 @@ pub(crate) fn say_no_network(argv: &mut Vec<String>, env: &mut Vec<(String, Stri
     set(env, "PIP_NO_INDEX", "1");
     set(env, "PIP_RETRIES", "0");
     set(env, "PIP_DISABLE_PIP_VERSION_CHECK", "1");
-    if argv.iter().any(|a| a.contains("ipykernel")) {
-        // One line of plain characters, whatever the script holds: traitlets parses it as a
-        // string, IPython runs it as a cell before the first execution (outside the user's
-        // namespace).
-        let code = base64::engine::general_purpose::STANDARD.encode(NO_NETWORK_PY);
-        argv.push(format!(
-            "--IPKernelApp.exec_lines=exec(__import__('base64').b64decode('{code}').decode(), {{'__name__': 'nbplat'}})"
-        ));
+    if super::helper::is_ipython(argv) {
+        argv.push(super::helper::exec_line(NO_NETWORK_PY, "nbplat"));
     }
 }
 

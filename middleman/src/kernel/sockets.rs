@@ -71,6 +71,9 @@ pub(crate) struct KernelSockets {
     pub(crate) control: DealerSendConnection,
     pub(crate) stdin: DealerSendConnection,
     pub(crate) kernel_info: Option<jupyter_protocol::KernelInfoReply>,
+    /// The kernel subshell side questions go to (ipykernel 7): they are answered while a cell
+    /// runs. `None` when the kernel has no subshells.
+    pub(crate) subshell: Option<String>,
     tasks: Vec<AbortHandle>,
     connection: ConnectionInfo,
 }
@@ -125,7 +128,7 @@ pub(crate) async fn connect(
         jupyter_zmq_client::create_client_stdin_connection_with_identity(info, &session, identity)
             .await
             .map_err(socket_err("stdin"))?;
-    let control = jupyter_zmq_client::create_client_control_connection(info, &session)
+    let mut control = jupyter_zmq_client::create_client_control_connection(info, &session)
         .await
         .map_err(socket_err("control"))?;
 
@@ -188,6 +191,9 @@ pub(crate) async fn connect(
     })
     .await;
 
+    let subshell = create_subshell(&mut control, &session).await;
+    tracing::debug!(subshell = ?subshell, "kernel subshell");
+
     let (shell_tx, shell_rx) = shell.split();
     let (stdin_tx, stdin_rx) = stdin.split();
     let (control_tx, control_rx) = control.split();
@@ -220,9 +226,83 @@ pub(crate) async fn connect(
         control: control_tx,
         stdin: stdin_tx,
         kernel_info,
+        subshell,
         tasks,
         connection: info.clone(),
     }))
+}
+
+/// How long a kernel may take to answer `create_subshell_request` (one that does not know it
+/// never answers).
+const SUBSHELL_WAIT: Duration = Duration::from_secs(1);
+
+/// Asks the kernel for a subshell (JEP 91, ipykernel 7): a second thread answering shell
+/// requests beside the one running cells. `None` if the kernel has none to give.
+async fn create_subshell(
+    control: &mut Connection<zeromq::DealerSocket>,
+    session: &str,
+) -> Option<String> {
+    let (request_id, request) = super::wire::encode_request(
+        "create_subshell_request",
+        &serde_json::json!({}),
+        session,
+        None,
+        &control.mac,
+    )
+    .ok()?;
+    control.socket.send(request).await.ok()?;
+    tokio::time::timeout(SUBSHELL_WAIT, async {
+        loop {
+            let msg = read_one(&mut control.socket, &control.mac).await.ok()?;
+            let Some(msg) = msg.filter(|m| {
+                m.parent_header
+                    .as_ref()
+                    .is_some_and(|h| h.msg_id == request_id)
+            }) else {
+                continue;
+            };
+            let JupyterMessageContent::UnknownMessage(reply) = msg.content else {
+                return None;
+            };
+            return reply
+                .content
+                .get("subshell_id")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned);
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+impl KernelSockets {
+    /// Sends a side question (completion, inspection, the helper's `nbplat_request`) on the
+    /// shell channel, to the subshell when there is one. Returns its `msg_id`.
+    pub(crate) async fn ask(
+        &mut self,
+        msg_type: &str,
+        content: &serde_json::Value,
+    ) -> Result<String, KernelError> {
+        let failed = |reason: String| KernelError::Socket {
+            channel: "shell",
+            reason,
+        };
+        let (id, message) = super::wire::encode_request(
+            msg_type,
+            content,
+            &self.shell.session_id,
+            self.subshell.as_deref(),
+            &self.shell.mac,
+        )
+        .map_err(|e| failed(e.to_string()))?;
+        self.shell
+            .socket
+            .send(message)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        Ok(id)
+    }
 }
 
 impl KernelSockets {

@@ -65,6 +65,59 @@ pub(crate) enum WireError {
     },
 }
 
+/// Encodes a request the typed client cannot send: a message type it does not know, or one for
+/// a kernel subshell (JEP 91: `subshell_id` in the header). Signed like any other. Returns the
+/// request's `msg_id` (what its reply's parent header carries) and the message.
+pub(crate) fn encode_request(
+    msg_type: &str,
+    content: &Value,
+    session: &str,
+    subshell: Option<&str>,
+    key: &Option<ring::hmac::Key>,
+) -> Result<(String, zeromq::ZmqMessage), WireError> {
+    let template = JupyterMessage::new(
+        jupyter_protocol::UnknownMessage {
+            msg_type: msg_type.to_owned(),
+            content: Value::Null,
+        },
+        None,
+    );
+    let msg_id = template.header.msg_id.clone();
+    let mut header = serde_json::to_value(&template.header).map_err(|source| WireError::Json {
+        part: "header",
+        source,
+    })?;
+    header["session"] = Value::from(session);
+    if let Some(id) = subshell {
+        header["subshell_id"] = Value::from(id);
+    }
+    let json = |v: &Value| bytes::Bytes::from(v.to_string().into_bytes());
+    let parts = [
+        json(&header),
+        json(&serde_json::json!({})),
+        json(&serde_json::json!({})),
+        json(content),
+    ];
+    let signature = match key {
+        Some(key) => {
+            let mut ctx = ring::hmac::Context::with_key(key);
+            for part in &parts {
+                ctx.update(part);
+            }
+            data_encoding::HEXLOWER.encode(ctx.sign().as_ref())
+        }
+        None => String::new(),
+    };
+    let mut frames = vec![
+        bytes::Bytes::from_static(b"<IDS|MSG>"),
+        bytes::Bytes::from(signature.into_bytes()),
+    ];
+    frames.extend(parts);
+    let message =
+        zeromq::ZmqMessage::try_from(frames).map_err(|_| WireError::Framing("an empty message"))?;
+    Ok((msg_id, message))
+}
+
 /// Turns a verified raw message into a typed one.
 pub(crate) fn decode(raw: RawMessage) -> Result<JupyterMessage, WireError> {
     if raw.jparts.len() < 4 {

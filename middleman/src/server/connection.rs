@@ -12,12 +12,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::StreamExt as _;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
 use session_token::Claims;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::AppState;
+use crate::collab::assist::{self, Ask, RateLimit};
 use crate::collab::{EditRequest, Hub, Joined, Refusal, Who};
-use crate::protocol::{ClientMessage, ServerEvent, ServerFrame};
+use crate::protocol::{AssistAnswer, AssistRefusal, ClientMessage, ServerEvent, ServerFrame};
 
 /// Close codes (see docs/protocol.md).
 pub(crate) mod close {
@@ -33,6 +37,12 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client resynchronised this many times within [`RESYNC_WINDOW`] is dropped instead.
 const MAX_RESYNCS: usize = 3;
 const RESYNC_WINDOW: Duration = Duration::from_secs(60);
+
+/// Side questions one connection may have waiting for the kernel at once.
+const MAX_QUESTIONS_IN_FLIGHT: usize = 8;
+/// Side questions one connection may ask: a burst of this many, then this many a second.
+const QUESTION_BURST: u32 = 20;
+const QUESTIONS_PER_SECOND: u32 = 10;
 
 /// A seat in the document: leaving is guaranteed, even when the upgrade never completes.
 #[derive(Debug)]
@@ -63,6 +73,9 @@ struct Conn {
     resyncs: Vec<Instant>,
     /// Only y-protocols frames (binary) cross this connection.
     yjs_only: bool,
+    /// Side questions waiting for the kernel; each ends as one `assist` reply.
+    answers: FuturesUnordered<BoxFuture<'static, (String, AssistAnswer)>>,
+    questions: RateLimit,
 }
 
 pub(crate) async fn serve(
@@ -88,6 +101,8 @@ pub(crate) async fn serve(
         last_heard: Instant::now(),
         resyncs: Vec::new(),
         yjs_only,
+        answers: FuturesUnordered::new(),
+        questions: RateLimit::new(QUESTION_BURST, QUESTIONS_PER_SECOND, Instant::now()),
     };
     let reason = conn.run(joined).await;
     drop(membership);
@@ -178,6 +193,11 @@ impl Conn {
                         }
                     }
                 },
+                Some((request_id, answer)) = self.answers.next(), if !self.answers.is_empty() => {
+                    if self.reply(ServerEvent::Assist { request_id, answer }).await.is_err() {
+                        return "write failed";
+                    }
+                }
                 _ = ping.tick() => {
                     if self.last_heard.elapsed() > ping_every * 3 {
                         self.close(close::PING_TIMEOUT, "no pong").await;
@@ -217,6 +237,10 @@ impl Conn {
             Ok(m) => m,
             Err(error) => return self.refuse(&Refusal::Unreadable(error)).await,
         };
+        let parsed = match Ask::from_message(parsed) {
+            Ok((request_id, ask)) => return self.ask(request_id, ask).await,
+            Err(other) => other,
+        };
         if let ClientMessage::FetchOutputs { cell_ids } = &parsed {
             return match self.state.hub.outputs(cell_ids) {
                 Ok(replies) => {
@@ -246,8 +270,11 @@ impl Conn {
                 hub.presence(self.client, cell_id, cursor)?;
                 return Ok(None);
             }
-            // Answered in `on_message` (several replies).
-            ClientMessage::FetchOutputs { .. } => return Ok(None),
+            // Answered in `on_message` (several replies; side questions, later).
+            ClientMessage::FetchOutputs { .. }
+            | ClientMessage::Complete { .. }
+            | ClientMessage::Inspect { .. }
+            | ClientMessage::TablePage { .. } => return Ok(None),
             _ if !self.claims.role.can_edit() => return Err(Refusal::ViewerAction),
             ClientMessage::InsertCell {
                 index,
@@ -313,6 +340,41 @@ impl Conn {
         Ok(None)
     }
 
+    /// Sends a side question on its way; its answer comes back through `answers`. Refused at
+    /// once: a viewer's completion, a connection asking too often or with too many waiting.
+    async fn ask(&mut self, request_id: String, ask: Ask) -> Result<(), ()> {
+        let kind = ask.label();
+        let refusal = if !ask.viewer_may_ask() && !self.claims.role.can_edit() {
+            Some(assist::refused(
+                AssistRefusal::Forbidden,
+                "viewers may page tables, not ask the kernel",
+            ))
+        } else if self.answers.len() >= MAX_QUESTIONS_IN_FLIGHT
+            || !self.questions.allow(Instant::now())
+        {
+            Some(assist::refused(
+                AssistRefusal::RateLimited,
+                "too many questions at once; the next one will be answered",
+            ))
+        } else {
+            None
+        };
+        if let Some(answer) = refusal {
+            metrics::counter!("middleman_assist_requests_total", "kind" => kind, "outcome" => outcome(&answer)).increment(1);
+            return self.reply(ServerEvent::Assist { request_id, answer }).await;
+        }
+        let hub = self.state.hub.clone();
+        self.answers.push(Box::pin(async move {
+            let started = Instant::now();
+            let answer = hub.assist(&ask).await;
+            metrics::histogram!("middleman_assist_seconds", "kind" => kind)
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!("middleman_assist_requests_total", "kind" => kind, "outcome" => outcome(&answer)).increment(1);
+            (request_id, answer)
+        }));
+        Ok(())
+    }
+
     /// Tells this connection why its message was refused.
     async fn refuse(&mut self, refusal: &Refusal) -> Result<(), ()> {
         if self.yjs_only {
@@ -361,6 +423,22 @@ impl Conn {
             self.socket.send(Message::Close(Some(frame))),
         )
         .await;
+    }
+}
+
+/// An answer's outcome, as a metric label.
+fn outcome(answer: &AssistAnswer) -> &'static str {
+    match answer {
+        AssistAnswer::Refused { reason, .. } => match reason {
+            AssistRefusal::Busy => "busy",
+            AssistRefusal::RateLimited => "rate_limited",
+            AssistRefusal::NoKernel => "no_kernel",
+            AssistRefusal::Timeout => "timeout",
+            AssistRefusal::Gone => "gone",
+            AssistRefusal::Failed => "failed",
+            AssistRefusal::Forbidden => "forbidden",
+        },
+        _ => "answered",
     }
 }
 

@@ -139,6 +139,7 @@ impl Actor {
     /// Has the agent kill the generation's jail and forgets its tasks; later events of this
     /// generation are ignored.
     pub(super) fn stop_kernel(&mut self) {
+        self.waiting.clear();
         match std::mem::replace(&mut self.phase, Phase::Down) {
             Phase::Down => {}
             Phase::Starting { tasks } | Phase::Ready { tasks, .. } => {

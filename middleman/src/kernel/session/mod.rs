@@ -14,6 +14,7 @@ mod executions;
 mod iopub;
 mod lifecycle;
 mod refusal;
+mod side;
 mod status;
 
 use std::collections::{HashMap, VecDeque};
@@ -30,6 +31,7 @@ use tracing::Instrument as _;
 use self::iopub::IopubOutput;
 use self::lifecycle::{CrashWindow, Restart};
 pub use self::refusal::SessionRefusal;
+pub use self::side::{AnswerSender, Question};
 use self::status::{StopCause, state_label};
 use super::launcher::{Launcher, LauncherSettings};
 use super::sockets::{Channel, KernelEvent, KernelSockets, Tagged};
@@ -78,6 +80,12 @@ pub enum Command {
     },
     Restart {
         by: String,
+    },
+    /// A side question (completion, inspection, a table page): answered on `answer`, beside
+    /// any running cell when the kernel has a subshell; refused while it is busy otherwise.
+    Ask {
+        question: Question,
+        answer: AnswerSender,
     },
 }
 
@@ -164,6 +172,7 @@ impl KernelSession {
             crashes,
             restart_at: None,
             next_id: 0,
+            waiting: side::Waiting::default(),
         };
         let span = tracing::info_span!("kernel_session", kernel = %kernel.name);
         let join = tokio::spawn(
@@ -242,6 +251,8 @@ struct Actor {
     crashes: CrashWindow,
     restart_at: Option<Instant>,
     next_id: u64,
+    /// Side questions sent to the kernel and not yet answered.
+    waiting: side::Waiting,
 }
 
 impl Actor {
@@ -521,6 +532,27 @@ impl Actor {
                 self.restart(Restart::Requested { by }).await;
                 Ok(())
             }
+            Command::Ask { question, answer } => {
+                let Phase::Ready { sockets, .. } = &mut self.phase else {
+                    return Err(SessionRefusal::NotReady);
+                };
+                if sockets.subshell.is_none() && self.current.is_some() {
+                    return Err(SessionRefusal::Busy);
+                }
+                if !self.waiting.has_room() {
+                    return Err(SessionRefusal::TooManyQuestions);
+                }
+                match sockets.ask(question.msg_type, &question.content).await {
+                    Ok(msg_id) => {
+                        self.waiting.insert(msg_id, answer);
+                        Ok(())
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "could not ask the kernel");
+                        Err(SessionRefusal::NotReady)
+                    }
+                }
+            }
         }
     }
 
@@ -530,6 +562,11 @@ impl Actor {
             .as_ref()
             .map(|h| h.msg_id.clone())
             .unwrap_or_default();
+        if channel == Channel::Shell && self.waiting.is_waiting(&parent) {
+            let content = serde_json::to_value(&msg.content).unwrap_or_default();
+            self.waiting.answer(&parent, content);
+            return;
+        }
         let is_current = self.current.as_ref().is_some_and(|r| r.msg_id == parent);
         match (channel, msg.content) {
             (Channel::Shell, JupyterMessageContent::ExecuteReply(reply)) if is_current => {

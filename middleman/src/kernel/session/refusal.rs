@@ -17,6 +17,15 @@ pub enum SessionRefusal {
     /// The session is shutting down.
     #[error("the session is shutting down")]
     ShuttingDown,
+    /// The kernel is starting, restarting or dead.
+    #[error("the kernel is not ready")]
+    NotReady,
+    /// The kernel runs a cell and has no subshell to answer a side question beside it.
+    #[error("the kernel is busy running a cell")]
+    Busy,
+    /// Too many side questions wait for the kernel already.
+    #[error("too many questions are waiting for the kernel")]
+    TooManyQuestions,
 }
 
 impl SessionRefusal {
@@ -26,7 +35,10 @@ impl SessionRefusal {
             SessionRefusal::KernelDead => ErrorCode::KernelDead,
             SessionRefusal::QueueFull { .. } => ErrorCode::QueueFull,
             SessionRefusal::NoPendingInput { .. } => ErrorCode::NoPendingInput,
-            SessionRefusal::ShuttingDown => ErrorCode::Unavailable,
+            SessionRefusal::ShuttingDown
+            | SessionRefusal::NotReady
+            | SessionRefusal::Busy
+            | SessionRefusal::TooManyQuestions => ErrorCode::Unavailable,
         }
     }
 }

@@ -1,0 +1,53 @@
+//! The platform's part of an IPython kernel (`nbplat_kernel.py`, the module `_nbplat` in the
+//! kernel): table outputs for DataFrames, the `nbplat_request` shell message (table pages, SQL
+//! completion) and what SQL cells run. Middleman starts every IPython kernel with it, as one
+//! `exec_lines` entry; other kernels run without it (their SQL cells fail with a plain
+//! `ModuleNotFoundError`, and their tables are their own HTML).
+
+use base64::Engine as _;
+
+/// The start-up code.
+const NBPLAT_KERNEL_PY: &str = include_str!("nbplat_kernel.py");
+
+/// Whether `argv` starts an IPython kernel (`ipykernel`, `ipykernel_launcher`).
+pub(crate) fn is_ipython(argv: &[String]) -> bool {
+    argv.iter().any(|a| a.contains("ipykernel"))
+}
+
+/// An IPython command-line argument that runs `script` once at start-up, before the first
+/// execution, outside the user's namespace (as module `name`). One line of plain characters,
+/// whatever the script holds: traitlets parses it as a string; repeated, the entries add up.
+pub(crate) fn exec_line(script: &str, name: &str) -> String {
+    let code = base64::engine::general_purpose::STANDARD.encode(script);
+    format!(
+        "--IPKernelApp.exec_lines=exec(__import__('base64').b64decode('{code}').decode(), {{'__name__': '{name}'}})"
+    )
+}
+
+/// Adds the helper to an IPython kernel's command line.
+pub(crate) fn add_helper(argv: &mut Vec<String>) {
+    if is_ipython(argv) {
+        argv.push(exec_line(NBPLAT_KERNEL_PY, "_nbplat"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipython_kernels_get_the_helper_as_one_plain_line() {
+        let mut argv = vec![
+            "python".to_owned(),
+            "-m".into(),
+            "ipykernel_launcher".into(),
+        ];
+        add_helper(&mut argv);
+        assert_eq!(argv.len(), 4);
+        assert!(argv[3].starts_with("--IPKernelApp.exec_lines=exec("));
+        assert!(!argv[3].contains('\n') && !argv[3].contains('"'));
+        let mut deno = vec!["deno".to_owned(), "jupyter".into()];
+        add_helper(&mut deno);
+        assert_eq!(deno.len(), 2);
+    }
+}
