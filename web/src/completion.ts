@@ -9,6 +9,7 @@
 import {
   acceptCompletion,
   autocompletion,
+  closeCompletion,
   type Completion,
   type CompletionContext,
   type CompletionResult,
@@ -17,6 +18,7 @@ import {
   startCompletion,
 } from "@codemirror/autocomplete";
 import { syntaxTree } from "@codemirror/language";
+import type { EditorState } from "@codemirror/state";
 import type { EditorView } from "@codemirror/view";
 import type { Assist } from "./assist";
 import { h } from "./dom";
@@ -31,29 +33,6 @@ const NAME = /(?:^|[^\p{L}\p{N}_])[\p{L}_][\p{L}\p{N}_]*$/u;
 const ATTRIBUTE = /(?:[\p{L}\p{N}_]|[)\]])\.$/u;
 const KEY = /\[\s*["'][\p{L}\p{N}_ .-]*$/u;
 
-/** The kernel's kinds as CodeMirror's icons (`cm-completionIcon-*`). */
-const ICONS: Record<string, string> = {
-  function: "function",
-  method: "method",
-  class: "class",
-  module: "namespace",
-  keyword: "keyword",
-  magic: "keyword",
-  instance: "variable",
-  statement: "variable",
-  param: "variable",
-  property: "property",
-  column: "property",
-  "dict key": "property",
-  table: "type",
-  path: "text",
-};
-
-interface Option extends Completion {
-  /** The kind as the kernel named it, shown beside the name. */
-  kernelType?: string;
-}
-
 function worthAsking(ctx: CompletionContext): boolean {
   const line = ctx.state.doc.lineAt(ctx.pos);
   const before = line.text.slice(Math.max(0, ctx.pos - line.from - 200), ctx.pos - line.from);
@@ -63,14 +42,12 @@ function worthAsking(ctx: CompletionContext): boolean {
   return NAME.test(before) || ATTRIBUTE.test(before) || KEY.test(before);
 }
 
-function option(m: KernelMatch): Option {
-  // jedi says `<unknown>` when it does not know.
-  const kind = m.type && !m.type.startsWith("<") ? m.type : undefined;
+function option(m: KernelMatch): Completion {
   return {
     label: m.text,
-    type: kind && ICONS[kind],
+    // The kernel's kind (jedi says `<unknown>` when it does not know).
+    type: m.type && !m.type.startsWith("<") ? m.type : undefined,
     detail: m.signature || undefined,
-    kernelType: kind,
     // Private names after public ones, as IPython orders them.
     boost: m.text.startsWith("__") ? -2 : m.text.startsWith("_") ? -1 : 0,
   };
@@ -80,8 +57,9 @@ function source(ask: Assist["ask"], cellId: string) {
   return async (ctx: CompletionContext): Promise<CompletionResult | null> => {
     if (!ctx.explicit && !worthAsking(ctx)) return null;
     const answer = await ask({ type: "complete", cell_id: cellId, code: ctx.state.doc.toString(), cursor: ctx.pos });
-    if (ctx.aborted) return null;
-    if (answer.kind === "refused" && ctx.explicit && ctx.view) showHint(ctx.view, refusalHint(answer));
+    // Dropped if the text changed meanwhile in a way CodeMirror cannot map, or the person left.
+    if (ctx.aborted || !ctx.view?.hasFocus) return null;
+    if (answer.kind === "refused" && ctx.explicit) showHint(ctx.view, refusalHint(answer));
     if (answer.kind !== "complete") return null;
     const from = Math.min(answer.cursor_start, ctx.pos);
     // While typing, a list that only repeats the word typed is not worth opening.
@@ -102,13 +80,25 @@ export function kernelCompletion(ask: Assist["ask"], cellId: string) {
   return autocompletion({
     override: [source(ask, cellId)],
     activateOnTypingDelay: TYPING_PAUSE_MS,
+    // The kernel's kinds are not CodeMirror's icon names: shown as words instead.
+    icons: false,
     addToOptions: [
       {
-        render: (c: Option) => (c.kernelType ? h("span", { class: "cm-completionKind", text: c.kernelType }) : null),
+        render: (c) => (c.type ? h("span", { class: "cm-completionKind", text: c.type }) : null),
         position: 90,
       },
     ],
   });
+}
+
+/** Whether a list of completions is on screen. */
+function listOpen(state: EditorState): boolean {
+  return completionStatus(state) === "active" && currentCompletions(state).length > 0;
+}
+
+/** Escape: closes the list if one is on screen (a question still pending is left to run out). */
+export function closeList(view: EditorView): boolean {
+  return listOpen(view.state) && closeCompletion(view);
 }
 
 /**
@@ -116,7 +106,8 @@ export function kernelCompletion(ask: Assist["ask"], cellId: string) {
  * elsewhere (a line's start, after whitespace, a selection) it is left to indentation.
  */
 export function tabCompletes(view: EditorView): boolean {
-  if (completionStatus(view.state) === "active" && currentCompletions(view.state).length) return acceptCompletion(view) || true;
+  // Within the list's first moments acceptCompletion declines; Tab then does nothing.
+  if (listOpen(view.state)) return acceptCompletion(view) || true;
   const sel = view.state.selection.main;
   if (!sel.empty || sel.head === 0) return false;
   const before = view.state.sliceDoc(sel.head - 1, sel.head);

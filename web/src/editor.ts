@@ -3,7 +3,7 @@
 // are this project's own: y-codemirror.next's put colours in style attributes, which the CSP
 // refuses; these use classes whose colours live in a constructed style sheet. For people who may
 // edit, the kernel completes (completion.ts) and inspects (inspect.ts) what they type.
-import { closeBrackets, closeBracketsKeymap, closeCompletion } from "@codemirror/autocomplete";
+import { closeBrackets, closeBracketsKeymap } from "@codemirror/autocomplete";
 import { defaultKeymap, indentWithTab } from "@codemirror/commands";
 import { python } from "@codemirror/lang-python";
 import { PostgreSQL, sql } from "@codemirror/lang-sql";
@@ -15,7 +15,7 @@ import type { Awareness } from "y-protocols/awareness";
 import { yCollab, yUndoManagerKeymap } from "y-codemirror.next";
 import * as Y from "yjs";
 import type { Assist } from "./assist";
-import { kernelCompletion, tabCompletes } from "./completion";
+import { closeList, kernelCompletion, tabCompletes } from "./completion";
 import { colorClass, safeColor } from "./dom";
 import { readableHighlight } from "./highlight";
 import { closeTip, inIndentation, inspectAt, inspection } from "./inspect";
@@ -152,20 +152,18 @@ export interface EditorOptions {
 
 /**
  * Tab completes after a non-space character (else indents), Shift-Tab inspects outside a line's
- * indentation (else dedents), Escape closes their popups before it leaves the editor.
+ * indentation (else dedents), Escape closes a list or tooltip on screen before it leaves the
+ * editor. These come before the cell's keys; the completion's own keys (arrows, Enter, and an
+ * Escape that would also cancel a pending question) after them.
  */
-function assistExtensions(cellId: string, ask: Assist["ask"]): Extension {
-  return [
-    Prec.highest(
-      keymap.of([
-        { key: "Tab", run: tabCompletes },
-        { key: "Shift-Tab", run: (view) => !inIndentation(view.state) && inspectAt(view, ask, cellId) },
-        { key: "Escape", run: (view) => closeCompletion(view) || closeTip(view) },
-      ]),
-    ),
-    kernelCompletion(ask, cellId),
-    inspection,
-  ];
+function assistKeys(cellId: string, ask: Assist["ask"]): Extension {
+  return Prec.highest(
+    keymap.of([
+      { key: "Tab", run: tabCompletes },
+      { key: "Shift-Tab", run: (view) => !inIndentation(view.state) && inspectAt(view, ask, cellId) },
+      { key: "Escape", run: (view) => closeList(view) || closeTip(view) },
+    ]),
+  );
 }
 
 export class CellEditor {
@@ -176,15 +174,16 @@ export class CellEditor {
 
   constructor(parent: HTMLElement, opts: EditorOptions) {
     this.readOnly = opts.readOnly;
+    const assist = opts.readOnly ? undefined : opts.assist;
     const undo = new Y.UndoManager(opts.ytext);
     this.view = new EditorView({
       parent,
       state: EditorState.create({
         doc: opts.ytext.toString(),
         extensions: [
-          // Before `keys`: Escape closes a popup before it leaves the editor.
-          opts.assist && !opts.readOnly ? assistExtensions(opts.assist.cellId, opts.assist.ask) : [],
+          assist ? assistKeys(assist.cellId, assist.ask) : [],
           opts.keys,
+          assist ? [kernelCompletion(assist.ask, assist.cellId), inspection] : [],
           EditorView.cspNonce.of(cspNonce),
           highlightSpecialChars(),
           drawSelection(),

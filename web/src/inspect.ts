@@ -76,13 +76,13 @@ export function inIndentation(state: EditorState): boolean {
 
 /**
  * Asks the kernel about the name at the caret and shows the answer; an answer that arrives after
- * the text or the caret changed is dropped.
+ * the text or the caret changed, or the editor lost focus, is dropped.
  */
 export function inspectAt(view: EditorView, ask: Assist["ask"], cellId: string): boolean {
   const { doc } = view.state;
   const pos = view.state.selection.main.head;
   void ask({ type: "inspect", cell_id: cellId, code: doc.toString(), cursor: pos, detail: 0 }).then((a) => {
-    if (!view.dom.isConnected || view.state.doc !== doc || view.state.selection.main.head !== pos) return;
+    if (!view.hasFocus || view.state.doc !== doc || view.state.selection.main.head !== pos) return;
     if (a.kind === "inspect" && a.found && a.text) {
       view.dispatch({ effects: setTip.of(tip(pos, (dom) => renderAnsi(a.text, dom.appendChild(h("pre"))), "assist-doc")) });
     } else if (a.kind === "inspect") showHint(view, "Nothing is known about this name.");
