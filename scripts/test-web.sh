@@ -13,7 +13,7 @@
 #     Middleman with a file store); daylong.test.mjs: keyboard without traps, c/x/v/z/Shift-M,
 #     input() focus, KaTeX offline, toasts, axe-core, a phone-sized page; runs.test.mjs: run
 #     all once per cell, causes on badges, the kernel-restart banner; files.test.mjs: the Files
-#     panel.
+#     panel; sql.test.mjs: SQL cells, completion and inspection from the kernel.
 #
 # Screenshots of the main views go to artifacts/web/. Exits non-zero on any failure and stops
 # every process it started. NBP_WEB_BUILD=0 skips the cargo build (the binaries must exist).
