@@ -14,7 +14,8 @@
 #     input() focus, KaTeX offline, toasts, axe-core, a phone-sized page; runs.test.mjs: run
 #     all once per cell, causes on badges, the kernel-restart banner; files.test.mjs: the Files
 #     panel; data.test.mjs: a million-row table paged and sorted, an Altair chart with no request
-#     leaving the origin, Matplotlib figures.
+#     leaving the origin, Matplotlib figures; sql.test.mjs: SQL
+#     cells, completion and inspection from the kernel.
 #
 # Screenshots of the main views go to artifacts/web/. Exits non-zero on any failure and stops
 # every process it started. NBP_WEB_BUILD=0 skips the cargo build (the binaries must exist).

@@ -1,19 +1,24 @@
 // A cell's CodeMirror 6 editor bound to its Y.Text (y-codemirror.next's sync and undo), with
 // collaborators' cursors and selections from Yjs awareness. The remote-selection decorations
 // are this project's own: y-codemirror.next's put colours in style attributes, which the CSP
-// refuses; these use classes whose colours live in a constructed style sheet.
+// refuses; these use classes whose colours live in a constructed style sheet. For people who may
+// edit, the kernel completes (completion.ts) and inspects (inspect.ts) what they type.
 import { closeBrackets, closeBracketsKeymap } from "@codemirror/autocomplete";
 import { defaultKeymap, indentWithTab } from "@codemirror/commands";
 import { python } from "@codemirror/lang-python";
+import { PostgreSQL, sql } from "@codemirror/lang-sql";
 import { bracketMatching, indentOnInput, indentUnit, syntaxHighlighting } from "@codemirror/language";
 import { highlightSelectionMatches, searchKeymap } from "@codemirror/search";
-import { Compartment, EditorState, type Extension, type Range, RangeSet } from "@codemirror/state";
+import { Compartment, EditorState, type Extension, Prec, type Range, RangeSet } from "@codemirror/state";
 import { Decoration, type DecorationSet, drawSelection, dropCursor, EditorView, highlightSpecialChars, keymap, placeholder, ViewPlugin, type ViewUpdate, WidgetType } from "@codemirror/view";
 import type { Awareness } from "y-protocols/awareness";
 import { yCollab, yUndoManagerKeymap } from "y-codemirror.next";
 import * as Y from "yjs";
+import type { Assist } from "./assist";
+import { closeList, kernelCompletion, tabCompletes } from "./completion";
 import { colorClass, safeColor } from "./dom";
 import { readableHighlight } from "./highlight";
+import { closeTip, inIndentation, inspectAt, inspection } from "./inspect";
 import type { CellKind } from "./protocol";
 
 class CaretWidget extends WidgetType {
@@ -141,20 +146,44 @@ export interface EditorOptions {
   /** Key bindings that take precedence (run, modes). */
   keys: Extension;
   onFocus: () => void;
+  /** The cell's id and the kernel to ask for completion and inspection (editors only). */
+  assist?: { cellId: string; ask: Assist["ask"] };
+}
+
+/**
+ * Tab completes after a non-space character (else indents), Shift-Tab inspects outside a line's
+ * indentation (else dedents), Escape closes a list or tooltip on screen before it leaves the
+ * editor. These come before the cell's keys; the completion's own keys (arrows, Enter, and an
+ * Escape that would also cancel a pending question) after them.
+ */
+function assistKeys(cellId: string, ask: Assist["ask"]): Extension {
+  return Prec.highest(
+    keymap.of([
+      { key: "Tab", run: tabCompletes },
+      { key: "Shift-Tab", run: (view) => !inIndentation(view.state) && inspectAt(view, ask, cellId) },
+      { key: "Escape", run: (view) => closeList(view) || closeTip(view) },
+    ]),
+  );
 }
 
 export class CellEditor {
   readonly view: EditorView;
   private readonly language = new Compartment();
+  private readonly placeholder = new Compartment();
+  private readonly readOnly: boolean;
 
   constructor(parent: HTMLElement, opts: EditorOptions) {
+    this.readOnly = opts.readOnly;
+    const assist = opts.readOnly ? undefined : opts.assist;
     const undo = new Y.UndoManager(opts.ytext);
     this.view = new EditorView({
       parent,
       state: EditorState.create({
         doc: opts.ytext.toString(),
         extensions: [
+          assist ? assistKeys(assist.cellId, assist.ask) : [],
           opts.keys,
+          assist ? [kernelCompletion(assist.ask, assist.cellId), inspection] : [],
           EditorView.cspNonce.of(cspNonce),
           highlightSpecialChars(),
           drawSelection(),
@@ -174,7 +203,7 @@ export class CellEditor {
           EditorView.contentAttributes.of({ "aria-label": "cell source", spellcheck: "false", autocorrect: "off", autocapitalize: "off" }),
           // A viewer's editor is not editable, but stays reachable by keyboard (to read and scroll).
           opts.readOnly ? EditorView.contentAttributes.of({ tabindex: "0" }) : [],
-          placeholder(opts.readOnly ? "" : opts.kind === "markdown" ? "Markdown text" : opts.kind === "raw" ? "Raw text" : "Python code"),
+          this.placeholder.of(CellEditor.placeholderFor(opts.kind, opts.readOnly)),
           EditorView.domEventHandlers({
             focus: (_e, view) => {
               view.setTabFocusMode(focusByTab());
@@ -192,11 +221,20 @@ export class CellEditor {
   }
 
   static languageFor(kind: CellKind): Extension {
-    return kind === "code" ? python() : EditorView.lineWrapping;
+    // DuckDB's SQL is closest to PostgreSQL's among lang-sql's dialects.
+    return kind === "code" ? python() : kind === "sql" ? sql({ dialect: PostgreSQL }) : EditorView.lineWrapping;
+  }
+
+  static placeholderFor(kind: CellKind, readOnly: boolean): Extension {
+    if (readOnly) return [];
+    const text = { code: "Python code", sql: "SQL (DuckDB): -- result: name, then a query", markdown: "Markdown text", raw: "Raw text" }[kind];
+    return placeholder(text);
   }
 
   setKind(kind: CellKind): void {
-    this.view.dispatch({ effects: this.language.reconfigure(CellEditor.languageFor(kind)) });
+    this.view.dispatch({
+      effects: [this.language.reconfigure(CellEditor.languageFor(kind)), this.placeholder.reconfigure(CellEditor.placeholderFor(kind, this.readOnly))],
+    });
   }
 
   focus(atEnd = false): void {

@@ -15,6 +15,7 @@ import { renderMarkdown } from "./markdown";
 import { finishedNotice, namePositions, Toasts, type ToastKind } from "./messages";
 import { OutputArea } from "./outputs";
 import { badgeText, runText } from "./runinfo";
+import { resultName, sqlTemplate } from "./sql";
 import type {
   CellKind,
   CellState,
@@ -46,6 +47,11 @@ interface Runtime {
   last_run: RunRecord | null;
 }
 
+/** Whether cells of this kind run in the kernel (code and SQL). */
+function runs(kind: CellKind): boolean {
+  return kind === "code" || kind === "sql";
+}
+
 function newRuntime(): Runtime {
   return { outputs: [], execution_count: null, state: "idle", disabled: false, cause: null, last_run: null };
 }
@@ -63,6 +69,8 @@ class CellUI {
   private readonly typeSelect: HTMLSelectElement;
   private readonly editorHost = h("div", { class: "editor" });
   private readonly away = h("span", { class: "away-tag", text: "changed while you were away" });
+  /** A SQL cell's result name, from its first line. */
+  private readonly result = h("span", { class: "sql-result", title: "The query's result is this Python name (its first line, -- result: name)" });
   editing = false;
   private renderTimer = 0;
   private readonly observer: () => void;
@@ -78,6 +86,7 @@ class CellUI {
     const editable = app.canEdit;
     this.typeSelect = h("select", { class: "cell-type", attrs: { "aria-label": "cell type", "data-action": "cell-type" } }, [
       h("option", { text: "Code", attrs: { value: "code" } }),
+      h("option", { text: "SQL", attrs: { value: "sql" } }),
       h("option", { text: "Markdown", attrs: { value: "markdown" } }),
       h("option", { text: "Raw", attrs: { value: "raw" } }),
     ]);
@@ -97,7 +106,7 @@ class CellUI {
     this.root = h("section", { class: `cell kind-${kind}`, attrs: { "data-cell-id": id, "aria-label": "cell", tabindex: "-1" } }, [
       h("div", { class: "gutter" }, [this.prompt, this.people]),
       h("div", { class: "body" }, [
-        h("div", { class: "cell-head" }, [this.badge, this.away, h("span", { class: "spacer" }), this.ran, tools]),
+        h("div", { class: "cell-head" }, [this.badge, this.result, this.away, h("span", { class: "spacer" }), this.ran, tools]),
         this.editorHost,
         this.rendered,
         this.deps,
@@ -130,6 +139,7 @@ class CellUI {
       kind,
       readOnly: !editable,
       keys: runKeys,
+      assist: { cellId: id, ask: (request) => app.assist.ask(request) },
       onFocus: () => {
         this.editing = true;
         app.select(this.id, true);
@@ -137,6 +147,7 @@ class CellUI {
       },
     });
     this.observer = () => {
+      if (this.kind === "sql") this.showResultName();
       if (this.kind !== "markdown" || this.renderTimer) return;
       this.renderTimer = window.setTimeout(() => {
         this.renderTimer = 0;
@@ -145,6 +156,7 @@ class CellUI {
     };
     ytext.observe(this.observer);
     this.refreshMarkdown();
+    this.showResultName();
   }
 
   destroy(): void {
@@ -161,6 +173,13 @@ class CellUI {
     this.typeSelect.value = kind;
     this.editor.setKind(kind);
     this.refreshMarkdown();
+    this.showResultName();
+  }
+
+  private showResultName(): void {
+    const name = this.kind === "sql" ? resultName(this.ytext.toString()) : null;
+    this.result.textContent = name ? `→ ${name}` : "";
+    this.result.hidden = name === null;
   }
 
   /** Editing on purpose (Enter, a double click, a new cell): Tab indents here. */
@@ -191,11 +210,11 @@ class CellUI {
     this.badge.textContent = rt.disabled ? "disabled" : badgeText(rt.state, rt.cause, (id) => this.app.cellName(id));
     this.badge.hidden = this.badge.textContent === "";
     this.root.classList.toggle("not-in-kernel", rt.cause?.kind === "not_in_kernel");
-    const ran = this.kind === "code" ? runText(rt.last_run, this.app.kernelSession) : { text: "", title: "" };
+    const ran = runs(this.kind) ? runText(rt.last_run, this.app.kernelSession) : { text: "", title: "" };
     this.ran.textContent = ran.text;
     this.ran.title = ran.title;
     this.ran.hidden = ran.text === "";
-    if (this.kind === "code") {
+    if (runs(this.kind)) {
       const n = rt.state === "running" ? "*" : rt.state === "queued" ? "…" : rt.execution_count !== null ? String(rt.execution_count) : " ";
       this.prompt.textContent = `[${n}]`;
     } else {
@@ -703,7 +722,7 @@ export class Notebook {
       const source = ymap.get("source");
       const kindRaw = ymap.get("cell_type");
       if (typeof id !== "string" || !(source instanceof Y.Text) || seen.has(id)) continue;
-      const kind: CellKind = kindRaw === "markdown" || kindRaw === "raw" ? kindRaw : "code";
+      const kind: CellKind = kindRaw === "sql" || kindRaw === "markdown" || kindRaw === "raw" ? kindRaw : "code";
       seen.add(id);
       order.push(id);
       const name = `cell ${order.length}`;
@@ -726,7 +745,7 @@ export class Notebook {
       }
       if (ui.kind !== kind) {
         ui.setKind(kind);
-        // A prompt and a last-run line are for code cells only.
+        // A prompt and a last-run line are for cells that run only.
         ui.showRuntime(this.runtime(id));
       }
       if (ui.root.getAttribute("aria-label") !== name) ui.root.setAttribute("aria-label", name);
@@ -745,6 +764,7 @@ export class Notebook {
     if (!adder && this.canEdit) {
       adder = h("div", { class: "add-cells" }, [
         button("+ Code", "Add a code cell at the end", () => this.insertAt(this.order.length, "code"), "add-code"),
+        button("+ SQL", "Add a SQL cell at the end", () => this.insertSql(this.order.length), "add-sql"),
         button("+ Markdown", "Add a markdown cell at the end", () => this.insertAt(this.order.length, "markdown"), "add-markdown"),
       ]);
     }
@@ -853,7 +873,7 @@ export class Notebook {
       ui.stopEditing();
       return;
     }
-    if (ui.kind !== "code" || !this.canEdit) return;
+    if (!runs(ui.kind) || !this.canEdit) return;
     const request_id = this.requestId();
     this.myRuns.add(request_id);
     this.send({ type: "execute_cell", cell_id: id, request_id });
@@ -869,7 +889,7 @@ export class Notebook {
       return;
     }
     const ui = this.cells.get(next);
-    if (wasEditing && ui && ui.kind === "code" && this.canEdit) {
+    if (wasEditing && ui && runs(ui.kind) && this.canEdit) {
       this.select(next, true);
       ui.edit();
     } else {
@@ -900,6 +920,15 @@ export class Notebook {
     this.send({ type: "insert_cell", index: Math.max(0, Math.min(index, this.order.length)), cell_type: kind, source, request_id });
   }
 
+  /** Inserts a SQL cell whose result gets a name unused in the document. */
+  insertSql(index: number): void {
+    this.insertAt(index, "sql", sqlTemplate(this.sources()));
+  }
+
+  private sources(): string[] {
+    return Array.from(this.cells.values(), (ui) => ui.ytext.toString());
+  }
+
   deleteCell(id: string): void {
     if (this.order.length <= 1) {
       this.toast("A notebook keeps at least one cell.", "warn");
@@ -924,6 +953,8 @@ export class Notebook {
     const ui = this.cells.get(id);
     if (!ui || ui.kind === kind) return;
     this.send({ type: "set_cell_type", cell_id: id, cell_type: kind });
+    // An empty cell turned to SQL starts as a new SQL cell does.
+    if (kind === "sql" && ui.ytext.length === 0) this.send({ type: "set_source", cell_id: id, source: sqlTemplate(this.sources()) });
   }
 
   toggleDisabled(id: string): void {
@@ -1009,6 +1040,7 @@ export class Notebook {
     else if (key === "m") this.setKind(id, "markdown");
     else if (key === "y") this.setKind(id, "code");
     else if (key === "r") this.setKind(id, "raw");
+    else if (key === "q") this.setKind(id, "sql");
     else if (key === "d") {
       if (twice("d")) this.deleteCell(id);
     } else if (key === "i") {
@@ -1057,6 +1089,7 @@ export class Notebook {
         button("↻ Restart", "Restart the kernel (0, 0)", () => this.send({ type: "restart" }), "restart"),
         h("span", { class: "sep" }),
         button("+ Code", "Insert a code cell below the selected one (B)", () => this.insertAt(this.selected ? this.index(this.selected) + 1 : this.order.length, "code"), "insert-code"),
+        button("+ SQL", "Insert a SQL cell below the selected one (a DuckDB query over DataFrames and workspace files; Q turns a cell into SQL)", () => this.insertSql(this.selected ? this.index(this.selected) + 1 : this.order.length), "insert-sql"),
       );
       more.append(
         button("+ Markdown", "Insert a markdown cell below the selected one", () => this.insertAt(this.selected ? this.index(this.selected) + 1 : this.order.length, "markdown"), "insert-markdown"),
@@ -1155,7 +1188,7 @@ export class Notebook {
 
   private refreshDeps(): void {
     for (const [id, ui] of this.cells) {
-      if (ui.kind !== "code") {
+      if (!runs(ui.kind)) {
         ui.showDeps("", "");
         continue;
       }

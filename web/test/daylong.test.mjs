@@ -102,6 +102,8 @@ describe("a day-long notebook", () => {
     assert.equal((await active(ada)).editor, false, "Esc leaves the editor");
     await ada.keyboard.press("Enter");
     assert.deepEqual(await active(ada), { cell: 0, editor: true, stdin: false });
+    // At the line's start (after a name, Tab would complete it).
+    await ada.keyboard.press("Home");
     await ada.keyboard.press("Tab");
     await waitSource(ada, 0, "    x = 1");
     await waitSource(grace, 0, "    x = 1");
