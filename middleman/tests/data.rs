@@ -270,7 +270,7 @@ async fn tables_page_and_completion_answers_while_a_cell_runs() {
     )
     .await;
     assert!(
-        matches!(&sorted, AssistAnswer::TablePage { rows, .. } if rows[0][0] == Value::from(999_999) && rows[1][0] == Value::from(999_998)),
+        matches!(&sorted, AssistAnswer::TablePage { rows, .. } if rows[0][0] == 999_999 && rows[1][0] == 999_998),
         "{sorted:?}"
     );
     let columns = ask(&mut c, complete("c1", "df['")).await;
