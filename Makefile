@@ -40,8 +40,9 @@ lint:
 
 bench: bootstrap
 	bash scripts/bootstrap-bench.sh
-	cargo build --release -p middleman -p loadtest
+	cargo build --release -p middleman -p gateway -p loadtest
 	$(ENV) ./target/release/exec-bench $(BENCH_ARGS)
+	$(ENV) ./target/release/gateway-bench $(GATEWAY_BENCH_ARGS)
 	$(ENV) ./target/release/allocate-bench
 	$(ENV) ./target/release/collab-bench
 	$(ENV) ./target/release/graph-bench

@@ -11,6 +11,9 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::Message;
 
+mod proxy;
+pub use proxy::{Chp, Gateway, free_port};
+
 /// How long one step (a connection, a reply) may take before the driver gives up.
 pub const STEP: Duration = Duration::from_secs(30);
 
@@ -22,6 +25,15 @@ pub fn tempdir(tag: &str) -> anyhow::Result<PathBuf> {
     let p = std::env::temp_dir().join(format!("{tag}-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&p)?;
     Ok(p)
+}
+
+/// Raises this process's soft limit of open files to its hard limit (children inherit it);
+/// returns the new limit.
+pub fn raise_nofile() -> anyhow::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    Ok(hard)
 }
 
 /// Resident memory of a process, MiB.
@@ -125,28 +137,86 @@ pub async fn next_frame(ws: &mut Ws) -> anyhow::Result<ServerFrame> {
     }
 }
 
-/// A Middleman child process serving one document, with a signing key to mint its tokens.
+/// An Ed25519 key pair in a scratch directory: Middlemen (and a gateway) verify with
+/// `public.pem`; the driver mints tokens in-process, as Watchman does, so that thousands of
+/// connections need no process each.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    dir: PathBuf,
+    key: session_token::SigningKey,
+}
+
+impl Keys {
+    /// A fresh pair, written to `dir/signing.pem` and `dir/public.pem`.
+    pub fn generate(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let key = session_token::SigningKey::generate();
+        std::fs::write(dir.join("signing.pem"), key.to_pem()?)?;
+        std::fs::write(dir.join("public.pem"), key.verifying_key().to_pem()?)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            key,
+        })
+    }
+
+    /// The public key's file (SPKI PEM).
+    pub fn public_pem(&self) -> PathBuf {
+        self.dir.join("public.pem")
+    }
+
+    /// An editor's token for `user` in document `doc` on `pod`, valid for an hour (what
+    /// `middleman token` mints).
+    pub fn token(&self, doc: &str, pod: &str, user: &str) -> anyhow::Result<String> {
+        let claims = session_token::Claims::new(
+            "middleman-dev",
+            user,
+            user,
+            doc,
+            pod,
+            session_token::Role::Editor,
+            3600,
+        );
+        Ok(self.key.mint(&claims)?)
+    }
+}
+
+/// A Middleman child process serving one document (`bench`), with the keys that mint its tokens.
 #[derive(Debug)]
 pub struct Middleman {
     pub child: tokio::process::Child,
     pub pid: u32,
     pub addr: String,
-    bin: PathBuf,
-    keys: PathBuf,
+    pub pod: String,
+    keys: Keys,
+}
+
+/// The address in a log line `... listening on http://ADDR ...`, if it is one.
+pub fn listening_addr(line: &str) -> Option<String> {
+    let rest = line.split("listening on http://").nth(1)?;
+    let addr: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c))
+        .collect();
+    (!addr.is_empty()).then_some(addr)
 }
 
 impl Middleman {
-    /// Starts `bin serve` for document `bench` with `extra` flags; waits until it listens.
+    /// Starts `bin serve` for document `bench` on pod `local` with `extra` flags and keys of its
+    /// own; waits until it listens.
     pub async fn start(bin: &Path, scratch: &Path, extra: &[&str]) -> anyhow::Result<Self> {
-        let keys = scratch.join("keys");
-        let ok = tokio::process::Command::new(bin)
-            .args(["keygen", "--out-dir"])
-            .arg(&keys)
-            .status()
-            .await?;
-        if !ok.success() {
-            bail!("middleman keygen failed");
-        }
+        let keys = Keys::generate(&scratch.join("keys"))?;
+        Self::start_with(bin, scratch, &keys, "local", extra).await
+    }
+
+    /// Starts `bin serve` for document `bench` as pod `pod`, verifying with `keys`; waits until
+    /// it listens. Several may share `scratch` and `keys`.
+    pub async fn start_with(
+        bin: &Path,
+        scratch: &Path,
+        keys: &Keys,
+        pod: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut child = tokio::process::Command::new(bin)
             .args([
                 "serve",
@@ -155,7 +225,7 @@ impl Middleman {
                 "--document",
                 "bench",
                 "--pod",
-                "local",
+                pod,
                 "--kernel",
                 "python3",
                 "--document-store",
@@ -163,9 +233,9 @@ impl Middleman {
             ])
             .args(extra)
             .arg("--public-key")
-            .arg(keys.join("public.pem"))
+            .arg(keys.public_pem())
             .arg("--runtime-root")
-            .arg(scratch.join("run"))
+            .arg(scratch.join(format!("run-{pod}")))
             .env("RUST_LOG", "warn,middleman::server=info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -176,8 +246,8 @@ impl Middleman {
             tokio::io::BufReader::new(child.stderr.take().context("no stderr")?).lines();
         let addr: String = tokio::time::timeout(Duration::from_secs(120), async {
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    return rest.split_whitespace().next().map(str::to_owned);
+                if let Some(addr) = listening_addr(&line) {
+                    return Some(addr);
                 }
             }
             None
@@ -189,36 +259,48 @@ impl Middleman {
             child,
             pid,
             addr,
-            bin: bin.to_owned(),
-            keys,
+            pod: pod.to_owned(),
+            keys: keys.clone(),
         })
     }
 
     /// A token for `user` (an editor).
     pub async fn token(&self, user: &str) -> anyhow::Result<String> {
-        let out = tokio::process::Command::new(&self.bin)
-            .args(["token", "--key"])
-            .arg(self.keys.join("signing.pem"))
-            .args([
-                "--doc", "bench", "--pod", "local", "--user", user, "--name", user, "--role",
-                "editor",
-            ])
-            .output()
-            .await?;
-        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+        self.keys.token("bench", &self.pod, user)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> anyhow::Result<u16> {
+        Ok(self.addr.rsplit(':').next().unwrap_or("0").parse()?)
+    }
+
+    /// Waits until `/readyz` answers 200 (the kernel is up).
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        let port = self.port()?;
+        for _ in 0..2400 {
+            if let Ok((200, _)) = http(port, "GET", "/readyz", "", "").await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("middleman {} not ready after 120 s", self.pod)
     }
 
     /// Connects a WebSocket client with `token`.
     pub async fn connect(&self, token: &str) -> anyhow::Result<Ws> {
-        let url = format!("ws://{}/ws?token={token}", self.addr);
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
-        Ok(ws)
+        connect(&format!("ws://{}/ws?token={token}", self.addr)).await
     }
 
     pub async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
+}
+
+/// Opens a WebSocket to `url` with `TCP_NODELAY` set (as a browser does).
+pub async fn connect(url: &str) -> anyhow::Result<Ws> {
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
+    Ok(ws)
 }
 
 /// A plain HTTP/1.1 request with a Jupyter token; returns (status, body).
