@@ -10,7 +10,7 @@ run: bootstrap
 	bash scripts/run-local.sh
 
 test: bootstrap
-	$(ENV) hadolint Dockerfile.middleman Dockerfile.watchman
+	$(ENV) hadolint Dockerfile.middleman Dockerfile.watchman Dockerfile.gateway
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	bash scripts/check-protocol-types.sh

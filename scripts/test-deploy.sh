@@ -5,10 +5,12 @@
 #
 # 1. Every kustomization builds, every namespaced object names its namespace, and the plans
 #    files are valid TOML with only the keys Watchman knows (plus runtime_class in gvisor).
-# 2. overlays/dev is applied for real on fake nodes: both Watchman replicas and Redis must
-#    become Available, which takes the restricted Pod Security profile (enforced on the pods
-#    the ReplicaSets create), the service accounts and the scheduler's placement. Watchman's
-#    service account must then be able to do what its Role grants and nothing more.
+# 2. overlays/dev is applied for real on fake nodes: both Watchman replicas, Redis and the
+#    gateway (three replicas: its autoscaler's minimum) must become Available, which takes the
+#    restricted Pod Security profile (enforced on the pods the ReplicaSets create), the
+#    service accounts and the scheduler's placement. Watchman's service account must then be
+#    able to do what its Role grants and nothing more; the gateway's nothing at all, and its
+#    pods must carry no service account token.
 # 3. The Prometheus Operator CRDs (ServiceMonitor, PodMonitor, PrometheusRule), generated
 #    from the operator's Go API types with controller-gen, are installed, then the base and
 #    every other overlay pass `kubectl apply --dry-run=server` (validation, admission, RBAC
@@ -144,18 +146,30 @@ apply_checked() {
   fi
 }
 apply_checked "apply overlays/dev" -f "$rendered/overlays-dev.yaml"
-for d in watchman redis; do
-  k -n nbplat rollout status "deployment/$d" --timeout=90s >/dev/null ||
-    { k -n nbplat get pods -o wide >&2; k -n nbplat get events >&2; fail "deployment $d did not become available"; }
+for nd in nbplat/watchman nbplat/redis nbplat-gateway/gateway; do
+  k -n "${nd%/*}" rollout status "deployment/${nd#*/}" --timeout=90s >/dev/null ||
+    { k -n "${nd%/*}" get pods -o wide >&2; k -n "${nd%/*}" get events >&2; fail "deployment $nd did not become available"; }
 done
 ready="$(k -n nbplat get deployment watchman -o jsonpath='{.status.readyReplicas}')"
 [ "$ready" = 2 ] || fail "watchman has $ready ready replicas, want 2"
+# The gateway's Deployment names no count: its HorizontalPodAutoscaler raises the first
+# replica to minReplicas (3) without any metric (there is no metrics server here).
+ready=
+for _ in $(seq 1 150); do
+  ready="$(k -n nbplat-gateway get deployment gateway -o jsonpath='{.status.readyReplicas}')"
+  [ "$ready" = 3 ] && break
+  sleep 0.4
+done
+[ "$ready" = 3 ] || { k -n nbplat-gateway describe hpa gateway >&2; fail "the gateway has ${ready:-0} ready replicas, want 3 (the autoscaler's minimum)"; }
 # The pods were admitted by the enforcing restricted profile; check they really are there and
 # spread over both standard nodes.
-nodes="$(k -n nbplat get pods -l app.kubernetes.io/name=watchman -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort -u | wc -l)"
-[ "$nodes" = 2 ] || fail "watchman replicas share a node"
-# A privileged pod must be refused in both namespaces (the restricted profile is enforced).
-for ns in nbplat nbplat-pods; do
+spread() {
+  k -n "$1" get pods -l "app.kubernetes.io/name=$2" -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort -u | wc -l
+}
+[ "$(spread nbplat watchman)" = 2 ] || fail "watchman replicas share a node"
+[ "$(spread nbplat-gateway gateway)" = 2 ] || fail "the gateway's replicas are not spread over both nodes"
+# A privileged pod must be refused in every namespace (the restricted profile is enforced).
+for ns in nbplat nbplat-pods nbplat-gateway; do
   if k -n "$ns" run psa-probe --image=busybox --restart=Never --dry-run=server \
     --overrides='{"spec":{"containers":[{"name":"p","image":"busybox","securityContext":{"privileged":true}}]}}' \
     >/dev/null 2>"$run/psa.err"; then
@@ -163,7 +177,7 @@ for ns in nbplat nbplat-pods; do
   fi
   grep -q 'violates PodSecurity "restricted' "$run/psa.err" || { cat "$run/psa.err" >&2; fail "unexpected refusal in $ns"; }
 done
-step "overlays/dev applied: Watchman 2/2 and Redis available on fake nodes; privileged pods refused"
+step "overlays/dev applied: Watchman 2/2, Redis and the gateway 3/3 available on fake nodes; privileged pods refused"
 
 # Watchman's RBAC, asked as its service account.
 sa=system:serviceaccount:nbplat:watchman
@@ -187,6 +201,32 @@ for denied in "get secrets -n nbplat" "get secrets -n nbplat-pods" "list configm
 done
 [ "$(k auth can-i --list -n nbplat-pods --as=system:serviceaccount:nbplat-pods:middleman 2>/dev/null |
   grep -cE '^(pods|secrets|configmaps|\*)')" = 0 ] || fail "middleman's service account has rights on pods or secrets"
+# The gateway needs no Kubernetes API at all: what its service account may do, in every
+# namespace of ours and the default one, must be exactly what any service account may
+# (discovery, self-reviews), i.e. what a service account that does not exist may.
+for ns in nbplat-gateway nbplat nbplat-pods default; do
+  k auth can-i --list -n "$ns" --as=system:serviceaccount:nbplat-gateway:gateway >"$run/gateway-rights" ||
+    fail "can-i --list as the gateway"
+  k auth can-i --list -n "$ns" --as=system:serviceaccount:nbplat-gateway:no-such-account >"$run/no-rights" ||
+    fail "can-i --list as a service account that does not exist"
+  grep -q selfsubjectaccessreviews "$run/gateway-rights" || { cat "$run/gateway-rights" >&2; fail "unexpected can-i --list"; }
+  diff -u "$run/no-rights" "$run/gateway-rights" >&2 || fail "the gateway's service account has rights in $ns (above)"
+done
+sa_gw=system:serviceaccount:nbplat-gateway:gateway
+for denied in "get secrets -n nbplat-gateway" "get configmaps -n nbplat-gateway" "list pods -n nbplat-pods" \
+  "get endpointslices.discovery.k8s.io -n nbplat-pods" "list services -A" \
+  "create serviceaccounts -n nbplat-gateway --subresource=token"; do
+  # shellcheck disable=SC2086
+  [ "$(k auth can-i $denied --as="$sa_gw" 2>/dev/null || true)" = no ] || fail "the gateway may: $denied"
+done
+# And its pods hold no token to try with: no projected service account token among their
+# volumes, nothing mounted where client libraries look for one.
+gwpods() { k -n nbplat-gateway get pods -l app.kubernetes.io/name=gateway -o jsonpath="$1"; }
+[ -z "$(gwpods '{.items[*].spec.volumes[*].projected.sources[*].serviceAccountToken.path}')" ] ||
+  fail "a gateway pod has a service account token volume"
+if gwpods '{range .items[*].spec.containers[*].volumeMounts[*]}{.mountPath}{"\n"}{end}' | grep -q '^/var/run/secrets'; then
+  fail "a gateway pod mounts a service account token"
+fi
 # What Watchman will do: create a kernel pod like the plans describe, as Watchman. It must be
 # admitted (restricted profile), scheduled on a spot node, and run (kwok).
 cat >"$run/kernel-pod.yaml" <<'EOF'
@@ -267,7 +307,7 @@ refused 'violates PodSecurity "restricted' '[{"op":"remove","path":"/spec/contai
   fail "a kernel pod keeping its capabilities was admitted"
 refused "process namespace" '[{"op":"add","path":"/spec/shareProcessNamespace","value":true}]' ||
   fail "a kernel pod sharing one process namespace (the kernel would see Middleman) was admitted"
-step "Watchman's RBAC: exactly pods and leases; a kernel pod created, run on a spot node and deleted as Watchman; non-conforming kernel pods refused"
+step "Watchman's RBAC: exactly pods and leases; the gateway: no rights, no token; a kernel pod created, run on a spot node and deleted as Watchman; non-conforming kernel pods refused"
 
 # --- 3. CRDs, then every other kustomization by server dry run --------------------------------
 crds="$NBP_CACHE/kube/crds/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION"

@@ -49,6 +49,42 @@ pub async fn serve(
     shutdown: CancellationToken,
     deadlines: Deadlines,
 ) {
+    serve_with(listener, app, shutdown, deadlines, Plain).await;
+}
+
+/// What turns an accepted TCP connection into the byte stream HTTP is read from: nothing
+/// ([`Plain`]), or a TLS handshake. It runs in the connection's own task, under the header
+/// deadline.
+pub trait Handshake: Clone + Send + Sync + 'static {
+    /// The stream after the handshake.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Performs the handshake.
+    fn handshake(
+        &self,
+        tcp: tokio::net::TcpStream,
+    ) -> impl std::future::Future<Output = std::io::Result<Self::Io>> + Send;
+}
+
+/// Plain TCP: no handshake.
+#[derive(Debug, Clone, Copy)]
+pub struct Plain;
+
+impl Handshake for Plain {
+    type Io = tokio::net::TcpStream;
+    async fn handshake(&self, tcp: tokio::net::TcpStream) -> std::io::Result<Self::Io> {
+        Ok(tcp)
+    }
+}
+
+/// [`serve`], with each connection passed through `handshake` first (TLS). Every request
+/// carries the peer's address as `axum::extract::ConnectInfo<SocketAddr>`.
+pub async fn serve_with<H: Handshake>(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+    deadlines: Deadlines,
+    handshake: H,
+) {
     let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -70,11 +106,27 @@ pub async fn serve(
         }
         let app = app.clone();
         let shutdown = shutdown.clone();
+        let handshake = handshake.clone();
         connections.spawn(async move {
+            let stream =
+                match tokio::time::timeout(deadlines.header, handshake.handshake(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, %peer, "handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "handshake took too long");
+                        return;
+                    }
+                };
             let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
                 let mut app = app.clone();
                 async move {
-                    let request = request.map(Body::new);
+                    let mut request = request.map(Body::new);
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
                     match tokio::time::timeout(deadlines.request, app.call(request)).await {
                         Ok(response) => response,
                         Err(_) => Ok(too_slow()),

@@ -276,10 +276,15 @@ pub struct Args {
     /// this host); kubernetes, create calls. Also the creation budget's burst.
     #[arg(long, env = "WATCHMAN_MAX_CONCURRENT_STARTS", default_value_t = 4)]
     pub max_concurrent_starts: usize,
-    /// Public WebSocket base when pods are reached through a gateway (`wss://host/pods`);
-    /// empty: each pod's own address.
-    #[arg(long, env = "WATCHMAN_PUBLIC_WS_BASE", default_value = "")]
-    pub public_ws_base: String,
+    /// The gateway's public base URL (`https://notebooks.example.com`): documents are then
+    /// reached at `<base>/pods/<pod>/` and their WebSocket at `wss://…/pods/<pod>/ws`. Empty:
+    /// each pod's own address (development without a gateway).
+    #[arg(long, env = "WATCHMAN_PUBLIC_URL", default_value = "")]
+    pub public_url: String,
+    /// File holding the bearer token of the gateway, which may call `watchman.v1.Routes` (and
+    /// nothing else). The API token is accepted there too.
+    #[arg(long, env = "WATCHMAN_ROUTE_TOKEN_FILE")]
+    pub route_token_file: Option<PathBuf>,
     /// Where pods' documents are kept (pods reach them only through Watchman, each its own):
     /// a directory or a Redis URL. Default: the Redis of `--store`, else
     /// `<local-root>/documents`.

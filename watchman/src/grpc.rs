@@ -32,10 +32,11 @@ impl From<ServiceError> for Status {
     }
 }
 
-/// Checks `authorization: Bearer <token>` on every call, in constant time.
+/// Checks `authorization: Bearer <token>` on every call against the tokens this service
+/// accepts, in constant time.
 #[derive(Clone)]
 pub struct ApiAuth {
-    token: std::sync::Arc<str>,
+    tokens: std::sync::Arc<[Box<str>]>,
 }
 
 impl std::fmt::Debug for ApiAuth {
@@ -45,11 +46,16 @@ impl std::fmt::Debug for ApiAuth {
 }
 
 impl ApiAuth {
-    pub fn new(token: &str) -> Self {
+    pub fn new(tokens: &[&str]) -> Self {
         Self {
-            token: token.into(),
+            tokens: tokens.iter().map(|t| Box::from(*t)).collect(),
         }
     }
+}
+
+/// Whether `a` equals `b`, in time that depends only on their lengths.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl tonic::service::Interceptor for ApiAuth {
@@ -60,14 +66,11 @@ impl tonic::service::Interceptor for ApiAuth {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        let expected = self.token.as_bytes();
-        let same = given.len() == expected.len()
-            && given
-                .as_bytes()
-                .iter()
-                .zip(expected)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
+        // Every token is compared, so the time says nothing about which one nearly matched.
+        let same = self
+            .tokens
+            .iter()
+            .fold(false, |ok, t| same_secret(given.as_bytes(), t.as_bytes()) | ok);
         if given.is_empty() {
             Err(Status::unauthenticated(
                 "missing bearer token (authorization: Bearer <token>)",
@@ -80,12 +83,59 @@ impl tonic::service::Interceptor for ApiAuth {
     }
 }
 
+/// Where clients reach documents: the gateway's public base, or each pod's own address.
+#[derive(Debug, Clone, Default)]
+pub struct PublicUrl {
+    /// `scheme://host[:port]` without a trailing slash; empty: the pod's own address.
+    base: String,
+}
+
+impl PublicUrl {
+    /// `--public-url`: empty, or an `http(s)://host[:port]` base with no path, query or
+    /// fragment.
+    pub fn parse(base: &str) -> anyhow::Result<Self> {
+        let base = base.trim().trim_end_matches('/');
+        if base.is_empty() {
+            return Ok(Self::default());
+        }
+        let rest = base
+            .strip_prefix("https://")
+            .or_else(|| base.strip_prefix("http://"));
+        anyhow::ensure!(
+            rest.is_some_and(|r| !r.is_empty() && !r.contains(['/', '?', '#', '@'])),
+            "--public-url must be http(s)://host[:port], got {base:?}"
+        );
+        Ok(Self {
+            base: base.to_owned(),
+        })
+    }
+
+    /// The document's page (the web client) for a pod at `endpoint`.
+    pub fn page(&self, pod: &str, endpoint: &str) -> String {
+        if self.base.is_empty() {
+            format!("{}/", endpoint.trim_end_matches('/'))
+        } else {
+            format!("{}/pods/{pod}/", self.base)
+        }
+    }
+
+    /// The document's WebSocket for a pod at `endpoint`.
+    pub fn websocket(&self, pod: &str, endpoint: &str) -> String {
+        let page = self.page(pod, endpoint);
+        format!(
+            "{}ws",
+            page.replacen("http://", "ws://", 1)
+                .replacen("https://", "wss://", 1)
+        )
+    }
+}
+
 /// The gRPC service.
 #[derive(Debug, Clone)]
 pub struct Api {
     watchman: Watchman,
-    /// Base for WebSocket URLs when pods are reached through a gateway; empty: the pod's own.
-    public_ws_base: String,
+    /// Where clients reach documents.
+    public: PublicUrl,
     /// Where stream tasks are tracked, so that shutdown waits for them.
     tasks: TaskTracker,
     /// Fires when shutdown starts: streams end then, instead of holding the server open.
@@ -95,13 +145,13 @@ pub struct Api {
 impl Api {
     pub fn new(
         watchman: Watchman,
-        public_ws_base: String,
+        public: PublicUrl,
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             watchman,
-            public_ws_base,
+            public,
             tasks,
             shutdown,
         }
@@ -114,16 +164,7 @@ impl Api {
         token: String,
         token_exp: u64,
     ) -> pb::Allocation {
-        let ws = if self.public_ws_base.is_empty() {
-            format!(
-                "{}/ws",
-                a.endpoint
-                    .replacen("http://", "ws://", 1)
-                    .replacen("https://", "wss://", 1)
-            )
-        } else {
-            format!("{}/{}/ws", self.public_ws_base.trim_end_matches('/'), a.pod)
-        };
+        let ws = self.public.websocket(&a.pod, &a.endpoint);
         pb::Allocation {
             allocation_id: a.id.clone(),
             document_id: a.document.clone(),
@@ -351,5 +392,46 @@ impl pb::watchman_server::Watchman for Api {
             expires_at: i64::try_from(exp).unwrap_or(i64::MAX),
             websocket_url: url,
         }))
+    }
+}
+
+/// The `watchman.v1.Routes` service: where a pod is, for the gateway.
+#[derive(Debug, Clone)]
+pub struct RoutesApi {
+    watchman: Watchman,
+}
+
+impl RoutesApi {
+    pub fn new(watchman: Watchman) -> Self {
+        Self { watchman }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::routes_server::Routes for RoutesApi {
+    async fn resolve_pod(
+        &self,
+        request: Request<pb::ResolvePodRequest>,
+    ) -> Result<Response<pb::ResolvePodResponse>, Status> {
+        use crate::service::Resolved;
+        let pod = request.into_inner().pod;
+        bounded("pod", &pod, MAX_NAME)?;
+        let route = match self.watchman.resolve_pod(&pod).await? {
+            Resolved::Live { endpoint, document } => {
+                pb::resolve_pod_response::Route::Live(pb::PodRoute {
+                    pod,
+                    endpoint,
+                    document_id: document,
+                })
+            }
+            Resolved::Ended(e) => pb::resolve_pod_response::Route::Ended(pb::PodEnded {
+                pod,
+                reason: end_reason(e.reason) as i32,
+                detail: e.detail,
+                ended_at: i64::try_from(e.at_ms / 1000).unwrap_or(i64::MAX),
+            }),
+            Resolved::Unknown => return Err(Status::not_found(format!("no pod {pod:?}"))),
+        };
+        Ok(Response::new(pb::ResolvePodResponse { route: Some(route) }))
     }
 }

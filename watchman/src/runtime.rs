@@ -91,6 +91,18 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         api_token.len() >= 16,
         "the API token must be at least 16 characters"
     );
+    let route_token = match &args.route_token_file {
+        Some(f) => {
+            let t = std::fs::read_to_string(f)
+                .with_context(|| format!("reading {}", f.display()))?
+                .trim()
+                .to_owned();
+            anyhow::ensure!(t.len() >= 16, "the route token must be at least 16 characters");
+            Some(t)
+        }
+        None => None,
+    };
+    let public = grpc::PublicUrl::parse(&args.public_url)?;
 
     let store = match &args.store {
         StoreUrl::Memory => store::Store::Memory(store::MemoryStore::default()),
@@ -202,13 +214,24 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
     let api = tonic::service::interceptor::InterceptedService::new(
         watchman_proto::v1::watchman_server::WatchmanServer::new(grpc::Api::new(
             watchman.clone(),
-            args.public_ws_base.clone(),
+            public.clone(),
             tracker.clone(),
             shutdown.clone(),
         ))
         // Requests are a few names; nothing legitimate comes near this.
         .max_decoding_message_size(64 * 1024),
-        grpc::ApiAuth::new(&api_token),
+        grpc::ApiAuth::new(&[&api_token]),
+    );
+    let routes = tonic::service::interceptor::InterceptedService::new(
+        watchman_proto::v1::routes_server::RoutesServer::new(grpc::RoutesApi::new(
+            watchman.clone(),
+        ))
+        .max_decoding_message_size(4 * 1024),
+        grpc::ApiAuth::new(
+            &std::iter::once(api_token.as_str())
+                .chain(route_token.as_deref())
+                .collect::<Vec<_>>(),
+        ),
     );
     let mut grpc_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -246,6 +269,7 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
                     .add_service(health)
                     .add_service(reflection)
                     .add_service(api)
+                    .add_service(routes)
                     .serve_with_incoming_shutdown(incoming, s.cancelled_owned())
                     .await;
                 if let Err(error) = served {
@@ -259,7 +283,7 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
     {
         let handle = telemetry::prometheus();
         service::register_metrics(&plan_names);
-        let app = web::router(watchman.clone(), handle, args.dev_page)
+        let app = web::router(watchman.clone(), handle, args.dev_page, public)
             .merge(documents::routes(documents));
         tracker.spawn(
             httpserve::serve(

@@ -8,15 +8,22 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::grpc::PublicUrl;
 use crate::service::Watchman;
 
 #[derive(Clone)]
 struct AppState {
     watchman: Watchman,
     metrics: PrometheusHandle,
+    public: PublicUrl,
 }
 
-pub(crate) fn router(watchman: Watchman, metrics: PrometheusHandle, dev_page: bool) -> Router {
+pub(crate) fn router(
+    watchman: Watchman,
+    metrics: PrometheusHandle,
+    dev_page: bool,
+    public: PublicUrl,
+) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -24,7 +31,11 @@ pub(crate) fn router(watchman: Watchman, metrics: PrometheusHandle, dev_page: bo
     if dev_page {
         router = router.route("/", get(page)).route("/open", post(open));
     }
-    router.with_state(AppState { watchman, metrics })
+    router.with_state(AppState {
+        watchman,
+        metrics,
+        public,
+    })
 }
 
 /// Ready when the store answers (a replica that cannot reach Redis should get no traffic).
@@ -145,7 +156,8 @@ async fn open(State(s): State<AppState>, Form(form): Form<OpenForm>) -> Response
         // Not a redirect: CSP `form-action` also governs where a form's redirect may go, and
         // the pod is another origin. A page that navigates on its own is not a form action.
         Ok(g) => {
-            let url = escape(&format!("{}/#token={}", g.allocation.endpoint, g.token));
+            let page = s.public.page(&g.allocation.pod, &g.allocation.endpoint);
+            let url = escape(&format!("{page}#token={}", g.token));
             let html = format!(
                 "<!doctype html><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"0;url={url}\"><title>Opening</title><p>Opening <a href=\"{url}\">{}</a>…</p>",
                 escape(&g.allocation.document)

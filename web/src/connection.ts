@@ -8,6 +8,7 @@ import * as awarenessProtocol from "y-protocols/awareness";
 import * as syncProtocol from "y-protocols/sync";
 import * as Y from "yjs";
 import type { ClientMessage, Frame, Welcome } from "./protocol";
+import { podUrl } from "./base";
 
 export type LinkState = "connecting" | "connected" | "reconnecting" | "refused";
 
@@ -22,6 +23,11 @@ export interface Handlers {
   /** The Y.Doc caught up with the server (after every (re)connection). */
   synced(): void;
 }
+
+/** The gateway closes with this when the document's pod ended (docs/gateway.md). */
+const CLOSE_POD_ENDED = 4410;
+/** The gateway closes with this when it drains; another replica answers. */
+const CLOSE_GATEWAY_RESTARTING = 1012;
 
 export class Connection {
   readonly doc = new Y.Doc();
@@ -96,13 +102,15 @@ export class Connection {
   }
 
   private url(): string {
-    const proto = location.protocol === "https:" ? "wss:" : "ws:";
     const q = new URLSearchParams({ token: this.token });
     if (this.session !== null) {
       q.set("session", this.session);
       q.set("since", String(this.lastSeq));
     }
-    return `${proto}//${location.host}/ws?${q.toString()}`;
+    const url = podUrl("ws");
+    url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+    url.search = q.toString();
+    return url.toString();
   }
 
   private connect(): void {
@@ -146,6 +154,19 @@ export class Connection {
       const others = Array.from(this.awareness.getStates().keys()).filter((c) => c !== this.doc.clientID);
       awarenessProtocol.removeAwarenessStates(this.awareness, others, "disconnected");
       if (this.stopped) return;
+      if (e.code === CLOSE_POD_ENDED) {
+        // The document's kernel is gone for good (released, idle, preempted): reconnecting
+        // cannot bring it back; opening the document again gets a fresh one.
+        this.handlers.link("refused", `${e.reason || "the document's kernel ended"}; open the document again`);
+        return;
+      }
+      if (e.code === CLOSE_GATEWAY_RESTARTING) {
+        // Another gateway replica takes the connection at once; spread the reconnections.
+        window.clearTimeout(this.retry);
+        this.handlers.link("reconnecting", "gateway restarting; reconnecting");
+        this.retry = window.setTimeout(() => this.connect(), Math.random() * 500);
+        return;
+      }
       if (!opened) this.failures += 1;
       const why = e.reason || (opened ? `connection closed (${e.code})` : "cannot reach Middleman");
       this.scheduleRetry(why);
@@ -168,7 +189,7 @@ export class Connection {
       const refusal = await this.probe();
       if (refusal) {
         this.handlers.link("refused", refusal);
-        if (/token_(expired|invalid|missing)|token_wrong|forbidden|origin_not_allowed/.test(refusal)) return;
+        if (/token_(expired|invalid|missing)|token_wrong|wrong_pod|forbidden|origin_not_allowed|pod_ended|unknown_pod/.test(refusal)) return;
       }
     }
     const delay = Math.min(5000, 250 * 2 ** Math.min(this.failures, 5)) * (0.75 + Math.random() * 0.5);
@@ -179,7 +200,7 @@ export class Connection {
 
   private async probe(): Promise<string | null> {
     try {
-      const r = await fetch("/api/notebook", { headers: { Authorization: `Bearer ${this.token}` }, cache: "no-store" });
+      const r = await fetch(podUrl("api/notebook"), { headers: { Authorization: `Bearer ${this.token}` }, cache: "no-store" });
       if (r.ok) return null;
       const body = (await r.json().catch(() => ({}))) as { error?: string; message?: string };
       return `${body.error ?? r.status}: ${body.message ?? r.statusText}`;

@@ -2,6 +2,7 @@
 // directories, upload (picker or drag and drop, under the server's cap), download, rename,
 // delete, and a table preview of the head of CSV and TSV files. Everything shown comes from
 // the workspace, which hostile code writes: names and cells are text nodes, never HTML.
+import { podUrl } from "./base";
 import { button, h } from "./dom";
 
 type Kind = "file" | "dir" | "symlink" | "fifo" | "socket" | "device" | "other";
@@ -165,7 +166,9 @@ export class FilesPanel {
   }
 
   private url(route: string, params: Record<string, string>): string {
-    return `${route}?${new URLSearchParams(params).toString()}`;
+    const url = podUrl(route);
+    url.search = new URLSearchParams(params).toString();
+    return url.toString();
   }
 
   private auth(): HeadersInit {

@@ -2,6 +2,7 @@
 // states, counts, the queue, the graph, presence, prompts) from the JSON events, in the order
 // Middleman gives them. Editors edit through Yjs; structure changes go through JSON messages so
 // that the server keeps its rules (never fewer than one cell, outputs cleared on type change).
+import { podUrl } from "./base";
 import { Prec } from "@codemirror/state";
 import { keymap } from "@codemirror/view";
 import * as Y from "yjs";
@@ -970,7 +971,7 @@ export class Notebook {
 
   private async exportFile(): Promise<void> {
     try {
-      const r = await fetch("/api/notebook", { headers: { Authorization: `Bearer ${this.token}` }, cache: "no-store" });
+      const r = await fetch(podUrl("api/notebook"), { headers: { Authorization: `Bearer ${this.token}` }, cache: "no-store" });
       if (!r.ok) throw new Error(`${r.status} ${await r.text()}`);
       const blob = await r.blob();
       const url = URL.createObjectURL(blob);
@@ -990,7 +991,7 @@ export class Notebook {
     if (!file) return;
     try {
       const body = await file.text();
-      const r = await fetch("/api/notebook", {
+      const r = await fetch(podUrl("api/notebook"), {
         method: "PUT",
         headers: { Authorization: `Bearer ${this.token}`, "Content-Type": "application/json" },
         body,

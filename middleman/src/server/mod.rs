@@ -9,14 +9,13 @@
 mod connection;
 mod error;
 mod files;
-mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -73,7 +72,7 @@ struct AppState {
     tracker: TaskTracker,
     metrics: PrometheusHandle,
     activity: Activity,
-    policies: web::Policies,
+    policies: webclient::Policies,
     /// The kernel's working directory, for the file API.
     workspace: crate::workspace::Workspace,
 }
@@ -311,7 +310,7 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
             handle
         },
         activity: Activity::default(),
-        policies: web::Policies::new(&args.allowed_origins),
+        policies: webclient::Policies::new(&args.allowed_origins),
         workspace,
     });
     state.activity.touch();
@@ -420,63 +419,11 @@ fn local_workspace(args: &ServeArgs, runtime: &RuntimeDir) -> std::path::PathBuf
 }
 
 fn router(state: Arc<AppState>) -> Router {
+    let assets = webclient::assets(state.policies.clone());
     Router::new()
         .route(
             "/",
-            get(|State(s): State<Arc<AppState>>| async move { web::page(&s.policies) }),
-        )
-        .route(
-            "/output-frame.html",
-            get(|State(s): State<Arc<AppState>>, h: HeaderMap| async move {
-                web::output_frame(&s.policies, &h)
-            }),
-        )
-        .route(
-            "/chart-frame.html",
-            get(|State(s): State<Arc<AppState>>, h: HeaderMap| async move {
-                web::chart_frame(&s.policies, &h)
-            }),
-        )
-        .route(
-            "/assets/chart.js",
-            get(
-                |State(s): State<Arc<AppState>>, h: HeaderMap, q: Query<web::Version>| async move {
-                    web::chart_script(&s.policies, &h, &q)
-                },
-            ),
-        )
-        .route(
-            "/assets/app.js",
-            get(
-                |State(s): State<Arc<AppState>>, h: HeaderMap, q: Query<web::Version>| async move {
-                    web::script(&s.policies, &h, &q)
-                },
-            ),
-        )
-        .route(
-            "/assets/app.css",
-            get(
-                |State(s): State<Arc<AppState>>, h: HeaderMap, q: Query<web::Version>| async move {
-                    web::style(&s.policies, &h, &q)
-                },
-            ),
-        )
-        .route(
-            "/assets/fonts/{name}",
-            get(
-                |State(s): State<Arc<AppState>>,
-                 h: HeaderMap,
-                 Path(name): Path<String>,
-                 q: Query<web::Version>| async move {
-                    web::font(&s.policies, &h, &name, &q)
-                },
-            ),
-        )
-        .route(
-            "/assets/licenses.txt",
-            get(|State(s): State<Arc<AppState>>, h: HeaderMap| async move {
-                web::licenses(&s.policies, &h)
-            }),
+            get(|State(s): State<Arc<AppState>>| async move { webclient::page(&s.policies) }),
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -499,6 +446,7 @@ fn router(state: Arc<AppState>) -> Router {
                 )),
         )
         .with_state(state)
+        .merge(assets)
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {

@@ -51,7 +51,7 @@ pub struct Allocator {
     refused: Arc<BTreeMap<String, String>>,
 }
 
-fn valid_id(what: &str, s: &str) -> Result<(), ServiceError> {
+pub(crate) fn valid_id(what: &str, s: &str) -> Result<(), ServiceError> {
     let ok = !s.is_empty()
         && s.len() <= 200
         && s.chars()

@@ -50,6 +50,14 @@ pub struct Settings {
     pub refused_plans: BTreeMap<String, String>,
 }
 
+/// What [`Watchman::resolve_pod`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    Live { endpoint: String, document: String },
+    Ended(Ended),
+    Unknown,
+}
+
 /// Cheap-to-clone handle on what the boundaries need: allocation, pool counts, and (for
 /// development and tests) deleting every pod.
 #[derive(Debug, Clone)]
@@ -109,6 +117,27 @@ impl Watchman {
     /// See [`Allocator::ended`].
     pub async fn ended(&self, id: &str) -> Result<Option<Ended>, ServiceError> {
         self.inner.allocator.ended(id).await
+    }
+
+    /// Where `pod` is, for the gateway: its Middleman while it serves a document, how its
+    /// allocation ended once it did, or `Unknown` (no such pod, or one that never served a
+    /// document: no token can name it).
+    pub async fn resolve_pod(&self, pod: &str) -> Result<Resolved, ServiceError> {
+        allocator::valid_id("pod", pod)?;
+        let store = &self.inner.store;
+        if let Some(p) = store.pod(pod).await?
+            && p.state == crate::model::PodState::Allocated
+            && let Some(document) = p.document
+        {
+            return Ok(Resolved::Live {
+                endpoint: p.endpoint,
+                document,
+            });
+        }
+        Ok(match store.ended_pod(pod).await? {
+            Some(ended) => Resolved::Ended(ended),
+            None => Resolved::Unknown,
+        })
     }
 
     /// See [`Allocator::mint_for`].

@@ -15,6 +15,8 @@ struct Inner {
     pods: BTreeMap<String, Pod>,
     by_document: HashMap<String, Allocation>,
     ended: HashMap<String, Ended>,
+    /// The same records by pod.
+    ended_pods: HashMap<String, Ended>,
     lease: Option<(String, u64)>,
     demand: HashMap<String, HashMap<String, u64>>,
 }
@@ -123,13 +125,23 @@ impl MemoryStore {
             at_ms: now_ms(),
         };
         g.ended.insert(allocation, ended.clone());
+        g.ended_pods.insert(pod.to_owned(), ended.clone());
         let cutoff = now_ms().saturating_sub(3_600_000);
         g.ended.retain(|_, e| e.at_ms > cutoff);
+        g.ended_pods.retain(|_, e| e.at_ms > cutoff);
         Ok(Some(ended))
     }
 
     pub(super) async fn ended(&self, allocation: &str) -> Result<Option<Ended>, StoreError> {
         Ok(self.lock().ended.get(allocation).cloned())
+    }
+
+    pub(super) async fn pod(&self, id: &str) -> Result<Option<Pod>, StoreError> {
+        Ok(self.lock().pods.get(id).cloned())
+    }
+
+    pub(super) async fn ended_pod(&self, pod: &str) -> Result<Option<Ended>, StoreError> {
+        Ok(self.lock().ended_pods.get(pod).cloned())
     }
 
     pub(super) async fn remove_pod(&self, id: &str) -> Result<(), StoreError> {

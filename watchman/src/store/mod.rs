@@ -89,6 +89,14 @@ impl Store {
     pub async fn ended(&self, allocation: &str) -> Result<Option<Ended>, StoreError> {
         dispatch!(self, s => s.ended(allocation).await)
     }
+    /// One pod.
+    pub async fn pod(&self, id: &str) -> Result<Option<Pod>, StoreError> {
+        dispatch!(self, s => s.pod(id).await)
+    }
+    /// How the allocation on `pod` ended, if it did (kept for an hour).
+    pub async fn ended_pod(&self, pod: &str) -> Result<Option<Ended>, StoreError> {
+        dispatch!(self, s => s.ended_pod(pod).await)
+    }
     /// Forgets a pod (after the backend deleted it).
     pub async fn remove_pod(&self, id: &str) -> Result<(), StoreError> {
         dispatch!(self, s => s.remove_pod(id).await)

@@ -6,7 +6,8 @@ use crate::model::{Allocation, EndReason, Ended, Pod, PodState};
 
 /// Shared store for several replicas. Keys (all under the prefix):
 /// `pod:{id}` pod JSON; `pods` set of ids; `warm:{plan}` set of warm ids; `doc:{document}`
-/// allocation JSON; `ended:{allocation}` end record (1 h); `lease` reconciler holder;
+/// allocation JSON; `ended:{allocation}` and `ended-pod:{pod}` end record (1 h); `lease`
+/// reconciler holder;
 /// `demand:{plan}` sorted set of waiting callers by deadline.
 ///
 /// Scripts touch keys they compute from the prefix, so the store needs a single Redis (or one
@@ -82,6 +83,7 @@ end
 local e = {allocation = p.allocation, document = p.document, pod = ARGV[5], reason = ARGV[2], detail = ARGV[3], at_ms = tonumber(ARGV[4])}
 local ej = cjson.encode(e)
 redis.call('SET', ARGV[1] .. 'ended:' .. p.allocation, ej, 'EX', 3600)
+redis.call('SET', ARGV[1] .. 'ended-pod:' .. ARGV[5], ej, 'EX', 3600)
 return ej
 ";
 
@@ -171,7 +173,7 @@ impl RedisStore {
         Ok(done == 1)
     }
 
-    async fn pod(&self, id: &str) -> Result<Option<Pod>, StoreError> {
+    pub(super) async fn pod(&self, id: &str) -> Result<Option<Pod>, StoreError> {
         let key = self.key(&format!("pod:{id}"));
         let raw: Option<String> = self.conn.clone().get(&key).await?;
         raw.map(|r| decode(&key, &r)).transpose()
@@ -235,6 +237,12 @@ impl RedisStore {
 
     pub(super) async fn ended(&self, allocation: &str) -> Result<Option<Ended>, StoreError> {
         let key = self.key(&format!("ended:{allocation}"));
+        let raw: Option<String> = self.conn.clone().get(&key).await?;
+        raw.map(|r| decode(&key, &r)).transpose()
+    }
+
+    pub(super) async fn ended_pod(&self, pod: &str) -> Result<Option<Ended>, StoreError> {
+        let key = self.key(&format!("ended-pod:{pod}"));
         let raw: Option<String> = self.conn.clone().get(&key).await?;
         raw.map(|r| decode(&key, &r)).transpose()
     }

@@ -11,14 +11,21 @@
 //! The script and style sheet are also embedded gzipped (level 9, built by `web/build.mjs`) and
 //! sent as such, with `Content-Encoding: gzip`, to clients whose `Accept-Encoding` allows gzip.
 //!
+//! Middleman serves it for a pod reached directly (development, tests); the gateway serves the
+//! same bytes on the public origin, so that no pod ever serves a page there.
+//!
 //! One file: the assets, their caching and encoding headers and the security policies are one
 //! concern (what the browser may do with what this server sends), and half is tests.
 
 use std::sync::LazyLock;
 
-use axum::extract::Query;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 
 /// One embedded file.
 struct Asset {
@@ -58,46 +65,46 @@ macro_rules! asset {
 
 asset!(
     INDEX,
-    "../../web-dist/index.html",
+    "../../middleman/web-dist/index.html",
     "text/html; charset=utf-8",
     false
 );
 asset!(
     FRAME,
-    "../../web-dist/output-frame.html",
+    "../../middleman/web-dist/output-frame.html",
     "text/html; charset=utf-8",
     false
 );
 asset!(
     CHART_FRAME,
-    "../../web-dist/chart-frame.html",
+    "../../middleman/web-dist/chart-frame.html",
     "text/html; charset=utf-8",
     false
 );
 asset!(
     APP_JS,
-    "../../web-dist/assets/app.js",
-    gzip "../../web-dist/assets/app.js.gz",
+    "../../middleman/web-dist/assets/app.js",
+    gzip "../../middleman/web-dist/assets/app.js.gz",
     "text/javascript; charset=utf-8",
     true
 );
 asset!(
     APP_CSS,
-    "../../web-dist/assets/app.css",
-    gzip "../../web-dist/assets/app.css.gz",
+    "../../middleman/web-dist/assets/app.css",
+    gzip "../../middleman/web-dist/assets/app.css.gz",
     "text/css; charset=utf-8",
     true
 );
 asset!(
     CHART_JS,
-    "../../web-dist/assets/chart.js",
-    gzip "../../web-dist/assets/chart.js.gz",
+    "../../middleman/web-dist/assets/chart.js",
+    gzip "../../middleman/web-dist/assets/chart.js.gz",
     "text/javascript; charset=utf-8",
     true
 );
 asset!(
     LICENSES,
-    "../../web-dist/assets/licenses.txt",
+    "../../middleman/web-dist/assets/licenses.txt",
     "text/plain; charset=utf-8",
     false
 );
@@ -109,12 +116,12 @@ macro_rules! fonts {
         static FONTS: [(&str, Asset); [$($name),*].len()] = [$((
             concat!($name, ".woff2"),
             Asset {
-                body: include_bytes!(concat!("../../web-dist/assets/fonts/", $name, ".woff2")),
+                body: include_bytes!(concat!("../../middleman/web-dist/assets/fonts/", $name, ".woff2")),
                 gzip: None,
                 content_type: "font/woff2",
                 hashed: true,
                 hash: LazyLock::new(|| {
-                    short_hash(include_bytes!(concat!("../../web-dist/assets/fonts/", $name, ".woff2")))
+                    short_hash(include_bytes!(concat!("../../middleman/web-dist/assets/fonts/", $name, ".woff2")))
                 }),
             },
         )),*];
@@ -156,10 +163,53 @@ fn hash_of(asset: &Asset) -> String {
     asset.hash.clone()
 }
 
+/// The routes of everything but the page: the frames, the script, the style sheet, the fonts,
+/// the licences. Middleman serves the page at `/`, the gateway at `/pods/<pod>/`; both merge
+/// these at the root, where the page asks for them.
+pub fn assets<S: Clone + Send + Sync + 'static>(policies: Policies) -> Router<S> {
+    type P = State<Arc<Policies>>;
+    Router::new()
+        .route(
+            "/output-frame.html",
+            get(|State(p): P, h: HeaderMap| async move { output_frame(&p, &h) }),
+        )
+        .route(
+            "/chart-frame.html",
+            get(|State(p): P, h: HeaderMap| async move { chart_frame(&p, &h) }),
+        )
+        .route(
+            "/assets/chart.js",
+            get(|State(p): P, h: HeaderMap, q: Query<Version>| async move {
+                chart_script(&p, &h, &q)
+            }),
+        )
+        .route(
+            "/assets/app.js",
+            get(|State(p): P, h: HeaderMap, q: Query<Version>| async move { script(&p, &h, &q) }),
+        )
+        .route(
+            "/assets/app.css",
+            get(|State(p): P, h: HeaderMap, q: Query<Version>| async move { style(&p, &h, &q) }),
+        )
+        .route(
+            "/assets/fonts/{name}",
+            get(
+                |State(p): P, h: HeaderMap, Path(name): Path<String>, q: Query<Version>| async move {
+                    font(&p, &h, &name, &q)
+                },
+            ),
+        )
+        .route(
+            "/assets/licenses.txt",
+            get(|State(p): P, h: HeaderMap| async move { licenses(&p, &h) }),
+        )
+        .with_state(Arc::new(policies))
+}
+
 /// The Content-Security-Policies, built once at start from `--allowed-origin` (the origins that
 /// may also embed the client in a frame).
 #[derive(Debug, Clone)]
-pub(crate) struct Policies {
+pub struct Policies {
     /// The page's policy with `{nonce}` where each response's style nonce goes.
     page_template: String,
     /// The same without a nonce, for the assets.
@@ -169,7 +219,7 @@ pub(crate) struct Policies {
 }
 
 impl Policies {
-    pub(crate) fn new(allowed_origins: &[String]) -> Self {
+    pub fn new(allowed_origins: &[String]) -> Self {
         // Only origins that are plain scheme://host[:port] go into the header.
         let ancestors: String = std::iter::once("'self'".to_owned())
             .chain(
@@ -225,7 +275,7 @@ fn is_origin(o: &str) -> bool {
 }
 
 #[derive(Debug, serde::Deserialize)]
-pub(crate) struct Version {
+pub struct Version {
     v: Option<String>,
 }
 
@@ -320,7 +370,7 @@ fn serve(asset: &Asset, csp: &HeaderValue, headers: &HeaderMap, version: Option<
 
 /// The page, with a fresh style nonce in its policy and in its `csp-nonce` meta element (which
 /// the client hands to CodeMirror). Never cached, since the nonce changes every time.
-pub(crate) fn page(policies: &Policies) -> Response {
+pub fn page(policies: &Policies) -> Response {
     let nonce = fresh_nonce();
     let body = String::from_utf8_lossy(INDEX.body).replace("__CSP_NONCE__", &nonce);
     let csp = policies.page_template.replace("{nonce}", &nonce);
@@ -363,17 +413,17 @@ fn fresh_nonce() -> String {
     data_encoding::BASE64.encode(&bytes)
 }
 
-pub(crate) fn output_frame(policies: &Policies, headers: &HeaderMap) -> Response {
+pub fn output_frame(policies: &Policies, headers: &HeaderMap) -> Response {
     serve(&FRAME, &policies.frame, headers, None)
 }
 
-pub(crate) fn chart_frame(policies: &Policies, headers: &HeaderMap) -> Response {
+pub fn chart_frame(policies: &Policies, headers: &HeaderMap) -> Response {
     serve(&CHART_FRAME, &policies.chart, headers, None)
 }
 
 /// Vega for the chart frames. Their origin is opaque, so `Cross-Origin-Resource-Policy:
 /// same-origin` would block it there; it is a public library, readable by anyone.
-pub(crate) fn chart_script(
+pub fn chart_script(
     policies: &Policies,
     headers: &HeaderMap,
     q: &Query<Version>,
@@ -386,20 +436,20 @@ pub(crate) fn chart_script(
     response
 }
 
-pub(crate) fn script(policies: &Policies, headers: &HeaderMap, q: &Query<Version>) -> Response {
+pub fn script(policies: &Policies, headers: &HeaderMap, q: &Query<Version>) -> Response {
     serve(&APP_JS, &policies.page, headers, q.v.as_deref())
 }
 
-pub(crate) fn style(policies: &Policies, headers: &HeaderMap, q: &Query<Version>) -> Response {
+pub fn style(policies: &Policies, headers: &HeaderMap, q: &Query<Version>) -> Response {
     serve(&APP_CSS, &policies.page, headers, q.v.as_deref())
 }
 
-pub(crate) fn licenses(policies: &Policies, headers: &HeaderMap) -> Response {
+pub fn licenses(policies: &Policies, headers: &HeaderMap) -> Response {
     serve(&LICENSES, &policies.page, headers, None)
 }
 
 /// One of KaTeX's fonts by file name, or 404.
-pub(crate) fn font(
+pub fn font(
     policies: &Policies,
     headers: &HeaderMap,
     name: &str,
