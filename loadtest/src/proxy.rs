@@ -30,17 +30,19 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts `bin` with `--route POD=URL` for each of `routes` and `extra` flags; waits until it
-    /// logs `listening on http://ADDR` (the public port; the metrics port is chosen here).
+    /// Starts `bin` listening on `listen` (`127.0.0.1:0`: a free port; replicas share one with
+    /// `--reuse-port` in `extra`), with `--route POD=URL` for each of `routes` and `extra` flags;
+    /// waits until it logs `listening on http://ADDR` (the metrics port is chosen here).
     pub async fn start(
         bin: &Path,
+        listen: &str,
         public_key: &Path,
         routes: &[(String, String)],
         extra: &[&str],
     ) -> anyhow::Result<Self> {
         let metrics_addr = format!("127.0.0.1:{}", free_port()?);
         let mut cmd = tokio::process::Command::new(bin);
-        cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", &metrics_addr])
+        cmd.args(["--listen", listen, "--metrics-listen", &metrics_addr])
             .arg("--public-key")
             .arg(public_key);
         for (pod, url) in routes {
@@ -88,7 +90,12 @@ impl Gateway {
 
     /// The document WebSocket of `pod` through the gateway.
     pub fn ws_url(&self, pod: &str, token: &str) -> String {
-        format!("ws://{}/pods/{pod}/ws?token={token}", self.addr)
+        self.url(pod, "ws", token)
+    }
+
+    /// The WebSocket at `path` (`ws`, `yjs/<doc>`) of `pod` through the gateway.
+    pub fn url(&self, pod: &str, path: &str, token: &str) -> String {
+        format!("ws://{}/pods/{pod}/{path}?token={token}", self.addr)
     }
 
     pub async fn stop(mut self) {
@@ -131,7 +138,12 @@ impl Chp {
         let child = tokio::process::Command::new(bin)
             .args(["--ip", "127.0.0.1", "--port", &port.to_string()])
             .args(["--api-ip", "127.0.0.1", "--api-port", &api_port.to_string()])
-            .args(["--no-x-forward", "--no-include-prefix", "--log-level", "warn"])
+            .args([
+                "--no-x-forward",
+                "--no-include-prefix",
+                "--log-level",
+                "warn",
+            ])
             .env("CONFIGPROXY_AUTH_TOKEN", &api_token)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -177,7 +189,15 @@ impl Chp {
 
     /// The document WebSocket of `pod` through the proxy (route `/pods/<pod>`).
     pub fn ws_url(&self, pod: &str, token: &str) -> String {
-        format!("ws://127.0.0.1:{}/pods/{pod}/ws?token={token}", self.port)
+        self.url(pod, "ws", token)
+    }
+
+    /// The WebSocket at `path` (`ws`, `yjs/<doc>`) of `pod` through the proxy.
+    pub fn url(&self, pod: &str, path: &str, token: &str) -> String {
+        format!(
+            "ws://127.0.0.1:{}/pods/{pod}/{path}?token={token}",
+            self.port
+        )
     }
 
     pub async fn stop(mut self) {

@@ -32,10 +32,20 @@ const CHP_VERSION: &str = "5.3.0";
 #[derive(Parser, Debug)]
 struct Args {
     /// Which parts to run.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "exec,collab,idle")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "exec,collab,idle"
+    )]
     parts: Vec<Part>,
     /// Which paths to measure (CHP is measured in the execute round trip only).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "direct,gateway,chp")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "direct,gateway,chp"
+    )]
     targets: Vec<Target>,
     /// Measured round trips per target.
     #[arg(long, default_value_t = 2000)]
@@ -65,6 +75,9 @@ struct Args {
     /// Idle connections per Middleman (one document each; a document's default cap is 256).
     #[arg(long, default_value_t = 250)]
     idle_per_middleman: usize,
+    /// Which WebSockets the idle connections open, one after the other.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "ws,yjs")]
+    idle_endpoints: Vec<Endpoint>,
     /// The middleman binary.
     #[arg(long, default_value = "target/release/middleman")]
     middleman_bin: PathBuf,
@@ -81,6 +94,24 @@ enum Part {
     Exec,
     Collab,
     Idle,
+}
+
+/// Middleman's WebSocket endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Endpoint {
+    /// `/ws`: the document protocol (JSON and Yjs), as the web client uses it.
+    Ws,
+    /// `/yjs/<doc>`: Yjs frames only, as stock Yjs providers use it.
+    Yjs,
+}
+
+impl Endpoint {
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Ws => "ws",
+            Endpoint::Yjs => "yjs/bench",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
@@ -200,10 +231,38 @@ async fn start_gateway(
 ) -> anyhow::Result<Gateway> {
     let extra = gateway_limits(max);
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    Gateway::start(bins.gateway, &keys.public_pem(), routes, &extra).await
+    Gateway::start(
+        bins.gateway,
+        "127.0.0.1:0",
+        &keys.public_pem(),
+        routes,
+        &extra,
+    )
+    .await
 }
 
-/// The document WebSocket of `mm` for `user` by path `t`.
+/// `count` gateway replicas sharing one port (`--reuse-port`; the kernel spreads connections
+/// over them).
+async fn start_replicas(
+    bins: &Bins<'_>,
+    keys: &Keys,
+    routes: &[(String, String)],
+    max: usize,
+    count: usize,
+) -> anyhow::Result<Vec<Gateway>> {
+    let listen = format!("127.0.0.1:{}", loadtest::free_port()?);
+    let mut extra = gateway_limits(max);
+    extra.push("--reuse-port".into());
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut replicas = Vec::with_capacity(count);
+    for _ in 0..count {
+        replicas
+            .push(Gateway::start(bins.gateway, &listen, &keys.public_pem(), routes, &extra).await?);
+    }
+    Ok(replicas)
+}
+
+/// The document WebSocket of `mm` by path `t`.
 fn url(
     t: Target,
     mm: &Middleman,
@@ -211,10 +270,23 @@ fn url(
     gateway: Option<&Gateway>,
     chp: Option<&Chp>,
 ) -> anyhow::Result<String> {
+    endpoint_url(t, mm, Endpoint::Ws, token, gateway, chp)
+}
+
+/// Middleman's WebSocket `endpoint` of `mm` by path `t`.
+fn endpoint_url(
+    t: Target,
+    mm: &Middleman,
+    endpoint: Endpoint,
+    token: &str,
+    gateway: Option<&Gateway>,
+    chp: Option<&Chp>,
+) -> anyhow::Result<String> {
+    let path = endpoint.path();
     Ok(match t {
-        Target::Direct => format!("ws://{}/ws?token={token}", mm.addr),
-        Target::Gateway => gateway.context("no gateway")?.ws_url(&mm.pod, token),
-        Target::Chp => chp.context("no proxy")?.ws_url(&mm.pod, token),
+        Target::Direct => format!("ws://{}/{path}?token={token}", mm.addr),
+        Target::Gateway => gateway.context("no gateway")?.url(&mm.pod, path, token),
+        Target::Chp => chp.context("no proxy")?.url(&mm.pod, path, token),
     })
 }
 
@@ -714,10 +786,13 @@ async fn flood_reader(
 // ---- 3. Idle connections ----------------------------------------------------------------------
 
 struct IdleResult {
+    endpoint: Endpoint,
     proxy: Target,
     connections: usize,
-    asked: usize,
+    /// Proxy processes holding them (gateway replicas sharing a port).
+    processes: usize,
     middlemen: usize,
+    per_middleman: usize,
     proxy_before: f64,
     proxy_after: f64,
     middlemen_before: f64,
@@ -762,8 +837,8 @@ async fn idle_fleet(
     Ok(middlemen)
 }
 
-/// Idle connections direct (the Middlemen's share alone), then through each proxy in turn (the
-/// gateway, then configurable-http-proxy for comparison), to the same Middlemen.
+/// Idle connections direct (the Middlemen's share alone), then through the gateway, then
+/// through configurable-http-proxy for comparison, to the same Middlemen.
 async fn idle_part(
     args: &Args,
     bins: &Bins<'_>,
@@ -772,12 +847,13 @@ async fn idle_part(
     nofile: u64,
 ) -> anyhow::Result<Vec<IdleResult>> {
     // A proxy holds two descriptors per relayed connection (client and upstream); keep some for
-    // its listeners, runtime and logs.
+    // its listeners, runtime and logs. Gateway replicas share the load past that;
+    // configurable-http-proxy is one process, so it gets what fits.
     let fits = usize::try_from(nofile)
         .unwrap_or(usize::MAX)
         .saturating_sub(200)
         / 2;
-    let total = args.idle_connections.min(fits);
+    let total = args.idle_connections;
     let per = args.idle_per_middleman.max(1);
     let count = total.div_ceil(per);
     let started = Instant::now();
@@ -786,47 +862,61 @@ async fn idle_part(
         "idle: {count} Middlemen ready in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    let routes: Vec<(String, String)> = middlemen
+        .iter()
+        .map(|m| (m.pod.clone(), format!("http://{}", m.addr)))
+        .collect();
     let mut results = Vec::new();
-    for t in [Target::Direct, Target::Gateway, Target::Chp] {
-        if !args.targets.contains(&t) {
-            continue;
-        }
-        let (gateway, chp) = match t {
-            Target::Direct => (None, None),
+    let paths = args.idle_endpoints.iter().flat_map(|e| {
+        [Target::Direct, Target::Gateway, Target::Chp]
+            .into_iter()
+            .filter(|t| args.targets.contains(t))
+            .map(move |t| (*e, t))
+    });
+    for (endpoint, t) in paths {
+        let (n, gateways, chp) = match t {
+            Target::Direct => (total, Vec::new(), None),
             Target::Gateway => {
-                let routes: Vec<(String, String)> = middlemen
-                    .iter()
-                    .map(|m| (m.pod.clone(), format!("http://{}", m.addr)))
-                    .collect();
-                (Some(start_gateway(bins, keys, &routes, total).await?), None)
+                let replicas = total.div_ceil(fits.max(1));
+                let gateways = start_replicas(bins, keys, &routes, total, replicas).await?;
+                (total, gateways, None)
             }
-            _ => {
+            Target::Chp => {
                 let chp = Chp::start(bins.chp).await?;
-                for m in &middlemen {
-                    chp.add_route(&format!("/pods/{}", m.pod), &format!("http://{}", m.addr))
-                        .await?;
+                for (pod, upstream) in &routes {
+                    chp.add_route(&format!("/pods/{pod}"), upstream).await?;
                 }
-                (None, Some(chp))
+                (total.min(fits), Vec::new(), Some(chp))
             }
         };
-        let pid = gateway
-            .as_ref()
+        let pids: Vec<u32> = gateways
+            .iter()
             .map(|g| g.pid)
-            .or(chp.as_ref().map(|c| c.pid));
-        let mut urls = Vec::with_capacity(total);
-        for i in 0..total {
+            .chain(chp.as_ref().map(|c| c.pid))
+            .collect();
+        let mut urls = Vec::with_capacity(n);
+        for i in 0..n {
             let mm = &middlemen[i % count];
             let token = mm.token(&format!("idle{i}")).await?;
-            urls.push(url(t, mm, &token, gateway.as_ref(), chp.as_ref())?);
+            urls.push(endpoint_url(
+                t,
+                mm,
+                endpoint,
+                &token,
+                gateways.first(),
+                chp.as_ref(),
+            )?);
         }
-        let r = hold_idle(pid, &middlemen, urls)
+        let r = hold_idle(&pids, &middlemen, urls)
             .await
             .with_context(|| format!("idle connections {}", t.name()))?;
         results.push(IdleResult {
+            endpoint,
             proxy: t,
-            connections: total,
-            asked: args.idle_connections,
+            connections: n,
+            processes: pids.len(),
             middlemen: count,
+            per_middleman: per,
             proxy_before: r.0,
             proxy_after: r.1,
             middlemen_before: r.2,
@@ -835,13 +925,13 @@ async fn idle_part(
             closed_early: r.5,
             nofile,
         });
-        if let Some(g) = gateway {
+        for g in gateways {
             g.stop().await;
         }
         if let Some(c) = chp {
             c.stop().await;
         }
-        // Let the Middlemen see everyone leave before the next proxy's turn.
+        // Let the Middlemen see everyone leave before the next path's turn.
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
     for mm in middlemen {
@@ -851,15 +941,17 @@ async fn idle_part(
 }
 
 /// Opens every one of `urls`, reads (and drops) what arrives until nothing has for two seconds,
-/// then reads the RSS of the proxy `pid` and of the Middlemen; closes them all. Returns
-/// (proxy RSS before, after, Middlemen RSS before, after, seconds to open, closed early).
+/// then reads the RSS of the proxy processes `pids` and of the Middlemen (each summed); closes
+/// them all. Returns (proxy RSS before, after, Middlemen RSS before, after, seconds to open,
+/// closed early).
 async fn hold_idle(
-    pid: Option<u32>,
+    pids: &[u32],
     middlemen: &[Middleman],
     urls: Vec<String>,
 ) -> anyhow::Result<(f64, f64, f64, f64, f64, usize)> {
     let mm_rss = || middlemen.iter().filter_map(|m| rss_mib(m.pid)).sum::<f64>();
-    let proxy_rss = || pid.map_or(Ok(0.0), |p| rss_mib(p).context("proxy RSS"));
+    let proxy_rss =
+        || -> anyhow::Result<f64> { pids.iter().map(|p| rss_mib(*p).context("proxy RSS")).sum() };
     tokio::time::sleep(Duration::from_secs(1)).await;
     let proxy_before = proxy_rss()?;
     let middlemen_before = mm_rss();
@@ -1099,26 +1191,19 @@ fn report_collab(args: &Args, runs: &[CollabRun]) {
 fn report_idle(results: &[IdleResult]) {
     let Some(r) = results.first() else { return };
     println!(
-        "## Idle connections\n\n{} idle document WebSockets through one proxy to {} Middlemen (at most {} each){}; each proxy in turn, to the same Middlemen.\n",
-        r.connections,
-        r.middlemen,
-        r.connections.div_ceil(r.middlemen.max(1)),
-        if r.connections < r.asked {
-            format!(
-                " ({} asked: the open-files limit, {}, holds two descriptors per connection in the proxy)",
-                r.asked, r.nofile
-            )
-        } else {
-            String::new()
-        },
+        "## Idle connections\n\nIdle document WebSockets to {} Middlemen (at most {} each; each has a kernel), every endpoint and path in turn to the same Middlemen: `/ws` (the document protocol, as the web client; each join is announced to the document's other collaborators and the welcome lists them all) and `/yjs/bench` (Yjs frames only, a small opening). A proxy holds two descriptors per connection and the open-files limit is {}, so the gateway runs as replicas sharing one port (`--reuse-port`) when one cannot hold them all, and their RSS is summed; configurable-http-proxy is one process and gets what fits. Measured once nothing has arrived for two seconds (every join's presence fanned out). The Middlemen's added memory is theirs only in the first row: what they free afterwards is reused by the next rows.\n",
+        r.middlemen, r.per_middleman, r.nofile
     );
     println!(
-        "| proxy | opened in s | closed early | RSS before MiB | RSS after MiB | per 10,000 connections MiB | per connection KiB | Middlemen's added MiB (all, context) | Middlemen per connection KiB |"
+        "| endpoint | path | connections | proxy processes | opened in s | closed early | proxy RSS before MiB | after MiB | per 10,000 connections MiB | per connection KiB | Middlemen's added MiB (context) | Middlemen per connection KiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let per = |r: &IdleResult, before: f64, after: f64| {
         let n = r.connections.max(1) as f64;
-        ((after - before) / n * 10_000.0, (after - before) * 1024.0 / n)
+        (
+            (after - before) / n * 10_000.0,
+            (after - before) * 1024.0 / n,
+        )
     };
     for r in results {
         let (p10k, pkib) = per(r, r.proxy_before, r.proxy_after);
@@ -1132,31 +1217,36 @@ fn report_idle(results: &[IdleResult]) {
             )
         };
         println!(
-            "| {} | {:.1} | {} | {proxy} | {:.1} | {mkib:.1} |",
+            "| `/{}` | {} | {} | {} | {:.1} | {} | {proxy} | {:.1} | {mkib:.1} |",
+            r.endpoint.path(),
             r.proxy.name(),
+            r.connections,
+            r.processes,
             r.open_secs,
             r.closed_early,
             r.middlemen_after - r.middlemen_before,
         );
     }
     println!("\n| goal | result |\n|---|---|");
-    for r in results {
-        if r.proxy == Target::Gateway {
-            let (p10k, _) = per(r, r.proxy_before, r.proxy_after);
+    for e in [Endpoint::Ws, Endpoint::Yjs] {
+        let find = |t| results.iter().find(|r| r.proxy == t && r.endpoint == e);
+        let Some(g) = find(Target::Gateway) else {
+            continue;
+        };
+        let (g10k, gkib) = per(g, g.proxy_before, g.proxy_after);
+        println!(
+            "| gateway under 100 MiB per 10,000 idle connections (`/{}`) | **{g10k:.1} MiB** ({gkib:.1} KiB a connection; {}) |",
+            e.path(),
+            met(g10k < 100.0)
+        );
+        if let Some(c) = find(Target::Chp) {
+            let (c10k, _) = per(c, c.proxy_before, c.proxy_after);
             println!(
-                "| gateway under 100 MiB per 10,000 idle connections | **{p10k:.1} MiB** ({}) |",
-                met(p10k < 100.0)
+                "| (context) configurable-http-proxy / gateway, memory per connection (`/{}`) | {:.1}x |",
+                e.path(),
+                c10k / g10k
             );
         }
-    }
-    let find = |t| results.iter().find(|r| r.proxy == t);
-    if let (Some(g), Some(c)) = (find(Target::Gateway), find(Target::Chp)) {
-        let (g10k, _) = per(g, g.proxy_before, g.proxy_after);
-        let (c10k, _) = per(c, c.proxy_before, c.proxy_after);
-        println!(
-            "| (context) configurable-http-proxy / gateway, memory per connection | {:.1}x |",
-            c10k / g10k
-        );
     }
     println!();
 }
