@@ -1,6 +1,7 @@
 //! The gateway in front of real parts: Watchman with the local backend and Redis, real Middleman
 //! and ipykernel pods, and the `gateway` binary (several replicas where it matters), driven by
 //! WebSocket and HTTP clients.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
