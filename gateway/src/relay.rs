@@ -236,10 +236,9 @@ where
     // The pod's side ended. A close that is not "going away" is the pod's word: pass it on.
     // Otherwise ask why: an allocation that ended says so.
     let going_away = match &ended {
-        UpstreamEnd::Closed(Some(f)) => matches!(
-            u16::from(f.code),
-            1001 | 1006 | 1011 | 1012 | 1013 | 1014
-        ),
+        UpstreamEnd::Closed(Some(f)) => {
+            matches!(u16::from(f.code), 1001 | 1006 | 1011 | 1012 | 1013 | 1014)
+        }
         UpstreamEnd::Closed(None) | UpstreamEnd::Failed => true,
     };
     let (message, outcome) = if going_away {

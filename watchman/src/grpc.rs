@@ -67,10 +67,9 @@ impl tonic::service::Interceptor for ApiAuth {
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         // Every token is compared, so the time says nothing about which one nearly matched.
-        let same = self
-            .tokens
-            .iter()
-            .fold(false, |ok, t| same_secret(given.as_bytes(), t.as_bytes()) | ok);
+        let same = self.tokens.iter().fold(false, |ok, t| {
+            same_secret(given.as_bytes(), t.as_bytes()) | ok
+        });
         if given.is_empty() {
             Err(Status::unauthenticated(
                 "missing bearer token (authorization: Bearer <token>)",
