@@ -166,6 +166,9 @@ where
                     }
                     Some(Ok(Message::Close(f))) => {
                         let _ = tokio::time::timeout(settings.send_timeout, u_tx.send(Message::Close(f))).await;
+                        // Completes the closing handshake: the library queued the client's
+                        // close echoed back (RFC 6455 5.5.1); this sends it.
+                        let _ = tokio::time::timeout(settings.send_timeout, c_tx.close()).await;
                         return Outcome::ClientClosed;
                     }
                     // Pongs are answers to ours; pings are answered by the library.
