@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Tests the web client in a real browser (Debian's headless Chromium, driven by playwright-core)
-# against a real Watchman with the local backend and real Middleman and ipykernel processes:
+# against a real Watchman with the local backend and real Middleman and ipykernel processes, every
+# page through a gateway (docs/gateway.md), as in production:
 #
 #  1. middleman/web-dist/ must be the build of web/, byte for byte, the .gz files included
 #     (scripts/build-web.sh --check);
-#  2. a Watchman on free ports of 127.0.0.1 with a temporary directory and a small plan, as
-#     scripts/run-local.sh starts it;
+#  2. a Watchman on free ports of 127.0.0.1 with a temporary directory and a small plan, and a
+#     gateway in front of it, as scripts/run-local.sh starts them: the landing page, the web
+#     client and each document's WebSocket and data endpoints on the gateway's port;
 #  3. web/test/*.test.mjs under `node --test`: the landing page into a document, typing and
 #     running, two people in one cell, input(), interrupt, hostile HTML and huge outputs, cell
 #     operations and keys, .ipynb export/import, a viewer, a Middleman restarted under an
-#     open page, and a network drop while Middleman keeps running (those two start their own
-#     Middleman with a file store); daylong.test.mjs: keyboard without traps, c/x/v/z/Shift-M,
-#     input() focus, KaTeX offline, toasts, axe-core, a phone-sized page; runs.test.mjs: run
-#     all once per cell, causes on badges, the kernel-restart banner; files.test.mjs: the Files
-#     panel; data.test.mjs: a million-row table paged and sorted, an Altair chart with no request
-#     leaving the origin, Matplotlib figures; sql.test.mjs: SQL
+#     open page, and a network drop between the browser and the gateway while Middleman keeps
+#     running (those two start their own Middleman with a file store, behind a gateway of
+#     their own with a fixed route: web/test/harness.mjs); daylong.test.mjs: keyboard without
+#     traps, c/x/v/z/Shift-M, input() focus, KaTeX offline, toasts, axe-core, a phone-sized
+#     page; runs.test.mjs: run all once per cell, causes on badges, the kernel-restart banner;
+#     files.test.mjs: the Files panel; data.test.mjs: a million-row table paged and sorted, an
+#     Altair chart with no request leaving the origin, Matplotlib figures; sql.test.mjs: SQL
 #     cells, completion and inspection from the kernel.
 #
 # Screenshots of the main views go to artifacts/web/. Exits non-zero on any failure and stops
@@ -32,17 +35,19 @@ step() { printf '\n== %s (%ss)\n' "$*" "$((SECONDS - began))"; }
 step "middleman/web-dist/ is the build of web/"
 bash scripts/build-web.sh --check
 
-step "Watchman with the local backend"
-# The tests' own Middlemen carry NBP_WEB_RUN; a 256 KiB output cap that one test passes.
+step "Watchman with the local backend, and a gateway"
+# The tests' own Middlemen and gateways carry NBP_WEB_RUN; a 256 KiB output cap that one test
+# passes.
 run_marker_vars=NBP_WEB_RUN
 passed_note="screenshots in artifacts/web/"
+local_watchman_gateway=1
 # shellcheck source=lib/local-watchman.sh
 source "$here/lib/local-watchman.sh"
 start_local_watchman test-web "${NBP_WEB_BUILD:-1}" web 262144 --dev-page
 
 step "Browser tests (headless Chromium)"
 mkdir -p artifacts/web
-NBP_WEB_WATCHMAN="http://$http" \
+NBP_WEB_WATCHMAN="http://$public" \
   NBP_WEB_BIN="$tmp/bin" \
   NBP_WEB_TMP="$tmp" \
   NBP_WEB_RUN="$pool" \

@@ -314,12 +314,22 @@ mod tests {
         let key = SigningKey::generate();
         let gate = Gatekeeper::new(key.verifying_key(), 0, &[]);
         let mint = |pod: &str, ttl: u64| {
-            key.mint(&Claims::new("t", "ada", "Ada", "doc", pod, Role::Editor, ttl))
-                .unwrap()
+            key.mint(&Claims::new(
+                "t",
+                "ada",
+                "Ada",
+                "doc",
+                pod,
+                Role::Editor,
+                ttl,
+            ))
+            .unwrap()
         };
         let good = mint("p1", 60);
         assert_eq!(
-            gate.admit(&HeaderMap::new(), Some(&good), "p1").unwrap().sub,
+            gate.admit(&HeaderMap::new(), Some(&good), "p1")
+                .unwrap()
+                .sub,
             "ada"
         );
         let bearer = headers(&[("authorization", &format!("Bearer {good}"))]);
@@ -340,7 +350,15 @@ mod tests {
             Err(Refusal::TokenExpired)
         );
         let forged = SigningKey::generate()
-            .mint(&Claims::new("t", "ada", "Ada", "doc", "p1", Role::Editor, 60))
+            .mint(&Claims::new(
+                "t",
+                "ada",
+                "Ada",
+                "doc",
+                "p1",
+                Role::Editor,
+                60,
+            ))
             .unwrap();
         assert!(matches!(
             gate.admit(&HeaderMap::new(), Some(&forged), "p1"),
@@ -352,18 +370,35 @@ mod tests {
     fn browsers_must_come_from_the_same_host_or_an_allowed_origin() {
         let key = SigningKey::generate();
         let token = key
-            .mint(&Claims::new("t", "ada", "Ada", "doc", "p1", Role::Editor, 60))
+            .mint(&Claims::new(
+                "t",
+                "ada",
+                "Ada",
+                "doc",
+                "p1",
+                Role::Editor,
+                60,
+            ))
             .unwrap();
         let gate = Gatekeeper::new(
             key.verifying_key(),
             0,
             &["https://app.example.com/".to_owned()],
         );
-        let same = headers(&[("host", "gw.example.com"), ("origin", "https://gw.example.com")]);
+        let same = headers(&[
+            ("host", "gw.example.com"),
+            ("origin", "https://gw.example.com"),
+        ]);
         assert!(gate.admit(&same, Some(&token), "p1").is_ok());
-        let allowed = headers(&[("host", "gw.example.com"), ("origin", "https://app.example.com")]);
+        let allowed = headers(&[
+            ("host", "gw.example.com"),
+            ("origin", "https://app.example.com"),
+        ]);
         assert!(gate.admit(&allowed, Some(&token), "p1").is_ok());
-        let foreign = headers(&[("host", "gw.example.com"), ("origin", "https://evil.example")]);
+        let foreign = headers(&[
+            ("host", "gw.example.com"),
+            ("origin", "https://evil.example"),
+        ]);
         assert_eq!(
             gate.admit(&foreign, Some(&token), "p1"),
             Err(Refusal::OriginNotAllowed)

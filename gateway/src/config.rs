@@ -47,17 +47,29 @@ pub struct Args {
     pub tls_key: Option<PathBuf>,
     /// Browser origins allowed besides the gateway's own (`,`-separated). Empty: only pages
     /// of the host they connect to.
-    #[arg(long = "allowed-origin", env = "GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "allowed-origin",
+        env = "GATEWAY_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
     pub allowed_origins: Vec<String>,
     /// Proxies (CIDRs) whose `X-Forwarded-For` is believed: the client is the rightmost address
     /// not among them. Empty: the peer is the client.
-    #[arg(long = "trusted-proxy", env = "GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
+    #[arg(
+        long = "trusted-proxy",
+        env = "GATEWAY_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
     pub trusted_proxies: Vec<Cidr>,
     /// Connections (WebSockets and API calls in flight) one user may hold on this replica.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_USER", default_value_t = 64)]
     pub max_connections_per_user: usize,
     /// Connections one client address may hold on this replica.
-    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 512)]
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 512
+    )]
     pub max_connections_per_address: usize,
     /// Connections this replica holds at most.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 50_000)]
@@ -114,19 +126,6 @@ fn static_route(s: &str) -> Result<(String, String), String> {
     Ok((pod.to_owned(), url.trim_end_matches('/').to_owned()))
 }
 
-/// `500ms`, `3s`, `10m`, `1h`.
-pub(crate) fn duration(s: &str) -> Result<Duration, String> {
-    let (number, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("not a duration: {s:?}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("unknown unit in {s:?} (ms, s, m, h)")),
-    }
+fn duration(s: &str) -> Result<Duration, telemetry::DurationError> {
+    telemetry::parse_duration(s)
 }

@@ -197,9 +197,10 @@ pub fn sanitize_pod_headers(from: &HeaderMap, to: &mut HeaderMap) {
         to.insert(header::CONTENT_TYPE, v);
     }
     let json = essence == "application/json" || essence == "application/x-ipynb+json";
-    let disposition = from
-        .get(header::CONTENT_DISPOSITION)
-        .filter(|v| v.to_str().is_ok_and(|s| s.trim_start().starts_with("attachment")));
+    let disposition = from.get(header::CONTENT_DISPOSITION).filter(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.trim_start().starts_with("attachment"))
+    });
     match disposition {
         Some(v) => {
             to.insert(header::CONTENT_DISPOSITION, v.clone());
@@ -268,7 +269,11 @@ mod tests {
                 ("access-control-allow-origin", "*"),
                 ("content-disposition", "inline"),
             ]);
-            assert_eq!(h[header::CONTENT_TYPE], "application/octet-stream", "{hostile}");
+            assert_eq!(
+                h[header::CONTENT_TYPE],
+                "application/octet-stream",
+                "{hostile}"
+            );
             assert_eq!(h[header::CONTENT_DISPOSITION], "attachment", "{hostile}");
             assert!(h.get(header::SET_COOKIE).is_none());
             assert!(h.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());

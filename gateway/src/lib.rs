@@ -209,8 +209,13 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         });
     }
     servers.spawn(
-        httpserve::serve(metrics_listener, ops, ops_stop, httpserve::Deadlines::default())
-            .instrument(tracing::info_span!("metrics", addr = %metrics_addr)),
+        httpserve::serve(
+            metrics_listener,
+            ops,
+            ops_stop,
+            httpserve::Deadlines::default(),
+        )
+        .instrument(tracing::info_span!("metrics", addr = %metrics_addr)),
     );
     tracing::info!(%metrics_addr, "listening on {scheme}://{addr}");
     Ok(Running {

@@ -166,6 +166,9 @@ where
                     }
                     Some(Ok(Message::Close(f))) => {
                         let _ = tokio::time::timeout(settings.send_timeout, u_tx.send(Message::Close(f))).await;
+                        // Completes the closing handshake: the library queued the client's
+                        // close echoed back (RFC 6455 5.5.1); this sends it.
+                        let _ = tokio::time::timeout(settings.send_timeout, c_tx.close()).await;
                         return Outcome::ClientClosed;
                     }
                     // Pongs are answers to ours; pings are answered by the library.
@@ -236,10 +239,9 @@ where
     // The pod's side ended. A close that is not "going away" is the pod's word: pass it on.
     // Otherwise ask why: an allocation that ended says so.
     let going_away = match &ended {
-        UpstreamEnd::Closed(Some(f)) => matches!(
-            u16::from(f.code),
-            1001 | 1006 | 1011 | 1012 | 1013 | 1014
-        ),
+        UpstreamEnd::Closed(Some(f)) => {
+            matches!(u16::from(f.code), 1001 | 1006 | 1011 | 1012 | 1013 | 1014)
+        }
         UpstreamEnd::Closed(None) | UpstreamEnd::Failed => true,
     };
     let (message, outcome) = if going_away {

@@ -253,7 +253,9 @@ fn websocket_key(request: &Request) -> Result<HeaderValue, Refusal> {
     if request.method() != Method::GET
         || !has(header::CONNECTION, "upgrade")
         || !has(header::UPGRADE, "websocket")
-        || h.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13")
+        || h.get(header::SEC_WEBSOCKET_VERSION)
+            .map(HeaderValue::as_bytes)
+            != Some(b"13")
     {
         return Err(Refusal::BadRequest("expected a WebSocket upgrade"));
     }
@@ -294,16 +296,18 @@ async fn websocket(
         Some(q) => format!("{upstream_path}?{q}"),
         None => upstream_path,
     };
-    let protocols = request.headers().get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
-    let upstream = match connect_upstream(&edge, &endpoint, &target, protocols.as_ref(), client)
-        .await
-    {
-        Ok(u) => u,
-        Err(UpstreamFailure::Refused(response)) => return response,
-        Err(UpstreamFailure::Failed(failure)) => {
-            return explain(&edge, &pod, failure).await.respond();
-        }
-    };
+    let protocols = request
+        .headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .cloned();
+    let upstream =
+        match connect_upstream(&edge, &endpoint, &target, protocols.as_ref(), client).await {
+            Ok(u) => u,
+            Err(UpstreamFailure::Refused(response)) => return response,
+            Err(UpstreamFailure::Failed(failure)) => {
+                return explain(&edge, &pod, failure).await.respond();
+            }
+        };
     let (upstream, chosen_protocol) = upstream;
     let on_upgrade = hyper::upgrade::on(&mut request);
     let settings = edge.relay;
@@ -361,10 +365,7 @@ enum UpstreamFailure {
     Failed(Refusal),
 }
 
-type Upstreamed = (
-    WebSocketStream<tokio::net::TcpStream>,
-    Option<HeaderValue>,
-);
+type Upstreamed = (WebSocketStream<tokio::net::TcpStream>, Option<HeaderValue>);
 
 async fn connect_upstream(
     edge: &Edge,
@@ -406,7 +407,10 @@ async fn connect_upstream(
     };
     match tokio::time::timeout(edge.upstream_connect_timeout, connect).await {
         Ok(Ok((ws, response))) => {
-            let chosen = response.headers().get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
+            let chosen = response
+                .headers()
+                .get(header::SEC_WEBSOCKET_PROTOCOL)
+                .cloned();
             Ok((ws, chosen))
         }
         Ok(Err(failure)) => {

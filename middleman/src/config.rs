@@ -319,47 +319,7 @@ pub struct TokenArgs {
     pub ttl_secs: u64,
 }
 
-/// A duration flag that does not parse.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum DurationError {
-    /// The number part is not a number.
-    #[error("{0:?} is not a duration (try 500ms, 3s, 10m, 1h)")]
-    NotANumber(String),
-    /// The unit is not one of ms, s, m, h.
-    #[error("{text:?}: unknown unit {unit:?} (ms, s, m, h)")]
-    UnknownUnit { text: String, unit: String },
-    /// Negative or not finite.
-    #[error("{0:?} is not a valid duration")]
-    OutOfRange(String),
-}
-
-/// Parses `500ms`, `3s`, `10m`, `1h` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let value: f64 = num
-        .parse()
-        .map_err(|_| DurationError::NotANumber(s.to_owned()))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => {
-            return Err(DurationError::UnknownUnit {
-                text: s.to_owned(),
-                unit: unit.to_owned(),
-            });
-        }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(DurationError::OutOfRange(s.to_owned()));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
+pub use telemetry::{DurationError, parse_duration};
 
 impl ServeArgs {
     /// Parses `middleman serve` flags from an argument list (tests build their config this way,

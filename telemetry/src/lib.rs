@@ -1,6 +1,10 @@
-//! Logging and the Prometheus recorder, set up the same way in every binary.
+//! Logging, the Prometheus recorder and duration flags, the same way in every binary.
+
+mod duration;
 
 use std::sync::OnceLock;
+
+pub use duration::{DurationError, parse_duration};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 

@@ -67,10 +67,9 @@ impl tonic::service::Interceptor for ApiAuth {
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         // Every token is compared, so the time says nothing about which one nearly matched.
-        let same = self
-            .tokens
-            .iter()
-            .fold(false, |ok, t| same_secret(given.as_bytes(), t.as_bytes()) | ok);
+        let same = self.tokens.iter().fold(false, |ok, t| {
+            same_secret(given.as_bytes(), t.as_bytes()) | ok
+        });
         if given.is_empty() {
             Err(Status::unauthenticated(
                 "missing bearer token (authorization: Bearer <token>)",
@@ -433,5 +432,64 @@ impl pb::routes_server::Routes for RoutesApi {
             Resolved::Unknown => return Err(Status::not_found(format!("no pod {pod:?}"))),
         };
         Ok(Response::new(pb::ResolvePodResponse { route: Some(route) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn documents_are_reached_through_the_gateway_when_it_has_a_public_url() {
+        let direct = PublicUrl::parse("").unwrap();
+        assert_eq!(
+            direct.websocket("p1", "http://10.0.0.5:8888"),
+            "ws://10.0.0.5:8888/ws"
+        );
+        assert_eq!(
+            direct.page("p1", "http://10.0.0.5:8888/"),
+            "http://10.0.0.5:8888/"
+        );
+        let edge = PublicUrl::parse("https://notebooks.example.com/").unwrap();
+        assert_eq!(
+            edge.websocket("p1", "http://10.0.0.5:8888"),
+            "wss://notebooks.example.com/pods/p1/ws"
+        );
+        assert_eq!(
+            edge.page("p1", "http://10.0.0.5:8888"),
+            "https://notebooks.example.com/pods/p1/"
+        );
+        for bad in [
+            "notebooks.example.com",
+            "https://h/pods",
+            "ftp://h",
+            "https://u@h",
+        ] {
+            assert!(PublicUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_route_service_accepts_its_tokens_only() {
+        use tonic::service::Interceptor as _;
+        let mut auth = ApiAuth::new(&["api-token-0123456789", "route-token-0123456789"]);
+        let call = |auth: &mut ApiAuth, token: &str| {
+            let mut r = Request::new(());
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            auth.call(r).map(|_| ()).map_err(|s| s.code())
+        };
+        assert!(call(&mut auth, "route-token-0123456789").is_ok());
+        assert!(call(&mut auth, "api-token-0123456789").is_ok());
+        assert_eq!(
+            call(&mut auth, "route-token-012345678"),
+            Err(tonic::Code::Unauthenticated)
+        );
+        let mut api_only = ApiAuth::new(&["api-token-0123456789"]);
+        assert_eq!(
+            call(&mut api_only, "route-token-0123456789"),
+            Err(tonic::Code::Unauthenticated)
+        );
     }
 }

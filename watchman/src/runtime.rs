@@ -97,7 +97,10 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
                 .with_context(|| format!("reading {}", f.display()))?
                 .trim()
                 .to_owned();
-            anyhow::ensure!(t.len() >= 16, "the route token must be at least 16 characters");
+            anyhow::ensure!(
+                t.len() >= 16,
+                "the route token must be at least 16 characters"
+            );
             Some(t)
         }
         None => None,

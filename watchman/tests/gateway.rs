@@ -1,6 +1,7 @@
 //! The gateway in front of real parts: Watchman with the local backend and Redis, real Middleman
 //! and ipykernel pods, and the `gateway` binary (several replicas where it matters), driven by
 //! WebSocket and HTTP clients.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -737,5 +738,20 @@ async fn a_token_for_one_pod_opens_no_other() {
     let mut via = two.clone();
     via.websocket_url = format!("ws://{}/pods/{}/ws", g.addr, two.pod);
     assert_eq!(run_code(&via, "'two'").await, "'two'");
+    // A client that closes gets the closing handshake answered (RFC 6455 5.5.1).
+    let mut ws = connect(&g.ws(&two.pod, &two.token)).await;
+    next_frame(&mut ws).await.unwrap();
+    ws.close(None).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(m) = ws.next().await {
+            if let Ok(Message::Close(_)) = m {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap();
+    assert!(echoed, "no close frame came back");
     teardown(w).await;
 }

@@ -86,7 +86,14 @@ async fn conformance(store: Store) {
     assert_eq!(ended.allocation, first.id);
     assert_eq!(ended.reason, EndReason::Released);
     assert_eq!(store.allocation("d1").await.unwrap(), None);
-    assert_eq!(store.ended(&first.id).await.unwrap(), Some(ended));
+    assert_eq!(store.ended(&first.id).await.unwrap(), Some(ended.clone()));
+    // The gateway asks by pod: the record, then how it ended (kept after the pod is gone).
+    assert_eq!(
+        store.pod("a").await.unwrap().map(|p| p.state),
+        Some(PodState::Ending)
+    );
+    assert_eq!(store.ended_pod("a").await.unwrap(), Some(ended.clone()));
+    assert_eq!(store.ended_pod("b").await.unwrap(), None);
     // An ended pod is never claimed again.
     let pods = store.pods().await.unwrap();
     assert_eq!(
@@ -102,6 +109,8 @@ async fn conformance(store: Store) {
     );
     store.remove_pod("a").await.unwrap();
     assert_eq!(store.pods().await.unwrap().len(), 2);
+    assert_eq!(store.pod("a").await.unwrap(), None);
+    assert_eq!(store.ended_pod("a").await.unwrap(), Some(ended));
 
     // Leases.
     assert!(store.try_lease("r1", 10_000).await.unwrap());

@@ -1,9 +1,11 @@
 // Shared set-up of the browser tests: Chromium through playwright-core, pages that record CSP
-// violations and script errors, helpers to open documents through Watchman's landing page or a
-// Middleman of the test's own, and to type into and run cells. scripts/test-web.sh provides the
-// environment (a running Watchman, the binaries, a temporary directory).
+// violations and script errors, helpers to open documents through the landing page or through a
+// Middleman of the test's own, and to type into and run cells. Every page goes through a gateway,
+// as in production: scripts/test-web.sh's in front of Watchman, or one of the test's own with a
+// fixed route to its Middleman. scripts/test-web.sh provides the environment (a running Watchman
+// behind a gateway, the binaries, a temporary directory).
 import { spawn, execFileSync } from "node:child_process";
-import { mkdirSync, openSync } from "node:fs";
+import { mkdirSync, openSync, readFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { it } from "node:test";
@@ -68,13 +70,17 @@ export async function problems(page) {
   return [...page.problems, ...csp.map((c) => `csp: ${c}`)];
 }
 
-/** Opens a document through Watchman's landing page, as `make run` does. */
+/** Opens a document through the landing page (Watchman's, through the gateway), as `make run` does. */
 export async function openFromLanding(page, document, name, role) {
   await page.goto(env.watchman + "/");
   await page.fill('input[name="document"]', document);
   await page.fill('input[name="name"]', name);
   if (role) await page.selectOption('select[name="role"]', role);
-  await Promise.all([page.waitForURL((u) => !u.href.startsWith(env.watchman), { timeout: 60_000 }), page.click('button[type="submit"]')]);
+  // The document: below /pods/ on the gateway's origin (a Watchman with no gateway, as
+  // scripts/bench-web.sh runs it, sends the page to the pod's own origin).
+  const landing = new URL(env.watchman).origin;
+  const arrived = (u) => u.origin !== landing || u.pathname.startsWith("/pods/");
+  await Promise.all([page.waitForURL(arrived, { timeout: 60_000 }), page.click('button[type="submit"]')]);
   await ready(page);
 }
 
@@ -191,7 +197,82 @@ export function freePort() {
   });
 }
 
-/** A Middleman of the test's own (for restarts), with a file store that outlives it. */
+/** Starts a process of the run (marked with NBP_WEB_RUN, so scripts/test-web.sh stops it). */
+function spawnMarked(bin, args, logPath) {
+  const log = openSync(logPath, "a");
+  return spawn(join(env.bin, bin), args, {
+    detached: true,
+    stdio: ["ignore", log, log],
+    env: { ...process.env, NBP_WEB_RUN: env.run },
+  });
+}
+
+/** Stops a process started by `spawnMarked` (its group): SIGTERM, then SIGKILL after 8 s. */
+async function stopMarked(p) {
+  if (!p || p.exitCode !== null || p.signalCode !== null) return;
+  const exited = new Promise((r) => p.once("exit", r));
+  process.kill(-p.pid, "SIGTERM");
+  const timer = setTimeout(() => {
+    try {
+      process.kill(-p.pid, "SIGKILL");
+    } catch {
+      /* gone */
+    }
+  }, 8000);
+  await exited;
+  clearTimeout(timer);
+}
+
+/**
+ * A gateway of the test's own, with fixed routes (`--route POD=URL`) to Middlemen the test
+ * started, so that their pages too are served and relayed as in production.
+ */
+export class OwnGateway {
+  constructor(dir, publicKey, routes) {
+    this.dir = dir;
+    this.publicKey = publicKey;
+    this.routes = routes;
+    this.proc = null;
+  }
+
+  async start() {
+    const logPath = join(this.dir, "gateway.log");
+    this.proc = spawnMarked(
+      "gateway",
+      [
+        "--listen", "127.0.0.1:0",
+        "--metrics-listen", "127.0.0.1:0",
+        "--public-key", this.publicKey,
+        ...Object.entries(this.routes).flatMap(([pod, url]) => ["--route", `${pod}=${url}`]),
+        "--drain-grace", "2s",
+        "--log-format", "json",
+      ],
+      logPath,
+    );
+    for (let i = 0; i < 100; i++) {
+      const m = /"listening on (http:\/\/[0-9.:]+)"/.exec(readFileSync(logPath, "utf8"));
+      if (m) {
+        this.url = m[1];
+        this.port = Number(new URL(this.url).port);
+        return;
+      }
+      if (this.proc.exitCode !== null) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`the gateway did not start (${logPath})`);
+  }
+
+  async stop() {
+    await stopMarked(this.proc);
+    this.proc = null;
+  }
+}
+
+/**
+ * A Middleman of the test's own (for restarts), with a file store that outlives it, behind a
+ * gateway of its own that outlives it too: pages open `url` + `path(user)`, as those Watchman
+ * allocates are opened.
+ */
 export class OwnMiddleman {
   constructor(name) {
     this.dir = join(env.tmp, name);
@@ -199,23 +280,30 @@ export class OwnMiddleman {
     this.keys = join(this.dir, "keys");
     execFileSync(join(env.bin, "middleman"), ["keygen", "--out-dir", this.keys]);
     this.document = name;
+    this.pod = "p1";
     this.proc = null;
+    this.gateway = null;
   }
 
   token(user, role = "editor") {
     return execFileSync(join(env.bin, "middleman"), [
-      "token", "--key", join(this.keys, "signing.pem"), "--doc", this.document, "--pod", "p1",
+      "token", "--key", join(this.keys, "signing.pem"), "--doc", this.document, "--pod", this.pod,
       "--user", user.toLowerCase(), "--name", user, "--role", role,
     ]).toString().trim().split("\n").pop();
   }
 
+  /** The document's page, with a token, below the gateway's (or a relay's) origin. */
+  path(user, role) {
+    return `/pods/${this.pod}/#token=${this.token(user, role)}`;
+  }
+
+  /** Starts Middleman (on the port it had, after a stop), and the gateway on the first start. */
   async start(port) {
     this.port = port ?? this.port ?? (await freePort());
-    const log = openSync(join(this.dir, "middleman.log"), "a");
-    this.proc = spawn(
-      join(env.bin, "middleman"),
+    this.proc = spawnMarked(
+      "middleman",
       [
-        "serve", "--document", this.document, "--pod", "p1",
+        "serve", "--document", this.document, "--pod", this.pod,
         "--public-key", join(this.keys, "public.pem"),
         "--listen", `127.0.0.1:${this.port}`,
         "--document-store", join(this.dir, "store"),
@@ -224,39 +312,41 @@ export class OwnMiddleman {
         "--save-interval", "200ms",
         "--shutdown-grace", "3s",
       ],
-      { detached: true, stdio: ["ignore", log, log], env: { ...process.env, NBP_WEB_RUN: env.run } },
+      join(this.dir, "middleman.log"),
     );
-    for (let i = 0; i < 300; i++) {
+    const direct = `http://127.0.0.1:${this.port}`;
+    let ready = false;
+    for (let i = 0; i < 300 && !ready; i++) {
       try {
-        const r = await fetch(`${this.url}/readyz`);
-        if (r.ok) return;
+        ready = (await fetch(`${direct}/readyz`)).ok;
       } catch {
         /* not listening yet */
       }
-      await new Promise((r) => setTimeout(r, 100));
+      if (!ready) await new Promise((r) => setTimeout(r, 100));
     }
-    throw new Error("middleman did not become ready");
+    if (!ready) throw new Error("middleman did not become ready");
+    if (!this.gateway) {
+      this.gateway = new OwnGateway(this.dir, join(this.keys, "public.pem"), { [this.pod]: direct });
+      await this.gateway.start();
+    }
   }
 
+  /** The gateway's origin. */
   get url() {
-    return `http://127.0.0.1:${this.port}`;
+    return this.gateway.url;
   }
 
+  /** Stops Middleman; the gateway stays (see `close`). */
   async stop() {
-    const p = this.proc;
-    if (!p || p.exitCode !== null) return;
-    const exited = new Promise((r) => p.once("exit", r));
-    process.kill(-p.pid, "SIGTERM");
-    const timer = setTimeout(() => {
-      try {
-        process.kill(-p.pid, "SIGKILL");
-      } catch {
-        /* gone */
-      }
-    }, 8000);
-    await exited;
-    clearTimeout(timer);
+    await stopMarked(this.proc);
     this.proc = null;
+  }
+
+  /** Stops Middleman and the gateway. */
+  async close() {
+    await this.stop();
+    await this.gateway?.stop();
+    this.gateway = null;
   }
 }
 

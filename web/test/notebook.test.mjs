@@ -64,7 +64,9 @@ describe("a document opened from the landing page", () => {
 
   itShows("lands in the notebook with the token out of the URL and a strict CSP", () => page, async () => {
     assert.ok(!page.url().includes("token"), `the token is not left in the URL: ${page.url()}`);
-    const response = await page.request.get(new URL("/", page.url()).href);
+    // The page itself (the gateway's build of it), not the landing page at the origin's root.
+    assert.match(new URL(page.url()).pathname, /^\/pods\/[^/]+\/$/);
+    const response = await page.request.get(page.url());
     const csp = response.headers()["content-security-policy"];
     assert.match(csp, /default-src 'none'/);
     assert.match(csp, /script-src 'self';/);
@@ -72,7 +74,7 @@ describe("a document opened from the landing page", () => {
     assert.doesNotMatch(csp, /unsafe/);
     assert.match(await page.locator('[data-role="kernel"]').innerText(), /idle/);
     assert.match(await page.locator(".me").innerText(), /Ada Lovelace · editor/);
-    // Every asset comes from Middleman itself.
+    // Every asset comes from the page's own origin (the gateway).
     const external = await page.evaluate(() => performance.getEntriesByType("resource").map((r) => r.name).filter((n) => !n.startsWith(location.origin)));
     assert.deepEqual(external, []);
   });
@@ -429,11 +431,11 @@ describe("a Middleman restarted under an open page", () => {
   });
   after(async () => {
     await page?.context().close();
-    await mm.stop();
+    await mm.close();
   });
 
   itShows("reconnects by itself, shows what happened, and the document is intact", () => page, async () => {
-    await page.goto(`${mm.url}/#token=${mm.token("Ada")}`);
+    await page.goto(mm.url + mm.path("Ada"));
     await ready(page);
     await setSource(page, 0, "kept = 6 * 7\nprint('kept is', kept)");
     await run(page, 0);
@@ -464,7 +466,7 @@ describe("a Middleman restarted under an open page", () => {
 });
 
 /**
- * A TCP relay between the browser and a Middleman: `drop()` resets every connection through it
+ * A TCP relay between the browser and the gateway: `drop()` resets every connection through it
  * and refuses new ones (a network drop, seen by the page as an abnormal close) until `restore()`.
  */
 class Link {
@@ -507,7 +509,7 @@ class Link {
   }
 }
 
-describe("a network drop under an open page (Middleman keeps running)", () => {
+describe("a network drop under an open page (the gateway and Middleman keep running)", () => {
   const mm = new OwnMiddleman(`web-drop-${Date.now().toString(36)}`);
   let link;
   let via;
@@ -515,7 +517,7 @@ describe("a network drop under an open page (Middleman keeps running)", () => {
   let other;
   before(async () => {
     await mm.start();
-    link = new Link(mm.port);
+    link = new Link(mm.gateway.port);
     via = await link.start();
     page = await newPage(browser);
     other = await newPage(browser);
@@ -524,21 +526,21 @@ describe("a network drop under an open page (Middleman keeps running)", () => {
     await page?.context().close();
     await other?.context().close();
     await link?.stop();
-    await mm.stop();
+    await mm.close();
   });
 
   itShows("resumes, shows the output it missed and says it caught up", () => page, async () => {
-    // Ada reaches Middleman through the link; Grace directly.
-    await page.goto(`${via}/#token=${mm.token("Ada")}`);
+    // Ada reaches the gateway through the link; Grace directly.
+    await page.goto(via + mm.path("Ada"));
     await ready(page);
-    await other.goto(`${mm.url}/#token=${mm.token("Grace")}`);
+    await other.goto(mm.url + mm.path("Grace"));
     await ready(other);
     await setSource(other, 0, "print('before the drop')");
     await run(other, 0);
     await cell(page, 0).locator(".outputs", { hasText: "before the drop" }).waitFor();
 
-    // Ada's network goes away (her connections are reset); Middleman keeps running. (Chromium's
-    // offline emulation would not do: it leaves an open WebSocket alone.)
+    // Ada's network goes away (her connections are reset); the gateway and Middleman keep
+    // running. (Chromium's offline emulation would not do: it leaves an open WebSocket alone.)
     link.drop();
     await page.waitForSelector(".link-reconnecting", { timeout: 10_000 });
     await setSource(other, 0, "missed = 6 * 7\nprint('missed', missed)");

@@ -423,11 +423,7 @@ pub fn chart_frame(policies: &Policies, headers: &HeaderMap) -> Response {
 
 /// Vega for the chart frames. Their origin is opaque, so `Cross-Origin-Resource-Policy:
 /// same-origin` would block it there; it is a public library, readable by anyone.
-pub fn chart_script(
-    policies: &Policies,
-    headers: &HeaderMap,
-    q: &Query<Version>,
-) -> Response {
+pub fn chart_script(policies: &Policies, headers: &HeaderMap, q: &Query<Version>) -> Response {
     let mut response = serve(&CHART_JS, &policies.page, headers, q.v.as_deref());
     response.headers_mut().insert(
         header::HeaderName::from_static("cross-origin-resource-policy"),
@@ -449,12 +445,7 @@ pub fn licenses(policies: &Policies, headers: &HeaderMap) -> Response {
 }
 
 /// One of KaTeX's fonts by file name, or 404.
-pub fn font(
-    policies: &Policies,
-    headers: &HeaderMap,
-    name: &str,
-    q: &Query<Version>,
-) -> Response {
+pub fn font(policies: &Policies, headers: &HeaderMap, name: &str, q: &Query<Version>) -> Response {
     match FONTS.iter().find(|(n, _)| *n == name) {
         Some((_, asset)) => serve(asset, &policies.page, headers, q.v.as_deref()),
         None => StatusCode::NOT_FOUND.into_response(),
