@@ -42,8 +42,9 @@ pub struct RelaySettings {
 }
 
 impl RelaySettings {
-    /// Both sides' WebSocket settings: a small read buffer (most frames are small; a big one
-    /// grows it while it lasts) and the frame cap.
+    /// Both sides' WebSocket settings: a small read buffer and the frame cap. A big frame grows
+    /// the library's buffers and they stay grown (docs/benchmarks.md, "Gateway": about 36 KiB
+    /// per idle `/ws` connection after Middleman's welcome).
     pub fn websocket_config(&self) -> WebSocketConfig {
         WebSocketConfig::default()
             .read_buffer_size(4096)
