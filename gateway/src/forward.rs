@@ -218,17 +218,10 @@ pub fn sanitize_pod_headers(from: &HeaderMap, to: &mut HeaderMap) {
         HeaderValue::from_static("default-src 'none'; sandbox; frame-ancestors 'none'"),
     );
     to.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    to.insert(
         HeaderName::from_static("cross-origin-resource-policy"),
         HeaderValue::from_static("same-origin"),
     );
-    to.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    webclient::hardening_headers(to);
 }
 
 #[cfg(test)]

@@ -170,8 +170,35 @@ fn query_token(query: Option<&str>) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-/// Admission shared by the WebSocket and the API: token, origin, limits, in that order.
-fn admit(
+/// Who came in, and where their pod is.
+struct Admitted {
+    claims: session_token::Claims,
+    /// Holds the connection's place in the limits until dropped.
+    permit: Permit,
+    client: std::net::IpAddr,
+    endpoint: Arc<str>,
+}
+
+/// Admission shared by the WebSocket and the API: token, origin, limits, in that order, and
+/// only then the pod's address.
+async fn admit(
+    edge: &Edge,
+    pod: &str,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    peer: SocketAddr,
+) -> Result<Admitted, Refusal> {
+    let (claims, permit, client) = check(edge, pod, headers, query, peer)?;
+    let endpoint = live_endpoint(edge, pod).await?;
+    Ok(Admitted {
+        claims,
+        permit,
+        client,
+        endpoint,
+    })
+}
+
+fn check(
     edge: &Edge,
     pod: &str,
     headers: &HeaderMap,
@@ -215,13 +242,13 @@ async fn api(
     request: Request,
 ) -> Response {
     let query = request.uri().query().map(str::to_owned);
-    let (_claims, _permit, client) =
-        match admit(&edge, &pod, request.headers(), query.as_deref(), peer) {
-            Ok(a) => a,
-            Err(r) => return r.respond(),
-        };
-    let endpoint = match live_endpoint(&edge, &pod).await {
-        Ok(e) => e,
+    let Admitted {
+        permit: _permit,
+        client,
+        endpoint,
+        ..
+    } = match admit(&edge, &pod, request.headers(), query.as_deref(), peer).await {
+        Ok(a) => a,
         Err(r) => return r.respond(),
     };
     let path = match &query {
@@ -283,13 +310,13 @@ async fn websocket(
         Err(r) => return r.respond(),
     };
     let query = request.uri().query().map(str::to_owned);
-    let (claims, permit, client) =
-        match admit(&edge, &pod, request.headers(), query.as_deref(), peer) {
-            Ok(a) => a,
-            Err(r) => return r.respond(),
-        };
-    let endpoint = match live_endpoint(&edge, &pod).await {
-        Ok(e) => e,
+    let Admitted {
+        claims,
+        permit,
+        client,
+        endpoint,
+    } = match admit(&edge, &pod, request.headers(), query.as_deref(), peer).await {
+        Ok(a) => a,
         Err(r) => return r.respond(),
     };
     let target = match &query {

@@ -390,7 +390,8 @@ pub fn page(policies: &Policies) -> Response {
 }
 
 /// What every response of the client carries besides its policy: no type sniffing, no referrer.
-fn hardening_headers(h: &mut axum::http::HeaderMap) {
+/// The gateway puts them on what it relays from pods too.
+pub fn hardening_headers(h: &mut axum::http::HeaderMap) {
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
