@@ -451,3 +451,59 @@ pub fn jupyter_msg(session: &str, msg_type: &str, content: &serde_json::Value) -
     });
     (id, m.to_string())
 }
+
+/// What a client saw of one cell's run.
+#[derive(Debug)]
+pub struct CellRun {
+    /// Everything it printed, as received.
+    pub text: String,
+    /// When its run finished, from the caller's start.
+    pub at: Duration,
+    /// Whether the connection was resynchronised meanwhile (a snapshot replaced missed events).
+    pub resynced: bool,
+}
+
+/// Reads `ws` until the run of `cell` finishes.
+pub async fn read_cell_run(ws: &mut Ws, cell: &str, start: Instant) -> anyhow::Result<CellRun> {
+    use doc_protocol::{Output, ServerEvent};
+    let mut execution = None;
+    let mut text = String::new();
+    let mut resynced = false;
+    loop {
+        match next_frame(ws).await?.event {
+            ServerEvent::ExecutionQueued { execution: e, .. }
+                if e.cell_id.as_deref() == Some(cell) =>
+            {
+                execution = Some(e.id);
+            }
+            ServerEvent::Output {
+                execution_id,
+                output: Output::Stream { text: t, .. },
+            } if Some(&execution_id) == execution.as_ref() => text.push_str(&t),
+            ServerEvent::ExecutionFinished { execution_id, .. }
+                if Some(&execution_id) == execution.as_ref() =>
+            {
+                return Ok(CellRun {
+                    text,
+                    at: start.elapsed(),
+                    resynced,
+                });
+            }
+            ServerEvent::Welcome { .. } => resynced = true,
+            _ => {}
+        }
+    }
+}
+
+/// Whether `text` is exactly the lines `0..n`, and how many lines it has.
+pub fn numbered_lines(text: &str, n: usize) -> (bool, usize) {
+    let mut count = 0;
+    let mut in_order = true;
+    for (i, line) in text.lines().enumerate() {
+        if line.parse::<usize>().ok() != Some(i) {
+            in_order = false;
+        }
+        count += 1;
+    }
+    (in_order && count == n, count)
+}

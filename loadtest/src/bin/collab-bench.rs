@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
-use doc_protocol::{ClientMessage, Output, ServerEvent};
+use doc_protocol::{ClientMessage, ServerEvent};
 use futures_util::{SinkExt as _, StreamExt as _};
 use loadtest::{
-    JupyterServer, Middleman, Ws, cpu_secs, jupyter_msg, next_frame, sample_peak_rss, tempdir,
+    JupyterServer, Middleman, Ws, cpu_secs, jupyter_msg, next_frame, numbered_lines,
+    sample_peak_rss, tempdir,
 };
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -80,21 +81,6 @@ async fn main() -> anyhow::Result<()> {
 fn code(lines: usize) -> String {
     format!("for i in range({lines}): print(i, flush=True)")
 }
-
-/// Checks that `text` is exactly the lines `0..n`.
-fn check(text: &str, n: usize) -> (bool, usize) {
-    let mut count = 0;
-    let mut in_order = true;
-    for (i, line) in text.lines().enumerate() {
-        if line.parse::<usize>().ok() != Some(i) {
-            in_order = false;
-        }
-        count += 1;
-    }
-    (in_order && count == n, count)
-}
-
-// ---- Middleman ------------------------------------------------------------------------------
 
 async fn middleman_run(
     args: &Args,
@@ -181,32 +167,13 @@ async fn middleman_reader(
     lines: usize,
     start: Instant,
 ) -> anyhow::Result<Seen> {
-    let mut execution = None;
-    let mut text = String::new();
-    loop {
-        match next_frame(&mut ws).await?.event {
-            ServerEvent::ExecutionQueued { execution: e, .. }
-                if e.cell_id.as_deref() == Some(cell.as_str()) =>
-            {
-                execution = Some(e.id);
-            }
-            ServerEvent::Output {
-                execution_id,
-                output: Output::Stream { text: t, .. },
-            } if Some(&execution_id) == execution.as_ref() => text.push_str(&t),
-            ServerEvent::ExecutionFinished { execution_id, .. }
-                if Some(&execution_id) == execution.as_ref() =>
-            {
-                let (complete, count) = check(&text, lines);
-                return Ok(Seen {
-                    complete,
-                    lines: count,
-                    at: start.elapsed(),
-                });
-            }
-            _ => {}
-        }
-    }
+    let run = loadtest::read_cell_run(&mut ws, &cell, start).await?;
+    let (complete, count) = numbered_lines(&run.text, lines);
+    Ok(Seen {
+        complete,
+        lines: count,
+        at: run.at,
+    })
 }
 
 async fn collect(
@@ -306,7 +273,7 @@ async fn jupyter_reader(
                     .filter(|l| l.parse::<usize>().is_ok())
                     .map(|l| format!("{l}\n"))
                     .collect();
-                let (complete, count) = check(&printed, lines);
+                let (complete, count) = numbered_lines(&printed, lines);
                 return Ok(Seen {
                     complete,
                     lines: count,

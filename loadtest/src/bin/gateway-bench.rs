@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
-use doc_protocol::{ClientMessage, KernelState, Output, ServerEvent};
+use doc_protocol::{ClientMessage, KernelState, ServerEvent};
 use futures_util::{SinkExt as _, StreamExt as _};
 use loadtest::{
     Chp, Gateway, Keys, Middleman, Ws, connect, cpu_secs, next_frame, raise_nofile, rss_mib,
@@ -753,34 +753,12 @@ async fn flood_reader(
     lines: usize,
     start: Instant,
 ) -> anyhow::Result<Option<Duration>> {
-    let mut execution = None;
-    let mut text = String::new();
-    loop {
-        match next_frame(&mut ws).await?.event {
-            ServerEvent::ExecutionQueued { execution: e, .. }
-                if e.cell_id.as_deref() == Some(cell.as_str()) =>
-            {
-                execution = Some(e.id);
-            }
-            ServerEvent::Output {
-                execution_id,
-                output: Output::Stream { text: t, .. },
-            } if Some(&execution_id) == execution.as_ref() => text.push_str(&t),
-            ServerEvent::ExecutionFinished { execution_id, .. }
-                if Some(&execution_id) == execution.as_ref() =>
-            {
-                let at = start.elapsed();
-                let complete = text.lines().count() == lines
-                    && text
-                        .lines()
-                        .enumerate()
-                        .all(|(i, l)| l.parse::<usize>().ok() == Some(i));
-                return Ok(complete.then_some(at));
-            }
-            ServerEvent::Welcome { .. } => bail!("fell behind and was resynchronised"),
-            _ => {}
-        }
+    let run = loadtest::read_cell_run(&mut ws, &cell, start).await?;
+    if run.resynced {
+        bail!("fell behind and was resynchronised");
     }
+    let (complete, _) = loadtest::numbered_lines(&run.text, lines);
+    Ok(complete.then_some(run.at))
 }
 
 // ---- 3. Idle connections ----------------------------------------------------------------------
