@@ -550,6 +550,7 @@ EOF
     --node-lease-duration-seconds=40 \
     --node-ip=127.0.0.1 \
     --cidr=127.16.0.0/12 \
+    --config="$here/kwok/kwok.yaml" \
     --config="$here/kwok/node.yaml" \
     --config="$here/kwok/pod.yaml" \
     --config="$here/kwok/pod-nbplat.yaml"

@@ -161,6 +161,13 @@ pub struct Args {
     /// Prefix of every Redis key (several Watchman deployments can share a Redis).
     #[arg(long, env = "WATCHMAN_REDIS_PREFIX", default_value = "watchman:")]
     pub redis_prefix: String,
+    /// How long one Redis command may take before it counts as failed.
+    #[arg(long, env = "WATCHMAN_REDIS_TIMEOUT", default_value = "2s", value_parser = duration)]
+    pub redis_timeout: Duration,
+    /// How long a Redis call that is safe to repeat (reads, claims, renewals) is retried after
+    /// a timeout or a lost connection before the caller gets UNAVAILABLE; `0s`: never.
+    #[arg(long, env = "WATCHMAN_REDIS_RETRY_FOR", default_value = "3s", value_parser = duration)]
+    pub redis_retry_for: Duration,
     /// Ed25519 private key (PKCS#8 PEM) that signs session tokens.
     #[arg(long, env = "WATCHMAN_SIGNING_KEY")]
     pub signing_key: PathBuf,

@@ -110,9 +110,16 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
     let store = match &args.store {
         StoreUrl::Memory => store::Store::Memory(store::MemoryStore::default()),
         StoreUrl::Redis(url) => store::Store::Redis(
-            store::RedisStore::connect(url, &args.redis_prefix)
-                .await
-                .context("connecting to Redis")?,
+            store::RedisStore::connect_with(
+                url,
+                &args.redis_prefix,
+                store::RedisOptions {
+                    timeout: args.redis_timeout,
+                    retry_for: args.redis_retry_for,
+                },
+            )
+            .await
+            .context("connecting to Redis")?,
         ),
     };
 

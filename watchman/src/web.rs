@@ -40,7 +40,7 @@ pub(crate) fn router(
 
 /// Ready when the store answers (a replica that cannot reach Redis should get no traffic).
 async fn readyz(State(s): State<AppState>) -> Response {
-    match tokio::time::timeout(std::time::Duration::from_secs(2), s.watchman.store().pods()).await {
+    match tokio::time::timeout(std::time::Duration::from_secs(2), s.watchman.store().ping()).await {
         Ok(Ok(_)) => (StatusCode::OK, "ready").into_response(),
         Ok(Err(error)) => (
             StatusCode::SERVICE_UNAVAILABLE,

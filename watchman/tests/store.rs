@@ -2,9 +2,11 @@
 //! integration test, not part of the unit tier).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::time::Duration;
 use testkit::RedisServer;
 use watchman::model::{Allocation, EndReason, Pod, PodState, now_ms};
-use watchman::store::{Claim, MemoryStore, RedisStore, Store};
+
+use watchman::store::{Claim, MemoryStore, RedisOptions, RedisStore, StateCounts, Store};
 
 fn pod(id: &str, plan: &str) -> Pod {
     Pod {
@@ -33,6 +35,24 @@ fn template(doc: &str, plan: &str) -> Allocation {
     }
 }
 
+/// The store's counts agree with the pods it holds (what ListPools answers from).
+async fn assert_counts(store: &Store) {
+    let mut expected = std::collections::BTreeMap::new();
+    for plan in ["free", "pro"] {
+        expected.insert(plan.to_owned(), StateCounts::default());
+    }
+    for p in store.pods().await.unwrap() {
+        let c = expected.get_mut(&p.plan).unwrap();
+        match p.state {
+            PodState::Warm => c.warm += 1,
+            PodState::Starting => c.starting += 1,
+            PodState::Allocated => c.allocated += 1,
+            PodState::Ending => c.ending += 1,
+        }
+    }
+    assert_eq!(store.counts(&["free", "pro"]).await.unwrap(), expected);
+}
+
 async fn conformance(store: Store) {
     store.add_pod(&pod("a", "free")).await.unwrap();
     store.add_pod(&pod("b", "free")).await.unwrap();
@@ -42,6 +62,7 @@ async fn conformance(store: Store) {
         store.claim(&template("d1", "free")).await.unwrap(),
         Claim::Empty
     );
+    assert_counts(&store).await;
     assert!(store.pod_ready("a", now_ms(), "").await.unwrap());
     assert!(
         !store
@@ -77,6 +98,16 @@ async fn conformance(store: Store) {
         Claim::Empty
     );
     assert_eq!(store.allocation("d1").await.unwrap(), Some(first.clone()));
+    assert_counts(&store).await;
+    assert_eq!(
+        store.counts(&["free"]).await.unwrap()["free"],
+        StateCounts {
+            warm: 0,
+            starting: 1,
+            allocated: 1,
+            ending: 0
+        }
+    );
 
     let ended = store
         .end_pod("a", EndReason::Released, "bye")
@@ -107,7 +138,16 @@ async fn conformance(store: Store) {
             .unwrap()
             .is_none()
     );
+    assert_counts(&store).await;
+    // Surplus: a starting pod retires once; adding a pod again replaces it in the counts.
+    assert!(store.retire("b").await.unwrap());
+    assert!(!store.retire("b").await.unwrap());
+    store.add_pod(&pod("b", "free")).await.unwrap();
+    assert_counts(&store).await;
+    assert!(store.retire("b").await.unwrap());
     store.remove_pod("a").await.unwrap();
+    store.remove_pod("a").await.unwrap();
+    assert_counts(&store).await;
     assert_eq!(store.pods().await.unwrap().len(), 2);
     assert_eq!(store.pod("a").await.unwrap(), None);
     assert_eq!(store.ended_pod("a").await.unwrap(), Some(ended));
@@ -177,6 +217,15 @@ async fn race(store: Store) {
         }
     }
     assert_eq!(by_doc.len(), 8);
+    assert_eq!(
+        store.counts(&["free"]).await.unwrap()["free"],
+        StateCounts {
+            warm: 2,
+            allocated: 8,
+            ..StateCounts::default()
+        },
+        "every claim moved exactly one pod"
+    );
     let pods: std::collections::HashSet<_> = by_doc.values().collect();
     assert_eq!(pods.len(), 8, "no pod bound twice");
 }
@@ -193,4 +242,156 @@ async fn claims_race_safely_in_redis() {
         RedisStore::connect(&redis.url(), "t2:").await.unwrap(),
     ))
     .await;
+}
+
+fn signal(redis: &RedisServer, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &redis.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+/// Issue 23: under load, a Redis (or a Watchman) on saturated cores can answer a command late,
+/// and the client's default gave every command 500 ms and no second chance, so `ListPools`
+/// answered UNAVAILABLE. Here Redis is stopped for 1.5 s while calls are made: with that old
+/// setting they fail; with a retry budget they wait it out, and a claim retried after its
+/// answer was lost finds the allocation it made, with the counts moved once.
+#[tokio::test]
+async fn a_stalled_redis_delays_calls_instead_of_failing_them() {
+    let redis = RedisServer::start();
+    let old = Store::Redis(
+        RedisStore::connect_with(
+            &redis.url(),
+            "t3:",
+            RedisOptions {
+                timeout: Duration::from_millis(500),
+                retry_for: Duration::ZERO,
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let store = Store::Redis(
+        RedisStore::connect_with(
+            &redis.url(),
+            "t3:",
+            RedisOptions {
+                timeout: Duration::from_millis(300),
+                retry_for: Duration::from_secs(20),
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    store.add_pod(&pod("a", "free")).await.unwrap();
+    store.pod_ready("a", now_ms(), "").await.unwrap();
+
+    signal(&redis, "-STOP");
+    let resume = std::thread::spawn({
+        let pid = redis.pid();
+        move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            std::process::Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status()
+                .unwrap();
+        }
+    });
+    let before = old.counts(&["free"]).await;
+    assert!(before.is_err(), "500 ms and no retry: {before:?}");
+    let counts = store.counts(&["free"]).await.unwrap();
+    assert_eq!(counts["free"].warm, 1);
+    resume.join().unwrap();
+
+    // The claim's first attempt may time out and still run: its retry finds the allocation.
+    signal(&redis, "-STOP");
+    let resume = std::thread::spawn({
+        let pid = redis.pid();
+        move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            std::process::Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status()
+                .unwrap();
+        }
+    });
+    let claim = store.claim(&template("d1", "free")).await.unwrap();
+    resume.join().unwrap();
+    let (Claim::Claimed(a) | Claim::Existing(a)) = claim else {
+        panic!("no claim: {claim:?}")
+    };
+    assert_eq!(a.pod, "a");
+    assert_eq!(
+        store.counts(&["free"]).await.unwrap()["free"],
+        StateCounts {
+            allocated: 1,
+            ..StateCounts::default()
+        }
+    );
+    assert_counts(&store).await;
+}
+
+/// A stall longer than the retry budget is an error the caller sees (UNAVAILABLE at the API),
+/// not a hang; the store works again once Redis does.
+#[tokio::test]
+async fn a_stall_beyond_the_budget_fails_the_call_and_passes() {
+    let redis = RedisServer::start();
+    let store = Store::Redis(
+        RedisStore::connect_with(
+            &redis.url(),
+            "t4:",
+            RedisOptions {
+                timeout: Duration::from_millis(200),
+                retry_for: Duration::from_millis(400),
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    signal(&redis, "-STOP");
+    let stalled = store.counts(&["free"]).await;
+    signal(&redis, "-CONT");
+    assert!(stalled.is_err(), "{stalled:?}");
+    assert_eq!(
+        store.counts(&["free"]).await.unwrap()["free"],
+        StateCounts::default()
+    );
+}
+
+/// A store written before counts were kept gets them built once, on connecting.
+#[tokio::test]
+async fn counts_are_built_for_a_store_that_had_none() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    for (id, plan, state) in [
+        ("a", "free", "warm"),
+        ("b", "free", "allocated"),
+        ("c", "pro", "starting"),
+        ("d", "free", "allocated"),
+    ] {
+        let mut p = pod(id, plan);
+        p.state = serde_json::from_value(serde_json::json!(state)).unwrap();
+        let _: () = redis::pipe()
+            .set(format!("t5:pod:{id}"), serde_json::to_string(&p).unwrap())
+            .sadd("t5:pods", id)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    let store = Store::Redis(RedisStore::connect(&redis.url(), "t5:").await.unwrap());
+    assert_eq!(
+        store.counts(&["free"]).await.unwrap()["free"],
+        StateCounts {
+            warm: 1,
+            allocated: 2,
+            ..StateCounts::default()
+        }
+    );
+    assert_counts(&store).await;
+    // Once only: a second replica connecting does not count again.
+    let again = Store::Redis(RedisStore::connect(&redis.url(), "t5:").await.unwrap());
+    assert_counts(&again).await;
 }

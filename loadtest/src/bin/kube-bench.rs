@@ -5,14 +5,22 @@
 //!
 //! Measures the time for the pools to fill from empty, then for each concurrency level a burst
 //! of Allocates for new documents (spread over both replicas): throughput, p50/p99 latency,
-//! failures, and how long the pools take to refill; and each replica's memory.
+//! failures, and how long the pools take to refill; and each replica's memory, and the CPU each
+//! part of the control plane used while the pools filled and refilled.
+//!
+//! What the API says to retry (`UNAVAILABLE`) is retried a few times and counted; a load that
+//! still fails, or pools that do not refill, are reported and the run goes on to the next load.
+//! Such a run exits non-zero at the end, and Watchman's logs are written beside the control
+//! plane's (`$NBP_KUBE_RUN/logs`), which `with-kube-cluster.sh` keeps when the run fails.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use loadtest::{API_TOKEN, WatchmanClient as Client, peak_rss_mib, rss_mib, watchman_client};
+use loadtest::{
+    API_TOKEN, WatchmanClient as Client, cpu_secs, peak_rss_mib, rss_mib, watchman_client,
+};
 use testkit::kube::WatchmanProcess;
 use watchman_proto::v1 as pb;
 
@@ -37,6 +45,14 @@ struct Args {
     /// Watchman's --pod-create-rate.
     #[arg(long, default_value_t = 250.0)]
     create_rate: f64,
+    /// Pins every thread of the control plane's processes to these CPUs (e.g. `1`), and
+    /// Watchman, Redis and this driver to `--own-cpus` (e.g. `0`): the refill then cannot take
+    /// Allocate's core, as on a cluster whose control plane runs on other machines.
+    #[arg(long)]
+    control_plane_cpus: Option<String>,
+    /// CPUs for Watchman, Redis and this driver when `--control-plane-cpus` is given.
+    #[arg(long, requires = "control_plane_cpus", default_value = "0")]
+    own_cpus: String,
     /// The watchman binary.
     #[arg(long, default_value = "target/release/watchman")]
     watchman_bin: String,
@@ -50,54 +66,182 @@ fn memory(pid: u32) -> (f64, f64) {
     )
 }
 
-async fn warm_total(c: &mut Client) -> anyhow::Result<(u32, u32)> {
-    let pools = c
-        .list_pools(pb::ListPoolsRequest {})
-        .await?
-        .into_inner()
-        .pools;
+/// Calls `call` until it returns something other than `UNAVAILABLE` (what Watchman asks its
+/// callers to retry), at most `RETRIES` more times with a growing pause; the answer and how many
+/// retries it took.
+async fn retrying<T, F, Fut>(mut call: F) -> (Result<T, tonic::Status>, u32)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    const RETRIES: u32 = 5;
+    let mut retries = 0;
+    loop {
+        match call().await {
+            Err(s) if s.code() == tonic::Code::Unavailable && retries < RETRIES => {
+                tokio::time::sleep(Duration::from_millis(20 << retries)).await;
+                retries += 1;
+            }
+            other => return (other, retries),
+        }
+    }
+}
+
+/// Warm and allocated pods over all pools; `retried` counts the ListPools calls retried.
+async fn warm_total(c: &Client, retried: &mut u32) -> anyhow::Result<(u32, u32)> {
+    let (answer, retries) = retrying(|| {
+        let mut c = c.clone();
+        async move { c.list_pools(pb::ListPoolsRequest {}).await }
+    })
+    .await;
+    *retried += retries;
+    let pools = answer?.into_inner().pools;
     Ok((
         pools.iter().map(|p| p.warm).sum(),
         pools.iter().map(|p| p.allocated).sum(),
     ))
 }
 
-/// Waits until the pools hold `warm` warm pods; the time it took.
-async fn wait_warm(c: &mut Client, warm: u32, limit: Duration) -> anyhow::Result<Duration> {
+/// Waits until the pools hold `warm` warm pods; the time it took, or what was there when
+/// `limit` passed.
+async fn wait_warm(
+    c: &Client,
+    warm: u32,
+    limit: Duration,
+    retried: &mut u32,
+) -> Result<Duration, String> {
     let started = Instant::now();
     let mut last = 0;
+    let mut failed = None;
     loop {
-        let (w, _) = warm_total(c).await?;
-        if w >= warm {
-            return Ok(started.elapsed());
+        match warm_total(c, retried).await {
+            Ok((w, _)) if w >= warm => return Ok(started.elapsed()),
+            Ok((w, _)) => {
+                if w / 500 != last / 500 {
+                    eprintln!("  {w} warm after {:.0?}", started.elapsed());
+                }
+                last = w;
+            }
+            // Still failing after its retries: said, and asked again until the limit.
+            Err(e) => {
+                eprintln!("  ListPools failed: {e:#}");
+                failed = Some(e);
+            }
         }
-        if w / 500 != last / 500 {
-            eprintln!("  {w} warm after {:.0?}", started.elapsed());
+        if started.elapsed() >= limit {
+            let why = failed.map_or_else(String::new, |e| format!("; last ListPools error: {e:#}"));
+            return Err(format!("only {last} of {warm} warm after {limit:?}{why}"));
         }
-        last = w;
-        anyhow::ensure!(
-            started.elapsed() < limit,
-            "only {w} of {warm} warm after {limit:?}"
-        );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// CPU used by each part of the system (the control plane's components from their pid files,
+/// Redis, the Watchman replicas), to say what a fill was limited by.
+struct CpuMeter {
+    parts: Vec<(String, u32)>,
+}
+
+impl CpuMeter {
+    fn new(extra: &[(&str, u32)]) -> Self {
+        let mut parts = Vec::new();
+        if let Ok(run) = std::env::var("NBP_KUBE_RUN") {
+            for c in [
+                "kube-apiserver",
+                "etcd",
+                "kube-scheduler",
+                "kube-controller-manager",
+                "kwok",
+            ] {
+                let pid = std::fs::read_to_string(format!("{run}/pids/{c}.pid"))
+                    .ok()
+                    .and_then(|p| p.trim().parse().ok());
+                if let Some(pid) = pid {
+                    parts.push((c.to_owned(), pid));
+                }
+            }
+        }
+        parts.extend(extra.iter().map(|(n, p)| ((*n).to_owned(), *p)));
+        Self { parts }
+    }
+
+    /// Pins every thread of the control plane's processes to `control_plane`, and the others
+    /// (and this process) to `own` (`taskset -a`; threads started later inherit it).
+    fn pin(&self, control_plane: &str, own: &str) -> anyhow::Result<()> {
+        let own_pids = self
+            .parts
+            .iter()
+            .filter(|(n, _)| n == "redis" || n.starts_with("watchman"))
+            .map(|(_, p)| *p)
+            .chain([std::process::id()]);
+        let cp_pids = self
+            .parts
+            .iter()
+            .filter(|(n, _)| n != "redis" && !n.starts_with("watchman"))
+            .map(|(_, p)| *p);
+        for (pid, cpus) in cp_pids
+            .map(|p| (p, control_plane))
+            .chain(own_pids.map(|p| (p, own)))
+        {
+            let ok = std::process::Command::new("taskset")
+                .args(["-a", "-cp", cpus, &pid.to_string()])
+                .stdout(std::process::Stdio::null())
+                .status()?
+                .success();
+            anyhow::ensure!(ok, "taskset -a -cp {cpus} {pid} failed");
+        }
+        Ok(())
+    }
+
+    fn sample(&self) -> (Instant, Vec<f64>) {
+        (
+            Instant::now(),
+            self.parts
+                .iter()
+                .map(|(_, pid)| cpu_secs(*pid).unwrap_or(0.0))
+                .collect(),
+        )
+    }
+
+    /// Cores each part used on average since `before`, busiest first.
+    fn since(&self, before: &(Instant, Vec<f64>)) -> String {
+        let (now, after) = self.sample();
+        let secs = now.duration_since(before.0).as_secs_f64().max(1e-3);
+        let mut used: Vec<(&str, f64)> = self
+            .parts
+            .iter()
+            .zip(after.iter().zip(&before.1))
+            .map(|((name, _), (a, b))| (name.as_str(), (a - b) / secs))
+            .collect();
+        used.sort_by(|a, b| b.1.total_cmp(&a.1));
+        used.iter()
+            .map(|(n, c)| format!("{n} {c:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
 struct Burst {
     ok: usize,
     failed: usize,
+    /// Allocates that succeeded after being retried.
+    retried: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
 }
 
 impl Burst {
     /// Sorts the outcomes of one load into latencies and failures (the first few are shown).
-    fn of(outcomes: impl IntoIterator<Item = Result<Duration, String>>, elapsed: Duration) -> Self {
+    fn of(outcomes: impl IntoIterator<Item = Outcome>, elapsed: Duration) -> Self {
         let mut latencies = Vec::new();
         let mut failed = 0;
+        let mut retried = 0;
         for outcome in outcomes {
             match outcome {
-                Ok(l) => latencies.push(l),
+                Ok((l, retries)) => {
+                    latencies.push(l);
+                    retried += usize::from(retries > 0);
+                }
                 Err(e) => {
                     failed += 1;
                     if failed < 3 {
@@ -110,10 +254,27 @@ impl Burst {
         Self {
             ok: latencies.len(),
             failed,
+            retried,
             elapsed,
             latencies,
         }
     }
+}
+
+/// One Allocate: its latency and retries, or why it failed.
+type Outcome = Result<(Duration, u32), String>;
+
+/// Sends Allocate number `i` of the load `tag`, retrying what Watchman says to retry.
+async fn allocate(c: &Client, tag: &str, i: usize) -> Result<u32, String> {
+    let (answer, retries) = retrying(|| {
+        let mut c = c.clone();
+        let req = request(tag, i);
+        async move { c.allocate(req).await }
+    })
+    .await;
+    answer
+        .map(|_| retries)
+        .map_err(|s| format!("{:?}: {} (after {retries} retries)", s.code(), s.message()))
 }
 
 /// Allocate number `i` of a load tagged `tag`: a new document, 60% plan free, 40% pro.
@@ -138,7 +299,7 @@ async fn burst(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
-        let mut c = clients[worker % clients.len()].clone();
+        let c = clients[worker % clients.len()].clone();
         let next = next.clone();
         let tag = tag.to_owned();
         tasks.push(tokio::spawn(async move {
@@ -149,8 +310,8 @@ async fn burst(
                     break;
                 }
                 let t = Instant::now();
-                let r = c.allocate(request(&tag, i)).await;
-                outcomes.push(r.map(|_| t.elapsed()).map_err(|s| s.to_string()));
+                let r = allocate(&c, &tag, i).await;
+                outcomes.push(r.map(|retries| (t.elapsed(), retries)));
             }
             outcomes
         }));
@@ -177,12 +338,12 @@ async fn open_loop(
         let due = started + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(due).await;
         let permit = gate.clone().acquire_owned().await?;
-        let mut c = clients[i % clients.len()].clone();
-        let req = request(tag, i);
+        let c = clients[i % clients.len()].clone();
+        let tag = tag.to_owned();
         tasks.push(tokio::spawn(async move {
-            let r = c.allocate(req).await;
+            let r = allocate(&c, &tag, i).await;
             drop(permit);
-            r.map(|_| due.elapsed()).map_err(|s| s.to_string())
+            r.map(|retries| (due.elapsed(), retries))
         }));
     }
     let mut outcomes = Vec::with_capacity(total);
@@ -190,6 +351,39 @@ async fn open_loop(
         outcomes.push(t.await?);
     }
     Ok(Burst::of(outcomes, started.elapsed()))
+}
+
+/// The sum of every series of the metric `name` in a Prometheus text page.
+fn metric_sum(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// What a replica's own metrics say of the run: its reconcile passes and its store's retries
+/// and failures.
+async fn replica_report(r: &WatchmanProcess) -> String {
+    let port = r.http_addr().await.port();
+    let page = match loadtest::http(port, "GET", "/metrics", "", "").await {
+        Ok((200, page)) => page,
+        other => return format!("no metrics: {other:?}"),
+    };
+    let passes = metric_sum(&page, "watchman_reconcile_duration_seconds_count");
+    let secs = metric_sum(&page, "watchman_reconcile_duration_seconds_sum");
+    format!(
+        "{passes:.0} reconcile passes (mean {:.1} ms), {:.0} store retries, {:.0} store errors",
+        if passes > 0.0 {
+            secs / passes * 1000.0
+        } else {
+            0.0
+        },
+        metric_sum(&page, "watchman_store_retries_total"),
+        metric_sum(&page, "watchman_store_errors_total"),
+    )
 }
 
 fn pct(v: &[Duration], p: f64) -> f64 {
@@ -223,6 +417,10 @@ async fn main() -> anyhow::Result<()> {
     let pro = args.warm - free;
     let plans = k.write_plans(&format!("{}\n{}", k.plan("free", free), k.plan("pro", pro)));
 
+    // Beside the control plane's logs, which with-kube-cluster.sh keeps when the run fails.
+    let logs = std::env::var("NBP_KUBE_RUN")
+        .map(|run| std::path::PathBuf::from(run).join("logs"))
+        .unwrap_or_else(|_| k.dir.0.clone());
     let spawn = |instance: &str| {
         let mut a = k.args(&plans, &redis.url(), instance, API_TOKEN);
         a.extend(
@@ -245,7 +443,7 @@ async fn main() -> anyhow::Result<()> {
         WatchmanProcess::spawn(
             std::path::Path::new(&args.watchman_bin),
             &a,
-            k.dir.0.join(format!("{instance}.log")),
+            logs.join(format!("watchman-{instance}.log")),
             "warn,watchman=info,watchman::service=warn,watchman::grpc=warn",
         )
     };
@@ -258,15 +456,41 @@ async fn main() -> anyhow::Result<()> {
             clients.push(watchman_client(addr).await?);
         }
     }
-    let mut probe = clients[0].clone();
+    let probe = clients[0].clone();
+    let cpu = CpuMeter::new(&[
+        ("redis", redis.pid()),
+        ("watchman-a", replicas[0].pid()),
+        ("watchman-b", replicas[1].pid()),
+    ]);
+    if let Some(cpus) = &args.control_plane_cpus {
+        cpu.pin(cpus, &args.own_cpus)?;
+        eprintln!(
+            "control plane pinned to CPUs {cpus}; Watchman, Redis and the driver to {}",
+            args.own_cpus
+        );
+    }
+    let mut problems = Vec::new();
+    let mut list_retries = 0;
 
     eprintln!(
         "filling {} warm pods ({free} free, {pro} pro) at up to {}/s",
         args.warm, args.create_rate
     );
-    let fill = wait_warm(&mut probe, args.warm, Duration::from_secs(1800)).await?;
+    let before = cpu.sample();
+    let fill = wait_warm(
+        &probe,
+        args.warm,
+        Duration::from_secs(1800),
+        &mut list_retries,
+    )
+    .await;
+    let fill_cpu = cpu.since(&before);
     let mem_full: Vec<(f64, f64)> = replicas.iter().map(|r| memory(r.pid())).collect();
-    eprintln!("  filled in {fill:.1?}; memory {mem_full:?}");
+    eprintln!("  fill: {fill:.1?}; cores used: {fill_cpu}; memory {mem_full:?}");
+    let fill = match fill {
+        Ok(d) => d,
+        Err(e) => anyhow::bail!("the pools never filled: {e}; logs in {}", logs.display()),
+    };
 
     let mut rows = Vec::new();
     let loads = args
@@ -281,23 +505,40 @@ async fn main() -> anyhow::Result<()> {
     for (label, concurrency, rate) in loads {
         eprintln!("{} Allocates, {label}", args.allocations);
         let tag = label.replace([' ', '/'], "-");
+        let before = cpu.sample();
         let b = match concurrency {
             Some(c) => burst(&clients, c, args.allocations, &tag).await?,
             None => open_loop(&clients, rate, args.allocations, &tag).await?,
         };
-        let refill = wait_warm(&mut probe, args.warm, Duration::from_secs(1800)).await?;
+        let refill = wait_warm(
+            &probe,
+            args.warm,
+            Duration::from_secs(900),
+            &mut list_retries,
+        )
+        .await;
+        let used = cpu.since(&before);
         let throughput = b.ok as f64 / b.elapsed.as_secs_f64();
         eprintln!(
-            "  {} ok, {} failed in {:.2?}: {throughput:.0}/s, p50 {:.2} ms, p99 {:.2} ms; refilled in {refill:.1?}",
+            "  {} ok ({} retried), {} failed in {:.2?}: {throughput:.0}/s, p50 {:.2} ms, p99 {:.2} ms; refill {refill:.1?}; cores used: {used}",
             b.ok,
+            b.retried,
             b.failed,
             b.elapsed,
             pct(&b.latencies, 0.5),
             pct(&b.latencies, 0.99)
         );
-        rows.push((label, b, refill));
+        if b.failed > 0 {
+            problems.push(format!("{label}: {} Allocates failed", b.failed));
+        }
+        if let Err(e) = &refill {
+            problems.push(format!("{label}: pools not refilled: {e}"));
+        }
+        rows.push((label, b, refill, used));
     }
-    let (_, allocated) = warm_total(&mut probe).await?;
+    let (_, allocated) = warm_total(&probe, &mut list_retries)
+        .await
+        .unwrap_or_default();
     let mem_end: Vec<(f64, f64)> = replicas.iter().map(|r| memory(r.pid())).collect();
 
     println!(
@@ -305,24 +546,33 @@ async fn main() -> anyhow::Result<()> {
         args.nodes, args.warm
     );
     println!(
-        "Fill from empty: {:.1} s ({:.0} pods/s; --pod-create-rate {})\n",
+        "Fill from empty: {:.1} s ({:.0} pods/s; --pod-create-rate {}). Cores used meanwhile: {fill_cpu}\n",
         fill.as_secs_f64(),
         f64::from(args.warm) / fill.as_secs_f64(),
         args.create_rate
     );
-    println!("| load | Allocates | failed | throughput | p50 | p99 | max | pools refilled in |");
-    println!("|---|---|---|---|---|---|---|---|");
-    for (c, b, refill) in &rows {
+    println!(
+        "| load | Allocates | retried | failed | throughput | p50 | p99 | max | pools refilled in |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (c, b, refill, _) in &rows {
         println!(
-            "| {c} | {} | {} | {:.0}/s | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} s |",
+            "| {c} | {} | {} | {} | {:.0}/s | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
             b.ok,
+            b.retried,
             b.failed,
             b.ok as f64 / b.elapsed.as_secs_f64(),
             pct(&b.latencies, 0.5),
             pct(&b.latencies, 0.99),
             pct(&b.latencies, 1.0),
-            refill.as_secs_f64()
+            refill
+                .as_ref()
+                .map_or_else(|e| e.clone(), |d| format!("{:.1} s", d.as_secs_f64()))
         );
+    }
+    println!("\nCores used during each load and its refill:");
+    for (c, _, _, used) in &rows {
+        println!("- {c}: {used}");
     }
     println!(
         "\nWatchman memory (RSS, MiB) with {} warm pods: {}; at the end ({} warm + {allocated} allocated pods): {} (peaks {})",
@@ -344,7 +594,23 @@ async fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(" / "),
     );
+    println!("\nListPools calls retried (UNAVAILABLE): {list_retries}");
+    for (name, r) in ["a", "b"].iter().zip(&replicas) {
+        println!("Replica {name}: {}", replica_report(r).await);
+    }
+    if !problems.is_empty() {
+        println!("\nWhat went wrong (Watchman's logs: {}):", logs.display());
+        for p in &problems {
+            println!("- {p}");
+        }
+    }
     drop(replicas);
     k.cleanup().await;
+    anyhow::ensure!(
+        problems.is_empty(),
+        "{} problems (above); logs kept in {}",
+        problems.len(),
+        logs.display()
+    );
     Ok(())
 }

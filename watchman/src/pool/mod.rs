@@ -38,6 +38,19 @@ pub struct PoolCounts {
     pub target: u32,
 }
 
+impl PoolCounts {
+    /// A plan's counts as the store keeps them, with its target.
+    pub fn of(plan: &Plan, c: crate::store::StateCounts) -> Self {
+        Self {
+            warm: c.warm,
+            starting: c.starting,
+            allocated: c.allocated,
+            ending: c.ending,
+            target: plan.target_warm(c.allocated),
+        }
+    }
+}
+
 /// Counts and targets of every plan, from the pods' recorded states. Pods of plans no longer
 /// in the file are not counted.
 pub fn counts<'p>(

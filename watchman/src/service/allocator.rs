@@ -11,7 +11,7 @@ use session_token::{Claims, Role, SigningKey};
 use super::{ServiceError, Settings, end_allocation};
 use crate::model::{Allocation, EndReason, Ended, LaunchKind, now_ms};
 use crate::plan::Plan;
-use crate::pool::{self, PoolCounts};
+use crate::pool::PoolCounts;
 use crate::store::{Claim, Store};
 
 /// What a caller asks of [`Allocator::allocate`].
@@ -306,9 +306,17 @@ impl Allocator {
         Ok((a, token, exp))
     }
 
-    /// Pod counts and targets per plan.
+    /// Pod counts and targets per plan, from the store's counts (never a scan of the pods).
     pub async fn pool_counts(&self) -> Result<BTreeMap<String, PoolCounts>, ServiceError> {
-        let pods = self.store.pods().await?;
-        Ok(pool::counts(&self.plans, &pods))
+        let names: Vec<&str> = self.plans.keys().map(String::as_str).collect();
+        let counts = self.store.counts(&names).await?;
+        Ok(self
+            .plans
+            .iter()
+            .map(|(name, plan)| {
+                let c = counts.get(name).copied().unwrap_or_default();
+                (name.clone(), PoolCounts::of(plan, c))
+            })
+            .collect())
     }
 }

@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use super::{Claim, StoreError};
+use super::{Claim, StateCounts, StoreError};
 use crate::model::{Allocation, EndReason, Ended, Pod, PodState, now_ms};
 
 /// Single-replica store: one mutex over plain maps. The lock is never held across an await.
@@ -151,6 +151,32 @@ impl MemoryStore {
 
     pub(super) async fn pods(&self) -> Result<Vec<Pod>, StoreError> {
         Ok(self.lock().pods.values().cloned().collect())
+    }
+
+    /// Counted under the lock: one pass over pods held in memory (microseconds for thousands).
+    pub(super) async fn counts(
+        &self,
+        plans: &[&str],
+    ) -> Result<BTreeMap<String, StateCounts>, StoreError> {
+        let mut out: BTreeMap<String, StateCounts> = plans
+            .iter()
+            .map(|p| ((*p).to_owned(), StateCounts::default()))
+            .collect();
+        for p in self.lock().pods.values() {
+            if let Some(c) = out.get_mut(&p.plan) {
+                match p.state {
+                    PodState::Warm => c.warm += 1,
+                    PodState::Starting => c.starting += 1,
+                    PodState::Allocated => c.allocated += 1,
+                    PodState::Ending => c.ending += 1,
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 
     pub(super) async fn try_lease(&self, holder: &str, ttl_ms: u64) -> Result<bool, StoreError> {

@@ -5,7 +5,9 @@ mod memory;
 mod redis;
 
 pub use self::memory::MemoryStore;
-pub use self::redis::RedisStore;
+pub use self::redis::{RedisOptions, RedisStore};
+
+use std::collections::BTreeMap;
 
 use crate::model::{Allocation, EndReason, Ended, Pod};
 
@@ -29,6 +31,15 @@ pub enum Claim {
     Claimed(Allocation),
     /// The plan has no warm pod.
     Empty,
+}
+
+/// How many of a plan's pods are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    pub warm: u32,
+    pub starting: u32,
+    pub allocated: u32,
+    pub ending: u32,
 }
 
 /// The store in use: memory for a single replica, Redis for several.
@@ -101,7 +112,18 @@ impl Store {
     pub async fn remove_pod(&self, id: &str) -> Result<(), StoreError> {
         dispatch!(self, s => s.remove_pod(id).await)
     }
-    /// Every pod.
+    /// Pods by state for each of `plans`, without reading the pods (the store keeps counts).
+    pub async fn counts(
+        &self,
+        plans: &[&str],
+    ) -> Result<BTreeMap<String, StateCounts>, StoreError> {
+        dispatch!(self, s => s.counts(plans).await)
+    }
+    /// Whether the store answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        dispatch!(self, s => s.ping().await)
+    }
+    /// Every pod (the reconciler's pass; nothing on a request's path).
     pub async fn pods(&self) -> Result<Vec<Pod>, StoreError> {
         dispatch!(self, s => s.pods().await)
     }
