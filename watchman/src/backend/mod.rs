@@ -109,10 +109,10 @@ impl Backend {
         }
     }
     /// Mirrors the store's view of each pod onto the pod (Kubernetes labels and annotations).
-    pub async fn mirror(&self, pods: &[Pod]) {
+    pub async fn mirror(&self, pods: &[&Pod], until: Option<std::time::Instant>) {
         match self {
             Backend::Local(_) => {}
-            Backend::Kube(b) => b.mirror(pods).await,
+            Backend::Kube(b) => b.mirror(pods, until).await,
         }
     }
     /// What counts against `--max-concurrent-starts` (see [`InFlight`]).

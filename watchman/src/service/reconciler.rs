@@ -167,6 +167,15 @@ impl Reconciler {
     /// One pass: gather, decide, act.
     #[tracing::instrument(level = "debug", skip_all, fields(gc = collect_garbage))]
     pub async fn reconcile_once(&mut self, collect_garbage: bool) -> Result<(), ServiceError> {
+        // With Kubernetes, the pass's API work is bounded by time: creations stop starting once
+        // half its time limit is used, label updates at three quarters; what is left follows in
+        // the next pass. Issue 23: with a busy API server, 256 label patches per pass came
+        // first and took longer than the limit, so passes were cut off before creating
+        // anything, and pods whose creation was cut off were known only once adopted.
+        let pass_started = Instant::now();
+        let limit = self.backend.pass_limit(self.lease_ttl);
+        let create_until = limit.map(|l| pass_started + l / 2);
+        let mirror_until = limit.map(|l| pass_started + l * 3 / 4);
         let mut pods = self.store.pods().await?;
         if !self.election.fresh() {
             return Ok(());
@@ -179,7 +188,6 @@ impl Reconciler {
                 pods.push(pod);
             }
         }
-        self.backend.mirror(&pods).await;
 
         let due = self.activity_due(&pods);
         let observed = join_all(pods.into_iter().map(|pod| self.observe(pod, &due))).await;
@@ -196,7 +204,6 @@ impl Reconciler {
             creations: self.budget.available(Instant::now()),
             limits: self.limits,
         });
-        self.budget.spend(decision.starts.len());
         for (name, c) in &decision.counts {
             for (state, n) in [
                 ("warm", c.warm),
@@ -226,13 +233,18 @@ impl Reconciler {
             }
         }
         for chunk in decision.starts.chunks(self.limits.max_in_flight.max(1)) {
-            if !self.election.fresh() {
+            if !self.election.fresh() || create_until.is_some_and(|t| Instant::now() >= t) {
                 break;
             }
+            // Spent as used: what a pass does not start stays for the next.
+            self.budget.spend(chunk.len());
             for r in join_all(chunk.iter().map(|plan| self.start_pod(plan))).await {
                 r?;
             }
         }
+        // Last: labels and annotations are for people and selectors, not for this pass.
+        let pods: Vec<&Pod> = observed.iter().map(|o| &o.pod).collect();
+        self.backend.mirror(&pods, mirror_until).await;
         Ok(())
     }
 

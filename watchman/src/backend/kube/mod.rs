@@ -213,14 +213,15 @@ impl KubeBackend {
     }
 
     /// Makes each pod's state label and document annotations match the store (bounded work per
-    /// call; the rest follows in the next passes).
-    pub(super) async fn mirror(&self, pods: &[Pod]) {
+    /// call, in count and by `until`; the rest follows in the next passes).
+    pub(super) async fn mirror(&self, pods: &[&Pod], until: Option<std::time::Instant>) {
         const PER_PASS: usize = 256;
         // Forget the ends of pods that neither the store nor the cluster has any more.
         let known: HashSet<&str> = pods.iter().map(|p| p.id.as_str()).collect();
         self.watch().forget_losses(&|name| known.contains(name));
         let stale: Vec<&Pod> = pods
             .iter()
+            .copied()
             .filter(|p| {
                 self.watch().get(&p.id).is_some_and(|k| {
                     k.metadata.deletion_timestamp.is_none()
@@ -230,6 +231,9 @@ impl KubeBackend {
             .take(PER_PASS)
             .collect();
         for chunk in stale.chunks(16) {
+            if until.is_some_and(|t| std::time::Instant::now() >= t) {
+                break;
+            }
             futures_util::future::join_all(chunk.iter().map(|p| self.mirror_one(p))).await;
         }
     }
