@@ -503,7 +503,9 @@ impl RedisStore {
         &self,
         plans: &[&str],
     ) -> Result<BTreeMap<String, StateCounts>, StoreError> {
-        let rows: Vec<(Option<i64>, Option<i64>, Option<i64>, Option<i64>)> = self
+        // HMGET's fields in order: warm, starting, allocated, ending.
+        type Row = (Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+        let rows: Vec<Row> = self
             .retrying("counts", || {
                 let mut c = self.conn.clone();
                 let mut pipe = redis::pipe();
