@@ -361,7 +361,9 @@ fn metric_sum(page: &str, name: &str) -> f64 {
                 .is_some_and(|rest| rest.starts_with(['{', ' ']))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .sum::<f64>()
+        // An empty sum is -0.0, printed "-0".
+        + 0.0
 }
 
 /// What a replica's own metrics say of the run: its reconcile passes and its store's retries

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
 use futures_util::future::join_all;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -232,15 +233,38 @@ impl Reconciler {
                     .await?;
             }
         }
-        for chunk in decision.starts.chunks(self.limits.max_in_flight.max(1)) {
-            if !self.election.fresh() || create_until.is_some_and(|t| Instant::now() >= t) {
-                break;
+        // Up to `max_in_flight` creations at a time, the next starting as soon as one returns
+        // (not in rounds that each wait for their slowest call), until the time is up.
+        let max = self.limits.max_in_flight.max(1);
+        let mut plans = decision.starts.iter();
+        let mut creations = futures_util::stream::FuturesUnordered::new();
+        let mut started = 0;
+        let mut failed = None;
+        loop {
+            while failed.is_none()
+                && creations.len() < max
+                && self.election.fresh()
+                && create_until.is_none_or(|t| Instant::now() < t)
+            {
+                let Some(plan) = plans.next() else { break };
+                creations.push(self.start_pod(plan));
+                started += 1;
             }
-            // Spent as used: what a pass does not start stays for the next.
-            self.budget.spend(chunk.len());
-            for r in join_all(chunk.iter().map(|plan| self.start_pod(plan))).await {
-                r?;
+            match creations.next().await {
+                Some(Ok(())) => {}
+                // The first error ends the starting, not the calls already made: they finish
+                // and are recorded.
+                Some(Err(error)) => {
+                    failed.get_or_insert(error);
+                }
+                None => break,
             }
+        }
+        drop(creations);
+        // Spent as used: what a pass does not start stays for the next.
+        self.budget.spend(started);
+        if let Some(error) = failed {
+            return Err(error);
         }
         // Last: labels and annotations are for people and selectors, not for this pass.
         let pods: Vec<&Pod> = observed.iter().map(|o| &o.pod).collect();
