@@ -8,11 +8,13 @@
 #  3. a Watchman (local backend, memory store, free ports on 127.0.0.1, a temporary directory)
 #     with a small plan; one document allocated with grpcurl, driven over its WebSocket
 #     (scripts/ops/exercise.py: cells, input, truncation, Yjs, resume, refusal, restart); another
-#     allocated and released; both /metrics endpoints scraped; every metric name a dashboard or
-#     rule uses must be declared in docs/metrics.md and present in those scrapes (the gateway's:
-#     declared only, as no gateway runs here);
+#     allocated and released; the gateway in front of them (as `make run` and production have
+#     it: every document is driven through it); the /metrics endpoints of Watchman, the
+#     gateway and the document's Middleman (found through `watchman.v1.Routes`, as the gateway
+#     finds it) scraped; every metric name a dashboard or rule uses must be declared in
+#     docs/metrics.md and present in those scrapes;
 #  4. each k6 script as a short smoke run (1-2 VUs, a few seconds, SMOKE=1: correctness
-#     thresholds only) against that Watchman and its pods.
+#     thresholds only) against that Watchman, through the gateway to its pods.
 #
 # Exits non-zero on any failure; stops every process it started. NBP_OPS_BUILD=0 skips the
 # cargo build of the debug binaries (they must then exist).
@@ -45,8 +47,9 @@ step "Grafana dashboards"
 "$py" scripts/ops/check.py dashboards "$(command -v promtool)" deploy/grafana/*.json
 
 # ---- 3. a live Watchman and its pods ------------------------------------------------------------
-step "Watchman with the local backend"
+step "Watchman with the local backend, and a gateway"
 plan=ops
+local_watchman_gateway=1
 # A 64 KiB output cap that one cell exceeds on purpose.
 # shellcheck source=lib/local-watchman.sh
 source "$here/lib/local-watchman.sh"
@@ -60,14 +63,28 @@ rpc() {
 }
 rpc Allocate "{\"document_id\":\"ops-check\",\"plan\":\"$plan\",\"user_id\":\"ops\",\"user_name\":\"Ops\"}" >"$tmp/alloc.json"
 grep -q '"launch": "LAUNCH_KIND_WARM"' "$tmp/alloc.json" || { cat "$tmp/alloc.json" >&2; echo "test-ops: not a warm allocation" >&2; exit 1; }
-"$py" scripts/ops/exercise.py "$tmp/alloc.json"
+grep -q "\"websocketUrl\": \"ws://$public/pods/" "$tmp/alloc.json" || { cat "$tmp/alloc.json" >&2; echo "test-ops: the document is not reached through the gateway" >&2; exit 1; }
+# Middleman's port is not public (the gateway relays only documents' endpoints): asked of
+# Watchman's route service with the gateway's credential, as the gateway asks.
+pod="$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["pod"])' "$tmp/alloc.json")"
+grpcurl -plaintext -import-path proto -proto watchman/v1/watchman.proto \
+  -H "authorization: Bearer $(cat "$tmp/keys/route-token")" -d "{\"pod\":\"$pod\"}" "$grpc" \
+  watchman.v1.Routes/ResolvePod >"$tmp/route.json"
+mm="$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["live"]["endpoint"])' "$tmp/route.json")"
+gw="$(grep -o '"metrics_addr":"[^"]*"' "$tmp/gateway.log" | head -1 | cut -d'"' -f4)"
+[ -n "$mm" ] && [ -n "$gw" ] || { cat "$tmp/route.json" >&2; echo "test-ops: no Middleman or gateway metrics address" >&2; exit 1; }
+"$py" scripts/ops/exercise.py "$tmp/alloc.json" "$mm"
+# The data endpoints and the web client's page, through the gateway.
+token="$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["token"])' "$tmp/alloc.json")"
+curl -sf -H "authorization: Bearer $token" "http://$public/pods/$pod/api/notebook" | grep -q '"nbformat": *4' ||
+  { echo "test-ops: GET /api/notebook through the gateway failed" >&2; exit 1; }
+curl -sf "http://$public/pods/$pod/" | grep -qi '<html' || { echo "test-ops: no web client page from the gateway" >&2; exit 1; }
 # A second document, released: its pod ends (pods ended, reason released).
 rpc Allocate "{\"document_id\":\"ops-release\",\"plan\":\"$plan\",\"user_id\":\"ops\"}" >/dev/null
 rpc Release '{"document_id":"ops-release"}' | grep -q '"released": true'
 rpc ListPools '{}' | grep -q "\"plan\": \"$plan\""
 
-step "Scrape both /metrics endpoints, check every metric the dashboards and rules use"
-mm="$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["websocketUrl"].replace("ws://", "http://", 1).rsplit("/ws", 1)[0])' "$tmp/alloc.json")"
+step "Scrape the /metrics endpoints, check every metric the dashboards and rules use"
 # Saves are debounced (--save-interval 1s): wait for the document's first save.
 for _ in $(seq 1 50); do
   curl -sf "$mm/metrics" | grep -q '^middleman_document_save_seconds_count' && break
@@ -79,15 +96,13 @@ for _ in $(seq 1 50); do
 done
 curl -sf "http://$http/metrics" >"$tmp/watchman.prom"
 curl -sf "$mm/metrics" >"$tmp/middleman.prom"
-# Names that cannot appear without a fault this run cannot cause from outside (Watchman's
-# backend failing to create a pod, the document store failing, a kernel sending messages that
-# fail their signature): allowed to be missing, and listed. Once Watchman and Middleman register
-# them at start (docs/metrics.md, "Dashboards and alerts"), check.py says so and the list can go.
-event_only=watchman_pod_start_failures_total,middleman_document_save_errors_total,middleman_document_load_errors_total,middleman_kernel_messages_dropped_total
-# No gateway runs here (its scrape would need its binary and a route through it): its names are
-# checked against docs/metrics.md only.
+curl -sf "http://$gw/metrics" >"$tmp/gateway.prom"
+grep -q '^gateway_bytes_total{direction="to_client"}' "$tmp/gateway.prom" || { echo "test-ops: the gateway relayed nothing" >&2; exit 1; }
+# Every component registers the names only a fault makes appear at 0 when it starts, so every
+# name must be there (check.py's --event-only is for a name that cannot be).
 "$py" scripts/ops/check.py metrics --docs docs/metrics.md --rules deploy/prometheus/rules.yaml \
-  --event-only "$event_only" --not-running gateway --scrape "$tmp/watchman.prom" --scrape "$tmp/middleman.prom" deploy/grafana/*.json
+  --scrape "$tmp/watchman.prom" --scrape "$tmp/middleman.prom" \
+  --scrape "$tmp/gateway.prom" deploy/grafana/*.json
 
 # ---- 4. k6 smoke runs ---------------------------------------------------------------------------
 k6() {

@@ -267,6 +267,11 @@ fn register_metrics() {
         "gateway_upstream_errors_total",
         "Failures reaching pods or Watchman, by kind"
     );
+    // At 0 from the start: `increase()` then sees a kind's first error, and the checks of
+    // scripts/test-ops.sh can require the name.
+    for kind in ["connect", "timeout", "refused", "closed", "resolve"] {
+        metrics::counter!("gateway_upstream_errors_total", "kind" => kind).absolute(0);
+    }
     describe_counter!("gateway_bytes_total", "WebSocket payload bytes relayed");
     describe_counter!(
         "gateway_refusals_total",

@@ -323,18 +323,21 @@ async fn websocket(
         Some(q) => format!("{upstream_path}?{q}"),
         None => upstream_path,
     };
-    let protocols = request
-        .headers()
-        .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .cloned();
-    let upstream =
-        match connect_upstream(&edge, &endpoint, &target, protocols.as_ref(), client).await {
-            Ok(u) => u,
-            Err(UpstreamFailure::Refused(response)) => return response,
-            Err(UpstreamFailure::Failed(failure)) => {
-                return explain(&edge, &pod, failure).await.respond();
-            }
-        };
+    // Passed on as they came: Middleman verifies the token again, from wherever the client put it.
+    let passed = [header::SEC_WEBSOCKET_PROTOCOL, header::AUTHORIZATION]
+        .into_iter()
+        .filter_map(|name| {
+            let value = request.headers().get(&name)?.clone();
+            Some((name, value))
+        })
+        .collect::<Vec<_>>();
+    let upstream = match connect_upstream(&edge, &endpoint, &target, &passed, client).await {
+        Ok(u) => u,
+        Err(UpstreamFailure::Refused(response)) => return response,
+        Err(UpstreamFailure::Failed(failure)) => {
+            return explain(&edge, &pod, failure).await.respond();
+        }
+    };
     let (upstream, chosen_protocol) = upstream;
     let on_upgrade = hyper::upgrade::on(&mut request);
     let settings = edge.relay;
@@ -398,7 +401,7 @@ async fn connect_upstream(
     edge: &Edge,
     endpoint: &str,
     target: &str,
-    protocols: Option<&HeaderValue>,
+    passed: &[(header::HeaderName, HeaderValue)],
     client: std::net::IpAddr,
 ) -> Result<Upstreamed, UpstreamFailure> {
     let Some(authority) = endpoint.strip_prefix("http://") else {
@@ -414,10 +417,8 @@ async fn connect_upstream(
             )));
         }
     };
-    if let Some(p) = protocols {
-        request
-            .headers_mut()
-            .insert(header::SEC_WEBSOCKET_PROTOCOL, p.clone());
+    for (name, value) in passed {
+        request.headers_mut().insert(name, value.clone());
     }
     if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
         request.headers_mut().insert("x-forwarded-for", v);

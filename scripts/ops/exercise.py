@@ -1,9 +1,12 @@
 """Drives one Middleman document over its WebSocket so that its metrics appear: the cases a
 smoke load does not reach on its own (scripts/test-ops.sh).
 
-    exercise.py ALLOCATION_JSON
+    exercise.py ALLOCATION_JSON MIDDLEMAN_URL
 
-ALLOCATION_JSON is grpcurl's output of Allocate (websocketUrl, token). Every step checks what
+ALLOCATION_JSON is grpcurl's output of Allocate (websocketUrl, token); the WebSocket may go
+through a gateway. MIDDLEMAN_URL is the pod's own base URL (http://ADDR): its metrics, and the
+slow client below, which must meet Middleman's cut-off rather than the gateway's (tested in
+the gateway's own tests). Every step checks what
 it gets back and exits non-zero on anything unexpected. Steps, and the metrics they make appear:
 
 - a cell edited with set_source and run with execute_cell: document updates and saves;
@@ -13,10 +16,11 @@ it gets back and exits non-zero on anything unexpected. Steps, and the metrics t
 - Yjs frames (an edit by a real Yjs peer, an awareness query): messages received of kind yjs,
   document updates;
 - a reconnect with session and since: resumes, disconnects;
-- a connection with a bad token: refusals;
+- a connection with a bad token, through the WebSocket URL and straight to Middleman: refusals
+  (the gateway's and Middleman's);
 - a restart message: kernel restarts (cause requested);
-- a client that stops reading while 6 MB of output go out: after 10 s it is cut off (slow
-  clients, action dropped).
+- a client that stops reading while 6 MB of output go out, connected to Middleman directly:
+  after 10 s it is cut off (slow clients, action dropped).
 """
 
 import base64
@@ -144,6 +148,7 @@ def metric_present(metrics_url, name):
 
 def main():
     alloc = json.load(open(sys.argv[1]))
+    middleman = sys.argv[2].rstrip("/")
     url, token = alloc["websocketUrl"], alloc["token"]
     doc = Doc(url, token)
     w = doc.welcome
@@ -153,8 +158,9 @@ def main():
 
     # A slow client: a small receive buffer, and it never reads after its welcome. 100 outputs
     # of 60 kB fill its socket; Middleman cuts it off 10 s later, while the steps below run.
+    direct = middleman.replace("http://", "ws://", 1) + "/ws"
     slow = websocket.create_connection(
-        f"{url}?token={token}", timeout=30, sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),)
+        f"{direct}?token={token}", timeout=30, sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),)
     )
     slow_since = time.monotonic()
     for i in range(100):
@@ -219,6 +225,13 @@ def main():
     except websocket.WebSocketBadStatusException as e:
         if e.status_code != 401:
             fail(f"bad token: HTTP {e.status_code}")
+    # The same, straight to Middleman: behind a gateway, the first is refused at the edge.
+    try:
+        websocket.create_connection(f"{direct}?token=not-a-token", timeout=10).close()
+        fail("a bad token was accepted by Middleman")
+    except websocket.WebSocketBadStatusException as e:
+        if e.status_code != 401:
+            fail(f"bad token, directly: HTTP {e.status_code}")
     print("exercise: refusal ok")
 
     # A kernel restart, then the kernel works again.
@@ -232,8 +245,7 @@ def main():
     again.ws.close()
 
     # The slow client has been cut off by now, or soon.
-    metrics_url = url.replace("ws://", "http://", 1).rsplit("/ws", 1)[0] + "/metrics"
-    while not metric_present(metrics_url, "middleman_slow_clients_total"):
+    while not metric_present(f"{middleman}/metrics", "middleman_slow_clients_total"):
         if time.monotonic() - slow_since > 30:
             fail("the client that did not read was not cut off within 30 s")
         time.sleep(0.5)

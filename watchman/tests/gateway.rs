@@ -335,6 +335,22 @@ async fn tokens_are_checked_at_the_edge_and_pods_serve_only_data() {
     let mut via = a.clone();
     via.websocket_url = format!("ws://{}/pods/{}/ws", g.addr, a.pod);
     assert_eq!(run_code(&via, "6 * 7").await, "42");
+    // The token in the Authorization header, as non-browser clients send it: passed on to the
+    // pod, which verifies it again.
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            via.websocket_url.as_str(),
+        )
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {good}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    match next_frame(&mut ws).await.map(|f| f.event) {
+        Some(ServerEvent::Welcome { document, .. }) => assert_eq!(document, "doc-edge"),
+        other => panic!("expected the welcome, got {other:?}"),
+    }
+    drop(ws);
     let (s, h, body) = http(g.addr, "GET", &format!("{api}?token={good}"), &[], b"").await;
     assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
     let nb: serde_json::Value = serde_json::from_slice(&body).unwrap();
