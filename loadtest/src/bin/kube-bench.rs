@@ -8,6 +8,11 @@
 //! failures, and how long the pools take to refill; and each replica's memory, and the CPU each
 //! part of the control plane used while the pools filled and refilled.
 //!
+//! With `--hold-control-plane`, the control plane's processes are stopped (SIGSTOP) for each
+//! burst and continued (SIGCONT) as soon as it ends: Allocate never calls the API server, so
+//! the burst then runs with the refill it starts unable to take any CPU, which isolates the
+//! refill's effect on Allocate (the refill happens after the burst).
+//!
 //! What the API says to retry (`UNAVAILABLE`) is retried a few times and counted; a load that
 //! still fails, or pools that do not refill, are reported and the run goes on to the next load.
 //! Such a run exits non-zero at the end, and Watchman's logs are written beside the control
@@ -53,6 +58,10 @@ struct Args {
     /// CPUs for Watchman, Redis and this driver when `--control-plane-cpus` is given.
     #[arg(long, requires = "control_plane_cpus", default_value = "0")]
     own_cpus: String,
+    /// Stops the control plane (SIGSTOP) during each burst, continues it (SIGCONT) after: the
+    /// burst runs with no refill competing for the cores.
+    #[arg(long)]
+    hold_control_plane: bool,
     /// The watchman binary.
     #[arg(long, default_value = "target/release/watchman")]
     watchman_bin: String,
@@ -174,11 +183,7 @@ impl CpuMeter {
             .filter(|(n, _)| n == "redis" || n.starts_with("watchman"))
             .map(|(_, p)| *p)
             .chain([std::process::id()]);
-        let cp_pids = self
-            .parts
-            .iter()
-            .filter(|(n, _)| n != "redis" && !n.starts_with("watchman"))
-            .map(|(_, p)| *p);
+        let cp_pids = self.control_plane().into_iter();
         for (pid, cpus) in cp_pids
             .map(|p| (p, control_plane))
             .chain(own_pids.map(|p| (p, own)))
@@ -191,6 +196,15 @@ impl CpuMeter {
             anyhow::ensure!(ok, "taskset -a -cp {cpus} {pid} failed");
         }
         Ok(())
+    }
+
+    /// The control plane's processes (not Watchman's, not Redis).
+    fn control_plane(&self) -> Vec<u32> {
+        self.parts
+            .iter()
+            .filter(|(n, _)| n != "redis" && !n.starts_with("watchman"))
+            .map(|(_, p)| *p)
+            .collect()
     }
 
     fn sample(&self) -> (Instant, Vec<f64>) {
@@ -219,6 +233,35 @@ impl CpuMeter {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// Processes stopped (SIGSTOP) until this is dropped (SIGCONT), whatever happens between.
+struct Held(Vec<u32>);
+
+impl Held {
+    fn new(pids: Vec<u32>) -> anyhow::Result<Self> {
+        anyhow::ensure!(!pids.is_empty(), "no control plane processes to hold");
+        signal("STOP", &pids)?;
+        Ok(Self(pids))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Err(e) = signal("CONT", &self.0) {
+            eprintln!("could not continue the control plane ({:?}): {e}", self.0);
+        }
+    }
+}
+
+fn signal(name: &str, pids: &[u32]) -> anyhow::Result<()> {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .args(pids.iter().map(u32::to_string))
+        .status()?
+        .success();
+    anyhow::ensure!(ok, "kill -{name} {pids:?} failed");
+    Ok(())
 }
 
 struct Burst {
@@ -505,13 +548,25 @@ async fn main() -> anyhow::Result<()> {
                 .map(|r| (format!("{r:.0}/s offered"), None, *r)),
         );
     for (label, concurrency, rate) in loads {
-        eprintln!("{} Allocates, {label}", args.allocations);
         let tag = label.replace([' ', '/'], "-");
-        let before = cpu.sample();
-        let b = match concurrency {
-            Some(c) => burst(&clients, c, args.allocations, &tag).await?,
-            None => open_loop(&clients, rate, args.allocations, &tag).await?,
+        let label = if args.hold_control_plane {
+            format!("{label}, control plane held")
+        } else {
+            label
         };
+        eprintln!("{} Allocates, {label}", args.allocations);
+        let before = cpu.sample();
+        let held = if args.hold_control_plane {
+            Some(Held::new(cpu.control_plane())?)
+        } else {
+            None
+        };
+        let b = match concurrency {
+            Some(c) => burst(&clients, c, args.allocations, &tag).await,
+            None => open_loop(&clients, rate, args.allocations, &tag).await,
+        };
+        drop(held);
+        let b = b?;
         let refill = wait_warm(
             &probe,
             args.warm,
