@@ -61,21 +61,22 @@ rpc() {
   grpcurl -plaintext -import-path proto -proto watchman/v1/watchman.proto \
     -H "authorization: Bearer $(cat "$tmp/keys/api-token")" -d "$body" "$grpc" "watchman.v1.Watchman/$method"
 }
+# A field of a JSON file: FILE PYTHON-SUBSCRIPT (e.g. '["pod"]').
+json_field() { "$py" -c "import json,sys; print(json.load(open(sys.argv[1]))$2)" "$1"; }
 rpc Allocate "{\"document_id\":\"ops-check\",\"plan\":\"$plan\",\"user_id\":\"ops\",\"user_name\":\"Ops\"}" >"$tmp/alloc.json"
 grep -q '"launch": "LAUNCH_KIND_WARM"' "$tmp/alloc.json" || { cat "$tmp/alloc.json" >&2; echo "test-ops: not a warm allocation" >&2; exit 1; }
 grep -q "\"websocketUrl\": \"ws://$public/pods/" "$tmp/alloc.json" || { cat "$tmp/alloc.json" >&2; echo "test-ops: the document is not reached through the gateway" >&2; exit 1; }
 # Middleman's port is not public (the gateway relays only documents' endpoints): asked of
 # Watchman's route service with the gateway's credential, as the gateway asks.
-pod="$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["pod"])' "$tmp/alloc.json")"
+pod="$(json_field "$tmp/alloc.json" '["pod"]')"
 grpcurl -plaintext -import-path proto -proto watchman/v1/watchman.proto \
   -H "authorization: Bearer $(cat "$tmp/keys/route-token")" -d "{\"pod\":\"$pod\"}" "$grpc" \
   watchman.v1.Routes/ResolvePod >"$tmp/route.json"
-mm="$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["live"]["endpoint"])' "$tmp/route.json")"
-gw="$(grep -o '"metrics_addr":"[^"]*"' "$tmp/gateway.log" | head -1 | cut -d'"' -f4)"
-[ -n "$mm" ] && [ -n "$gw" ] || { cat "$tmp/route.json" >&2; echo "test-ops: no Middleman or gateway metrics address" >&2; exit 1; }
+mm="$(json_field "$tmp/route.json" '["live"]["endpoint"]')"
+[ -n "$mm" ] && [ -n "$gateway_metrics" ] || { cat "$tmp/route.json" >&2; echo "test-ops: no Middleman or gateway metrics address" >&2; exit 1; }
 "$py" scripts/ops/exercise.py "$tmp/alloc.json" "$mm"
 # The data endpoints and the web client's page, through the gateway.
-token="$("$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["token"])' "$tmp/alloc.json")"
+token="$(json_field "$tmp/alloc.json" '["token"]')"
 curl -sf -H "authorization: Bearer $token" "http://$public/pods/$pod/api/notebook" | grep -q '"nbformat": *4' ||
   { echo "test-ops: GET /api/notebook through the gateway failed" >&2; exit 1; }
 curl -sf "http://$public/pods/$pod/" | grep -qi '<html' || { echo "test-ops: no web client page from the gateway" >&2; exit 1; }
@@ -96,8 +97,9 @@ for _ in $(seq 1 50); do
 done
 curl -sf "http://$http/metrics" >"$tmp/watchman.prom"
 curl -sf "$mm/metrics" >"$tmp/middleman.prom"
-curl -sf "http://$gw/metrics" >"$tmp/gateway.prom"
-grep -q '^gateway_bytes_total{direction="to_client"}' "$tmp/gateway.prom" || { echo "test-ops: the gateway relayed nothing" >&2; exit 1; }
+curl -sf "http://$gateway_metrics/metrics" >"$tmp/gateway.prom"
+awk '/^gateway_bytes_total\{direction="to_client"\} / && $2 > 0 { found = 1 } END { exit !found }' "$tmp/gateway.prom" ||
+  { echo "test-ops: the gateway relayed nothing to clients" >&2; exit 1; }
 # Every component registers the names only a fault makes appear at 0 when it starts, so every
 # name must be there (check.py's --event-only is for a name that cannot be).
 "$py" scripts/ops/check.py metrics --docs docs/metrics.md --rules deploy/prometheus/rules.yaml \

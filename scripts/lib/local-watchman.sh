@@ -12,7 +12,7 @@
 # `run_marker_vars` (names of more environment variables that, set to `$pool`, mark this run's
 # processes), `passed_note` and `local_watchman_gateway`.
 # Sets `tmp`, `pool`, `grpc`, `http` (Watchman's) and `watchman_pid`; with the gateway, also
-# `public` (its address) and `gateway_pid`.
+# `public` (its address), `gateway_metrics` (its metrics address) and `gateway_pid`.
 
 # Stops a process: SIGTERM, then SIGKILL if it is still there after 15 s.
 local_watchman_stop() {
@@ -118,7 +118,8 @@ PLANS
     </dev/null >"$tmp/watchman.log" 2>&1 &
   watchman_pid=$!
 
-  local_watchman_field() { grep -o "\"$1\":\"[^\"]*\"" "$tmp/watchman.log" | head -1 | cut -d'"' -f4; }
+  # A field of the first JSON log line that has it: FIELD [LOG] (Watchman's log by default).
+  local_watchman_field() { grep -o "\"$1\":\"[^\"]*\"" "${2:-$tmp/watchman.log}" | head -1 | cut -d'"' -f4; }
   for _ in $(seq 1 100); do
     [ -n "$(local_watchman_field http_addr)" ] && break
     kill -0 "$watchman_pid" 2>/dev/null || { echo "$local_watchman_name: Watchman exited" >&2; exit 1; }
@@ -146,6 +147,7 @@ PLANS
       sleep 0.1
     done
     grep -q "\"listening on http://$public\"" "$tmp/gateway.log" || { echo "$local_watchman_name: the gateway is not listening on $public" >&2; exit 1; }
+    gateway_metrics="$(local_watchman_field metrics_addr "$tmp/gateway.log")"
   fi
 
   local warm=0
