@@ -80,8 +80,9 @@ pub struct Args {
     /// An API call (its body included) must be answered within this.
     #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT", default_value = "120s", value_parser = duration)]
     pub request_timeout: Duration,
-    /// Largest WebSocket message either way (bigger: close 1009). Middleman's own client
-    /// limit (1 MiB by default) is lower; this bounds what the gateway buffers.
+    /// Largest WebSocket message from a client, over all its fragments (bigger: close 1009).
+    /// The gateway buffers no message (frames pass as they come); Middleman's own client
+    /// limit (1 MiB by default) is lower, and this refuses a flood before it reaches the pod.
     #[arg(long, env = "GATEWAY_MAX_FRAME_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_frame_bytes: usize,
     /// Largest API request body.
@@ -93,8 +94,8 @@ pub struct Args {
     /// A client that sends nothing (pongs included) for this long is closed (4000).
     #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", default_value = "60s", value_parser = duration)]
     pub idle_timeout: Duration,
-    /// A client that does not accept a frame within this is closed (4008): a slow reader never
-    /// makes the gateway buffer.
+    /// A client that accepts nothing for this long is cut off (it sees 1006 and reconnects):
+    /// a slow reader never makes the gateway buffer.
     #[arg(long, env = "GATEWAY_SEND_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub send_timeout: Duration,
     /// Connecting to a pod (TCP and the WebSocket handshake) must take less than this.

@@ -2,13 +2,16 @@
 //!
 //! - [`admission`]: tokens, origins, client addresses, connection limits;
 //! - [`resolve`]: pod to address through Watchman, cached;
-//! - [`relay`]: the WebSocket relay;
+//! - [`relay`]: the WebSocket relay, over [`conn`] (a side's stream) and [`frames`] (frame
+//!   headers read as they pass);
 //! - [`forward`]: the data endpoints and the landing page, with a pod's answers made harmless;
 //! - [`server`]: the routes; [`tls`]: HTTPS; this file: starting, draining, the metrics port.
 
 pub mod admission;
 pub mod config;
+pub mod conn;
 pub mod forward;
+pub mod frames;
 pub mod refusal;
 pub mod relay;
 pub mod resolve;

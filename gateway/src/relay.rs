@@ -1,25 +1,27 @@
-//! The WebSocket relay: one client, one upstream connection to the pod's Middleman, frames
-//! passed on one at a time. Nothing is queued here: a frame is read from one side only once
-//! the previous one was accepted by the other, so a slow reader slows its own upstream (and
-//! Middleman's bounded queue resynchronises or drops it) and the gateway's memory per
-//! connection stays a few kilobytes. A client that accepts nothing for `--send-timeout` is
-//! closed (4008); one that sends nothing, pongs included, for `--idle-timeout` too (4000).
+//! The WebSocket relay: one client, one upstream connection to the pod's Middleman, bytes
+//! passed on as they come. Frames are forwarded verbatim (the client's stay masked) and only
+//! their headers are read ([`crate::frames`]): nothing is assembled or queued here, a read is
+//! written to the other side before the next read from that side, so a slow reader slows its
+//! own upstream (and Middleman's bounded queue resynchronises or drops it), and an idle
+//! connection holds no buffer ([`crate::conn`]). A client that accepts nothing for
+//! `--send-timeout` is cut off (part of a frame may be out, so no close frame can follow; it
+//! sees 1006 and reconnects with `since`); one that sends nothing,
+//! pongs included, for `--idle-timeout` is closed (4000). Pings either way pass through and are
+//! answered by the other end; the gateway's own pings to the client go out between frames.
 //!
 //! How a relay ends decides what the client is told: the pod's own close passes through, but
 //! when the pod goes away the resolver is asked why, and a pod whose allocation ended closes
 //! its clients with 4410 and the reason; a draining gateway closes with 1012, and the client
-//! reconnects through another replica and resumes by sequence number.
+//! reconnects through another replica and resumes by sequence number. The gateway's own close
+//! frames go out only between frames: a connection cut mid-frame just ends.
 
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
+use crate::conn::{Conn, READ_BYTES};
+use crate::frames::{self, Close, Fed, Frames, Origin};
 use crate::resolve::{Resolver, Route};
 
 /// Close codes the gateway sends (docs/gateway.md).
@@ -28,7 +30,6 @@ pub mod close {
     pub const RESTARTING: u16 = 1012;
     pub const BAD_GATEWAY: u16 = 1014;
     pub const IDLE: u16 = 4000;
-    pub const TOO_SLOW: u16 = 4008;
     pub const POD_ENDED: u16 = 4410;
 }
 
@@ -39,20 +40,6 @@ pub struct RelaySettings {
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub send_timeout: Duration,
-}
-
-impl RelaySettings {
-    /// Both sides' WebSocket settings: a small read buffer and the frame cap. A big frame grows
-    /// the library's buffers and they stay grown (docs/benchmarks.md, "Gateway": about 36 KiB
-    /// per idle `/ws` connection after Middleman's welcome).
-    pub fn websocket_config(&self) -> WebSocketConfig {
-        WebSocketConfig::default()
-            .read_buffer_size(4096)
-            .write_buffer_size(0)
-            .max_write_buffer_size(self.max_frame_bytes.saturating_mul(2).max(1 << 20))
-            .max_message_size(Some(self.max_frame_bytes))
-            .max_frame_size(Some(self.max_frame_bytes))
-    }
 }
 
 /// How a relay ended: the `outcome` label of `gateway_connections_total`.
@@ -94,41 +81,71 @@ impl Outcome {
     }
 }
 
-fn frame(code: u16, reason: &str) -> Message {
-    // A close reason is at most 123 bytes; cut on a character boundary.
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    Message::Close(Some(CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason[..end].to_owned().into(),
-    }))
+/// One side of the relay: its stream, the frames read from it, and whether the gateway may
+/// write a frame of its own to it (the other direction's frames are at a boundary).
+struct Side {
+    conn: Conn,
+    frames: Frames,
 }
 
-/// What the upstream side did, for the ending.
+/// What woke the relay.
+enum Event {
+    Drain,
+    Client(std::io::Result<()>),
+    Pod(std::io::Result<()>),
+    Ping,
+}
+
+/// What a read from one side gave.
+enum Read {
+    Bytes(Vec<u8>),
+    Nothing,
+    Ended,
+}
+
+fn read(conn: &mut Conn, ready: std::io::Result<()>) -> Read {
+    let mut input = Vec::with_capacity(READ_BYTES);
+    match ready.and_then(|()| conn.try_read(&mut input)) {
+        Ok(0) => Read::Ended,
+        Ok(_) => Read::Bytes(input),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Read::Nothing,
+        Err(_) => Read::Ended,
+    }
+}
+
+/// How the pod's side ended.
 enum UpstreamEnd {
     /// Middleman closed with this frame.
-    Closed(Option<CloseFrame>),
+    Closed(Close),
     /// The connection failed or vanished without a close.
     Failed,
 }
 
-/// Relays frames until one side ends, the client misbehaves, or the gateway drains.
-pub async fn run<C, U>(
-    client: WebSocketStream<C>,
-    upstream: WebSocketStream<U>,
+/// A mask for the gateway's own frames to the pod (a client's frames are masked).
+fn mask() -> Option<[u8; 4]> {
+    Some(rand::random())
+}
+
+/// Relays until one side ends, the client misbehaves, or the gateway drains. `client_first`
+/// and `pod_first` are bytes already read past each side's handshake.
+pub async fn run(
+    client: (Conn, Bytes),
+    upstream: (Conn, Bytes),
     settings: RelaySettings,
     drain: CancellationToken,
     resolver: Resolver,
     pod: String,
-) -> Outcome
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
-{
-    let (mut c_tx, mut c_rx) = client.split();
-    let (mut u_tx, mut u_rx) = upstream.split();
+) -> Outcome {
+    let (client, client_first) = client;
+    let (upstream, pod_first) = upstream;
+    let mut c = Side {
+        conn: client,
+        frames: Frames::new(Origin::Client, settings.max_frame_bytes as u64),
+    };
+    let mut u = Side {
+        conn: upstream,
+        frames: Frames::new(Origin::Pod, u64::MAX),
+    };
     let mut last_heard = Instant::now();
     let mut ping = tokio::time::interval_at(
         tokio::time::Instant::now() + settings.ping_interval,
@@ -137,99 +154,171 @@ where
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let to_pod = metrics::counter!("gateway_bytes_total", "direction" => "to_pod");
     let to_client = metrics::counter!("gateway_bytes_total", "direction" => "to_client");
+    let send = settings.send_timeout;
 
+    // The gateway's own frame to the client, when the pod's frames allow it (`between`).
+    async fn tell_client(c: &mut Side, between: bool, frame: Vec<u8>, within: Duration) {
+        if between {
+            let _ = tokio::time::timeout(within, c.conn.write_all(&frame)).await;
+        }
+        let _ = tokio::time::timeout(within, c.conn.shutdown()).await;
+    }
+    // The gateway's own close to the pod, when the client's frames allow it (`between`).
+    async fn tell_pod(u: &mut Side, between: bool, reason: &str, within: Duration) {
+        if between {
+            let frame = frames::close_frame(1001, reason, mask());
+            let _ = tokio::time::timeout(within, u.conn.write_all(&frame)).await;
+        }
+        let _ = tokio::time::timeout(within, u.conn.shutdown()).await;
+    }
+
+    // Copied out and dropped at once: the bytes share HTTP's read buffer (8 KiB or more), which
+    // they would otherwise keep for the connection's life.
+    let mut pending_client = (!client_first.is_empty()).then(|| client_first.to_vec());
+    let mut pending_pod = (!pod_first.is_empty()).then(|| pod_first.to_vec());
+    drop((client_first, pod_first));
     let ended = loop {
-        tokio::select! {
-            biased;
-            () = drain.cancelled() => {
-                let _ = tokio::time::timeout(
-                    settings.send_timeout,
-                    c_tx.send(frame(close::RESTARTING, "gateway restarting; reconnect")),
+        let event = if pending_pod.is_some() {
+            Event::Pod(Ok(()))
+        } else if pending_client.is_some() {
+            Event::Client(Ok(()))
+        } else {
+            tokio::select! {
+                biased;
+                () = drain.cancelled() => Event::Drain,
+                r = c.conn.ready() => Event::Client(r),
+                r = u.conn.ready() => Event::Pod(r),
+                _ = ping.tick() => Event::Ping,
+            }
+        };
+        match event {
+            Event::Drain => {
+                tell_client(
+                    &mut c,
+                    u.frames.at_boundary(),
+                    frames::close_frame(close::RESTARTING, "gateway restarting; reconnect", None),
+                    send,
                 )
                 .await;
-                let _ = tokio::time::timeout(
-                    settings.send_timeout,
-                    u_tx.send(frame(1001, "client moved to another gateway")),
+                tell_pod(
+                    &mut u,
+                    c.frames.at_boundary(),
+                    "client moved to another gateway",
+                    send,
                 )
                 .await;
                 return Outcome::Drained;
             }
-            message = c_rx.next() => {
-                last_heard = Instant::now();
-                match message {
-                    Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
-                        to_pod.increment(m.len() as u64);
-                        match tokio::time::timeout(settings.send_timeout, u_tx.send(m)).await {
-                            Ok(Ok(())) => {}
-                            // The pod stopped reading: it is stuck or gone.
-                            _ => break UpstreamEnd::Failed,
-                        }
-                    }
-                    Some(Ok(Message::Close(f))) => {
-                        let _ = tokio::time::timeout(settings.send_timeout, u_tx.send(Message::Close(f))).await;
-                        // Completes the closing handshake: the library queued the client's
-                        // close echoed back (RFC 6455 5.5.1); this sends it.
-                        let _ = tokio::time::timeout(settings.send_timeout, c_tx.close()).await;
-                        return Outcome::ClientClosed;
-                    }
-                    // Pongs are answers to ours; pings are answered by the library.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                    Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
-                        let _ = c_tx.send(frame(close::TOO_LARGE, "message too large")).await;
-                        let _ = u_tx.send(frame(1001, "client closed")).await;
-                        return Outcome::TooLarge;
-                    }
-                    Some(Err(_)) | None => {
-                        let _ = tokio::time::timeout(settings.send_timeout, u_tx.send(frame(1001, "client went away"))).await;
-                        return Outcome::ClientClosed;
-                    }
-                }
-            }
-            message = u_rx.next() => {
-                match message {
-                    Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
-                        let len = m.len() as u64;
-                        match tokio::time::timeout(settings.send_timeout, c_tx.send(m)).await {
-                            Ok(Ok(())) => to_client.increment(len),
-                            Ok(Err(_)) => {
-                                let _ = u_tx.send(frame(1001, "client went away")).await;
-                                return Outcome::ClientClosed;
-                            }
-                            Err(_) => {
-                                // Not accepting for this long: close without waiting on it.
-                                let _ = tokio::time::timeout(
-                                    Duration::from_millis(100),
-                                    c_tx.send(frame(close::TOO_SLOW, "too slow; reconnect")),
-                                )
+            Event::Client(ready) => {
+                let input = match pending_client.take() {
+                    Some(bytes) => bytes,
+                    None => match read(&mut c.conn, ready) {
+                        Read::Bytes(b) => b,
+                        Read::Nothing => continue,
+                        Read::Ended => {
+                            tell_pod(&mut u, c.frames.at_boundary(), "client went away", send)
                                 .await;
-                                let _ = u_tx.send(frame(1001, "client too slow")).await;
-                                return Outcome::SlowClient;
-                            }
+                            return Outcome::ClientClosed;
                         }
+                    },
+                };
+                last_heard = Instant::now();
+                let mut out = Vec::with_capacity(input.len());
+                let fed = c.frames.feed(&input, &mut out);
+                if !out.is_empty() {
+                    to_pod.increment(out.len() as u64);
+                    match tokio::time::timeout(send, u.conn.write_all(&out)).await {
+                        Ok(Ok(())) => {}
+                        // The pod stopped reading: it is stuck or gone.
+                        _ => break UpstreamEnd::Failed,
                     }
-                    Some(Ok(Message::Close(f))) => break UpstreamEnd::Closed(f),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                    Some(Err(_)) | None => break UpstreamEnd::Failed,
+                }
+                match fed {
+                    Ok(Fed::More) => {}
+                    Ok(Fed::Closed(close)) => {
+                        // Passed on as sent; the client's close is answered with its code.
+                        let _ = tokio::time::timeout(send, u.conn.write_all(&close.raw)).await;
+                        let answer = match close.code {
+                            Some(code) => frames::close_frame(code, "", None),
+                            None => frames::close_frame(1000, "", None),
+                        };
+                        tell_client(&mut c, u.frames.at_boundary(), answer, send).await;
+                        return Outcome::ClientClosed;
+                    }
+                    Err(violation) => {
+                        tell_client(
+                            &mut c,
+                            u.frames.at_boundary(),
+                            frames::close_frame(violation.code, violation.reason, None),
+                            send,
+                        )
+                        .await;
+                        tell_pod(&mut u, c.frames.at_boundary(), "client closed", send).await;
+                        return if violation.code == close::TOO_LARGE {
+                            Outcome::TooLarge
+                        } else {
+                            Outcome::ClientClosed
+                        };
+                    }
                 }
             }
-            _ = ping.tick() => {
+            Event::Pod(ready) => {
+                let input = match pending_pod.take() {
+                    Some(bytes) => bytes,
+                    None => match read(&mut u.conn, ready) {
+                        Read::Bytes(b) => b,
+                        Read::Nothing => continue,
+                        Read::Ended => break UpstreamEnd::Failed,
+                    },
+                };
+                let mut out = Vec::with_capacity(input.len());
+                let fed = u.frames.feed(&input, &mut out);
+                if !out.is_empty() {
+                    match tokio::time::timeout(send, c.conn.write_all(&out)).await {
+                        Ok(Ok(())) => to_client.increment(out.len() as u64),
+                        Ok(Err(_)) => {
+                            tell_pod(&mut u, c.frames.at_boundary(), "client went away", send)
+                                .await;
+                            return Outcome::ClientClosed;
+                        }
+                        Err(_) => {
+                            // Not accepting for this long: part of a frame may be out, so the
+                            // client is cut off rather than told.
+                            tell_pod(&mut u, c.frames.at_boundary(), "client too slow", send).await;
+                            return Outcome::SlowClient;
+                        }
+                    }
+                }
+                match fed {
+                    Ok(Fed::More) => {}
+                    Ok(Fed::Closed(close)) => break UpstreamEnd::Closed(close),
+                    Err(_) => break UpstreamEnd::Failed,
+                }
+            }
+            Event::Ping => {
                 if last_heard.elapsed() >= settings.idle_timeout {
-                    let _ = tokio::time::timeout(
+                    tell_client(
+                        &mut c,
+                        u.frames.at_boundary(),
+                        frames::close_frame(close::IDLE, "no answer to pings", None),
                         Duration::from_millis(100),
-                        c_tx.send(frame(close::IDLE, "no answer to pings")),
                     )
                     .await;
-                    let _ = u_tx.send(frame(1001, "client went away")).await;
+                    tell_pod(&mut u, c.frames.at_boundary(), "client went away", send).await;
                     return Outcome::IdleTimeout;
                 }
-                match tokio::time::timeout(settings.send_timeout, c_tx.send(Message::Ping(Default::default()))).await {
+                // Between the pod's frames only; a frame in flight means the next tick.
+                if !u.frames.at_boundary() {
+                    continue;
+                }
+                match tokio::time::timeout(send, c.conn.write_all(&frames::ping_frame())).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => {
-                        let _ = u_tx.send(frame(1001, "client went away")).await;
+                        tell_pod(&mut u, c.frames.at_boundary(), "client went away", send).await;
                         return Outcome::ClientClosed;
                     }
                     Err(_) => {
-                        let _ = u_tx.send(frame(1001, "client too slow")).await;
+                        tell_pod(&mut u, c.frames.at_boundary(), "client too slow", send).await;
                         return Outcome::SlowClient;
                     }
                 }
@@ -240,36 +329,42 @@ where
     // The pod's side ended. A close that is not "going away" is the pod's word: pass it on.
     // Otherwise ask why: an allocation that ended says so.
     let going_away = match &ended {
-        UpstreamEnd::Closed(Some(f)) => {
-            matches!(u16::from(f.code), 1001 | 1006 | 1011 | 1012 | 1013 | 1014)
+        UpstreamEnd::Closed(Close {
+            code: Some(code), ..
+        }) => {
+            matches!(code, 1001 | 1006 | 1011 | 1012 | 1013 | 1014)
         }
-        UpstreamEnd::Closed(None) | UpstreamEnd::Failed => true,
+        UpstreamEnd::Closed(_) | UpstreamEnd::Failed => true,
     };
     let (message, outcome) = if going_away {
         resolver.invalidate(&pod);
         match ended_reason(&resolver, &pod).await {
             Some(reason) => (
-                frame(close::POD_ENDED, &format!("pod ended: {reason}")),
+                frames::close_frame(close::POD_ENDED, &format!("pod ended: {reason}"), None),
                 Outcome::PodEnded,
             ),
             None => match ended {
-                UpstreamEnd::Closed(Some(f)) => (Message::Close(Some(f)), Outcome::PodClosed),
-                _ => (
-                    frame(close::BAD_GATEWAY, "the document's server went away"),
+                UpstreamEnd::Closed(close) => (close.raw, Outcome::PodClosed),
+                UpstreamEnd::Failed => (
+                    frames::close_frame(
+                        close::BAD_GATEWAY,
+                        "the document's server went away",
+                        None,
+                    ),
                     Outcome::UpstreamFailed,
                 ),
             },
         }
     } else {
-        let UpstreamEnd::Closed(f) = ended else {
+        let UpstreamEnd::Closed(close) = ended else {
             return Outcome::UpstreamFailed;
         };
-        (Message::Close(f), Outcome::PodClosed)
+        (close.raw, Outcome::PodClosed)
     };
     if outcome == Outcome::UpstreamFailed {
         metrics::counter!("gateway_upstream_errors_total", "kind" => "closed").increment(1);
     }
-    let _ = tokio::time::timeout(settings.send_timeout, c_tx.send(message)).await;
+    tell_client(&mut c, u.frames.at_boundary(), message, send).await;
     outcome
 }
 

@@ -12,15 +12,16 @@ use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{any, get, post};
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::admission::{Cidr, Gatekeeper, Limits, Permit, client_address};
+use crate::conn::Conn;
 use crate::forward::{Forwarder, Upstream};
 use crate::refusal::Refusal;
 use crate::relay::{self, RelaySettings};
@@ -348,14 +349,7 @@ async fn websocket(
         async move {
             let _permit = permit;
             let client = match on_upgrade.await {
-                Ok(upgraded) => {
-                    WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(settings.websocket_config()),
-                    )
-                    .await
-                }
+                Ok(upgraded) => Conn::from_upgraded(upgraded),
                 Err(error) => {
                     tracing::debug!(%error, "client upgrade failed");
                     return;
@@ -377,9 +371,7 @@ async fn websocket(
     let h = response.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(v) = HeaderValue::from_str(
-        &tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
-    ) {
+    if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     if let Some(p) = chosen_protocol {
@@ -395,8 +387,15 @@ enum UpstreamFailure {
     Failed(Refusal),
 }
 
-type Upstreamed = (WebSocketStream<tokio::net::TcpStream>, Option<HeaderValue>);
+/// The pod's side after its handshake (with the bytes read past it), and the subprotocol the
+/// pod chose.
+type Upstreamed = ((Conn, Bytes), Option<HeaderValue>);
 
+/// The largest refusal body read from a pod's handshake.
+const REFUSAL_BYTES: usize = 64 * 1024;
+
+/// Opens the WebSocket to the pod: our own HTTP/1.1 upgrade (hyper), so that what follows is
+/// the raw connection the relay reads frames from.
 async fn connect_upstream(
     edge: &Edge,
     endpoint: &str,
@@ -409,43 +408,74 @@ async fn connect_upstream(
         tracing::warn!(%endpoint, "unsupported pod endpoint");
         return Err(UpstreamFailure::Failed(Refusal::UpstreamUnreachable));
     };
-    let mut request = match format!("ws://{authority}{target}").into_client_request() {
-        Ok(r) => r,
-        Err(_) => {
-            return Err(UpstreamFailure::Failed(Refusal::BadRequest(
-                "the path is not a valid URL",
-            )));
-        }
-    };
+    let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+    let mut builder = hyper::Request::get(target)
+        .header(header::HOST, authority)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_VERSION, "13")
+        .header(header::SEC_WEBSOCKET_KEY, &key);
     for (name, value) in passed {
-        request.headers_mut().insert(name, value.clone());
+        builder = builder.header(name, value);
     }
     if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
-        request.headers_mut().insert("x-forwarded-for", v);
+        builder = builder.header("x-forwarded-for", v);
     }
-    let config = edge.relay.websocket_config();
+    let Ok(request) = builder.body(http_body_util::Empty::<Bytes>::new()) else {
+        return Err(UpstreamFailure::Failed(Refusal::BadRequest(
+            "the path is not a valid URL",
+        )));
+    };
+    let unreachable = |_| UpstreamFailure::Failed(Refusal::UpstreamUnreachable);
     let connect = async {
         let tcp = tokio::net::TcpStream::connect(authority)
             .await
-            .map_err(|_| UpstreamFailure::Failed(Refusal::UpstreamUnreachable))?;
+            .map_err(unreachable)?;
         let _ = tcp.set_nodelay(true);
-        tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
-            .map_err(handshake_failure)
+            .map_err(|_| UpstreamFailure::Failed(Refusal::UpstreamUnreachable))?;
+        // Drives the connection until the upgrade hands it over (or it fails).
+        edge.tasks.spawn(async move {
+            let _ = connection.with_upgrades().await;
+        });
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|_| UpstreamFailure::Failed(Refusal::UpstreamUnreachable))?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let status = response.status();
+            let body = http_body_util::Limited::new(response.into_body(), REFUSAL_BYTES)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(refused(status, &body));
+        }
+        let accepted = response
+            .headers()
+            .get(header::SEC_WEBSOCKET_ACCEPT)
+            .is_some_and(|v| v.as_bytes() == derive_accept_key(key.as_bytes()).as_bytes());
+        if !accepted {
+            return Err(UpstreamFailure::Failed(Refusal::UpstreamUnreachable));
+        }
+        let chosen = response
+            .headers()
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .cloned();
+        let upgraded = hyper::upgrade::on(response)
+            .await
+            .map_err(|_| UpstreamFailure::Failed(Refusal::UpstreamUnreachable))?;
+        Ok((Conn::from_upgraded(upgraded), chosen))
     };
     match tokio::time::timeout(edge.upstream_connect_timeout, connect).await {
-        Ok(Ok((ws, response))) => {
-            let chosen = response
-                .headers()
-                .get(header::SEC_WEBSOCKET_PROTOCOL)
-                .cloned();
-            Ok((ws, chosen))
-        }
+        Ok(Ok(upstream)) => Ok(upstream),
         Ok(Err(failure)) => {
-            if matches!(failure, UpstreamFailure::Failed(_)) {
-                metrics::counter!("gateway_upstream_errors_total", "kind" => "connect")
-                    .increment(1);
-            }
+            let kind = match failure {
+                UpstreamFailure::Failed(_) => "connect",
+                UpstreamFailure::Refused(_) => "refused",
+            };
+            metrics::counter!("gateway_upstream_errors_total", "kind" => kind).increment(1);
             Err(failure)
         }
         Err(_) => {
@@ -457,17 +487,8 @@ async fn connect_upstream(
 
 /// A refusal from Middleman's handshake becomes the same status with its `error` and
 /// `message`, and nothing else of what the pod sent.
-fn handshake_failure(error: tokio_tungstenite::tungstenite::Error) -> UpstreamFailure {
-    use tokio_tungstenite::tungstenite::Error;
-    let Error::Http(response) = error else {
-        return UpstreamFailure::Failed(Refusal::UpstreamUnreachable);
-    };
-    metrics::counter!("gateway_upstream_errors_total", "kind" => "refused").increment(1);
-    let status = response.status();
-    let parsed: Option<serde_json::Value> = response
-        .body()
-        .as_deref()
-        .and_then(|b| serde_json::from_slice(b).ok());
+fn refused(status: StatusCode, body: &[u8]) -> UpstreamFailure {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let field = |name: &str| {
         parsed
             .as_ref()
