@@ -183,8 +183,8 @@ pub async fn run(
         } else if pending_client.is_some() {
             Event::Client(Ok(()))
         } else {
+            // Unbiased: a client that floods must not starve the pod's direction.
             tokio::select! {
-                biased;
                 () = drain.cancelled() => Event::Drain,
                 r = c.conn.ready() => Event::Client(r),
                 r = u.conn.ready() => Event::Pod(r),

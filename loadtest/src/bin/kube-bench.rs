@@ -6,7 +6,9 @@
 //! Measures the time for the pools to fill from empty, then for each concurrency level a burst
 //! of Allocates for new documents (spread over both replicas): throughput, p50/p99 latency,
 //! failures, and how long the pools take to refill; and each replica's memory, and the CPU each
-//! part of the control plane used while the pools filled and refilled.
+//! part of the control plane used while the pools filled and refilled. Where a load's tail came
+//! from: how long Allocate took inside each replica (bucket bounds from its own histogram), and
+//! the load's slowest 50 ms windows by when their calls started (one stall, or a steady queue).
 //!
 //! With `--hold-control-plane`, the control plane's processes are stopped (SIGSTOP) for each
 //! burst and continued (SIGCONT) as soon as it ends: Allocate never calls the API server, so
@@ -271,18 +273,26 @@ struct Burst {
     retried: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// Where the tail came from: the slowest windows of the load, by when their calls started.
+    stalls: String,
 }
 
 impl Burst {
     /// Sorts the outcomes of one load into latencies and failures (the first few are shown).
-    fn of(outcomes: impl IntoIterator<Item = Outcome>, elapsed: Duration) -> Self {
+    fn of(
+        outcomes: impl IntoIterator<Item = Outcome>,
+        elapsed: Duration,
+        steal: &[(Duration, u64)],
+    ) -> Self {
         let mut latencies = Vec::new();
+        let mut timed = Vec::new();
         let mut failed = 0;
         let mut retried = 0;
         for outcome in outcomes {
             match outcome {
-                Ok((l, retries)) => {
+                Ok((start, l, retries)) => {
                     latencies.push(l);
+                    timed.push((start, l));
                     retried += usize::from(retries > 0);
                 }
                 Err(e) => {
@@ -300,12 +310,103 @@ impl Burst {
             retried,
             elapsed,
             latencies,
+            stalls: format!(
+                "{} ms stolen by the host in all; slowest windows: {}",
+                stolen_ms(steal, Duration::ZERO, elapsed),
+                stalls(&timed, steal)
+            ),
         }
     }
 }
 
-/// One Allocate: its latency and retries, or why it failed.
-type Outcome = Result<(Duration, u32), String>;
+/// The three 50 ms windows (by when calls started, from the load's start) whose slowest call was
+/// slowest, each with how many of its calls took over 10 ms and the CPU time the hypervisor
+/// took from this machine's CPUs from the window's start to its slowest call's end (`steal` in
+/// `/proc/stat`): one stall and a steady queue read differently here though their p99s may
+/// match, and a stall that coincides with steal was the host's, not the code's.
+fn stalls(timed: &[(Duration, Duration)], steal: &[(Duration, u64)]) -> String {
+    const WINDOW_MS: u128 = 50;
+    let mut windows: std::collections::BTreeMap<u128, (Duration, usize, usize)> =
+        std::collections::BTreeMap::new();
+    for (start, l) in timed {
+        let w = windows.entry(start.as_millis() / WINDOW_MS).or_default();
+        w.0 = w.0.max(*l);
+        w.1 += 1;
+        w.2 += usize::from(*l > Duration::from_millis(10));
+    }
+    let mut worst: Vec<_> = windows.into_iter().collect();
+    worst.sort_by_key(|w| std::cmp::Reverse(w.1.0));
+    worst
+        .iter()
+        .take(3)
+        .map(|(w, (max, n, slow))| {
+            let from = Duration::from_millis((w * WINDOW_MS) as u64);
+            let to = from + Duration::from_millis(WINDOW_MS as u64) + *max;
+            format!(
+                "+{} ms: max {:.1} ms, {slow}/{n} over 10 ms, {} ms stolen",
+                w * WINDOW_MS,
+                max.as_secs_f64() * 1000.0,
+                stolen_ms(steal, from, to)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The hypervisor's steal over all CPUs, sampled every 5 ms from when it is started: (time
+/// since the start, cumulative steal in `/proc/stat`'s ticks).
+struct StealSampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(Duration, u64)>>,
+}
+
+fn steal_ticks() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().next()?.to_owned();
+            line.split_whitespace().nth(8)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+impl StealSampler {
+    fn start(from: Instant) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                samples.push((from.elapsed(), steal_ticks()));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            samples.push((from.elapsed(), steal_ticks()));
+            samples
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> Vec<(Duration, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// Steal between `from` and `to`, in milliseconds (a tick is 10 ms: `USER_HZ` is 100).
+fn stolen_ms(steal: &[(Duration, u64)], from: Duration, to: Duration) -> u64 {
+    let at = |t: Duration| {
+        steal
+            .iter()
+            .rev()
+            .find(|(when, _)| *when <= t)
+            .or(steal.first())
+            .map_or(0, |(_, ticks)| *ticks)
+    };
+    at(to).saturating_sub(at(from)) * 10
+}
+
+/// When the call started (from the load's start), its latency and retries, or why it failed.
+type Outcome = Result<(Duration, Duration, u32), String>;
 
 /// Sends Allocate number `i` of the load `tag`, retrying what Watchman says to retry.
 async fn allocate(c: &Client, tag: &str, i: usize) -> Result<u32, String> {
@@ -340,6 +441,7 @@ async fn burst(
 ) -> anyhow::Result<Burst> {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
+    let steal = StealSampler::start(started);
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
         let c = clients[worker % clients.len()].clone();
@@ -354,7 +456,7 @@ async fn burst(
                 }
                 let t = Instant::now();
                 let r = allocate(&c, &tag, i).await;
-                outcomes.push(r.map(|retries| (t.elapsed(), retries)));
+                outcomes.push(r.map(|retries| (t - started, t.elapsed(), retries)));
             }
             outcomes
         }));
@@ -363,7 +465,8 @@ async fn burst(
     for t in tasks {
         outcomes.extend(t.await?);
     }
-    Ok(Burst::of(outcomes, started.elapsed()))
+    let elapsed = started.elapsed();
+    Ok(Burst::of(outcomes, elapsed, &steal.finish()))
 }
 
 /// Open loop: Allocates sent at `rate` per second whatever the answers (up to 256 in flight),
@@ -376,6 +479,7 @@ async fn open_loop(
 ) -> anyhow::Result<Burst> {
     let gate = Arc::new(tokio::sync::Semaphore::new(256));
     let started = tokio::time::Instant::now();
+    let steal = StealSampler::start(started.into_std());
     let mut tasks = Vec::with_capacity(total);
     for i in 0..total {
         let due = started + Duration::from_secs_f64(i as f64 / rate);
@@ -386,14 +490,15 @@ async fn open_loop(
         tasks.push(tokio::spawn(async move {
             let r = allocate(&c, &tag, i).await;
             drop(permit);
-            r.map(|retries| (due.elapsed(), retries))
+            r.map(|retries| (due - started, due.elapsed(), retries))
         }));
     }
     let mut outcomes = Vec::with_capacity(total);
     for t in tasks {
         outcomes.push(t.await?);
     }
-    Ok(Burst::of(outcomes, started.elapsed()))
+    let elapsed = started.elapsed();
+    Ok(Burst::of(outcomes, elapsed, &steal.finish()))
 }
 
 /// The sum of every series of the metric `name` in a Prometheus text page.
@@ -431,6 +536,107 @@ async fn replica_report(r: &WatchmanProcess) -> String {
     )
 }
 
+/// Allocate's histogram in a replica (every plan and launch summed): cumulative counts by
+/// bucket bound (seconds).
+async fn served_buckets(r: &WatchmanProcess) -> Vec<(f64, f64)> {
+    let port = r.http_addr().await.port();
+    let Ok((200, page)) = loadtest::http(port, "GET", "/metrics", "", "").await else {
+        return Vec::new();
+    };
+    let mut by_bound: Vec<(f64, f64)> = Vec::new();
+    for line in page
+        .lines()
+        .filter(|l| l.starts_with("watchman_allocation_duration_seconds_bucket{"))
+    {
+        let bound = line
+            .split("le=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .map(|le| le.parse::<f64>().unwrap_or(f64::INFINITY));
+        let count = line.rsplit(' ').next().and_then(|c| c.parse::<f64>().ok());
+        if let (Some(bound), Some(count)) = (bound, count) {
+            match by_bound.iter_mut().find(|(b, _)| *b == bound) {
+                Some(entry) => entry.1 += count,
+                None => by_bound.push((bound, count)),
+            }
+        }
+    }
+    by_bound.sort_by(|a, b| a.0.total_cmp(&b.0));
+    by_bound
+}
+
+/// The bucket bounds under which half and 99% of the Allocates between two snapshots of
+/// [`served_buckets`] were served: what the call cost once it reached Watchman's handler.
+fn served_quantiles(before: &[(f64, f64)], after: &[(f64, f64)]) -> String {
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(bound, n)| {
+            let was = before
+                .iter()
+                .find(|(b, _)| b == bound)
+                .map_or(0.0, |(_, n)| *n);
+            (*bound, n - was)
+        })
+        .collect();
+    let total = delta.last().map_or(0.0, |(_, n)| *n);
+    if total <= 0.0 {
+        return "none served".into();
+    }
+    let under = |q: f64| {
+        delta
+            .iter()
+            .find(|(_, n)| *n >= q * total)
+            .map_or(f64::INFINITY, |(b, _)| *b * 1000.0)
+    };
+    format!(
+        "{total:.0}, p50 ≤ {} ms, p99 ≤ {} ms",
+        under(0.5),
+        under(0.99)
+    )
+}
+
+/// `redis-cli` against the benchmark's Redis: its output, or why not.
+fn redis_cli(url: &str, args: &[&str]) -> String {
+    match std::process::Command::new("redis-cli")
+        .arg("-u")
+        .arg(url)
+        .args(args)
+        .output()
+    {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Err(e) => format!("redis-cli: {e}"),
+    }
+}
+
+/// The commands Redis took over 2 ms for since the last call (its slow log, which the
+/// benchmark sets to 2 ms), e.g. `EVALSHA 4.1 ms`; then clears it.
+fn redis_slow(url: &str) -> String {
+    let raw = redis_cli(url, &["--no-raw", "SLOWLOG", "GET", "32"]);
+    let _ = redis_cli(url, &["SLOWLOG", "RESET"]);
+    // `--no-raw` prints each entry as numbered lines: id, time, microseconds, then the
+    // command's words; keep the duration and the command's name.
+    let mut out = Vec::new();
+    let mut lines = raw.lines().map(str::trim);
+    while let Some(line) = lines.next() {
+        if let Some(micros) = line
+            .strip_prefix("3) (integer) ")
+            .and_then(|m| m.parse::<f64>().ok())
+        {
+            let command = lines
+                .next()
+                .and_then(|l| l.split('"').nth(1))
+                .unwrap_or("?")
+                .to_owned();
+            out.push(format!("{command} {:.1} ms", micros / 1000.0));
+        }
+    }
+    if out.is_empty() {
+        "none over 2 ms".into()
+    } else {
+        out.join(", ")
+    }
+}
+
 fn pct(v: &[Duration], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -458,6 +664,10 @@ async fn main() -> anyhow::Result<()> {
         .await;
     eprintln!("  ready in {:.1?}", node_started.elapsed());
     let redis = testkit::RedisServer::start();
+    let _ = redis_cli(
+        &redis.url(),
+        &["CONFIG", "SET", "slowlog-log-slower-than", "2000"],
+    );
     let free = args.warm * 3 / 5;
     let pro = args.warm - free;
     let plans = k.write_plans(&format!("{}\n{}", k.plan("free", free), k.plan("pro", pro)));
@@ -556,6 +766,11 @@ async fn main() -> anyhow::Result<()> {
         };
         eprintln!("{} Allocates, {label}", args.allocations);
         let before = cpu.sample();
+        let _ = redis_slow(&redis.url());
+        let mut served_before = Vec::new();
+        for r in &replicas {
+            served_before.push(served_buckets(r).await);
+        }
         let held = if args.hold_control_plane {
             Some(Held::new(cpu.control_plane())?)
         } else {
@@ -567,6 +782,15 @@ async fn main() -> anyhow::Result<()> {
         };
         drop(held);
         let b = b?;
+        let mut served = Vec::new();
+        for (r, before) in replicas.iter().zip(&served_before) {
+            served.push(served_quantiles(before, &served_buckets(r).await));
+        }
+        let served = format!(
+            "{}; Redis commands over 2 ms: {}",
+            served.join(" / "),
+            redis_slow(&redis.url())
+        );
         let refill = wait_warm(
             &probe,
             args.warm,
@@ -591,7 +815,8 @@ async fn main() -> anyhow::Result<()> {
         if let Err(e) = &refill {
             problems.push(format!("{label}: pools not refilled: {e}"));
         }
-        rows.push((label, b, refill, used));
+        eprintln!("  served in (replica a / b): {served}; {}", b.stalls);
+        rows.push((label, b, refill, used, served));
     }
     let (_, allocated) = warm_total(&probe, &mut list_retries)
         .await
@@ -612,7 +837,7 @@ async fn main() -> anyhow::Result<()> {
         "| load | Allocates | retried | failed | throughput | p50 | p99 | max | pools refilled in |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    for (c, b, refill, _) in &rows {
+    for (c, b, refill, _, _) in &rows {
         println!(
             "| {c} | {} | {} | {} | {:.0}/s | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
             b.ok,
@@ -628,8 +853,15 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("\nCores used during each load and its refill:");
-    for (c, _, _, used) in &rows {
+    for (c, _, _, used, _) in &rows {
         println!("- {c}: {used}");
+    }
+    println!(
+        "\nWhere the time went: Allocates served by each replica and \
+         the bucket bounds of their p50 and p99 inside it (its own histogram), and the slowest 50 ms windows of each load:"
+    );
+    for (c, b, _, _, served) in &rows {
+        println!("- {c}: served in {served}; {}", b.stalls);
     }
     println!(
         "\nWatchman memory (RSS, MiB) with {} warm pods: {}; at the end ({} warm + {allocated} allocated pods): {} (peaks {})",
