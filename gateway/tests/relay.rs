@@ -3,8 +3,10 @@
 //! protocol (tokio-tungstenite) and one that writes frames by hand.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,26 +82,7 @@ impl Gateway {
             .arg(format!("p1=http://{upstream}"))
             .args(extra);
         let cert = tls.then(|| {
-            let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-            let made = Command::new("openssl")
-                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-                .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
-                .args([
-                    "-subj",
-                    "/CN=gateway-test",
-                    "-addext",
-                    "subjectAltName=IP:127.0.0.1",
-                ])
-                // Its own trust anchor, and not a CA (which rustls refuses as a server's).
-                .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-                .arg("-keyout")
-                .arg(&key)
-                .arg("-out")
-                .arg(&cert)
-                .stderr(Stdio::null())
-                .status()
-                .expect("openssl is installed");
-            assert!(made.success());
+            let (cert, key) = common::self_signed(&dir.0);
             cmd.arg("--tls-cert").arg(&cert).arg("--tls-key").arg(&key);
             cert
         });

@@ -1,6 +1,8 @@
 //! HTTPS on the public address: a certificate made with OpenSSL, and curl as the client.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -9,26 +11,7 @@ use tokio::io::AsyncBufReadExt as _;
 #[tokio::test]
 async fn the_public_address_speaks_tls_when_given_a_certificate() {
     let dir = testkit::TempDir::new("gw-tls");
-    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=gateway-test"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl is installed");
-    assert!(made.success());
+    let (cert, key) = common::self_signed(&dir.0);
     let signing = session_token::SigningKey::generate();
     let public = dir.0.join("public.pem");
     std::fs::write(&public, signing.verifying_key().to_pem().unwrap()).unwrap();
