@@ -41,6 +41,7 @@ tmp="$(mktemp -d "${TMPDIR:-/tmp}/nbplat-ops.XXXXXX")"
 kustomize build deploy/grafana >"$tmp/grafana.yaml"
 kustomize build deploy/prometheus >"$tmp/prometheus.yaml"
 "$py" scripts/ops/check.py manifests "$tmp/grafana.yaml" "$tmp/prometheus.yaml" deploy/prometheus/rules.yaml deploy/grafana/*.json
+"$py" scripts/ops/check.py capacity deploy/base/gateway.yaml deploy/prometheus/rules.yaml
 
 # ---- 2. dashboards ------------------------------------------------------------------------------
 step "Grafana dashboards"

@@ -11,6 +11,11 @@
         for Grafana's dashboard sidecar holding every dashboard unchanged, and a PrometheusRule
         whose spec is exactly the rules file.
 
+    check.py capacity GATEWAY.yaml RULES.yaml
+        GatewayNearCapacity's numbers (replicas x connections each, and its description) are the
+        gateway autoscaler's maxReplicas and connections target in deploy/base/gateway.yaml:
+        PromQL cannot read them, so they are written twice and must agree.
+
     check.py metrics --docs docs/metrics.md --rules RULES.yaml --event-only NAME,...
                      [--not-running COMPONENT]... --scrape FILE... DASHBOARD.json...
         Every metric name a dashboard or rule uses is declared in docs/metrics.md and present in
@@ -137,6 +142,44 @@ def check_manifests(args):
     report(problems, "kustomize builds the dashboards ConfigMap and the PrometheusRule as expected")
 
 
+def check_capacity(args):
+    problems = []
+    with open(args.gateway) as f:
+        hpas = [o for o in yaml.safe_load_all(f) if o and o.get("kind") == "HorizontalPodAutoscaler"]
+    if len(hpas) != 1:
+        report([f"{args.gateway} has {len(hpas)} autoscalers, expected 1"], "")
+    spec = hpas[0]["spec"]
+    replicas = int(spec["maxReplicas"])
+    targets = [
+        int(m["pods"]["target"]["averageValue"])
+        for m in spec.get("metrics", [])
+        if m.get("type") == "Pods" and m["pods"]["metric"]["name"] == "gateway_connections_active"
+    ]
+    if len(targets) != 1:
+        report([f"{args.gateway}'s autoscaler has no gateway_connections_active target"], "")
+    target = targets[0]
+    with open(args.rules) as f:
+        rules = [r for g in yaml.safe_load(f)["groups"] for r in g["rules"] if r.get("alert") == "GatewayNearCapacity"]
+    if len(rules) != 1:
+        report(["rules.yaml has no GatewayNearCapacity alert"], "")
+    expr = " ".join(rules[0]["expr"].split())
+    description = " ".join(rules[0]["annotations"]["description"].split())
+    wanted = {
+        "the fleet's ceiling in the expression": f"> 0.8 * {replicas} * {target}" in expr,
+        "the per-replica target in the expression": f"> 1.2 * {target}" in expr,
+        "the ceiling in the description": f"{replicas * target} WebSockets" in description,
+        "replicas and target in the description": f"({replicas} replicas of {target})" in description,
+        "the per-replica bound in the description": f"average over {round(1.2 * target)} each" in description,
+    }
+    for what, ok in wanted.items():
+        if not ok:
+            problems.append(
+                f"GatewayNearCapacity disagrees with the autoscaler (maxReplicas {replicas}, "
+                f"target {target} connections): {what}"
+            )
+    report(problems, f"GatewayNearCapacity matches the autoscaler ({replicas} replicas of {target} connections)")
+
+
 def documented(path):
     """name -> type, from the tables of docs/metrics.md."""
     out = {}
@@ -253,6 +296,9 @@ def main():
     k.add_argument("prometheus")
     k.add_argument("rules")
     k.add_argument("dashboards", nargs="+")
+    c = sub.add_parser("capacity")
+    c.add_argument("gateway")
+    c.add_argument("rules")
     m = sub.add_parser("metrics")
     m.add_argument("--docs", required=True)
     m.add_argument("--rules", required=True)
@@ -261,7 +307,12 @@ def main():
     m.add_argument("--scrape", action="append", required=True)
     m.add_argument("dashboards", nargs="+")
     args = parser.parse_args()
-    {"dashboards": check_dashboards, "manifests": check_manifests, "metrics": check_metrics}[args.command](args)
+    {
+        "dashboards": check_dashboards,
+        "manifests": check_manifests,
+        "capacity": check_capacity,
+        "metrics": check_metrics,
+    }[args.command](args)
 
 
 if __name__ == "__main__":
