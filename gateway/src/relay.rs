@@ -81,8 +81,8 @@ impl Outcome {
     }
 }
 
-/// One side of the relay: its stream, the frames read from it, and whether the gateway may
-/// write a frame of its own to it (the other direction's frames are at a boundary).
+/// One side of the relay: its stream, and where the frames read from it stand (the gateway may
+/// write its own frame to the other side only between them).
 struct Side {
     conn: Conn,
     frames: Frames,

@@ -3,16 +3,16 @@
 //! connection is two sockets and this machine allows a process 20,000 descriptors.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use session_token::{Claims, Role, SigningKey};
-use tokio::io::AsyncBufReadExt as _;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 const CONNECTIONS: usize = 10_000;
@@ -26,32 +26,6 @@ fn middleman_bin() -> PathBuf {
         bin.display()
     );
     bin
-}
-
-/// Starts `program` with `args`, and returns it with the address its log says it listens on.
-async fn spawn(program: &std::path::Path, args: &[String]) -> (tokio::process::Child, SocketAddr) {
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                return rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        }
-        panic!("{} exited before listening", program.display());
-    })
-    .await
-    .expect("no `listening on` in time");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
 }
 
 async fn ready(addr: SocketAddr) {
@@ -108,7 +82,7 @@ async fn ten_thousand_idle_connections_are_held() {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-        let (child, addr) = spawn(&middleman_bin(), &args).await;
+        let (child, addr) = common::spawn(&middleman_bin(), &args).await;
         pods.push((pod, child, addr));
     }
     for (_, _, addr) in &pods {
@@ -136,10 +110,10 @@ async fn ten_thousand_idle_connections_are_held() {
     }
     let mut first_args = args.clone();
     first_args.extend(["--listen".into(), "127.0.0.1:0".into()]);
-    let (first, addr) = spawn(&gateway, &first_args).await;
+    let (first, addr) = common::spawn(&gateway, &first_args).await;
     let mut second_args = args.clone();
     second_args.extend(["--listen".into(), addr.to_string()]);
-    let (second, _) = spawn(&gateway, &second_args).await;
+    let (second, _) = common::spawn(&gateway, &second_args).await;
 
     // The collaborators: Yjs connections (y-websocket's protocol), each with a task that reads
     // (answering the gateway's pings) and counts how many were closed.

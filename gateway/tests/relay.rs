@@ -6,13 +6,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use session_token::{Claims, Role, SigningKey};
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
@@ -74,37 +73,26 @@ impl Gateway {
         let signing = SigningKey::generate();
         let public = dir.0.join("public.pem");
         std::fs::write(&public, signing.verifying_key().to_pem().unwrap()).unwrap();
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
-        cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .arg("--public-key")
-            .arg(&public)
-            .arg("--route")
-            .arg(format!("p1=http://{upstream}"))
-            .args(extra);
+        let mut args: Vec<String> = [
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--public-key",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.push(public.display().to_string());
+        args.extend(["--route".to_owned(), format!("p1=http://{upstream}")]);
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         let cert = tls.then(|| {
             let (cert, key) = common::self_signed(&dir.0);
-            cmd.arg("--tls-cert").arg(&cert).arg("--tls-key").arg(&key);
+            args.extend(["--tls-cert".to_owned(), cert.display().to_string()]);
+            args.extend(["--tls-key".to_owned(), key.display().to_string()]);
             cert
         });
-        let mut child = cmd
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(rest) = line.split("listening on http").nth(1) {
-                    let rest = rest.trim_start_matches("s").trim_start_matches("://");
-                    return rest.split_whitespace().next().unwrap().parse().unwrap();
-                }
-            }
-            panic!("the gateway exited before listening");
-        })
-        .await
-        .unwrap();
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let gateway = std::path::Path::new(env!("CARGO_BIN_EXE_gateway"));
+        let (child, addr) = common::spawn(gateway, &args).await;
         let token = signing
             .mint(&Claims::new(
                 "test",

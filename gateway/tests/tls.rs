@@ -3,10 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
-use tokio::io::AsyncBufReadExt as _;
+use std::process::Command;
 
 #[tokio::test]
 async fn the_public_address_speaks_tls_when_given_a_certificate() {
@@ -16,32 +13,23 @@ async fn the_public_address_speaks_tls_when_given_a_certificate() {
     let public = dir.0.join("public.pem");
     std::fs::write(&public, signing.verifying_key().to_pem().unwrap()).unwrap();
 
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-        .arg("--public-key")
-        .arg(&public)
-        .args(["--route", "p1=http://127.0.0.1:9"])
-        .arg("--tls-cert")
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr: std::net::SocketAddr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("listening on https://").nth(1) {
-                return rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        }
-        panic!("the gateway exited before listening");
-    })
-    .await
-    .unwrap();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let path = |p: &std::path::Path| p.display().to_string();
+    let args = vec![
+        "--listen".to_owned(),
+        "127.0.0.1:0".into(),
+        "--metrics-listen".into(),
+        "127.0.0.1:0".into(),
+        "--route".into(),
+        "p1=http://127.0.0.1:9".into(),
+        "--public-key".into(),
+        path(&public),
+        "--tls-cert".into(),
+        path(&cert),
+        "--tls-key".into(),
+        path(&key),
+    ];
+    let gateway = std::path::Path::new(env!("CARGO_BIN_EXE_gateway"));
+    let (_child, addr) = common::spawn(gateway, &args).await;
 
     // The web client's page, over TLS, verified against the certificate.
     let (code, body) = curl(&cert, &format!("https://{addr}/pods/p1/")).await;

@@ -514,13 +514,21 @@ fn metric_sum(page: &str, name: &str) -> f64 {
         + 0.0
 }
 
+/// A replica's metrics page, or why there is none.
+async fn metrics_page(r: &WatchmanProcess) -> Result<String, String> {
+    let port = r.http_addr().await.port();
+    match loadtest::http(port, "GET", "/metrics", "", "").await {
+        Ok((200, page)) => Ok(page),
+        other => Err(format!("no metrics: {other:?}")),
+    }
+}
+
 /// What a replica's own metrics say of the run: its reconcile passes and its store's retries
 /// and failures.
 async fn replica_report(r: &WatchmanProcess) -> String {
-    let port = r.http_addr().await.port();
-    let page = match loadtest::http(port, "GET", "/metrics", "", "").await {
-        Ok((200, page)) => page,
-        other => return format!("no metrics: {other:?}"),
+    let page = match metrics_page(r).await {
+        Ok(page) => page,
+        Err(e) => return e,
     };
     let passes = metric_sum(&page, "watchman_reconcile_duration_seconds_count");
     let secs = metric_sum(&page, "watchman_reconcile_duration_seconds_sum");
@@ -539,8 +547,7 @@ async fn replica_report(r: &WatchmanProcess) -> String {
 /// Allocate's histogram in a replica (every plan and launch summed): cumulative counts by
 /// bucket bound (seconds).
 async fn served_buckets(r: &WatchmanProcess) -> Vec<(f64, f64)> {
-    let port = r.http_addr().await.port();
-    let Ok((200, page)) = loadtest::http(port, "GET", "/metrics", "", "").await else {
+    let Ok(page) = metrics_page(r).await else {
         return Vec::new();
     };
     let mut by_bound: Vec<(f64, f64)> = Vec::new();
