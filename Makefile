@@ -9,7 +9,10 @@ BENCH_ARGS ?=
 run: bootstrap
 	bash scripts/run-local.sh
 
+# The tests also need SeaweedFS, the S3-compatible server of the object storage tests
+# (testkit::s3); `make run` does not, so it is built here and not by bootstrap.
 test: bootstrap
+	bash scripts/seaweedfs.sh
 	$(ENV) hadolint Dockerfile.middleman Dockerfile.watchman Dockerfile.gateway
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings

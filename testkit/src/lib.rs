@@ -1,7 +1,9 @@
 //! Test support shared by the crates: a real `redis-server` on a free loopback port, stopped on
-//! drop. Used by tests and load drivers; never by production code.
+//! drop, and a real S3 server (`s3::S3Server`, SeaweedFS). Used by tests and load drivers; never
+//! by production code.
 
 pub mod kube;
+pub mod s3;
 
 /// A scratch directory under the system temp dir, removed on drop.
 #[derive(Debug)]
