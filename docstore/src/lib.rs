@@ -7,6 +7,8 @@
 //! store-wide access, reads or writes that one document only. A kernel that took over its
 //! Middleman reaches nothing but its own document.
 
+pub mod checkpoints;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -46,8 +48,8 @@ pub enum StoreError {
 
 /// How long one request to Watchman may take.
 const REMOTE_TIMEOUT: Duration = Duration::from_secs(30);
-/// The largest snapshot read back from Watchman.
-const MAX_REMOTE_BYTES: usize = 512 * 1024 * 1024;
+/// The largest answer read back from Watchman (a snapshot, or one checkpoint object).
+const MAX_REMOTE_BYTES: usize = 2 * 1024 * 1024 * 1024;
 
 /// A document store.
 #[derive(Clone)]
@@ -186,7 +188,9 @@ impl DocStore {
                     .await?;
             }
             DocStore::Watchman(remote) => {
-                remote.request(hyper::Method::PUT, bytes).await?;
+                remote
+                    .call(hyper::Method::PUT, POD_DOCUMENT_PATH, Bytes::from(bytes))
+                    .await?;
             }
         }
         Ok(())
@@ -210,18 +214,33 @@ impl DocStore {
                     .query_async(&mut c)
                     .await?)
             }
-            DocStore::Watchman(remote) => remote.request(hyper::Method::GET, Vec::new()).await,
+            DocStore::Watchman(remote) => Ok(remote
+                .call(hyper::Method::GET, POD_DOCUMENT_PATH, Bytes::new())
+                .await?
+                .map(|b| b.to_vec())),
+        }
+    }
+}
+
+impl DocStore {
+    /// Watchman on behalf of this pod, when that is the store (its checkpoints go there too).
+    pub fn remote(&self) -> Option<&Remote> {
+        match self {
+            DocStore::Watchman(remote) => Some(remote),
+            _ => None,
         }
     }
 }
 
 impl Remote {
-    /// One request for this pod's document; `Ok(None)` when Watchman has none saved.
-    async fn request(
+    /// One request for this pod's document or checkpoint at `path`; `Ok(None)` when Watchman
+    /// has nothing there.
+    pub(crate) async fn call(
         &self,
         method: hyper::Method,
-        body: Vec<u8>,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
+        path: &str,
+        body: Bytes,
+    ) -> Result<Option<Bytes>, StoreError> {
         let binding = self
             .binding
             .lock()
@@ -236,13 +255,13 @@ impl Remote {
             })?;
         let request = hyper::Request::builder()
             .method(method)
-            .uri(format!("{}{POD_DOCUMENT_PATH}", self.base))
+            .uri(format!("{}{path}", self.base))
             .header(
                 hyper::header::AUTHORIZATION,
                 format!("Bearer {}", credential.trim()),
             )
             .header(BINDING_HEADER, binding)
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body))
             .map_err(|e| StoreError::Watchman(e.to_string()))?;
         let response = tokio::time::timeout(REMOTE_TIMEOUT, self.client.request(request))
             .await
@@ -258,8 +277,8 @@ impl Remote {
         .map_err(|e| StoreError::Watchman(e.to_string()))?
         .to_bytes();
         match status.as_u16() {
-            200 => Ok(Some(body.to_vec())),
-            204 => Ok(Some(Vec::new())),
+            200 => Ok(Some(body)),
+            204 => Ok(Some(Bytes::new())),
             404 => Ok(None),
             code => Err(StoreError::Watchman(format!(
                 "{code}: {}",

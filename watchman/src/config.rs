@@ -297,6 +297,18 @@ pub struct Args {
     /// `<local-root>/documents`.
     #[arg(long, env = "WATCHMAN_DOCUMENT_STORE")]
     pub document_store: Option<String>,
+    /// Where pods' kernel checkpoints are kept (pods reach them only through Watchman, each
+    /// its own document's): a directory. Default: `<local-root>/checkpoints`. Local pods are
+    /// started with checkpoints on; `none` turns them off.
+    #[arg(long, env = "WATCHMAN_CHECKPOINT_STORE")]
+    pub checkpoint_store: Option<String>,
+    /// Largest checkpoint object (one name of a kernel) a pod may store, MiB.
+    #[arg(
+        long,
+        env = "WATCHMAN_MAX_CHECKPOINT_OBJECT_MIB",
+        default_value_t = 1024
+    )]
+    pub max_checkpoint_object_mib: u64,
     /// Largest document snapshot a pod may save, bytes.
     #[arg(long, env = "WATCHMAN_MAX_DOCUMENT_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_document_bytes: usize,

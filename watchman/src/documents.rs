@@ -26,7 +26,7 @@ pub struct PodDocuments {
 
 /// Why a pod's request was refused.
 #[derive(Debug, thiserror::Error)]
-enum Refusal {
+pub(crate) enum Refusal {
     #[error("a pod credential is required (Authorization: Bearer)")]
     NoCredential,
     #[error("the pod credential is not genuine")]
@@ -69,7 +69,7 @@ impl PodDocuments {
 
     /// The document the request may touch: its pod from the credential, its document from the
     /// binding token.
-    fn authorize(&self, headers: &HeaderMap) -> Result<(String, String), Refusal> {
+    pub(crate) fn authorize(&self, headers: &HeaderMap) -> Result<(String, String), Refusal> {
         let credential = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())

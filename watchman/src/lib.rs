@@ -12,6 +12,7 @@
 //! - wiring: [`config`] (arguments) and [`runtime`] ([`start`], shutdown).
 
 pub mod backend;
+pub mod checkpoints;
 pub mod config;
 pub mod documents;
 pub mod grpc;

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use crate::checkpoints;
 use crate::config::{Args, BackendKind, StoreUrl};
 use crate::service::{Election, Reconciler, ReconcilerStatus};
 use crate::{backend, documents, grpc, grpc_conn, plan, service, store, web};
@@ -144,6 +145,18 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
             .with_context(|| format!("document store {document_store}"))?,
         args.max_document_bytes,
     ));
+    let checkpoint_dir = match args.checkpoint_store.as_deref() {
+        Some("none") => None,
+        Some(dir) => Some(std::path::PathBuf::from(dir)),
+        None => Some(args.local_root.join("checkpoints")),
+    };
+    let checkpoints = checkpoint_dir.map(|dir| {
+        Arc::new(checkpoints::PodCheckpoints::new(
+            documents.clone(),
+            doc_store::checkpoints::CheckpointDir::new(dir),
+            args.max_checkpoint_object_mib << 20,
+        ))
+    });
     let instance = args.instance.clone().unwrap_or_else(|| {
         format!(
             "watchman-{}-{}",
@@ -155,7 +168,7 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
     // one with the store's lease.
     let (backend, election) = match args.backend {
         BackendKind::Local => (
-            local_backend(&args, &key, http_addr)?,
+            local_backend(&args, &key, http_addr, checkpoints.is_some())?,
             Election::store(store.clone(), instance, args.lease_ttl),
         ),
         BackendKind::Kubernetes => {
@@ -295,6 +308,10 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         service::register_metrics(&plan_names);
         let app = web::router(watchman.clone(), handle, args.dev_page, public)
             .merge(documents::routes(documents));
+        let app = match checkpoints.clone() {
+            Some(c) => app.merge(checkpoints::routes(c)),
+            None => app,
+        };
         tracker.spawn(
             httpserve::serve(
                 http_listener,
@@ -322,6 +339,7 @@ fn local_backend(
     args: &Args,
     key: &session_token::SigningKey,
     http_addr: SocketAddr,
+    pod_checkpoints: bool,
 ) -> anyhow::Result<backend::Backend> {
     std::fs::create_dir_all(&args.local_root)
         .with_context(|| format!("creating {}", args.local_root.display()))?;
@@ -352,6 +370,7 @@ fn local_backend(
             pool_id: args.pool_id.clone(),
             env,
             watchman_url: format!("http://{}", SocketAddr::new(host, http_addr.port())),
+            checkpoints: pod_checkpoints,
             signing_key: key.clone(),
         },
     )))

@@ -461,3 +461,68 @@ async fn shutdown_ends_allocation_watches_instead_of_waiting_for_them() {
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     wm.delete_all_pods().await.unwrap();
 }
+
+/// Checkpoints through Watchman: a released document's next pod gets its kernel's names back
+/// (the last save at shutdown, stored by Watchman for that document only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_document_comes_back_on_a_new_pod_with_its_kernel_state() {
+    let d = Deployment::new("basic", 2, "30m");
+    let w = d.replica("memory", &[]).await;
+    let mut c = client(w.grpc_addr, API_TOKEN).await;
+    wait_warm(&mut c, 2).await;
+    let a = c
+        .allocate(allocate_req("doc-ckpt", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        run_code(&a, "import numpy as np\nx = 41\narr = np.arange(10)\nx + 1").await,
+        "42"
+    );
+    assert!(
+        c.release(pb::ReleaseRequest {
+            document_id: "doc-ckpt".into()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .released
+    );
+    // The checkpoint is Watchman's, under the document, once the old pod has gone.
+    let manifest = d
+        .dir
+        .0
+        .join("pods/checkpoints")
+        .join(hex("doc-ckpt"))
+        .join("manifest.json");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !manifest.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no checkpoint stored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = c
+        .allocate(allocate_req("doc-ckpt", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(b.pod, a.pod);
+    assert_eq!(run_code(&b, "int(arr.sum()) + x").await, "86");
+    // Another document's pod sees nothing of it.
+    let other = c
+        .allocate(allocate_req("doc-other", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        run_code(&other, "'x' in globals(), 'arr' in globals()").await,
+        "(False, False)"
+    );
+    teardown(w).await;
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}

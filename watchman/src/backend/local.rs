@@ -28,6 +28,8 @@ pub struct LocalSettings {
     pub env: Vec<(String, String)>,
     /// Watchman's HTTP address, where pods read and save their own documents.
     pub watchman_url: String,
+    /// Pods keep kernel checkpoints through Watchman.
+    pub checkpoints: bool,
     /// Derives each pod's credential.
     pub signing_key: session_token::SigningKey,
 }
@@ -80,6 +82,14 @@ impl LocalBackend {
                 "--document-store",
                 &format!("watchman+{}", self.settings.watchman_url),
             ])
+            .args(if self.settings.checkpoints {
+                vec![
+                    "--checkpoint-store".to_owned(),
+                    format!("watchman+{}", self.settings.watchman_url),
+                ]
+            } else {
+                Vec::new()
+            })
             .arg("--pod-credential-file")
             .arg(&credential)
             .arg("--runtime-root")
