@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use crate::{
     AssistAnswer, CellHeader, CellState, CellView, ExecutionStatus, ExecutionSummary, GraphCell,
     GraphRule, InputOutcome, KernelDescription, KernelState, Limits, Output, PendingInput,
-    Reactivity, RunRecord, StateCause,
+    Reactivity, Resume, RunRecord, StateCause,
 };
 
 /// A message from Middleman. Broadcast events carry a `seq`, increasing by one per event within
@@ -96,6 +96,16 @@ pub enum ServerEvent {
         /// are not in the kernel.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         kernel_session: Option<String>,
+    },
+    /// The document came back on a new kernel with the state its checkpoint kept. Once per
+    /// resume, after the names are back and before the cells it lists run.
+    Resumed(Resume),
+    /// Checkpoints cannot be saved (`failing`, with the reason: the store is unreachable;
+    /// saving goes on retrying), or can again. The document itself keeps working.
+    CheckpointStatus {
+        failing: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// An execution joined the queue.
     ExecutionQueued {
@@ -223,6 +233,9 @@ pub struct Snapshot {
     /// results in the kernel.
     #[serde(default)]
     pub kernel_session: String,
+    /// How the kernel running now was resumed from the checkpoint, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<Resume>,
 }
 
 /// A collaborator. Identity comes from the token, never from the client.

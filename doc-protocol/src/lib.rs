@@ -14,6 +14,7 @@
 
 mod assist;
 mod cell;
+mod checkpoint;
 mod client;
 mod event;
 mod execution;
@@ -28,6 +29,7 @@ pub use cell::{
     CellHeader, CellKind, CellRuntime, CellState, CellView, DeferredOutputs, GraphRule, Reactivity,
     RunRecord, StateCause,
 };
+pub use checkpoint::{LostName, RerunCell, RestoredNames, Resume};
 pub use client::ClientMessage;
 pub use event::{ErrorCode, PresenceInfo, ServerEvent, ServerFrame, Snapshot};
 pub use execution::{

@@ -247,6 +247,30 @@ pub struct ServeArgs {
     #[arg(long, env = "MIDDLEMAN_POD_CREDENTIAL_FILE")]
     pub pod_credential_file: Option<PathBuf>,
 
+    /// Where the kernel's checkpoints are kept (its names, saved after each cell and at
+    /// shutdown, restored when the document comes back on a new kernel): a directory, or
+    /// `watchman+http://host:port` (with the document store there: the pod reaches only its
+    /// own document's checkpoint). Unset or `none`: no checkpoints.
+    #[arg(long, env = "MIDDLEMAN_CHECKPOINT_STORE")]
+    pub checkpoint_store: Option<String>,
+
+    /// Largest object one name may take in a checkpoint (MiB); a larger name is rebuilt by
+    /// running its cell again on resume.
+    #[arg(
+        long,
+        env = "MIDDLEMAN_CHECKPOINT_MAX_NAME_MIB",
+        default_value_t = 1024
+    )]
+    pub checkpoint_max_name_mib: u64,
+
+    /// Largest a document's checkpoint may grow to (MiB).
+    #[arg(long, env = "MIDDLEMAN_CHECKPOINT_MAX_MIB", default_value_t = 4096)]
+    pub checkpoint_max_mib: u64,
+
+    /// How long one save may hold the kernel after a cell; names past it are rebuilt on resume.
+    #[arg(long, env = "MIDDLEMAN_CHECKPOINT_BUDGET", default_value = "2s", value_parser = parse_duration)]
+    pub checkpoint_budget: Duration,
+
     /// Key prefix of documents in Redis (`<prefix>notebook:<document>`).
     #[arg(long, env = "MIDDLEMAN_DOCUMENT_KEY_PREFIX", default_value = "nbplat:")]
     pub document_key_prefix: String,

@@ -9,6 +9,7 @@
 //! for what happened.
 
 pub mod auth;
+pub mod checkpoint;
 pub mod cli;
 pub mod collab;
 pub mod config;

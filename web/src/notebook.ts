@@ -30,6 +30,7 @@ import type {
   PresenceInfo,
   GraphRule,
   Reactivity,
+  Resume,
   RunRecord,
   StateCause,
   Welcome,
@@ -595,7 +596,26 @@ export class Notebook {
       case "shutdown":
         this.showLink("reconnecting", `Middleman is shutting down: ${f.reason}`);
         return;
+      case "resumed":
+        this.showResume(f);
+        return;
+      case "checkpoint_status":
+        if (f.failing) this.banner(f.reason ?? "Checkpoints cannot be saved; retrying.", "warn", "checkpoint");
+        else this.bannerEl.querySelector('[data-key="checkpoint"]')?.remove();
+        return;
     }
+  }
+
+  /** What came back from the checkpoint when the document resumed on a new kernel. */
+  private showResume(r: Resume): void {
+    const restored = r.restored.reduce((n, c) => n + c.names.length, 0);
+    const parts = [r.fallback ? `Resumed on a new kernel without its checkpoint: ${r.fallback}` : `Resumed on a new kernel: ${restored} ${restored === 1 ? "name" : "names"} restored`];
+    for (const c of r.rerun) {
+      const names = c.names.length ? ` to rebuild ${c.names.join(", ")}` : "";
+      parts.push(`running ${this.label(c.cell_id)} again${names} (${c.reason})`);
+    }
+    for (const l of r.lost) parts.push(`${l.name} is lost (${l.reason})`);
+    this.banner(parts.join("; ") + ".", r.fallback || r.lost.length ? "warn" : "info", "resumed");
   }
 
   private readonly pendingClear = new Set<string>();
@@ -657,6 +677,7 @@ export class Notebook {
       this.showPeople();
       this.showQueue();
       this.refreshDeps();
+      if (s.resumed && first) this.showResume(s.resumed);
     }
     this.showKernel();
     this.refreshToolbar();

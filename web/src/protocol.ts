@@ -69,6 +69,8 @@ export type ServerFrame = { seq?: number | null, } & ({ "type": "welcome", proto
      * are not in the kernel.
      */
     kernel_session?: string | null, }
+  | { "type": "resumed" } & Resume
+  | { "type": "checkpoint_status", failing: boolean, reason?: string | null, }
   | { "type": "execution_queued", execution: ExecutionSummary, request_id?: string | null, }
   | { "type": "queue", executions: Array<ExecutionSummary>, }
   | { "type": "execution_started", execution_id: string, }
@@ -127,6 +129,8 @@ export type ServerEvent = { "type": "welcome", protocol: number,
      * are not in the kernel.
      */
     kernel_session?: string | null, }
+  | { "type": "resumed" } & Resume
+  | { "type": "checkpoint_status", failing: boolean, reason?: string | null, }
   | { "type": "execution_queued", execution: ExecutionSummary, request_id?: string | null, }
   | { "type": "queue", executions: Array<ExecutionSummary>, }
   | { "type": "execution_started", execution_id: string, }
@@ -173,7 +177,11 @@ export type Snapshot = { kernel_state: KernelState,
      * The kernel session running now: a cell whose `last_run` names another one has no
      * results in the kernel.
      */
-    kernel_session: string, };
+    kernel_session: string,
+    /**
+     * How the kernel running now was resumed from the checkpoint, if it was.
+     */
+    resumed?: Resume | null, };
 
 export type PresenceInfo = { client: number, user: string, name: string, role: string, color: string, cell_id?: string | null, cursor?: unknown, };
 
@@ -293,6 +301,31 @@ export type GraphCell = { id: string, defs: Array<string>,
      * Cells it depends on, and cells that depend on it (document order).
      */
     parents: Array<string>, children: Array<string>, error?: GraphError | null, warnings?: Array<string>, };
+
+export type Resume = { restored: Array<RestoredNames>, rerun: Array<RerunCell>, lost: Array<LostName>,
+    /**
+     * Set when the checkpoint could not be used at all (corrupt, or another document's):
+     * the cells that had run are run again instead, and this says why.
+     */
+    fallback?: string | null, };
+
+export type RestoredNames = {
+    /**
+     * The cell, or none for names made outside cells (a console).
+     */
+    cell_id?: string | null, names: Array<string>, };
+
+export type RerunCell = { cell_id: string,
+    /**
+     * The names it rebuilds (empty when it runs only because a cell after it needs it).
+     */
+    names: Array<string>,
+    /**
+     * Why they could not be restored ("TypeError: cannot pickle 'generator' object").
+     */
+    reason: string, };
+
+export type LostName = { name: string, cell_id?: string | null, reason: string, };
 
 export type GraphError = { "kind": "syntax", message: string, }
   | { "kind": "multiple_definitions", names: Array<string>, cells: Array<string>, }

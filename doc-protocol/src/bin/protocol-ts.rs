@@ -33,6 +33,11 @@ fn main() {
         Reactivity::decl(&cfg),
         GraphRule::decl(&cfg),
         GraphCell::decl(&cfg),
+        // Checkpoints.
+        Resume::decl(&cfg),
+        RestoredNames::decl(&cfg),
+        RerunCell::decl(&cfg),
+        LostName::decl(&cfg),
         GraphError::decl(&cfg),
         Output::decl(&cfg),
         StreamName::decl(&cfg),

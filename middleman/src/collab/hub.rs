@@ -28,10 +28,13 @@ use super::mirror::Mirror;
 use super::presence::{Presence, Who};
 use super::saver::{Pending, Saver};
 use super::yproto::{self, AwarenessEntry, YMessage};
+
+mod checkpoints;
+use crate::checkpoint::Checkpoints;
 use crate::document::persist::{self, DocumentStore};
 use crate::document::{CellKind, CellState, Notebook};
 use crate::graph::reactor::{self, Decision, Event, Reactor};
-use crate::kernel::{Command, SessionHandle, SessionRefusal, SessionSnapshot};
+use crate::kernel::{Command, Quiet, SessionHandle, SessionRefusal, SessionSnapshot};
 use crate::protocol::{
     AssistAnswer, AssistRefusal, Limits, PROTOCOL_VERSION, Reactivity, ServerEvent, ServerFrame,
     Snapshot, StateCause,
@@ -101,6 +104,8 @@ struct State {
     dirty: bool,
     /// Who started the reactive run in progress (its executions say "<name> (graph)").
     plan_by: String,
+    /// How the kernel session named here was resumed from the checkpoint.
+    resumed: Option<(String, crate::protocol::Resume)>,
 }
 
 /// The document hub (see the module docs).
@@ -113,6 +118,8 @@ pub struct Hub {
     settings: HubSettings,
     clients: AtomicUsize,
     next_client: AtomicU64,
+    /// The kernel's checkpoints, when they are kept.
+    checkpoints: Option<std::sync::Arc<Checkpoints>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -136,6 +143,7 @@ impl Hub {
         settings: HubSettings,
         store: Option<DocumentStore>,
         session: SessionHandle,
+        checkpoints: Option<std::sync::Arc<Checkpoints>>,
     ) -> Self {
         Self {
             state: Mutex::new(State {
@@ -153,6 +161,7 @@ impl Hub {
                 document: None,
                 dirty: false,
                 plan_by: String::new(),
+                resumed: None,
             }),
             session,
             delivery: tokio::sync::Mutex::new(()),
@@ -160,6 +169,7 @@ impl Hub {
             settings,
             clients: AtomicUsize::new(0),
             next_client: AtomicU64::new(1),
+            checkpoints,
         }
     }
 
@@ -216,7 +226,7 @@ impl Hub {
     /// one joins, so an unreachable store can never lead to an empty document overwriting the
     /// saved one.
     #[tracing::instrument(skip_all, fields(%document))]
-    pub async fn ensure_loaded(&self, document: &str) -> Result<(), Refusal> {
+    pub async fn ensure_loaded(self: &std::sync::Arc<Self>, document: &str) -> Result<(), Refusal> {
         if self.lock().document.is_some() {
             return Ok(());
         }
@@ -238,6 +248,10 @@ impl Hub {
             self.new_kernel(&mut st);
         }
         self.deliver().await;
+        // The kernel's names come back before anyone joins, ahead of any execution.
+        if let Some(checkpoints) = &self.checkpoints {
+            self.resume(checkpoints.clone(), document).await;
+        }
         Ok(())
     }
 
@@ -302,6 +316,11 @@ impl Hub {
                 reactivity: reactivity_of(&st.edits.nb),
                 graph_rule: st.edits.nb.graph_rule,
                 kernel_session: st.mirror.kernel_session.clone(),
+                resumed: st
+                    .resumed
+                    .as_ref()
+                    .filter(|(session, _)| *session == st.mirror.kernel_session)
+                    .map(|(_, r)| r.clone()),
             })
         });
         let welcome = ServerEvent::Welcome {
@@ -500,12 +519,14 @@ impl Hub {
             if let Some(reason) = reactor::not_runnable(&document_of(&st), &cell_id) {
                 return Err(reason.into());
             }
+            let then = self.save_after(&st, &cell_id);
             let command = Command::Execute {
                 code,
                 cell_id: Some(cell_id),
                 request_id,
                 stop_on_error,
                 by,
+                then,
             };
             ask(&mut st, command)
         };
@@ -526,6 +547,7 @@ impl Hub {
             request_id,
             stop_on_error,
             by,
+            then: None,
         };
         let answer = ask(&mut self.lock(), command);
         self.answer(answer).await
@@ -796,6 +818,7 @@ impl Hub {
                 {
                     Ok(Some(code)) => st.outbox.push_back(Outgoing {
                         command: Command::Execute {
+                            then: self.save_after(st, &cell),
                             code,
                             cell_id: Some(cell.clone()),
                             request_id: None,
@@ -832,6 +855,7 @@ impl Hub {
                             request_id: None,
                             stop_on_error: false,
                             by: "graph (deleted cell)".into(),
+                            then: None,
                         },
                         answer: Answer::Nobody,
                     });
@@ -839,6 +863,14 @@ impl Hub {
             }
         }
         decided
+    }
+
+    /// The checkpoint of what `cell` defines, saved after its run (when checkpoints are kept).
+    fn save_after(&self, st: &State, cell: &str) -> Option<Quiet> {
+        let checkpoints = self.checkpoints.as_ref()?;
+        let document = st.document.as_deref()?;
+        let defs = &st.deps.graph.get(cell)?.defs;
+        checkpoints.after_cell(document, cell, defs)
     }
 
     /// Delivers the outbox, then waits for the session's answer to the caller's command.

@@ -86,6 +86,12 @@ impl DocumentStore {
         self.0.bind(token);
     }
 
+    /// Watchman on behalf of this pod, when that is the store (checkpoints go there too, under
+    /// the same binding).
+    pub fn remote(&self) -> Option<&doc_store::Remote> {
+        self.0.remote()
+    }
+
     /// Saves the document.
     pub async fn save(&self, document: &str, nb: &Notebook) -> Result<(), PersistError> {
         self.save_bytes(document, encode(nb)).await

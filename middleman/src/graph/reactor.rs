@@ -57,6 +57,10 @@ pub enum Event<'a> {
     Interrupted,
     /// The kernel session refused to queue the run of `cell` that the reactor decided on.
     Refused { cell: &'a str },
+    /// The document resumed from its checkpoint: exactly `cells` run again (in this order),
+    /// to rebuild names the checkpoint could not bring back. Their successes change nothing
+    /// else: what depends on them was restored as it was.
+    Resume { cells: &'a [String] },
 }
 
 /// What to do, in order.
@@ -316,6 +320,16 @@ impl Reactor {
                 self.covering = !skipped
                     && self.running()
                     && doc.graph.cells().iter().all(|c| stale.contains(&c.id));
+            }
+            Event::Resume { cells } => {
+                let order: Vec<String> = cells
+                    .iter()
+                    .filter(|c| step.state(c) != Some(CellState::Queued))
+                    .cloned()
+                    .collect();
+                self.run(&mut step, order, "resume");
+                // As in a run of every cell: a planned cell's success plans nothing more.
+                self.covering = self.running();
             }
             Event::NewKernel { session } => {
                 // Cells that ran elsewhere (another session, or before the document was saved)

@@ -1,13 +1,15 @@
 //! The platform's part of an IPython kernel (`nbplat_kernel.py`, the module `_nbplat` in the
 //! kernel): table outputs for DataFrames, the `nbplat_request` shell message (table pages, SQL
 //! completion) and what SQL cells run. Middleman starts every IPython kernel with it, as one
-//! `exec_lines` entry; other kernels run without it (their SQL cells fail with a plain
+//! `exec_lines` entry, and the checkpoint helper (`nbplat_checkpoint.py`) as a second; other kernels run without it (their SQL cells fail with a plain
 //! `ModuleNotFoundError`, and their tables are their own HTML).
 
 use base64::Engine as _;
 
 /// The start-up code.
 const NBPLAT_KERNEL_PY: &str = include_str!("nbplat_kernel.py");
+/// Checkpoints: saving and restoring the user's globals (after the helper, which it extends).
+const NBPLAT_CHECKPOINT_PY: &str = include_str!("nbplat_checkpoint.py");
 
 /// Whether `argv` starts an IPython kernel (`ipykernel`, `ipykernel_launcher`).
 pub(crate) fn is_ipython(argv: &[String]) -> bool {
@@ -28,6 +30,7 @@ pub(crate) fn exec_line(script: &str, name: &str) -> String {
 pub(crate) fn add_helper(argv: &mut Vec<String>) {
     if is_ipython(argv) {
         argv.push(exec_line(NBPLAT_KERNEL_PY, "_nbplat"));
+        argv.push(exec_line(NBPLAT_CHECKPOINT_PY, "_nbplat_checkpoint"));
     }
 }
 
@@ -43,9 +46,11 @@ mod tests {
             "ipykernel_launcher".into(),
         ];
         add_helper(&mut argv);
-        assert_eq!(argv.len(), 4);
-        assert!(argv[3].starts_with("--IPKernelApp.exec_lines=exec("));
-        assert!(!argv[3].contains('\n') && !argv[3].contains('"'));
+        assert_eq!(argv.len(), 5);
+        for line in &argv[3..] {
+            assert!(line.starts_with("--IPKernelApp.exec_lines=exec("));
+            assert!(!line.contains('\n') && !line.contains('"'));
+        }
         let mut deno = vec!["deno".to_owned(), "jupyter".into()];
         add_helper(&mut deno);
         assert_eq!(deno.len(), 2);

@@ -249,13 +249,24 @@ def _sql_complete(code, cursor):
     return {"status": "ok", "matches": unique[:200], "cursor_start": cursor - len(prefix), "cursor_end": cursor}
 
 
+def _table_page(content):
+    return _page(content.get("table", ""), content.get("offset", 0), content.get("limit", FIRST_PAGE), content.get("sort"))
+
+
+def _sql_complete_request(content):
+    return _sql_complete(str(content.get("code", "")), content.get("cursor", 0))
+
+
+# What `nbplat_request` can ask, by `op`; nbplat_checkpoint.py adds its own.
+OPERATIONS = {"table_page": _table_page, "sql_complete": _sql_complete_request}
+
+
 def _answer(content):
     op = content.get("op")
-    if op == "table_page":
-        return _page(content.get("table", ""), content.get("offset", 0), content.get("limit", FIRST_PAGE), content.get("sort"))
-    if op == "sql_complete":
-        return _sql_complete(str(content.get("code", "")), content.get("cursor", 0))
-    return {"status": "error", "ename": "failed", "evalue": f"unknown request {op!r}"}
+    operation = OPERATIONS.get(op)
+    if operation is None:
+        return {"status": "error", "ename": "failed", "evalue": f"unknown request {op!r}"}
+    return operation(content)
 
 
 def _on_request(stream, ident, parent):

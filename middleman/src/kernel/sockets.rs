@@ -284,6 +284,25 @@ impl KernelSockets {
         msg_type: &str,
         content: &serde_json::Value,
     ) -> Result<String, KernelError> {
+        let subshell = self.subshell.clone();
+        self.ask_on(msg_type, content, subshell.as_deref()).await
+    }
+
+    /// Sends a request on the main shell (in order with executions); returns its `msg_id`.
+    pub(crate) async fn ask_main(
+        &mut self,
+        msg_type: &str,
+        content: &serde_json::Value,
+    ) -> Result<String, KernelError> {
+        self.ask_on(msg_type, content, None).await
+    }
+
+    async fn ask_on(
+        &mut self,
+        msg_type: &str,
+        content: &serde_json::Value,
+        subshell: Option<&str>,
+    ) -> Result<String, KernelError> {
         let failed = |reason: String| KernelError::Socket {
             channel: "shell",
             reason,
@@ -292,7 +311,7 @@ impl KernelSockets {
             msg_type,
             content,
             &self.shell.session_id,
-            self.subshell.as_deref(),
+            subshell,
             &self.shell.mac,
         )
         .map_err(|e| failed(e.to_string()))?;

@@ -111,6 +111,8 @@ impl Activity {
 pub struct Running {
     addr: SocketAddr,
     shutdown: CancellationToken,
+    /// Stops the kernel session (after the last checkpoint).
+    session_stop: CancellationToken,
     http: tokio::task::JoinHandle<()>,
     session: tokio::task::JoinHandle<()>,
     tracker: TaskTracker,
@@ -134,7 +136,13 @@ impl Running {
     pub async fn wait(self) {
         self.shutdown.cancelled().await;
         let grace = self.grace;
-        let drained = tokio::time::timeout(grace, async {
+        // The last checkpoint may take most of the grace period; the rest is left for the
+        // session, the document and the connections.
+        let started = tokio::time::Instant::now();
+        let checkpoint_deadline = started + grace.mul_f64(0.8);
+        self.hub.final_checkpoint(checkpoint_deadline).await;
+        self.session_stop.cancel();
+        let drained = tokio::time::timeout_at(started + grace, async {
             self.tracker.close();
             self.tracker.wait().await;
             let _ = self.http.await;
@@ -249,9 +257,50 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
     // The kernel first: its events go into a channel the hub reads, and the hub gets its handle,
     // so data flows one way: connections -> hub -> session, session -> events -> hub.
     let (events, kernel_events) = tokio::sync::mpsc::unbounded_channel();
-    let (session, session_join) = KernelSession::spawn(settings, runtime, events, shutdown.clone());
-    let hub = Arc::new(Hub::new(hub_settings, store, session));
+    // The session outlives the shutdown signal until the last checkpoint is saved.
+    let session_stop = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let checkpoint_store = match args.checkpoint_store.as_deref() {
+        None | Some("") | Some("none") => None,
+        Some(spec) if spec.starts_with("watchman+") => {
+            match store.as_ref().and_then(|s| s.remote()) {
+                Some(remote) => Some(crate::checkpoint::CheckpointStore::Watchman(Box::new(
+                    remote.clone(),
+                ))),
+                None => {
+                    return Err(StartError::Store {
+                        spec: spec.to_owned(),
+                        source: crate::document::persist::PersistError::Store(
+                            doc_store::StoreError::Watchman(
+                                "checkpoints through Watchman need the document store there too"
+                                    .into(),
+                            ),
+                        ),
+                    });
+                }
+            }
+        }
+        Some(dir) => Some(crate::checkpoint::CheckpointStore::Dir(
+            doc_store::checkpoints::CheckpointDir::new(dir.strip_prefix("file://").unwrap_or(dir)),
+        )),
+    };
+    let checkpoints = checkpoint_store.map(|store| {
+        let settings = crate::checkpoint::CheckpointSettings {
+            store,
+            workspace: workspace.clone(),
+            max_name_bytes: args.checkpoint_max_name_mib << 20,
+            max_bytes: args.checkpoint_max_mib << 20,
+            budget: args.checkpoint_budget,
+            restore_timeout: args.kernel_startup_timeout.max(Duration::from_secs(300)),
+        };
+        let (checkpoints, keeper) =
+            crate::checkpoint::Checkpoints::new(settings, events.clone(), session_stop.clone());
+        tracker.spawn(keeper.instrument(tracing::info_span!("checkpoints")));
+        Arc::new(checkpoints)
+    });
+    let (session, session_join) =
+        KernelSession::spawn(settings, runtime, events, session_stop.clone());
+    let hub = Arc::new(Hub::new(hub_settings, store, session, checkpoints));
     {
         // Ends when the session ends (after its last events, at shutdown), not before.
         let follower = hub.clone();
@@ -328,6 +377,7 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
     Ok(Running {
         addr,
         shutdown,
+        session_stop,
         http,
         session: session_join,
         tracker,
@@ -665,8 +715,12 @@ fn register_metrics() {
         "middleman_document_load_errors_total",
         "middleman_output_truncations_total",
         "middleman_resumes_total",
+        "middleman_checkpoint_store_errors_total",
     ] {
         metrics::counter!(name).increment(0);
+    }
+    for outcome in ["restored", "fallback"] {
+        metrics::counter!("middleman_checkpoint_resumes_total", "outcome" => outcome).increment(0);
     }
     for channel in ["shell", "iopub", "stdin", "control"] {
         metrics::counter!("middleman_kernel_messages_dropped_total", "channel" => channel)

@@ -621,6 +621,24 @@ fn policy_for(context: &Context, argv: Vec<String>, env: Vec<(String, String)>) 
 
 /// The connection loop: one Middleman at a time.
 async fn serve(args: AgentArgs, context: Arc<Context>) -> i32 {
+    // A pod's containers are all sent SIGTERM at once; the kernel must outlive it until
+    // Middleman has saved its last checkpoint. The agent ends with its Middleman's connection
+    // (or at the kubelet's SIGKILL after the grace period). A handler, not SIG_IGN: the kernels
+    // it starts must not inherit an ignored SIGTERM.
+    // SIGINT too: a terminal's Ctrl-C reaches the agent Middleman started beside it.
+    use tokio::signal::unix::{SignalKind, signal};
+    for kind in [SignalKind::terminate(), SignalKind::interrupt()] {
+        match signal(kind) {
+            Ok(mut received) => {
+                tokio::spawn(async move {
+                    while received.recv().await.is_some() {
+                        tracing::info!("kernel agent: signalled; serving until Middleman leaves");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "kernel agent: cannot handle a signal"),
+        }
+    }
     let Some(path) = &args.socket else {
         let stream = match stdin_socket() {
             Ok(s) => s,

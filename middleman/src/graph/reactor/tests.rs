@@ -40,6 +40,8 @@ enum Do {
     RunAll,
     /// A new kernel session begins.
     NewKernel(&'static str),
+    /// The document resumed from its checkpoint: these cells run again.
+    Resume(&'static [&'static str]),
 }
 use Do::*;
 
@@ -59,6 +61,16 @@ const CHAIN: &[(&str, &str)] = &[
 ];
 
 const CASES: &[Case] = &[
+    Case {
+        rule: "resume: exactly the cells named run again, in order; their success runs nothing else",
+        cells: CHAIN,
+        given: &[],
+        steps: &[
+            (Resume(&["a", "b"]), &["run a after resume"]),
+            (Finish("a", Done), &["run b after a"]),
+            (Finish("b", Done), &[]),
+        ],
+    },
     Case {
         rule: "positional: a reference depends on the nearest definition above it; redefinitions and x = x + 1 chains run in document order",
         cells: &[
@@ -522,6 +534,10 @@ impl Harness {
             RunStale => self.decide(Event::RunStale),
             RunAll => self.decide(Event::RunAll),
             NewKernel(session) => self.decide(Event::NewKernel { session }),
+            Resume(cells) => {
+                let cells: Vec<String> = cells.iter().map(|c| (*c).to_owned()).collect();
+                self.decide(Event::Resume { cells: &cells })
+            }
             Interrupt => self.decide(Event::Interrupted),
             Refuse(cell) => self.decide(Event::Refused { cell }),
         }

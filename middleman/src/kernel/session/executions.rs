@@ -25,7 +25,7 @@ impl Actor {
         let Phase::Ready { sockets, .. } = &mut self.phase else {
             return;
         };
-        let Some(pending) = self.queue.pop_front() else {
+        let Some(mut pending) = self.queue.pop_front() else {
             return;
         };
         let mut request = ExecuteRequest::new(pending.code.clone());
@@ -44,6 +44,9 @@ impl Actor {
             }))
             .await;
             return;
+        }
+        if let Some(quiet) = pending.then.take() {
+            self.send_quiet(quiet).await;
         }
         let now = Instant::now();
         self.remember_output(

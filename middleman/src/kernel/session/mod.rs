@@ -31,7 +31,7 @@ use tracing::Instrument as _;
 use self::iopub::IopubOutput;
 use self::lifecycle::{CrashWindow, Restart};
 pub use self::refusal::SessionRefusal;
-pub use self::side::{AnswerSender, Question};
+pub use self::side::{AnswerSender, Question, Quiet};
 use self::status::{StopCause, state_label};
 use super::launcher::{Launcher, LauncherSettings};
 use super::sockets::{Channel, KernelEvent, KernelSockets, Tagged};
@@ -69,7 +69,14 @@ pub enum Command {
         request_id: Option<String>,
         stop_on_error: bool,
         by: String,
+        /// Sent on the main shell right after the execution's request, so the kernel handles
+        /// it after this code and before anything queued behind it (a checkpoint of what the
+        /// cell defined).
+        then: Option<Quiet>,
     },
+    /// Sent on the main shell now (after the execution in progress, before those queued), or
+    /// as soon as a kernel is ready: a checkpoint's restore, or the last save at shutdown.
+    Quiet(Quiet),
     InputReply {
         execution_id: String,
         value: String,
@@ -173,6 +180,7 @@ impl KernelSession {
             restart_at: None,
             next_id: 0,
             waiting: side::Waiting::default(),
+            quiet: Vec::new(),
         };
         let span = tracing::info_span!("kernel_session", kernel = %kernel.name);
         let join = tokio::spawn(
@@ -197,6 +205,7 @@ struct Pending {
     code: String,
     by: String,
     stop_on_error: bool,
+    then: Option<Quiet>,
 }
 
 #[derive(Debug)]
@@ -253,6 +262,8 @@ struct Actor {
     next_id: u64,
     /// Side questions sent to the kernel and not yet answered.
     waiting: side::Waiting,
+    /// Quiet requests waiting for a kernel to be ready.
+    quiet: Vec<Quiet>,
 }
 
 impl Actor {
@@ -396,6 +407,9 @@ impl Actor {
                 let kernel_session = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
                 tracing::info!(generation = self.generation, %kernel_session, "kernel ready");
                 self.announce_state(KernelState::Idle, None, Some(kernel_session));
+                for quiet in std::mem::take(&mut self.quiet) {
+                    self.send_quiet(quiet).await;
+                }
                 self.start_next().await;
             }
             KernelEvent::Started(Err(reason)) => {
@@ -455,6 +469,7 @@ impl Actor {
                 request_id,
                 stop_on_error,
                 by,
+                then,
             } => {
                 if self.state == KernelState::Dead {
                     return Err(SessionRefusal::KernelDead);
@@ -475,6 +490,7 @@ impl Actor {
                     code,
                     by,
                     stop_on_error,
+                    then,
                 };
                 self.emit(ServerEvent::ExecutionQueued {
                     execution: summary(&pending, false),
@@ -483,6 +499,17 @@ impl Actor {
                 self.queue.push_back(pending);
                 self.publish_queue();
                 self.start_next().await;
+                Ok(())
+            }
+            Command::Quiet(quiet) => {
+                if self.state == KernelState::Dead {
+                    return Err(SessionRefusal::KernelDead);
+                }
+                if matches!(self.phase, Phase::Ready { .. }) {
+                    self.send_quiet(quiet).await;
+                } else {
+                    self.quiet.push(quiet);
+                }
                 Ok(())
             }
             Command::InputReply {
@@ -553,6 +580,21 @@ impl Actor {
                     }
                 }
             }
+        }
+    }
+
+    /// Sends a quiet request on the main shell; if that fails, its asker sees the answer
+    /// channel close.
+    async fn send_quiet(&mut self, quiet: Quiet) {
+        let Phase::Ready { sockets, .. } = &mut self.phase else {
+            return;
+        };
+        match sockets
+            .ask_main(quiet.question.msg_type, &quiet.question.content)
+            .await
+        {
+            Ok(msg_id) => self.waiting.insert(msg_id, quiet.answer),
+            Err(error) => tracing::warn!(%error, "could not send a quiet request"),
         }
     }
 

@@ -4,7 +4,8 @@
 //! behind a cell). Their replies come back on the shell channel and are matched by parent id;
 //! what the kernel sends meanwhile on IOPub for them (busy/idle) belongs to no execution and is
 //! ignored. A kernel that goes away drops every waiting question (its asker sees the channel
-//! close).
+//! close). Quiet requests (checkpoints) are side questions sent on the main shell instead, in
+//! order with executions.
 
 use std::collections::HashMap;
 
@@ -20,6 +21,15 @@ pub struct Question {
 
 /// Where the reply's content goes.
 pub type AnswerSender = oneshot::Sender<Value>;
+
+/// A quiet request: a question for the kernel's main shell, so it is ordered with executions
+/// (the kernel handles its main shell one request at a time). It shows no output and no
+/// execution count and is not in the history: checkpoints are saved and restored this way.
+#[derive(Debug)]
+pub struct Quiet {
+    pub question: Question,
+    pub answer: AnswerSender,
+}
 
 /// Questions the kernel has not answered yet, at most [`MAX_WAITING`].
 #[derive(Debug, Default)]
