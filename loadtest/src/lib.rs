@@ -228,9 +228,12 @@ impl Middleman {
                 pod,
                 "--kernel",
                 "python3",
-                "--document-store",
-                "none",
             ])
+            .args(if extra.contains(&"--document-store") {
+                &[] as &[&str]
+            } else {
+                &["--document-store", "none"][..]
+            })
             .args(extra)
             .arg("--public-key")
             .arg(keys.public_pem())
@@ -293,6 +296,17 @@ impl Middleman {
 
     pub async fn stop(mut self) {
         let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// Stops it as a pod is stopped (SIGTERM: it drains, saving what it keeps) and waits.
+    pub async fn terminate(mut self) {
+        if let Ok(pid) = i32::try_from(self.pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
         let _ = self.child.wait().await;
     }
 }
@@ -438,6 +452,17 @@ impl JupyterServer {
 
     pub async fn stop(mut self) {
         let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// Stops it as a pod is stopped (SIGTERM: it drains, saving what it keeps) and waits.
+    pub async fn terminate(mut self) {
+        if let Ok(pid) = i32::try_from(self.pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
         let _ = self.child.wait().await;
     }
 }

@@ -403,3 +403,20 @@ async fn sigkill_resumes_from_the_last_cell_checkpoint_and_bad_objects_are_rebui
     assert_eq!(cleo.run("print(x, runs_a)").await.stdout(), "6 1\n");
     drop(third);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_empties_the_checkpoint_so_a_resume_does_not_bring_back_what_it_cleared() {
+    let shared = Shared::new();
+    let first = shared.pod("a").await;
+    let mut ada = Client::connect(first.addr, &shared.token()).await.unwrap();
+    cell(&mut ada, 0, "x = 1").await;
+    shared
+        .wait_manifest(|m| m["names"].get("x").is_some())
+        .await;
+    ada.restart().await;
+    shared
+        .wait_manifest(|m| m["names"].as_object().is_some_and(|n| n.is_empty()))
+        .await;
+    drop(ada);
+    drop(first);
+}

@@ -60,6 +60,9 @@ struct Job {
     answer: oneshot::Receiver<Value>,
     /// Told when the save is stored (or given up).
     done: Option<oneshot::Sender<()>>,
+    /// Not a save: the kernel restarted, so the checkpoint is emptied (a later resume must
+    /// not bring back what the restart cleared).
+    reset: bool,
 }
 
 /// The document's checkpoints: the handle the hub holds.
@@ -150,6 +153,7 @@ impl Checkpoints {
             full,
             answer: rx,
             done,
+            reset: false,
         });
         Quiet {
             question: Question {
@@ -158,6 +162,20 @@ impl Checkpoints {
             },
             answer: tx,
         }
+    }
+
+    /// The kernel restarted: what it had is gone, so is its checkpoint (in order with the
+    /// saves before it).
+    pub fn reset(&self, document: &str) {
+        let (_, answer) = oneshot::channel();
+        let _ = self.jobs.send(Job {
+            document: document.to_owned(),
+            cell: None,
+            full: true,
+            answer,
+            done: None,
+            reset: true,
+        });
     }
 
     /// Loads the document's manifest for a resume; from now on saves build on it (or on a new
@@ -230,7 +248,17 @@ impl Keeper {
             full,
             answer,
             done,
+            reset,
         } = job;
+        if reset {
+            let empty = Manifest::new(&document);
+            *self.manifest.lock().await = Some(empty.clone());
+            let _ = self
+                .retry(stop, || self.settings.store.put_manifest(&empty))
+                .await;
+            tracing::info!("the kernel restarted: its checkpoint is emptied");
+            return done;
+        }
         let report = match tokio::time::timeout(REPORT_WAIT, answer).await {
             Ok(Ok(report)) => report,
             // The kernel went away (a restart, shutdown) or never answered: nothing to store.

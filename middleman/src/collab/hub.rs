@@ -100,6 +100,8 @@ struct State {
     outbox: VecDeque<Outgoing>,
     /// The document id once loaded (nothing is saved before that).
     document: Option<String>,
+    /// Loaded, and its kernel state restore sent: connections may join.
+    ready: bool,
     /// Changed since it was last written.
     dirty: bool,
     /// Who started the reactive run in progress (its executions say "<name> (graph)").
@@ -159,6 +161,7 @@ impl Hub {
                 reactor: Reactor::default(),
                 outbox: VecDeque::new(),
                 document: None,
+                ready: false,
                 dirty: false,
                 plan_by: String::new(),
                 resumed: None,
@@ -227,11 +230,11 @@ impl Hub {
     /// saved one.
     #[tracing::instrument(skip_all, fields(%document))]
     pub async fn ensure_loaded(self: &std::sync::Arc<Self>, document: &str) -> Result<(), Refusal> {
-        if self.lock().document.is_some() {
+        if self.lock().ready {
             return Ok(());
         }
         let _loading = self.saver.loading().await;
-        if self.lock().document.is_some() {
+        if self.lock().ready {
             return Ok(());
         }
         let loaded = self.saver.load(document).await?;
@@ -252,6 +255,7 @@ impl Hub {
         if let Some(checkpoints) = &self.checkpoints {
             self.resume(checkpoints.clone(), document).await;
         }
+        self.lock().ready = true;
         Ok(())
     }
 
@@ -930,7 +934,15 @@ impl Hub {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let previous_kernel = st.mirror.kernel_session.clone();
         let applied = st.mirror.apply(&mut st.edits.nb, &event, now_ms);
+        if applied.new_kernel.is_some()
+            && !previous_kernel.is_empty()
+            && let (Some(checkpoints), Some(document)) = (&self.checkpoints, &st.document)
+        {
+            // A restart: the new kernel starts empty, and so does the checkpoint.
+            checkpoints.reset(document);
+        }
         if let Some((cell, code)) = &applied.queued {
             self.react(st, Event::Queued { cell, code });
         }

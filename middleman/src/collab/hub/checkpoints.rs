@@ -308,6 +308,13 @@ impl Hub {
         let Some(document) = self.lock().document.clone() else {
             return;
         };
+        // A kernel that is not up has nothing to save (and would not answer).
+        if !matches!(
+            self.kernel().kernel_state,
+            KernelState::Idle | KernelState::Busy
+        ) {
+            return;
+        }
         let running = {
             let st = self.lock();
             st.mirror
