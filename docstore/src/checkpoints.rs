@@ -84,16 +84,11 @@ impl CheckpointDir {
         let dir = self.document_dir(document);
         tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
         let path = dir.join("manifest.json");
-        let tmp = temporary(&path);
-        let written = async {
-            tokio::fs::write(&tmp, bytes).await.map_err(io(&tmp))?;
-            tokio::fs::rename(&tmp, &path).await.map_err(io(&path))
-        }
-        .await;
-        if written.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
-        written
+        replace_with(&path, |mut file, tmp| async move {
+            file.write_all(bytes).await.map_err(io(&tmp))?;
+            file.flush().await.map_err(io(&tmp))
+        })
+        .await
     }
 
     /// Stores the object read from `src`, if its bytes hash to `sha256` and are at most
@@ -111,17 +106,10 @@ impl CheckpointDir {
         let dir = self.document_dir(document).join("objects");
         tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
         let path = dir.join(sha256);
-        let tmp = temporary(&path);
-        let stored = async {
-            let dst = tokio::fs::File::create(&tmp).await.map_err(io(&tmp))?;
-            copy_checked(src, dst, sha256, limit, &tmp).await?;
-            tokio::fs::rename(&tmp, &path).await.map_err(io(&path))
-        }
-        .await;
-        if stored.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
-        stored
+        replace_with(&path, |file, tmp| async move {
+            copy_checked(src, file, sha256, limit, &tmp).await
+        })
+        .await
     }
 
     /// Opens an object for reading (the reader checks it with [`copy_checked`]).
@@ -175,6 +163,27 @@ impl CheckpointDir {
             _ => Ok(()),
         }
     }
+}
+
+/// Writes `path` through a temporary beside it: `write` fills the temporary, which replaces
+/// `path` only if that succeeds (and is removed otherwise), so a crash or a refusal never leaves
+/// half a file under the real name.
+async fn replace_with<F, Fut>(path: &Path, write: F) -> Result<(), CheckpointError>
+where
+    F: FnOnce(tokio::fs::File, PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Result<(), CheckpointError>>,
+{
+    let tmp = temporary(path);
+    let written = async {
+        let file = tokio::fs::File::create(&tmp).await.map_err(io(&tmp))?;
+        write(file, tmp.clone()).await?;
+        tokio::fs::rename(&tmp, path).await.map_err(io(path))
+    }
+    .await;
+    if written.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    written
 }
 
 fn temporary(path: &Path) -> PathBuf {
