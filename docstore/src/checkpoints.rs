@@ -70,6 +70,11 @@ impl CheckpointDir {
         self.root.join(hex)
     }
 
+    /// Whether the document has a checkpoint (a stat: cheap enough for `Allocate`).
+    pub fn has_checkpoint(&self, document: &str) -> bool {
+        self.document_dir(document).join("manifest.json").is_file()
+    }
+
     /// The document's manifest, if it has one.
     pub async fn manifest(&self, document: &str) -> Result<Option<Vec<u8>>, CheckpointError> {
         let path = self.document_dir(document).join("manifest.json");

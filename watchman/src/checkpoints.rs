@@ -28,6 +28,11 @@ pub struct PodCheckpoints {
 }
 
 impl PodCheckpoints {
+    /// Whether `document` has a checkpoint its next pod will resume from.
+    pub fn has_checkpoint(&self, document: &str) -> bool {
+        self.store.has_checkpoint(document)
+    }
+
     pub fn new(documents: Arc<PodDocuments>, store: CheckpointDir, max_object_bytes: u64) -> Self {
         Self {
             documents,

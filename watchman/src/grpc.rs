@@ -139,6 +139,8 @@ pub struct Api {
     tasks: TaskTracker,
     /// Fires when shutdown starts: streams end then, instead of holding the server open.
     shutdown: CancellationToken,
+    /// Pods' kernel checkpoints, when Watchman keeps them (an allocation says it resumes).
+    checkpoints: Option<std::sync::Arc<crate::checkpoints::PodCheckpoints>>,
 }
 
 impl Api {
@@ -147,12 +149,14 @@ impl Api {
         public: PublicUrl,
         tasks: TaskTracker,
         shutdown: CancellationToken,
+        checkpoints: Option<std::sync::Arc<crate::checkpoints::PodCheckpoints>>,
     ) -> Self {
         Self {
             watchman,
             public,
             tasks,
             shutdown,
+            checkpoints,
         }
     }
 
@@ -180,6 +184,12 @@ impl Api {
             } as i32,
             created_at: i64::try_from(a.created_ms / 1000).unwrap_or(i64::MAX),
             expires_at: i64::try_from(a.expires_ms / 1000).unwrap_or(i64::MAX),
+            // A new pod for a document with a checkpoint resumes from it.
+            resumes: matches!(launch, Some(LaunchKind::Warm | LaunchKind::Cold))
+                && self
+                    .checkpoints
+                    .as_ref()
+                    .is_some_and(|c| c.has_checkpoint(&a.document)),
         }
     }
 }

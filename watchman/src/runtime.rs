@@ -240,6 +240,7 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
             public.clone(),
             tracker.clone(),
             shutdown.clone(),
+            checkpoints.clone(),
         ))
         // Requests are a few names; nothing legitimate comes near this.
         .max_decoding_message_size(64 * 1024),

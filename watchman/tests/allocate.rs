@@ -475,6 +475,7 @@ async fn a_released_document_comes_back_on_a_new_pod_with_its_kernel_state() {
         .await
         .unwrap()
         .into_inner();
+    assert!(!a.resumes, "nothing to resume from yet");
     assert_eq!(
         run_code(&a, "import numpy as np\nx = 41\narr = np.arange(10)\nx + 1").await,
         "42"
@@ -509,6 +510,7 @@ async fn a_released_document_comes_back_on_a_new_pod_with_its_kernel_state() {
         .unwrap()
         .into_inner();
     assert_ne!(b.pod, a.pod);
+    assert!(b.resumes, "the allocation says it resumes");
     assert_eq!(run_code(&b, "int(arr.sum()) + x").await, "86");
     // Another document's pod sees nothing of it.
     let other = c
