@@ -47,6 +47,9 @@ fn store(server: &S3Server, bucket: &str) -> AmazonS3 {
 }
 
 fn started() -> S3Server {
+    // object_store's reqwest has rustls without a provider of its own (see the root
+    // Cargo.toml): the workspace's crypto is ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let t = Instant::now();
     let server = S3Server::start();
     eprintln!("SeaweedFS S3 server ready in {:?}", t.elapsed());
