@@ -454,17 +454,6 @@ impl JupyterServer {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
-
-    /// Stops it as a pod is stopped (SIGTERM: it drains, saving what it keeps) and waits.
-    pub async fn terminate(mut self) {
-        if let Ok(pid) = i32::try_from(self.pid) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let _ = self.child.wait().await;
-    }
 }
 
 /// A Jupyter message for the kernel WebSocket's shell channel: (msg_id, JSON text).
