@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
+use crate::presigned::Transfer;
 use crate::{Remote, StoreError};
 
 /// Watchman's path for a pod's checkpoint: `<path>/manifest`, `<path>/objects/<sha256>`.
@@ -45,6 +46,8 @@ pub enum CheckpointError {
     Missing(String),
     #[error(transparent)]
     Remote(#[from] StoreError),
+    #[error("checkpoint object transfer failed: {0}")]
+    Transfer(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -136,6 +139,28 @@ impl CheckpointDir {
         };
         let size = file.metadata().await.map_err(io(&path))?.len();
         Ok((file, size))
+    }
+
+    /// The document's stored objects and their sizes.
+    pub async fn objects(
+        &self,
+        document: &str,
+    ) -> Result<std::collections::BTreeMap<String, u64>, CheckpointError> {
+        let dir = self.document_dir(document).join("objects");
+        let mut found = std::collections::BTreeMap::new();
+        let mut entries = match tokio::fs::read_dir(&dir).await {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        while let Some(entry) = entries.next_entry().await.map_err(io(&dir))? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_sha256(&name) {
+                let size = entry.metadata().await.map_err(io(&dir))?.len();
+                found.insert(name, size);
+            }
+        }
+        Ok(found)
     }
 
     /// Removes the document's objects that `keep` does not name.
@@ -254,19 +279,86 @@ impl Remote {
         Ok(())
     }
 
-    /// Uploads an object (read whole: one name is at most the plan's per-name cap).
+    /// Asks Watchman for pre-signed URLs for these objects (one request for many). False
+    /// when its store has none: objects then go through Watchman.
+    pub async fn presign(
+        &self,
+        transfer: Transfer,
+        shas: &[String],
+    ) -> Result<bool, CheckpointError> {
+        if shas.is_empty() || self.urls.presigns.lock().is_ok_and(|p| *p == Some(false)) {
+            return Ok(false);
+        }
+        if shas.iter().any(|s| !is_sha256(s)) {
+            return Err(CheckpointError::BadName(shas.join(",")));
+        }
+        let mut presigned = false;
+        for batch in shas.chunks(MAX_URLS_ASKED) {
+            let ask = format!(
+                r#"{{"method":"{}","objects":[{}]}}"#,
+                transfer.method(),
+                batch
+                    .iter()
+                    .map(|s| format!("\"{s}\""))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let path = format!("{POD_CHECKPOINT_PATH}/urls");
+            let Some(answer) = self
+                .call(hyper::Method::POST, &path, Bytes::from(ask))
+                .await?
+            else {
+                if let Ok(mut p) = self.urls.presigns.lock() {
+                    *p = Some(false);
+                }
+                return Ok(false);
+            };
+            let (urls, ttl) = parse_urls(&answer)?;
+            self.urls.remember(transfer, urls, ttl);
+            presigned = true;
+        }
+        if let Ok(mut p) = self.urls.presigns.lock() {
+            *p = Some(true);
+        }
+        Ok(presigned)
+    }
+
+    /// A URL for the object: one handed out before, or a new one; `None` when Watchman's
+    /// store has none.
+    async fn url(
+        &self,
+        transfer: Transfer,
+        sha256: &str,
+    ) -> Result<Option<String>, CheckpointError> {
+        if let Some(url) = self.urls.get(transfer, sha256) {
+            return Ok(Some(url));
+        }
+        if !self.presign(transfer, &[sha256.to_owned()]).await? {
+            return Ok(None);
+        }
+        Ok(self.urls.get(transfer, sha256))
+    }
+
+    /// Uploads an object: straight to object storage with a pre-signed URL, or through
+    /// Watchman (read whole: one name is at most the plan's per-name cap).
     pub async fn put_checkpoint_object(
         &self,
         sha256: &str,
-        mut src: impl AsyncRead + Unpin,
+        src: tokio::fs::File,
         limit: u64,
     ) -> Result<(), CheckpointError> {
         if !is_sha256(sha256) {
             return Err(CheckpointError::BadName(sha256.to_owned()));
         }
+        let size = src.metadata().await.map_err(io(Path::new(sha256)))?.len();
+        if size > limit {
+            return Err(CheckpointError::TooLarge { limit });
+        }
+        if let Some(url) = self.url(Transfer::Put, sha256).await? {
+            return self.urls.put(&url, src, size).await;
+        }
         let mut body = Vec::new();
-        (&mut src)
-            .take(limit + 1)
+        src.take(limit + 1)
             .read_to_end(&mut body)
             .await
             .map_err(io(Path::new(sha256)))?;
@@ -289,6 +381,9 @@ impl Remote {
         if !is_sha256(sha256) {
             return Err(CheckpointError::BadName(sha256.to_owned()));
         }
+        if let Some(url) = self.url(Transfer::Get, sha256).await? {
+            return self.urls.fetch(&url, sha256, dst, limit).await;
+        }
         let path = format!("{POD_CHECKPOINT_PATH}/objects/{sha256}");
         let body = self
             .call(hyper::Method::GET, &path, Bytes::new())
@@ -296,4 +391,24 @@ impl Remote {
             .ok_or_else(|| CheckpointError::Missing(sha256.to_owned()))?;
         copy_checked(&body[..], dst, sha256, limit, Path::new(&path)).await
     }
+}
+
+/// Most objects one `urls` request names (Watchman's cap).
+const MAX_URLS_ASKED: usize = 4096;
+
+/// Watchman's answer to `urls`: `{"urls": {sha: url}, "expires_in_secs": n}`.
+fn parse_urls(
+    answer: &[u8],
+) -> Result<(Vec<(String, String)>, std::time::Duration), CheckpointError> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        urls: std::collections::BTreeMap<String, String>,
+        expires_in_secs: u64,
+    }
+    let a: Answer = serde_json::from_slice(answer)
+        .map_err(|e| CheckpointError::Transfer(format!("Watchman's URLs: {e}")))?;
+    Ok((
+        a.urls.into_iter().collect(),
+        std::time::Duration::from_secs(a.expires_in_secs),
+    ))
 }

@@ -8,6 +8,9 @@
 //! Middleman reaches nothing but its own document.
 
 pub mod checkpoints;
+mod presigned;
+
+pub use presigned::Transfer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -82,6 +85,8 @@ pub struct Remote {
     credential_file: PathBuf,
     binding: Arc<Mutex<Option<String>>>,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Checkpoint objects' pre-signed URLs and their client.
+    urls: presigned::Urls,
 }
 
 impl std::fmt::Debug for Remote {
@@ -139,6 +144,7 @@ impl DocStore {
                 credential_file: credential_file.to_owned(),
                 binding: Arc::new(Mutex::new(None)),
                 client: Client::builder(TokioExecutor::new()).build_http(),
+                urls: presigned::Urls::new(),
             })));
         }
         let dir = spec.strip_prefix("file://").unwrap_or(spec);
@@ -194,6 +200,32 @@ impl DocStore {
             }
         }
         Ok(())
+    }
+
+    /// Deletes `document`'s snapshot; true when there was one. A pod cannot delete its
+    /// document (only the platform does, through Watchman's `DeleteDocument`).
+    pub async fn delete(&self, document: &str) -> Result<bool, StoreError> {
+        match self {
+            DocStore::File(dir) => {
+                let path = dir.join(file_name(document));
+                match tokio::fs::remove_file(&path).await {
+                    Ok(()) => Ok(true),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                    Err(source) => Err(StoreError::File { path, source }),
+                }
+            }
+            DocStore::Redis { conn, prefix } => {
+                let mut c = conn.clone();
+                let n: u64 = redis::cmd("DEL")
+                    .arg(format!("{prefix}notebook:{document}"))
+                    .query_async(&mut c)
+                    .await?;
+                Ok(n > 0)
+            }
+            DocStore::Watchman(_) => Err(StoreError::Watchman(
+                "a pod cannot delete its document".into(),
+            )),
+        }
     }
 
     /// Loads `document`'s snapshot, if it was ever saved.

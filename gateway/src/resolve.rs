@@ -240,6 +240,7 @@ fn end_reason(r: i32) -> &'static str {
         Ok(pb::EndReason::Lifetime) => "lifetime",
         Ok(pb::EndReason::PodLost) => "pod_lost",
         Ok(pb::EndReason::Preempted) => "preempted",
+        Ok(pb::EndReason::Deleted) => "deleted",
         _ => "ended",
     }
 }

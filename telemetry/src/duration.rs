@@ -1,5 +1,5 @@
 //! Durations as every binary's flags and the plans file write them: `500ms`, `30s`, `10m`,
-//! `12h`, or a bare number of seconds.
+//! `12h`, `7d`, or a bare number of seconds.
 
 use std::time::Duration;
 
@@ -7,14 +7,14 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DurationError {
     /// Not a number followed by a unit.
-    #[error("{0:?} is not a duration (500ms, 30s, 10m, 12h)")]
+    #[error("{0:?} is not a duration (500ms, 30s, 10m, 12h, 7d)")]
     NotADuration(String),
-    /// A number with a unit other than ms, s, m or h.
-    #[error("{text:?}: unknown unit {unit:?} (ms, s, m, h)")]
+    /// A number with a unit other than ms, s, m, h or d.
+    #[error("{text:?}: unknown unit {unit:?} (ms, s, m, h, d)")]
     UnknownUnit { text: String, unit: String },
 }
 
-/// Parses durations like `500ms`, `30s`, `10m`, `12h` (a bare number is seconds).
+/// Parses durations like `500ms`, `30s`, `10m`, `12h`, `7d` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let s = s.trim();
     let split = s
@@ -29,6 +29,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
         "s" | "" => v,
         "m" => v * 60.0,
         "h" => v * 3600.0,
+        "d" => v * 86_400.0,
         _ => {
             return Err(DurationError::UnknownUnit {
                 text: s.to_owned(),

@@ -297,11 +297,25 @@ pub struct Args {
     /// `<local-root>/documents`.
     #[arg(long, env = "WATCHMAN_DOCUMENT_STORE")]
     pub document_store: Option<String>,
-    /// Where pods' kernel checkpoints are kept (pods reach them only through Watchman, each
-    /// its own document's): a directory. Default: `<local-root>/checkpoints`. Local pods are
-    /// started with checkpoints on; `none` turns them off.
+    /// Where pods' kernel checkpoints are kept (each pod reaches only its own document's,
+    /// through Watchman): a directory, or `s3://bucket[/prefix]` (object storage, configured
+    /// by the usual `AWS_*` variables; pods then move objects with pre-signed URLs). Default:
+    /// `<local-root>/checkpoints`. Pods are started with checkpoints on; `none` turns them off.
     #[arg(long, env = "WATCHMAN_CHECKPOINT_STORE")]
     pub checkpoint_store: Option<String>,
+    /// S3 options of an `s3://` checkpoint store, `key=value` lines (credentials:
+    /// `access_key_id`, `secret_access_key`; mount it from a secret).
+    #[arg(long, env = "WATCHMAN_CHECKPOINT_STORE_OPTIONS")]
+    pub checkpoint_store_options: Option<std::path::PathBuf>,
+    /// How long a pre-signed checkpoint URL stays valid.
+    #[arg(long, env = "WATCHMAN_CHECKPOINT_URL_TTL", default_value = "5m", value_parser = duration)]
+    pub checkpoint_url_ttl: Duration,
+    /// Largest checkpoint (all its objects) a pod may keep, MiB.
+    #[arg(long, env = "WATCHMAN_MAX_CHECKPOINT_MIB", default_value_t = 16 * 1024)]
+    pub max_checkpoint_mib: u64,
+    /// How often expired checkpoints (plans' `checkpoint_ttl`) are looked for.
+    #[arg(long, env = "WATCHMAN_CHECKPOINT_SWEEP_INTERVAL", default_value = "5m", value_parser = duration)]
+    pub checkpoint_sweep_interval: Duration,
     /// Largest checkpoint object (one name of a kernel) a pod may store, MiB.
     #[arg(
         long,
@@ -398,7 +412,7 @@ mod tests {
             (&["--pod-create-rate", "NaN"], "above 0"),
             (&["--log-format", "yaml"], "[possible values: text, json]"),
             (&["--lease-ttl", "soon"], "not a duration"),
-            (&["--lease-ttl", "5d"], "unknown unit"),
+            (&["--lease-ttl", "5w"], "unknown unit"),
         ];
         for (argv, expected) in cases {
             let e = parse(argv).unwrap_err();

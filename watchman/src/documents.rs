@@ -22,6 +22,9 @@ pub struct PodDocuments {
     verifying: VerifyingKey,
     store: DocStore,
     max_bytes: usize,
+    /// Watchman's store, for deletions (`note_deleted`): pods bound to a document before it
+    /// was deleted may no longer write it.
+    deletions: Option<crate::store::Store>,
 }
 
 /// Why a pod's request was refused.
@@ -37,6 +40,10 @@ pub(crate) enum Refusal {
     BadBinding(session_token::TokenError),
     #[error("the document store is unavailable: {0}")]
     Store(doc_store::StoreError),
+    #[error("the document was deleted")]
+    Deleted,
+    #[error("Watchman's store is unavailable: {0}")]
+    Index(crate::store::StoreError),
 }
 
 impl IntoResponse for Refusal {
@@ -46,7 +53,10 @@ impl IntoResponse for Refusal {
                 (StatusCode::UNAUTHORIZED, "bad_credential")
             }
             Refusal::NoBinding | Refusal::BadBinding(_) => (StatusCode::FORBIDDEN, "bad_binding"),
-            Refusal::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            Refusal::Store(_) | Refusal::Index(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
+            Refusal::Deleted => (StatusCode::GONE, "deleted"),
         };
         metrics::counter!("watchman_pod_document_refusals_total", "reason" => code).increment(1);
         (
@@ -64,12 +74,61 @@ impl PodDocuments {
             signing,
             store,
             max_bytes,
+            deletions: None,
         }
+    }
+
+    /// Refuses writes from pods bound to a document before it was deleted.
+    pub fn with_deletions(mut self, store: crate::store::Store) -> Self {
+        self.deletions = Some(store);
+        self
+    }
+
+    /// The document store (Watchman deletes documents from it).
+    pub fn store(&self) -> &DocStore {
+        &self.store
+    }
+
+    /// As [`PodDocuments::authorize`], for a write: refused (410) when the document was
+    /// deleted after this pod was bound to it, so that a pod ending at that moment cannot
+    /// bring back what was deleted.
+    pub(crate) async fn authorize_write(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<(String, String), Refusal> {
+        let (pod, claims) = self.authorize_claims(headers)?;
+        if let Some(deletions) = &self.deletions
+            && let Some(at) = deletions
+                .deleted_at(&claims.doc)
+                .await
+                .map_err(Refusal::Index)?
+        {
+            // The pod whose allocation the deletion ended, and any pod bound before it (one
+            // ending for another reason at that moment). Pods bound after it (the second is
+            // the token's grain) write as usual.
+            let ended_by_it = deletions
+                .ended_pod(&pod)
+                .await
+                .map_err(Refusal::Index)?
+                .is_some_and(|e| e.reason == crate::model::EndReason::Deleted);
+            if ended_by_it || claims.iat < at {
+                return Err(Refusal::Deleted);
+            }
+        }
+        Ok((pod, claims.doc))
     }
 
     /// The document the request may touch: its pod from the credential, its document from the
     /// binding token.
     pub(crate) fn authorize(&self, headers: &HeaderMap) -> Result<(String, String), Refusal> {
+        self.authorize_claims(headers)
+            .map(|(pod, claims)| (pod, claims.doc))
+    }
+
+    fn authorize_claims(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<(String, session_token::Claims), Refusal> {
         let credential = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -87,7 +146,7 @@ impl PodDocuments {
             .verifying
             .verify_binding(binding, &pod)
             .map_err(Refusal::BadBinding)?;
-        Ok((pod, claims.doc))
+        Ok((pod, claims))
     }
 }
 
@@ -117,7 +176,7 @@ async fn load(State(d): State<Arc<PodDocuments>>, headers: HeaderMap) -> Respons
 }
 
 async fn save(State(d): State<Arc<PodDocuments>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (pod, document) = match d.authorize(&headers) {
+    let (pod, document) = match d.authorize_write(&headers).await {
         Ok(x) => x,
         Err(r) => return r.into_response(),
     };

@@ -23,6 +23,10 @@ impl From<ServiceError> for Status {
             ServiceError::Exhausted { .. } => Status::resource_exhausted(e.to_string()),
             ServiceError::NotFound(_) => Status::not_found(e.to_string()),
             ServiceError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+            ServiceError::Unavailable(_) => {
+                tracing::error!(error = %e, "a store failed");
+                Status::unavailable("the document or checkpoint store is unavailable; retry")
+            }
             ServiceError::Store(_) | ServiceError::Token(_) => {
                 // Internals stay in the log, not in the caller's error.
                 tracing::error!(error = %e, "internal error");
@@ -141,6 +145,8 @@ pub struct Api {
     shutdown: CancellationToken,
     /// Pods' kernel checkpoints, when Watchman keeps them (an allocation says it resumes).
     checkpoints: Option<std::sync::Arc<crate::checkpoints::PodCheckpoints>>,
+    /// Deletes documents (`DeleteDocument`).
+    retention: Option<std::sync::Arc<crate::retention::Retention>>,
 }
 
 impl Api {
@@ -157,7 +163,17 @@ impl Api {
             tasks,
             shutdown,
             checkpoints,
+            retention: None,
         }
+    }
+
+    /// Serves `DeleteDocument` with `retention` (without it, the call is refused).
+    pub fn with_retention(
+        mut self,
+        retention: std::sync::Arc<crate::retention::Retention>,
+    ) -> Self {
+        self.retention = Some(retention);
+        self
     }
 
     fn to_pb(
@@ -184,12 +200,8 @@ impl Api {
             } as i32,
             created_at: i64::try_from(a.created_ms / 1000).unwrap_or(i64::MAX),
             expires_at: i64::try_from(a.expires_ms / 1000).unwrap_or(i64::MAX),
-            // A new pod for a document with a checkpoint resumes from it.
-            resumes: matches!(launch, Some(LaunchKind::Warm | LaunchKind::Cold))
-                && self
-                    .checkpoints
-                    .as_ref()
-                    .is_some_and(|c| c.has_checkpoint(&a.document)),
+            // Set by `allocate`.
+            resumes: false,
         }
     }
 }
@@ -230,6 +242,7 @@ fn end_reason(r: EndReason) -> pb::EndReason {
         EndReason::Lifetime => pb::EndReason::Lifetime,
         EndReason::PodLost => pb::EndReason::PodLost,
         EndReason::Preempted => pb::EndReason::Preempted,
+        EndReason::Deleted => pb::EndReason::Deleted,
     }
 }
 
@@ -260,12 +273,33 @@ impl pb::watchman_server::Watchman for Api {
                 wait,
             })
             .await?;
-        Ok(Response::new(self.to_pb(
-            &g.allocation,
-            Some(g.launch),
-            g.token,
-            g.token_expires,
-        )))
+        let mut allocation = self.to_pb(&g.allocation, Some(g.launch), g.token, g.token_expires);
+        // A new pod for a document with a checkpoint resumes from it.
+        if matches!(g.launch, LaunchKind::Warm | LaunchKind::Cold)
+            && let Some(c) = &self.checkpoints
+        {
+            allocation.resumes = c.has_checkpoint(&r.document_id).await;
+        }
+        Ok(Response::new(allocation))
+    }
+
+    async fn delete_document(
+        &self,
+        request: Request<pb::DeleteDocumentRequest>,
+    ) -> Result<Response<pb::DeleteDocumentResponse>, Status> {
+        let document = request.into_inner().document_id;
+        bounded("document_id", &document, MAX_NAME)?;
+        let Some(retention) = &self.retention else {
+            return Err(Status::unimplemented(
+                "this Watchman does not delete documents",
+            ));
+        };
+        let deleted = retention.delete_document(&self.watchman, &document).await?;
+        Ok(Response::new(pb::DeleteDocumentResponse {
+            released: deleted.released,
+            snapshot: deleted.snapshot,
+            checkpoint: deleted.checkpoint,
+        }))
     }
 
     async fn release(

@@ -20,6 +20,7 @@ mod grpc_conn;
 pub mod model;
 pub mod plan;
 pub mod pool;
+pub mod retention;
 pub mod runtime;
 pub mod service;
 pub mod store;

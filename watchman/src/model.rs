@@ -95,16 +95,19 @@ pub enum EndReason {
     Lifetime,
     PodLost,
     Preempted,
+    /// The document was deleted (`DeleteDocument`).
+    Deleted,
 }
 
 impl EndReason {
     /// Every reason, for metrics that must exist before the first event.
-    pub const ALL: [EndReason; 5] = [
+    pub const ALL: [EndReason; 6] = [
         EndReason::Released,
         EndReason::Idle,
         EndReason::Lifetime,
         EndReason::PodLost,
         EndReason::Preempted,
+        EndReason::Deleted,
     ];
 
     pub fn label(self) -> &'static str {
@@ -114,6 +117,7 @@ impl EndReason {
             EndReason::Lifetime => "lifetime",
             EndReason::PodLost => "pod_lost",
             EndReason::Preempted => "preempted",
+            EndReason::Deleted => "deleted",
         }
     }
 }

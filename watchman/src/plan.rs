@@ -52,6 +52,10 @@ struct RawPlan {
     idle_timeout: String,
     #[serde(default = "default_lifetime")]
     max_lifetime: String,
+    /// How long a document's kernel checkpoint is kept after it was last saved (`never`: as
+    /// long as the document).
+    #[serde(default = "default_checkpoint_ttl")]
+    checkpoint_ttl: String,
     #[serde(default)]
     limits: RawLimits,
     /// The sandbox level the plan's kernels require (none, standard, strict).
@@ -67,6 +71,9 @@ fn default_idle() -> String {
 }
 fn default_lifetime() -> String {
     "12h".into()
+}
+fn default_checkpoint_ttl() -> String {
+    "7d".into()
 }
 
 /// CPU and memory as Kubernetes quantities (`500m`, `1Gi`).
@@ -155,6 +162,8 @@ pub struct Plan {
     pub warm: WarmPolicy,
     pub idle_timeout: Duration,
     pub max_lifetime: Duration,
+    /// How long a document's checkpoint is kept after its last save; `None`: never expires.
+    pub checkpoint_ttl: Option<Duration>,
     pub limits: ExecutionLimits,
     /// The sandbox level its kernels require; pods of the plan are not started where the
     /// host cannot give it.
@@ -239,6 +248,10 @@ pub fn parse_plans(path: &str, text: &str) -> Result<BTreeMap<String, Plan>, Pla
         };
         let idle_timeout = dur("idle_timeout", &raw.idle_timeout);
         let max_lifetime = dur("max_lifetime", &raw.max_lifetime);
+        let checkpoint_ttl = match raw.checkpoint_ttl.as_str() {
+            "never" => None,
+            ttl => Some(dur("checkpoint_ttl", ttl)).filter(|d| !d.is_zero()),
+        };
         let execution_timeout = dur(
             "limits.execution_timeout",
             raw.limits.execution_timeout.as_deref().unwrap_or("10m"),
@@ -320,6 +333,7 @@ pub fn parse_plans(path: &str, text: &str) -> Result<BTreeMap<String, Plan>, Pla
                 warm: raw.warm,
                 idle_timeout,
                 max_lifetime,
+                checkpoint_ttl,
                 limits,
                 sandbox,
             },

@@ -74,6 +74,9 @@ impl Running {
 
 /// Loads everything, binds both listeners, and starts the servers and the reconciler.
 pub async fn start(args: Args) -> anyhow::Result<Running> {
+    // The process's TLS crypto is ring (object storage's client has none of its own); another
+    // component (or test) may have installed it already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut plans = plan::load_plans(&args.plans)?;
     let pem = std::fs::read_to_string(&args.signing_key)
         .with_context(|| format!("reading {}", args.signing_key.display()))?;
@@ -138,25 +141,40 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
                 Some(url) => url.to_owned(),
                 None => args.local_root.join("documents").display().to_string(),
             });
-    let documents = Arc::new(documents::PodDocuments::new(
-        key.clone(),
-        doc_store::DocStore::open(&document_store, &args.pod_document_key_prefix, None)
-            .await
-            .with_context(|| format!("document store {document_store}"))?,
-        args.max_document_bytes,
-    ));
-    let checkpoint_dir = match args.checkpoint_store.as_deref() {
+    let documents = Arc::new(
+        documents::PodDocuments::new(
+            key.clone(),
+            doc_store::DocStore::open(&document_store, &args.pod_document_key_prefix, None)
+                .await
+                .with_context(|| format!("document store {document_store}"))?,
+            args.max_document_bytes,
+        )
+        .with_deletions(store.clone()),
+    );
+    let checkpoint_spec = match args.checkpoint_store.as_deref() {
         Some("none") => None,
-        Some(dir) => Some(std::path::PathBuf::from(dir)),
-        None => Some(args.local_root.join("checkpoints")),
+        Some(spec) => Some(spec.to_owned()),
+        None => Some(args.local_root.join("checkpoints").display().to_string()),
     };
-    let checkpoints = checkpoint_dir.map(|dir| {
-        Arc::new(checkpoints::PodCheckpoints::new(
-            documents.clone(),
-            doc_store::checkpoints::CheckpointDir::new(dir),
-            args.max_checkpoint_object_mib << 20,
-        ))
-    });
+    let checkpoints = match checkpoint_spec {
+        Some(spec) => {
+            let backend = checkpoints::Backend::open(
+                &spec,
+                args.checkpoint_store_options.as_deref(),
+                args.checkpoint_url_ttl,
+            )
+            .with_context(|| format!("checkpoint store {spec}"))?;
+            tracing::info!(store = %spec, presigned = backend.presigns(), "pods' kernel checkpoints");
+            Some(Arc::new(checkpoints::PodCheckpoints::new(
+                documents.clone(),
+                backend,
+                store.clone(),
+                args.max_checkpoint_object_mib << 20,
+                args.max_checkpoint_mib << 20,
+            )))
+        }
+        None => None,
+    };
     let instance = args.instance.clone().unwrap_or_else(|| {
         format!(
             "watchman-{}-{}",
@@ -176,7 +194,14 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
             let lease = backend::KubeLease::new(&client, &args.lease_namespace, &args.lease_name);
             tracing::info!(namespace = %args.pod_namespace, lease = %format!("{}/{}", args.lease_namespace, args.lease_name), "kubernetes backend");
             (
-                kube_backend(&args, &key, &client, &shutdown, &tracker)?,
+                kube_backend(
+                    &args,
+                    &key,
+                    &client,
+                    &shutdown,
+                    &tracker,
+                    checkpoints.is_some(),
+                )?,
                 Election::kube(lease, instance, args.lease_ttl),
             )
         }
@@ -207,6 +232,18 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         refused_plans,
     };
     let plans: Arc<BTreeMap<String, plan::Plan>> = Arc::new(plans);
+    let retention = Arc::new(crate::retention::Retention::new(
+        store.clone(),
+        documents.clone(),
+        checkpoints.clone(),
+        plans.clone(),
+    ));
+    tracker.spawn(
+        retention
+            .clone()
+            .expire(args.checkpoint_sweep_interval, shutdown.clone())
+            .instrument(tracing::info_span!("checkpoint_expiry")),
+    );
     let watchman = service::Watchman::new(
         plans.clone(),
         store.clone(),
@@ -235,13 +272,16 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let api = tonic::service::interceptor::InterceptedService::new(
-        watchman_proto::v1::watchman_server::WatchmanServer::new(grpc::Api::new(
-            watchman.clone(),
-            public.clone(),
-            tracker.clone(),
-            shutdown.clone(),
-            checkpoints.clone(),
-        ))
+        watchman_proto::v1::watchman_server::WatchmanServer::new(
+            grpc::Api::new(
+                watchman.clone(),
+                public.clone(),
+                tracker.clone(),
+                shutdown.clone(),
+                checkpoints.clone(),
+            )
+            .with_retention(retention),
+        )
         // Requests are a few names; nothing legitimate comes near this.
         .max_decoding_message_size(64 * 1024),
         grpc::ApiAuth::new(&[&api_token]),
@@ -400,6 +440,7 @@ fn kube_backend(
     client: &kube::Client,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
+    checkpoints: bool,
 ) -> anyhow::Result<backend::Backend> {
     let settings = backend::KubeSettings {
         namespace: args.pod_namespace.clone(),
@@ -407,6 +448,7 @@ fn kube_backend(
         default_image: args.pod_image.clone(),
         public_key_pem: key.verifying_key().to_pem()?,
         document_store: args.pod_document_store.clone(),
+        checkpoints,
         signing_key: key.clone(),
         service_account: args.pod_service_account.clone(),
         delete_grace: args.pod_delete_grace,

@@ -528,3 +528,165 @@ async fn a_released_document_comes_back_on_a_new_pod_with_its_kernel_state() {
 fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Checkpoints in object storage (a real S3 server, SeaweedFS): pods move their objects
+/// themselves with pre-signed URLs, the next pod resumes, and `DeleteDocument` takes the
+/// allocation, the snapshot and the checkpoint with it. Without a signature the bucket refuses
+/// everyone, and a URL signed for one document's object opens no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_in_object_storage_resume_and_go_with_the_document() {
+    use object_store::ObjectStore as _;
+    use object_store::signer::Signer as _;
+    let s3 = testkit::s3::S3Server::start();
+    s3.create_bucket("ckpt");
+    let d = Deployment::new("s3ckpt", 2, "30m");
+    let options = d.dir.0.join("s3.options");
+    std::fs::write(
+        &options,
+        format!(
+            "# a mounted secret\naccess_key_id = {}\nsecret_access_key = {}\n",
+            s3.access_key(),
+            s3.secret_key()
+        ),
+    )
+    .unwrap();
+    let spec = format!(
+        "s3://ckpt/notebooks?endpoint={}&region={}&allow_http=true",
+        s3.endpoint(),
+        s3.region()
+    );
+    let w = d
+        .replica(
+            "memory",
+            &[
+                "--checkpoint-store",
+                &spec,
+                "--checkpoint-store-options",
+                &options.display().to_string(),
+            ],
+        )
+        .await;
+    let bucket = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(s3.endpoint())
+        .with_allow_http(true)
+        .with_region(s3.region())
+        .with_bucket_name("ckpt")
+        .with_access_key_id(s3.access_key())
+        .with_secret_access_key(s3.secret_key())
+        .build()
+        .unwrap();
+    let keys = |prefix: String| {
+        let bucket = &bucket;
+        async move {
+            let prefix = object_store::path::Path::from(prefix);
+            let listed: Vec<object_store::ObjectMeta> =
+                futures_util::TryStreamExt::try_collect(bucket.list(Some(&prefix)))
+                    .await
+                    .unwrap();
+            listed
+                .into_iter()
+                .map(|m| m.location.to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let mut c = client(w.grpc_addr, API_TOKEN).await;
+    wait_warm(&mut c, 2).await;
+    let a = c
+        .allocate(allocate_req("doc-s3", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!a.resumes);
+    assert_eq!(
+        run_code(&a, "import numpy as np\nx = 41\narr = np.arange(10)\nx + 1").await,
+        "42"
+    );
+    c.release(pb::ReleaseRequest {
+        document_id: "doc-s3".into(),
+    })
+    .await
+    .unwrap();
+    let prefix = format!("notebooks/{}", hex("doc-s3"));
+    let manifest = format!("{prefix}/manifest.json");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored = keys(prefix.clone()).await;
+        if stored.contains(&manifest) {
+            assert!(stored.iter().any(|k| k.contains("/objects/")), "{stored:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no checkpoint in the bucket: {stored:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = c
+        .allocate(allocate_req("doc-s3", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(b.resumes, "the allocation says it resumes");
+    assert_eq!(run_code(&b, "int(arr.sum()) + x").await, "86");
+
+    // The bucket refuses a request without a signature, and a URL signed for this document's
+    // object does not open another key.
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let status = |url: String| {
+        let http = http.clone();
+        async move {
+            http.get(url.parse().unwrap())
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(
+        status(format!("{}/ckpt/{manifest}", s3.endpoint())).await,
+        403
+    );
+    let signed = bucket
+        .signed_url(
+            object_store::signer::Method::GET,
+            &object_store::path::Path::from(manifest.clone()),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap()
+        .to_string();
+    assert_eq!(status(signed.clone()).await, 200);
+    let other = signed.replace(&hex("doc-s3"), &hex("doc-other"));
+    assert_ne!(other, signed);
+    assert_eq!(status(other).await, 403);
+
+    // Deleting the document ends its allocation and removes its snapshot and checkpoint.
+    let deleted = c
+        .delete_document(pb::DeleteDocumentRequest {
+            document_id: "doc-s3".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(deleted.released, "{deleted:?}");
+    assert!(deleted.checkpoint, "{deleted:?}");
+    let ended = c
+        .get_allocation(pb::GetAllocationRequest {
+            document_id: "doc-s3".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::NotFound);
+    // The ending pod's last save is refused: nothing comes back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(keys(prefix.clone()).await, Vec::<String>::new());
+    let fresh = c
+        .allocate(allocate_req("doc-s3", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!fresh.resumes);
+    assert_eq!(run_code(&fresh, "'x' in globals()").await, "False");
+    teardown(w).await;
+}

@@ -728,6 +728,7 @@ async fn a_restarted_watchman_adopts_its_pods_instead_of_leaking_or_recreating_t
         default_image: "ghcr.io/nbplat/middleman:0.1.0".into(),
         public_key_pem: "unused".into(),
         document_store: watchman::config::PodDocumentStore::None,
+        checkpoints: false,
         signing_key: session_token::SigningKey::generate(),
         service_account: "middleman".into(),
         delete_grace: Duration::from_secs(1),

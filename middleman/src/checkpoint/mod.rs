@@ -279,6 +279,11 @@ impl Keeper {
         }
         let uploads = manifest.apply(cell.as_deref(), &reported, full, self.settings.max_bytes);
         let workspace = &self.settings.workspace;
+        let shas: Vec<String> = uploads.iter().map(|(sha, _)| sha.clone()).collect();
+        self.settings
+            .store
+            .prepare(doc_store::Transfer::Put, &shas)
+            .await;
         for (sha, _) in &uploads {
             let opened = local_object(sha).and_then(|p| workspace.open_read(&p));
             let file = match opened {

@@ -85,6 +85,17 @@ impl CheckpointStore {
         Ok(())
     }
 
+    /// Asks ahead, in one request, for what moving these objects needs (pre-signed URLs, when
+    /// Watchman keeps checkpoints in object storage). A failure here only means each object
+    /// asks on its own.
+    pub async fn prepare(&self, transfer: doc_store::Transfer, shas: &[String]) {
+        if let CheckpointStore::Watchman(remote) = self
+            && let Err(error) = remote.presign(transfer, shas).await
+        {
+            tracing::debug!(%error, "could not ask for checkpoint URLs ahead");
+        }
+    }
+
     /// Stores an object read from `src`, checked against its name on the way.
     pub async fn put_object(
         &self,

@@ -716,8 +716,12 @@ fn register_metrics() {
         "middleman_output_truncations_total",
         "middleman_resumes_total",
         "middleman_checkpoint_store_errors_total",
+        "middleman_checkpoint_bytes_total",
     ] {
         metrics::counter!(name).increment(0);
+    }
+    for kind in ["cell", "all"] {
+        metrics::counter!("middleman_checkpoints_total", "kind" => kind).increment(0);
     }
     for outcome in ["restored", "fallback"] {
         metrics::counter!("middleman_checkpoint_resumes_total", "outcome" => outcome).increment(0);

@@ -253,18 +253,22 @@ impl Allocator {
 
     /// Ends the document's allocation; its pod is deleted by the reconciler.
     pub async fn release(&self, document: &str) -> Result<bool, ServiceError> {
+        self.end(document, EndReason::Released, "released by the caller")
+            .await
+    }
+
+    /// Ends the document's live allocation, if it has one; true when it did.
+    pub async fn end(
+        &self,
+        document: &str,
+        reason: EndReason,
+        detail: &str,
+    ) -> Result<bool, ServiceError> {
         valid_id("document_id", document)?;
         let Some(a) = self.store.allocation(document).await? else {
             return Ok(false);
         };
-        let ended = end_allocation(
-            &self.store,
-            &a.pod,
-            &a.plan,
-            EndReason::Released,
-            "released by the caller",
-        )
-        .await?;
+        let ended = end_allocation(&self.store, &a.pod, &a.plan, reason, detail).await?;
         Ok(ended.is_some())
     }
 

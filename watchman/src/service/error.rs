@@ -30,6 +30,9 @@ pub enum ServiceError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A document or checkpoint store failed.
+    #[error("{0}")]
+    Unavailable(String),
     /// A token could not be minted.
     #[error("token: {0}")]
     Token(#[from] session_token::TokenError),

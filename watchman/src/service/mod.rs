@@ -12,6 +12,7 @@ pub mod election;
 mod error;
 pub mod reconciler;
 
+pub(crate) use allocator::valid_id;
 pub use allocator::{AllocationRequest, Allocator, Granted};
 pub use election::{Election, ElectionError};
 pub use error::ServiceError;
@@ -107,6 +108,16 @@ impl Watchman {
     /// See [`Allocator::release`].
     pub async fn release(&self, document: &str) -> Result<bool, ServiceError> {
         self.inner.allocator.release(document).await
+    }
+
+    /// See [`Allocator::end`].
+    pub async fn end(
+        &self,
+        document: &str,
+        reason: crate::model::EndReason,
+        detail: &str,
+    ) -> Result<bool, ServiceError> {
+        self.inner.allocator.end(document, reason, detail).await
     }
 
     /// See [`Allocator::get`].

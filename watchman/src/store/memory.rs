@@ -19,6 +19,10 @@ struct Inner {
     ended_pods: HashMap<String, Ended>,
     lease: Option<(String, u64)>,
     demand: HashMap<String, HashMap<String, u64>>,
+    /// Checkpoints by document: plan, saved at (ms).
+    checkpoints: HashMap<String, (String, u64)>,
+    /// Deleted documents: deleted at (s), forgotten after (ms).
+    deleted: HashMap<String, (u64, u64)>,
 }
 
 impl MemoryStore {
@@ -213,5 +217,70 @@ impl MemoryStore {
         };
         waiters.retain(|_, until| *until > now);
         Ok(u32::try_from(waiters.len()).unwrap_or(u32::MAX))
+    }
+
+    pub(super) async fn note_checkpoint(
+        &self,
+        document: &str,
+        plan: &str,
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .checkpoints
+            .insert(document.to_owned(), (plan.to_owned(), at_ms));
+        Ok(())
+    }
+
+    pub(super) async fn has_checkpoint(&self, document: &str) -> Result<bool, StoreError> {
+        Ok(self.lock().checkpoints.contains_key(document))
+    }
+
+    pub(super) async fn checkpoints_before(
+        &self,
+        plan: &str,
+        before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let g = self.lock();
+        let mut old: Vec<(u64, &String)> = g
+            .checkpoints
+            .iter()
+            .filter(|(_, (p, at))| p == plan && *at < before_ms)
+            .map(|(d, (_, at))| (*at, d))
+            .collect();
+        old.sort();
+        Ok(old
+            .into_iter()
+            .take(limit)
+            .map(|(_, d)| d.clone())
+            .collect())
+    }
+
+    pub(super) async fn forget_checkpoint(&self, document: &str) -> Result<(), StoreError> {
+        self.lock().checkpoints.remove(document);
+        Ok(())
+    }
+
+    pub(super) async fn note_deleted(
+        &self,
+        document: &str,
+        at_secs: u64,
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        let now = now_ms();
+        g.deleted.retain(|_, (_, until)| *until > now);
+        g.deleted
+            .insert(document.to_owned(), (at_secs, now + super::DELETED_FOR_MS));
+        Ok(())
+    }
+
+    pub(super) async fn deleted_at(&self, document: &str) -> Result<Option<u64>, StoreError> {
+        let now = now_ms();
+        Ok(self
+            .lock()
+            .deleted
+            .get(document)
+            .filter(|(_, until)| *until > now)
+            .map(|(at, _)| *at))
     }
 }

@@ -11,6 +11,9 @@ use std::collections::BTreeMap;
 
 use crate::model::{Allocation, EndReason, Ended, Pod};
 
+/// How long a deletion is remembered (longer than any pod's shutdown grace).
+const DELETED_FOR_MS: u64 = 3_600_000;
+
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -143,5 +146,43 @@ impl Store {
     /// Callers still waiting for a pod of `plan`.
     pub async fn demand(&self, plan: &str) -> Result<u32, StoreError> {
         dispatch!(self, s => s.demand(plan).await)
+    }
+    /// Records that `document`'s checkpoint (of a pod of `plan`) was saved at `at_ms`: the
+    /// index behind `Allocation.resumes` and per-plan expiry (the checkpoint itself is in the
+    /// checkpoint store).
+    pub async fn note_checkpoint(
+        &self,
+        document: &str,
+        plan: &str,
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.note_checkpoint(document, plan, at_ms).await)
+    }
+    /// Whether `document` has a checkpoint on record.
+    pub async fn has_checkpoint(&self, document: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.has_checkpoint(document).await)
+    }
+    /// Up to `limit` documents of `plan` whose checkpoint was last saved before `before_ms`.
+    pub async fn checkpoints_before(
+        &self,
+        plan: &str,
+        before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        dispatch!(self, s => s.checkpoints_before(plan, before_ms, limit).await)
+    }
+    /// Drops `document`'s checkpoint from the index.
+    pub async fn forget_checkpoint(&self, document: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.forget_checkpoint(document).await)
+    }
+    /// Records that `document` was deleted at `at_secs`: for the next hour, pods bound to it
+    /// before then may no longer save its snapshot or checkpoint (a pod ending at that moment
+    /// would otherwise bring them back).
+    pub async fn note_deleted(&self, document: &str, at_secs: u64) -> Result<(), StoreError> {
+        dispatch!(self, s => s.note_deleted(document, at_secs).await)
+    }
+    /// When `document` was deleted, within the last hour.
+    pub async fn deleted_at(&self, document: &str) -> Result<Option<u64>, StoreError> {
+        dispatch!(self, s => s.deleted_at(document).await)
     }
 }

@@ -12,7 +12,9 @@ use crate::model::{Allocation, EndReason, Ended, Pod};
 /// of pods by state (kept by the scripts that change states, so counting never scans);
 /// `counted` marks that the counts were built; `doc:{document}` allocation JSON;
 /// `ended:{allocation}` and `ended-pod:{pod}` end record (1 h); `lease` reconciler holder;
-/// `demand:{plan}` sorted set of waiting callers by deadline.
+/// `demand:{plan}` sorted set of waiting callers by deadline; `checkpoints:{plan}` sorted set
+/// of documents with a checkpoint by when it was saved, `checkpoint-plan` hash of their plans;
+/// `deleted:{document}` when it was deleted (1 h).
 ///
 /// Every change of a pod's state is one script, which moves the pod between counts in the same
 /// step. Scripts touch keys they compute from the prefix, so the store needs a single Redis (or
@@ -655,5 +657,121 @@ impl RedisStore {
             })
             .await?;
         Ok(n)
+    }
+
+    pub(super) async fn note_checkpoint(
+        &self,
+        document: &str,
+        plan: &str,
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
+        let plans = self.key("checkpoint-plan");
+        let before: Option<String> = self
+            .retrying("note_checkpoint", || {
+                let mut c = self.conn.clone();
+                let plans = &plans;
+                async move { c.hget(plans, document).await }
+            })
+            .await?;
+        let key = self.key(&format!("checkpoints:{plan}"));
+        let old = before
+            .filter(|p| p != plan)
+            .map(|p| self.key(&format!("checkpoints:{p}")));
+        self.retrying("note_checkpoint", || {
+            let mut c = self.conn.clone();
+            let (plans, key, old) = (&plans, &key, &old);
+            async move {
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                if let Some(old) = old {
+                    pipe.zrem(old, document);
+                }
+                pipe.zadd(key, document, at_ms)
+                    .hset(plans, document, plan)
+                    .query_async::<()>(&mut c)
+                    .await
+            }
+        })
+        .await
+    }
+
+    pub(super) async fn has_checkpoint(&self, document: &str) -> Result<bool, StoreError> {
+        let plans = self.key("checkpoint-plan");
+        self.retrying("has_checkpoint", || {
+            let mut c = self.conn.clone();
+            let plans = &plans;
+            async move { c.hexists(plans, document).await }
+        })
+        .await
+    }
+
+    pub(super) async fn checkpoints_before(
+        &self,
+        plan: &str,
+        before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let key = self.key(&format!("checkpoints:{plan}"));
+        self.retrying("checkpoints_before", || {
+            let mut c = self.conn.clone();
+            let key = &key;
+            async move {
+                c.zrangebyscore_limit(key, "-inf", format!("({before_ms}"), 0, limit as isize)
+                    .await
+            }
+        })
+        .await
+    }
+
+    pub(super) async fn forget_checkpoint(&self, document: &str) -> Result<(), StoreError> {
+        let plans = self.key("checkpoint-plan");
+        let plan: Option<String> = self
+            .retrying("forget_checkpoint", || {
+                let mut c = self.conn.clone();
+                let plans = &plans;
+                async move { c.hget(plans, document).await }
+            })
+            .await?;
+        let key = plan.map(|p| self.key(&format!("checkpoints:{p}")));
+        self.retrying("forget_checkpoint", || {
+            let mut c = self.conn.clone();
+            let (plans, key) = (&plans, &key);
+            async move {
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                if let Some(key) = key {
+                    pipe.zrem(key, document);
+                }
+                pipe.hdel(plans, document).query_async::<()>(&mut c).await
+            }
+        })
+        .await
+    }
+
+    pub(super) async fn note_deleted(
+        &self,
+        document: &str,
+        at_secs: u64,
+    ) -> Result<(), StoreError> {
+        let key = self.key(&format!("deleted:{document}"));
+        self.retrying("note_deleted", || {
+            let mut c = self.conn.clone();
+            let key = &key;
+            async move {
+                c.pset_ex::<_, _, ()>(key, at_secs, super::DELETED_FOR_MS)
+                    .await
+            }
+        })
+        .await
+    }
+
+    pub(super) async fn deleted_at(&self, document: &str) -> Result<Option<u64>, StoreError> {
+        let key = self.key(&format!("deleted:{document}"));
+        self.retrying("deleted_at", || {
+            let mut c = self.conn.clone();
+            let key = &key;
+            async move { c.get(key).await }
+        })
+        .await
     }
 }

@@ -58,6 +58,12 @@ impl Hub {
             .collect();
         let mut names = Vec::new();
         let workspace = &checkpoints.settings().workspace;
+        let shas: Vec<String> = manifest.objects().into_iter().map(str::to_owned).collect();
+        checkpoints
+            .settings()
+            .store
+            .prepare(doc_store::Transfer::Get, &shas)
+            .await;
         for (name, saved) in &manifest.names {
             match &saved.object {
                 Object::Module { module } => names.push(json!({"name": name, "module": module})),

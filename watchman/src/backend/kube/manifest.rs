@@ -169,6 +169,9 @@ pub fn pod_manifest(settings: &KubeSettings, id: &str, plan: &Plan) -> KubePod {
                 "--pod-credential-file".into(),
                 format!("{POD_INFO}/credential"),
             ]);
+            if settings.checkpoints {
+                middleman_args.extend(["--checkpoint-store".into(), format!("watchman+{url}")]);
+            }
         }
     }
     let kernel_args: Vec<String> = [

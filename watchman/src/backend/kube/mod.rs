@@ -70,6 +70,8 @@ pub struct KubeSettings {
     pub public_key_pem: String,
     /// Where the pods keep their documents: nowhere, or Watchman (each its own).
     pub document_store: crate::config::PodDocumentStore,
+    /// Pods keep kernel checkpoints through Watchman (with the document store there).
+    pub checkpoints: bool,
     /// Derives each pod's credential.
     pub signing_key: session_token::SigningKey,
     /// Service account of the pods (it has no bindings; its token is never mounted).
