@@ -167,6 +167,43 @@ async fn conformance(store: Store) {
         .await
         .unwrap();
     assert_eq!(store.demand("free").await.unwrap(), 1);
+
+    // The checkpoint index: by plan, by when saved; a document moving to another plan is
+    // found under that plan only.
+    assert!(!store.has_checkpoint("d1").await.unwrap());
+    store.note_checkpoint("d1", "free", 1_000).await.unwrap();
+    store.note_checkpoint("d2", "free", 5_000).await.unwrap();
+    store.note_checkpoint("d3", "pro", 1_000).await.unwrap();
+    assert!(store.has_checkpoint("d1").await.unwrap());
+    assert_eq!(
+        store.checkpoints_before("free", 5_000, 10).await.unwrap(),
+        vec!["d1".to_owned()]
+    );
+    assert_eq!(
+        store.checkpoints_before("free", 6_000, 1).await.unwrap(),
+        vec!["d1".to_owned()],
+        "oldest first, at most the limit"
+    );
+    store.note_checkpoint("d1", "pro", 2_000).await.unwrap();
+    assert_eq!(
+        store.checkpoints_before("free", 6_000, 10).await.unwrap(),
+        vec!["d2".to_owned()]
+    );
+    assert_eq!(
+        store.checkpoints_before("pro", 6_000, 10).await.unwrap(),
+        vec!["d3".to_owned(), "d1".to_owned()]
+    );
+    store.forget_checkpoint("d1").await.unwrap();
+    assert!(!store.has_checkpoint("d1").await.unwrap());
+    assert_eq!(
+        store.checkpoints_before("pro", 6_000, 10).await.unwrap(),
+        vec!["d3".to_owned()]
+    );
+
+    // Deletions are remembered.
+    assert_eq!(store.deleted_at("d2").await.unwrap(), None);
+    store.note_deleted("d2", 1_700_000_000).await.unwrap();
+    assert_eq!(store.deleted_at("d2").await.unwrap(), Some(1_700_000_000));
 }
 
 #[tokio::test]
