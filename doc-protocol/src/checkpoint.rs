@@ -16,6 +16,20 @@ pub struct Resume {
     /// the cells that had run are run again instead, and this says why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+    /// Workspace files written back from the checkpoint.
+    #[serde(default)]
+    pub files_restored: u32,
+    /// Workspace files that could not be (past the cap, unreadable), and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files_lost: Vec<LostFile>,
+}
+
+/// A workspace file not brought back, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+pub struct LostFile {
+    pub path: String,
+    pub reason: String,
 }
 
 /// Names brought back from the checkpoint, by the cell that defined them.

@@ -29,7 +29,7 @@ pub use cell::{
     CellHeader, CellKind, CellRuntime, CellState, CellView, DeferredOutputs, GraphRule, Reactivity,
     RunRecord, StateCause,
 };
-pub use checkpoint::{LostName, RerunCell, RestoredNames, Resume};
+pub use checkpoint::{LostFile, LostName, RerunCell, RestoredNames, Resume};
 pub use client::ClientMessage;
 pub use event::{ErrorCode, PresenceInfo, ServerEvent, ServerFrame, Snapshot};
 pub use execution::{

@@ -267,6 +267,15 @@ pub struct ServeArgs {
     #[arg(long, env = "MIDDLEMAN_CHECKPOINT_MAX_MIB", default_value_t = 4096)]
     pub checkpoint_max_mib: u64,
 
+    /// Largest the workspace's files may be, in all, to be checkpointed with the kernel's
+    /// names (MiB; files past it, in path order, are not kept). 0: files are not checkpointed.
+    #[arg(
+        long,
+        env = "MIDDLEMAN_CHECKPOINT_MAX_FILES_MIB",
+        default_value_t = 1024
+    )]
+    pub checkpoint_max_files_mib: u64,
+
     /// How long one save may hold the kernel after a cell; names past it are rebuilt on resume.
     #[arg(long, env = "MIDDLEMAN_CHECKPOINT_BUDGET", default_value = "2s", value_parser = parse_duration)]
     pub checkpoint_budget: Duration,

@@ -65,6 +65,9 @@ pub enum WorkspaceError {
     /// The workspace's quota (or disk) is full; nothing was left behind.
     #[error("the workspace is full (its quota is reached); nothing was written")]
     Full,
+    /// More files than a walk may list.
+    #[error("the workspace holds more than {0} files")]
+    TooMany(usize),
     /// The workspace cannot be reached (no kernel agent yet, or no workspace configured).
     #[error("the workspace is not available: {0}")]
     Unavailable(String),
@@ -91,6 +94,7 @@ impl WorkspaceError {
             WorkspaceError::NotEmpty(_) => "not_empty",
             WorkspaceError::Permission(_) => "permission_denied",
             WorkspaceError::Full => "workspace_full",
+            WorkspaceError::TooMany(_) => "too_many_files",
             WorkspaceError::Unavailable(_) => "unavailable",
             WorkspaceError::Io { .. } => "io_error",
         }
@@ -262,6 +266,15 @@ pub struct Listing {
     pub entries: Vec<Entry>,
     /// Entries beyond [`MAX_ENTRIES`], not listed.
     pub omitted: usize,
+}
+
+/// A regular file found by [`Workspace::walk_files`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStamp {
+    pub path: RelPath,
+    pub size: u64,
+    /// Last modification, ns since the epoch.
+    pub modified_ns: i128,
 }
 
 /// A regular file opened for reading.
@@ -448,6 +461,106 @@ impl Workspace {
         }
         entries.sort_by(|a, b| (a.kind != Kind::Dir, &a.name).cmp(&(b.kind != Kind::Dir, &b.name)));
         Ok(Listing { entries, omitted })
+    }
+
+    /// Every regular file beneath the root, with its size and modification time (ns),
+    /// depth first, at most `max_files`. Links, fifos, sockets and devices are never followed
+    /// nor listed; directories for which `skip` says so are not entered.
+    pub fn walk_files(
+        &self,
+        skip: impl Fn(&RelPath) -> bool,
+        max_files: usize,
+    ) -> Result<Vec<FileStamp>, WorkspaceError> {
+        let root = self.root()?;
+        let mut found = Vec::new();
+        let mut pending = vec![RelPath { parts: Vec::new() }];
+        while let Some(path) = pending.pop() {
+            // A directory the kernel removed or swapped for a link meanwhile: not walked.
+            let Ok(dir) = Self::open_dir(&root, &path) else {
+                continue;
+            };
+            let iterate = dir
+                .try_clone()
+                .map_err(|source| WorkspaceError::Io {
+                    path: path.to_string(),
+                    source,
+                })
+                .and_then(|fd| {
+                    nix::dir::Dir::from_fd(fd).map_err(|e| WorkspaceError::from_errno(&path, e))
+                })?;
+            for entry in iterate {
+                let Ok(entry) = entry else { continue };
+                let name = entry.file_name();
+                if matches!(name.to_bytes(), b"." | b"..") {
+                    continue;
+                }
+                let Ok(stat) =
+                    nix::sys::stat::fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                else {
+                    continue;
+                };
+                let Ok(name) = std::str::from_utf8(name.to_bytes()) else {
+                    continue;
+                };
+                let mut parts = path.parts.clone();
+                parts.push(name.to_owned());
+                let child = RelPath { parts };
+                match Kind::of(&stat) {
+                    Kind::Dir if child.parts.len() < MAX_DEPTH && !skip(&child) => {
+                        pending.push(child);
+                    }
+                    Kind::File => {
+                        if found.len() >= max_files {
+                            return Err(WorkspaceError::TooMany(max_files));
+                        }
+                        found.push(FileStamp {
+                            path: child,
+                            size: u64::try_from(stat.st_size).unwrap_or(0),
+                            modified_ns: i128::from(stat.st_mtime) * 1_000_000_000
+                                + i128::from(stat.st_mtime_nsec),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        found.sort_by(|a, b| a.path.parts.cmp(&b.path.parts));
+        Ok(found)
+    }
+
+    /// Creates the directories of `path` that do not exist yet (owned like the root, as
+    /// uploads are), refusing any link on the way.
+    pub fn create_dirs(&self, path: &RelPath) -> Result<(), WorkspaceError> {
+        let root = self.root()?;
+        let mode = Mode::from_bits_truncate(0o770);
+        for depth in 1..=path.parts.len() {
+            let (parent, name) = RelPath {
+                parts: path.parts[..depth].to_vec(),
+            }
+            .split()
+            .map(|(p, n)| (p, n.to_owned()))?;
+            let dir = Self::open_dir(&root, &parent)?;
+            match nix::sys::stat::mkdirat(dir.as_fd(), name.as_str(), mode) {
+                Ok(()) => {
+                    if nix::unistd::geteuid().is_root() {
+                        let owner = nix::sys::stat::fstat(dir.as_fd())
+                            .map_err(|e| WorkspaceError::from_errno(path, e))?;
+                        nix::unistd::fchownat(
+                            dir.as_fd(),
+                            name.as_str(),
+                            Some(nix::unistd::Uid::from_raw(owner.st_uid)),
+                            Some(nix::unistd::Gid::from_raw(owner.st_gid)),
+                            AtFlags::AT_SYMLINK_NOFOLLOW,
+                        )
+                        .map_err(|e| WorkspaceError::from_errno(path, e))?;
+                    }
+                }
+                Err(Errno::EEXIST) => {}
+                Err(e) => return Err(WorkspaceError::from_errno(path, e)),
+            }
+        }
+        // What exists there must be a directory reached without links.
+        Self::open_dir(&root, path).map(drop)
     }
 
     /// Opens the regular file at `path` for reading.

@@ -251,9 +251,23 @@ async fn state_survives_sigterm_and_only_what_cannot_be_saved_runs_again() {
         "import threading\nruns = globals().get('runs', 0) + 1\ngen = (i for i in range(3))\nfh = open('/proc/self/status')\nlock = threading.Lock()",
     )
     .await;
+    // Workspace files: regular files come back; a link, a fifo and a tool's cache do not.
+    let (files, _) = cell(
+        &mut ada,
+        4,
+        "import os\nos.makedirs('data/raw', exist_ok=True)\nopen('data/raw/table.csv', 'w').write('a,b\\n1,2\\n')\nopen('notes.txt', 'w').write('hello')\nos.symlink('/etc/hostname', 'link')\nos.mkfifo('pipe')\nos.makedirs('.cache/x', exist_ok=True)\nopen('.cache/x/junk', 'w').write('j')",
+    )
+    .await;
     let manifest = shared
-        .wait_manifest(|m| m["names"].get("p").is_some() && m["recompute"].get("lock").is_some())
+        .wait_manifest(|m| {
+            m["names"].get("p").is_some()
+                && m["recompute"].get("lock").is_some()
+                && m["files"].get("notes.txt").is_some()
+        })
         .await;
+    let mut kept = names(&manifest, "files");
+    kept.sort();
+    assert_eq!(kept, ["data/raw/table.csv", "notes.txt"], "{manifest}");
     let mut recompute = names(&manifest, "recompute");
     recompute.sort();
     assert_eq!(recompute, ["fh", "gen", "lock"], "{manifest}");
@@ -288,10 +302,13 @@ async fn state_survives_sigterm_and_only_what_cannot_be_saved_runs_again() {
             rerun,
             lost,
             fallback,
+            files_restored,
+            files_lost,
         },
         seen,
     ) = resumed(&mut bob).await;
     assert_eq!(fallback, None);
+    assert_eq!((files_restored, files_lost), (2, Vec::new()));
     assert!(lost.is_empty(), "{lost:?}");
     let mut back: Vec<String> = restored.iter().flat_map(|r| r.names.clone()).collect();
     back.sort();
@@ -305,7 +322,16 @@ async fn state_survives_sigterm_and_only_what_cannot_be_saved_runs_again() {
     let mut rebuilt = rerun[0].names.clone();
     rebuilt.sort();
     assert_eq!(rebuilt, ["fh", "gen", "lock"]);
-    settled(&mut bob, &seen, &[&data, &frames, &code, &live]).await;
+    settled(&mut bob, &seen, &[&data, &frames, &code, &live, &files]).await;
+    let on_disk = bob
+        .run("print(repr(open('data/raw/table.csv').read()), open('notes.txt').read(), os.path.lexists('link'), os.path.exists('pipe'), os.path.exists('.cache'))")
+        .await;
+    assert_eq!(
+        on_disk.stdout(),
+        "'a,b\\n1,2\\n' hello False False False\n",
+        "{:?}",
+        on_disk.outputs
+    );
     let check = bob
         .run("print(n, s, items, arr.sum(), df.y.tolist(), add(1), p.norm(), isinstance(p, Point), loads, runs, next(gen), lock.locked())")
         .await;

@@ -598,7 +598,11 @@ async fn checkpoints_in_object_storage_resume_and_go_with_the_document() {
         .into_inner();
     assert!(!a.resumes);
     assert_eq!(
-        run_code(&a, "import numpy as np\nx = 41\narr = np.arange(10)\nx + 1").await,
+        run_code(
+            &a,
+            "import numpy as np\nx = 41\narr = np.arange(10)\nopen('kept.txt', 'w').write('a file')\nx + 1"
+        )
+        .await,
         "42"
     );
     c.release(pb::ReleaseRequest {
@@ -628,6 +632,11 @@ async fn checkpoints_in_object_storage_resume_and_go_with_the_document() {
         .into_inner();
     assert!(b.resumes, "the allocation says it resumes");
     assert_eq!(run_code(&b, "int(arr.sum()) + x").await, "86");
+    assert_eq!(
+        run_code(&b, "open('kept.txt').read()").await,
+        "'a file'",
+        "the workspace's files come back too"
+    );
 
     // The bucket refuses a request without a signature, and a URL signed for this document's
     // object does not open another key.
@@ -687,6 +696,13 @@ async fn checkpoints_in_object_storage_resume_and_go_with_the_document() {
         .unwrap()
         .into_inner();
     assert!(!fresh.resumes);
-    assert_eq!(run_code(&fresh, "'x' in globals()").await, "False");
+    assert_eq!(
+        run_code(
+            &fresh,
+            "import os\n'x' in globals(), os.path.exists('kept.txt')"
+        )
+        .await,
+        "(False, False)"
+    );
     teardown(w).await;
 }

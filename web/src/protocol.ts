@@ -307,7 +307,15 @@ export type Resume = { restored: Array<RestoredNames>, rerun: Array<RerunCell>, 
      * Set when the checkpoint could not be used at all (corrupt, or another document's):
      * the cells that had run are run again instead, and this says why.
      */
-    fallback?: string | null, };
+    fallback?: string | null,
+    /**
+     * Workspace files written back from the checkpoint.
+     */
+    files_restored: number,
+    /**
+     * Workspace files that could not be (past the cap, unreadable), and why.
+     */
+    files_lost?: Array<LostFile>, };
 
 export type RestoredNames = {
     /**
@@ -326,6 +334,8 @@ export type RerunCell = { cell_id: string,
     reason: string, };
 
 export type LostName = { name: string, cell_id?: string | null, reason: string, };
+
+export type LostFile = { path: string, reason: string, };
 
 export type GraphError = { "kind": "syntax", message: string, }
   | { "kind": "multiple_definitions", names: Array<string>, cells: Array<string>, }

@@ -38,6 +38,7 @@ fn main() {
         RestoredNames::decl(&cfg),
         RerunCell::decl(&cfg),
         LostName::decl(&cfg),
+        LostFile::decl(&cfg),
         GraphError::decl(&cfg),
         Output::decl(&cfg),
         StreamName::decl(&cfg),

@@ -20,6 +20,19 @@ pub struct Manifest {
     pub names: BTreeMap<String, Saved>,
     /// Names that cannot, and why: their cells run again on resume.
     pub recompute: BTreeMap<String, Recompute>,
+    /// Workspace files, by their path in the workspace (`files.rs`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, SavedFile>,
+    /// Workspace files not kept, and why (past the cap).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files_skipped: BTreeMap<String, String>,
+}
+
+/// A workspace file's bytes, stored by their SHA-256 like a name's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedFile {
+    pub sha256: String,
+    pub bytes: u64,
 }
 
 /// A restorable name and the cell that last defined it.
@@ -104,7 +117,7 @@ impl Manifest {
             .sum()
     }
 
-    /// Every object the manifest names.
+    /// Every object the manifest names (names' and files').
     pub fn objects(&self) -> BTreeSet<&str> {
         self.names
             .values()
@@ -112,6 +125,7 @@ impl Manifest {
                 Object::Pickle { sha256, .. } => Some(sha256.as_str()),
                 Object::Module { .. } => None,
             })
+            .chain(self.files.values().map(|f| f.sha256.as_str()))
             .collect()
     }
 

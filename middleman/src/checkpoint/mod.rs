@@ -10,9 +10,11 @@
 //! hub downloads the objects, has the kernel load them, and runs again exactly the cells that
 //! define what could not come back (`collab/hub/resume.rs`).
 
+pub mod files;
 pub mod manifest;
 pub mod store;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -44,6 +46,8 @@ pub struct CheckpointSettings {
     pub max_name_bytes: u64,
     /// Largest a document's checkpoint may grow to.
     pub max_bytes: u64,
+    /// Largest the workspace's files may be in all to be checkpointed (0: files are not).
+    pub max_files_bytes: u64,
     /// How long one save may take in the kernel; names after that are rebuilt on resume.
     pub budget: Duration,
     /// How long the restore may take in the kernel.
@@ -73,6 +77,8 @@ pub struct Checkpoints {
     /// The manifest as last written (or loaded on resume); one writer: the keeper, or the
     /// resume before any save.
     manifest: std::sync::Arc<Mutex<Option<Manifest>>>,
+    /// Workspace files as last checkpointed (or restored).
+    seen: std::sync::Arc<Mutex<HashMap<String, files::Seen>>>,
 }
 
 impl Checkpoints {
@@ -85,9 +91,11 @@ impl Checkpoints {
     ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
         let (jobs, rx) = mpsc::unbounded_channel();
         let manifest = std::sync::Arc::new(Mutex::new(None));
+        let seen = std::sync::Arc::new(Mutex::new(HashMap::new()));
         let keeper = Keeper {
             settings: settings.clone(),
             manifest: manifest.clone(),
+            seen: seen.clone(),
             events,
             failing: std::sync::atomic::AtomicBool::new(false),
         };
@@ -96,6 +104,7 @@ impl Checkpoints {
                 settings,
                 jobs,
                 manifest,
+                seen,
             },
             keeper.run(rx, stop),
         )
@@ -190,6 +199,23 @@ impl Checkpoints {
         loaded
     }
 
+    /// Writes the checkpoint's workspace files back (before the names: no cell runs without
+    /// them). Returns how many came back, and why the others did not.
+    pub async fn restore_files(&self, manifest: &Manifest) -> (u32, Vec<(String, String)>) {
+        if manifest.files.is_empty() && manifest.files_skipped.is_empty() {
+            return (0, Vec::new());
+        }
+        let mut seen = self.seen.lock().await;
+        files::restore(
+            &self.settings.store,
+            &self.settings.workspace,
+            manifest,
+            self.settings.max_files_bytes,
+            &mut seen,
+        )
+        .await
+    }
+
     /// Forgets names that could not be restored (their cells run again and save them anew).
     pub async fn forget(&self, names: impl IntoIterator<Item = String>) {
         if let Some(m) = self.manifest.lock().await.as_mut() {
@@ -204,6 +230,7 @@ impl Checkpoints {
 struct Keeper {
     settings: CheckpointSettings,
     manifest: std::sync::Arc<Mutex<Option<Manifest>>>,
+    seen: std::sync::Arc<Mutex<HashMap<String, files::Seen>>>,
     events: EventSender,
     /// The store failed last time (clients were told).
     failing: std::sync::atomic::AtomicBool,
@@ -327,6 +354,25 @@ impl Keeper {
                 }
             }
         }
+        let mut file_bytes = 0;
+        if self.settings.max_files_bytes > 0 {
+            let mut seen = self.seen.lock().await;
+            match files::save(
+                &self.settings.store,
+                workspace,
+                manifest,
+                &mut seen,
+                self.settings.max_files_bytes,
+            )
+            .await
+            {
+                Ok(bytes) => file_bytes = bytes,
+                Err(error) => {
+                    // The names are stored below; the files as they were recorded.
+                    tracing::warn!(%error, "workspace files not checkpointed this time");
+                }
+            }
+        }
         let manifest = manifest.clone();
         drop(guard);
         if self
@@ -342,6 +388,7 @@ impl Keeper {
             }
             metrics::counter!("middleman_checkpoint_bytes_total").increment(*bytes);
         }
+        metrics::counter!("middleman_checkpoint_bytes_total").increment(file_bytes);
         metrics::counter!("middleman_checkpoints_total", "kind" => if cell.is_some() { "cell" } else { "all" })
             .increment(1);
         metrics::histogram!("middleman_checkpoint_store_seconds")

@@ -89,6 +89,7 @@ fn files_status(error: &crate::workspace::WorkspaceError) -> StatusCode {
             StatusCode::CONFLICT
         }
         W::Full => StatusCode::INSUFFICIENT_STORAGE,
+        W::TooMany(_) => StatusCode::PAYLOAD_TOO_LARGE,
         W::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         W::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -290,6 +290,7 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
             workspace: workspace.clone(),
             max_name_bytes: args.checkpoint_max_name_mib << 20,
             max_bytes: args.checkpoint_max_mib << 20,
+            max_files_bytes: args.checkpoint_max_files_mib << 20,
             budget: args.checkpoint_budget,
             restore_timeout: args.kernel_startup_timeout.max(Duration::from_secs(300)),
         };

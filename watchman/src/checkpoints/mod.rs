@@ -173,9 +173,10 @@ async fn save_manifest(
             "the manifest names another document than this pod's",
         );
     }
-    let named: BTreeSet<&str> = manifest["names"]
-        .as_object()
-        .into_iter()
+    // The kernel's names' objects and the workspace files'.
+    let named: BTreeSet<&str> = ["names", "files"]
+        .iter()
+        .filter_map(|key| manifest[*key].as_object())
         .flat_map(|m| m.values())
         .filter_map(|v| v["sha256"].as_str())
         .collect();

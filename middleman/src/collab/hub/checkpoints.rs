@@ -64,6 +64,7 @@ impl Hub {
             .store
             .prepare(doc_store::Transfer::Get, &shas)
             .await;
+        let files = checkpoints.restore_files(&manifest).await;
         for (name, saved) in &manifest.names {
             match &saved.object {
                 Object::Module { module } => names.push(json!({"name": name, "module": module})),
@@ -118,7 +119,7 @@ impl Hub {
         let timeout = checkpoints.settings().restore_timeout;
         tokio::spawn(async move {
             let answer = tokio::time::timeout(timeout, rx).await;
-            hub.restored(checkpoints, manifest, missing, fallback, answer)
+            hub.restored(checkpoints, manifest, missing, fallback, files, answer)
                 .await;
         });
     }
@@ -139,6 +140,7 @@ impl Hub {
         manifest: Manifest,
         mut missing: Missing,
         fallback: Option<String>,
+        files: (u32, Vec<(String, String)>),
         answer: Result<Result<Value, oneshot::error::RecvError>, tokio::time::error::Elapsed>,
     ) {
         let results: BTreeMap<String, Option<String>> = match &answer {
@@ -289,6 +291,12 @@ impl Hub {
                 rerun,
                 lost,
                 fallback,
+                files_restored: files.0,
+                files_lost: files
+                    .1
+                    .into_iter()
+                    .map(|(path, reason)| doc_protocol::LostFile { path, reason })
+                    .collect(),
             };
             st.resumed = Some((session.clone(), resume.clone()));
             st.log.emit(ServerEvent::Resumed(resume));
