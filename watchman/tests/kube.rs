@@ -413,7 +413,9 @@ async fn deleted_evicted_and_failed_pods_end_their_allocations_with_the_reason()
 
 /// A pool of two warm pods and one allocation on node `<tag>-a-0`; node `<tag>-b-0` joins;
 /// `fail` takes the first node away. The allocation must end `PREEMPTED`, its detail naming
-/// `cause`, and the pool must refill on the node that is left.
+/// `cause`, and the pool must refill on the node that is left. The document had a kernel
+/// checkpoint (saved through Watchman as its pod would, with that pod's credential and
+/// binding): its next `Allocate` resumes.
 async fn lose_a_node(
     tag: &str,
     extra: &[&str],
@@ -423,7 +425,16 @@ async fn lose_a_node(
     let k = KubeEnv::new(tag, 0).await;
     let lost = format!("{}-a", k.tag);
     k.create_nodes(1, &lost, &NodeSize::default()).await;
-    let w = replica_with(&k, "free", 2, "memory", "replica-a", extra).await;
+    let checkpoints = common::Dir::new("kube-ckpt");
+    let checkpoint_dir = checkpoints.0.display().to_string();
+    let mut flags = vec![
+        "--pod-document-store",
+        "http://watchman.nbplat.svc:9090",
+        "--checkpoint-store",
+        &checkpoint_dir,
+    ];
+    flags.extend_from_slice(extra);
+    let w = replica_with(&k, "free", 2, "memory", "replica-a", &flags).await;
     let mut c = client(w.grpc_addr, API_TOKEN).await;
     wait_warm(&mut c, 2).await;
     let a = c
@@ -431,9 +442,30 @@ async fn lose_a_node(
         .await
         .unwrap()
         .into_inner();
+    assert!(!a.resumes);
     let mut wa = watch(&mut c, "doc-on-lost-node").await;
     k.wait_pods("two warm pods and one allocated", |p| p.len() == 3)
         .await;
+    // The pod keeps its checkpoint through Watchman, as it does its document.
+    let pods: Api<Pod> = Api::namespaced(k.admin.clone(), &k.pods_ns);
+    let pod = pods.get(&a.pod).await.unwrap();
+    let args = pod.spec.as_ref().unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        args.windows(2)
+            .any(|w| w[0] == "--checkpoint-store"
+                && w[1] == "watchman+http://watchman.nbplat.svc:9090"),
+        "{args:?}"
+    );
+    let credential =
+        pod.metadata.annotations.as_ref().unwrap()["nbplat.dev/pod-credential"].clone();
+    let manifest = serde_json::json!({
+        "version": 1, "document": "doc-on-lost-node", "names": {}, "recompute": {}
+    });
+    let saved = save_checkpoint(w.http_addr, &credential, &a.token, &manifest).await;
+    assert_eq!(saved, 204);
     let spare = format!("{}-b", k.tag);
     k.create_nodes(1, &spare, &NodeSize::default()).await;
     let lost = format!("{lost}-0");
@@ -452,6 +484,13 @@ async fn lose_a_node(
     })
     .await;
     wait_warm(&mut c, 2).await;
+    let again = c
+        .allocate(allocate_req("doc-on-lost-node", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(again.pod, a.pod);
+    assert!(again.resumes, "the next pod resumes from the checkpoint");
     w.stop().await;
     // The lost node goes (if it has not), so that no pod on it holds the namespace.
     let nodes: Api<Node> = Api::all(k.admin.clone());
@@ -766,4 +805,23 @@ async fn a_restarted_watchman_adopts_its_pods_instead_of_leaking_or_recreating_t
     assert_eq!(uids(&k.live_pods().await), before);
     w.stop().await;
     k.cleanup().await;
+}
+
+/// `PUT /v1/pod/checkpoint/manifest` as a pod's Middleman sends it; the answer's status.
+async fn save_checkpoint(
+    http: std::net::SocketAddr,
+    credential: &str,
+    binding: &str,
+    manifest: &serde_json::Value,
+) -> u16 {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let request = hyper::Request::put(format!("http://{http}/v1/pod/checkpoint/manifest"))
+        .header("authorization", format!("Bearer {credential}"))
+        .header(doc_store::BINDING_HEADER, binding)
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            serde_json::to_vec(manifest).unwrap(),
+        )))
+        .unwrap();
+    client.request(request).await.unwrap().status().as_u16()
 }
