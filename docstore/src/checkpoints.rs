@@ -325,7 +325,7 @@ impl Remote {
 
     /// A URL for the object: one handed out before, or a new one; `None` when Watchman's
     /// store has none.
-    async fn url(
+    async fn presigned(
         &self,
         transfer: Transfer,
         sha256: &str,
@@ -354,21 +354,11 @@ impl Remote {
         if size > limit {
             return Err(CheckpointError::TooLarge { limit });
         }
-        if let Some(url) = self.url(Transfer::Put, sha256).await? {
-            return self.urls.put(&url, src, size).await;
+        if let Some(url) = self.presigned(Transfer::Put, sha256).await? {
+            return self.urls.put(&url, &[], src, size).await;
         }
-        let mut body = Vec::new();
-        src.take(limit + 1)
-            .read_to_end(&mut body)
-            .await
-            .map_err(io(Path::new(sha256)))?;
-        if body.len() as u64 > limit {
-            return Err(CheckpointError::TooLarge { limit });
-        }
-        let path = format!("{POD_CHECKPOINT_PATH}/objects/{sha256}");
-        self.call(hyper::Method::PUT, &path, Bytes::from(body))
-            .await?;
-        Ok(())
+        let url = self.url(&format!("{POD_CHECKPOINT_PATH}/objects/{sha256}"));
+        self.urls.put(&url, &self.headers().await?, src, size).await
     }
 
     /// Downloads an object into `dst`, checked against its name.
@@ -381,15 +371,13 @@ impl Remote {
         if !is_sha256(sha256) {
             return Err(CheckpointError::BadName(sha256.to_owned()));
         }
-        if let Some(url) = self.url(Transfer::Get, sha256).await? {
-            return self.urls.fetch(&url, sha256, dst, limit).await;
+        if let Some(url) = self.presigned(Transfer::Get, sha256).await? {
+            return self.urls.fetch(&url, &[], sha256, dst, limit).await;
         }
-        let path = format!("{POD_CHECKPOINT_PATH}/objects/{sha256}");
-        let body = self
-            .call(hyper::Method::GET, &path, Bytes::new())
-            .await?
-            .ok_or_else(|| CheckpointError::Missing(sha256.to_owned()))?;
-        copy_checked(&body[..], dst, sha256, limit, Path::new(&path)).await
+        let url = self.url(&format!("{POD_CHECKPOINT_PATH}/objects/{sha256}"));
+        self.urls
+            .fetch(&url, &self.headers().await?, sha256, dst, limit)
+            .await
     }
 }
 

@@ -265,14 +265,8 @@ impl DocStore {
 }
 
 impl Remote {
-    /// One request for this pod's document or checkpoint at `path`; `Ok(None)` when Watchman
-    /// has nothing there.
-    pub(crate) async fn call(
-        &self,
-        method: hyper::Method,
-        path: &str,
-        body: Bytes,
-    ) -> Result<Option<Bytes>, StoreError> {
+    /// What proves who asks: the pod's credential and its binding token.
+    pub(crate) async fn headers(&self) -> Result<[(&'static str, String); 2], StoreError> {
         let binding = self
             .binding
             .lock()
@@ -285,14 +279,32 @@ impl Remote {
             .map_err(|e| {
                 StoreError::Watchman(format!("{}: {e}", self.credential_file.display()))
             })?;
-        let request = hyper::Request::builder()
+        Ok([
+            ("authorization", format!("Bearer {}", credential.trim())),
+            (BINDING_HEADER, binding),
+        ])
+    }
+
+    /// Watchman's URL for `path`.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// One request for this pod's document or checkpoint at `path`; `Ok(None)` when Watchman
+    /// has nothing there.
+    pub(crate) async fn call(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let mut request = hyper::Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header(
-                hyper::header::AUTHORIZATION,
-                format!("Bearer {}", credential.trim()),
-            )
-            .header(BINDING_HEADER, binding)
+            .uri(format!("{}{path}", self.base));
+        for (name, value) in self.headers().await? {
+            request = request.header(name, value);
+        }
+        let request = request
             .body(Full::new(body))
             .map_err(|e| StoreError::Watchman(e.to_string()))?;
         let response = tokio::time::timeout(REMOTE_TIMEOUT, self.client.request(request))

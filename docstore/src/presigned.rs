@@ -100,16 +100,21 @@ impl Urls {
         }
     }
 
-    /// Uploads `size` bytes of `file` to `url`.
+    /// Uploads `size` bytes of `file` to `url` (with `headers`: Watchman's own URL needs the
+    /// pod's credential; a pre-signed one needs nothing), streamed.
     pub(crate) async fn put(
         &self,
         url: &str,
+        headers: &[(&'static str, String)],
         file: tokio::fs::File,
         size: u64,
     ) -> Result<(), CheckpointError> {
         let stream = tokio_util::io::ReaderStream::new(file).map_ok(Frame::data);
-        let request = hyper::Request::put(url)
-            .header(hyper::header::CONTENT_LENGTH, size)
+        let mut request = hyper::Request::put(url).header(hyper::header::CONTENT_LENGTH, size);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let request = request
             .body(StreamBody::new(stream).boxed())
             .map_err(|e| transfer_error("PUT", &e))?;
         let response = tokio::time::timeout(transfer_time(size), self.client.request(request))
@@ -124,15 +129,21 @@ impl Urls {
         Ok(())
     }
 
-    /// Downloads the object at `url` into `dst`, checked against its name.
+    /// Downloads the object at `url` (with `headers`, as for [`Urls::put`]) into `dst`,
+    /// streamed and checked against its name.
     pub(crate) async fn fetch(
         &self,
         url: &str,
+        headers: &[(&'static str, String)],
         sha256: &str,
         dst: impl AsyncWrite + Unpin,
         limit: u64,
     ) -> Result<(), CheckpointError> {
-        let request = hyper::Request::get(url)
+        let mut request = hyper::Request::get(url);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let request = request
             .body(Empty::new().map_err(|never| match never {}).boxed())
             .map_err(|e| transfer_error("GET", &e))?;
         let within = transfer_time(limit.min(1 << 30));
