@@ -4,10 +4,10 @@
 //! - the overhead of per-cell checkpoints: a cell that makes `size` bytes of NumPy state, run
 //!   again and again; each run's round trip includes the save after the one before (the save
 //!   runs before the next cell), with checkpoints on and off;
-//! - resume: a document with `size` bytes of NumPy and pandas state is stopped (SIGTERM, the
-//!   last save) and a new Middleman started on it; the time from its start to the first result
-//!   that uses the restored state, against the same with the state rebuilt by running the cells
-//!   again (checkpoints off).
+//! - resume, through Watchman (local backend, warm pods): a document with `size` bytes of
+//!   NumPy and pandas state loses its pod (`Release`: SIGTERM, the last save); the time from the
+//!   next `Allocate` (a warm pod) to the first result that uses the restored state, against the
+//!   same with the state rebuilt by running the cells again (checkpoints off).
 //!
 //! Prints Markdown tables.
 
@@ -20,6 +20,7 @@ use doc_protocol::{CellKind, ClientMessage, ServerEvent};
 use futures_util::SinkExt as _;
 use loadtest::{Keys, Middleman, Ws, next_frame, read_cell_run, tempdir};
 use tokio_tungstenite::tungstenite::Message;
+use watchman_proto::v1 as pb;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -58,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "| state | resume: start to first result | checkpoint size | re-run instead: start to first result |"
+        "| state | resume: Allocate to first result | checkpoint size | re-run instead: Allocate to first result |"
     );
     println!("|---|---|---|---|");
     for &mib in &args.resume_mib {
@@ -180,9 +181,92 @@ async fn overhead(
     Ok((times[times.len() / 2], mean))
 }
 
-/// From a new Middleman's start to the first result using `mib` of state: restored from the
-/// checkpoint, or (without checkpoints) rebuilt by running the cells again. Also the
-/// checkpoint's stored bytes.
+/// A Watchman (in this process: local backend, memory store) with a warm pool of two real
+/// Middleman + ipykernel pods, kernel checkpoints kept in `dir/checkpoints` or off.
+async fn watchman(
+    args: &Args,
+    dir: &Path,
+    checkpoints: bool,
+) -> anyhow::Result<(watchman::Running, loadtest::WatchmanClient)> {
+    use clap::Parser as _;
+    std::fs::create_dir_all(dir)?;
+    let plans = dir.join("plans.toml");
+    std::fs::write(
+        &plans,
+        "[plans.bench]\nwarm = { ratio = 0.0, min = 2, max = 2 }\n[plans.bench.limits]\nmemory_mib = 8192\nexecution_timeout = \"10m\"\n",
+    )?;
+    let key = dir.join("key.pem");
+    std::fs::write(&key, session_token::SigningKey::generate().to_pem()?)?;
+    let store = if checkpoints {
+        dir.join("checkpoints").display().to_string()
+    } else {
+        "none".to_owned()
+    };
+    let wargs = watchman::Args::try_parse_from([
+        "watchman",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--plans",
+        &plans.display().to_string(),
+        "--signing-key",
+        &key.display().to_string(),
+        "--api-token",
+        loadtest::API_TOKEN,
+        "--middleman-bin",
+        &args.middleman_bin.display().to_string(),
+        "--local-root",
+        &dir.join("pods").display().to_string(),
+        "--pool-id",
+        &format!("ckpt-bench-{}", uuid::Uuid::new_v4().simple()),
+        "--reconcile-interval",
+        "100ms",
+        "--checkpoint-store",
+        &store,
+        "--shutdown-grace",
+        "120s",
+        "--delete-pods-on-exit",
+    ])?;
+    let w = watchman::start(wargs).await?;
+    let c = loadtest::watchman_client(w.grpc_addr).await?;
+    Ok((w, c))
+}
+
+async fn wait_warm(c: &mut loadtest::WatchmanClient) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let pools = c.list_pools(pb::ListPoolsRequest {}).await?.into_inner();
+        if pools.pools.iter().any(|p| p.warm >= 2) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("no warm pods after 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn allocate(c: &mut loadtest::WatchmanClient, doc: &str) -> anyhow::Result<pb::Allocation> {
+    Ok(c.allocate(pb::AllocateRequest {
+        document_id: doc.into(),
+        plan: "bench".into(),
+        user_id: "ada".into(),
+        user_name: "Ada".into(),
+        ..Default::default()
+    })
+    .await?
+    .into_inner())
+}
+
+async fn open(a: &pb::Allocation) -> anyhow::Result<Ws> {
+    loadtest::connect(&format!("{}?token={}", a.websocket_url, a.token)).await
+}
+
+/// A document with `mib` of NumPy and pandas state loses its pod (`Release`: SIGTERM, the
+/// last save), and the next `Allocate` binds a warm pod: the time from that `Allocate` to the
+/// first result that uses the state, restored from the checkpoint or (without checkpoints)
+/// rebuilt by running the cells again. Also the checkpoint's stored bytes.
 async fn resume(
     args: &Args,
     scratch: &Path,
@@ -190,12 +274,11 @@ async fn resume(
     checkpoints: bool,
 ) -> anyhow::Result<(Duration, u64)> {
     let dir = scratch.join(format!("resume-{mib}-{checkpoints}"));
-    let keys = Keys::generate(&dir.join("keys"))?;
-    let flags = flags(&dir.join("ckpt"), &dir.join("docs"), checkpoints);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let first = Middleman::start_with(&args.middleman_bin, &dir, &keys, "one", &flags).await?;
-    first.wait_ready().await?;
-    let mut ws = first.connect(&first.token("ada").await?).await?;
+    let (w, mut c) = watchman(args, &dir, checkpoints).await?;
+    wait_warm(&mut c).await?;
+    let doc = "bench-doc";
+    let first = allocate(&mut c, doc).await?;
+    let mut ws = open(&first).await?;
     let half = floats(mib / 2.0);
     let data = insert(
         &mut ws,
@@ -212,23 +295,47 @@ async fn resume(
     )
     .await?;
     let check = insert(&mut ws, 2, "print(round(float(arr.sum() + df.a.sum())))").await?;
-    for c in [&data, &frame, &check] {
-        run(&mut ws, c).await?;
+    for cell in [&data, &frame, &check] {
+        run(&mut ws, cell).await?;
     }
     let (_, expected) = run(&mut ws, &check).await?;
     drop(ws);
-    // Let the document's debounced save land, then stop (the last checkpoint, with it on).
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    first.terminate().await;
-    let bytes = dir_bytes(&dir.join("ckpt"));
+    // Let the document's debounced save land, then the pod goes (its last checkpoint).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.release(pb::ReleaseRequest {
+        document_id: doc.into(),
+    })
+    .await?;
+    let manifest = dir
+        .join("checkpoints")
+        .join(doc.bytes().map(|b| format!("{b:02x}")).collect::<String>())
+        .join("manifest.json");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    // The old pod is gone once its process exits; the checkpoint then names both names.
+    while checkpoints
+        && !std::fs::read_to_string(&manifest)
+            .is_ok_and(|m| m.contains("\"arr\"") && m.contains("\"df\""))
+    {
+        if Instant::now() > deadline {
+            bail!("no checkpoint after 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_warm(&mut c).await?;
+    let bytes = dir_bytes(&dir.join("checkpoints"));
 
     let start = Instant::now();
-    let second = Middleman::start_with(&args.middleman_bin, &dir, &keys, "two", &flags).await?;
-    second.wait_ready().await?;
-    let mut ws = second.connect(&second.token("ada").await?).await?;
+    let second = allocate(&mut c, doc).await?;
+    if second.resumes != checkpoints {
+        bail!(
+            "resumes = {} with checkpoints {checkpoints}",
+            second.resumes
+        );
+    }
+    let mut ws = open(&second).await?;
     if !checkpoints {
-        for c in [&data, &frame] {
-            run(&mut ws, c).await?;
+        for cell in [&data, &frame] {
+            run(&mut ws, cell).await?;
         }
     }
     let (_, text) = run(&mut ws, &check).await?;
@@ -236,7 +343,8 @@ async fn resume(
     if text != expected {
         bail!("resumed state differs: {text:?} != {expected:?}");
     }
-    second.stop().await;
+    drop(ws);
+    let _ = w.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok((took, bytes))
 }
