@@ -615,7 +615,10 @@ export class Notebook {
       parts.push(`running ${this.label(c.cell_id)} again${names} (${c.reason})`);
     }
     for (const l of r.lost) parts.push(`${l.name} is lost (${l.reason})`);
-    this.banner(parts.join("; ") + ".", r.fallback || r.lost.length ? "warn" : "info", "resumed");
+    if (r.files_restored) parts.push(`${r.files_restored} workspace ${r.files_restored === 1 ? "file" : "files"} restored`);
+    for (const f of r.files_lost ?? []) parts.push(`${f.path} is not restored (${f.reason})`);
+    const warn = r.fallback || r.lost.length || r.files_lost?.length;
+    this.banner(parts.join("; ") + ".", warn ? "warn" : "info", "resumed");
   }
 
   private readonly pendingClear = new Set<string>();
