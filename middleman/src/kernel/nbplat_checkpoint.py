@@ -185,6 +185,29 @@ def _restore(content):
     return {"status": "ok", "names": results}
 
 
+class _Report:
+    """A report shown as JSON: what a user expression gives back to Middleman."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def _repr_json_(self):
+        return self.value
+
+    def __repr__(self):
+        return "<nbplat checkpoint report>"
+
+
+def inline(content_json):
+    """A save run as a cell's user expression: evaluated only when the cell succeeded, before
+    its reply, with no request of its own (Middleman reads the JSON from the reply)."""
+    import json
+
+    content = json.loads(content_json)
+    operation = {"checkpoint_save": _save, "checkpoint_restore": _restore}[content["op"]]
+    return _Report(operation(content))
+
+
 def _install():
     # Made by the kernel, so it is the kernel's: Middleman only puts files into it.
     try:

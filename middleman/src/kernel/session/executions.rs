@@ -13,6 +13,29 @@ use super::{Actor, Pending, Phase, Running};
 use crate::output::OutputBuffer;
 use crate::protocol::{ExecutionStatus, InputOutcome, KernelState, ServerEvent};
 
+/// The user expression that carries a quiet request (`start_next`).
+const INLINE_KEY: &str = "_nbplat_quiet";
+
+/// Answers the quiet request carried by an execution with what its user expression gave (the
+/// helper's report as `application/json`). Nothing (the cell failed, or the expression did):
+/// the asker sees its channel close, as when the kernel goes away.
+pub(super) fn answer_inline(
+    answer: super::AnswerSender,
+    expressions: Option<&std::collections::HashMap<String, jupyter_protocol::ExpressionResult>>,
+) {
+    let Some(jupyter_protocol::ExpressionResult::Ok { data, .. }) =
+        expressions.and_then(|e| e.get(INLINE_KEY))
+    else {
+        return;
+    };
+    let report = serde_json::to_value(data)
+        .ok()
+        .and_then(|mut d| d.get_mut("application/json").map(serde_json::Value::take));
+    if let Some(report) = report {
+        let _ = answer.send(report);
+    }
+}
+
 /// Output buffers kept for executions that finished, so late output (a background thread
 /// printing after the cell ended) still lands on the right execution, within its cap.
 const RECENT_OUTPUTS: usize = 32;
@@ -33,6 +56,20 @@ impl Actor {
         // We keep our own queue and send one request at a time, so the kernel never aborts on
         // our behalf.
         request.stop_on_error = false;
+        // A checkpoint save after the cell rides on it as its user expression: evaluated only
+        // when the cell succeeded, before its reply, with no request (and no round) of its own.
+        let mut then = pending.then.take();
+        let mut inline = None;
+        if let Some(quiet) = then.take_if(|q| q.question.msg_type == "nbplat_request") {
+            let content = serde_json::to_string(&quiet.question.content).unwrap_or_default();
+            // A JSON string is a Python string literal too.
+            let literal = serde_json::to_string(&content).unwrap_or_default();
+            request.user_expressions = Some(std::collections::HashMap::from([(
+                INLINE_KEY.to_owned(),
+                format!("__import__('sys').modules['_nbplat_checkpoint'].inline({literal})"),
+            )]));
+            inline = Some(quiet.answer);
+        }
         let message: JupyterMessage = request.into();
         let msg_id = message.header.msg_id.clone();
         if let Err(error) = sockets.shell.send(message).await {
@@ -45,7 +82,7 @@ impl Actor {
             .await;
             return;
         }
-        if let Some(quiet) = pending.then.take() {
+        if let Some(quiet) = then {
             self.send_quiet(quiet).await;
         }
         let now = Instant::now();
@@ -70,6 +107,7 @@ impl Actor {
             idle: false,
             stopping: None,
             input: None,
+            inline,
         });
         self.publish_queue();
         self.set_state(KernelState::Busy, None);

@@ -220,6 +220,9 @@ struct Running {
     idle: bool,
     stopping: Option<(StopCause, Instant)>,
     input: Option<JupyterMessage>,
+    /// Where the answer of the quiet request carried by this execution goes (a checkpoint
+    /// save as its user expression, executions.rs).
+    inline: Option<AnswerSender>,
 }
 
 #[derive(Debug)]
@@ -613,6 +616,9 @@ impl Actor {
         match (channel, msg.content) {
             (Channel::Shell, JupyterMessageContent::ExecuteReply(reply)) if is_current => {
                 if let Some(r) = self.current.as_mut() {
+                    if let Some(answer) = r.inline.take() {
+                        executions::answer_inline(answer, reply.user_expressions.as_ref());
+                    }
                     r.reply = Some((
                         reply.status,
                         u64::try_from(reply.execution_count.value()).unwrap_or(0),
