@@ -278,8 +278,26 @@ async fn state_survives_sigterm_and_only_what_cannot_be_saved_runs_again() {
             .contains("open file"),
         "{manifest}"
     );
+    // A second collaborator is connected through the preemption: what it had seen.
+    let cy = Client::connect(first.addr, &shared.token()).await.unwrap();
+    let seen_by_cy: Vec<(String, serde_json::Value)> = cy
+        .snapshot()
+        .cells
+        .iter()
+        .map(|c| {
+            (
+                c.id.clone(),
+                serde_json::to_value(&c.runtime.outputs).unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        seen_by_cy.iter().any(|(_, o)| o.to_string().contains("3")),
+        "{seen_by_cy:?}"
+    );
     drop(ada);
     first.signal(nix::sys::signal::Signal::SIGTERM).await;
+    drop(cy);
 
     // A new pod: the names come back, and only the cell of what could not be saved runs.
     let second = shared.pod("b").await;
@@ -342,6 +360,19 @@ async fn state_survives_sigterm_and_only_what_cannot_be_saved_runs_again() {
         check.outputs
     );
     // Functions restored see the live namespace, not a copy of it.
+    // The collaborator comes back to the new pod: it is told of the resume, and every output
+    // it had seen is there.
+    let mut cy = Client::connect(second.addr, &shared.token()).await.unwrap();
+    let (told, _) = resumed(&mut cy).await;
+    assert_eq!(told.rerun.len(), 1, "{told:?}");
+    for (id, outputs) in &seen_by_cy {
+        let cell = cy.snapshot().cells.iter().find(|c| c.id == *id).unwrap();
+        assert_eq!(
+            &serde_json::to_value(&cell.runtime.outputs).unwrap(),
+            outputs,
+            "cell {id}"
+        );
+    }
     let live_globals = bob.run("n = 100\nprint(add(1), p.norm())").await;
     assert_eq!(live_globals.stdout(), "101 102\n");
     // The restored cells kept their counts and outputs; only the re-run one changed.
