@@ -415,19 +415,20 @@ impl Workspace {
         )
     }
 
+    /// The entries of the open directory `dir` (at `path`), to iterate.
+    fn entries(dir: &OwnedFd, path: &RelPath) -> Result<nix::dir::Dir, WorkspaceError> {
+        let fd = dir.try_clone().map_err(|source| WorkspaceError::Io {
+            path: path.to_string(),
+            source,
+        })?;
+        nix::dir::Dir::from_fd(fd).map_err(|e| WorkspaceError::from_errno(path, e))
+    }
+
     /// Lists the directory at `path`: every entry, of every kind, never followed.
     pub fn list(&self, path: &RelPath) -> Result<Listing, WorkspaceError> {
         let root = self.root()?;
         let dir = Self::open_dir(&root, path)?;
-        let iterate = dir
-            .try_clone()
-            .map_err(|source| WorkspaceError::Io {
-                path: path.to_string(),
-                source,
-            })
-            .and_then(|fd| {
-                nix::dir::Dir::from_fd(fd).map_err(|e| WorkspaceError::from_errno(path, e))
-            })?;
+        let iterate = Self::entries(&dir, path)?;
         let mut entries = Vec::new();
         let mut omitted = 0;
         for entry in iterate {
@@ -479,15 +480,7 @@ impl Workspace {
             let Ok(dir) = Self::open_dir(&root, &path) else {
                 continue;
             };
-            let iterate = dir
-                .try_clone()
-                .map_err(|source| WorkspaceError::Io {
-                    path: path.to_string(),
-                    source,
-                })
-                .and_then(|fd| {
-                    nix::dir::Dir::from_fd(fd).map_err(|e| WorkspaceError::from_errno(&path, e))
-                })?;
+            let iterate = Self::entries(&dir, &path)?;
             for entry in iterate {
                 let Ok(entry) = entry else { continue };
                 let name = entry.file_name();
