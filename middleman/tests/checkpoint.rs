@@ -477,3 +477,44 @@ async fn a_restart_empties_the_checkpoint_so_a_resume_does_not_bring_back_what_i
     drop(ada);
     drop(first);
 }
+
+/// A checkpoint store that fails: cells keep running, clients are told once, saving retries,
+/// and when the store is back the checkpoint catches up and clients are told again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_is_reported_retried_and_caught_up_while_cells_keep_running() {
+    let shared = Shared::new();
+    let pod = shared.pod("a").await;
+    let mut ada = Client::connect(pod.addr, &shared.token()).await.unwrap();
+    cell(&mut ada, 0, "a = 1").await;
+    shared
+        .wait_manifest(|m| m["names"].get("a").is_some())
+        .await;
+    // The store breaks: where its directory was, a file.
+    let away = shared.dir.0.join("checkpoints-away");
+    std::fs::rename(shared.store(), &away).unwrap();
+    std::fs::write(shared.store(), b"not a directory").unwrap();
+    // (Not collected: the status follows the cell's end, and collecting would pass it by.)
+    let id = ada.insert_cell(1, "b = a + 1").await;
+    ada.submit_cell(&id).await;
+    let told = ada
+        .until(|e| matches!(e, ServerEvent::CheckpointStatus { failing: true, .. }))
+        .await;
+    let Some(ServerEvent::CheckpointStatus { reason, .. }) = told.last() else {
+        unreachable!()
+    };
+    assert!(
+        reason.as_deref().is_some_and(|r| !r.is_empty()),
+        "{reason:?}"
+    );
+    let (_, out) = cell(&mut ada, 2, "c = b + 1\nprint(c)").await;
+    assert_eq!(out, "3\n", "the document keeps working");
+    // The store comes back: the retries store what was waiting, and clients hear of it.
+    std::fs::remove_file(shared.store()).unwrap();
+    std::fs::rename(&away, shared.store()).unwrap();
+    ada.until(|e| matches!(e, ServerEvent::CheckpointStatus { failing: false, .. }))
+        .await;
+    shared
+        .wait_manifest(|m| ["a", "b", "c"].iter().all(|n| m["names"].get(*n).is_some()))
+        .await;
+    drop(pod);
+}

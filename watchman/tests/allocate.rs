@@ -212,6 +212,8 @@ async fn cold_launch_waits_for_a_new_pod() {
     teardown(w).await;
 }
 
+/// The idle end is a suspension: the pod goes, and the document's next `Allocate` resumes it
+/// with its kernel's state and its workspace files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_ends_the_allocation_and_deletes_the_pod() {
     let d = Deployment::new("idle", 1, "2s");
@@ -234,7 +236,10 @@ async fn idle_timeout_ends_the_allocation_and_deletes_the_pod() {
         watch.message().await.unwrap().unwrap().event,
         Some(pb::allocation_event::Event::Ready(_))
     ));
-    assert_eq!(run_code(&a, "1+1").await, "2");
+    assert_eq!(
+        run_code(&a, "x = 1+1\nopen('idle.txt', 'w').write('kept')\nx").await,
+        "2"
+    );
     let ended = tokio::time::timeout(Duration::from_secs(60), watch.message())
         .await
         .unwrap()
@@ -262,6 +267,18 @@ async fn idle_timeout_ends_the_allocation_and_deletes_the_pod() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    wait_warm(&mut c, 1).await;
+    let b = c
+        .allocate(allocate_req("doc-idle", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(b.pod, a.pod);
+    assert!(b.resumes, "suspended, not lost");
+    assert_eq!(
+        run_code(&b, "x, open('idle.txt').read()").await,
+        "(2, 'kept')"
+    );
     teardown(w).await;
 }
 
