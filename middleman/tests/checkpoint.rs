@@ -302,6 +302,11 @@ async fn state_survives_sigterm_and_only_what_cannot_be_saved_runs_again() {
     // A new pod: the names come back, and only the cell of what could not be saved runs.
     let second = shared.pod("b").await;
     let mut bob = Client::connect(second.addr, &shared.token()).await.unwrap();
+    // Someone runs code at once, before the resume is announced: it waits for the restore and
+    // for the cells run again (`lock` is rebuilt by one), instead of failing.
+    let mut dan = Client::connect(second.addr, &shared.token()).await.unwrap();
+    let early = dan.run("print(lock.locked(), n)").await;
+    assert_eq!(early.stdout(), "False 41\n", "{:?}", early.outputs);
     let before: Vec<(String, Option<u64>, usize)> = bob
         .snapshot()
         .cells

@@ -193,7 +193,7 @@ async fn watchman(
     let plans = dir.join("plans.toml");
     std::fs::write(
         &plans,
-        "[plans.bench]\nwarm = { ratio = 0.0, min = 2, max = 2 }\n[plans.bench.limits]\nmemory_mib = 8192\nexecution_timeout = \"10m\"\n",
+        "[plans.bench]\nwarm = { ratio = 0.0, min = 2, max = 2 }\n[plans.bench.limits]\nmemory_mib = 8192\nworkspace_mib = 4096\nexecution_timeout = \"10m\"\n",
     )?;
     let key = dir.join("key.pem");
     std::fs::write(&key, session_token::SigningKey::generate().to_pem()?)?;

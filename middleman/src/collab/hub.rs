@@ -108,6 +108,9 @@ struct State {
     plan_by: String,
     /// How the kernel session named here was resumed from the checkpoint.
     resumed: Option<(String, crate::protocol::Resume)>,
+    /// The kernel's state is being restored: commands wait in the outbox, so that none runs
+    /// before the restore and the cells it runs again (checkpoints.rs).
+    resuming: bool,
 }
 
 /// The document hub (see the module docs).
@@ -165,6 +168,7 @@ impl Hub {
                 dirty: false,
                 plan_by: String::new(),
                 resumed: None,
+                resuming: false,
             }),
             session,
             delivery: tokio::sync::Mutex::new(()),
@@ -891,7 +895,14 @@ impl Hub {
     async fn deliver(&self) {
         let _turn = self.delivery.lock().await;
         loop {
-            let Some(next) = self.lock().outbox.pop_front() else {
+            let next = {
+                let mut st = self.lock();
+                if st.resuming {
+                    return;
+                }
+                st.outbox.pop_front()
+            };
+            let Some(next) = next else {
                 return;
             };
             let result = self.session.send(next.command).await.map_err(Refusal::from);

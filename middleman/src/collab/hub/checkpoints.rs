@@ -115,6 +115,8 @@ impl Hub {
             answer: Answer::Nobody,
         });
         self.deliver().await;
+        // What clients ask from now on waits until the cells to run again are queued.
+        self.lock().resuming = true;
         let hub = self.clone();
         let timeout = checkpoints.settings().restore_timeout;
         tokio::spawn(async move {
@@ -301,12 +303,19 @@ impl Hub {
             st.resumed = Some((session.clone(), resume.clone()));
             st.log.emit(ServerEvent::Resumed(resume));
             st.plan_by = "resume".to_owned();
+            let waiting = st.outbox.len();
             self.react(
                 st,
                 Event::Resume {
                     cells: &rerun_cells,
                 },
             );
+            // The cells run again go before whatever clients asked meanwhile.
+            let reruns: Vec<Outgoing> = st.outbox.drain(waiting..).collect();
+            for rerun in reruns.into_iter().rev() {
+                st.outbox.push_front(rerun);
+            }
+            st.resuming = false;
             self.touched(st);
         }
         self.deliver().await;
