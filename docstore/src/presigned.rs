@@ -40,6 +40,9 @@ impl Transfer {
     }
 }
 
+/// Bytes read from a file at a time for an upload.
+const CHUNK: usize = 1 << 20;
+
 /// A URL is not used in its last `MARGIN` (a transfer started then could outlive it).
 const MARGIN: Duration = Duration::from_secs(30);
 
@@ -109,7 +112,7 @@ impl Urls {
         file: tokio::fs::File,
         size: u64,
     ) -> Result<(), CheckpointError> {
-        let stream = tokio_util::io::ReaderStream::new(file).map_ok(Frame::data);
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, CHUNK).map_ok(Frame::data);
         let mut request = hyper::Request::put(url).header(hyper::header::CONTENT_LENGTH, size);
         for (name, value) in headers {
             request = request.header(*name, value);

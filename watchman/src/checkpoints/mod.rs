@@ -314,7 +314,7 @@ async fn load_object(
                 .increment(1);
             metrics::counter!("watchman_pod_checkpoint_bytes_total", "op" => "load")
                 .increment(size);
-            let stream = tokio_util::io::ReaderStream::new(file);
+            let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
             Body::from_stream(stream).into_response()
         }
         Err(e) => store_error(&e.into()),
