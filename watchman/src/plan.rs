@@ -127,6 +127,9 @@ struct RawLimits {
     max_processes: Option<u64>,
     max_open_files: Option<u64>,
     workspace_mib: Option<u64>,
+    checkpoint_name_mib: Option<u64>,
+    checkpoint_mib: Option<u64>,
+    checkpoint_files_mib: Option<u64>,
 }
 
 /// Limits handed to Middleman and to the kernel's process.
@@ -139,6 +142,25 @@ pub struct ExecutionLimits {
     pub max_open_files: u64,
     /// Size limit of the workspace, MiB (0: none).
     pub workspace_mib: u64,
+    /// Kernel checkpoints (docs/checkpoints.md): the largest one name may be, the whole
+    /// checkpoint of a document, and the workspace files kept with it (0: none), MiB.
+    pub checkpoint_name_mib: u64,
+    pub checkpoint_mib: u64,
+    pub checkpoint_files_mib: u64,
+}
+
+impl ExecutionLimits {
+    /// Middleman's flags for the checkpoint limits.
+    pub fn checkpoint_args(&self) -> Vec<String> {
+        vec![
+            "--checkpoint-max-name-mib".to_owned(),
+            self.checkpoint_name_mib.to_string(),
+            "--checkpoint-max-mib".to_owned(),
+            self.checkpoint_mib.to_string(),
+            "--checkpoint-max-files-mib".to_owned(),
+            self.checkpoint_files_mib.to_string(),
+        ]
+    }
 }
 
 /// One plan, validated.
@@ -318,6 +340,9 @@ pub fn parse_plans(path: &str, text: &str) -> Result<BTreeMap<String, Plan>, Pla
             max_processes: raw.limits.max_processes.unwrap_or(64),
             max_open_files: raw.limits.max_open_files.unwrap_or(1024),
             workspace_mib: raw.limits.workspace_mib.unwrap_or(1024),
+            checkpoint_name_mib: raw.limits.checkpoint_name_mib.unwrap_or(1024),
+            checkpoint_mib: raw.limits.checkpoint_mib.unwrap_or(4096),
+            checkpoint_files_mib: raw.limits.checkpoint_files_mib.unwrap_or(1024),
         };
         plans.insert(
             name.clone(),
@@ -370,6 +395,40 @@ mod tests {
         let plans = parse_plans("example", EXAMPLE).unwrap();
         assert!(plans.contains_key("free"));
         assert_eq!(plans["free"].kernel, "python3");
+    }
+
+    #[test]
+    fn checkpoint_limits_and_expiry_are_the_plans() {
+        let plans = parse_plans(
+            "t",
+            "[plans.a]\nwarm = { ratio = 0.0, min = 0, max = 0 }\ncheckpoint_ttl = \"2d\"\n\
+             [plans.a.limits]\ncheckpoint_name_mib = 8\ncheckpoint_mib = 64\ncheckpoint_files_mib = 0\n\
+             [plans.b]\nwarm = { ratio = 0.0, min = 0, max = 0 }\n",
+        )
+        .unwrap();
+        let a = &plans["a"];
+        assert_eq!(a.checkpoint_ttl, Some(Duration::from_secs(2 * 86_400)));
+        assert_eq!(
+            a.limits.checkpoint_args(),
+            [
+                "--checkpoint-max-name-mib",
+                "8",
+                "--checkpoint-max-mib",
+                "64",
+                "--checkpoint-max-files-mib",
+                "0"
+            ]
+        );
+        let b = &plans["b"];
+        assert_eq!(b.checkpoint_ttl, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(
+            (
+                b.limits.checkpoint_name_mib,
+                b.limits.checkpoint_mib,
+                b.limits.checkpoint_files_mib
+            ),
+            (1024, 4096, 1024)
+        );
     }
 
     #[test]

@@ -459,6 +459,12 @@ async fn lose_a_node(
                 && w[1] == "watchman+http://watchman.nbplat.svc:9090"),
         "{args:?}"
     );
+    // The plan's checkpoint limits (the defaults here).
+    assert!(
+        args.windows(2)
+            .any(|w| w[0] == "--checkpoint-max-mib" && w[1] == "4096"),
+        "{args:?}"
+    );
     let credential =
         pod.metadata.annotations.as_ref().unwrap()["nbplat.dev/pod-credential"].clone();
     let manifest = serde_json::json!({

@@ -83,10 +83,12 @@ impl LocalBackend {
                 &format!("watchman+{}", self.settings.watchman_url),
             ])
             .args(if self.settings.checkpoints {
-                vec![
+                let mut args = vec![
                     "--checkpoint-store".to_owned(),
                     format!("watchman+{}", self.settings.watchman_url),
-                ]
+                ];
+                args.extend(limits.checkpoint_args());
+                args
             } else {
                 Vec::new()
             })

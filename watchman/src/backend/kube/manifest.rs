@@ -171,6 +171,7 @@ pub fn pod_manifest(settings: &KubeSettings, id: &str, plan: &Plan) -> KubePod {
             ]);
             if settings.checkpoints {
                 middleman_args.extend(["--checkpoint-store".into(), format!("watchman+{url}")]);
+                middleman_args.extend(limits.checkpoint_args());
             }
         }
     }
