@@ -20,6 +20,12 @@ use crate::{Remote, StoreError};
 /// Watchman's path for a pod's checkpoint: `<path>/manifest`, `<path>/objects/<sha256>`.
 pub const POD_CHECKPOINT_PATH: &str = "/v1/pod/checkpoint";
 
+/// Where a document's checkpoint is kept in any store: the hex of its id, so that no id names
+/// a path or a key of another document.
+pub fn document_key(document: &str) -> String {
+    document.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Whether `s` is a SHA-256 in lowercase hex (an object's name).
 pub fn is_sha256(s: &str) -> bool {
     s.len() == 64
@@ -69,8 +75,7 @@ impl CheckpointDir {
     }
 
     fn document_dir(&self, document: &str) -> PathBuf {
-        let hex: String = document.bytes().map(|b| format!("{b:02x}")).collect();
-        self.root.join(hex)
+        self.root.join(document_key(document))
     }
 
     /// Whether the document has a checkpoint (a stat: cheap enough for `Allocate`).

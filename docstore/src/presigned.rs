@@ -24,10 +24,12 @@ type UrlBody = BoxBody<Bytes, std::io::Error>;
 /// (transfer, object) -> (URL, usable until).
 type Known = HashMap<(Transfer, String), (String, Instant)>;
 
-/// Which way an object moves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Which way an object moves (`GET` or `PUT` in Watchman's `urls` request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
 pub enum Transfer {
+    #[serde(rename = "GET")]
     Get,
+    #[serde(rename = "PUT")]
     Put,
 }
 

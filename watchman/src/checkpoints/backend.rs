@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use doc_store::checkpoints::{CheckpointDir, CheckpointError};
+use doc_store::checkpoints::{CheckpointDir, CheckpointError, document_key};
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
@@ -43,18 +43,7 @@ pub struct ObjectCheckpoints {
     url_ttl: Duration,
 }
 
-/// How pods move an object: `GET` to read it, `PUT` to write it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-pub enum Transfer {
-    #[serde(rename = "GET")]
-    Get,
-    #[serde(rename = "PUT")]
-    Put,
-}
-
-fn hex(document: &str) -> String {
-    document.bytes().map(|b| format!("{b:02x}")).collect()
-}
+pub use doc_store::Transfer;
 
 impl Backend {
     /// `s3://bucket[/prefix][?endpoint=...&region=...&allow_http=true]`, else a directory.
@@ -234,9 +223,9 @@ impl Backend {
 impl ObjectCheckpoints {
     fn document(&self, document: &str) -> Path {
         if self.prefix.is_empty() {
-            Path::from(hex(document))
+            Path::from(document_key(document))
         } else {
-            Path::from(format!("{}/{}", self.prefix, hex(document)))
+            Path::from(format!("{}/{}", self.prefix, document_key(document)))
         }
     }
 
