@@ -233,6 +233,7 @@ async fn state_survives_sigterm_and_only_what_cannot_be_saved_runs_again() {
         "import numpy as np, pandas as pd\nloads = globals().get('loads', 0) + 1\nn = 41\ns = 'text'\nitems = {'a': [1, 2], 'b': (3, 4)}",
     )
     .await;
+    // `arr` (800 KB) is written by the kernel's writer thread, with its buffer out of band.
     let (frames, _) = cell(
         &mut ada,
         1,
@@ -356,11 +357,11 @@ async fn state_survives_sigterm_and_only_what_cannot_be_saved_runs_again() {
         on_disk.outputs
     );
     let check = bob
-        .run("print(n, s, items, arr.sum(), df.y.tolist(), add(1), p.norm(), isinstance(p, Point), loads, runs, next(gen), lock.locked())")
+        .run("print(n, s, items, arr.sum(), arr.flags.writeable, df.y.tolist(), add(1), p.norm(), isinstance(p, Point), loads, runs, next(gen), lock.locked())")
         .await;
     assert_eq!(
         check.stdout(),
-        "41 text {'a': [1, 2], 'b': (3, 4)} 4999950000 ['a', 'b', 'c'] 42 43 True 1 2 0 False\n",
+        "41 text {'a': [1, 2], 'b': (3, 4)} 4999950000 True ['a', 'b', 'c'] 42 43 True 1 2 0 False\n",
         "{:?}",
         check.outputs
     );

@@ -30,9 +30,12 @@ struct Args {
     /// State sizes for the overhead, MiB (fractions allowed).
     #[arg(long, value_delimiter = ',', default_value = "0.001,1,10")]
     overhead_mib: Vec<f64>,
-    /// State sizes for resume, MiB.
+    /// State sizes for resume, MiB (0 skips the resume runs).
     #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
     resume_mib: Vec<f64>,
+    /// More Middleman flags for the runs with checkpoints on (to compare settings).
+    #[arg(long, allow_hyphen_values = true)]
+    on_flag: Vec<String>,
     /// The middleman binary.
     #[arg(long, default_value = "target/release/middleman")]
     middleman_bin: PathBuf,
@@ -45,8 +48,7 @@ async fn main() -> anyhow::Result<()> {
     println!("| state | checkpoints off: p50 / mean ms | on: p50 / mean ms | overhead (mean) |");
     println!("|---|---|---|---|");
     for &mib in &args.overhead_mib {
-        let off = overhead(&args, &scratch, mib, false).await?;
-        let on = overhead(&args, &scratch, mib, true).await?;
+        let (off, on) = overhead(&args, &scratch, mib).await?;
         println!(
             "| {} | {:.2} / {:.2} | {:.2} / {:.2} | {:+.1}% |",
             size(mib),
@@ -62,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
         "| state | resume: Allocate to first result | checkpoint size | re-run instead: Allocate to first result |"
     );
     println!("|---|---|---|---|");
-    for &mib in &args.resume_mib {
+    for &mib in args.resume_mib.iter().filter(|m| **m > 0.0) {
         let (resumed, bytes) = resume(&args, &scratch, mib, true).await?;
         let (rerun, _) = resume(&args, &scratch, mib, false).await?;
         println!(
@@ -128,7 +130,7 @@ async fn run(ws: &mut Ws, cell: &str) -> anyhow::Result<(Duration, String)> {
     Ok((r.at, r.text))
 }
 
-fn flags(store: &Path, docs: &Path, checkpoints: bool) -> Vec<String> {
+fn flags(args: &Args, store: &Path, docs: &Path, checkpoints: bool) -> Vec<String> {
     let mut f = vec![
         "--document-store".to_owned(),
         docs.display().to_string(),
@@ -141,44 +143,56 @@ fn flags(store: &Path, docs: &Path, checkpoints: bool) -> Vec<String> {
     ];
     if checkpoints {
         f.extend(["--checkpoint-store".to_owned(), store.display().to_string()]);
+        f.extend(args.on_flag.iter().cloned());
     }
     f
 }
 
-/// (p50, mean) round trip of a cell remaking `mib` of state, in ms.
+/// (p50, mean) round trip in ms of a cell remaking `mib` of state, with checkpoints off and
+/// on: both Middlemen run at once and the cell runs on each in turn, so that whatever else the
+/// machine does weighs on both alike.
 async fn overhead(
     args: &Args,
     scratch: &Path,
     mib: f64,
-    checkpoints: bool,
-) -> anyhow::Result<(f64, f64)> {
-    let dir = scratch.join(format!("overhead-{mib}-{checkpoints}"));
-    let keys = Keys::generate(&dir.join("keys"))?;
-    let flags = flags(&dir.join("ckpt"), &dir.join("docs"), checkpoints);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let mm = Middleman::start_with(&args.middleman_bin, &dir, &keys, "local", &flags).await?;
-    mm.wait_ready().await?;
-    let mut ws = mm.connect(&mm.token("ada").await?).await?;
-    let cell = insert(
-        &mut ws,
-        0,
-        &format!(
-            "import numpy as np\nstate = np.random.default_rng().random({})",
-            floats(mib)
-        ),
-    )
-    .await?;
-    for _ in 0..5 {
-        run(&mut ws, &cell).await?;
+) -> anyhow::Result<((f64, f64), (f64, f64))> {
+    let mut sides = Vec::new();
+    for checkpoints in [false, true] {
+        let dir = scratch.join(format!("o{}-{}", floats(mib), u8::from(checkpoints)));
+        let keys = Keys::generate(&dir.join("keys"))?;
+        let flags = flags(args, &dir.join("ckpt"), &dir.join("docs"), checkpoints);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let mm = Middleman::start_with(&args.middleman_bin, &dir, &keys, "local", &flags).await?;
+        mm.wait_ready().await?;
+        let mut ws = mm.connect(&mm.token("ada").await?).await?;
+        let cell = insert(
+            &mut ws,
+            0,
+            &format!(
+                "import numpy as np\nstate = np.random.default_rng().random({})",
+                floats(mib)
+            ),
+        )
+        .await?;
+        for _ in 0..5 {
+            run(&mut ws, &cell).await?;
+        }
+        sides.push((mm, ws, cell, Vec::with_capacity(args.iterations)));
     }
-    let mut times = Vec::with_capacity(args.iterations);
     for _ in 0..args.iterations {
-        times.push(run(&mut ws, &cell).await?.0.as_secs_f64() * 1e3);
+        for (_, ws, cell, times) in &mut sides {
+            times.push(run(ws, cell).await?.0.as_secs_f64() * 1e3);
+        }
     }
-    mm.stop().await;
-    times.sort_by(f64::total_cmp);
-    let mean = times.iter().sum::<f64>() / times.len() as f64;
-    Ok((times[times.len() / 2], mean))
+    let mut results = Vec::new();
+    for (mm, ws, _, mut times) in sides {
+        drop(ws);
+        mm.stop().await;
+        times.sort_by(f64::total_cmp);
+        let mean = times.iter().sum::<f64>() / times.len() as f64;
+        results.push((times[times.len() / 2], mean));
+    }
+    Ok((results[0], results[1]))
 }
 
 /// A Watchman (in this process: local backend, memory store) with a warm pool of two real

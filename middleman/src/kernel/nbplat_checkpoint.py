@@ -7,18 +7,29 @@
 #   its bytes. A name whose bytes did not change since it was last saved or restored is not
 #   written again. A name that cannot be serialised, is larger than the per-name cap, or comes
 #   after the time budget ran out is reported as "recompute" with the reason. Middleman sends it
-#   on the main shell right after an execution, so it runs after that cell and before the next;
-#   it does nothing when that cell failed.
+#   at shutdown (the last save), and waits for it.
 # - `checkpoint_restore`: loads the named files back into the user's namespace.
+#
+# The save after each cell is `queue_save`, the cell's user expression (`inline`): it only takes
+# a snapshot of the names (pickled, with NumPy's and pandas' data buffers out of band, copied),
+# hands it to a writer thread and returns; the thread hashes and writes the objects and then a
+# report, `report-<id>.json`, which Middleman waits for. The next cell does not wait for the
+# writing: it costs the cell a copy of what it defined, not the pickling's I/O and hashing. A
+# snapshot of a name still waiting to be written is replaced by a newer one of that name. A name
+# too large to copy (`SNAPSHOT_MAX_BYTES`) is written at once, as at shutdown.
 #
 # Functions defined in cells are saved without their globals (cloudpickle would copy every global
 # they use, a DataFrame included) and come back bound to the live namespace, methods of classes
 # defined in cells too. Nothing here writes to stdout or the history; Middleman trusts nothing
 # it reports: it checks the files' hashes itself.
+import collections
 import hashlib
 import io
+import json
 import os
+import struct
 import sys
+import threading
 import time
 import types
 
@@ -26,6 +37,17 @@ from IPython import get_ipython
 
 CHECKPOINT_DIR = os.path.join(os.getcwd(), ".nbplat", "checkpoint")
 REASON_CHARS = 300
+# A name whose snapshot would be larger than this is written at once instead (a copy of it
+# would cost as much, and twice its memory).
+SNAPSHOT_MAX_BYTES = 64 << 20
+# A save whose snapshots are smaller than this is written at once, and its report is the
+# expression's value: handing it to the writer would cost more than writing it.
+INLINE_MAX_BYTES = 256 << 10
+# Snapshots waiting for the writer beyond this make the next save wait (within its budget).
+BACKLOG_MAX_BYTES = 256 << 20
+# Objects with out-of-band buffers: this line, then the lengths (little-endian u64: the pickle,
+# then each buffer), then the pickle and the buffers. Others are one plain pickle.
+MAGIC = b"nbplat-checkpoint-2\n"
 # The SHA-256 of what each name was last saved or restored as.
 _saved = {}
 
@@ -119,49 +141,280 @@ def _save_one(name, value, cap, pickler):
     return {"name": name, "status": "saved", "sha256": digest, "bytes": sink.size}
 
 
+class _Direct(Exception):
+    """Too large for a snapshot: written at once."""
+
+
+class _Capped(io.BytesIO):
+    """A pickle's bytes in memory, up to the per-name cap and the snapshot's."""
+
+    def __init__(self, cap):
+        super().__init__()
+        self.cap = cap
+
+    def write(self, data):
+        written = super().write(data)
+        if self.tell() > self.cap:
+            raise _TooLarge(f"larger than the limit of {self.cap} bytes per name")
+        if self.tell() > SNAPSHOT_MAX_BYTES:
+            raise _Direct()
+        return written
+
+
+def _snapshot(value, cap, pickler):
+    """The bytes of `value` as an object file will hold them (a list of pieces), taken now."""
+    buffers = []
+    main = _Capped(cap)
+    pickler(main, protocol=5, buffer_callback=buffers.append).dump(value)
+    views = []
+    for buffer in buffers:
+        try:
+            views.append(buffer.raw())
+        except BufferError:
+            raise _Direct() from None  # not contiguous: pickled in band instead
+    size = main.tell() + sum(v.nbytes for v in views)
+    if size > cap:
+        raise _TooLarge(f"larger than the limit of {cap} bytes per name")
+    if size > SNAPSHOT_MAX_BYTES:
+        raise _Direct()
+    if not views:
+        return [main.getvalue()]
+    header = MAGIC + struct.pack(f"<{len(views) + 2}Q", len(views), main.tell(), *(v.nbytes for v in views))
+    # bytes() copies: the cell after this one may change the arrays in place.
+    return [header, main.getvalue(), *(bytes(v) for v in views)]
+
+
+class _Job:
+    def __init__(self, report, results, snapshots):
+        self.report = report
+        self.results = results  # reports of names already settled (in order)
+        self.snapshots = snapshots  # name -> pieces
+
+    def bytes(self):
+        return sum(len(p) for pieces in self.snapshots.values() for p in pieces)
+
+
+class _Writer:
+    """One thread that writes snapshots, in the order they were taken."""
+
+    def __init__(self):
+        self.jobs = collections.deque()
+        self.cond = threading.Condition()
+        self.busy = False
+        self.thread = None
+
+    def backlog(self):
+        return sum(j.bytes() for j in self.jobs)
+
+    def submit(self, job, deadline):
+        with self.cond:
+            while self.backlog() + job.bytes() > BACKLOG_MAX_BYTES and self.jobs:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.cond.wait(left):
+                    break
+            if self.backlog() + job.bytes() > BACKLOG_MAX_BYTES and self.jobs:
+                for name in job.snapshots:
+                    _saved.pop(name, None)
+                    reason = "the checkpoint writer is behind; saved again by its next run"
+                    job.results.append({"name": name, "status": "recompute", "reason": reason})
+                job.snapshots = {}
+            # A newer snapshot of a name replaces one not written yet.
+            for waiting in self.jobs:
+                for name in job.snapshots:
+                    waiting.snapshots.pop(name, None)
+            self.jobs.append(job)
+            self.cond.notify_all()
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="nbplat-checkpoint", daemon=True)
+                self.thread.start()
+
+    def drain(self, timeout):
+        """Waits until everything submitted is written (or `timeout` seconds pass)."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self.jobs or self.busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+        return True
+
+    def _run(self):
+        try:
+            # Below the kernel's own threads: the next cell comes first (Linux: per thread).
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
+        while True:
+            with self.cond:
+                while not self.jobs:
+                    self.cond.wait()
+                job = self.jobs[0]
+                self.busy = True
+            try:
+                self._write(job)
+            finally:
+                with self.cond:
+                    self.jobs.popleft()
+                    self.busy = False
+                    self.cond.notify_all()
+
+    def idle(self):
+        with self.cond:
+            return not self.jobs and not self.busy
+
+    def _write(self, job):
+        _write_report(job.report, {"status": "ok", "names": _write(job, self.cond)})
+
+
+def _write(job, lock=None):
+    """Writes the job's snapshots; returns the report of all its names."""
+    results = list(job.results)
+    while True:
+        if lock is None:
+            if not job.snapshots:
+                break
+            name, pieces = job.snapshots.popitem()
+        else:
+            with lock:  # a newer save may take names out of it meanwhile
+                if not job.snapshots:
+                    break
+                name = next(iter(job.snapshots))
+                pieces = job.snapshots.pop(name)
+        results.append(_write_pieces(name, pieces))
+    return results
+
+
+def _write_pieces(name, pieces):
+    tmp = os.path.join(CHECKPOINT_DIR, f".{name}.w.tmp")
+    hasher = hashlib.sha256()
+    size = 0
+    try:
+        with open(tmp, "wb") as f:
+            for piece in pieces:
+                hasher.update(piece)
+                f.write(piece)
+                size += len(piece)
+        digest = hasher.hexdigest()
+        if _saved.get(name) == digest:
+            os.unlink(tmp)
+            return {"name": name, "status": "unchanged", "sha256": digest, "bytes": size}
+        os.replace(tmp, os.path.join(CHECKPOINT_DIR, digest))
+    except Exception as e:  # noqa: BLE001 (the disk: any failure is the answer)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        _saved.pop(name, None)
+        return {"name": name, "status": "recompute", "reason": _reason(e)}
+    _saved[name] = digest
+    return {"name": name, "status": "saved", "sha256": digest, "bytes": size}
+
+
+def _write_report(report, value):
+    path = os.path.join(CHECKPOINT_DIR, f"report-{report}.json")
+    try:
+        with open(path + ".tmp", "w") as f:
+            f.write(json.dumps(value))
+        os.replace(path + ".tmp", path)
+    except OSError:
+        pass  # Middleman gives up waiting; the names keep their last checkpoint
+
+
+_writer = _Writer()
+
+
 def _user_names(ip):
     """The user's globals, as `%who` lists them (not IPython's own)."""
     hidden = ip.user_ns_hidden
     return [n for n in ip.user_ns if not n.startswith("_") and n not in hidden]
 
 
-def _save(content):
-    ip = get_ipython()
-    if content.get("if_succeeded") and not getattr(ip, "last_execution_succeeded", True):
-        return {"status": "ok", "skipped": "the cell failed", "names": []}
-    ns = ip.user_ns
+def _names(ip, content):
     names = content.get("names")
     if names is None:
         skip = set(content.get("except") or ())
         names = [n for n in _user_names(ip) if n not in skip]
+    return names
+
+
+def _settle(name, ns, start, budget):
+    """The report of a name that needs no pickling (absent, a module, out of time), or None."""
+    if name not in ns:
+        _saved.pop(name, None)
+        return {"name": name, "status": "absent"}
+    if isinstance(ns[name], types.ModuleType) and ns[name].__name__ in sys.modules:
+        # Imported again by name on restore (a module is never state of its own).
+        return {"name": name, "status": "module", "module": ns[name].__name__}
+    if time.monotonic() - start > budget:
+        _saved.pop(name, None)
+        reason = f"the checkpoint's time budget of {budget:g} s ran out"
+        return {"name": name, "status": "recompute", "reason": reason}
+    return None
+
+
+def _save(content):
+    """Saves the names now (the last save): what the writer holds is written first."""
+    ip = get_ipython()
+    if content.get("if_succeeded") and not getattr(ip, "last_execution_succeeded", True):
+        return {"status": "ok", "skipped": "the cell failed", "names": []}
+    ns = ip.user_ns
     cap = int(content.get("max_name_bytes", 1 << 30))
     budget = float(content.get("budget_ms", 2000)) / 1000.0
+    start = time.monotonic()
+    _writer.drain(budget)
     os.makedirs(CHECKPOINT_DIR, exist_ok=True)
     pickler = _pickler_class()
-    start = time.monotonic()
     results = []
-    for name in names:
-        if name not in ns:
+    for name in _names(ip, content):
+        result = _settle(name, ns, start, budget) or _save_one(name, ns[name], cap, pickler)
+        if result["status"] == "recompute":
             _saved.pop(name, None)
-            results.append({"name": name, "status": "absent"})
-        elif isinstance(ns[name], types.ModuleType) and ns[name].__name__ in sys.modules:
-            # Imported again by name on restore (a module is never state of its own).
-            results.append({"name": name, "status": "module", "module": ns[name].__name__})
-        elif time.monotonic() - start > budget:
-            _saved.pop(name, None)
-            reason = f"the checkpoint's time budget of {budget:g} s ran out"
-            results.append({"name": name, "status": "recompute", "reason": reason})
-        else:
-            result = _save_one(name, ns[name], cap, pickler)
-            if result["status"] == "recompute":
-                _saved.pop(name, None)
-            results.append(result)
+        results.append(result)
     return {"status": "ok", "names": results, "seconds": time.monotonic() - start}
+
+
+def queue_save(content):
+    """The save after a cell: snapshots now, written by the writer thread, reported in
+    `report-<content["report"]>.json`."""
+    ip = get_ipython()
+    ns = ip.user_ns
+    report = int(content["report"])
+    cap = int(content.get("max_name_bytes", 1 << 30))
+    budget = float(content.get("budget_ms", 2000)) / 1000.0
+    start = time.monotonic()
+    os.makedirs(CHECKPOINT_DIR, exist_ok=True)
+    pickler = _pickler_class()
+    results = []
+    snapshots = {}
+    for name in _names(ip, content):
+        settled = _settle(name, ns, start, budget)
+        if settled is None:
+            try:
+                snapshots[name] = _snapshot(ns[name], cap, pickler)
+                continue
+            except _Direct:
+                settled = _save_one(name, ns[name], cap, pickler)
+            except BaseException as e:  # noqa: BLE001 (any failure is the answer)
+                if isinstance(e, KeyboardInterrupt):
+                    raise
+                settled = {"name": name, "status": "recompute", "reason": _reason(e)}
+        if settled["status"] == "recompute":
+            _saved.pop(name, None)
+        results.append(settled)
+    job = _Job(report, results, snapshots)
+    if job.bytes() <= INLINE_MAX_BYTES and _writer.idle():
+        # Base64 text: IPython shows it as a plain quoted string, cheaper than JSON's route.
+        import base64
+
+        written = {"status": "ok", "names": _write(job)}
+        return "J" + base64.b64encode(json.dumps(written).encode()).decode()
+    _writer.submit(job, start + budget)
+    return report
 
 
 def _restore(content):
     import importlib
-    import pickle
 
     ns = _ns()
     results = []
@@ -174,8 +427,7 @@ def _restore(content):
                 ns[name] = importlib.import_module(item["module"])
             else:
                 digest = item["sha256"]
-                with open(os.path.join(CHECKPOINT_DIR, digest), "rb") as f:
-                    ns[name] = pickle.load(f)
+                ns[name] = _load(os.path.join(CHECKPOINT_DIR, digest))
                 _saved[name] = digest
             results.append({"name": name, "status": "restored"})
         except BaseException as e:  # noqa: BLE001 (any failure is the answer)
@@ -183,6 +435,26 @@ def _restore(content):
                 raise
             results.append({"name": name, "status": "failed", "reason": _reason(e)})
     return {"status": "ok", "names": results}
+
+
+def _load(path):
+    import pickle
+
+    with open(path, "rb") as f:
+        if f.read(len(MAGIC)) != MAGIC:
+            f.seek(0)
+            return pickle.load(f)
+        (count,) = struct.unpack("<Q", f.read(8))
+        lengths = struct.unpack(f"<{count + 1}Q", f.read(8 * (count + 1)))
+        main = f.read(lengths[0])
+        buffers = []
+        for length in lengths[1:]:
+            # Writable, as the arrays were: each buffer in a bytearray of its own.
+            buffer = bytearray(length)
+            if f.readinto(buffer) != length:
+                raise EOFError("the checkpoint object is cut short")
+            buffers.append(buffer)
+        return pickle.loads(main, buffers=buffers)
 
 
 class _Report:
@@ -200,10 +472,12 @@ class _Report:
 
 def inline(content_json):
     """A save run as a cell's user expression: evaluated only when the cell succeeded, before
-    its reply, with no request of its own (Middleman reads the JSON from the reply)."""
-    import json
-
+    its reply, with no request of its own. With a `report` id it is `queue_save`: the value is
+    that id (queued) or its report in Base64 behind a "J" (small: written at once); without,
+    the report is the value (as JSON)."""
     content = json.loads(content_json)
+    if content.get("op") == "checkpoint_save" and "report" in content:
+        return queue_save(content)
     operation = {"checkpoint_save": _save, "checkpoint_restore": _restore}[content["op"]]
     return _Report(operation(content))
 

@@ -17,8 +17,9 @@ use crate::protocol::{ExecutionStatus, InputOutcome, KernelState, ServerEvent};
 const INLINE_KEY: &str = "_nbplat_quiet";
 
 /// Answers the quiet request carried by an execution with what its user expression gave (the
-/// helper's report as `application/json`). Nothing (the cell failed, or the expression did):
-/// the asker sees its channel close, as when the kernel goes away.
+/// helper's report as `application/json`, or for a queued save its id as text). Nothing (the
+/// cell failed, or the expression did): the asker sees its channel close, as when the kernel
+/// goes away.
 pub(super) fn answer_inline(
     answer: super::AnswerSender,
     expressions: Option<&std::collections::HashMap<String, jupyter_protocol::ExpressionResult>>,
@@ -28,9 +29,10 @@ pub(super) fn answer_inline(
     else {
         return;
     };
-    let report = serde_json::to_value(data)
-        .ok()
-        .and_then(|mut d| d.get_mut("application/json").map(serde_json::Value::take));
+    let report = serde_json::to_value(data).ok().and_then(|mut d| {
+        let json = d.get_mut("application/json").map(serde_json::Value::take);
+        json.or_else(|| d.get_mut("text/plain").map(serde_json::Value::take))
+    });
     if let Some(report) = report {
         let _ = answer.send(report);
     }
