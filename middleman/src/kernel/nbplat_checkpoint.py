@@ -14,9 +14,10 @@
 # a snapshot of the names (pickled, with NumPy's and pandas' data buffers out of band, copied),
 # hands it to a writer thread and returns; the thread hashes and writes the objects and then a
 # report, `report-<id>.json`, which Middleman waits for. The next cell does not wait for the
-# writing: it costs the cell a copy of what it defined, not the pickling's I/O and hashing. A
-# snapshot of a name still waiting to be written is replaced by a newer one of that name. A name
-# too large to copy (`SNAPSHOT_MAX_BYTES`) is written at once, as at shutdown.
+# writing: it costs the cell a copy of what it defined, not the pickling's I/O and hashing. The
+# writer works when the kernel is idle (or a snapshot has waited `WRITE_WITHIN`), at the lowest
+# priority. A snapshot of a name still waiting to be written is replaced by a newer one of that
+# name. A name too large to copy (`SNAPSHOT_MAX_BYTES`) is written at once, as at shutdown.
 #
 # Functions defined in cells are saved without their globals (cloudpickle would copy every global
 # they use, a DataFrame included) and come back bound to the live namespace, methods of classes
@@ -43,6 +44,10 @@ SNAPSHOT_MAX_BYTES = 64 << 20
 # A save whose snapshots are smaller than this is written at once, and its report is the
 # expression's value: handing it to the writer would cost more than writing it.
 INLINE_MAX_BYTES = 256 << 10
+# The writer works while the kernel is idle (no cell for `WRITE_WHEN_IDLE` seconds), so that
+# it does not compete with cells for the CPU; a snapshot waits at most `WRITE_WITHIN` for that.
+WRITE_WHEN_IDLE = 0.05
+WRITE_WITHIN = 2.0
 # Snapshots waiting for the writer beyond this make the next save wait (within its budget).
 BACKLOG_MAX_BYTES = 256 << 20
 # Objects with out-of-band buffers: this line, then the lengths (little-endian u64: the pickle,
@@ -184,8 +189,29 @@ def _snapshot(value, cap, pickler):
     return [header, main.getvalue(), *(bytes(v) for v in views)]
 
 
+class _Activity:
+    """When the kernel last ran something (IPython's run hooks and the saves set it)."""
+
+    running = False
+    last = 0.0
+
+    @classmethod
+    def pre_run(cls, *_):
+        cls.running = True
+
+    @classmethod
+    def post_run(cls, *_):
+        cls.running = False
+        cls.last = time.monotonic()
+
+    @classmethod
+    def idle_for(cls):
+        return 0.0 if cls.running else time.monotonic() - cls.last
+
+
 class _Job:
     def __init__(self, report, results, snapshots):
+        self.created = time.monotonic()
         self.report = report
         self.results = results  # reports of names already settled (in order)
         self.snapshots = snapshots  # name -> pieces
@@ -201,6 +227,7 @@ class _Writer:
         self.jobs = collections.deque()
         self.cond = threading.Condition()
         self.busy = False
+        self.flushing = False
         self.thread = None
 
     def backlog(self):
@@ -232,11 +259,16 @@ class _Writer:
         """Waits until everything submitted is written (or `timeout` seconds pass)."""
         deadline = time.monotonic() + timeout
         with self.cond:
-            while self.jobs or self.busy:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.cond.wait(left)
+            self.flushing = True
+            self.cond.notify_all()
+            try:
+                while self.jobs or self.busy:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self.cond.wait(left)
+            finally:
+                self.flushing = False
         return True
 
     def _run(self):
@@ -250,6 +282,13 @@ class _Writer:
                 while not self.jobs:
                     self.cond.wait()
                 job = self.jobs[0]
+                # Idle time first: the cells running now go first, up to WRITE_WITHIN.
+                while (
+                    not self.flushing
+                    and _Activity.idle_for() < WRITE_WHEN_IDLE
+                    and time.monotonic() - job.created < WRITE_WITHIN
+                ):
+                    self.cond.wait(0.01)
                 self.busy = True
             try:
                 self._write(job)
@@ -383,6 +422,7 @@ def queue_save(content):
     cap = int(content.get("max_name_bytes", 1 << 30))
     budget = float(content.get("budget_ms", 2000)) / 1000.0
     start = time.monotonic()
+    _Activity.post_run()
     os.makedirs(CHECKPOINT_DIR, exist_ok=True)
     pickler = _pickler_class()
     results = []
@@ -488,6 +528,10 @@ def _install():
         os.makedirs(CHECKPOINT_DIR, exist_ok=True)
     except OSError:
         pass
+    ip = get_ipython()
+    if ip is not None:
+        ip.events.register("pre_run_cell", _Activity.pre_run)
+        ip.events.register("post_run_cell", _Activity.post_run)
     helper = sys.modules.get("_nbplat")
     if helper is not None:
         helper.OPERATIONS["checkpoint_save"] = _save
