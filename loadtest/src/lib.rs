@@ -248,15 +248,17 @@ impl Middleman {
         let mut lines =
             tokio::io::BufReader::new(child.stderr.take().context("no stderr")?).lines();
         let addr: String = tokio::time::timeout(Duration::from_secs(120), async {
+            let mut seen = Vec::new();
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(addr) = listening_addr(&line) {
-                    return Some(addr);
+                    return Ok(addr);
                 }
+                seen.push(line);
             }
-            None
+            Err(seen.join("\n"))
         })
         .await?
-        .context("middleman did not start")?;
+        .map_err(|said| anyhow::anyhow!("middleman did not start; it said:\n{said}"))?;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(Self {
             child,

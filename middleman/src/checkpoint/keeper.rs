@@ -158,7 +158,6 @@ impl Keeper {
     async fn resolve(&self, job: Job, answer: Value, stop: &CancellationToken) -> Option<Ready> {
         let report = match job.report {
             None => answer,
-            Some(_) if let Some(report) = inline_report(&answer) => report,
             Some(id) => match self.report_file(id, job.epoch, stop).await {
                 Some(report) => report,
                 // The kernel is gone (it restarted: the reset that follows empties all).
@@ -455,17 +454,6 @@ impl Keeper {
     }
 }
 
-/// A small save's report, given as the expression's value: `'J<Base64 of the JSON>'` (as
-/// IPython shows a string).
-fn inline_report(answer: &Value) -> Option<Value> {
-    use base64::Engine as _;
-    let text = answer.as_str()?.trim_matches('\'');
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text.strip_prefix('J')?)
-        .ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
 fn tell(done: Option<oneshot::Sender<()>>) {
     if let Some(done) = done {
         let _ = done.send(());
@@ -476,26 +464,5 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_small_saves_report_is_read_from_the_expressions_text() {
-        use base64::Engine as _;
-        let report =
-            serde_json::json!({"status": "ok", "names": [{"name": "x", "status": "absent"}]});
-        let text = format!(
-            "'J{}'",
-            base64::engine::general_purpose::STANDARD.encode(report.to_string())
-        );
-        assert_eq!(inline_report(&Value::String(text)), Some(report));
-        // A queued save's answer is its id; anything else is not a report.
-        assert_eq!(inline_report(&Value::String("7".into())), None);
-        assert_eq!(inline_report(&Value::String("'Jnot base64!'".into())), None);
-        assert_eq!(inline_report(&serde_json::json!({"names": []})), None);
     }
 }

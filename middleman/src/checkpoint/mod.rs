@@ -1,9 +1,10 @@
 //! Checkpoints: the kernel's names kept beside the document, so that a document that loses its
 //! pod (preemption, node loss, idle reclaim, a crash) comes back on the next one with its state.
 //!
-//! After each successful cell run the kernel helper (`kernel/nbplat_checkpoint.py`) takes a
-//! snapshot of the names that cell defined (the cell's user expression: no output, no count,
-//! no history) and writes it into the workspace's `.nbplat/checkpoint/` in the background. The
+//! After each successful cell run the kernel helper (`kernel/nbplat_checkpoint.py`) queues the
+//! names that cell defined (asked in the execute request's metadata: no output, no count, no
+//! history); its writer thread writes them into the workspace's `.nbplat/checkpoint/` while the
+//! kernel is idle. The
 //! keeper (`keeper.rs`) reads its report, uploads the new objects and writes the manifest
 //! (`manifest.rs`) to the store (`store.rs`), in that order, so a manifest never names an
 //! object the store lacks. At shutdown the whole namespace is saved once more. On resume the

@@ -10,14 +10,14 @@
 #   at shutdown (the last save), and waits for it.
 # - `checkpoint_restore`: loads the named files back into the user's namespace.
 #
-# The save after each cell is `queue_save`, the cell's user expression (`inline`): it only takes
-# a snapshot of the names (pickled, with NumPy's and pandas' data buffers out of band, copied),
-# hands it to a writer thread and returns; the thread hashes and writes the objects and then a
-# report, `report-<id>.json`, which Middleman waits for. The next cell does not wait for the
-# writing: it costs the cell a copy of what it defined, not the pickling's I/O and hashing. The
-# writer works when the kernel is idle (or a snapshot has waited `WRITE_WITHIN`), at the lowest
-# priority. A snapshot of a name still waiting to be written is replaced by a newer one of that
-# name. A name too large to copy (`SNAPSHOT_MAX_BYTES`) is written at once, as at shutdown.
+# The save after each cell is `queue_save`, run by IPython's post_run_cell hook when the cell
+# succeeded and Middleman asked for it in the execute request's metadata: it only queues the
+# names for a writer thread and returns. The writer pickles, hashes and writes them while the
+# kernel is idle, at the lowest priority, then leaves a report, `report-<id>.json`, which
+# Middleman waits for. A cell that starts while it writes stops it (IPython's pre_run_cell): what
+# it was writing is thrown away and written again at the next idle time, so a name is never saved
+# half changed. A name queued again before it was written is written once. Cells that keep the
+# kernel busy for `WRITE_WITHIN` make the next save wait for the writing (within the budget).
 #
 # Functions defined in cells are saved without their globals (cloudpickle would copy every global
 # they use, a DataFrame included) and come back bound to the live namespace, methods of classes
@@ -28,7 +28,6 @@ import hashlib
 import io
 import json
 import os
-import struct
 import sys
 import threading
 import time
@@ -38,21 +37,11 @@ from IPython import get_ipython
 
 CHECKPOINT_DIR = os.path.join(os.getcwd(), ".nbplat", "checkpoint")
 REASON_CHARS = 300
-# A name whose snapshot would be larger than this is written at once instead (a copy of it
-# would cost as much, and twice its memory).
-SNAPSHOT_MAX_BYTES = 64 << 20
-# A save whose snapshots are smaller than this is written at once, and its report is the
-# expression's value: handing it to the writer would cost more than writing it.
-INLINE_MAX_BYTES = 256 << 10
-# The writer works while the kernel is idle (no cell for `WRITE_WHEN_IDLE` seconds), so that
-# it does not compete with cells for the CPU; a snapshot waits at most `WRITE_WITHIN` for that.
+# The writer works while the kernel is idle (no cell for `WRITE_WHEN_IDLE` seconds), and stops
+# when a cell starts; a save waits at most `WRITE_WITHIN` for that, then the cell after it waits
+# for the writing instead.
 WRITE_WHEN_IDLE = 0.05
 WRITE_WITHIN = 2.0
-# Snapshots waiting for the writer beyond this make the next save wait (within its budget).
-BACKLOG_MAX_BYTES = 256 << 20
-# Objects with out-of-band buffers: this line, then the lengths (little-endian u64: the pickle,
-# then each buffer), then the pickle and the buffers. Others are one plain pickle.
-MAGIC = b"nbplat-checkpoint-2\n"
 # The SHA-256 of what each name was last saved or restored as.
 _saved = {}
 
@@ -61,12 +50,18 @@ class _TooLarge(Exception):
     pass
 
 
-class _Sink:
-    """A file that hashes and counts what is written, refusing past `cap` bytes."""
+class _Aborted(BaseException):
+    """A cell started while the writer read the namespace: what it wrote is not used."""
 
-    def __init__(self, file, cap):
+
+class _Sink:
+    """A file that hashes and counts what is written, refusing past `cap` bytes; `check` runs
+    after each piece (the writer's: has a cell started?)."""
+
+    def __init__(self, file, cap, check):
         self.file = file
         self.cap = cap
+        self.check = check
         self.size = 0
         self.hash = hashlib.sha256()
 
@@ -75,7 +70,9 @@ class _Sink:
         if self.size > self.cap:
             raise _TooLarge(f"larger than the limit of {self.cap} bytes per name")
         self.hash.update(data)
-        return self.file.write(data)
+        written = self.file.write(data)
+        self.check()
+        return written
 
 
 def _ns():
@@ -123,18 +120,19 @@ def _reason(e):
     return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"
 
 
-def _save_one(name, value, cap, pickler):
-    tmp = os.path.join(CHECKPOINT_DIR, f".{name}.tmp")
+def _save_one(name, value, cap, pickler, check=lambda: None, tmp_tag="s"):
+    tmp = os.path.join(CHECKPOINT_DIR, f".{name}.{tmp_tag}.tmp")
     try:
         with open(tmp, "wb") as f:
-            sink = _Sink(f, cap)
+            sink = _Sink(f, cap, check)
             pickler(sink, protocol=5).dump(value)
+        check()
     except BaseException as e:  # noqa: BLE001 (any failure is the answer)
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(e, KeyboardInterrupt):
+        if isinstance(e, (KeyboardInterrupt, _Aborted)):
             raise
         return {"name": name, "status": "recompute", "reason": _reason(e)}
     digest = sink.hash.hexdigest()
@@ -146,208 +144,131 @@ def _save_one(name, value, cap, pickler):
     return {"name": name, "status": "saved", "sha256": digest, "bytes": sink.size}
 
 
-class _Direct(Exception):
-    """Too large for a snapshot: written at once."""
-
-
-class _Capped(io.BytesIO):
-    """A pickle's bytes in memory, up to the per-name cap and the snapshot's."""
-
-    def __init__(self, cap):
-        super().__init__()
-        self.cap = cap
-
-    def write(self, data):
-        written = super().write(data)
-        if self.tell() > self.cap:
-            raise _TooLarge(f"larger than the limit of {self.cap} bytes per name")
-        if self.tell() > SNAPSHOT_MAX_BYTES:
-            raise _Direct()
-        return written
-
-
-def _snapshot(value, cap, pickler):
-    """The bytes of `value` as an object file will hold them (a list of pieces), taken now."""
-    buffers = []
-    main = _Capped(cap)
-    pickler(main, protocol=5, buffer_callback=buffers.append).dump(value)
-    views = []
-    for buffer in buffers:
-        try:
-            views.append(buffer.raw())
-        except BufferError:
-            raise _Direct() from None  # not contiguous: pickled in band instead
-    size = main.tell() + sum(v.nbytes for v in views)
-    if size > cap:
-        raise _TooLarge(f"larger than the limit of {cap} bytes per name")
-    if size > SNAPSHOT_MAX_BYTES:
-        raise _Direct()
-    if not views:
-        return [main.getvalue()]
-    header = MAGIC + struct.pack(f"<{len(views) + 2}Q", len(views), main.tell(), *(v.nbytes for v in views))
-    # bytes() copies: the cell after this one may change the arrays in place.
-    return [header, main.getvalue(), *(bytes(v) for v in views)]
-
-
-class _Activity:
-    """When the kernel last ran something (IPython's run hooks and the saves set it)."""
-
-    running = False
-    last = 0.0
-
-    @classmethod
-    def pre_run(cls, *_):
-        cls.running = True
-
-    @classmethod
-    def post_run(cls, *_):
-        cls.running = False
-        cls.last = time.monotonic()
-
-    @classmethod
-    def idle_for(cls):
-        return 0.0 if cls.running else time.monotonic() - cls.last
-
-
 class _Job:
-    def __init__(self, report, results, snapshots):
+    """A save after a cell: its names are written by the writer, then reported."""
+
+    def __init__(self, report, results, names, cap):
         self.created = time.monotonic()
         self.report = report
         self.results = results  # reports of names already settled (in order)
-        self.snapshots = snapshots  # name -> pieces
-
-    def bytes(self):
-        return sum(len(p) for pieces in self.snapshots.values() for p in pieces)
+        self.names = names  # still to write
+        self.cap = cap
 
 
 class _Writer:
-    """One thread that writes snapshots, in the order they were taken."""
+    """One thread that writes the saves after cells, in order, from the live namespace, while
+    the kernel is idle. A cell that starts stops it (`cell_starts`): what it was writing is
+    thrown away and written again at the next idle time, since the cell may change it."""
 
     def __init__(self):
         self.jobs = collections.deque()
         self.cond = threading.Condition()
         self.busy = False
-        self.flushing = False
+        self.flushing = 0
+        self.running = False  # a cell is running
+        self.last = 0.0  # when the kernel last did something
+        self.aborted = False
         self.thread = None
 
-    def backlog(self):
-        return sum(j.bytes() for j in self.jobs)
-
-    def submit(self, job, deadline):
+    def cell_starts(self, *_):
         with self.cond:
-            while self.backlog() + job.bytes() > BACKLOG_MAX_BYTES and self.jobs:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self.cond.wait(left):
-                    break
-            if self.backlog() + job.bytes() > BACKLOG_MAX_BYTES and self.jobs:
-                for name in job.snapshots:
-                    _saved.pop(name, None)
-                    reason = "the checkpoint writer is behind; saved again by its next run"
-                    job.results.append({"name": name, "status": "recompute", "reason": reason})
-                job.snapshots = {}
-            # A newer snapshot of a name replaces one not written yet.
+            self.running = True
+            self.aborted = True
+
+    def cell_ends(self, *_):
+        # No wake-up: with saves queued the writer looks again every WRITE_WHEN_IDLE / 2.
+        with self.cond:
+            self.running = False
+            self.last = time.monotonic()
+
+    def submit(self, job):
+        with self.cond:
+            self.last = time.monotonic()
+            # A name a newer save writes is not written for an older one.
+            newer = set(job.names)
             for waiting in self.jobs:
-                for name in job.snapshots:
-                    waiting.snapshots.pop(name, None)
+                waiting.names = [n for n in waiting.names if n not in newer]
             self.jobs.append(job)
-            self.cond.notify_all()
+            if len(self.jobs) == 1:
+                self.cond.notify_all()  # the writer waits without a timeout when there is none
             if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self._run, name="nbplat-checkpoint", daemon=True)
                 self.thread.start()
 
+    def overdue(self):
+        with self.cond:
+            return bool(self.jobs) and time.monotonic() - self.jobs[0].created > WRITE_WITHIN
+
     def drain(self, timeout):
-        """Waits until everything submitted is written (or `timeout` seconds pass)."""
+        """Has everything submitted written now (the kernel waits, so nothing changes meanwhile),
+        within `timeout` seconds."""
         deadline = time.monotonic() + timeout
         with self.cond:
-            self.flushing = True
+            self.flushing += 1
             self.cond.notify_all()
             try:
-                while self.jobs or self.busy:
+                while self.jobs:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return False
                     self.cond.wait(left)
             finally:
-                self.flushing = False
+                self.flushing -= 1
         return True
+
+    def _check(self):
+        if self.aborted:
+            raise _Aborted()
 
     def _run(self):
         try:
-            # Below the kernel's own threads: the next cell comes first (Linux: per thread).
+            # Below the kernel's own threads: a cell comes first (Linux: per thread).
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         except (AttributeError, OSError):
             pass
         while True:
             with self.cond:
-                while not self.jobs:
-                    self.cond.wait()
-                job = self.jobs[0]
-                # Idle time first: the cells running now go first, up to WRITE_WITHIN.
-                while (
-                    not self.flushing
-                    and _Activity.idle_for() < WRITE_WHEN_IDLE
-                    and time.monotonic() - job.created < WRITE_WITHIN
+                while not self.jobs or not (
+                    self.flushing
+                    or (not self.running and time.monotonic() - self.last >= WRITE_WHEN_IDLE)
                 ):
-                    self.cond.wait(0.01)
-                self.busy = True
-            try:
-                self._write(job)
-            finally:
+                    self.cond.wait(None if not self.jobs else WRITE_WHEN_IDLE / 2)
+                # Under the lock a cell's start takes too: from here on it sets `aborted`.
+                self.aborted = False
+                job = self.jobs[0]
+            if self._write(job):
                 with self.cond:
                     self.jobs.popleft()
-                    self.busy = False
                     self.cond.notify_all()
 
-    def idle(self):
-        with self.cond:
-            return not self.jobs and not self.busy
-
     def _write(self, job):
-        _write_report(job.report, {"status": "ok", "names": _write(job, self.cond)})
-
-
-def _write(job, lock=None):
-    """Writes the job's snapshots; returns the report of all its names."""
-    results = list(job.results)
-    while True:
-        if lock is None:
-            if not job.snapshots:
-                break
-            name, pieces = job.snapshots.popitem()
-        else:
-            with lock:  # a newer save may take names out of it meanwhile
-                if not job.snapshots:
-                    break
-                name = next(iter(job.snapshots))
-                pieces = job.snapshots.pop(name)
-        results.append(_write_pieces(name, pieces))
-    return results
-
-
-def _write_pieces(name, pieces):
-    tmp = os.path.join(CHECKPOINT_DIR, f".{name}.w.tmp")
-    hasher = hashlib.sha256()
-    size = 0
-    try:
-        with open(tmp, "wb") as f:
-            for piece in pieces:
-                hasher.update(piece)
-                f.write(piece)
-                size += len(piece)
-        digest = hasher.hexdigest()
-        if _saved.get(name) == digest:
-            os.unlink(tmp)
-            return {"name": name, "status": "unchanged", "sha256": digest, "bytes": size}
-        os.replace(tmp, os.path.join(CHECKPOINT_DIR, digest))
-    except Exception as e:  # noqa: BLE001 (the disk: any failure is the answer)
+        """Writes what is left of `job`; False if a cell started first."""
         try:
-            os.unlink(tmp)
+            os.makedirs(CHECKPOINT_DIR, exist_ok=True)
         except OSError:
-            pass
-        _saved.pop(name, None)
-        return {"name": name, "status": "recompute", "reason": _reason(e)}
-    _saved[name] = digest
-    return {"name": name, "status": "saved", "sha256": digest, "bytes": size}
+            pass  # each name's save reports why it could not be written
+        pickler = _pickler_class()
+        ns = _ns()
+        while True:
+            with self.cond:
+                if not job.names:
+                    break
+                name = job.names[0]
+            settled = _settle(name, ns, 0.0, float("inf"))
+            try:
+                result = settled or _save_one(
+                    name, ns[name], job.cap, pickler, self._check, tmp_tag="w"
+                )
+            except _Aborted:
+                return False
+            if result["status"] == "recompute":
+                _saved.pop(name, None)
+            with self.cond:
+                if job.names and job.names[0] == name:
+                    job.names.pop(0)
+                    job.results.append(result)
+        _write_report(job.report, {"status": "ok", "names": job.results})
+        return True
 
 
 def _write_report(report, value):
@@ -357,7 +278,7 @@ def _write_report(report, value):
             f.write(json.dumps(value))
         os.replace(path + ".tmp", path)
     except OSError:
-        pass  # Middleman gives up waiting; the names keep their last checkpoint
+        pass  # Middleman gives up waiting; the names are rebuilt on resume
 
 
 _writer = _Writer()
@@ -414,42 +335,26 @@ def _save(content):
 
 
 def queue_save(content):
-    """The save after a cell: snapshots now, written by the writer thread, reported in
-    `report-<content["report"]>.json`."""
+    """The save after a cell: queued for the writer (the next cell does not wait for it) and
+    reported in `report-<content["report"]>.json`. A save queued `WRITE_WITHIN` ago and not
+    written yet (cells kept the kernel busy) is written now."""
     ip = get_ipython()
     ns = ip.user_ns
     report = int(content["report"])
     cap = int(content.get("max_name_bytes", 1 << 30))
     budget = float(content.get("budget_ms", 2000)) / 1000.0
-    start = time.monotonic()
-    _Activity.post_run()
-    os.makedirs(CHECKPOINT_DIR, exist_ok=True)
-    pickler = _pickler_class()
     results = []
-    snapshots = {}
+    names = []
     for name in _names(ip, content):
-        settled = _settle(name, ns, start, budget)
+        settled = _settle(name, ns, 0.0, float("inf"))
         if settled is None:
-            try:
-                snapshots[name] = _snapshot(ns[name], cap, pickler)
-                continue
-            except _Direct:
-                settled = _save_one(name, ns[name], cap, pickler)
-            except BaseException as e:  # noqa: BLE001 (any failure is the answer)
-                if isinstance(e, KeyboardInterrupt):
-                    raise
-                settled = {"name": name, "status": "recompute", "reason": _reason(e)}
-        if settled["status"] == "recompute":
-            _saved.pop(name, None)
-        results.append(settled)
-    job = _Job(report, results, snapshots)
-    if job.bytes() <= INLINE_MAX_BYTES and _writer.idle():
-        # Base64 text: IPython shows it as a plain quoted string, cheaper than JSON's route.
-        import base64
-
-        written = {"status": "ok", "names": _write(job)}
-        return "J" + base64.b64encode(json.dumps(written).encode()).decode()
-    _writer.submit(job, start + budget)
+            names.append(name)
+        else:
+            results.append(settled)
+    overdue = _writer.overdue()
+    _writer.submit(_Job(report, results, names, cap))
+    if overdue:
+        _writer.drain(budget)
     return report
 
 
@@ -481,45 +386,26 @@ def _load(path):
     import pickle
 
     with open(path, "rb") as f:
-        if f.read(len(MAGIC)) != MAGIC:
-            f.seek(0)
-            return pickle.load(f)
-        (count,) = struct.unpack("<Q", f.read(8))
-        lengths = struct.unpack(f"<{count + 1}Q", f.read(8 * (count + 1)))
-        main = f.read(lengths[0])
-        buffers = []
-        for length in lengths[1:]:
-            # Writable, as the arrays were: each buffer in a bytearray of its own.
-            buffer = bytearray(length)
-            if f.readinto(buffer) != length:
-                raise EOFError("the checkpoint object is cut short")
-            buffers.append(buffer)
-        return pickle.loads(main, buffers=buffers)
+        return pickle.load(f)
 
 
-class _Report:
-    """A report shown as JSON: what a user expression gives back to Middleman."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def _repr_json_(self):
-        return self.value
-
-    def __repr__(self):
-        return "<nbplat checkpoint report>"
-
-
-def inline(content_json):
-    """A save run as a cell's user expression: evaluated only when the cell succeeded, before
-    its reply, with no request of its own. With a `report` id it is `queue_save`: the value is
-    that id (queued) or its report in Base64 behind a "J" (small: written at once); without,
-    the report is the value (as JSON)."""
-    content = json.loads(content_json)
-    if content.get("op") == "checkpoint_save" and "report" in content:
-        return queue_save(content)
-    operation = {"checkpoint_save": _save, "checkpoint_restore": _restore}[content["op"]]
-    return _Report(operation(content))
+def _post_run(result):
+    """IPython's post_run_cell hook: the writer may work again, and the save Middleman asked
+    for after this cell (the execute request's metadata) is queued if the cell succeeded."""
+    _writer.cell_ends()
+    try:
+        parent = get_ipython().kernel.get_parent("shell") or {}
+        content = (parent.get("metadata") or {}).get("nbplat_checkpoint")
+    except Exception:  # noqa: BLE001 (not a kernel: nothing asked)
+        return
+    if not content or not getattr(result, "success", False):
+        return
+    try:
+        queue_save(content)
+    except BaseException as e:  # noqa: BLE001 (Middleman waits for a report: it gets one)
+        reason = _reason(e)
+        names = [{"name": n, "status": "recompute", "reason": reason} for n in content.get("names") or ()]
+        _write_report(int(content.get("report", 0)), {"status": "ok", "names": names})
 
 
 def _install():
@@ -530,8 +416,8 @@ def _install():
         pass
     ip = get_ipython()
     if ip is not None:
-        ip.events.register("pre_run_cell", _Activity.pre_run)
-        ip.events.register("post_run_cell", _Activity.post_run)
+        ip.events.register("pre_run_cell", _writer.cell_starts)
+        ip.events.register("post_run_cell", _post_run)
     helper = sys.modules.get("_nbplat")
     if helper is not None:
         helper.OPERATIONS["checkpoint_save"] = _save

@@ -13,28 +13,19 @@ use super::{Actor, Pending, Phase, Running};
 use crate::output::OutputBuffer;
 use crate::protocol::{ExecutionStatus, InputOutcome, KernelState, ServerEvent};
 
-/// The user expression that carries a quiet request (`start_next`).
-const INLINE_KEY: &str = "_nbplat_quiet";
+/// The request metadata key that carries a checkpoint save after the cell (`start_next`); the
+/// kernel helper's post_run_cell hook reads it (nbplat_checkpoint.py).
+const SAVE_KEY: &str = "nbplat_checkpoint";
 
-/// Answers the quiet request carried by an execution with what its user expression gave (the
-/// helper's report as `application/json`, or for a queued save its id as text). Nothing (the
-/// cell failed, or the expression did): the asker sees its channel close, as when the kernel
-/// goes away.
+/// Answers the save carried by an execution: the kernel queued it if the cell succeeded (its
+/// report comes later; the answer is the save's content). A cell that failed saves nothing:
+/// the asker sees its channel close, as when the kernel goes away.
 pub(super) fn answer_inline(
-    answer: super::AnswerSender,
-    expressions: Option<&std::collections::HashMap<String, jupyter_protocol::ExpressionResult>>,
+    (answer, content): (super::AnswerSender, serde_json::Value),
+    status: &jupyter_protocol::ReplyStatus,
 ) {
-    let Some(jupyter_protocol::ExpressionResult::Ok { data, .. }) =
-        expressions.and_then(|e| e.get(INLINE_KEY))
-    else {
-        return;
-    };
-    let report = serde_json::to_value(data).ok().and_then(|mut d| {
-        let json = d.get_mut("application/json").map(serde_json::Value::take);
-        json.or_else(|| d.get_mut("text/plain").map(serde_json::Value::take))
-    });
-    if let Some(report) = report {
-        let _ = answer.send(report);
+    if matches!(status, jupyter_protocol::ReplyStatus::Ok) {
+        let _ = answer.send(content);
     }
 }
 
@@ -58,21 +49,16 @@ impl Actor {
         // We keep our own queue and send one request at a time, so the kernel never aborts on
         // our behalf.
         request.stop_on_error = false;
-        // A checkpoint save after the cell rides on it as its user expression: evaluated only
-        // when the cell succeeded, before its reply, with no request (and no round) of its own.
+        // A checkpoint save after the cell rides on it in the request's metadata: the kernel
+        // queues it when the cell succeeded, before its reply, with no request (and no round)
+        // of its own.
         let mut then = pending.then.take();
         let mut inline = None;
+        let mut message: JupyterMessage = request.into();
         if let Some(quiet) = then.take_if(|q| q.question.msg_type == "nbplat_request") {
-            let content = serde_json::to_string(&quiet.question.content).unwrap_or_default();
-            // A JSON string is a Python string literal too.
-            let literal = serde_json::to_string(&content).unwrap_or_default();
-            request.user_expressions = Some(std::collections::HashMap::from([(
-                INLINE_KEY.to_owned(),
-                format!("__import__('sys').modules['_nbplat_checkpoint'].inline({literal})"),
-            )]));
-            inline = Some(quiet.answer);
+            message.metadata = serde_json::json!({ SAVE_KEY: quiet.question.content });
+            inline = Some((quiet.answer, quiet.question.content));
         }
-        let message: JupyterMessage = request.into();
         let msg_id = message.header.msg_id.clone();
         if let Err(error) = sockets.shell.send(message).await {
             tracing::error!(%error, "could not send execute_request");

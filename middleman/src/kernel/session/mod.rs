@@ -220,9 +220,9 @@ struct Running {
     idle: bool,
     stopping: Option<(StopCause, Instant)>,
     input: Option<JupyterMessage>,
-    /// Where the answer of the quiet request carried by this execution goes (a checkpoint
-    /// save as its user expression, executions.rs).
-    inline: Option<AnswerSender>,
+    /// Where the answer of the quiet request carried by this execution goes, and what it asked
+    /// (a checkpoint save in the request's metadata, executions.rs).
+    inline: Option<(AnswerSender, serde_json::Value)>,
 }
 
 #[derive(Debug)]
@@ -617,7 +617,7 @@ impl Actor {
             (Channel::Shell, JupyterMessageContent::ExecuteReply(reply)) if is_current => {
                 if let Some(r) = self.current.as_mut() {
                     if let Some(answer) = r.inline.take() {
-                        executions::answer_inline(answer, reply.user_expressions.as_ref());
+                        executions::answer_inline(answer, &reply.status);
                     }
                     r.reply = Some((
                         reply.status,
