@@ -399,6 +399,68 @@ async fn state_survives_sigterm_and_only_what_cannot_be_saved_runs_again() {
     drop(second);
 }
 
+/// Where a file named `name` is under `dir`, once something creates it.
+async fn appears(dir: &std::path::Path, name: &str) -> PathBuf {
+    fn find(dir: &std::path::Path, name: &str) -> Option<PathBuf> {
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            let path = entry.path();
+            if entry.file_name() == name {
+                return Some(path);
+            }
+            if entry.file_type().is_ok_and(|t| t.is_dir())
+                && let Some(found) = find(&path, name)
+            {
+                return Some(found);
+            }
+        }
+        None
+    }
+    for _ in 0..60_000 {
+        if let Some(found) = find(dir, name) {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("{name} did not appear under {}", dir.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_that_starts_while_a_name_is_written_stops_the_write_so_nothing_half_changed_is_kept()
+ {
+    let shared = Shared::new();
+    let first = shared.pod("a").await;
+    let mut ada = Client::connect(first.addr, &shared.token()).await.unwrap();
+    // 160 MB: the kernel's writer takes a while over it once the kernel is idle.
+    cell(
+        &mut ada,
+        0,
+        "import numpy as np\nbig = np.zeros(20_000_000)",
+    )
+    .await;
+    // While it is being written (its temporary file is there), code changes it in place.
+    let writing = appears(&shared.dir.0.join("run-a"), ".big.w.tmp").await;
+    let change = ada.run("big[:] = 7").await;
+    assert_eq!(change.status, Some(doc_protocol::ExecutionStatus::Ok));
+    // The write that was under way is thrown away; `big` is written again, changed.
+    let manifest = shared
+        .wait_manifest(|m| m["names"].get("big").is_some())
+        .await;
+    assert!(!writing.exists(), "{}", writing.display());
+    shared.wait_document(1).await;
+    drop(ada);
+    first.signal(nix::sys::signal::Signal::SIGKILL).await;
+
+    let second = shared.pod("b").await;
+    let mut bob = Client::connect(second.addr, &shared.token()).await.unwrap();
+    let (Resume { rerun, lost, .. }, _) = resumed(&mut bob).await;
+    assert!(
+        rerun.is_empty() && lost.is_empty(),
+        "{rerun:?} {lost:?} {manifest}"
+    );
+    let check = bob.run("print(big.min(), big.max(), big.size)").await;
+    assert_eq!(check.stdout(), "7.0 7.0 20000000\n", "{:?}", check.outputs);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_resumes_from_the_last_cell_checkpoint_and_bad_objects_are_rebuilt() {
     let shared = Shared::new();
