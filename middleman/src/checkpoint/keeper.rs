@@ -340,13 +340,7 @@ impl Keeper {
         } else {
             0
         };
-        let manifest = manifest.clone();
-        drop(guard);
-        if self
-            .retry(stop, || self.settings.store.put_manifest(&manifest))
-            .await
-            .is_ok()
-        {
+        if let Some(manifest) = self.put_manifest(guard, stop).await {
             for (sha, bytes) in &uploads {
                 if let Ok(path) = local_object(sha) {
                     let _ = workspace.delete(&path);
@@ -397,15 +391,23 @@ impl Keeper {
         if (&manifest.files, &manifest.files_skipped) == (&before.0, &before.1) {
             return;
         }
-        let manifest = manifest.clone();
-        drop(guard);
-        if self
-            .retry(stop, || self.settings.store.put_manifest(&manifest))
-            .await
-            .is_ok()
-        {
+        if self.put_manifest(guard, stop).await.is_some() {
             metrics::counter!("middleman_checkpoint_bytes_total").increment(bytes);
         }
+    }
+
+    /// Writes the manifest `guard` holds, once the lock is let go; it, if it was stored.
+    async fn put_manifest(
+        &self,
+        guard: tokio::sync::MutexGuard<'_, Option<Manifest>>,
+        stop: &CancellationToken,
+    ) -> Option<Manifest> {
+        let manifest = guard.clone()?;
+        drop(guard);
+        self.retry(stop, || self.settings.store.put_manifest(&manifest))
+            .await
+            .ok()
+            .map(|()| manifest)
     }
 
     /// Runs a store operation until it succeeds, backing off (0.5 s doubling to 30 s) and

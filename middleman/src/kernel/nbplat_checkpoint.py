@@ -169,6 +169,8 @@ class _Writer:
         self.last = 0.0  # when the kernel last did something
         self.aborted = False
         self.thread = None
+        # No save is overdue before this (a write that did not fit the budget backs off).
+        self.force_after = 0.0
 
     def cell_starts(self, *_):
         with self.cond:
@@ -197,7 +199,8 @@ class _Writer:
 
     def overdue(self):
         with self.cond:
-            return bool(self.jobs) and time.monotonic() - self.jobs[0].created > WRITE_WITHIN
+            now = time.monotonic()
+            return bool(self.jobs) and now - self.jobs[0].created > WRITE_WITHIN and now >= self.force_after
 
     def drain(self, timeout):
         """Has everything submitted written now (the kernel waits, so nothing changes meanwhile),
@@ -353,8 +356,10 @@ def queue_save(content):
             results.append(settled)
     overdue = _writer.overdue()
     _writer.submit(_Job(report, results, names, cap))
-    if overdue:
-        _writer.drain(budget)
+    if overdue and not _writer.drain(budget):
+        # Too large to write within the budget: the next cell stops the write, and it is
+        # done at the next idle time; cells are not held for it again for a while.
+        _writer.force_after = time.monotonic() + 10 * WRITE_WITHIN
     return report
 
 
