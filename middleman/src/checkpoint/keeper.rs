@@ -20,7 +20,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::manifest::{Manifest, Reported};
+use super::manifest::{Manifest, Reported, Uploads};
 use super::{CheckpointSettings, Job, LOCAL_DIR, StoreError, files, local_object};
 use crate::kernel::EventSender;
 use crate::protocol::ServerEvent;
@@ -249,7 +249,7 @@ impl Keeper {
         let started = std::time::Instant::now();
         let mut dones = Vec::new();
         let mut guard = self.manifest.lock().await;
-        let mut uploads: Vec<(String, u64)> = Vec::new();
+        let mut uploads: Uploads = Vec::new();
         let mut document = String::new();
         for ready in batch {
             let manifest = guard.get_or_insert_with(|| Manifest::new(&ready.document));
@@ -273,13 +273,7 @@ impl Keeper {
             return;
         };
         let workspace = &self.settings.workspace;
-        // Objects a later save in the batch replaced are not uploaded.
-        let named: BTreeSet<String> = manifest.objects().into_iter().map(str::to_owned).collect();
-        let mut seen = BTreeSet::new();
-        uploads.retain(|(sha, _)| seen.insert(sha.clone()));
-        let (uploads, replaced): (Vec<_>, Vec<_>) = uploads
-            .into_iter()
-            .partition(|(sha, _)| named.contains(sha));
+        let (uploads, replaced) = still_named(uploads, &manifest.objects());
         for (sha, _) in &replaced {
             if let Ok(path) = local_object(sha) {
                 let _ = workspace.delete(&path);
@@ -456,6 +450,16 @@ impl Keeper {
     }
 }
 
+/// The uploads a batch's saves asked for, split into those the manifest still names at the
+/// end (each object once, in order) and those a later save in the batch replaced.
+fn still_named(uploads: Uploads, named: &BTreeSet<&str>) -> (Uploads, Uploads) {
+    let mut seen = BTreeSet::new();
+    uploads
+        .into_iter()
+        .filter(|(sha, _)| seen.insert(sha.clone()))
+        .partition(|(sha, _)| named.contains(sha.as_str()))
+}
+
 fn tell(done: Option<oneshot::Sender<()>>) {
     if let Some(done) = done {
         let _ = done.send(());
@@ -466,5 +470,25 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(list: &[&str]) -> Vec<(String, u64)> {
+        list.iter().map(|s| ((*s).to_owned(), 1)).collect()
+    }
+
+    #[test]
+    fn a_batch_uploads_only_what_its_manifest_still_names_and_each_object_once() {
+        // x saved as a then b, y saved as c twice (and as b by chance): a was replaced.
+        let named = BTreeSet::from(["b", "c"]);
+        let (keep, replaced) = still_named(up(&["a", "c", "b", "c", "b"]), &named);
+        assert_eq!(keep, up(&["c", "b"]));
+        assert_eq!(replaced, up(&["a"]));
+        // Nothing asked, nothing done.
+        assert_eq!(still_named(Vec::new(), &named), (Vec::new(), Vec::new()));
     }
 }
