@@ -233,7 +233,7 @@ async fn state_survives_sigterm_and_only_what_cannot_be_saved_runs_again() {
         "import numpy as np, pandas as pd\nloads = globals().get('loads', 0) + 1\nn = 41\ns = 'text'\nitems = {'a': [1, 2], 'b': (3, 4)}",
     )
     .await;
-    // `arr` (800 KB) is written by the kernel's writer thread, with its buffer out of band.
+    // `arr` (800 KB) is written by the kernel's writer thread; it comes back writable.
     let (frames, _) = cell(
         &mut ada,
         1,

@@ -1,6 +1,6 @@
 //! The keeper: the task that stores the kernel's saves, in the order the kernel made them.
 //!
-//! A save after a cell is queued in the kernel (a snapshot its writer thread writes): the
+//! A save after a cell is queued in the kernel (its writer thread writes it while idle): the
 //! answer only says it was queued, and the report comes in `report-<id>.json` beside the
 //! objects, waited for here. Batches are stored at most every [`STORE_INTERVAL`]; the saves
 //! ready by then are stored together: of the objects they name, only those the manifest
@@ -156,32 +156,34 @@ impl Keeper {
     /// The save's report: the answer itself, or for a queued save the report file the
     /// kernel's writer leaves (its names are to be rebuilt if it never comes).
     async fn resolve(&self, job: Job, answer: Value, stop: &CancellationToken) -> Option<Ready> {
-        let report = match job.report {
-            None => answer,
-            Some(id) => match self.report_file(id, job.epoch, stop).await {
-                Some(report) => report,
-                // The kernel is gone (it restarted: the reset that follows empties all).
-                None if self.epoch.load(Ordering::Relaxed) != job.epoch => {
-                    tell(job.done);
-                    return None;
-                }
-                None => {
-                    let reason = "its save did not finish".to_owned();
-                    serde_json::json!({"names": job.names.iter().map(|n| serde_json::json!({
-                        "name": n, "status": "recompute", "reason": reason,
-                    })).collect::<Vec<_>>()})
-                }
-            },
+        let report = match &job.queued {
+            None => Some(answer),
+            Some(queued) => self.report_file(queued.report, job.epoch, stop).await,
         };
-        let Some(names) = report.get("names").and_then(Value::as_array) else {
+        let reported = match (report, &job.queued) {
+            (Some(report), _) => report.get("names").and_then(Value::as_array).map(|names| {
+                names
+                    .iter()
+                    .filter_map(|v| serde_json::from_value(v.clone()).ok())
+                    .collect()
+            }),
+            // The kernel is gone (it restarted: the reset that follows empties all).
+            (None, _) if self.epoch.load(Ordering::Relaxed) != job.epoch => None,
+            (None, Some(queued)) => Some(
+                queued
+                    .names
+                    .iter()
+                    .map(|name| Reported::recompute(name, "its save did not finish"))
+                    .collect(),
+            ),
+            (None, None) => None,
+        };
+        let Some(reported) = reported else {
             tell(job.done);
             return None;
         };
         Some(Ready {
-            reported: names
-                .iter()
-                .filter_map(|v| serde_json::from_value(v.clone()).ok())
-                .collect(),
+            reported,
             document: job.document,
             cell: job.cell,
             full: job.full,

@@ -75,6 +75,20 @@ pub struct Reported {
     pub reason: Option<String>,
 }
 
+impl Reported {
+    /// A name to rebuild on resume, and why.
+    pub fn recompute(name: &str, reason: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            status: "recompute".to_owned(),
+            sha256: None,
+            bytes: None,
+            module: None,
+            reason: Some(reason.to_owned()),
+        }
+    }
+}
+
 /// What a report asks of the store: objects to upload (SHA-256, bytes).
 pub type Uploads = Vec<(String, u64)>;
 

@@ -4,8 +4,8 @@
 //! After each successful cell run the kernel helper (`kernel/nbplat_checkpoint.py`) queues the
 //! names that cell defined (asked in the execute request's metadata: no output, no count, no
 //! history); its writer thread writes them into the workspace's `.nbplat/checkpoint/` while the
-//! kernel is idle. The
-//! keeper (`keeper.rs`) reads its report, uploads the new objects and writes the manifest
+//! kernel is idle. The keeper (`keeper.rs`) reads its report, uploads the new objects and
+//! writes the manifest
 //! (`manifest.rs`) to the store (`store.rs`), in that order, so a manifest never names an
 //! object the store lacks. At shutdown the whole namespace is saved once more. On resume the
 //! hub downloads the objects, has the kernel load them, and runs again exactly the cells that
@@ -66,11 +66,8 @@ struct Job {
     /// The whole namespace (names the report omits are gone).
     full: bool,
     answer: oneshot::Receiver<Value>,
-    /// The names asked for (a queued save whose report never comes has them rebuilt).
-    names: Vec<String>,
-    /// A save the kernel queued: its report comes in `report-<id>.json` (the answer only says
-    /// it was queued).
-    report: Option<u64>,
+    /// A save the kernel queued: its report comes in a file of its own.
+    queued: Option<Queued>,
     /// The kernel's generation when the save was asked ([`Checkpoints::reset`] moves it on):
     /// a queued save of a kernel that is gone never reports.
     epoch: u64,
@@ -79,6 +76,15 @@ struct Job {
     /// Not a save: the kernel restarted, so the checkpoint is emptied (a later resume must
     /// not bring back what the restart cleared).
     reset: bool,
+}
+
+/// A save after a cell, which the kernel queues: the answer only says the cell succeeded, and
+/// the report comes in `report-<report>.json`.
+#[derive(Debug)]
+struct Queued {
+    report: u64,
+    /// The names asked for (rebuilt on resume if the report never comes).
+    names: Vec<String>,
 }
 
 /// The document's checkpoints: the handle the hub holds.
@@ -133,18 +139,16 @@ impl Checkpoints {
         &self.settings
     }
 
-    /// The save to send after the run of `cell`, which defines `names`: the kernel does it
-    /// only if the run succeeded, as a snapshot it writes in the background (the cell after
-    /// it does not wait for the writing) and reports in a file of its own.
+    /// The save to send after the run of `cell`, which defines `names`: the kernel queues it
+    /// only if the run succeeded, writes it while idle (the cell after it does not wait for
+    /// the writing) and reports in a file of its own.
     pub fn after_cell(&self, document: &str, cell: &str, names: &[String]) -> Option<Quiet> {
         if names.is_empty() {
             return None;
         }
         let report = self.reports.fetch_add(1, Ordering::Relaxed) + 1;
         let content = serde_json::json!({
-            "op": "checkpoint_save",
             "names": names,
-            "if_succeeded": true,
             "max_name_bytes": self.settings.max_name_bytes,
             "budget_ms": self.settings.budget.as_millis() as u64,
             "report": report,
@@ -155,7 +159,10 @@ impl Checkpoints {
             false,
             content,
             None,
-            Some((report, names.to_vec())),
+            Some(Queued {
+                report,
+                names: names.to_vec(),
+            }),
         ))
     }
 
@@ -183,7 +190,7 @@ impl Checkpoints {
         full: bool,
         content: Value,
         done: Option<oneshot::Sender<()>>,
-        report: Option<(u64, Vec<String>)>,
+        queued: Option<Queued>,
     ) -> Quiet {
         let (tx, rx) = oneshot::channel();
         let _ = self.jobs.send(Job {
@@ -191,8 +198,7 @@ impl Checkpoints {
             cell,
             full,
             answer: rx,
-            report: report.as_ref().map(|r| r.0),
-            names: report.map(|r| r.1).unwrap_or_default(),
+            queued,
             epoch: self.epoch.load(Ordering::Relaxed),
             done,
             reset: false,
@@ -216,8 +222,7 @@ impl Checkpoints {
             cell: None,
             full: true,
             answer,
-            report: None,
-            names: Vec::new(),
+            queued: None,
             epoch,
             done: None,
             reset: true,

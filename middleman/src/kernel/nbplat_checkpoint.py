@@ -163,7 +163,6 @@ class _Writer:
     def __init__(self):
         self.jobs = collections.deque()
         self.cond = threading.Condition()
-        self.busy = False
         self.flushing = 0
         self.running = False  # a cell is running
         self.last = 0.0  # when the kernel last did something
@@ -257,7 +256,7 @@ class _Writer:
                 if not job.names:
                     break
                 name = job.names[0]
-            settled = _settle(name, ns, 0.0, float("inf"))
+            settled = _settle(name, ns)
             try:
                 result = settled or _save_one(
                     name, ns[name], job.cap, pickler, self._check, tmp_tag="w"
@@ -301,7 +300,7 @@ def _names(ip, content):
     return names
 
 
-def _settle(name, ns, start, budget):
+def _settle(name, ns, start=0.0, budget=float("inf")):
     """The report of a name that needs no pickling (absent, a module, out of time), or None."""
     if name not in ns:
         _saved.pop(name, None)
@@ -319,8 +318,6 @@ def _settle(name, ns, start, budget):
 def _save(content):
     """Saves the names now (the last save): what the writer holds is written first."""
     ip = get_ipython()
-    if content.get("if_succeeded") and not getattr(ip, "last_execution_succeeded", True):
-        return {"status": "ok", "skipped": "the cell failed", "names": []}
     ns = ip.user_ns
     cap = int(content.get("max_name_bytes", 1 << 30))
     budget = float(content.get("budget_ms", 2000)) / 1000.0
@@ -349,7 +346,7 @@ def queue_save(content):
     results = []
     names = []
     for name in _names(ip, content):
-        settled = _settle(name, ns, 0.0, float("inf"))
+        settled = _settle(name, ns)
         if settled is None:
             names.append(name)
         else:
@@ -365,6 +362,7 @@ def queue_save(content):
 
 def _restore(content):
     import importlib
+    import pickle
 
     ns = _ns()
     results = []
@@ -377,7 +375,8 @@ def _restore(content):
                 ns[name] = importlib.import_module(item["module"])
             else:
                 digest = item["sha256"]
-                ns[name] = _load(os.path.join(CHECKPOINT_DIR, digest))
+                with open(os.path.join(CHECKPOINT_DIR, digest), "rb") as f:
+                    ns[name] = pickle.load(f)
                 _saved[name] = digest
             results.append({"name": name, "status": "restored"})
         except BaseException as e:  # noqa: BLE001 (any failure is the answer)
@@ -385,13 +384,6 @@ def _restore(content):
                 raise
             results.append({"name": name, "status": "failed", "reason": _reason(e)})
     return {"status": "ok", "names": results}
-
-
-def _load(path):
-    import pickle
-
-    with open(path, "rb") as f:
-        return pickle.load(f)
 
 
 def _post_run(result):

@@ -20,7 +20,7 @@ const SAVE_KEY: &str = "nbplat_checkpoint";
 /// Answers the save carried by an execution: the kernel queued it if the cell succeeded (its
 /// report comes later; the answer is the save's content). A cell that failed saves nothing:
 /// the asker sees its channel close, as when the kernel goes away.
-pub(super) fn answer_inline(
+pub(super) fn answer_save(
     (answer, content): (super::AnswerSender, serde_json::Value),
     status: &jupyter_protocol::ReplyStatus,
 ) {
@@ -53,11 +53,11 @@ impl Actor {
         // queues it when the cell succeeded, before its reply, with no request (and no round)
         // of its own.
         let mut then = pending.then.take();
-        let mut inline = None;
+        let mut save = None;
         let mut message: JupyterMessage = request.into();
         if let Some(quiet) = then.take_if(|q| q.question.msg_type == "nbplat_request") {
             message.metadata = serde_json::json!({ SAVE_KEY: quiet.question.content });
-            inline = Some((quiet.answer, quiet.question.content));
+            save = Some((quiet.answer, quiet.question.content));
         }
         let msg_id = message.header.msg_id.clone();
         if let Err(error) = sockets.shell.send(message).await {
@@ -95,7 +95,7 @@ impl Actor {
             idle: false,
             stopping: None,
             input: None,
-            inline,
+            save,
         });
         self.publish_queue();
         self.set_state(KernelState::Busy, None);

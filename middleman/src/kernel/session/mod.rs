@@ -222,7 +222,7 @@ struct Running {
     input: Option<JupyterMessage>,
     /// Where the answer of the quiet request carried by this execution goes, and what it asked
     /// (a checkpoint save in the request's metadata, executions.rs).
-    inline: Option<(AnswerSender, serde_json::Value)>,
+    save: Option<(AnswerSender, serde_json::Value)>,
 }
 
 #[derive(Debug)]
@@ -616,8 +616,8 @@ impl Actor {
         match (channel, msg.content) {
             (Channel::Shell, JupyterMessageContent::ExecuteReply(reply)) if is_current => {
                 if let Some(r) = self.current.as_mut() {
-                    if let Some(answer) = r.inline.take() {
-                        executions::answer_inline(answer, &reply.status);
+                    if let Some(answer) = r.save.take() {
+                        executions::answer_save(answer, &reply.status);
                     }
                     r.reply = Some((
                         reply.status,
