@@ -69,6 +69,11 @@ impl SigningKey {
         token.push_str(&B64.encode(signature.to_bytes()));
         Ok(token)
     }
+
+    /// An Ed25519 signature of `message`, base64url without padding (signed receipts).
+    pub fn sign_detached(&self, message: &[u8]) -> String {
+        B64.encode(self.0.sign(message).to_bytes())
+    }
 }
 
 /// The public half: verifies tokens. The only key Middleman holds.
@@ -88,6 +93,27 @@ impl VerifyingKey {
         self.0
             .to_public_key_pem(LineEnding::LF)
             .map_err(|e| TokenError::Key(e.to_string()))
+    }
+
+    /// Checks a signature made by [`SigningKey::sign_detached`] over exactly `message`.
+    pub fn verify_detached(&self, message: &[u8], signature: &str) -> Result<(), TokenError> {
+        let bytes = B64
+            .decode(signature.trim())
+            .map_err(|_| TokenError::Malformed("signature is not base64url"))?;
+        let signature =
+            Signature::from_slice(&bytes).map_err(|_| TokenError::Malformed("signature length"))?;
+        self.0
+            .verify_strict(message, &signature)
+            .map_err(|_| TokenError::BadSignature)
+    }
+
+    /// A short name of the key: the first 16 hex digits of SHA-256 of its 32 bytes.
+    pub fn key_id(&self) -> String {
+        let digest = ring::digest::digest(&ring::digest::SHA256, self.0.as_bytes());
+        digest.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// Checks the signature, the algorithm, the time window and `expect`, and returns the claims.

@@ -110,3 +110,23 @@ fn refuses_forgeries() {
         Err(TokenError::TooLong { .. })
     ));
 }
+
+#[test]
+fn detached_signatures_verify_only_the_signed_bytes_with_the_right_key() {
+    let key = SigningKey::generate();
+    let public = key.verifying_key();
+    let sig = key.sign_detached(b"receipt");
+    public.verify_detached(b"receipt", &sig).unwrap();
+    assert_eq!(
+        public.verify_detached(b"receipt!", &sig),
+        Err(TokenError::BadSignature)
+    );
+    let other = SigningKey::generate().verifying_key();
+    assert_eq!(
+        other.verify_detached(b"receipt", &sig),
+        Err(TokenError::BadSignature)
+    );
+    assert!(public.verify_detached(b"receipt", "not base64!").is_err());
+    assert_eq!(public.key_id().len(), 16);
+    assert_ne!(public.key_id(), other.key_id());
+}

@@ -55,6 +55,15 @@ impl ApiAuth {
             tokens: tokens.iter().map(|t| Box::from(*t)).collect(),
         }
     }
+
+    /// Whether `given` is one of the tokens. Every token is compared, so the time says nothing
+    /// about which one nearly matched.
+    pub fn accepts(&self, given: &str) -> bool {
+        !given.is_empty()
+            && self.tokens.iter().fold(false, |ok, t| {
+                same_secret(given.as_bytes(), t.as_bytes()) | ok
+            })
+    }
 }
 
 /// Whether `a` equals `b`, in time that depends only on their lengths.
@@ -70,10 +79,7 @@ impl tonic::service::Interceptor for ApiAuth {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        // Every token is compared, so the time says nothing about which one nearly matched.
-        let same = self.tokens.iter().fold(false, |ok, t| {
-            same_secret(given.as_bytes(), t.as_bytes()) | ok
-        });
+        let same = self.accepts(given);
         if given.is_empty() {
             Err(Status::unauthenticated(
                 "missing bearer token (authorization: Bearer <token>)",

@@ -8,7 +8,9 @@
 //! - logic: [`service`] (the allocator, the reconciler that applies the pool's decisions,
 //!   the election), generic over the adapters below and knowing nothing of gRPC.
 //! - adapters: [`store`] (memory, Redis) and [`backend`] (local processes, Kubernetes).
-//! - boundaries: [`grpc`] and the HTTP side (health, metrics, the development page).
+//! - runs without a browser: [`jobs`] (one-shot executions on the pools, docs/jobs.md).
+//! - boundaries: [`grpc`], [`grpc_jobs`] and the HTTP side (health, metrics, the jobs API, the
+//!   development page).
 //! - wiring: [`config`] (arguments) and [`runtime`] ([`start`], shutdown).
 
 pub mod backend;
@@ -17,6 +19,8 @@ pub mod config;
 pub mod documents;
 pub mod grpc;
 mod grpc_conn;
+pub mod grpc_jobs;
+pub mod jobs;
 pub mod model;
 pub mod plan;
 pub mod pool;

@@ -61,6 +61,22 @@ struct RawPlan {
     /// The sandbox level the plan's kernels require (none, standard, strict).
     #[serde(default)]
     sandbox: Option<String>,
+    /// Runs without a browser (docs/jobs.md).
+    #[serde(default)]
+    jobs: RawJobs,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJobs {
+    concurrency: Option<u32>,
+    max_attempts: Option<u32>,
+    retry_backoff: Option<String>,
+    result_ttl: Option<String>,
+    max_code_kib: Option<u64>,
+    user_concurrent_runs: Option<u32>,
+    user_runs_per_day: Option<u32>,
+    user_cpu_seconds_per_day: Option<u64>,
 }
 
 fn default_kernel() -> String {
@@ -163,6 +179,25 @@ impl ExecutionLimits {
     }
 }
 
+/// How the plan runs jobs (docs/jobs.md): its queue, retries, how long results are kept, and
+/// what each user may use. Quotas count per user and plan; 0 means no limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobsPolicy {
+    /// Runs of the plan at once on one replica; the rest wait in its queue.
+    pub concurrency: u32,
+    /// Attempts of a run at most (infrastructure failures only are retried).
+    pub max_attempts: u32,
+    /// The first retry's backoff; it doubles per attempt (capped at 30 s), with jitter.
+    pub retry_backoff: Duration,
+    /// How long a finished run (its outputs and receipt) is kept.
+    pub result_ttl: Duration,
+    pub max_code_bytes: u64,
+    pub user_concurrent_runs: u32,
+    pub user_runs_per_day: u32,
+    /// Charged as run time x the plan's CPUs (1 when `cpu_limit` is unset).
+    pub user_cpu_seconds_per_day: u64,
+}
+
 /// One plan, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -190,6 +225,7 @@ pub struct Plan {
     /// The sandbox level its kernels require; pods of the plan are not started where the
     /// host cannot give it.
     pub sandbox: kernel_sandbox::Level,
+    pub jobs: JobsPolicy,
 }
 
 impl Plan {
@@ -278,6 +314,14 @@ pub fn parse_plans(path: &str, text: &str) -> Result<BTreeMap<String, Plan>, Pla
             "limits.execution_timeout",
             raw.limits.execution_timeout.as_deref().unwrap_or("10m"),
         );
+        let retry_backoff = dur(
+            "jobs.retry_backoff",
+            raw.jobs.retry_backoff.as_deref().unwrap_or("500ms"),
+        );
+        let result_ttl = dur(
+            "jobs.result_ttl",
+            raw.jobs.result_ttl.as_deref().unwrap_or("7d"),
+        );
         if !(raw.warm.ratio.is_finite() && raw.warm.ratio >= 0.0) {
             problems.push(format!("plans.{name}.warm.ratio must be a number >= 0"));
         }
@@ -333,6 +377,27 @@ pub fn parse_plans(path: &str, text: &str) -> Result<BTreeMap<String, Plan>, Pla
                 kernel_sandbox::Level::None
             }
         };
+        let j = &raw.jobs;
+        let jobs = JobsPolicy {
+            concurrency: j.concurrency.unwrap_or(8),
+            max_attempts: j.max_attempts.unwrap_or(3),
+            retry_backoff,
+            result_ttl,
+            max_code_bytes: j.max_code_kib.unwrap_or(256) * 1024,
+            user_concurrent_runs: j.user_concurrent_runs.unwrap_or(4),
+            user_runs_per_day: j.user_runs_per_day.unwrap_or(1000),
+            user_cpu_seconds_per_day: j.user_cpu_seconds_per_day.unwrap_or(0),
+        };
+        if jobs.concurrency == 0 || jobs.max_attempts == 0 || jobs.max_attempts > 10 {
+            problems.push(format!(
+                "plans.{name}.jobs: concurrency must be at least 1 and max_attempts 1-10"
+            ));
+        }
+        if jobs.result_ttl.is_zero() || jobs.max_code_bytes == 0 || jobs.max_code_bytes > 4 << 20 {
+            problems.push(format!(
+                "plans.{name}.jobs: result_ttl must be above 0 and max_code_kib 1-4096"
+            ));
+        }
         let limits = ExecutionLimits {
             execution_timeout,
             max_output_bytes: raw.limits.max_output_bytes.unwrap_or(4 * 1024 * 1024),
@@ -361,6 +426,7 @@ pub fn parse_plans(path: &str, text: &str) -> Result<BTreeMap<String, Plan>, Pla
                 checkpoint_ttl,
                 limits,
                 sandbox,
+                jobs,
             },
         );
     }

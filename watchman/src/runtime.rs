@@ -232,7 +232,7 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         refused_plans,
     };
     let plans: Arc<BTreeMap<String, plan::Plan>> = Arc::new(plans);
-    let retention = Arc::new(crate::retention::Retention::new(
+    let retention: Arc<crate::retention::Retention> = Arc::new(crate::retention::Retention::new(
         store.clone(),
         documents.clone(),
         checkpoints.clone(),
@@ -248,8 +248,15 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         plans.clone(),
         store.clone(),
         backend.clone(),
-        key,
+        key.clone(),
         &settings,
+    );
+    let jobs = crate::jobs::Jobs::new(
+        watchman.clone(),
+        retention.clone(),
+        key,
+        tracker.clone(),
+        shutdown.clone(),
     );
     let reconciler = Reconciler::new(plans, store, backend, election, &settings);
     let reconciler_status = reconciler.status();
@@ -284,6 +291,14 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         )
         // Requests are a few names; nothing legitimate comes near this.
         .max_decoding_message_size(64 * 1024),
+        grpc::ApiAuth::new(&[&api_token]),
+    );
+    let jobs_api = tonic::service::interceptor::InterceptedService::new(
+        watchman_proto::v1::jobs_server::JobsServer::new(crate::grpc_jobs::JobsApi::new(
+            jobs.clone(),
+        ))
+        // Code of the largest plan (at most 4 MiB) and its stdin.
+        .max_decoding_message_size(5 << 20),
         grpc::ApiAuth::new(&[&api_token]),
     );
     let routes = tonic::service::interceptor::InterceptedService::new(
@@ -333,6 +348,7 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
                     .add_service(health)
                     .add_service(reflection)
                     .add_service(api)
+                    .add_service(jobs_api)
                     .add_service(routes)
                     .serve_with_incoming_shutdown(incoming, s.cancelled_owned())
                     .await;
@@ -348,7 +364,11 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         let handle = telemetry::prometheus();
         service::register_metrics(&plan_names);
         let app = web::router(watchman.clone(), handle, args.dev_page, public)
-            .merge(documents::routes(documents));
+            .merge(documents::routes(documents))
+            .merge(crate::jobs::http::routes(
+                jobs,
+                grpc::ApiAuth::new(&[&api_token]),
+            ));
         let app = match checkpoints.clone() {
             Some(c) => app.merge(checkpoints::routes(c)),
             None => app,

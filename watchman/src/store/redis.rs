@@ -294,9 +294,23 @@ impl RedisStore {
         format!("{}{rest}", self.prefix)
     }
 
+    /// The connection, for other records kept beside the pods (the jobs' runs).
+    pub(crate) fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// The key prefix.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Runs `call` until it succeeds, fails for good, or `retry_for` has passed: only for
     /// calls that are safe to repeat (reads, and writes whose repetition changes nothing).
-    async fn retrying<T, F, Fut>(&self, what: &'static str, call: F) -> Result<T, StoreError>
+    pub(crate) async fn retrying<T, F, Fut>(
+        &self,
+        what: &'static str,
+        call: F,
+    ) -> Result<T, StoreError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = RedisResult<T>>,
@@ -322,7 +336,7 @@ impl RedisStore {
 
     /// A call that must not be repeated blindly (its second run could answer differently):
     /// failures are counted and returned.
-    async fn once<T>(
+    pub(crate) async fn once<T>(
         &self,
         what: &'static str,
         call: impl Future<Output = RedisResult<T>>,

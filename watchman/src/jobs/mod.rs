@@ -1,0 +1,631 @@
+//! Runs without a browser (docs/jobs.md): one-shot executions on fresh pods of the warm pools,
+//! queued per plan, retried only when the infrastructure lost them, bounded by per-user
+//! quotas, audited, and finished with a signed receipt.
+//!
+//! - [`model`]: what a run is; [`decide`]: the pure decisions (retry or finish, backoff, quota,
+//!   charge); [`outputs`]: outputs as Middleman's events build them; [`receipt`]: signing and
+//!   verifying; [`store`]: where runs live; [`runner`]: one attempt on a pod.
+//! - [`Jobs`]: the handle the gRPC ([`crate::grpc_jobs`]) and HTTP ([`http`]) boundaries hold.
+
+pub mod decide;
+pub mod http;
+pub mod model;
+pub mod outputs;
+pub mod receipt;
+pub mod runner;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rand::Rng as _;
+use session_token::SigningKey;
+use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use self::decide::{Next, after_attempt, charge_cpu_ms};
+use self::model::{Attempt, AuditEntry, Outcome, Run, RunEvent, RunState, sha256_hex};
+use self::store::JobStore;
+use crate::model::now_ms;
+use crate::plan::Plan;
+use crate::retention::Retention;
+use crate::service::Watchman;
+use crate::store::StoreError;
+
+/// The largest stdin a run may carry.
+pub const MAX_STDIN_BYTES: usize = 64 * 1024;
+/// How often a watcher reads a run it is not running itself, and a runner checks for a cancel
+/// asked of another replica.
+const POLL: Duration = Duration::from_millis(500);
+
+/// Why a jobs request failed; mapped to gRPC codes and HTTP statuses at the boundaries.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Unknown, expired, or another user's run (the three are not told apart).
+    #[error("no run {0:?} for this user")]
+    NotFound(String),
+    #[error("{0}")]
+    Quota(String),
+    /// An idempotency key reused for a different request.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("Watchman is shutting down; submit again")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a caller submits.
+#[derive(Debug, Clone, Default)]
+pub struct Submission {
+    pub user_id: String,
+    pub plan: String,
+    pub kernel: String,
+    pub code: String,
+    pub stdin: String,
+    /// 0: the plan's execution timeout.
+    pub timeout_ms: u64,
+    pub idempotency_key: String,
+}
+
+/// A run being driven by this replica.
+#[derive(Debug)]
+struct Live {
+    events: broadcast::Sender<RunEvent>,
+    cancel: CancellationToken,
+}
+
+/// Cheap-to-clone handle on the jobs service.
+#[derive(Debug, Clone)]
+pub struct Jobs {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    watchman: Watchman,
+    retention: Arc<Retention>,
+    store: JobStore,
+    key: SigningKey,
+    slots: BTreeMap<String, Arc<Semaphore>>,
+    /// Per plan: whose turn it is to take a pod (FIFO).
+    pod_gates: BTreeMap<String, Arc<tokio::sync::Mutex<()>>>,
+    live: Mutex<HashMap<String, Arc<Live>>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+fn err_invalid(s: impl Into<String>) -> JobError {
+    JobError::InvalidArgument(s.into())
+}
+
+impl Jobs {
+    pub fn new(
+        watchman: Watchman,
+        retention: Arc<Retention>,
+        key: SigningKey,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let slots = watchman
+            .plans()
+            .values()
+            .map(|p| {
+                let n = usize::try_from(p.jobs.concurrency).unwrap_or(1);
+                (p.name.clone(), Arc::new(Semaphore::new(n)))
+            })
+            .collect();
+        let pod_gates = watchman
+            .plans()
+            .keys()
+            .map(|p| (p.clone(), Arc::default()))
+            .collect();
+        let store = JobStore::beside(watchman.store());
+        for plan in watchman.plans().keys() {
+            for state in ["succeeded", "failed", "timed_out", "cancelled", "errored"] {
+                metrics::counter!("watchman_runs_finished_total", "plan" => plan.clone(), "state" => state)
+                    .increment(0);
+            }
+            metrics::counter!("watchman_run_retries_total", "plan" => plan.clone()).increment(0);
+            metrics::counter!("watchman_run_refusals_total", "plan" => plan.clone()).increment(0);
+        }
+        Self {
+            inner: Arc::new(Inner {
+                watchman,
+                retention,
+                store,
+                key,
+                slots,
+                pod_gates,
+                live: Mutex::default(),
+                tracker,
+                shutdown,
+            }),
+        }
+    }
+
+    fn plan(&self, name: &str) -> Result<&Plan, JobError> {
+        self.inner.watchman.plans().get(name).ok_or_else(|| {
+            err_invalid(format!(
+                "unknown plan {name:?} (plans: {})",
+                self.inner
+                    .watchman
+                    .plans()
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Live>>> {
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn audit(&self, entry: AuditEntry) {
+        tracing::info!(target: "audit", event = %entry.event, user = %entry.user_id, run = %entry.run_id, plan = %entry.plan, pod = %entry.pod, code_sha256 = %entry.code_sha256, detail = %entry.detail, "audit");
+        if let Err(error) = self.inner.store.audit(&entry).await {
+            tracing::error!(%error, event = %entry.event, run = %entry.run_id, "audit entry not stored");
+        }
+    }
+
+    /// Validates and queues a run; an idempotency key already used by the user returns its run.
+    pub async fn submit(&self, s: Submission) -> Result<Run, JobError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(JobError::ShuttingDown);
+        }
+        crate::service::valid_id("user_id", &s.user_id).map_err(|e| err_invalid(e.to_string()))?;
+        let plan = self.plan(&s.plan)?.clone();
+        if !s.kernel.is_empty() && s.kernel != plan.kernel {
+            return Err(err_invalid(format!(
+                "plan {:?} runs kernel {:?}, not {:?}",
+                plan.name,
+                plan.kernel,
+                s.kernel.chars().take(64).collect::<String>()
+            )));
+        }
+        if s.code.trim().is_empty() {
+            return Err(err_invalid("code is empty"));
+        }
+        if s.code.len() as u64 > plan.jobs.max_code_bytes {
+            return Err(err_invalid(format!(
+                "code is {} bytes; plan {:?} takes at most {}",
+                s.code.len(),
+                plan.name,
+                plan.jobs.max_code_bytes
+            )));
+        }
+        if s.stdin.len() > MAX_STDIN_BYTES {
+            return Err(err_invalid(format!(
+                "stdin is {} bytes; at most {MAX_STDIN_BYTES}",
+                s.stdin.len()
+            )));
+        }
+        let plan_limit =
+            u64::try_from(plan.limits.execution_timeout.as_millis()).unwrap_or(u64::MAX);
+        if s.timeout_ms > plan_limit {
+            return Err(err_invalid(format!(
+                "timeout_ms {} is above plan {:?}'s limit of {plan_limit} ms",
+                s.timeout_ms, plan.name
+            )));
+        }
+        let key = (!s.idempotency_key.is_empty()).then_some(s.idempotency_key.as_str());
+        if let Some(k) = key {
+            crate::service::valid_id("idempotency_key", k)
+                .map_err(|e| err_invalid(e.to_string()))?;
+            if let Some(run) = self.replay(&s, k).await? {
+                return Ok(run);
+            }
+        }
+        let now = now_ms();
+        let run = Run {
+            id: format!("r{}", uuid::Uuid::new_v4().simple()),
+            user_id: s.user_id.clone(),
+            plan: plan.name.clone(),
+            kernel: plan.kernel.clone(),
+            state: RunState::Queued,
+            code_sha256: sha256_hex(s.code.as_bytes()),
+            code: s.code,
+            stdin: s.stdin,
+            timeout_ms: if s.timeout_ms == 0 {
+                plan_limit
+            } else {
+                s.timeout_ms
+            },
+            idempotency_key: key.map(str::to_owned),
+            attempts: Vec::new(),
+            outputs: Vec::new(),
+            outputs_truncated: false,
+            queued_at_ms: now,
+            started_at_ms: None,
+            finished_at_ms: None,
+            pod: String::new(),
+            exit_reason: String::new(),
+            cpu_seconds: 0.0,
+            receipt: None,
+            expires_at_ms: 0,
+            cancel_requested: false,
+        };
+        // Given up for lost (so a dead replica cannot hold the quota) well after every attempt
+        // could have waited for a pod, run to its limit, and backed off.
+        let per_attempt =
+            Duration::from_millis(run.timeout_ms) + runner::POD_WAIT + decide::MAX_BACKOFF;
+        let lost_after = per_attempt * plan.jobs.max_attempts + Duration::from_secs(300);
+        if let Err(why) = self.inner.store.admit(&run, &plan.jobs, lost_after).await? {
+            metrics::counter!("watchman_run_refusals_total", "plan" => plan.name.clone())
+                .increment(1);
+            self.audit(AuditEntry::of(&run, "quota_refused", why.clone()))
+                .await;
+            return Err(JobError::Quota(why));
+        }
+        if let Some(k) = key
+            && let Some(first) = self
+                .inner
+                .store
+                .claim_key(&run.user_id, k, &run.id, plan.jobs.result_ttl)
+                .await?
+        {
+            // Another submission with the key won the race.
+            self.inner.store.release(&run, 0).await?;
+            return match self.inner.store.get(&first).await? {
+                Some(r) => Ok(r),
+                None => Err(JobError::Conflict(format!(
+                    "idempotency key {k:?} is being used by a submission still in flight; retry"
+                ))),
+            };
+        }
+        if let Err(e) = self.inner.store.put(&run).await {
+            let _ = self.inner.store.release(&run, 0).await;
+            return Err(e.into());
+        }
+        self.audit(AuditEntry::of(
+            &run,
+            "submitted",
+            format!("timeout_ms={}", run.timeout_ms),
+        ))
+        .await;
+        self.start(run.clone(), plan);
+        Ok(run)
+    }
+
+    /// The run an idempotency key made, if the same request made it.
+    async fn replay(&self, s: &Submission, key: &str) -> Result<Option<Run>, JobError> {
+        let Some(id) = self.inner.store.key_holder(&s.user_id, key).await? else {
+            return Ok(None);
+        };
+        let Some(run) = self.inner.store.get(&id).await? else {
+            return Ok(None);
+        };
+        let same = run.plan == s.plan
+            && run.code_sha256 == sha256_hex(s.code.as_bytes())
+            && run.stdin == s.stdin
+            && (s.timeout_ms == 0 || s.timeout_ms == run.timeout_ms);
+        if !same {
+            return Err(JobError::Conflict(format!(
+                "idempotency key {key:?} was used for a different request (run {})",
+                run.id
+            )));
+        }
+        self.audit(AuditEntry::of(&run, "replayed", key)).await;
+        Ok(Some(run))
+    }
+
+    fn start(&self, run: Run, plan: Plan) {
+        let (events, _) = broadcast::channel(256);
+        let live = Arc::new(Live {
+            events,
+            cancel: self.inner.shutdown.child_token(),
+        });
+        self.live().insert(run.id.clone(), live.clone());
+        let jobs = self.clone();
+        let span = tracing::info_span!("run", run = %run.id, plan = %run.plan, user = %run.user_id);
+        self.inner.tracker.spawn(
+            async move {
+                let id = run.id.clone();
+                jobs.drive(run, &plan, &live).await;
+                jobs.live().remove(&id);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Saves the run and tells live watchers.
+    async fn save(&self, run: &Run, live: &Live) {
+        if let Err(error) = self.inner.store.put(run).await {
+            tracing::error!(%error, "run not saved");
+        }
+        let event = if run.state.is_final() {
+            RunEvent::Finished(Box::new(run.clone()))
+        } else {
+            RunEvent::State(Box::new(run.clone()))
+        };
+        let _ = live.events.send(event);
+    }
+
+    /// Queues, attempts and retries `run` until it finishes.
+    async fn drive(&self, mut run: Run, plan: &Plan, live: &Live) {
+        let watcher = self.watch_for_cancel(&run.id, &live.cancel);
+        let (Some(slots), Some(gate)) = (
+            self.inner.slots.get(&plan.name).cloned(),
+            self.inner.pod_gates.get(&plan.name).cloned(),
+        ) else {
+            return;
+        };
+        let permit = tokio::select! {
+            p = slots.acquire_owned() => p.ok(),
+            () = live.cancel.cancelled() => None,
+        };
+        let mut cpu_ms = 0;
+        let mut last_outputs = None;
+        let final_state = 'attempts: {
+            if permit.is_none() {
+                break 'attempts (RunState::Cancelled, "cancelled while queued".to_owned());
+            }
+            let mut number = 0;
+            loop {
+                number += 1;
+                let started = now_ms();
+                run.state = RunState::Running;
+                run.started_at_ms.get_or_insert(started);
+                run.attempts.push(Attempt {
+                    number,
+                    pod: String::new(),
+                    started_at_ms: started,
+                    finished_at_ms: None,
+                    outcome: None,
+                    detail: String::new(),
+                    retry_at_ms: None,
+                });
+                self.save(&run, live).await;
+                let asked = run.clone();
+                let ended = runner::attempt(
+                    &self.inner.watchman,
+                    &asked,
+                    number,
+                    &live.events,
+                    &live.cancel,
+                    &gate,
+                    async |pod: &str| {
+                        run.pod = pod.to_owned();
+                        if let Some(a) = run.attempts.last_mut() {
+                            a.pod = pod.to_owned();
+                        }
+                        self.save(&run, live).await;
+                        self.audit(AuditEntry::of(&run, "started", format!("attempt {number}")))
+                            .await;
+                    },
+                )
+                .await;
+                if let Some(doc) = &ended.document
+                    && let Err(error) = self
+                        .inner
+                        .retention
+                        .delete_document(&self.inner.watchman, doc)
+                        .await
+                {
+                    tracing::warn!(%error, document = %doc, "the attempt's document was not deleted");
+                }
+                cpu_ms += charge_cpu_ms(
+                    u64::try_from(ended.held.as_millis()).unwrap_or(u64::MAX),
+                    plan.cpus(),
+                );
+                metrics::counter!("watchman_run_attempts_total", "plan" => plan.name.clone(), "outcome" => ended.outcome.label()).increment(1);
+                let shutting_down = self.inner.shutdown.is_cancelled();
+                let cancelled = live.cancel.is_cancelled() && !shutting_down;
+                run.cancel_requested = cancelled;
+                let next = after_attempt(
+                    ended.outcome,
+                    number,
+                    &plan.jobs,
+                    cancelled,
+                    rand::thread_rng().r#gen::<f64>(),
+                );
+                if let Some(a) = run.attempts.last_mut() {
+                    a.finished_at_ms = Some(now_ms());
+                    a.outcome = Some(ended.outcome);
+                    a.detail.clone_from(&ended.detail);
+                }
+                run.outputs_truncated = ended.outputs.truncated;
+                last_outputs = Some(ended.outputs);
+                match next {
+                    // The attempt was stopped because this replica is stopping, not by its user.
+                    _ if shutting_down && ended.outcome == Outcome::Cancelled => {
+                        break 'attempts (
+                            RunState::Errored,
+                            format!("Watchman stopped during attempt {number}; submit again"),
+                        );
+                    }
+                    Next::Finish(state) => break 'attempts (state, ended.detail),
+                    Next::Retry(_) if shutting_down => {
+                        break 'attempts (
+                            RunState::Errored,
+                            format!("Watchman stopped during attempt {number}; submit again"),
+                        );
+                    }
+                    Next::Retry(pause) => {
+                        let at = now_ms() + u64::try_from(pause.as_millis()).unwrap_or(0);
+                        if let Some(a) = run.attempts.last_mut() {
+                            a.retry_at_ms = Some(at);
+                        }
+                        run.state = RunState::Retrying;
+                        metrics::counter!("watchman_run_retries_total", "plan" => plan.name.clone()).increment(1);
+                        self.save(&run, live).await;
+                        self.audit(AuditEntry::of(
+                            &run,
+                            "retry",
+                            format!(
+                                "attempt {number}: {}: {}",
+                                ended.outcome.label(),
+                                ended.detail
+                            ),
+                        ))
+                        .await;
+                        tokio::select! {
+                            () = tokio::time::sleep(pause) => {}
+                            () = live.cancel.cancelled() => {
+                                break 'attempts (RunState::Cancelled, "cancelled while waiting to retry".to_owned());
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        drop(permit);
+        watcher.cancel();
+        let (state, reason) = final_state;
+        let now = now_ms();
+        run.state = state;
+        run.exit_reason = reason;
+        run.finished_at_ms = Some(now);
+        run.outputs = last_outputs
+            .map(outputs::Outputs::into_vec)
+            .unwrap_or_default();
+        run.cpu_seconds = cpu_ms as f64 / 1000.0;
+        run.expires_at_ms =
+            now + u64::try_from(plan.jobs.result_ttl.as_millis()).unwrap_or(u64::MAX / 2);
+        run.receipt = Some(receipt::sign(&run, plan, &self.inner.key));
+        self.save(&run, live).await;
+        if let Err(error) = self.inner.store.release(&run, cpu_ms).await {
+            tracing::error!(%error, "the run's quota was not released (it frees itself later)");
+        }
+        metrics::counter!("watchman_runs_finished_total", "plan" => plan.name.clone(), "state" => state.label()).increment(1);
+        if let Some(started) = run.started_at_ms {
+            metrics::histogram!("watchman_run_seconds", "plan" => plan.name.clone())
+                .record(now.saturating_sub(started) as f64 / 1000.0);
+        }
+        self.audit(AuditEntry::of(
+            &run,
+            "finished",
+            format!(
+                "{} after {} attempt(s) {}",
+                state.label(),
+                run.attempts.len(),
+                run.exit_reason
+            )
+            .trim_end()
+            .to_owned(),
+        ))
+        .await;
+    }
+
+    /// Cancels `token` once a cancel of `run` is recorded in the store (asked of any replica).
+    fn watch_for_cancel(&self, run: &str, token: &CancellationToken) -> CancellationToken {
+        let stop = CancellationToken::new();
+        let (jobs, run, token, s) = (self.clone(), run.to_owned(), token.clone(), stop.clone());
+        self.inner.tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(POLL) => {}
+                    () = s.cancelled() => return,
+                    () = token.cancelled() => return,
+                }
+                if let Ok(true) = jobs.inner.store.cancel_asked(&run).await {
+                    token.cancel();
+                    return;
+                }
+            }
+        });
+        stop
+    }
+
+    /// The user's run.
+    pub async fn get(&self, user: &str, id: &str) -> Result<Run, JobError> {
+        let run = self.inner.store.get(id).await?;
+        match run {
+            Some(r) if r.user_id == user => Ok(r),
+            _ => Err(JobError::NotFound(id.chars().take(64).collect())),
+        }
+    }
+
+    /// Asks the run to stop; returns it once it finished (or after 5 s, still stopping).
+    pub async fn cancel(&self, user: &str, id: &str) -> Result<Run, JobError> {
+        let run = self.get(user, id).await?;
+        if run.state.is_final() {
+            return Ok(run);
+        }
+        self.audit(AuditEntry::of(&run, "cancel", "")).await;
+        let live = self.live().get(id).cloned();
+        match live {
+            Some(live) => live.cancel.cancel(),
+            // Driven by another replica: it sees the request within a poll.
+            None => self.inner.store.ask_cancel(&run.id).await?,
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            let now = self.get(user, id).await?;
+            if now.state.is_final() {
+                return Ok(now);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.get(user, id).await
+    }
+
+    /// The user's runs, newest first.
+    pub async fn list(&self, user: &str, limit: usize) -> Result<Vec<Run>, JobError> {
+        crate::service::valid_id("user_id", user).map_err(|e| err_invalid(e.to_string()))?;
+        Ok(self.inner.store.list(user, limit.clamp(1, 500)).await?)
+    }
+
+    /// The user's audit trail, newest first.
+    pub async fn audit_of(&self, user: &str, limit: usize) -> Result<Vec<AuditEntry>, JobError> {
+        crate::service::valid_id("user_id", user).map_err(|e| err_invalid(e.to_string()))?;
+        Ok(self
+            .inner
+            .store
+            .audit_of(user, limit.clamp(1, 1000))
+            .await?)
+    }
+
+    /// The run now, then its outputs and state changes, then its final form.
+    pub async fn watch(&self, user: &str, id: &str) -> Result<mpsc::Receiver<RunEvent>, JobError> {
+        let run = self.get(user, id).await?;
+        let (tx, rx) = mpsc::channel(256);
+        let mut live = self.live().get(id).map(|l| l.events.subscribe());
+        let jobs = self.clone();
+        let (user, id) = (user.to_owned(), id.to_owned());
+        self.inner.tracker.spawn(async move {
+            let mut seen = (run.state, run.attempts.len());
+            if run.state.is_final() {
+                let _ = tx.send(RunEvent::Finished(Box::new(run))).await;
+                return;
+            }
+            if tx.send(RunEvent::State(Box::new(run))).await.is_err() {
+                return;
+            }
+            loop {
+                let event = tokio::select! {
+                    e = async { match live.as_mut() { Some(l) => l.recv().await.ok(), None => std::future::pending().await } } => match e {
+                        Some(e) => e,
+                        None => { live = None; continue; }
+                    },
+                    () = tokio::time::sleep(POLL) => match jobs.get(&user, &id).await {
+                        Ok(r) if r.state.is_final() => RunEvent::Finished(Box::new(r)),
+                        Ok(r) if (r.state, r.attempts.len()) != seen => RunEvent::State(Box::new(r)),
+                        Ok(_) => continue,
+                        Err(_) => return,
+                    },
+                    () = jobs.inner.shutdown.cancelled() => return,
+                    () = tx.closed() => return,
+                };
+                if let RunEvent::State(r) = &event {
+                    seen = (r.state, r.attempts.len());
+                }
+                let last = matches!(event, RunEvent::Finished(_));
+                if tx.send(event).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
