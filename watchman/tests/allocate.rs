@@ -81,18 +81,7 @@ async fn allocate_connect_execute_and_the_same_document_gets_the_same_pod() {
     assert_eq!(got.pod, a.pod);
     assert!(got.token.is_empty());
     // Release: the pod is deleted, never reused; the pool refills.
-    let pid: i32 = w
-        .watchman
-        .store()
-        .pods()
-        .await
-        .unwrap()
-        .iter()
-        .find(|p| p.id == a.pod)
-        .unwrap()
-        .handle
-        .parse()
-        .unwrap();
+    let pid = pod_pid(&w, &a.pod).await;
     assert!(
         c.release(pb::ReleaseRequest {
             document_id: "doc-1".into()
@@ -301,18 +290,7 @@ async fn a_killed_middleman_ends_the_allocation_and_the_pool_refills() {
         .unwrap()
         .into_inner();
     watch.message().await.unwrap();
-    let pid: i32 = w
-        .watchman
-        .store()
-        .pods()
-        .await
-        .unwrap()
-        .iter()
-        .find(|p| p.id == a.pod)
-        .unwrap()
-        .handle
-        .parse()
-        .unwrap();
+    let pid = pod_pid(&w, &a.pod).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,

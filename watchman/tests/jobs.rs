@@ -161,6 +161,17 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
+async fn audit(j: &mut Jobs, user: &str) -> Vec<pb::AuditEntry> {
+    j.list_audit(pb::ListAuditRequest {
+        user_id: user.into(),
+        limit: 0,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .entries
+}
+
 fn public_key(d: &Deployment) -> session_token::VerifyingKey {
     session_token::SigningKey::from_pem(&std::fs::read_to_string(&d.key).unwrap())
         .unwrap()
@@ -390,15 +401,7 @@ async fn a_run_executes_on_a_fresh_pod_and_finishes_with_outputs_and_a_receipt_t
         [second.id.as_str(), last.id.as_str()]
     );
     // The audit trail has the whole story, newest first, with the code's hash.
-    let audit = j
-        .list_audit(pb::ListAuditRequest {
-            user_id: "ada".into(),
-            limit: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .entries;
+    let audit = audit(&mut j, "ada").await;
     let of_first: Vec<&str> = audit
         .iter()
         .filter(|e| e.run_id == last.id)
@@ -468,18 +471,7 @@ async fn user_errors_are_not_retried_the_time_limit_holds_and_cancel_stops_a_run
     assert!(ran < 30_000, "ran {ran} ms past a 1.5 s limit");
 
     let pod = running_on(&mut j, "ada", &sleeping.id).await;
-    let pod_pid = w
-        .watchman
-        .store()
-        .pods()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|p| p.id == pod)
-        .unwrap()
-        .handle
-        .parse::<i32>()
-        .unwrap();
+    let pid = pod_pid(&w, &pod).await;
     let cancelled = j
         .cancel_run(run_ref("ada", &sleeping.id))
         .await
@@ -493,7 +485,7 @@ async fn user_errors_are_not_retried_the_time_limit_holds_and_cancel_stops_a_run
     assert_eq!(cancelled.attempts.len(), 1);
     // Its pod is deleted: the Middleman process is gone.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while pid_alive(pod_pid) {
+    while pid_alive(pid) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the cancelled run's pod lives on"
@@ -534,18 +526,7 @@ async fn a_pod_killed_mid_run_is_retried_on_another_pod_and_the_history_says_why
         .unwrap()
         .into_inner();
     let pod = running_on(&mut j, "ada", &run.id).await;
-    let pid: i32 = w
-        .watchman
-        .store()
-        .pods()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|p| p.id == pod)
-        .unwrap()
-        .handle
-        .parse()
-        .unwrap();
+    let pid = pod_pid(&w, &pod).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -560,15 +541,7 @@ async fn a_pod_killed_mid_run_is_retried_on_another_pod_and_the_history_says_why
     assert_eq!(run.attempts[1].outcome, "succeeded");
     assert_ne!(run.attempts[1].pod, pod, "retried on another pod");
     assert_eq!(stdout(&run), "working\ndone\n");
-    let audit = j
-        .list_audit(pb::ListAuditRequest {
-            user_id: "ada".into(),
-            limit: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .entries;
+    let audit = audit(&mut j, "ada").await;
     let retry = audit
         .iter()
         .find(|e| e.event == "retry")
@@ -648,15 +621,8 @@ async fn quotas_refuse_and_recover_and_an_idempotent_resubmission_returns_the_fi
         .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted);
     assert!(e.message().contains("runs today"), "{}", e.message());
-    let refusals = j
-        .list_audit(pb::ListAuditRequest {
-            user_id: "ada".into(),
-            limit: 0,
-        })
+    let refusals = audit(&mut j, "ada")
         .await
-        .unwrap()
-        .into_inner()
-        .entries
         .into_iter()
         .filter(|e| e.event == "quota_refused")
         .count();

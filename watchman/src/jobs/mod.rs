@@ -4,10 +4,12 @@
 //!
 //! - [`model`]: what a run is; [`decide`]: the pure decisions (retry or finish, backoff, quota,
 //!   charge); [`outputs`]: outputs as Middleman's events build them; [`receipt`]: signing and
-//!   verifying; [`store`]: where runs live; [`runner`]: one attempt on a pod.
+//!   verifying; [`store`]: where runs live; [`runner`]: one attempt on a pod; `drive`: a run
+//!   from its queue to its end.
 //! - [`Jobs`]: the handle the gRPC ([`crate::grpc_jobs`]) and HTTP ([`http`]) boundaries hold.
 
 pub mod decide;
+mod drive;
 pub mod http;
 pub mod model;
 pub mod outputs;
@@ -19,15 +21,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use rand::Rng as _;
 use session_token::SigningKey;
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use self::decide::{Next, after_attempt, charge_cpu_ms};
-use self::model::{Attempt, AuditEntry, Outcome, Run, RunEvent, RunState, sha256_hex};
+use self::model::{AuditEntry, Run, RunEvent, RunState, sha256_hex};
 use self::store::JobStore;
 use crate::model::now_ms;
 use crate::plan::Plan;
@@ -336,205 +336,6 @@ impl Jobs {
             }
             .instrument(span),
         );
-    }
-
-    /// Saves the run and tells live watchers.
-    async fn save(&self, run: &Run, live: &Live) {
-        if let Err(error) = self.inner.store.put(run).await {
-            tracing::error!(%error, "run not saved");
-        }
-        let event = if run.state.is_final() {
-            RunEvent::Finished(Box::new(run.clone()))
-        } else {
-            RunEvent::State(Box::new(run.clone()))
-        };
-        let _ = live.events.send(event);
-    }
-
-    /// Queues, attempts and retries `run` until it finishes.
-    async fn drive(&self, mut run: Run, plan: &Plan, live: &Live) {
-        let watcher = self.watch_for_cancel(&run.id, &live.cancel);
-        let (Some(slots), Some(gate)) = (
-            self.inner.slots.get(&plan.name).cloned(),
-            self.inner.pod_gates.get(&plan.name).cloned(),
-        ) else {
-            return;
-        };
-        let permit = tokio::select! {
-            p = slots.acquire_owned() => p.ok(),
-            () = live.cancel.cancelled() => None,
-        };
-        let mut cpu_ms = 0;
-        let mut last_outputs = None;
-        let final_state = 'attempts: {
-            if permit.is_none() {
-                break 'attempts (RunState::Cancelled, "cancelled while queued".to_owned());
-            }
-            let mut number = 0;
-            loop {
-                number += 1;
-                let started = now_ms();
-                run.state = RunState::Running;
-                run.started_at_ms.get_or_insert(started);
-                run.attempts.push(Attempt {
-                    number,
-                    pod: String::new(),
-                    started_at_ms: started,
-                    finished_at_ms: None,
-                    outcome: None,
-                    detail: String::new(),
-                    retry_at_ms: None,
-                });
-                self.save(&run, live).await;
-                let asked = run.clone();
-                let ended = runner::attempt(
-                    &self.inner.watchman,
-                    &asked,
-                    number,
-                    &live.events,
-                    &live.cancel,
-                    &gate,
-                    async |pod: &str| {
-                        run.pod = pod.to_owned();
-                        if let Some(a) = run.attempts.last_mut() {
-                            a.pod = pod.to_owned();
-                        }
-                        self.save(&run, live).await;
-                        self.audit(AuditEntry::of(&run, "started", format!("attempt {number}")))
-                            .await;
-                    },
-                )
-                .await;
-                if let Some(doc) = &ended.document
-                    && let Err(error) = self
-                        .inner
-                        .retention
-                        .delete_document(&self.inner.watchman, doc)
-                        .await
-                {
-                    tracing::warn!(%error, document = %doc, "the attempt's document was not deleted");
-                }
-                cpu_ms += charge_cpu_ms(
-                    u64::try_from(ended.held.as_millis()).unwrap_or(u64::MAX),
-                    plan.cpus(),
-                );
-                metrics::counter!("watchman_run_attempts_total", "plan" => plan.name.clone(), "outcome" => ended.outcome.label()).increment(1);
-                let shutting_down = self.inner.shutdown.is_cancelled();
-                let cancelled = live.cancel.is_cancelled() && !shutting_down;
-                run.cancel_requested = cancelled;
-                let next = after_attempt(
-                    ended.outcome,
-                    number,
-                    &plan.jobs,
-                    cancelled,
-                    rand::thread_rng().r#gen::<f64>(),
-                );
-                if let Some(a) = run.attempts.last_mut() {
-                    a.finished_at_ms = Some(now_ms());
-                    a.outcome = Some(ended.outcome);
-                    a.detail.clone_from(&ended.detail);
-                }
-                run.outputs_truncated = ended.outputs.truncated;
-                last_outputs = Some(ended.outputs);
-                match next {
-                    // The attempt was stopped because this replica is stopping, not by its user.
-                    _ if shutting_down && ended.outcome == Outcome::Cancelled => {
-                        break 'attempts (
-                            RunState::Errored,
-                            format!("Watchman stopped during attempt {number}; submit again"),
-                        );
-                    }
-                    Next::Finish(state) => break 'attempts (state, ended.detail),
-                    Next::Retry(_) if shutting_down => {
-                        break 'attempts (
-                            RunState::Errored,
-                            format!("Watchman stopped during attempt {number}; submit again"),
-                        );
-                    }
-                    Next::Retry(pause) => {
-                        let at = now_ms() + u64::try_from(pause.as_millis()).unwrap_or(0);
-                        if let Some(a) = run.attempts.last_mut() {
-                            a.retry_at_ms = Some(at);
-                        }
-                        run.state = RunState::Retrying;
-                        metrics::counter!("watchman_run_retries_total", "plan" => plan.name.clone()).increment(1);
-                        self.save(&run, live).await;
-                        self.audit(AuditEntry::of(
-                            &run,
-                            "retry",
-                            format!(
-                                "attempt {number}: {}: {}",
-                                ended.outcome.label(),
-                                ended.detail
-                            ),
-                        ))
-                        .await;
-                        tokio::select! {
-                            () = tokio::time::sleep(pause) => {}
-                            () = live.cancel.cancelled() => {
-                                break 'attempts (RunState::Cancelled, "cancelled while waiting to retry".to_owned());
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        drop(permit);
-        watcher.cancel();
-        let (state, reason) = final_state;
-        let now = now_ms();
-        run.state = state;
-        run.exit_reason = reason;
-        run.finished_at_ms = Some(now);
-        run.outputs = last_outputs
-            .map(outputs::Outputs::into_vec)
-            .unwrap_or_default();
-        run.cpu_seconds = cpu_ms as f64 / 1000.0;
-        run.expires_at_ms =
-            now + u64::try_from(plan.jobs.result_ttl.as_millis()).unwrap_or(u64::MAX / 2);
-        run.receipt = Some(receipt::sign(&run, plan, &self.inner.key));
-        self.save(&run, live).await;
-        if let Err(error) = self.inner.store.release(&run, cpu_ms).await {
-            tracing::error!(%error, "the run's quota was not released (it frees itself later)");
-        }
-        metrics::counter!("watchman_runs_finished_total", "plan" => plan.name.clone(), "state" => state.label()).increment(1);
-        if let Some(started) = run.started_at_ms {
-            metrics::histogram!("watchman_run_seconds", "plan" => plan.name.clone())
-                .record(now.saturating_sub(started) as f64 / 1000.0);
-        }
-        self.audit(AuditEntry::of(
-            &run,
-            "finished",
-            format!(
-                "{} after {} attempt(s) {}",
-                state.label(),
-                run.attempts.len(),
-                run.exit_reason
-            )
-            .trim_end()
-            .to_owned(),
-        ))
-        .await;
-    }
-
-    /// Cancels `token` once a cancel of `run` is recorded in the store (asked of any replica).
-    fn watch_for_cancel(&self, run: &str, token: &CancellationToken) -> CancellationToken {
-        let stop = CancellationToken::new();
-        let (jobs, run, token, s) = (self.clone(), run.to_owned(), token.clone(), stop.clone());
-        self.inner.tracker.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(POLL) => {}
-                    () = s.cancelled() => return,
-                    () = token.cancelled() => return,
-                }
-                if let Ok(true) = jobs.inner.store.cancel_asked(&run).await {
-                    token.cancel();
-                    return;
-                }
-            }
-        });
-        stop
     }
 
     /// The user's run.

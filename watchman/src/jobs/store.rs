@@ -8,6 +8,9 @@
 //! cannot hold a user's quota for ever); `jobs:day:{plan}:{user}:{day}` hash of the day's
 //! `runs` and `cpu_ms`; `jobs:audit:{user}` stream of audit entries; `jobs:cancel:{id}` a cancel
 //! asked of a run another replica drives.
+//!
+//! One file, over 500 lines: each operation's memory and Redis forms sit side by side, so that
+//! they cannot drift apart.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};

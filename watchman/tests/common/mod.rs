@@ -262,6 +262,21 @@ pub async fn run_code(a: &pb::Allocation, code: &str) -> String {
     }
 }
 
+/// The process id of a local pod (its Middleman).
+pub async fn pod_pid(w: &watchman::Running, pod: &str) -> i32 {
+    w.watchman
+        .store()
+        .pods()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.id == pod)
+        .unwrap()
+        .handle
+        .parse()
+        .unwrap()
+}
+
 pub fn pid_alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {
