@@ -589,11 +589,15 @@ async fn quotas_refuse_and_recover_and_an_idempotent_resubmission_returns_the_fi
         .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted);
     assert!(e.message().contains("concurrent"), "{}", e.message());
-    let bob = j
-        .submit_execution(submission("bob", "1"))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut bobs = submission("bob", "1");
+    bobs.idempotency_key = "x:y".into();
+    let bob = j.submit_execution(bobs).await.unwrap().into_inner();
+    // Ids may hold ':', and no user's id and key spell another user's.
+    let mut other = submission("bob:x", "1");
+    other.idempotency_key = "y".into();
+    let other = j.submit_execution(other).await.unwrap().into_inner();
+    assert_ne!(other.id, bob.id);
+    assert_eq!(other.user_id, "bob:x");
     j.cancel_run(run_ref("ada", &first.id)).await.unwrap();
     let second = j
         .submit_execution(submission("ada", "2"))
@@ -608,6 +612,7 @@ async fn quotas_refuse_and_recover_and_an_idempotent_resubmission_returns_the_fi
         .into_inner();
     finished(&mut j, "ada", &third.id).await;
     finished(&mut j, "bob", &bob.id).await;
+    finished(&mut j, "bob:x", &other.id).await;
     // Four runs today (the refused ones not counted): the daily quota says so.
     let fourth = j
         .submit_execution(submission("ada", "4"))

@@ -47,19 +47,32 @@ fn check(cli: &Cli) -> anyhow::Result<String> {
         std::fs::read_to_string(&cli.file)
             .with_context(|| format!("reading {}", cli.file.display()))?
     };
-    let (receipt, run) = match serde_json::from_str::<Run>(&text) {
-        Ok(run) => (
+    let value: serde_json::Value = serde_json::from_str(&text).context("not JSON")?;
+    // A file with a `receipt` is a run, and is checked as one: a run that does not parse is
+    // refused, never checked as a bare receipt.
+    let (receipt, run) = if value.get("receipt").is_some() {
+        let run: Run = serde_json::from_value(value).context("not a run")?;
+        (
             run.receipt
                 .clone()
                 .context("the run has no receipt (not finished?)")?,
             Some(run),
-        ),
-        Err(_) => (
-            serde_json::from_str::<Receipt>(&text)
+        )
+    } else {
+        (
+            serde_json::from_value::<Receipt>(value)
                 .context("neither a run nor a receipt (payload, signature, key_id)")?,
             None,
-        ),
+        )
     };
     let body = receipt::verify(&receipt, &key, run.as_ref())?;
-    Ok(serde_json::to_string_pretty(&body)?)
+    let checked = if run.is_some() {
+        "the signature, and the run's code, stdin and outputs"
+    } else {
+        "the signature only (give the whole run to check its code, stdin and outputs)"
+    };
+    Ok(format!(
+        "verified {checked}\n{}",
+        serde_json::to_string_pretty(&body)?
+    ))
 }

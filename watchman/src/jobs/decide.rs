@@ -58,6 +58,14 @@ pub fn backoff(attempt: u32, first: Duration, jitter: f64) -> Duration {
     full / 2 + full.mul_f64(jitter / 2.0)
 }
 
+/// When an unfinished run stops counting as the user's active run if nobody finishes it (a
+/// replica that died): well after every attempt could have waited for a pod, run to its limit
+/// and backed off. Renewed at each attempt's start, so time in the queue does not count.
+pub fn lost_after(timeout: Duration, policy: &JobsPolicy) -> Duration {
+    let per_attempt = timeout + super::runner::POD_WAIT + MAX_BACKOFF;
+    per_attempt * policy.max_attempts + Duration::from_secs(300)
+}
+
 /// What a user of a plan has in use: runs not finished, and today's (UTC) runs and charge.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {

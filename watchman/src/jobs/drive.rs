@@ -1,6 +1,8 @@
 //! A run from its queue to its end: its plan's slot, attempts on fresh pods, retries after
 //! their backoff, and the finish (receipt, quota, audit, metrics).
 
+use std::time::Duration;
+
 use rand::Rng as _;
 use tokio_util::sync::CancellationToken;
 
@@ -11,6 +13,19 @@ use crate::model::now_ms;
 use crate::plan::Plan;
 
 impl Jobs {
+    /// How a run that was not on a pod ends when it is stopped: cancelled by its user, or
+    /// errored because this replica is stopping.
+    fn stopped(&self, when: &str) -> (RunState, String) {
+        if self.inner.shutdown.is_cancelled() {
+            (
+                RunState::Errored,
+                format!("Watchman stopped {when}; submit again"),
+            )
+        } else {
+            (RunState::Cancelled, format!("cancelled {when}"))
+        }
+    }
+
     /// Saves the run and tells live watchers.
     async fn save(&self, run: &Run, live: &Live) {
         if let Err(error) = self.inner.store.put(run).await {
@@ -41,7 +56,7 @@ impl Jobs {
         let mut last_outputs = None;
         let final_state = 'attempts: {
             if permit.is_none() {
-                break 'attempts (RunState::Cancelled, "cancelled while queued".to_owned());
+                break 'attempts self.stopped("while queued");
             }
             let mut number = 0;
             loop {
@@ -59,24 +74,37 @@ impl Jobs {
                     retry_at_ms: None,
                 });
                 self.save(&run, live).await;
+                let renewed = self
+                    .inner
+                    .store
+                    .keep_active(
+                        &run,
+                        super::decide::lost_after(
+                            Duration::from_millis(run.timeout_ms),
+                            &plan.jobs,
+                        ),
+                    )
+                    .await;
+                if let Err(error) = renewed {
+                    tracing::warn!(%error, "the run's quota entry was not renewed");
+                }
                 let asked = run.clone();
-                let ended = runner::attempt(
-                    &self.inner.watchman,
-                    &asked,
-                    number,
-                    &live.events,
-                    &live.cancel,
-                    &gate,
-                    async |pod: &str| {
-                        run.pod = pod.to_owned();
-                        if let Some(a) = run.attempts.last_mut() {
-                            a.pod = pod.to_owned();
-                        }
-                        self.save(&run, live).await;
-                        self.audit(AuditEntry::of(&run, "started", format!("attempt {number}")))
-                            .await;
-                    },
-                )
+                let with = runner::Attempting {
+                    watchman: &self.inner.watchman,
+                    events: &live.events,
+                    cancel: &live.cancel,
+                    pod_gate: &gate,
+                    output_cap: plan.limits.max_output_bytes,
+                };
+                let ended = runner::attempt(&with, &asked, number, async |pod: &str| {
+                    run.pod = pod.to_owned();
+                    if let Some(a) = run.attempts.last_mut() {
+                        a.pod = pod.to_owned();
+                    }
+                    self.save(&run, live).await;
+                    self.audit(AuditEntry::of(&run, "started", format!("attempt {number}")))
+                        .await;
+                })
                 .await;
                 if let Some(doc) = &ended.document
                     && let Err(error) = self
@@ -145,7 +173,7 @@ impl Jobs {
                         tokio::select! {
                             () = tokio::time::sleep(pause) => {}
                             () = live.cancel.cancelled() => {
-                                break 'attempts (RunState::Cancelled, "cancelled while waiting to retry".to_owned());
+                                break 'attempts self.stopped("while waiting to retry");
                             }
                         }
                     }

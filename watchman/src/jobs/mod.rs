@@ -222,9 +222,6 @@ impl Jobs {
         if let Some(k) = key {
             crate::service::valid_id("idempotency_key", k)
                 .map_err(|e| err_invalid(e.to_string()))?;
-            if let Some(run) = self.replay(&s, k).await? {
-                return Ok(run);
-            }
         }
         let now = now_ms();
         let run = Run {
@@ -255,18 +252,7 @@ impl Jobs {
             expires_at_ms: 0,
             cancel_requested: false,
         };
-        // Given up for lost (so a dead replica cannot hold the quota) well after every attempt
-        // could have waited for a pod, run to its limit, and backed off.
-        let per_attempt =
-            Duration::from_millis(run.timeout_ms) + runner::POD_WAIT + decide::MAX_BACKOFF;
-        let lost_after = per_attempt * plan.jobs.max_attempts + Duration::from_secs(300);
-        if let Err(why) = self.inner.store.admit(&run, &plan.jobs, lost_after).await? {
-            metrics::counter!("watchman_run_refusals_total", "plan" => plan.name.clone())
-                .increment(1);
-            self.audit(AuditEntry::of(&run, "quota_refused", why.clone()))
-                .await;
-            return Err(JobError::Quota(why));
-        }
+        // The key first: a replay is answered before the quota is asked, so it never counts.
         if let Some(k) = key
             && let Some(first) = self
                 .inner
@@ -274,17 +260,34 @@ impl Jobs {
                 .claim_key(&run.user_id, k, &run.id, plan.jobs.result_ttl)
                 .await?
         {
-            // Another submission with the key won the race.
-            self.inner.store.release(&run, 0).await?;
-            return match self.inner.store.get(&first).await? {
-                Some(r) => Ok(r),
-                None => Err(JobError::Conflict(format!(
-                    "idempotency key {k:?} is being used by a submission still in flight; retry"
-                ))),
-            };
+            return self.replay(&run, k, &first).await;
+        }
+        let forget_key = async || {
+            if let Some(k) = key
+                && let Err(error) = self.inner.store.drop_key(&run.user_id, k, &run.id).await
+            {
+                tracing::warn!(%error, "an idempotency key of a refused run was not dropped");
+            }
+        };
+        let lost_after = decide::lost_after(Duration::from_millis(run.timeout_ms), &plan.jobs);
+        match self.inner.store.admit(&run, &plan.jobs, lost_after).await {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => {
+                forget_key().await;
+                metrics::counter!("watchman_run_refusals_total", "plan" => plan.name.clone())
+                    .increment(1);
+                self.audit(AuditEntry::of(&run, "quota_refused", why.clone()))
+                    .await;
+                return Err(JobError::Quota(why));
+            }
+            Err(e) => {
+                forget_key().await;
+                return Err(e.into());
+            }
         }
         if let Err(e) = self.inner.store.put(&run).await {
             let _ = self.inner.store.release(&run, 0).await;
+            forget_key().await;
             return Err(e.into());
         }
         self.audit(AuditEntry::of(
@@ -297,26 +300,26 @@ impl Jobs {
         Ok(run)
     }
 
-    /// The run an idempotency key made, if the same request made it.
-    async fn replay(&self, s: &Submission, key: &str) -> Result<Option<Run>, JobError> {
-        let Some(id) = self.inner.store.key_holder(&s.user_id, key).await? else {
-            return Ok(None);
+    /// The run `first` that idempotency key `key` made, if the same user made it with the same
+    /// request as `asked`.
+    async fn replay(&self, asked: &Run, key: &str, first: &str) -> Result<Run, JobError> {
+        let Some(run) = self.inner.store.get(first).await? else {
+            return Err(JobError::Conflict(format!(
+                "idempotency key {key:?} is being used by a submission still in flight; retry"
+            )));
         };
-        let Some(run) = self.inner.store.get(&id).await? else {
-            return Ok(None);
-        };
-        let same = run.plan == s.plan
-            && run.code_sha256 == sha256_hex(s.code.as_bytes())
-            && run.stdin == s.stdin
-            && (s.timeout_ms == 0 || s.timeout_ms == run.timeout_ms);
+        let same = run.user_id == asked.user_id
+            && run.plan == asked.plan
+            && run.code_sha256 == asked.code_sha256
+            && run.stdin == asked.stdin
+            && run.timeout_ms == asked.timeout_ms;
         if !same {
             return Err(JobError::Conflict(format!(
-                "idempotency key {key:?} was used for a different request (run {})",
-                run.id
+                "idempotency key {key:?} was used for a different request"
             )));
         }
         self.audit(AuditEntry::of(&run, "replayed", key)).await;
-        Ok(Some(run))
+        Ok(run)
     }
 
     fn start(&self, run: Run, plan: Plan) {
@@ -405,9 +408,11 @@ impl Jobs {
             }
             loop {
                 let event = tokio::select! {
-                    e = async { match live.as_mut() { Some(l) => l.recv().await.ok(), None => std::future::pending().await } } => match e {
-                        Some(e) => e,
-                        None => { live = None; continue; }
+                    e = async { match live.as_mut() { Some(l) => Some(l.recv().await), None => std::future::pending().await } } => match e {
+                        Some(Ok(e)) => e,
+                        // A watcher that fell behind misses some outputs, not the rest.
+                        Some(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+                        _ => { live = None; continue; }
                     },
                     () = tokio::time::sleep(POLL) => match jobs.get(&user, &id).await {
                         Ok(r) if r.state.is_final() => RunEvent::Finished(Box::new(r)),

@@ -11,21 +11,49 @@ pub struct Outputs {
     /// Display ids of `list`'s entries (None for outputs without one).
     ids: Vec<Option<String>>,
     clear_at_next: bool,
-    /// Middleman capped the execution's output; later output was dropped.
+    /// The output cap was reached (Middleman's, or this one); later output was dropped.
     pub truncated: bool,
+    /// Bytes kept (as JSON), and the most that may be (0: no cap). A pod is not trusted to
+    /// keep to its own cap.
+    bytes: usize,
+    cap: usize,
 }
 
 impl Outputs {
-    /// Adds an output; returns it in nbformat shape (for live watchers).
-    pub fn push(&mut self, output: &Output) -> Value {
+    /// Outputs kept up to `cap` bytes (as JSON), with room for Middleman's own framing.
+    pub fn capped(cap: u64) -> Self {
+        Self {
+            cap: usize::try_from(cap)
+                .unwrap_or(usize::MAX)
+                .saturating_add(64 << 10),
+            ..Self::default()
+        }
+    }
+
+    fn fits(&mut self, more: usize) -> bool {
+        if self.cap > 0 && self.bytes.saturating_add(more) > self.cap {
+            self.truncated = true;
+            return false;
+        }
+        self.bytes += more;
+        true
+    }
+
+    /// Adds an output; returns it in nbformat shape (for live watchers), or `None` when it is
+    /// over the cap (dropped, and `truncated` set).
+    pub fn push(&mut self, output: &Output) -> Option<Value> {
         if std::mem::take(&mut self.clear_at_next) {
             self.list.clear();
             self.ids.clear();
+            self.bytes = 0;
         }
         let (value, id) = nbformat(output);
+        if !self.fits(value.to_string().len()) {
+            return None;
+        }
         self.list.push(value.clone());
         self.ids.push(id);
-        value
+        Some(value)
     }
 
     /// `clear_output`: now, or (`wait`) when the next output arrives.
@@ -35,6 +63,7 @@ impl Outputs {
         } else {
             self.list.clear();
             self.ids.clear();
+            self.bytes = 0;
         }
     }
 
@@ -45,6 +74,17 @@ impl Outputs {
         data: &Map<String, Value>,
         metadata: &Map<String, Value>,
     ) {
+        let shown = self
+            .ids
+            .iter()
+            .filter(|id| id.as_deref() == Some(display_id))
+            .count();
+        let size = serde_json::to_string(data).map_or(0, |s| s.len())
+            + serde_json::to_string(metadata).map_or(0, |s| s.len());
+        // Counted as added (what it replaces is not taken off): an update cannot grow past the cap.
+        if shown == 0 || !self.fits(size.saturating_mul(shown)) {
+            return;
+        }
         for (value, id) in self.list.iter_mut().zip(&self.ids) {
             if id.as_deref() == Some(display_id)
                 && let Some(o) = value.as_object_mut()
@@ -113,10 +153,12 @@ mod tests {
     #[test]
     fn outputs_are_nbformat_and_clear_and_update_as_a_notebook_shows_them() {
         let mut o = Outputs::default();
-        let v = o.push(&Output::Stream {
-            name: StreamName::Stdout,
-            text: "a\n".into(),
-        });
+        let v = o
+            .push(&Output::Stream {
+                name: StreamName::Stdout,
+                text: "a\n".into(),
+            })
+            .unwrap();
         assert_eq!(
             v,
             serde_json::json!({"output_type": "stream", "name": "stdout", "text": "a\n"})
@@ -140,5 +182,32 @@ mod tests {
         assert_eq!(o.error_summary().as_deref(), Some("E: x"));
         o.clear(false);
         assert!(o.into_vec().is_empty());
+    }
+
+    #[test]
+    fn a_pod_that_ignores_its_output_cap_is_capped_here() {
+        let mut o = Outputs::capped(1000);
+        let big = "x".repeat(40 << 10);
+        let mut kept = 0;
+        for _ in 0..10 {
+            if o.push(&Output::Stream {
+                name: StreamName::Stdout,
+                text: big.clone(),
+            })
+            .is_some()
+            {
+                kept += 1;
+            }
+        }
+        assert_eq!(kept, 1);
+        assert!(o.truncated);
+        let mut o = Outputs::capped(0);
+        o.push(&display("d", "small"));
+        let mut data = Map::new();
+        data.insert("text/plain".into(), Value::String(big));
+        for _ in 0..4 {
+            o.update_display("d", &data, &Map::new());
+        }
+        assert!(o.truncated, "updates count against the cap too");
     }
 }

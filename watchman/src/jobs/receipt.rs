@@ -2,8 +2,9 @@
 //! with Ed25519 so that anyone with Watchman's public key can check it (`watchman-receipt`).
 //!
 //! The payload is JSON with its keys sorted and no spaces; `outputs_sha256` is SHA-256 of the
-//! outputs array written the same way (in Python: `json.dumps(outputs, sort_keys=True,
-//! separators=(",", ":"), ensure_ascii=False)`).
+//! outputs array written the same way, by serde_json (`watchman-receipt` recomputes it; Python's
+//! `json.dumps(outputs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)` gives the
+//! same bytes except for some floats' exponent forms).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

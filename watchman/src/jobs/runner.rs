@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use doc_protocol::{ClientMessage, ExecutionStatus, ServerEvent, ServerFrame};
+use doc_protocol::{ClientMessage, ErrorCode, ExecutionStatus, ServerEvent, ServerFrame};
 use futures_util::{SinkExt as _, StreamExt as _};
 use session_token::Role;
 use tokio::sync::broadcast;
@@ -23,6 +23,33 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long connecting to a fresh pod may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const REQUEST_ID: &str = "run";
+/// How long a message to the pod may take to go out (a pod that stops reading is lost).
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest message taken from a pod: its output cap per execution is at most a few MiB,
+/// and a pod is not trusted to keep to it.
+const MAX_POD_MESSAGE: usize = 16 << 20;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_POD_MESSAGE))
+        .max_frame_size(Some(MAX_POD_MESSAGE))
+}
+
+/// Sends `m` within [`SEND_TIMEOUT`], or says why not.
+async fn send(ws: &mut Ws, m: &ClientMessage) -> Result<(), String> {
+    let text = serde_json::to_string(m).map_err(|e| e.to_string())?;
+    match tokio::time::timeout(SEND_TIMEOUT, ws.send(Message::text(text))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("the pod closed the connection: {e}")),
+        Err(_) => Err(format!(
+            "the pod read nothing for {} s",
+            SEND_TIMEOUT.as_secs()
+        )),
+    }
+}
 
 /// How an attempt ended.
 #[derive(Debug)]
@@ -50,17 +77,33 @@ impl Ended {
     }
 }
 
-/// Runs attempt `number` of `run`. `pod_gate` is the plan's turn to take a pod; `on_pod` is
-/// told the pod once one is bound.
+/// What an attempt works with, besides its run.
+#[derive(Debug)]
+pub struct Attempting<'a> {
+    pub watchman: &'a Watchman,
+    /// Where live outputs go.
+    pub events: &'a broadcast::Sender<RunEvent>,
+    pub cancel: &'a CancellationToken,
+    /// The plan's turn to take a pod.
+    pub pod_gate: &'a tokio::sync::Mutex<()>,
+    /// Outputs are kept up to this many bytes.
+    pub output_cap: u64,
+}
+
+/// Runs attempt `number` of `run`; `on_pod` is told the pod once one is bound.
 pub async fn attempt(
-    watchman: &Watchman,
+    with: &Attempting<'_>,
     run: &Run,
     number: u32,
-    events: &broadcast::Sender<RunEvent>,
-    cancel: &CancellationToken,
-    pod_gate: &tokio::sync::Mutex<()>,
     on_pod: impl AsyncFnOnce(&str),
 ) -> Ended {
+    let Attempting {
+        watchman,
+        events,
+        cancel,
+        pod_gate,
+        output_cap,
+    } = *with;
     let document = format!("run-{}-{number}", run.id);
     let request = AllocationRequest {
         document: &document,
@@ -79,7 +122,11 @@ pub async fn attempt(
             watchman.allocate(&request).await
         } => g,
         () = cancel.cancelled() => {
-            return Ended::early(Outcome::Cancelled, "cancelled before a pod was bound".into());
+            // The allocation may have bound a pod just before it was dropped: the caller deletes
+            // the document either way.
+            let mut ended = Ended::early(Outcome::Cancelled, "cancelled before a pod was bound".into());
+            ended.document = Some(document);
+            return ended;
         }
     };
     let granted = match granted {
@@ -99,7 +146,8 @@ pub async fn attempt(
     let held_from = Instant::now();
     let pod = granted.allocation.pod.clone();
     on_pod(&pod).await;
-    let (outcome, detail, outputs) = execute(watchman, run, &granted, events, cancel).await;
+    let (outcome, detail, outputs) =
+        execute(watchman, run, &granted, events, cancel, output_cap).await;
     Ended {
         outcome,
         detail,
@@ -116,8 +164,9 @@ async fn execute(
     granted: &crate::service::Granted,
     events: &broadcast::Sender<RunEvent>,
     cancel: &CancellationToken,
+    output_cap: u64,
 ) -> (Outcome, String, Outputs) {
-    let mut outputs = Outputs::default();
+    let mut outputs = Outputs::capped(output_cap);
     let url = format!(
         "{}/ws?token={}",
         granted
@@ -129,7 +178,7 @@ async fn execute(
     );
     let connected = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        tokio_tungstenite::connect_async_with_config(url, None, true),
+        tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true),
     )
     .await;
     let mut ws = match connected {
@@ -149,22 +198,17 @@ async fn execute(
             );
         }
     };
-    let send = |m: &ClientMessage| Message::text(serde_json::to_string(m).unwrap_or_default());
+    let limit = Duration::from_millis(run.timeout_ms);
+    let mut deadline = tokio::time::Instant::now() + limit;
     let execute = ClientMessage::Execute {
         code: run.code.clone(),
         request_id: Some(REQUEST_ID.into()),
         stop_on_error: true,
     };
-    if let Err(e) = ws.send(send(&execute)).await {
-        return (
-            Outcome::PodLost,
-            format!("the pod closed the connection: {e}"),
-            outputs,
-        );
+    if let Err(why) = send(&mut ws, &execute).await {
+        return (Outcome::PodLost, why, outputs);
     }
     let mut stdin = run.stdin.lines();
-    let limit = Duration::from_millis(run.timeout_ms);
-    let mut deadline = tokio::time::Instant::now() + limit;
     let mut timed_out = false;
     let mut execution: Option<String> = None;
     loop {
@@ -176,11 +220,14 @@ async fn execute(
                 }
                 timed_out = true;
                 deadline += STOP_GRACE;
-                let _ = ws.send(send(&ClientMessage::Interrupt)).await;
+                if let Err(why) = send(&mut ws, &ClientMessage::Interrupt).await {
+                    return (Outcome::TimedOut, format!("ran past its {} ms limit; {why}", run.timeout_ms), outputs);
+                }
                 continue;
             }
             () = cancel.cancelled() => {
-                let _ = ws.send(send(&ClientMessage::Interrupt)).await;
+                // The pod is deleted next; the interrupt only stops the code sooner.
+                let _ = send(&mut ws, &ClientMessage::Interrupt).await;
                 return (Outcome::Cancelled, "cancelled while running".into(), outputs);
             }
         };
@@ -208,8 +255,9 @@ async fn execute(
                 execution_id,
                 output,
             } if mine(&execution_id) => {
-                let value = outputs.push(&output);
-                let _ = events.send(RunEvent::Output(value));
+                if let Some(value) = outputs.push(&output) {
+                    let _ = events.send(RunEvent::Output(value));
+                }
             }
             ServerEvent::UpdateDisplay {
                 execution_id,
@@ -228,7 +276,9 @@ async fn execute(
                     execution_id,
                     value: stdin.next().unwrap_or_default().to_owned(),
                 };
-                let _ = ws.send(send(&reply)).await;
+                if let Err(why) = send(&mut ws, &reply).await {
+                    return (Outcome::PodLost, why, outputs);
+                }
             }
             ServerEvent::ExecutionFinished {
                 execution_id,
@@ -237,7 +287,7 @@ async fn execute(
                 ..
             } if mine(&execution_id) => {
                 let reason = reason.unwrap_or_default();
-                let _ = ws.close(None).await;
+                let _ = tokio::time::timeout(SEND_TIMEOUT, ws.close(None)).await;
                 return match status {
                     ExecutionStatus::Ok => (Outcome::Succeeded, String::new(), outputs),
                     _ if timed_out => (
@@ -260,10 +310,15 @@ async fn execute(
                 };
             }
             ServerEvent::Error { code, message, .. } if execution.is_none() => {
-                // The execute itself was refused (too large for the pod, for one).
-                let _ = ws.close(None).await;
+                // The execute itself was refused: by the code's size (the user's), or because
+                // the pod could not take it (the infrastructure's).
+                let _ = tokio::time::timeout(SEND_TIMEOUT, ws.close(None)).await;
+                let outcome = match code {
+                    ErrorCode::TooLarge | ErrorCode::BadMessage => Outcome::UserError,
+                    _ => Outcome::PodLost,
+                };
                 return (
-                    Outcome::UserError,
+                    outcome,
                     format!("refused by the pod ({code:?}): {message}"),
                     outputs,
                 );

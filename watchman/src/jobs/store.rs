@@ -3,7 +3,7 @@
 //!
 //! Redis keys (under Watchman's prefix): `jobs:run:{id}` the run's JSON (expires with its
 //! result); `jobs:user:{user}` sorted set of the user's run ids by submission time;
-//! `jobs:idem:{user}:{key}` the run an idempotency key made; `jobs:active:{plan}:{user}` sorted
+//! `jobs:idem:{len(user)}:{user}:{key}` the run an idempotency key made; `jobs:active:{plan}:{user}` sorted
 //! set of unfinished runs by when they are given up for lost (so a replica that died mid-run
 //! cannot hold a user's quota for ever); `jobs:day:{plan}:{user}:{day}` hash of the day's
 //! `runs` and `cpu_ms`; `jobs:audit:{user}` stream of audit entries; `jobs:cancel:{id}` a cancel
@@ -23,6 +23,12 @@ use super::model::{AuditEntry, Run};
 use crate::model::now_ms;
 use crate::plan::JobsPolicy;
 use crate::store::{RedisStore, Store, StoreError};
+
+/// The key of an idempotency key: the user's length first, so that no user id and key can
+/// spell another user's (ids may hold `:`).
+fn idem_key(r: &RedisStore, user: &str, key: &str) -> String {
+    format!("{}jobs:idem:{}:{user}:{key}", r.prefix(), user.len())
+}
 
 /// Audit entries kept per user (older ones are trimmed).
 const AUDIT_KEEP: usize = 10_000;
@@ -214,7 +220,7 @@ impl JobStore {
                 Ok(None)
             }
             Self::Redis(r) => {
-                let k = format!("{}jobs:idem:{user}:{key}", r.prefix());
+                let k = idem_key(r, user, key);
                 let mut c = r.connection();
                 let set: Option<String> = r
                     .once(
@@ -243,24 +249,66 @@ impl JobStore {
         }
     }
 
-    /// The run that holds `key`, if any.
-    pub async fn key_holder(&self, user: &str, key: &str) -> Result<Option<String>, StoreError> {
+    /// Frees `key` if `run_id` still holds it (its run was refused).
+    pub async fn drop_key(&self, user: &str, key: &str, run_id: &str) -> Result<(), StoreError> {
         match self {
             Self::Memory(m) => {
-                let m = Self::mem(m);
-                Ok(m.idempotency
-                    .get(&(user.to_owned(), key.to_owned()))
-                    .filter(|(_, until)| *until > now_ms())
-                    .map(|(id, _)| id.clone()))
+                let mut m = Self::mem(m);
+                let slot = (user.to_owned(), key.to_owned());
+                if m.idempotency.get(&slot).is_some_and(|(id, _)| id == run_id) {
+                    m.idempotency.remove(&slot);
+                }
+                Ok(())
             }
             Self::Redis(r) => {
-                let k = format!("{}jobs:idem:{user}:{key}", r.prefix());
-                r.retrying("jobs_idempotency_get", || {
+                let script = Script::new(
+                    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 0",
+                );
+                let k = idem_key(r, user, key);
+                r.retrying("jobs_idempotency_drop", || {
                     let mut c = r.connection();
+                    let script = script.clone();
                     let k = k.clone();
-                    async move { c.get(k).await }
+                    async move { script.key(k).arg(run_id).invoke_async::<i64>(&mut c).await }
                 })
                 .await
+                .map(|_| ())
+            }
+        }
+    }
+
+    /// Renews when an unfinished run stops counting as active (at each attempt's start).
+    pub async fn keep_active(&self, run: &Run, lost_after: Duration) -> Result<(), StoreError> {
+        let lost_at = now_ms() + u64::try_from(lost_after.as_millis()).unwrap_or(u64::MAX / 2);
+        match self {
+            Self::Memory(m) => {
+                let mut m = Self::mem(m);
+                if let Some(at) = m
+                    .active
+                    .get_mut(&(run.plan.clone(), run.user_id.clone()))
+                    .and_then(|a| a.get_mut(&run.id))
+                {
+                    *at = lost_at;
+                }
+                Ok(())
+            }
+            Self::Redis(r) => {
+                let active = format!("{}jobs:active:{}:{}", r.prefix(), run.plan, run.user_id);
+                r.retrying("jobs_keep_active", || {
+                    let mut c = r.connection();
+                    let active = active.clone();
+                    async move {
+                        redis::cmd("ZADD")
+                            .arg(active)
+                            .arg("XX")
+                            .arg(lost_at)
+                            .arg(&run.id)
+                            .query_async::<i64>(&mut c)
+                            .await
+                    }
+                })
+                .await
+                .map(|_| ())
             }
         }
     }
