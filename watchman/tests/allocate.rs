@@ -91,14 +91,7 @@ async fn allocate_connect_execute_and_the_same_document_gets_the_same_pod() {
         .into_inner()
         .released
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while pid_alive(pid) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "released pod still running"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_pid_gone(pid, "the released pod").await;
     let fresh = c
         .allocate(allocate_req("doc-1", 0))
         .await

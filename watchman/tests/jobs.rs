@@ -467,8 +467,12 @@ async fn user_errors_are_not_retried_the_time_limit_holds_and_cancel_stops_a_run
     let looping = finished(&mut j, "ada", &looping.id).await;
     assert_eq!(looping.state, pb::RunState::TimedOut as i32, "{looping:?}");
     assert_eq!(looping.attempts.len(), 1, "a timeout is never retried");
-    let ran = looping.finished_at_ms - looping.attempts[0].started_at_ms;
-    assert!(ran < 30_000, "ran {ran} ms past a 1.5 s limit");
+    // Stopped by the run's own 1.5 s limit, not by the plan's 60 s one.
+    assert!(
+        looping.exit_reason.contains("its 1500 ms limit"),
+        "{}",
+        looping.exit_reason
+    );
 
     let pod = running_on(&mut j, "ada", &sleeping.id).await;
     let pid = pod_pid(&w, &pod).await;
@@ -484,14 +488,7 @@ async fn user_errors_are_not_retried_the_time_limit_holds_and_cancel_stops_a_run
     );
     assert_eq!(cancelled.attempts.len(), 1);
     // Its pod is deleted: the Middleman process is gone.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while pid_alive(pid) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the cancelled run's pod lives on"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_pid_gone(pid, "the cancelled run's pod").await;
     // Cancelling a finished run changes nothing; a foreign one is not found.
     let again = j
         .cancel_run(run_ref("ada", &raised.id))

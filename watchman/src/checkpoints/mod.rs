@@ -356,13 +356,7 @@ mod tests {
     use session_token::{Claims, Role, SigningKey};
     use tower::ServiceExt as _;
 
-    fn sha(bytes: &[u8]) -> String {
-        ring::digest::digest(&ring::digest::SHA256, bytes)
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
+    use crate::jobs::model::sha256_hex as sha;
 
     struct Pod {
         credential: String,

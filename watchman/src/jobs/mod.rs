@@ -414,7 +414,8 @@ impl Jobs {
                         Some(Err(broadcast::error::RecvError::Lagged(_))) => continue,
                         _ => { live = None; continue; }
                     },
-                    () = tokio::time::sleep(POLL) => match jobs.get(&user, &id).await {
+                    // Read from the store only for a run another replica drives: this one's are told.
+                    () = tokio::time::sleep(POLL), if live.is_none() => match jobs.get(&user, &id).await {
                         Ok(r) if r.state.is_final() => RunEvent::Finished(Box::new(r)),
                         Ok(r) if (r.state, r.attempts.len()) != seen => RunEvent::State(Box::new(r)),
                         Ok(_) => continue,

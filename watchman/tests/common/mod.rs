@@ -277,6 +277,18 @@ pub async fn pod_pid(w: &watchman::Running, pod: &str) -> i32 {
         .unwrap()
 }
 
+/// Waits until process `pid` is gone (30 s at most; `what` says what it was).
+pub async fn wait_pid_gone(pid: i32, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while pid_alive(pid) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} still running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn pid_alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {
