@@ -91,6 +91,52 @@ pub async fn watchman_client(addr: std::net::SocketAddr) -> anyhow::Result<Watch
     Ok(watchman_proto::v1::watchman_client::WatchmanClient::with_interceptor(channel, Bearer))
 }
 
+/// A Watchman in this process with the local backend, in `dir`: `plans` (TOML) as its plans
+/// file, a fresh signing key, [`API_TOKEN`], real pods of `middleman_bin` under `dir/pods`, a
+/// 100 ms reconcile interval; `extra` flags after those.
+pub async fn local_watchman(
+    dir: &Path,
+    plans: &str,
+    middleman_bin: &Path,
+    extra: &[&str],
+) -> anyhow::Result<(watchman::Running, WatchmanClient)> {
+    use clap::Parser as _;
+    std::fs::create_dir_all(dir)?;
+    let plans_file = dir.join("plans.toml");
+    std::fs::write(&plans_file, plans)?;
+    let key = dir.join("key.pem");
+    std::fs::write(&key, session_token::SigningKey::generate().to_pem()?)?;
+    let mut args: Vec<String> = [
+        "watchman",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--api-token",
+        API_TOKEN,
+        "--reconcile-interval",
+        "100ms",
+    ]
+    .map(str::to_owned)
+    .into();
+    for (flag, value) in [
+        ("--plans", plans_file.display().to_string()),
+        ("--signing-key", key.display().to_string()),
+        ("--middleman-bin", middleman_bin.display().to_string()),
+        ("--local-root", dir.join("pods").display().to_string()),
+        (
+            "--pool-id",
+            format!("bench-{}", uuid::Uuid::new_v4().simple()),
+        ),
+    ] {
+        args.extend([flag.to_owned(), value]);
+    }
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let w = watchman::start(watchman::Args::try_parse_from(args)?).await?;
+    let c = watchman_client(w.grpc_addr).await?;
+    Ok((w, c))
+}
+
 /// CPU time (user + system) a process has used, seconds.
 pub fn cpu_secs(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

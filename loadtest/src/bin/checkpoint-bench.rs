@@ -202,49 +202,24 @@ async fn watchman(
     dir: &Path,
     checkpoints: bool,
 ) -> anyhow::Result<(watchman::Running, loadtest::WatchmanClient)> {
-    use clap::Parser as _;
-    std::fs::create_dir_all(dir)?;
-    let plans = dir.join("plans.toml");
-    std::fs::write(
-        &plans,
-        "[plans.bench]\nwarm = { ratio = 0.0, min = 2, max = 2 }\n[plans.bench.limits]\nmemory_mib = 8192\nworkspace_mib = 4096\nexecution_timeout = \"10m\"\n",
-    )?;
-    let key = dir.join("key.pem");
-    std::fs::write(&key, session_token::SigningKey::generate().to_pem()?)?;
     let store = if checkpoints {
         dir.join("checkpoints").display().to_string()
     } else {
         "none".to_owned()
     };
-    let wargs = watchman::Args::try_parse_from([
-        "watchman",
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--plans",
-        &plans.display().to_string(),
-        "--signing-key",
-        &key.display().to_string(),
-        "--api-token",
-        loadtest::API_TOKEN,
-        "--middleman-bin",
-        &args.middleman_bin.display().to_string(),
-        "--local-root",
-        &dir.join("pods").display().to_string(),
-        "--pool-id",
-        &format!("ckpt-bench-{}", uuid::Uuid::new_v4().simple()),
-        "--reconcile-interval",
-        "100ms",
-        "--checkpoint-store",
-        &store,
-        "--shutdown-grace",
-        "120s",
-        "--delete-pods-on-exit",
-    ])?;
-    let w = watchman::start(wargs).await?;
-    let c = loadtest::watchman_client(w.grpc_addr).await?;
-    Ok((w, c))
+    loadtest::local_watchman(
+        dir,
+        "[plans.bench]\nwarm = { ratio = 0.0, min = 2, max = 2 }\n[plans.bench.limits]\nmemory_mib = 8192\nworkspace_mib = 4096\nexecution_timeout = \"10m\"\n",
+        &args.middleman_bin,
+        &[
+            "--checkpoint-store",
+            &store,
+            "--shutdown-grace",
+            "120s",
+            "--delete-pods-on-exit",
+        ],
+    )
+    .await
 }
 
 async fn wait_warm(c: &mut loadtest::WatchmanClient) -> anyhow::Result<()> {

@@ -37,45 +37,18 @@ type Jobs = pb::jobs_client::JobsClient<
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    use clap::Parser as _;
     let args = Args::parse();
     let dir = loadtest::tempdir("jobs-bench")?;
-    let plans = dir.join("plans.toml");
-    std::fs::write(
-        &plans,
-        format!(
+    let (w, mut c) = loadtest::local_watchman(
+        &dir,
+        &format!(
             "[plans.bench]\nwarm = {{ ratio = 0.0, min = {w}, max = {w} }}\n[plans.bench.jobs]\nconcurrency = {w}\nuser_concurrent_runs = 0\nuser_runs_per_day = 0\n",
             w = args.warm
         ),
-    )?;
-    let key = dir.join("key.pem");
-    std::fs::write(&key, session_token::SigningKey::generate().to_pem()?)?;
-    let wargs = watchman::Args::try_parse_from([
-        "watchman",
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--plans",
-        &plans.display().to_string(),
-        "--signing-key",
-        &key.display().to_string(),
-        "--api-token",
-        loadtest::API_TOKEN,
-        "--middleman-bin",
-        &args.middleman_bin.display().to_string(),
-        "--local-root",
-        &dir.join("pods").display().to_string(),
-        "--pool-id",
-        &format!("jobs-bench-{}", uuid::Uuid::new_v4().simple()),
-        "--reconcile-interval",
-        "100ms",
-        "--checkpoint-store",
-        "none",
-        "--delete-pods-on-exit",
-    ])?;
-    let w = watchman::start(wargs).await?;
-    let mut c = loadtest::watchman_client(w.grpc_addr).await?;
+        &args.middleman_bin,
+        &["--checkpoint-store", "none", "--delete-pods-on-exit"],
+    )
+    .await?;
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", w.grpc_addr))?
         .tcp_nodelay(true)
         .connect()
