@@ -72,11 +72,20 @@ pub enum ClientMessage {
     SetReactivity { mode: Reactivity },
     /// Positional or strict definitions, for the whole document (editors).
     SetGraphRule { rule: GraphRule },
-    /// Run every stale cell, in dependency order.
-    RunStale,
+    /// Run every stale cell, in dependency order. With `request_id`, `run_finished` tells when
+    /// the graph has nothing more planned or running.
+    RunStale {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
     /// Run every code cell once, in dependency order (document order under the positional
     /// rule); cells that may not run, and what depends on them, are blocked with a cause.
-    RunAll,
+    /// With `request_id`, `run_finished` tells when the graph has nothing more planned or
+    /// running.
+    RunAll {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
+    },
     /// Send the outputs a welcome snapshot deferred (at most 64 cells a message; viewers too).
     /// Answered with one `cell_outputs` per cell, to this connection only.
     FetchOutputs { cell_ids: Vec<String> },

@@ -181,6 +181,10 @@ pub enum ServerEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         nonce: Option<u64>,
     },
+    /// The reactive run asked with `run_all` or `run_stale` and this `request_id` is over: the
+    /// graph has nothing more planned or running (its cells ran, failed, or were blocked).
+    /// Runs asked while another was going on merge with it and finish with it.
+    RunFinished { request_id: String },
     /// Middleman is shutting down; the connection closes next.
     Shutdown { reason: String },
 }

@@ -163,7 +163,7 @@ async fn sql_cells_read_frames_and_files_and_feed_python_cells_reactively() {
         vec![sql.clone()]
     );
 
-    c.send(&ClientMessage::RunAll).await;
+    c.send(&ClientMessage::RunAll { request_id: None }).await;
     assert_eq!(
         printed_by(&mut c, &user, Vec::new()).await,
         "{'region': ['n', 's'], 'total': [40.0, 200.0]}\n"

@@ -32,6 +32,8 @@ struct View {
     cause: HashMap<String, StateCause>,
     last_run: HashMap<String, RunRecord>,
     kernel_session: Option<String>,
+    /// The request ids `run_finished` named, in order.
+    runs_finished: Vec<String>,
 }
 
 impl View {
@@ -88,6 +90,7 @@ impl View {
                 }
             }
             ServerEvent::Graph { cells } => self.graph = cells.clone(),
+            ServerEvent::RunFinished { request_id } => self.runs_finished.push(request_id.clone()),
             _ => {}
         }
     }
@@ -224,7 +227,8 @@ async fn changing_a_cell_reruns_its_dependents_in_order_for_everyone() {
     );
     assert_eq!(view.started, vec![x.clone()]);
     assert_eq!(view.out(&p), "3\n", "not re-run in lazy mode");
-    ada.send(&ClientMessage::RunStale).await;
+    ada.send(&ClientMessage::RunStale { request_id: None })
+        .await;
     view.until(&mut bob, |v| {
         v.is(&p, CellState::Idle) && v.out(&p) == "6\n"
     })
@@ -370,7 +374,8 @@ async fn an_interrupt_cancels_the_rest_of_a_reactive_run() {
 
     // What was cancelled is stale, so running what is stale finishes the job (c stays blocked
     // until b runs again).
-    ada.send(&ClientMessage::RunStale).await;
+    ada.send(&ClientMessage::RunStale { request_id: None })
+        .await;
     view.until(&mut ada, |v| v.is(&d, CellState::Idle)).await;
     assert_eq!(
         view.console(&mut ada, "print('z' in globals(), w)").await,
@@ -510,7 +515,8 @@ async fn notebooks_written_for_jupyter_run_under_the_positional_rule() {
     })
     .await;
     assert!(view.is(&load, CellState::Idle) && view.is(&clean, CellState::Idle));
-    ada.send(&ClientMessage::RunStale).await;
+    ada.send(&ClientMessage::RunStale { request_id: None })
+        .await;
     view.until(&mut ada, |v| {
         v.is(&show, CellState::Idle) && v.out(&show) == "[1, 2, 3, 9]\n"
     })
@@ -578,11 +584,19 @@ async fn run_all_runs_each_cell_once_and_a_restart_says_what_the_kernel_lost() {
         disabled: true,
     })
     .await;
-    ada.send(&ClientMessage::RunAll).await;
-    view.until(&mut ada, |v| {
-        v.is(&b, CellState::Idle) && v.is(&d, CellState::Blocked) && v.is(&c, CellState::Blocked)
+    ada.send(&ClientMessage::RunAll {
+        request_id: Some("all".into()),
     })
     .await;
+    // The run is told over once, after its last cell ran and the rest were blocked.
+    view.until(&mut ada, |v| v.runs_finished == ["all"]).await;
+    assert!(
+        view.is(&b, CellState::Idle)
+            && view.is(&d, CellState::Blocked)
+            && view.is(&c, CellState::Blocked),
+        "{:?}",
+        view.state
+    );
     assert_eq!(
         view.console(&mut ada, "print(xs, 'z' in globals())").await,
         "[1] False\n",
@@ -622,11 +636,15 @@ async fn run_all_runs_each_cell_once_and_a_restart_says_what_the_kernel_lost() {
         "the snapshot keeps who ran it, on which kernel"
     );
     view.started.clear();
-    ada.send(&ClientMessage::RunStale).await;
-    view.until(&mut ada, |v| {
-        v.is(&a, CellState::Idle) && v.is(&b, CellState::Idle) && v.out(&b) == "[1]\n"
+    ada.send(&ClientMessage::RunStale {
+        request_id: Some("stale".into()),
     })
     .await;
+    view.until(&mut ada, |v| v.runs_finished.len() == 2).await;
+    assert_eq!(view.runs_finished, ["all", "stale"]);
+    assert!(
+        view.is(&a, CellState::Idle) && view.is(&b, CellState::Idle) && view.out(&b) == "[1]\n"
+    );
     assert_eq!(view.started, [a.clone(), b.clone()]);
     server.stop().await;
 }

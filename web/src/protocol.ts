@@ -19,8 +19,8 @@ export type ClientMessage = { "type": "execute", code: string, request_id?: stri
   | { "type": "set_cell_disabled", cell_id: string, disabled: boolean, }
   | { "type": "set_reactivity", mode: Reactivity, }
   | { "type": "set_graph_rule", rule: GraphRule, }
-  | { "type": "run_stale" }
-  | { "type": "run_all" }
+  | { "type": "run_stale", request_id?: string | null, }
+  | { "type": "run_all", request_id?: string | null, }
   | { "type": "fetch_outputs", cell_ids: Array<string>, }
   | { "type": "input_reply", execution_id: string, value: string, }
   | { "type": "interrupt" }
@@ -88,6 +88,7 @@ export type ServerFrame = { seq?: number | null, } & ({ "type": "welcome", proto
   | { "type": "error", code: ErrorCode, message: string, cell_id?: string | null, }
   | { "type": "assist", request_id: string, answer: AssistAnswer, }
   | { "type": "pong", nonce?: number | null, }
+  | { "type": "run_finished", request_id: string, }
   | { "type": "shutdown", reason: string, });
 
 export type ServerEvent = { "type": "welcome", protocol: number,
@@ -148,6 +149,7 @@ export type ServerEvent = { "type": "welcome", protocol: number,
   | { "type": "error", code: ErrorCode, message: string, cell_id?: string | null, }
   | { "type": "assist", request_id: string, answer: AssistAnswer, }
   | { "type": "pong", nonce?: number | null, }
+  | { "type": "run_finished", request_id: string, }
   | { "type": "shutdown", reason: string, };
 
 export type ErrorCode = "bad_message"

@@ -88,6 +88,9 @@ enum Answer {
     Nobody,
 }
 
+/// At most this many reactive runs wait to be told they are over.
+const MAX_RUN_WAITERS: usize = 256;
+
 #[derive(Debug)]
 struct State {
     log: EventLog,
@@ -106,6 +109,9 @@ struct State {
     dirty: bool,
     /// Who started the reactive run in progress (its executions say "<name> (graph)").
     plan_by: String,
+    /// The `request_id`s of the reactive runs asked for with one, told `run_finished` when the
+    /// graph has nothing more planned or running.
+    run_waiters: Vec<String>,
     /// How the kernel session named here was resumed from the checkpoint.
     resumed: Option<(String, crate::protocol::Resume)>,
     /// The kernel's state is being restored: commands wait in the outbox, so that none runs
@@ -167,6 +173,7 @@ impl Hub {
                 ready: false,
                 dirty: false,
                 plan_by: String::new(),
+                run_waiters: Vec::new(),
                 resumed: None,
                 resuming: false,
             }),
@@ -596,22 +603,32 @@ impl Hub {
         self.answer(answer).await
     }
 
-    /// Runs every stale cell in dependency order (asked by `by`).
-    pub async fn run_stale(&self, by: String) {
-        self.plan(by, Event::RunStale).await;
+    /// Runs every stale cell in dependency order (asked by `by`); `request_id` is told when
+    /// the run is over.
+    pub async fn run_stale(&self, by: String, request_id: Option<String>) {
+        self.plan(by, Event::RunStale, request_id).await;
     }
 
-    /// Runs every code cell once, in dependency order (asked by `by`).
-    pub async fn run_all(&self, by: String) {
-        self.plan(by, Event::RunAll).await;
+    /// Runs every code cell once, in dependency order (asked by `by`); `request_id` is told
+    /// when the run is over.
+    pub async fn run_all(&self, by: String, request_id: Option<String>) {
+        self.plan(by, Event::RunAll, request_id).await;
     }
 
     /// A reactive run that `by` asked for: its executions are theirs.
     #[tracing::instrument(skip_all, fields(%by, ?event))]
-    async fn plan(&self, by: String, event: Event<'_>) {
+    async fn plan(&self, by: String, event: Event<'_>, request_id: Option<String>) {
         {
             let mut st = self.lock();
             st.plan_by = by;
+            // Bounded: a client asking again and again while a long run goes on is told once
+            // per distinct id, up to this many.
+            if let Some(id) = request_id
+                && st.run_waiters.len() < MAX_RUN_WAITERS
+                && !st.run_waiters.contains(&id)
+            {
+                st.run_waiters.push(id);
+            }
             self.react(&mut st, event);
         }
         self.deliver().await;
@@ -868,6 +885,11 @@ impl Hub {
                         answer: Answer::Nobody,
                     });
                 }
+            }
+        }
+        if !st.run_waiters.is_empty() && !st.reactor.running() {
+            for request_id in std::mem::take(&mut st.run_waiters) {
+                st.log.emit(ServerEvent::RunFinished { request_id });
             }
         }
         decided
