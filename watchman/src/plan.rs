@@ -74,6 +74,7 @@ struct RawJobs {
     retry_backoff: Option<String>,
     result_ttl: Option<String>,
     max_code_kib: Option<u64>,
+    max_notebook_kib: Option<u64>,
     user_concurrent_runs: Option<u32>,
     user_runs_per_day: Option<u32>,
     user_cpu_seconds_per_day: Option<u64>,
@@ -179,6 +180,9 @@ impl ExecutionLimits {
     }
 }
 
+/// The largest `max_notebook_kib` (Middleman imports up to 32 MiB).
+pub const MAX_NOTEBOOK_BYTES: u64 = 32 << 20;
+
 /// How the plan runs jobs (docs/jobs.md): its queue, retries, how long results are kept, and
 /// what each user may use. Quotas count per user and plan; 0 means no limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,6 +196,8 @@ pub struct JobsPolicy {
     /// How long a finished run (its outputs and receipt) is kept.
     pub result_ttl: Duration,
     pub max_code_bytes: u64,
+    /// The largest uploaded `.ipynb` of a notebook run.
+    pub max_notebook_bytes: u64,
     pub user_concurrent_runs: u32,
     pub user_runs_per_day: u32,
     /// Charged as run time x the plan's CPUs (1 when `cpu_limit` is unset).
@@ -384,6 +390,7 @@ pub fn parse_plans(path: &str, text: &str) -> Result<BTreeMap<String, Plan>, Pla
             retry_backoff,
             result_ttl,
             max_code_bytes: j.max_code_kib.unwrap_or(256) * 1024,
+            max_notebook_bytes: j.max_notebook_kib.unwrap_or(4096).saturating_mul(1024),
             user_concurrent_runs: j.user_concurrent_runs.unwrap_or(4),
             user_runs_per_day: j.user_runs_per_day.unwrap_or(1000),
             user_cpu_seconds_per_day: j.user_cpu_seconds_per_day.unwrap_or(0),
@@ -396,6 +403,12 @@ pub fn parse_plans(path: &str, text: &str) -> Result<BTreeMap<String, Plan>, Pla
         if jobs.result_ttl.is_zero() || jobs.max_code_bytes == 0 || jobs.max_code_bytes > 4 << 20 {
             problems.push(format!(
                 "plans.{name}.jobs: result_ttl must be above 0 and max_code_kib 1-4096"
+            ));
+        }
+        if jobs.max_notebook_bytes == 0 || jobs.max_notebook_bytes > MAX_NOTEBOOK_BYTES {
+            problems.push(format!(
+                "plans.{name}.jobs: max_notebook_kib must be 1-{}",
+                MAX_NOTEBOOK_BYTES / 1024
             ));
         }
         let limits = ExecutionLimits {

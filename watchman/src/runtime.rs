@@ -261,6 +261,11 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
     let reconciler = Reconciler::new(plans, store, backend, election, &settings);
     let reconciler_status = reconciler.status();
     tracker.spawn(
+        jobs.clone()
+            .run_scheduler(reconciler.status())
+            .instrument(tracing::info_span!("scheduler")),
+    );
+    tracker.spawn(
         reconciler
             .run(shutdown.clone())
             .instrument(tracing::info_span!("reconciler")),

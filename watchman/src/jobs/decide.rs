@@ -129,6 +129,7 @@ mod tests {
             retry_backoff: Duration::from_millis(400),
             result_ttl: Duration::from_secs(60),
             max_code_bytes: 1024,
+            max_notebook_bytes: 1024,
             user_concurrent_runs: 2,
             user_runs_per_day: 10,
             user_cpu_seconds_per_day: 5,

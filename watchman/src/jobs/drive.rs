@@ -32,9 +32,9 @@ impl Jobs {
             tracing::error!(%error, "run not saved");
         }
         let event = if run.state.is_final() {
-            RunEvent::Finished(Box::new(run.clone()))
+            RunEvent::Finished(Box::new(run.clone().redacted()))
         } else {
-            RunEvent::State(Box::new(run.clone()))
+            RunEvent::State(Box::new(run.clone().redacted()))
         };
         let _ = live.events.send(event);
     }
@@ -95,6 +95,7 @@ impl Jobs {
                     cancel: &live.cancel,
                     pod_gate: &gate,
                     output_cap: plan.limits.max_output_bytes,
+                    http: &self.inner.http,
                 };
                 let ended = runner::attempt(&with, &asked, number, async |pod: &str| {
                     run.pod = pod.to_owned();
@@ -136,7 +137,12 @@ impl Jobs {
                     a.detail.clone_from(&ended.detail);
                 }
                 run.outputs_truncated = ended.outputs.truncated;
-                last_outputs = Some(ended.outputs);
+                // A notebook run's result is its notebook; its outputs were streamed.
+                if run.notebook.is_some() {
+                    run.result_notebook = ended.notebook;
+                } else {
+                    last_outputs = Some(ended.outputs);
+                }
                 match next {
                     // The attempt was stopped because this replica is stopping, not by its user.
                     _ if shutting_down && ended.outcome == Outcome::Cancelled => {
@@ -216,6 +222,9 @@ impl Jobs {
             .to_owned(),
         ))
         .await;
+        if let Some(hook) = &run.webhook {
+            self.notify(hook, &run);
+        }
     }
 
     /// Cancels `token` once a cancel of `run` is recorded in the store (asked of any replica).

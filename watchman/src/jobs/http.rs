@@ -12,7 +12,8 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::model::RunEvent;
+use super::model::{NotebookMode, NotebookSpec, RunEvent, Webhook};
+use super::schedules::Schedule;
 use super::{JobError, Jobs, Submission};
 use crate::grpc::ApiAuth;
 
@@ -32,10 +33,20 @@ pub fn routes(jobs: Jobs, auth: ApiAuth) -> Router {
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/runs/{id}/cancel", post(cancel))
         .route("/v1/runs/{id}/events", get(events))
+        .route("/v1/notebook-runs", post(submit_notebook))
+        .route("/v1/schedules", post(create_schedule).get(list_schedules))
+        .route(
+            "/v1/schedules/{id}",
+            get(get_schedule).delete(delete_schedule),
+        )
+        .route("/v1/schedules/{id}/pause", post(pause_schedule))
+        .route("/v1/schedules/{id}/resume", post(resume_schedule))
         .route("/v1/audit", get(audit))
         .route("/v1/openapi.yaml", get(openapi))
-        // The largest plan's code (4 MiB) and stdin, with room for the JSON around them.
-        .layer(DefaultBodyLimit::max(5 << 20))
+        // The largest plan's notebook (32 MiB), with room for the JSON around it.
+        .layer(DefaultBodyLimit::max(
+            usize::try_from(crate::plan::MAX_NOTEBOOK_BYTES).unwrap_or(32 << 20) + (1 << 20),
+        ))
         .with_state(AppState { jobs, auth })
 }
 
@@ -157,11 +168,148 @@ async fn submit(
         stdin: body.stdin,
         timeout_ms: body.timeout_ms,
         idempotency_key: key,
+        ..Submission::default()
     };
     match s.jobs.submit(submission).await {
         Ok(run) => (StatusCode::ACCEPTED, axum::Json(run)).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotebookBody {
+    user_id: String,
+    plan: String,
+    /// The user's document; or absent, `notebook`.
+    #[serde(default)]
+    document: String,
+    /// An nbformat 4 notebook (a JSON object).
+    #[serde(default)]
+    notebook: Option<serde_json::Value>,
+    #[serde(default)]
+    mode: NotebookMode,
+    #[serde(default)]
+    parameters: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    stdin: String,
+    #[serde(default)]
+    timeout_ms: u64,
+    #[serde(default)]
+    idempotency_key: String,
+    #[serde(default)]
+    webhook: Option<Webhook>,
+}
+
+/// The JSON body, or a 4xx that says what is wrong with it.
+fn body_of<T>(
+    body: Result<axum::Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, Box<Response>> {
+    body.map(|axum::Json(b)| b)
+        .map_err(|e| Box::new(refuse(e.status(), "invalid_argument", e.body_text())))
+}
+
+async fn submit_notebook(
+    State(s): State<AppState>,
+    _: Authorized,
+    headers: HeaderMap,
+    body: Result<axum::Json<NotebookBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let body = match body_of(body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or(body.idempotency_key);
+    let submission = Submission {
+        user_id: body.user_id,
+        plan: body.plan,
+        code: body.notebook.map(|n| n.to_string()).unwrap_or_default(),
+        stdin: body.stdin,
+        timeout_ms: body.timeout_ms,
+        idempotency_key: key,
+        notebook: Some(NotebookSpec {
+            document: body.document,
+            mode: body.mode,
+            parameters: body.parameters,
+        }),
+        webhook: body.webhook,
+        fired_by: None,
+        ..Submission::default()
+    };
+    match s.jobs.submit(submission).await {
+        Ok(run) => (StatusCode::ACCEPTED, axum::Json(run)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn answer<T: serde::Serialize>(r: Result<T, JobError>) -> Response {
+    match r {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn create_schedule(
+    State(s): State<AppState>,
+    _: Authorized,
+    body: Result<axum::Json<Schedule>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    match body_of(body) {
+        Ok(schedule) => match s.jobs.create_schedule(schedule).await {
+            Ok(created) => (StatusCode::CREATED, axum::Json(created)).into_response(),
+            Err(e) => e.into_response(),
+        },
+        Err(r) => *r,
+    }
+}
+
+async fn list_schedules(State(s): State<AppState>, _: Authorized, ForUser(q): ForUser) -> Response {
+    answer(
+        s.jobs
+            .list_schedules(&q.user_id)
+            .await
+            .map(|all| json!({ "schedules": all })),
+    )
+}
+
+async fn get_schedule(
+    State(s): State<AppState>,
+    _: Authorized,
+    Path(id): Path<String>,
+    ForUser(q): ForUser,
+) -> Response {
+    answer(s.jobs.get_schedule(&q.user_id, &id).await)
+}
+
+async fn pause_schedule(
+    State(s): State<AppState>,
+    _: Authorized,
+    Path(id): Path<String>,
+    ForUser(q): ForUser,
+) -> Response {
+    answer(s.jobs.pause_schedule(&q.user_id, &id).await)
+}
+
+async fn resume_schedule(
+    State(s): State<AppState>,
+    _: Authorized,
+    Path(id): Path<String>,
+    ForUser(q): ForUser,
+) -> Response {
+    answer(s.jobs.resume_schedule(&q.user_id, &id).await)
+}
+
+async fn delete_schedule(
+    State(s): State<AppState>,
+    _: Authorized,
+    Path(id): Path<String>,
+    ForUser(q): ForUser,
+) -> Response {
+    answer(s.jobs.delete_schedule(&q.user_id, &id).await)
 }
 
 #[derive(Deserialize)]

@@ -8,14 +8,20 @@
 //!   from its queue to its end.
 //! - [`Jobs`]: the handle the gRPC ([`crate::grpc_jobs`]) and HTTP ([`http`]) boundaries hold.
 
+pub mod cron;
 pub mod decide;
 mod drive;
 pub mod http;
 pub mod model;
+mod notebook;
 pub mod outputs;
+pub mod params;
 pub mod receipt;
 pub mod runner;
+mod schedule_store;
+pub mod schedules;
 pub mod store;
+pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,7 +33,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use self::model::{AuditEntry, Run, RunEvent, RunState, sha256_hex};
+use self::model::{
+    AuditEntry, Fired, NotebookMode, NotebookSpec, Run, RunEvent, RunState, Webhook, sha256_hex,
+};
 use self::store::JobStore;
 use crate::model::now_ms;
 use crate::plan::Plan;
@@ -71,6 +79,11 @@ pub struct Submission {
     /// 0: the plan's execution timeout.
     pub timeout_ms: u64,
     pub idempotency_key: String,
+    /// A notebook run: its document, or (empty document) `code` is an uploaded `.ipynb`.
+    pub notebook: Option<NotebookSpec>,
+    pub webhook: Option<Webhook>,
+    /// Set by the scheduler only.
+    pub fired_by: Option<Fired>,
 }
 
 /// A run being driven by this replica.
@@ -96,12 +109,62 @@ struct Inner {
     /// Per plan: whose turn it is to take a pod (FIFO).
     pod_gates: BTreeMap<String, Arc<tokio::sync::Mutex<()>>>,
     live: Mutex<HashMap<String, Arc<Live>>>,
+    /// Notebook runs' requests to pods, and webhooks.
+    http: reqwest::Client,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
 
 fn err_invalid(s: impl Into<String>) -> JobError {
     JobError::InvalidArgument(s.into())
+}
+
+/// Checks a notebook run's request: a document, or an uploaded `.ipynb` (`code`) that takes its
+/// parameters.
+fn check_notebook(spec: &NotebookSpec, code: &str, plan: &Plan) -> Result<(), JobError> {
+    params::check_names(&spec.parameters).map_err(|e| err_invalid(e.to_string()))?;
+    if spec.mode == NotebookMode::Stale && !spec.parameters.is_empty() {
+        return Err(err_invalid(
+            "parameters need every cell to run (mode all), not only the stale ones",
+        ));
+    }
+    if !spec.document.is_empty() {
+        crate::service::valid_id("document", &spec.document)
+            .map_err(|e| err_invalid(e.to_string()))?;
+        if !code.is_empty() {
+            return Err(err_invalid(
+                "give a document or an uploaded notebook, not both",
+            ));
+        }
+        return Ok(());
+    }
+    if spec.mode == NotebookMode::Stale {
+        return Err(err_invalid(
+            "mode stale needs a document: an uploaded notebook has no stale cells",
+        ));
+    }
+    if code.is_empty() {
+        return Err(err_invalid("a notebook run needs a document or a notebook"));
+    }
+    if code.len() as u64 > plan.jobs.max_notebook_bytes {
+        return Err(err_invalid(format!(
+            "the notebook is {} bytes; plan {:?} takes at most {}",
+            code.len(),
+            plan.name,
+            plan.jobs.max_notebook_bytes
+        )));
+    }
+    let mut notebook: serde_json::Value = serde_json::from_str(code)
+        .map_err(|e| err_invalid(format!("the notebook is not JSON: {e}")))?;
+    if !notebook
+        .get("cells")
+        .is_some_and(serde_json::Value::is_array)
+    {
+        return Err(err_invalid(
+            "the notebook has no \"cells\" list (nbformat 4)",
+        ));
+    }
+    params::inject(&mut notebook, &spec.parameters).map_err(|e| err_invalid(e.to_string()))
 }
 
 impl Jobs {
@@ -143,6 +206,11 @@ impl Jobs {
                 slots,
                 pod_gates,
                 live: Mutex::default(),
+                http: reqwest::Client::builder()
+                    .no_proxy()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .unwrap_or_default(),
                 tracker,
                 shutdown,
             }),
@@ -193,16 +261,24 @@ impl Jobs {
                 s.kernel.chars().take(64).collect::<String>()
             )));
         }
-        if s.code.trim().is_empty() {
-            return Err(err_invalid("code is empty"));
+        match &s.notebook {
+            Some(spec) => check_notebook(spec, &s.code, &plan)?,
+            None => {
+                if s.code.trim().is_empty() {
+                    return Err(err_invalid("code is empty"));
+                }
+                if s.code.len() as u64 > plan.jobs.max_code_bytes {
+                    return Err(err_invalid(format!(
+                        "code is {} bytes; plan {:?} takes at most {}",
+                        s.code.len(),
+                        plan.name,
+                        plan.jobs.max_code_bytes
+                    )));
+                }
+            }
         }
-        if s.code.len() as u64 > plan.jobs.max_code_bytes {
-            return Err(err_invalid(format!(
-                "code is {} bytes; plan {:?} takes at most {}",
-                s.code.len(),
-                plan.name,
-                plan.jobs.max_code_bytes
-            )));
+        if let Some(w) = &s.webhook {
+            webhook::check(w).map_err(err_invalid)?;
         }
         if s.stdin.len() > MAX_STDIN_BYTES {
             return Err(err_invalid(format!(
@@ -224,13 +300,14 @@ impl Jobs {
                 .map_err(|e| err_invalid(e.to_string()))?;
         }
         let now = now_ms();
+        let hashed = model::input_text(&s.code, s.notebook.as_ref());
         let run = Run {
             id: format!("r{}", uuid::Uuid::new_v4().simple()),
             user_id: s.user_id.clone(),
             plan: plan.name.clone(),
             kernel: plan.kernel.clone(),
             state: RunState::Queued,
-            code_sha256: sha256_hex(s.code.as_bytes()),
+            code_sha256: sha256_hex(hashed.as_bytes()),
             code: s.code,
             stdin: s.stdin,
             timeout_ms: if s.timeout_ms == 0 {
@@ -251,6 +328,10 @@ impl Jobs {
             receipt: None,
             expires_at_ms: 0,
             cancel_requested: false,
+            notebook: s.notebook,
+            result_notebook: None,
+            webhook: s.webhook,
+            fired_by: s.fired_by,
         };
         // The key first: a replay is answered before the quota is asked, so it never counts.
         if let Some(k) = key
@@ -297,7 +378,7 @@ impl Jobs {
         ))
         .await;
         self.start(run.clone(), plan);
-        Ok(run)
+        Ok(run.redacted())
     }
 
     /// The run `first` that idempotency key `key` made, if the same user made it with the same
@@ -312,14 +393,15 @@ impl Jobs {
             && run.plan == asked.plan
             && run.code_sha256 == asked.code_sha256
             && run.stdin == asked.stdin
-            && run.timeout_ms == asked.timeout_ms;
+            && run.timeout_ms == asked.timeout_ms
+            && run.notebook == asked.notebook;
         if !same {
             return Err(JobError::Conflict(format!(
                 "idempotency key {key:?} was used for a different request"
             )));
         }
         self.audit(AuditEntry::of(&run, "replayed", key)).await;
-        Ok(run)
+        Ok(run.redacted())
     }
 
     fn start(&self, run: Run, plan: Plan) {
@@ -345,7 +427,7 @@ impl Jobs {
     pub async fn get(&self, user: &str, id: &str) -> Result<Run, JobError> {
         let run = self.inner.store.get(id).await?;
         match run {
-            Some(r) if r.user_id == user => Ok(r),
+            Some(r) if r.user_id == user => Ok(r.redacted()),
             _ => Err(JobError::NotFound(id.chars().take(64).collect())),
         }
     }
@@ -377,7 +459,8 @@ impl Jobs {
     /// The user's runs, newest first.
     pub async fn list(&self, user: &str, limit: usize) -> Result<Vec<Run>, JobError> {
         crate::service::valid_id("user_id", user).map_err(|e| err_invalid(e.to_string()))?;
-        Ok(self.inner.store.list(user, limit.clamp(1, 500)).await?)
+        let runs = self.inner.store.list(user, limit.clamp(1, 500)).await?;
+        Ok(runs.into_iter().map(Run::redacted).collect())
     }
 
     /// The user's audit trail, newest first.

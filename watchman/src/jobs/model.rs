@@ -1,7 +1,7 @@
 //! What a run is, as stored and as the HTTP API shows it (the gRPC messages mirror it).
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// Where a run is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +107,51 @@ pub struct Receipt {
     pub key_id: String,
 }
 
+/// How a notebook run runs its cells.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotebookMode {
+    /// Every code cell once, in dependency order.
+    #[default]
+    All,
+    /// The stale cells only (a document's).
+    Stale,
+}
+
+/// What a notebook run runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NotebookSpec {
+    /// The user's document it runs in, its outputs written there; empty: the run's `code` is
+    /// an uploaded `.ipynb`, run on a fresh pod.
+    #[serde(default)]
+    pub document: String,
+    #[serde(default)]
+    pub mode: NotebookMode,
+    /// Injected as papermill does (`params.rs`).
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+}
+
+/// Where a run's end is told: an HTTP POST signed with HMAC-SHA256 (`webhook.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Webhook {
+    pub url: String,
+    /// The HMAC key. Never shown back: runs and schedules come out with it blank.
+    #[serde(default)]
+    pub secret: String,
+    #[serde(default)]
+    pub on_success: bool,
+    #[serde(default)]
+    pub on_failure: bool,
+}
+
+/// The schedule that fired a run, and the due time it fired it for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fired {
+    pub schedule_id: String,
+    pub due_at_ms: u64,
+}
+
 /// A run, as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Run {
@@ -148,6 +193,35 @@ pub struct Run {
     pub expires_at_ms: u64,
     #[serde(default)]
     pub cancel_requested: bool,
+    /// A notebook run's notebook (absent for an execution).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notebook: Option<NotebookSpec>,
+    /// A notebook run's executed notebook (`.ipynb`), once it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_notebook: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<Webhook>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fired_by: Option<Fired>,
+}
+
+/// What a run runs, as its receipt hashes it: the code (or the uploaded notebook), or for a run
+/// on a user's document, the document and how it is run (its parameters included).
+pub fn input_text(code: &str, notebook: Option<&NotebookSpec>) -> String {
+    match notebook {
+        Some(n) if !n.document.is_empty() => serde_json::to_string(n).unwrap_or_default(),
+        _ => code.to_owned(),
+    }
+}
+
+impl Run {
+    /// The run as shown to its user: without its webhook's secret.
+    pub fn redacted(mut self) -> Self {
+        if let Some(w) = &mut self.webhook {
+            w.secret.clear();
+        }
+        self
+    }
 }
 
 /// One line of the audit trail.

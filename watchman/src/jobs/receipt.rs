@@ -24,6 +24,9 @@ pub struct ReceiptBody {
     pub kernel: String,
     pub state: RunState,
     pub code_sha256: String,
+    /// A notebook run on a user's document: the document.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub document: String,
     pub stdin_sha256: String,
     pub outputs_sha256: String,
     pub limits: ReceiptLimits,
@@ -79,6 +82,17 @@ pub fn outputs_sha256(outputs: &[Value]) -> String {
     sha256_hex(canonical(&Value::Array(outputs.to_vec())).as_bytes())
 }
 
+/// SHA-256 of what a run produced: its outputs, or a notebook run's executed notebook (both as
+/// [`canonical`] writes them).
+pub fn produced_sha256(run: &Run) -> String {
+    match &run.notebook {
+        Some(_) => {
+            sha256_hex(canonical(run.result_notebook.as_ref().unwrap_or(&Value::Null)).as_bytes())
+        }
+        None => outputs_sha256(&run.outputs),
+    }
+}
+
 /// Signs a finished run's receipt.
 pub fn sign(run: &Run, plan: &Plan, key: &SigningKey) -> Receipt {
     let body = ReceiptBody {
@@ -90,8 +104,13 @@ pub fn sign(run: &Run, plan: &Plan, key: &SigningKey) -> Receipt {
         kernel: run.kernel.clone(),
         state: run.state,
         code_sha256: run.code_sha256.clone(),
+        document: run
+            .notebook
+            .as_ref()
+            .map(|n| n.document.clone())
+            .unwrap_or_default(),
         stdin_sha256: sha256_hex(run.stdin.as_bytes()),
-        outputs_sha256: outputs_sha256(&run.outputs),
+        outputs_sha256: produced_sha256(run),
         limits: ReceiptLimits {
             timeout_ms: run.timeout_ms,
             memory_mib: plan.limits.memory_mib,
@@ -126,13 +145,14 @@ pub fn verify(
         if run.id != body.run_id {
             return Err(ReceiptError::Mismatch("run id"));
         }
-        if sha256_hex(run.code.as_bytes()) != body.code_sha256 {
+        let input = super::model::input_text(&run.code, run.notebook.as_ref());
+        if sha256_hex(input.as_bytes()) != body.code_sha256 {
             return Err(ReceiptError::Mismatch("code"));
         }
         if sha256_hex(run.stdin.as_bytes()) != body.stdin_sha256 {
             return Err(ReceiptError::Mismatch("stdin"));
         }
-        if outputs_sha256(&run.outputs) != body.outputs_sha256 {
+        if produced_sha256(run) != body.outputs_sha256 {
             return Err(ReceiptError::Mismatch("outputs"));
         }
     }

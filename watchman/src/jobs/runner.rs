@@ -19,17 +19,17 @@ use crate::service::{AllocationRequest, ServiceError, Watchman};
 /// How long an attempt waits for a pod when the warm buffer is empty.
 pub const POD_WAIT: Duration = Duration::from_secs(60);
 /// After the time limit, how long the kernel gets to stop before the attempt is ended anyway.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+pub(super) const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long connecting to a fresh pod may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const REQUEST_ID: &str = "run";
 /// How long a message to the pod may take to go out (a pod that stops reading is lost).
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest message taken from a pod: its output cap per execution is at most a few MiB,
 /// and a pod is not trusted to keep to it.
 const MAX_POD_MESSAGE: usize = 16 << 20;
 
-type Ws =
+pub(super) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
@@ -39,7 +39,7 @@ fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
 }
 
 /// Sends `m` within [`SEND_TIMEOUT`], or says why not.
-async fn send(ws: &mut Ws, m: &ClientMessage) -> Result<(), String> {
+pub(super) async fn send(ws: &mut Ws, m: &ClientMessage) -> Result<(), String> {
     let text = serde_json::to_string(m).map_err(|e| e.to_string())?;
     match tokio::time::timeout(SEND_TIMEOUT, ws.send(Message::text(text))).await {
         Ok(Ok(())) => Ok(()),
@@ -57,9 +57,11 @@ pub struct Ended {
     pub outcome: Outcome,
     pub detail: String,
     pub pod: String,
-    /// The attempt's document (deleted by the caller).
+    /// The attempt's own document (deleted by the caller; not a user's document).
     pub document: Option<String>,
     pub outputs: Outputs,
+    /// A notebook run's executed notebook.
+    pub notebook: Option<serde_json::Value>,
     /// How long the pod was held.
     pub held: Duration,
 }
@@ -72,6 +74,7 @@ impl Ended {
             pod: String::new(),
             document: None,
             outputs: Outputs::default(),
+            notebook: None,
             held: Duration::ZERO,
         }
     }
@@ -88,6 +91,8 @@ pub struct Attempting<'a> {
     pub pod_gate: &'a tokio::sync::Mutex<()>,
     /// Outputs are kept up to this many bytes.
     pub output_cap: u64,
+    /// For a notebook run's requests to its pod.
+    pub http: &'a reqwest::Client,
 }
 
 /// Runs attempt `number` of `run`; `on_pod` is told the pod once one is bound.
@@ -103,14 +108,24 @@ pub async fn attempt(
         cancel,
         pod_gate,
         output_cap,
+        http,
     } = *with;
-    let document = format!("run-{}-{number}", run.id);
+    // A run on a user's document uses the document's pod; any other, a fresh pod of its own.
+    let (document, own) = match run.notebook.as_ref().filter(|n| !n.document.is_empty()) {
+        Some(n) => (n.document.clone(), false),
+        None => (format!("run-{}-{number}", run.id), true),
+    };
+    let by = format!("run {}", run.id);
     let request = AllocationRequest {
         document: &document,
         plan: &run.plan,
         kernel: "",
         user: &run.user_id,
-        user_name: &run.user_id,
+        user_name: if run.notebook.is_some() {
+            &by
+        } else {
+            &run.user_id
+        },
         role: Role::Editor,
         wait: Some(POD_WAIT),
     };
@@ -125,7 +140,7 @@ pub async fn attempt(
             // The allocation may have bound a pod just before it was dropped: the caller deletes
             // the document either way.
             let mut ended = Ended::early(Outcome::Cancelled, "cancelled before a pod was bound".into());
-            ended.document = Some(document);
+            ended.document = own.then_some(document);
             return ended;
         }
     };
@@ -146,27 +161,39 @@ pub async fn attempt(
     let held_from = Instant::now();
     let pod = granted.allocation.pod.clone();
     on_pod(&pod).await;
-    let (outcome, detail, outputs) =
-        execute(watchman, run, &granted, events, cancel, output_cap).await;
+    let (outcome, detail, outputs, notebook) = match &run.notebook {
+        Some(spec) => {
+            let on = super::notebook::OnPod {
+                watchman,
+                granted: &granted,
+                http,
+                events,
+                cancel,
+                output_cap,
+                by: format!("{by} (graph)"),
+            };
+            let e = super::notebook::run(&on, run, spec).await;
+            (e.outcome, e.detail, e.outputs, e.notebook)
+        }
+        None => {
+            let (outcome, detail, outputs) =
+                execute(watchman, run, &granted, events, cancel, output_cap).await;
+            (outcome, detail, outputs, None)
+        }
+    };
     Ended {
         outcome,
         detail,
         pod,
-        document: Some(document),
+        document: own.then_some(document),
         outputs,
+        notebook,
         held: held_from.elapsed(),
     }
 }
 
-async fn execute(
-    watchman: &Watchman,
-    run: &Run,
-    granted: &crate::service::Granted,
-    events: &broadcast::Sender<RunEvent>,
-    cancel: &CancellationToken,
-    output_cap: u64,
-) -> (Outcome, String, Outputs) {
-    let mut outputs = Outputs::capped(output_cap);
+/// Connects to the pod's Middleman as the run's collaborator.
+pub(super) async fn connect(granted: &crate::service::Granted) -> Result<Ws, String> {
     let url = format!(
         "{}/ws?token={}",
         granted
@@ -181,22 +208,28 @@ async fn execute(
         tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true),
     )
     .await;
-    let mut ws = match connected {
-        Ok(Ok((ws, _))) => ws,
-        Ok(Err(e)) => {
-            return (
-                Outcome::PodLost,
-                format!("could not connect to the pod: {e}"),
-                outputs,
-            );
-        }
-        Err(_) => {
-            return (
-                Outcome::PodLost,
-                "the pod did not answer within 15 s".into(),
-                outputs,
-            );
-        }
+    match connected {
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(e)) => Err(format!("could not connect to the pod: {e}")),
+        Err(_) => Err(format!(
+            "the pod did not answer within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+async fn execute(
+    watchman: &Watchman,
+    run: &Run,
+    granted: &crate::service::Granted,
+    events: &broadcast::Sender<RunEvent>,
+    cancel: &CancellationToken,
+    output_cap: u64,
+) -> (Outcome, String, Outputs) {
+    let mut outputs = Outputs::capped(output_cap);
+    let mut ws = match connect(granted).await {
+        Ok(ws) => ws,
+        Err(why) => return (Outcome::PodLost, why, outputs),
     };
     let limit = Duration::from_millis(run.timeout_ms);
     let mut deadline = tokio::time::Instant::now() + limit;
@@ -336,7 +369,7 @@ fn error_name(outputs: &Outputs) -> String {
 }
 
 /// Why the connection to the pod was lost, as far as Watchman knows.
-async fn lost(watchman: &Watchman, granted: &crate::service::Granted) -> String {
+pub(super) async fn lost(watchman: &Watchman, granted: &crate::service::Granted) -> String {
     match watchman.ended(&granted.allocation.id).await {
         Ok(Some(ended)) => format!("the pod ended: {} {}", ended.reason.label(), ended.detail)
             .trim_end()

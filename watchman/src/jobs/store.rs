@@ -2,12 +2,12 @@
 //! memory for a single replica or in Redis for several.
 //!
 //! Redis keys (under Watchman's prefix): `jobs:run:{id}` the run's JSON (expires with its
-//! result); `jobs:user:{user}` sorted set of the user's run ids by submission time;
+//! result); `jobs:user:{user}` sorted set of the user's run ids by submission time (the newest 10,000);
 //! `jobs:idem:{len(user)}:{user}:{key}` the run an idempotency key made; `jobs:active:{plan}:{user}` sorted
 //! set of unfinished runs by when they are given up for lost (so a replica that died mid-run
 //! cannot hold a user's quota for ever); `jobs:day:{plan}:{user}:{day}` hash of the day's
 //! `runs` and `cpu_ms`; `jobs:audit:{user}` stream of audit entries; `jobs:cancel:{id}` a cancel
-//! asked of a run another replica drives.
+//! asked of a run another replica drives. Schedules: `schedule_store.rs`.
 //!
 //! One file, over 500 lines: each operation's memory and Redis forms sit side by side, so that
 //! they cannot drift apart.
@@ -30,6 +30,9 @@ fn idem_key(r: &RedisStore, user: &str, key: &str) -> String {
     format!("{}jobs:idem:{}:{user}:{key}", r.prefix(), user.len())
 }
 
+/// Runs kept in a user's index (older ones are trimmed).
+const USER_INDEX_KEEP: i64 = 10_000;
+
 /// Audit entries kept per user (older ones are trimmed).
 const AUDIT_KEEP: usize = 10_000;
 
@@ -51,6 +54,9 @@ pub struct Memory {
     days: HashMap<(String, String, u64), (u32, u64)>,
     audit: HashMap<String, Vec<AuditEntry>>,
     cancels: std::collections::HashSet<String>,
+    /// Schedules by id, and the next due time of each active one (`schedule_store.rs`).
+    pub(super) schedules: HashMap<String, super::schedules::Schedule>,
+    pub(super) due: HashMap<String, u64>,
 }
 
 /// Admission: atomically, the user's usage of the plan and, when the quota admits it, one more
@@ -82,7 +88,7 @@ impl JobStore {
         }
     }
 
-    fn mem(m: &Mutex<Memory>) -> std::sync::MutexGuard<'_, Memory> {
+    pub(super) fn mem(m: &Mutex<Memory>) -> std::sync::MutexGuard<'_, Memory> {
         m.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -347,6 +353,12 @@ impl JobStore {
                     pipe.set(&key, &json).ignore();
                 }
                 pipe.zadd(&user, &run.id, run.queued_at_ms).ignore();
+                // A user's index keeps the newest runs only (their runs expire anyway).
+                pipe.cmd("ZREMRANGEBYRANK")
+                    .arg(&user)
+                    .arg(0)
+                    .arg(-(USER_INDEX_KEEP + 1))
+                    .ignore();
                 r.retrying("jobs_put", || {
                     let mut c = r.connection();
                     let pipe = pipe.clone();
@@ -407,7 +419,9 @@ impl JobStore {
                 r.retrying("jobs_list", || {
                     let mut c = r.connection();
                     let key = key.clone();
-                    async move { c.zrevrange(key, 0, -1).await }
+                    // Some ids may have expired: a margin past the limit.
+                    let last = isize::try_from(limit + 100).unwrap_or(isize::MAX);
+                    async move { c.zrevrange(key, 0, last).await }
                 })
                 .await?
             }
