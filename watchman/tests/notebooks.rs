@@ -377,13 +377,14 @@ async fn a_schedule_fires_on_time_across_a_leader_failover_with_no_duplicate_and
         "unknown plan",
     );
 
-    // Every two seconds, created through the HTTP API.
+    // Every second (the lease lasts 2 s, so due times fall due while no replica leads), created
+    // through the HTTP API.
     let (status, body) = http(
         w1.http_addr,
         "POST",
         "/v1/schedules",
         API_TOKEN,
-        r#"{"user_id":"ada","plan":"free","document":"dash","cron":"*/2 * * * * *","time_zone":"Europe/Paris","missed":"all"}"#,
+        r#"{"user_id":"ada","plan":"free","document":"dash","cron":"* * * * * *","time_zone":"Europe/Paris","missed":"all"}"#,
     )
     .await;
     assert_eq!(status, 201, "{body}");
@@ -436,7 +437,7 @@ async fn a_schedule_fires_on_time_across_a_leader_failover_with_no_duplicate_and
     };
     leader.stop().await;
     let mut j = jobs_client(follower.grpc_addr).await;
-    wait_for(&mut j, before + 4).await;
+    wait_for(&mut j, before + 6).await;
     let s = j
         .pause_schedule(pb::ScheduleRef {
             user_id: "ada".into(),
@@ -454,12 +455,19 @@ async fn a_schedule_fires_on_time_across_a_leader_failover_with_no_duplicate_and
     let unique: std::collections::BTreeSet<u64> = dues.iter().copied().collect();
     assert_eq!(unique.len(), dues.len(), "a due time fired twice: {dues:?}");
     for pair in dues.windows(2) {
-        assert_eq!(pair[1] - pair[0], 2_000, "a due time was skipped: {dues:?}");
+        assert_eq!(pair[1] - pair[0], 1_000, "a due time was skipped: {dues:?}");
     }
     for r in &runs {
         assert!(r.queued_at_ms >= r.due_at_ms, "fired early: {r:?}");
         assert!(r.is_notebook && r.document == "dash");
     }
+    // How late each fired (not asserted: this machine is shared), for the record.
+    let mut late: Vec<(u64, u64)> = runs
+        .iter()
+        .map(|r| (r.due_at_ms, r.queued_at_ms - r.due_at_ms))
+        .collect();
+    late.sort_unstable();
+    eprintln!("fired late by (ms), in due order: {late:?}");
 
     // Paused, it fires nothing more; resumed, it is due again after now.
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -26,9 +26,16 @@ pub(crate) fn exec_line(script: &str, name: &str) -> String {
     )
 }
 
+/// IPython keeps its input history in memory only. Its default, a SQLite file in the kernel's
+/// home, is written (with a rollback journal) after every cell: milliseconds a cell on a slow
+/// disk, for a history the document already keeps. `%history`, `_i` and `Out` still work within
+/// the kernel's life.
+const HISTORY_IN_MEMORY: &str = "--HistoryManager.hist_file=:memory:";
+
 /// Adds the helper to an IPython kernel's command line.
 pub(crate) fn add_helper(argv: &mut Vec<String>) {
     if is_ipython(argv) {
+        argv.push(HISTORY_IN_MEMORY.to_owned());
         argv.push(exec_line(NBPLAT_KERNEL_PY, "_nbplat"));
         argv.push(exec_line(NBPLAT_CHECKPOINT_PY, "_nbplat_checkpoint"));
     }
@@ -46,8 +53,9 @@ mod tests {
             "ipykernel_launcher".into(),
         ];
         add_helper(&mut argv);
-        assert_eq!(argv.len(), 5);
-        for line in &argv[3..] {
+        assert_eq!(argv.len(), 6);
+        assert_eq!(argv[3], HISTORY_IN_MEMORY);
+        for line in &argv[4..] {
             assert!(line.starts_with("--IPKernelApp.exec_lines=exec("));
             assert!(!line.contains('\n') && !line.contains('"'));
         }

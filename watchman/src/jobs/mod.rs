@@ -1,11 +1,14 @@
-//! Runs without a browser (docs/jobs.md): one-shot executions on fresh pods of the warm pools,
-//! queued per plan, retried only when the infrastructure lost them, bounded by per-user
-//! quotas, audited, and finished with a signed receipt.
+//! Runs without a browser (docs/jobs.md): one-shot executions and notebook runs on the warm
+//! pools, queued per plan, retried only when the infrastructure lost them, bounded by per-user
+//! quotas, audited, finished with a signed receipt and told to a webhook; and schedules that
+//! fire notebook runs on a cron expression.
 //!
 //! - [`model`]: what a run is; [`decide`]: the pure decisions (retry or finish, backoff, quota,
 //!   charge); [`outputs`]: outputs as Middleman's events build them; [`receipt`]: signing and
-//!   verifying; [`store`]: where runs live; [`runner`]: one attempt on a pod; `drive`: a run
-//!   from its queue to its end.
+//!   verifying; [`store`]: where runs live; [`runner`]: one attempt on a pod (`notebook`: a
+//!   notebook's attempt, [`params`]: its parameters); `drive`: a run from its queue to its end;
+//!   [`webhook`]: telling its end.
+//! - [`schedules`] (stored by `schedule_store`), with [`cron`]: due times and missed runs.
 //! - [`Jobs`]: the handle the gRPC ([`crate::grpc_jobs`]) and HTTP ([`http`]) boundaries hold.
 
 pub mod cron;
@@ -119,15 +122,36 @@ fn err_invalid(s: impl Into<String>) -> JobError {
     JobError::InvalidArgument(s.into())
 }
 
-/// Checks a notebook run's request: a document, or an uploaded `.ipynb` (`code`) that takes its
-/// parameters.
-fn check_notebook(spec: &NotebookSpec, code: &str, plan: &Plan) -> Result<(), JobError> {
-    params::check_names(&spec.parameters).map_err(|e| err_invalid(e.to_string()))?;
-    if spec.mode == NotebookMode::Stale && !spec.parameters.is_empty() {
+/// Checks a run's time limit against the plan's; returns the plan's (the default).
+fn check_timeout(plan: &Plan, timeout_ms: u64) -> Result<u64, JobError> {
+    let plan_limit = u64::try_from(plan.limits.execution_timeout.as_millis()).unwrap_or(u64::MAX);
+    if timeout_ms > plan_limit {
+        return Err(err_invalid(format!(
+            "timeout_ms {timeout_ms} is above plan {:?}'s limit of {plan_limit} ms",
+            plan.name
+        )));
+    }
+    Ok(plan_limit)
+}
+
+/// Checks parameters' names, and that they come with every cell to run.
+fn check_parameters(
+    mode: NotebookMode,
+    parameters: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), JobError> {
+    params::check_names(parameters).map_err(|e| err_invalid(e.to_string()))?;
+    if mode == NotebookMode::Stale && !parameters.is_empty() {
         return Err(err_invalid(
             "parameters need every cell to run (mode all), not only the stale ones",
         ));
     }
+    Ok(())
+}
+
+/// Checks a notebook run's request: a document, or an uploaded `.ipynb` (`code`) that takes its
+/// parameters.
+fn check_notebook(spec: &NotebookSpec, code: &str, plan: &Plan) -> Result<(), JobError> {
+    check_parameters(spec.mode, &spec.parameters)?;
     if !spec.document.is_empty() {
         crate::service::valid_id("document", &spec.document)
             .map_err(|e| err_invalid(e.to_string()))?;
@@ -196,6 +220,10 @@ impl Jobs {
             }
             metrics::counter!("watchman_run_retries_total", "plan" => plan.clone()).increment(0);
             metrics::counter!("watchman_run_refusals_total", "plan" => plan.clone()).increment(0);
+            metrics::counter!("watchman_schedule_fires_total", "plan" => plan.clone()).increment(0);
+        }
+        for outcome in ["delivered", "retried", "failed"] {
+            metrics::counter!("watchman_webhooks_total", "outcome" => outcome).increment(0);
         }
         Self {
             inner: Arc::new(Inner {
@@ -286,14 +314,7 @@ impl Jobs {
                 s.stdin.len()
             )));
         }
-        let plan_limit =
-            u64::try_from(plan.limits.execution_timeout.as_millis()).unwrap_or(u64::MAX);
-        if s.timeout_ms > plan_limit {
-            return Err(err_invalid(format!(
-                "timeout_ms {} is above plan {:?}'s limit of {plan_limit} ms",
-                s.timeout_ms, plan.name
-            )));
-        }
+        let plan_limit = check_timeout(&plan, s.timeout_ms)?;
         let key = (!s.idempotency_key.is_empty()).then_some(s.idempotency_key.as_str());
         if let Some(k) = key {
             crate::service::valid_id("idempotency_key", k)

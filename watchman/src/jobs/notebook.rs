@@ -23,8 +23,9 @@ use crate::service::{Granted, Watchman};
 const REQUEST_ID: &str = "notebook-run";
 /// How long one HTTP request to the pod may take.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
-/// The largest executed notebook taken back from a pod.
-const MAX_NOTEBOOK_BACK: usize = 64 << 20;
+/// The largest executed notebook taken back from a pod (a larger one stays in its document, and
+/// the run says `outputs_truncated`).
+const MAX_NOTEBOOK_BACK: usize = 32 << 20;
 
 /// How a notebook attempt ended, with its executed notebook when it got that far.
 pub(super) struct NotebookEnded {
@@ -107,8 +108,9 @@ async fn import(on: &OnPod<'_>, notebook: &Value) -> Result<(), (Outcome, String
     Err(refused(status, &body))
 }
 
-/// The document as an `.ipynb`.
-async fn export(on: &OnPod<'_>) -> Result<Value, (Outcome, String)> {
+/// The document as an `.ipynb`; `None` when it is larger than Watchman keeps (its outputs
+/// stay in the document).
+async fn export(on: &OnPod<'_>) -> Result<Option<Value>, (Outcome, String)> {
     let url = format!(
         "{}/api/notebook?token={}",
         base(on.granted),
@@ -131,14 +133,16 @@ async fn export(on: &OnPod<'_>) -> Result<Value, (Outcome, String)> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|e| lost(e.to_string()))? {
         if body.len() + chunk.len() > MAX_NOTEBOOK_BACK {
-            return Err(lost(format!("larger than {MAX_NOTEBOOK_BACK} bytes")));
+            return Ok(None);
         }
         body.extend_from_slice(&chunk);
     }
     if !status.is_success() {
         return Err(refused(status, &String::from_utf8_lossy(&body)));
     }
-    serde_json::from_slice(&body).map_err(|e| lost(e.to_string()))
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| lost(e.to_string()))
 }
 
 /// Puts the parameters into the live document: the cell an earlier run injected gets the new
@@ -148,7 +152,12 @@ async fn inject_live(
     ws: &mut Ws,
     parameters: &serde_json::Map<String, Value>,
 ) -> Result<(), (Outcome, String)> {
-    let notebook = export(on).await?;
+    let notebook = export(on).await?.ok_or_else(|| {
+        (
+            Outcome::UserError,
+            format!("the document is larger than {MAX_NOTEBOOK_BACK} bytes"),
+        )
+    })?;
     let (at, injected) = params::locate(&notebook, parameters)
         .map_err(|e| (Outcome::UserError, format!("the document: {e}")))?;
     let source = params::injected_source(parameters);
@@ -339,8 +348,14 @@ async fn follow(on: &OnPod<'_>, run: &Run, spec: &NotebookSpec, ws: &mut Ws) -> 
             _ => {}
         }
     }
+    // The stream's cap spoke for the stream only: the notebook is the result.
+    outputs.truncated = false;
     let notebook = match export(on).await {
-        Ok(nb) => nb,
+        Ok(Some(nb)) => Some(nb),
+        Ok(None) => {
+            outputs.truncated = true;
+            None
+        }
         Err((outcome, why)) => {
             return NotebookEnded {
                 outputs,
@@ -367,6 +382,6 @@ async fn follow(on: &OnPod<'_>, run: &Run, spec: &NotebookSpec, ws: &mut Ws) -> 
         outcome,
         detail,
         outputs,
-        notebook: Some(notebook),
+        notebook,
     }
 }

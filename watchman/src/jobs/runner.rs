@@ -156,6 +156,12 @@ pub async fn attempt(
                 ),
             );
         }
+        // The request itself cannot be served (a document of another plan, say): the user's.
+        Err(
+            e @ (ServiceError::InvalidArgument(_)
+            | ServiceError::UnknownPlan { .. }
+            | ServiceError::FailedPrecondition(_)),
+        ) => return Ended::early(Outcome::UserError, e.to_string()),
         Err(e) => return Ended::early(Outcome::StoreError, e.to_string()),
     };
     let held_from = Instant::now();

@@ -6,7 +6,7 @@
 use redis::AsyncCommands as _;
 
 use super::schedules::Schedule;
-use super::store::JobStore;
+use super::store::{JobStore, get_json};
 use crate::store::{RedisStore, StoreError};
 
 fn user_key(r: &RedisStore, user: &str) -> String {
@@ -54,23 +54,7 @@ impl JobStore {
     pub async fn get_schedule(&self, id: &str) -> Result<Option<Schedule>, StoreError> {
         match self {
             Self::Memory(m) => Ok(Self::mem(m).schedules.get(id).cloned()),
-            Self::Redis(r) => {
-                let key = schedule_key(r, id);
-                let json: Option<String> = r
-                    .retrying("jobs_schedule_get", || {
-                        let mut c = r.connection();
-                        let key = key.clone();
-                        async move { c.get(key).await }
-                    })
-                    .await?;
-                json.map(|j| {
-                    serde_json::from_str(&j).map_err(|e| StoreError::Corrupt {
-                        key,
-                        reason: e.to_string(),
-                    })
-                })
-                .transpose()
-            }
+            Self::Redis(r) => get_json(r, "jobs_schedule_get", schedule_key(r, id)).await,
         }
     }
 

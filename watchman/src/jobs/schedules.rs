@@ -13,11 +13,11 @@ use tokio::sync::watch;
 
 use super::cron::{self, Cron, Missed};
 use super::model::{AuditEntry, Fired, NotebookMode, NotebookSpec, Webhook};
-use super::{JobError, Jobs, Submission, err_invalid, params, webhook};
+use super::{JobError, Jobs, Submission, check_parameters, check_timeout, err_invalid, webhook};
 use crate::model::now_ms;
 use crate::service::ReconcilerStatus;
 
-/// How often the leader looks for due schedules.
+/// How often the leader looks for due schedules at least (it also wakes at the next one).
 const TICK: Duration = Duration::from_millis(250);
 /// Schedules a user may have.
 pub const MAX_PER_USER: usize = 100;
@@ -105,20 +105,8 @@ impl Jobs {
         crate::service::valid_id("document", &s.document)
             .map_err(|e| err_invalid(e.to_string()))?;
         let (cron, tz) = s.parsed().map_err(err_invalid)?;
-        params::check_names(&s.parameters).map_err(|e| err_invalid(e.to_string()))?;
-        if s.mode == NotebookMode::Stale && !s.parameters.is_empty() {
-            return Err(err_invalid(
-                "parameters need every cell to run (mode all), not only the stale ones",
-            ));
-        }
-        let plan_limit =
-            u64::try_from(plan.limits.execution_timeout.as_millis()).unwrap_or(u64::MAX);
-        if s.timeout_ms > plan_limit {
-            return Err(err_invalid(format!(
-                "timeout_ms {} is above plan {:?}'s limit of {plan_limit} ms",
-                s.timeout_ms, plan.name
-            )));
-        }
+        check_parameters(s.mode, &s.parameters)?;
+        check_timeout(&plan, s.timeout_ms)?;
         if s.catch_up_ms > MAX_CATCH_UP_MS {
             return Err(err_invalid(format!(
                 "catch_up_ms is at most {MAX_CATCH_UP_MS} (7 days)"
@@ -213,19 +201,31 @@ impl Jobs {
     }
 
     /// Fires due schedules while this replica leads the reconciler, until shutdown.
-    pub async fn run_scheduler(self, mut status: watch::Receiver<ReconcilerStatus>) {
+    pub async fn run_scheduler(self, status: watch::Receiver<ReconcilerStatus>) {
         let shutdown = self.inner.shutdown.clone();
+        let mut pause = TICK;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(TICK) => {}
-                r = status.changed() => if r.is_err() { return },
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = TICK;
+            // The reconciler is gone (it stopped): so is the leadership.
+            if status.has_changed().is_err() {
+                return;
             }
             if !status.borrow().leading {
                 continue;
             }
             if let Err(error) = self.fire_due().await {
                 tracing::warn!(%error, "schedules not fired this pass");
+            }
+            // Wake at the next due time if it comes before the next tick (fired within
+            // milliseconds, not a tick, late).
+            if let Ok(first) = self.inner.store.due_before(u64::MAX, 1).await
+                && let Some((_, at)) = first.first()
+            {
+                pause = Duration::from_millis(at.saturating_sub(now_ms())).min(TICK);
             }
         }
     }

@@ -30,6 +30,28 @@ fn idem_key(r: &RedisStore, user: &str, key: &str) -> String {
     format!("{}jobs:idem:{}:{user}:{key}", r.prefix(), user.len())
 }
 
+/// The JSON value at `key`, parsed.
+pub(super) async fn get_json<T: serde::de::DeserializeOwned>(
+    r: &RedisStore,
+    what: &'static str,
+    key: String,
+) -> Result<Option<T>, StoreError> {
+    let json: Option<String> = r
+        .retrying(what, || {
+            let mut c = r.connection();
+            let key = key.clone();
+            async move { c.get(key).await }
+        })
+        .await?;
+    json.map(|j| {
+        serde_json::from_str(&j).map_err(|e| StoreError::Corrupt {
+            key,
+            reason: e.to_string(),
+        })
+    })
+    .transpose()
+}
+
 /// Runs kept in a user's index (older ones are trimmed).
 const USER_INDEX_KEEP: i64 = 10_000;
 
@@ -384,23 +406,7 @@ impl JobStore {
                 }
                 Ok(m.runs.get(id).cloned())
             }
-            Self::Redis(r) => {
-                let key = format!("{}jobs:run:{id}", r.prefix());
-                let json: Option<String> = r
-                    .retrying("jobs_get", || {
-                        let mut c = r.connection();
-                        let key = key.clone();
-                        async move { c.get(key).await }
-                    })
-                    .await?;
-                json.map(|j| {
-                    serde_json::from_str(&j).map_err(|e| StoreError::Corrupt {
-                        key,
-                        reason: e.to_string(),
-                    })
-                })
-                .transpose()
-            }
+            Self::Redis(r) => get_json(r, "jobs_get", format!("{}jobs:run:{id}", r.prefix())).await,
         }
     }
 
