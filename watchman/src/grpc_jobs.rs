@@ -20,6 +20,7 @@ impl From<JobError> for Status {
             JobError::NotFound(_) => Status::not_found(e.to_string()),
             JobError::Quota(_) => Status::resource_exhausted(e.to_string()),
             JobError::Conflict(_) => Status::failed_precondition(e.to_string()),
+            JobError::InFlight(_) => Status::aborted(e.to_string()),
             JobError::ShuttingDown => Status::unavailable(e.to_string()),
             JobError::Store(error) => {
                 tracing::error!(%error, "jobs store failed");

@@ -302,8 +302,10 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         watchman_proto::v1::jobs_server::JobsServer::new(crate::grpc_jobs::JobsApi::new(
             jobs.clone(),
         ))
-        // Code of the largest plan (at most 4 MiB) and its stdin.
-        .max_decoding_message_size(5 << 20),
+        // The largest plan's notebook (at most 32 MiB), with room for the message around it;
+        // a run shown back holds its notebook and the executed one.
+        .max_decoding_message_size(33 << 20)
+        .max_encoding_message_size(80 << 20),
         grpc::ApiAuth::new(&[&api_token]),
     );
     let routes = tonic::service::interceptor::InterceptedService::new(

@@ -153,6 +153,16 @@ async fn a_notebook_runs_with_its_parameters_injected_and_comes_back_executed() 
     assert_eq!(run.state, pb::RunState::Failed as i32, "{run:?}");
     assert!(run.exit_reason.contains("ZeroDivisionError"), "{run:?}");
     assert_eq!(run.attempts.len(), 1);
+    // So does a cell that may not run at all.
+    let broken = notebook(&[(&[], "x = 1"), (&[], "def f(:\n    pass")]);
+    let queued = j
+        .submit_notebook_run(notebook_run("ada", &broken, &json!({})))
+        .await
+        .unwrap()
+        .into_inner();
+    let run = finished(&mut j, "ada", &queued.id).await;
+    assert_eq!(run.state, pb::RunState::Failed as i32, "{run:?}");
+    assert!(run.exit_reason.contains("may not run"), "{run:?}");
 
     // Bad input gets a clear error.
     let e = j
@@ -307,6 +317,18 @@ async fn a_run_on_a_document_writes_its_outputs_there_live_for_anyone_watching()
     let cells = export().await;
     assert_eq!(injected(&cells), [1], "{cells:?}");
     assert_eq!(cell_stdout(&cells[2]), "Rome: 0\n");
+
+    // Without parameters the defaults hold again: the injected cell goes.
+    let third = j
+        .submit_notebook_run(on_document(json!({})))
+        .await
+        .unwrap()
+        .into_inner();
+    let third = finished(&mut j, "ada", &third.id).await;
+    assert_eq!(third.state, pb::RunState::Succeeded as i32, "{third:?}");
+    let cells = export().await;
+    assert!(injected(&cells).is_empty(), "{cells:?}");
+    assert_eq!(cell_stdout(&cells[1]), "nowhere: 0\n");
 
     // Stale cells only: nothing changed since, so nothing runs.
     let mut stale = on_document(json!({}));

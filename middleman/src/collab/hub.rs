@@ -605,33 +605,43 @@ impl Hub {
 
     /// Runs every stale cell in dependency order (asked by `by`); `request_id` is told when
     /// the run is over.
-    pub async fn run_stale(&self, by: String, request_id: Option<String>) {
-        self.plan(by, Event::RunStale, request_id).await;
+    pub async fn run_stale(&self, by: String, request_id: Option<String>) -> Result<(), Refusal> {
+        self.plan(by, Event::RunStale, request_id).await
     }
 
     /// Runs every code cell once, in dependency order (asked by `by`); `request_id` is told
     /// when the run is over.
-    pub async fn run_all(&self, by: String, request_id: Option<String>) {
-        self.plan(by, Event::RunAll, request_id).await;
+    pub async fn run_all(&self, by: String, request_id: Option<String>) -> Result<(), Refusal> {
+        self.plan(by, Event::RunAll, request_id).await
     }
 
     /// A reactive run that `by` asked for: its executions are theirs.
     #[tracing::instrument(skip_all, fields(%by, ?event))]
-    async fn plan(&self, by: String, event: Event<'_>, request_id: Option<String>) {
+    async fn plan(
+        &self,
+        by: String,
+        event: Event<'_>,
+        request_id: Option<String>,
+    ) -> Result<(), Refusal> {
         {
             let mut st = self.lock();
-            st.plan_by = by;
-            // Bounded: a client asking again and again while a long run goes on is told once
-            // per distinct id, up to this many.
+            // Bounded: a run asked for with an id once this many wait is refused, not left
+            // untold (the asker may try again).
             if let Some(id) = request_id
-                && st.run_waiters.len() < MAX_RUN_WAITERS
                 && !st.run_waiters.contains(&id)
             {
+                if st.run_waiters.len() >= MAX_RUN_WAITERS {
+                    return Err(Refusal::TooManyRunWaiters {
+                        max: MAX_RUN_WAITERS,
+                    });
+                }
                 st.run_waiters.push(id);
             }
+            st.plan_by = by;
             self.react(&mut st, event);
         }
         self.deliver().await;
+        Ok(())
     }
 
     /// Sets the document's reactivity mode.

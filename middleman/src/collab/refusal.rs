@@ -62,6 +62,9 @@ pub enum Refusal {
     /// A `fetch_outputs` for too many cells at once.
     #[error("fetch_outputs takes at most {max} cells a message")]
     TooManyCells { max: usize },
+    /// A `run_all`/`run_stale` with a `request_id` while this many already wait for theirs.
+    #[error("{max} runs already wait to be told they are over; ask again once one is")]
+    TooManyRunWaiters { max: usize },
 }
 
 impl Refusal {
@@ -80,6 +83,7 @@ impl Refusal {
     pub fn code(&self) -> ErrorCode {
         match self {
             Refusal::StoreUnavailable | Refusal::DocumentFull { .. } => ErrorCode::Unavailable,
+            Refusal::TooManyRunWaiters { .. } => ErrorCode::QueueFull,
             Refusal::ViewerEdit | Refusal::ViewerAction => ErrorCode::Forbidden,
             Refusal::Unreadable(_)
             | Refusal::BadYjs(_)

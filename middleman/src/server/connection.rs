@@ -315,8 +315,8 @@ impl Conn {
             }
             ClientMessage::SetReactivity { mode } => hub.set_reactivity(mode),
             ClientMessage::SetGraphRule { rule } => hub.set_graph_rule(rule).await,
-            ClientMessage::RunStale { request_id } => hub.run_stale(by, request_id).await,
-            ClientMessage::RunAll { request_id } => hub.run_all(by, request_id).await,
+            ClientMessage::RunStale { request_id } => hub.run_stale(by, request_id).await?,
+            ClientMessage::RunAll { request_id } => hub.run_all(by, request_id).await?,
             ClientMessage::ExecuteCell {
                 cell_id,
                 request_id,

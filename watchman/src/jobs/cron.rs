@@ -6,8 +6,9 @@
 //! matching either is due.
 //!
 //! Due times are local (civil) times of the zone: each fires once. One that a clock change
-//! skips (spring forward) fires at the instant after the gap; one that a clock change repeats
-//! (fall back) fires at its first occurrence.
+//! skips (spring forward) fires shifted by the gap (02:30 on a night that jumps from 02:00 to
+//! 03:00 fires at 03:30); one that a clock change repeats (fall back) fires at its first
+//! occurrence.
 
 use jiff::civil::DateTime;
 use jiff::tz::{AmbiguousOffset, TimeZone};
@@ -52,12 +53,8 @@ fn field(
         let n: u32 = s
             .parse()
             .map_err(|_| format!("{what}: {s:?} is not a number or a name"))?;
-        // Day of week 7 is Sunday too.
-        let n = if what == "day of week" && n == 7 {
-            0
-        } else {
-            n
-        };
+        // Day of week 7 (Sunday too) stays 7 here, so that ranges such as 5-7 hold; the
+        // caller folds bit 7 onto bit 0.
         if n < lo || n > hi {
             return Err(format!("{what}: {n} is outside {lo}-{hi}"));
         }
@@ -132,8 +129,9 @@ impl Cron {
             months: u16::try_from(field(rest[3], "month", 1, 12, &MONTHS, 1)?).unwrap_or(0),
             // Bit 7 (a range to 7) is Sunday, bit 0.
             weekdays: u8::try_from((weekdays | (weekdays >> 7)) & 0x7f).unwrap_or(0),
-            days_any: rest[2] == "*",
-            weekdays_any: rest[4] == "*",
+            // As Vixie cron: a field starting with `*` (`*/2` too) leaves the day unrestricted.
+            days_any: rest[2].starts_with('*'),
+            weekdays_any: rest[4].starts_with('*'),
         })
     }
 
@@ -198,7 +196,7 @@ impl Cron {
             }
             let at = match tz.to_ambiguous_timestamp(dt).offset() {
                 AmbiguousOffset::Unambiguous { offset } => offset.to_timestamp(dt).ok()?,
-                // Skipped by the clock: at the instant after the gap.
+                // Skipped by the clock: shifted by the gap's length.
                 AmbiguousOffset::Gap { .. } => tz.to_ambiguous_timestamp(dt).compatible().ok()?,
                 // Repeated by the clock: its first occurrence.
                 AmbiguousOffset::Fold { before, .. } => before.to_timestamp(dt).ok()?,
@@ -328,6 +326,20 @@ mod tests {
         assert_eq!(
             next("0 0 * * 7", "", "2026-12-01T00:00:00Z"),
             "2026-12-06T00:00:00Z"
+        );
+        // 7 in a range is Sunday: Friday to Sunday, from a Sunday noon, is Friday.
+        assert_eq!(
+            next("0 0 * * 5-7", "", "2026-12-06T12:00:00Z"),
+            "2026-12-11T00:00:00Z"
+        );
+        assert_eq!(
+            next("0 0 * * FRI-7", "", "2026-12-05T12:00:00Z"),
+            "2026-12-06T00:00:00Z"
+        );
+        // A stepped day of month is unrestricted for Vixie's either-day rule: both must match.
+        assert_eq!(
+            next("0 0 */2 * MON", "", "2026-12-01T00:00:00Z"),
+            "2026-12-07T00:00:00Z"
         );
         assert!(
             Cron::parse("0 0 30 2 *")

@@ -65,6 +65,7 @@ impl IntoResponse for JobError {
             JobError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             JobError::Quota(_) => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
             JobError::Conflict(_) => (StatusCode::CONFLICT, "idempotency_conflict"),
+            JobError::InFlight(_) => (StatusCode::CONFLICT, "idempotency_in_flight"),
             JobError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             JobError::Store(e) => {
                 tracing::error!(error = %e, "jobs store failed");

@@ -48,6 +48,8 @@ use crate::store::StoreError;
 
 /// The largest stdin a run may carry.
 pub const MAX_STDIN_BYTES: usize = 64 * 1024;
+/// After this long, an idempotency key whose run was never stored is taken over.
+const ORPHANED_CLAIM_MS: u64 = 30_000;
 /// How often a watcher reads a run it is not running itself, and a runner checks for a cancel
 /// asked of another replica.
 const POLL: Duration = Duration::from_millis(500);
@@ -65,6 +67,9 @@ pub enum JobError {
     /// An idempotency key reused for a different request.
     #[error("{0}")]
     Conflict(String),
+    /// An idempotency key whose first submission is not stored yet.
+    #[error("{0}")]
+    InFlight(String),
     #[error("Watchman is shutting down; submit again")]
     ShuttingDown,
     #[error(transparent)]
@@ -316,7 +321,10 @@ impl Jobs {
         }
         let plan_limit = check_timeout(&plan, s.timeout_ms)?;
         let key = (!s.idempotency_key.is_empty()).then_some(s.idempotency_key.as_str());
-        if let Some(k) = key {
+        // The scheduler's keys (`~schedule:...`) cannot be spelled by a caller.
+        if let Some(k) = key
+            && s.fired_by.is_none()
+        {
             crate::service::valid_id("idempotency_key", k)
                 .map_err(|e| err_invalid(e.to_string()))?;
         }
@@ -356,13 +364,24 @@ impl Jobs {
         };
         // The key first: a replay is answered before the quota is asked, so it never counts.
         if let Some(k) = key
-            && let Some(first) = self
+            && let Some((first, claimed_at)) = self
                 .inner
                 .store
                 .claim_key(&run.user_id, k, &run.id, plan.jobs.result_ttl)
                 .await?
         {
-            return self.replay(&run, k, &first).await;
+            match self.replay(&run, k, &first).await {
+                // A claim whose run was never stored (its replica died in between) is taken
+                // over once it is old enough that no replica is still storing it.
+                Err(JobError::InFlight(_))
+                    if now_ms().saturating_sub(claimed_at) > ORPHANED_CLAIM_MS
+                        && self
+                            .inner
+                            .store
+                            .take_over_key(&run.user_id, k, &first, &run.id, plan.jobs.result_ttl)
+                            .await? => {}
+                other => return other,
+            }
         }
         let forget_key = async || {
             if let Some(k) = key
@@ -406,7 +425,7 @@ impl Jobs {
     /// request as `asked`.
     async fn replay(&self, asked: &Run, key: &str, first: &str) -> Result<Run, JobError> {
         let Some(run) = self.inner.store.get(first).await? else {
-            return Err(JobError::Conflict(format!(
+            return Err(JobError::InFlight(format!(
                 "idempotency key {key:?} is being used by a submission still in flight; retry"
             )));
         };
@@ -477,11 +496,11 @@ impl Jobs {
         self.get(user, id).await
     }
 
-    /// The user's runs, newest first.
+    /// The user's runs, newest first, without notebooks (`GetRun` has them).
     pub async fn list(&self, user: &str, limit: usize) -> Result<Vec<Run>, JobError> {
         crate::service::valid_id("user_id", user).map_err(|e| err_invalid(e.to_string()))?;
         let runs = self.inner.store.list(user, limit.clamp(1, 500)).await?;
-        Ok(runs.into_iter().map(Run::redacted).collect())
+        Ok(runs.into_iter().map(|r| r.redacted().summary()).collect())
     }
 
     /// The user's audit trail, newest first.

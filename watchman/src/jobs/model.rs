@@ -215,6 +215,16 @@ pub fn input_text(code: &str, notebook: Option<&NotebookSpec>) -> String {
 }
 
 impl Run {
+    /// The run as listed: a notebook run without its notebooks (uploaded and executed), which
+    /// may be megabytes each; `GetRun` shows them.
+    pub fn summary(mut self) -> Self {
+        if self.notebook.is_some() {
+            self.code.clear();
+            self.result_notebook = None;
+        }
+        self
+    }
+
     /// The run as shown to its user: without its webhook's secret.
     pub fn redacted(mut self) -> Self {
         if let Some(w) = &mut self.webhook {

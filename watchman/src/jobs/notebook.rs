@@ -7,7 +7,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use doc_protocol::{CellKind, ClientMessage, ErrorCode, ExecutionStatus, ServerEvent, ServerFrame};
+use doc_protocol::{
+    CellKind, CellState, ClientMessage, ErrorCode, ExecutionStatus, ServerEvent, ServerFrame,
+    StateCause,
+};
 use futures_util::StreamExt as _;
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -20,7 +23,6 @@ use super::params;
 use super::runner::{self, Ws};
 use crate::service::{Granted, Watchman};
 
-const REQUEST_ID: &str = "notebook-run";
 /// How long one HTTP request to the pod may take.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest executed notebook taken back from a pod (a larger one stays in its document, and
@@ -54,8 +56,8 @@ pub(super) struct OnPod<'a> {
     pub events: &'a broadcast::Sender<RunEvent>,
     pub cancel: &'a CancellationToken,
     pub output_cap: u64,
-    /// Who the run's executions are by, as Middleman names them.
-    pub by: String,
+    /// This attempt's request id: `run_finished` names it (several runs may share a document).
+    pub request_id: String,
 }
 
 fn base(granted: &Granted) -> String {
@@ -128,10 +130,14 @@ async fn export(on: &OnPod<'_>) -> Result<Option<Value>, (Outcome, String)> {
         .timeout(HTTP_TIMEOUT)
         .send()
         .await
-        .map_err(|e| lost(e.to_string()))?;
+        .map_err(|e| lost(e.without_url().to_string()))?;
     let status = response.status();
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| lost(e.to_string()))? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| lost(e.without_url().to_string()))?
+    {
         if body.len() + chunk.len() > MAX_NOTEBOOK_BACK {
             return Ok(None);
         }
@@ -146,7 +152,9 @@ async fn export(on: &OnPod<'_>) -> Result<Option<Value>, (Outcome, String)> {
 }
 
 /// Puts the parameters into the live document: the cell an earlier run injected gets the new
-/// source, or a new cell goes right after the parameters cell.
+/// source, or a new cell goes right after the parameters cell. Without parameters, a cell an
+/// earlier run injected is removed, so that the defaults hold (as a papermill run without
+/// parameters would have them).
 async fn inject_live(
     on: &OnPod<'_>,
     ws: &mut Ws,
@@ -158,9 +166,6 @@ async fn inject_live(
             format!("the document is larger than {MAX_NOTEBOOK_BACK} bytes"),
         )
     })?;
-    let (at, injected) = params::locate(&notebook, parameters)
-        .map_err(|e| (Outcome::UserError, format!("the document: {e}")))?;
-    let source = params::injected_source(parameters);
     let id_at = |i: usize| {
         notebook
             .pointer(&format!("/cells/{i}/id"))
@@ -168,6 +173,21 @@ async fn inject_live(
             .unwrap_or_default()
             .to_owned()
     };
+    if parameters.is_empty() {
+        let earlier = notebook
+            .get("cells")
+            .and_then(Value::as_array)
+            .and_then(|cells| cells.iter().position(params::is_injected));
+        return match earlier {
+            Some(i) => runner::send(ws, &ClientMessage::DeleteCell { cell_id: id_at(i) })
+                .await
+                .map_err(|why| (Outcome::PodLost, why)),
+            None => Ok(()),
+        };
+    }
+    let (at, injected) = params::locate(&notebook, parameters)
+        .map_err(|e| (Outcome::UserError, format!("the document: {e}")))?;
+    let source = params::injected_source(parameters);
     let message = match injected {
         Some(i) => ClientMessage::SetSource {
             cell_id: id_at(i),
@@ -204,7 +224,7 @@ pub(super) async fn run(on: &OnPod<'_>, run: &Run, spec: &NotebookSpec) -> Noteb
         Err(why) => return NotebookEnded::early(Outcome::PodLost, why),
     };
     if !spec.document.is_empty()
-        && !spec.parameters.is_empty()
+        && spec.mode == NotebookMode::All
         && let Err((outcome, why)) = inject_live(on, &mut ws, &spec.parameters).await
     {
         return NotebookEnded::early(outcome, why);
@@ -217,7 +237,7 @@ pub(super) async fn run(on: &OnPod<'_>, run: &Run, spec: &NotebookSpec) -> Noteb
 /// Asks for the run and follows it to `run_finished`.
 async fn follow(on: &OnPod<'_>, run: &Run, spec: &NotebookSpec, ws: &mut Ws) -> NotebookEnded {
     let mut outputs = Outputs::capped(on.output_cap);
-    let request_id = Some(REQUEST_ID.to_owned());
+    let request_id = Some(on.request_id.clone());
     let ask = match spec.mode {
         NotebookMode::All => ClientMessage::RunAll { request_id },
         NotebookMode::Stale => ClientMessage::RunStale { request_id },
@@ -276,8 +296,25 @@ async fn follow(on: &OnPod<'_>, run: &Run, spec: &NotebookSpec, ws: &mut Ws) -> 
             continue;
         };
         match frame.event {
-            ServerEvent::ExecutionQueued { execution, .. } if execution.by == on.by => {
+            // The graph's executions of cells, whoever the merged plan names: the run waits for
+            // that plan to end, so its cells are the run's.
+            ServerEvent::ExecutionQueued { execution, .. }
+                if execution.cell_id.is_some() && execution.by.ends_with("(graph)") =>
+            {
                 mine.insert(execution.id, execution.cell_id);
+            }
+            // A cell that may not run (a syntax error, a name defined twice, a cycle) fails the
+            // run as a raising cell would; cells blocked by a disabled one do not.
+            ServerEvent::CellState {
+                cell_id,
+                state: CellState::Blocked,
+                cause: Some(StateCause::Invalid { message }),
+                ..
+            } if failed.is_none() => {
+                failed = Some((
+                    ExecutionStatus::Error,
+                    format!("cell {cell_id} may not run: {message}"),
+                ));
             }
             ServerEvent::Output {
                 execution_id,
@@ -326,7 +363,7 @@ async fn follow(on: &OnPod<'_>, run: &Run, spec: &NotebookSpec, ws: &mut Ws) -> 
                     failed = Some((status, format!("cell {cell}: {why}")));
                 }
             }
-            ServerEvent::RunFinished { request_id } if request_id == REQUEST_ID => break,
+            ServerEvent::RunFinished { request_id } if request_id == on.request_id => break,
             ServerEvent::Error { code, message, .. } => {
                 let outcome = match code {
                     ErrorCode::InvalidEdit
@@ -353,6 +390,13 @@ async fn follow(on: &OnPod<'_>, run: &Run, spec: &NotebookSpec, ws: &mut Ws) -> 
     let notebook = match export(on).await {
         Ok(Some(nb)) => Some(nb),
         Ok(None) => {
+            outputs.truncated = true;
+            None
+        }
+        // The cells ran, in the user's document: running them again to get the notebook back
+        // would repeat what they did. The outputs are in the document.
+        Err((_, why)) if !spec.document.is_empty() => {
+            tracing::warn!(%why, "the run's notebook was not taken back");
             outputs.truncated = true;
             None
         }

@@ -176,7 +176,7 @@ pub async fn attempt(
                 events,
                 cancel,
                 output_cap,
-                by: format!("{by} (graph)"),
+                request_id: document_request_id(run, number),
             };
             let e = super::notebook::run(&on, run, spec).await;
             (e.outcome, e.detail, e.outputs, e.notebook)
@@ -196,6 +196,12 @@ pub async fn attempt(
         notebook,
         held: held_from.elapsed(),
     }
+}
+
+/// A notebook attempt's `run_all` request id: its own, as the `run_finished` that names it is
+/// seen by everyone on the document.
+fn document_request_id(run: &Run, number: u32) -> String {
+    format!("{}-{number}", run.id)
 }
 
 /// Connects to the pod's Middleman as the run's collaborator.

@@ -22,28 +22,47 @@ fn schedule_key(r: &RedisStore, id: &str) -> String {
 }
 
 impl JobStore {
-    /// Writes a schedule (new or changed).
-    pub async fn put_schedule(&self, s: &Schedule) -> Result<(), StoreError> {
+    /// Writes a schedule: a new one (`create`), or a change to one that still exists (returns
+    /// false, writing nothing, when it was deleted meanwhile).
+    pub async fn put_schedule(&self, s: &Schedule, create: bool) -> Result<bool, StoreError> {
         match self {
             Self::Memory(m) => {
-                Self::mem(m).schedules.insert(s.id.clone(), s.clone());
-                Ok(())
+                let mut m = Self::mem(m);
+                if !create && !m.schedules.contains_key(&s.id) {
+                    return Ok(false);
+                }
+                m.schedules.insert(s.id.clone(), s.clone());
+                Ok(true)
             }
             Self::Redis(r) => {
                 let json = serde_json::to_string(s).map_err(|e| StoreError::Corrupt {
                     key: s.id.clone(),
                     reason: e.to_string(),
                 })?;
-                let mut pipe = redis::pipe();
-                pipe.atomic()
-                    .set(schedule_key(r, &s.id), json)
-                    .ignore()
-                    .zadd(user_key(r, &s.user_id), &s.id, s.created_at_ms)
-                    .ignore();
+                let key = schedule_key(r, &s.id);
+                let user = user_key(r, &s.user_id);
                 r.retrying("jobs_schedule_put", || {
                     let mut c = r.connection();
-                    let pipe = pipe.clone();
-                    async move { pipe.query_async::<()>(&mut c).await }
+                    let (key, user, json) = (key.clone(), user.clone(), json.clone());
+                    async move {
+                        if create {
+                            let mut pipe = redis::pipe();
+                            pipe.atomic()
+                                .set(&key, &json)
+                                .ignore()
+                                .zadd(&user, &s.id, s.created_at_ms)
+                                .ignore();
+                            pipe.query_async::<()>(&mut c).await.map(|()| true)
+                        } else {
+                            redis::cmd("SET")
+                                .arg(&key)
+                                .arg(&json)
+                                .arg("XX")
+                                .query_async::<Option<String>>(&mut c)
+                                .await
+                                .map(|set| set.is_some())
+                        }
+                    }
                 })
                 .await
             }

@@ -1,6 +1,7 @@
 //! Schedules (docs/jobs.md#schedules): a user's document run on a cron expression in a time
 //! zone, by the reconciler's leader. Each due time fires exactly once, also across a failover:
-//! the run it fires carries the idempotency key `schedule-<id>-<due ms>`, so a leader that
+//! the run it fires carries the idempotency key `~schedule:<id>:<due ms>` (callers' keys cannot
+//! hold `~`), so a leader that
 //! fires a due time another already fired (it crashed before advancing the schedule, or both
 //! acted during a handover) gets the first run back instead of a second. The new leader fires
 //! what the old one missed, as the schedule's missed-run policy says (`cron::to_fire`).
@@ -24,8 +25,10 @@ pub const MAX_PER_USER: usize = 100;
 /// The catch-up window when none is given, and the longest.
 const DEFAULT_CATCH_UP_MS: u64 = 3_600_000;
 const MAX_CATCH_UP_MS: u64 = 7 * 86_400_000;
-/// Due times looked at per schedule and pass (older missed ones beyond are skipped).
+/// Missed due times kept per schedule and pass, the newest (older ones are skipped).
 const MAX_DUES: usize = 1000;
+/// Due times walked per schedule and pass before only the on-time ones are looked at.
+const MAX_STEPS: usize = 100_000;
 
 /// A schedule, as stored and shown.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -129,7 +132,7 @@ impl Jobs {
         s.id = format!("s{}", uuid::Uuid::new_v4().simple());
         s.created_at_ms = now;
         s.next_due_ms = 0;
-        self.inner.store.put_schedule(&s).await?;
+        self.inner.store.put_schedule(&s, true).await?;
         if !s.paused {
             self.inner.store.set_due(&s.id, Some(next), false).await?;
             s.next_due_ms = next;
@@ -166,13 +169,22 @@ impl Jobs {
         Ok(all)
     }
 
+    /// Writes a changed schedule, unless it was deleted meanwhile (then `NotFound`).
+    async fn update(&self, s: &Schedule) -> Result<(), JobError> {
+        if self.inner.store.put_schedule(s, false).await? {
+            Ok(())
+        } else {
+            Err(JobError::NotFound(s.id.clone()))
+        }
+    }
+
     /// Stops firing; due times while paused are never caught up.
     pub async fn pause_schedule(&self, user: &str, id: &str) -> Result<Schedule, JobError> {
         let mut s = self.own_schedule(user, id).await?;
         self.inner.store.set_due(id, None, false).await?;
         s.paused = true;
         s.next_due_ms = 0;
-        self.inner.store.put_schedule(&s).await?;
+        self.update(&s).await?;
         self.audit(s.audit("schedule_paused", "")).await;
         Ok(s.redacted())
     }
@@ -185,7 +197,7 @@ impl Jobs {
             .ok_or_else(|| err_invalid(format!("cron {:?} is never due", s.cron)))?;
         s.paused = false;
         s.next_due_ms = 0;
-        self.inner.store.put_schedule(&s).await?;
+        self.update(&s).await?;
         self.inner.store.set_due(id, Some(next), false).await?;
         s.next_due_ms = next;
         self.audit(s.audit("schedule_resumed", "")).await;
@@ -237,53 +249,52 @@ impl Jobs {
             if self.inner.shutdown.is_cancelled() {
                 break;
             }
-            let Some(s) = self.inner.store.get_schedule(&id).await? else {
-                self.inner.store.set_due(&id, None, false).await?;
-                continue;
+            let s = match self.inner.store.get_schedule(&id).await? {
+                Some(s) if !s.paused => s,
+                // Deleted or paused meanwhile.
+                _ => {
+                    self.inner.store.set_due(&id, None, false).await?;
+                    continue;
+                }
             };
-            let parsed = s.parsed();
-            let Ok((cron, tz)) = parsed else {
+            let Ok((cron, tz)) = s.parsed() else {
                 tracing::error!(schedule = %id, "a stored schedule does not parse; deactivated");
                 self.inner.store.set_due(&id, None, false).await?;
                 continue;
             };
-            let window = s.catch_up_ms.max(cron::ON_TIME_MS);
-            // Due times older than the window are skipped: start just before it.
-            let mut at = due;
-            let too_old = now.saturating_sub(at) > window;
-            if too_old {
-                at = next_due(&cron, &tz, now - window - 1).unwrap_or(u64::MAX);
-            }
-            let mut dues = Vec::new();
-            while at <= now && dues.len() < MAX_DUES {
-                dues.push(at);
-                at = next_due(&cron, &tz, at).unwrap_or(u64::MAX);
-            }
+            let (dues, skipped_old) = due_times(&cron, &tz, due, now, s.catch_up_ms);
             let fire = cron::to_fire(&dues, now, s.missed, s.catch_up_ms);
-            if too_old || fire.len() < dues.len() {
+            if skipped_old || fire.len() < dues.len() {
                 self.audit(s.audit(
                     "schedule_missed",
                     format!("due times from {due} not fired on time were skipped"),
                 ))
                 .await;
             }
+            let mut fired_all = true;
             for d in fire {
-                self.fire(&s, d).await;
+                fired_all &= self.fire(&s, d).await;
             }
-            let next = next_due(&cron, &tz, now);
-            self.inner.store.set_due(&id, next, true).await?;
+            // A due time that could not be submitted for a passing reason is tried again at
+            // the next pass (its key makes that safe): the schedule stays where it is.
+            if fired_all {
+                let next = next_due(&cron, &tz, now);
+                self.inner.store.set_due(&id, next, true).await?;
+            }
         }
         Ok(())
     }
 
     /// Submits the run of due time `due` (a second submission of it returns the first run).
-    async fn fire(&self, s: &Schedule, due: u64) {
+    /// Returns false when it should be tried again (the store failed, or the first submission
+    /// of this due time is still being stored).
+    async fn fire(&self, s: &Schedule, due: u64) -> bool {
         let submitted = self
             .submit(Submission {
                 user_id: s.user_id.clone(),
                 plan: s.plan.clone(),
                 timeout_ms: s.timeout_ms,
-                idempotency_key: format!("schedule-{}-{due}", s.id),
+                idempotency_key: format!("~schedule:{}:{due}", s.id),
                 notebook: Some(NotebookSpec {
                     document: s.document.clone(),
                     mode: s.mode,
@@ -302,14 +313,59 @@ impl Jobs {
                 tracing::info!(schedule = %s.id, due, run = %run.id, "schedule fired");
                 metrics::counter!("watchman_schedule_fires_total", "plan" => s.plan.clone())
                     .increment(1);
+                true
+            }
+            Err(error @ (JobError::Store(_) | JobError::InFlight(_) | JobError::ShuttingDown)) => {
+                tracing::warn!(schedule = %s.id, due, %error, "schedule not fired yet; trying again");
+                false
             }
             Err(error) => {
                 tracing::warn!(schedule = %s.id, due, %error, "schedule could not fire");
                 self.audit(s.audit("schedule_failed", format!("due {due}: {error}")))
                     .await;
+                true
             }
         }
     }
+}
+
+/// The due times from `due` to `now` that may still fire: those within the catch-up window
+/// (and always the last minute's), the newest [`MAX_DUES`] of them. Also says whether older
+/// ones were left out.
+fn due_times(
+    cron: &Cron,
+    tz: &jiff::tz::TimeZone,
+    due: u64,
+    now: u64,
+    catch_up_ms: u64,
+) -> (Vec<u64>, bool) {
+    let window = catch_up_ms.max(cron::ON_TIME_MS);
+    let mut at = due;
+    let mut skipped = false;
+    if now.saturating_sub(at) > window {
+        skipped = true;
+        at = next_due(cron, tz, now - window - 1).unwrap_or(u64::MAX);
+    }
+    let mut dues = std::collections::VecDeque::new();
+    let mut steps = 0;
+    while at <= now {
+        steps += 1;
+        // A cron due every second over a week's window: only what is on time is looked at.
+        if steps > MAX_STEPS {
+            skipped = true;
+            dues.clear();
+            at = next_due(cron, tz, now.saturating_sub(cron::ON_TIME_MS + 1)).unwrap_or(u64::MAX);
+            steps = 0;
+            continue;
+        }
+        dues.push_back(at);
+        if dues.len() > MAX_DUES {
+            dues.pop_front();
+            skipped = true;
+        }
+        at = next_due(cron, tz, at).unwrap_or(u64::MAX);
+    }
+    (dues.into(), skipped)
 }
 
 fn tz_name(s: &Schedule) -> &str {

@@ -52,6 +52,24 @@ pub(super) async fn get_json<T: serde::de::DeserializeOwned>(
     .transpose()
 }
 
+/// An idempotency key's value: `<run id>@<claimed at ms>` (a bare run id from before).
+fn held_by(value: &str) -> (String, u64) {
+    match value.split_once('@') {
+        Some((id, at)) => (id.to_owned(), at.parse().unwrap_or(0)),
+        None => (value.to_owned(), 0),
+    }
+}
+
+/// If the key is held by run ARGV[1] (`<id>@<ms>`, or a bare id): deletes it (ARGV[2] empty) or
+/// sets it to ARGV[2] for ARGV[3] ms. Returns 1 when it did.
+const SWAP_KEY: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+if v ~= ARGV[1] and string.sub(v, 1, string.len(ARGV[1]) + 1) ~= ARGV[1] .. '@' then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+return 1
+";
+
 /// Runs kept in a user's index (older ones are trimmed).
 const USER_INDEX_KEEP: i64 = 10_000;
 
@@ -224,27 +242,28 @@ impl JobStore {
         }
     }
 
-    /// Takes `key` for `run_id`, or returns the run that already holds it.
+    /// Claims idempotency key `key` of `user` for `run_id` for `ttl`; or, when it is held,
+    /// returns the run that holds it and when it claimed the key.
     pub async fn claim_key(
         &self,
         user: &str,
         key: &str,
         run_id: &str,
         ttl: Duration,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<(String, u64)>, StoreError> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX / 2);
+        let now = now_ms();
         match self {
             Self::Memory(m) => {
                 let mut m = Self::mem(m);
-                let now = now_ms();
                 let slot = (user.to_owned(), key.to_owned());
                 if let Some((held, until)) = m.idempotency.get(&slot)
                     && *until > now
                 {
-                    return Ok(Some(held.clone()));
+                    return Ok(Some(held_by(held)));
                 }
                 m.idempotency
-                    .insert(slot, (run_id.to_owned(), now + ttl_ms));
+                    .insert(slot, (format!("{run_id}@{now}"), now + ttl_ms));
                 Ok(None)
             }
             Self::Redis(r) => {
@@ -255,7 +274,7 @@ impl JobStore {
                         "jobs_idempotency",
                         redis::cmd("SET")
                             .arg(&k)
-                            .arg(run_id)
+                            .arg(format!("{run_id}@{now}"))
                             .arg("NX")
                             .arg("PX")
                             .arg(ttl_ms.max(1))
@@ -272,35 +291,83 @@ impl JobStore {
                         async move { c.get(k).await }
                     })
                     .await?;
-                Ok(held)
+                Ok(held.as_deref().map(held_by))
             }
         }
     }
 
     /// Frees `key` if `run_id` still holds it (its run was refused).
     pub async fn drop_key(&self, user: &str, key: &str, run_id: &str) -> Result<(), StoreError> {
+        self.swap_key(user, key, run_id, None, Duration::ZERO)
+            .await
+            .map(|_| ())
+    }
+
+    /// Gives `key` to `new_run` if `old_run` still holds it (a claim whose run was never stored:
+    /// its replica died in between). Returns whether it did.
+    pub async fn take_over_key(
+        &self,
+        user: &str,
+        key: &str,
+        old_run: &str,
+        new_run: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.swap_key(user, key, old_run, Some(new_run), ttl).await
+    }
+
+    /// If `run_id` holds `key`: frees it (`to` None) or gives it to `to`.
+    async fn swap_key(
+        &self,
+        user: &str,
+        key: &str,
+        run_id: &str,
+        to: Option<&str>,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let ttl_ms = u64::try_from(ttl.as_millis())
+            .unwrap_or(u64::MAX / 2)
+            .max(1);
+        let value = to.map(|t| format!("{t}@{now}"));
         match self {
             Self::Memory(m) => {
                 let mut m = Self::mem(m);
                 let slot = (user.to_owned(), key.to_owned());
-                if m.idempotency.get(&slot).is_some_and(|(id, _)| id == run_id) {
-                    m.idempotency.remove(&slot);
+                let holds = m
+                    .idempotency
+                    .get(&slot)
+                    .is_some_and(|(held, _)| held_by(held).0 == run_id);
+                if !holds {
+                    return Ok(false);
                 }
-                Ok(())
+                match value {
+                    Some(v) => m.idempotency.insert(slot, (v, now + ttl_ms)),
+                    None => m.idempotency.remove(&slot),
+                };
+                Ok(true)
             }
             Self::Redis(r) => {
-                let script = Script::new(
-                    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 0",
-                );
+                let script = Script::new(SWAP_KEY);
                 let k = idem_key(r, user, key);
-                r.retrying("jobs_idempotency_drop", || {
+                let value = value.unwrap_or_default();
+                r.retrying("jobs_idempotency_swap", || {
                     let mut c = r.connection();
                     let script = script.clone();
                     let k = k.clone();
-                    async move { script.key(k).arg(run_id).invoke_async::<i64>(&mut c).await }
+                    let value = value.clone();
+                    async move {
+                        script
+                            .key(k)
+                            .arg(run_id)
+                            .arg(value)
+                            .arg(ttl_ms)
+                            .invoke_async::<i64>(&mut c)
+                            .await
+                    }
                 })
                 .await
-                .map(|_| ())
+                .map(|swapped| swapped == 1)
             }
         }
     }
@@ -578,5 +645,78 @@ impl JobStore {
                     .collect())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn an_idempotency_key_is_claimed_once_taken_over_only_from_its_holder_and_dropped() {
+        let store = JobStore::Memory(Arc::default());
+        let ttl = Duration::from_secs(60);
+        assert!(
+            store
+                .claim_key("ada", "k", "ra", ttl)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let (held, at) = store
+            .claim_key("ada", "k", "rb", ttl)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(held, "ra");
+        assert!(at > 0);
+        // Another user's key of the same name is another key.
+        assert!(
+            store
+                .claim_key("bob", "k", "rc", ttl)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            !store
+                .take_over_key("ada", "k", "rx", "rb", ttl)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .take_over_key("ada", "k", "ra", "rb", ttl)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store
+                .claim_key("ada", "k", "rd", ttl)
+                .await
+                .unwrap()
+                .unwrap()
+                .0,
+            "rb"
+        );
+        store.drop_key("ada", "k", "ra").await.unwrap();
+        assert!(
+            store
+                .claim_key("ada", "k", "rd", ttl)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        store.drop_key("ada", "k", "rb").await.unwrap();
+        assert!(
+            store
+                .claim_key("ada", "k", "rd", ttl)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(held_by("r1@5"), ("r1".into(), 5));
+        assert_eq!(held_by("r1"), ("r1".into(), 0));
     }
 }
