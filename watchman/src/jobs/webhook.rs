@@ -138,7 +138,8 @@ impl Jobs {
                     return Err(format!("the receiver refused it: {}", r.status()));
                 }
                 Ok(r) => last = format!("the receiver answered {}", r.status()),
-                Err(e) => last = e.to_string(),
+                // Without the URL: receivers' URLs often hold a secret of their own.
+                Err(e) => last = e.without_url().to_string(),
             }
             if attempt < ATTEMPTS {
                 metrics::counter!("watchman_webhooks_total", "outcome" => "retried").increment(1);
