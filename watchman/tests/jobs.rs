@@ -422,6 +422,11 @@ async fn quotas_refuse_and_recover_and_an_idempotent_resubmission_returns_the_fi
         .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted);
     assert!(e.message().contains("concurrent"), "{}", e.message());
+    // A refused submission gives its key back: the same request succeeds later.
+    let mut later = submission("ada", "2");
+    later.idempotency_key = "later".into();
+    let e = j.submit_execution(later.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
     let mut bobs = submission("bob", "1");
     bobs.idempotency_key = "x:y".into();
     let bob = j.submit_execution(bobs).await.unwrap().into_inner();
@@ -432,11 +437,7 @@ async fn quotas_refuse_and_recover_and_an_idempotent_resubmission_returns_the_fi
     assert_ne!(other.id, bob.id);
     assert_eq!(other.user_id, "bob:x");
     j.cancel_run(run_ref("ada", &first.id)).await.unwrap();
-    let second = j
-        .submit_execution(submission("ada", "2"))
-        .await
-        .unwrap()
-        .into_inner();
+    let second = j.submit_execution(later).await.unwrap().into_inner();
     finished(&mut j, "ada", &second.id).await;
     let third = j
         .submit_execution(submission("ada", "3"))
@@ -464,7 +465,7 @@ async fn quotas_refuse_and_recover_and_an_idempotent_resubmission_returns_the_fi
         .into_iter()
         .filter(|e| e.event == "quota_refused")
         .count();
-    assert_eq!(refusals, 2);
+    assert_eq!(refusals, 3);
     teardown(w).await;
 }
 
