@@ -370,6 +370,7 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
     {
         let handle = telemetry::prometheus();
         service::register_metrics(&plan_names);
+        jobs.register_metrics();
         let app = web::router(watchman.clone(), handle, args.dev_page, public)
             .merge(documents::routes(documents))
             .merge(crate::jobs::http::routes(

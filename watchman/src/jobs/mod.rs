@@ -218,18 +218,6 @@ impl Jobs {
             .map(|p| (p.clone(), Arc::default()))
             .collect();
         let store = JobStore::beside(watchman.store());
-        for plan in watchman.plans().keys() {
-            for state in ["succeeded", "failed", "timed_out", "cancelled", "errored"] {
-                metrics::counter!("watchman_runs_finished_total", "plan" => plan.clone(), "state" => state)
-                    .increment(0);
-            }
-            metrics::counter!("watchman_run_retries_total", "plan" => plan.clone()).increment(0);
-            metrics::counter!("watchman_run_refusals_total", "plan" => plan.clone()).increment(0);
-            metrics::counter!("watchman_schedule_fires_total", "plan" => plan.clone()).increment(0);
-        }
-        for outcome in ["delivered", "retried", "failed"] {
-            metrics::counter!("watchman_webhooks_total", "outcome" => outcome).increment(0);
-        }
         Self {
             inner: Arc::new(Inner {
                 watchman,
@@ -247,6 +235,23 @@ impl Jobs {
                 tracker,
                 shutdown,
             }),
+        }
+    }
+
+    /// Declares the jobs' counters at zero (once the recorder is installed), so that rates and
+    /// alerts have series from the start.
+    pub fn register_metrics(&self) {
+        for plan in self.inner.watchman.plans().keys() {
+            for state in ["succeeded", "failed", "timed_out", "cancelled", "errored"] {
+                metrics::counter!("watchman_runs_finished_total", "plan" => plan.clone(), "state" => state)
+                    .increment(0);
+            }
+            metrics::counter!("watchman_run_retries_total", "plan" => plan.clone()).increment(0);
+            metrics::counter!("watchman_run_refusals_total", "plan" => plan.clone()).increment(0);
+            metrics::counter!("watchman_schedule_fires_total", "plan" => plan.clone()).increment(0);
+        }
+        for outcome in ["delivered", "retried", "failed"] {
+            metrics::counter!("watchman_webhooks_total", "outcome" => outcome).increment(0);
         }
     }
 
