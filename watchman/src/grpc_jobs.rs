@@ -10,7 +10,7 @@ use crate::jobs::cron::Missed;
 use crate::jobs::model::{
     Attempt, AuditEntry, NotebookMode, NotebookSpec, Receipt, Run, RunEvent, RunState, Webhook,
 };
-use crate::jobs::schedules::Schedule;
+use crate::jobs::schedules::{Schedule, ScheduleAction};
 use crate::jobs::{JobError, Jobs, Submission};
 
 impl From<JobError> for Status {
@@ -242,6 +242,19 @@ impl JobsApi {
     pub fn new(jobs: Jobs) -> Self {
         Self { jobs }
     }
+
+    async fn on_schedule(
+        &self,
+        request: Request<pb::ScheduleRef>,
+        action: ScheduleAction,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        let r = request.into_inner();
+        let s = self
+            .jobs
+            .on_schedule(&r.user_id, &r.schedule_id, action)
+            .await?;
+        Ok(Response::new(schedule_message(&s)))
+    }
 }
 
 type RunEvents = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
@@ -310,9 +323,7 @@ impl pb::jobs_server::Jobs for JobsApi {
         &self,
         request: Request<pb::ScheduleRef>,
     ) -> Result<Response<pb::Schedule>, Status> {
-        let r = request.into_inner();
-        let s = self.jobs.get_schedule(&r.user_id, &r.schedule_id).await?;
-        Ok(Response::new(schedule_message(&s)))
+        self.on_schedule(request, ScheduleAction::Get).await
     }
 
     async fn list_schedules(
@@ -332,33 +343,21 @@ impl pb::jobs_server::Jobs for JobsApi {
         &self,
         request: Request<pb::ScheduleRef>,
     ) -> Result<Response<pb::Schedule>, Status> {
-        let r = request.into_inner();
-        let s = self.jobs.pause_schedule(&r.user_id, &r.schedule_id).await?;
-        Ok(Response::new(schedule_message(&s)))
+        self.on_schedule(request, ScheduleAction::Pause).await
     }
 
     async fn resume_schedule(
         &self,
         request: Request<pb::ScheduleRef>,
     ) -> Result<Response<pb::Schedule>, Status> {
-        let r = request.into_inner();
-        let s = self
-            .jobs
-            .resume_schedule(&r.user_id, &r.schedule_id)
-            .await?;
-        Ok(Response::new(schedule_message(&s)))
+        self.on_schedule(request, ScheduleAction::Resume).await
     }
 
     async fn delete_schedule(
         &self,
         request: Request<pb::ScheduleRef>,
     ) -> Result<Response<pb::Schedule>, Status> {
-        let r = request.into_inner();
-        let s = self
-            .jobs
-            .delete_schedule(&r.user_id, &r.schedule_id)
-            .await?;
-        Ok(Response::new(schedule_message(&s)))
+        self.on_schedule(request, ScheduleAction::Delete).await
     }
 
     async fn get_run(&self, request: Request<pb::RunRef>) -> Result<Response<pb::Run>, Status> {

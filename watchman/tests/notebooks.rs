@@ -460,16 +460,28 @@ async fn a_schedule_fires_on_time_across_a_leader_failover_with_no_duplicate_and
     leader.stop().await;
     let mut j = jobs_client(follower.grpc_addr).await;
     wait_for(&mut j, before + 6).await;
-    let s = j
-        .pause_schedule(pb::ScheduleRef {
-            user_id: "ada".into(),
-            schedule_id: id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(s.paused);
-    assert_eq!(s.next_due_ms, 0);
+    // Paused over HTTP (an unknown action is no route of its own).
+    let (status, _) = http(
+        follower.http_addr,
+        "POST",
+        &format!("/v1/schedules/{id}/stop?user_id=ada"),
+        API_TOKEN,
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, body) = http(
+        follower.http_addr,
+        "POST",
+        &format!("/v1/schedules/{id}/pause?user_id=ada"),
+        API_TOKEN,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let s: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s["paused"], true);
+    assert_eq!(s["next_due_ms"], 0);
     let runs = fired(&mut j).await;
 
     let mut dues: Vec<u64> = runs.iter().map(|r| r.due_at_ms).collect();
@@ -491,9 +503,22 @@ async fn a_schedule_fires_on_time_across_a_leader_failover_with_no_duplicate_and
     late.sort_unstable();
     eprintln!("fired late by (ms), in due order: {late:?}");
 
-    // Paused, it fires nothing more; resumed, it is due again after now.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(fired(&mut j).await.len(), runs.len());
+    // Paused, it fires nothing; resumed, it fires again from the next due time. Due times pass
+    // while it is paused (the sleep makes them, it asserts nothing); once a run after the
+    // resume exists, every due time before it has been dealt with, so none of the paused
+    // span's can still appear.
+    let now_ms = || {
+        u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap()
+    };
+    let paused_at = now_ms();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let resumed_at = now_ms();
     let s = j
         .resume_schedule(pb::ScheduleRef {
             user_id: "ada".into(),
@@ -502,7 +527,28 @@ async fn a_schedule_fires_on_time_across_a_leader_failover_with_no_duplicate_and
         .await
         .unwrap()
         .into_inner();
-    assert!(!s.paused && s.next_due_ms > 0);
+    assert!(!s.paused && s.next_due_ms > resumed_at);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let after = loop {
+        let all = fired(&mut j).await;
+        if all.iter().any(|r| r.due_at_ms > resumed_at) {
+            break all;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing fired after the resume"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let while_paused: Vec<u64> = after
+        .iter()
+        .map(|r| r.due_at_ms)
+        .filter(|d| *d > paused_at && *d <= resumed_at)
+        .collect();
+    assert!(
+        while_paused.is_empty(),
+        "fired while paused: {while_paused:?}"
+    );
     let gone = j
         .delete_schedule(pb::ScheduleRef {
             user_id: "ada".into(),

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::model::{NotebookMode, NotebookSpec, RunEvent, Webhook};
-use super::schedules::Schedule;
+use super::schedules::{Schedule, ScheduleAction};
 use super::{JobError, Jobs, Submission};
 use crate::grpc::ApiAuth;
 
@@ -39,8 +39,7 @@ pub fn routes(jobs: Jobs, auth: ApiAuth) -> Router {
             "/v1/schedules/{id}",
             get(get_schedule).delete(delete_schedule),
         )
-        .route("/v1/schedules/{id}/pause", post(pause_schedule))
-        .route("/v1/schedules/{id}/resume", post(resume_schedule))
+        .route("/v1/schedules/{id}/{action}", post(schedule_action))
         .route("/v1/audit", get(audit))
         .route("/v1/openapi.yaml", get(openapi))
         // The largest plan's notebook (32 MiB), with room for the JSON around it.
@@ -283,25 +282,11 @@ async fn get_schedule(
     Path(id): Path<String>,
     ForUser(q): ForUser,
 ) -> Response {
-    answer(s.jobs.get_schedule(&q.user_id, &id).await)
-}
-
-async fn pause_schedule(
-    State(s): State<AppState>,
-    _: Authorized,
-    Path(id): Path<String>,
-    ForUser(q): ForUser,
-) -> Response {
-    answer(s.jobs.pause_schedule(&q.user_id, &id).await)
-}
-
-async fn resume_schedule(
-    State(s): State<AppState>,
-    _: Authorized,
-    Path(id): Path<String>,
-    ForUser(q): ForUser,
-) -> Response {
-    answer(s.jobs.resume_schedule(&q.user_id, &id).await)
+    answer(
+        s.jobs
+            .on_schedule(&q.user_id, &id, ScheduleAction::Get)
+            .await,
+    )
 }
 
 async fn delete_schedule(
@@ -310,7 +295,32 @@ async fn delete_schedule(
     Path(id): Path<String>,
     ForUser(q): ForUser,
 ) -> Response {
-    answer(s.jobs.delete_schedule(&q.user_id, &id).await)
+    answer(
+        s.jobs
+            .on_schedule(&q.user_id, &id, ScheduleAction::Delete)
+            .await,
+    )
+}
+
+/// `POST /v1/schedules/{id}/pause` and `.../resume`.
+async fn schedule_action(
+    State(s): State<AppState>,
+    _: Authorized,
+    Path((id, action)): Path<(String, String)>,
+    ForUser(q): ForUser,
+) -> Response {
+    let action = match action.as_str() {
+        "pause" => ScheduleAction::Pause,
+        "resume" => ScheduleAction::Resume,
+        _ => {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such schedule action",
+            );
+        }
+    };
+    answer(s.jobs.on_schedule(&q.user_id, &id, action).await)
 }
 
 #[derive(Deserialize)]

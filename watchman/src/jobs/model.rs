@@ -145,6 +145,15 @@ pub struct Webhook {
     pub on_failure: bool,
 }
 
+impl Webhook {
+    /// Blanks the secret of a webhook about to be shown.
+    pub fn redact(webhook: &mut Option<Self>) {
+        if let Some(w) = webhook {
+            w.secret.clear();
+        }
+    }
+}
+
 /// The schedule that fired a run, and the due time it fired it for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fired {
@@ -227,9 +236,7 @@ impl Run {
 
     /// The run as shown to its user: without its webhook's secret.
     pub fn redacted(mut self) -> Self {
-        if let Some(w) = &mut self.webhook {
-            w.secret.clear();
-        }
+        Webhook::redact(&mut self.webhook);
         self
     }
 }

@@ -38,11 +38,17 @@ pub(super) struct NotebookEnded {
 }
 
 impl NotebookEnded {
+    /// Ended before the run's outputs began.
     fn early(outcome: Outcome, detail: impl Into<String>) -> Self {
+        Self::cut(outcome, detail, Outputs::default())
+    }
+
+    /// Ended without the executed notebook, with the outputs streamed so far.
+    fn cut(outcome: Outcome, detail: impl Into<String>, outputs: Outputs) -> Self {
         Self {
             outcome,
             detail: detail.into(),
-            outputs: Outputs::default(),
+            outputs,
             notebook: None,
         }
     }
@@ -260,36 +266,30 @@ async fn follow(on: &OnPod<'_>, run: &Run, spec: &NotebookSpec, ws: &mut Ws) -> 
             f = ws.next() => f,
             () = tokio::time::sleep_until(deadline) => {
                 if timed_out {
-                    return NotebookEnded { outcome: Outcome::TimedOut, detail: format!("ran past its {} ms limit and did not stop", run.timeout_ms), outputs, notebook: None };
+                    return NotebookEnded::cut(Outcome::TimedOut, format!("ran past its {} ms limit and did not stop", run.timeout_ms), outputs);
                 }
                 timed_out = true;
                 deadline += runner::STOP_GRACE;
                 if let Err(why) = runner::send(ws, &ClientMessage::Interrupt).await {
-                    return NotebookEnded { outcome: Outcome::TimedOut, detail: format!("ran past its {} ms limit; {why}", run.timeout_ms), outputs, notebook: None };
+                    return NotebookEnded::cut(Outcome::TimedOut, format!("ran past its {} ms limit; {why}", run.timeout_ms), outputs);
                 }
                 continue;
             }
             () = on.cancel.cancelled() => {
                 let _ = runner::send(ws, &ClientMessage::Interrupt).await;
-                return NotebookEnded { outcome: Outcome::Cancelled, detail: "cancelled while running".into(), outputs, notebook: None };
+                return NotebookEnded::cut(Outcome::Cancelled, "cancelled while running", outputs);
             }
         };
         let text = match frame {
             Some(Ok(Message::Text(t))) => t,
             Some(Ok(Message::Close(_))) | None => {
                 let why = runner::lost(on.watchman, on.granted).await;
-                return NotebookEnded {
-                    outputs,
-                    ..NotebookEnded::early(Outcome::PodLost, why)
-                };
+                return NotebookEnded::cut(Outcome::PodLost, why, outputs);
             }
             Some(Ok(_)) => continue,
             Some(Err(e)) => {
                 let why = runner::lost(on.watchman, on.granted).await;
-                return NotebookEnded {
-                    outputs,
-                    ..NotebookEnded::early(Outcome::PodLost, format!("{why} ({e})"))
-                };
+                return NotebookEnded::cut(Outcome::PodLost, format!("{why} ({e})"), outputs);
             }
         };
         let Ok(frame) = serde_json::from_str::<ServerFrame>(&text) else {
@@ -337,10 +337,7 @@ async fn follow(on: &OnPod<'_>, run: &Run, spec: &NotebookSpec, ws: &mut Ws) -> 
                     value: stdin.next().unwrap_or_default().to_owned(),
                 };
                 if let Err(why) = runner::send(ws, &reply).await {
-                    return NotebookEnded {
-                        outputs,
-                        ..NotebookEnded::early(Outcome::PodLost, why)
-                    };
+                    return NotebookEnded::cut(Outcome::PodLost, why, outputs);
                 }
             }
             ServerEvent::ExecutionFinished {
@@ -374,13 +371,11 @@ async fn follow(on: &OnPod<'_>, run: &Run, spec: &NotebookSpec, ws: &mut Ws) -> 
                     ErrorCode::KernelDead => Outcome::KernelDied,
                     _ => Outcome::PodLost,
                 };
-                return NotebookEnded {
+                return NotebookEnded::cut(
+                    outcome,
+                    format!("refused by the pod ({code:?}): {message}"),
                     outputs,
-                    ..NotebookEnded::early(
-                        outcome,
-                        format!("refused by the pod ({code:?}): {message}"),
-                    )
-                };
+                );
             }
             _ => {}
         }
@@ -401,10 +396,7 @@ async fn follow(on: &OnPod<'_>, run: &Run, spec: &NotebookSpec, ws: &mut Ws) -> 
             None
         }
         Err((outcome, why)) => {
-            return NotebookEnded {
-                outputs,
-                ..NotebookEnded::early(outcome, why)
-            };
+            return NotebookEnded::cut(outcome, why, outputs);
         }
     };
     let (outcome, detail) = match failed {

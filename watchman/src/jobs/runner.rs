@@ -115,6 +115,7 @@ pub async fn attempt(
         Some(n) => (n.document.clone(), false),
         None => (format!("run-{}-{number}", run.id), true),
     };
+    // What collaborators of a document see the run's executions as.
     let by = format!("run {}", run.id);
     let request = AllocationRequest {
         document: &document,

@@ -67,9 +67,7 @@ pub struct Schedule {
 
 impl Schedule {
     fn redacted(mut self) -> Self {
-        if let Some(w) = &mut self.webhook {
-            w.secret.clear();
-        }
+        Webhook::redact(&mut self.webhook);
         self
     }
 
@@ -91,6 +89,15 @@ impl Schedule {
             detail: format!("schedule {}: {}", self.id, detail.into()),
         }
     }
+}
+
+/// What a caller does to one of its schedules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleAction {
+    Get,
+    Pause,
+    Resume,
+    Delete,
 }
 
 /// The first due time after `after_ms`, as a Unix millisecond.
@@ -153,7 +160,7 @@ impl Jobs {
     }
 
     /// The user's schedule.
-    pub async fn get_schedule(&self, user: &str, id: &str) -> Result<Schedule, JobError> {
+    async fn get_schedule(&self, user: &str, id: &str) -> Result<Schedule, JobError> {
         Ok(self.own_schedule(user, id).await?.redacted())
     }
 
@@ -169,6 +176,21 @@ impl Jobs {
         Ok(all)
     }
 
+    /// Does `action` to the user's schedule `id`, and returns it (as it was, once deleted).
+    pub async fn on_schedule(
+        &self,
+        user: &str,
+        id: &str,
+        action: ScheduleAction,
+    ) -> Result<Schedule, JobError> {
+        match action {
+            ScheduleAction::Get => self.get_schedule(user, id).await,
+            ScheduleAction::Pause => self.pause_schedule(user, id).await,
+            ScheduleAction::Resume => self.resume_schedule(user, id).await,
+            ScheduleAction::Delete => self.delete_schedule(user, id).await,
+        }
+    }
+
     /// Writes a changed schedule, unless it was deleted meanwhile (then `NotFound`).
     async fn update(&self, s: &Schedule) -> Result<(), JobError> {
         if self.inner.store.put_schedule(s, false).await? {
@@ -179,7 +201,7 @@ impl Jobs {
     }
 
     /// Stops firing; due times while paused are never caught up.
-    pub async fn pause_schedule(&self, user: &str, id: &str) -> Result<Schedule, JobError> {
+    async fn pause_schedule(&self, user: &str, id: &str) -> Result<Schedule, JobError> {
         let mut s = self.own_schedule(user, id).await?;
         self.inner.store.set_due(id, None, false).await?;
         s.paused = true;
@@ -190,7 +212,7 @@ impl Jobs {
     }
 
     /// Fires again from the next due time after now.
-    pub async fn resume_schedule(&self, user: &str, id: &str) -> Result<Schedule, JobError> {
+    async fn resume_schedule(&self, user: &str, id: &str) -> Result<Schedule, JobError> {
         let mut s = self.own_schedule(user, id).await?;
         let (cron, tz) = s.parsed().map_err(err_invalid)?;
         let next = next_due(&cron, &tz, now_ms())
@@ -205,7 +227,7 @@ impl Jobs {
     }
 
     /// Removes the schedule; its runs are kept.
-    pub async fn delete_schedule(&self, user: &str, id: &str) -> Result<Schedule, JobError> {
+    async fn delete_schedule(&self, user: &str, id: &str) -> Result<Schedule, JobError> {
         let s = self.own_schedule(user, id).await?;
         self.inner.store.delete_schedule(&s).await?;
         self.audit(s.audit("schedule_deleted", "")).await;
