@@ -27,6 +27,8 @@ fi
 
 # The Python environments: the kernel's and the tools' (scripts/python-envs.sh).
 bash "$here/python-envs.sh"
+# Deno's Jupyter kernel (JavaScript and TypeScript notebooks), pinned, from the npm registry.
+bash "$here/deno.sh"
 
 # Go tools, built from the Go module proxy once and cached: grpcurl (tests that Watchman's
 # health and reflection work with the tool operators use).

@@ -6,7 +6,10 @@ export NBP_KERNEL_ENV="$NBP_CACHE/kernel-env"
 # The platform's tools (scripts/tools-env): jupyter_server, nbformat, hadolint; tests and
 # benchmarks only. Its bin is on PATH, so `python3` here is the tools' Python.
 export NBP_TOOLS_ENV="$NBP_CACHE/tools-env"
-export JUPYTER_PATH="$NBP_KERNEL_ENV/share/jupyter"
+# Deno's Jupyter kernel (scripts/deno.sh): its binary and the deno kernelspec.
+export DENO_VERSION="${DENO_VERSION:-2.9.6}"
+export NBP_DENO="$NBP_CACHE/deno-$DENO_VERSION"
+export JUPYTER_PATH="$NBP_KERNEL_ENV/share/jupyter:$NBP_DENO/share/jupyter"
 export NBP_CORPUS="$NBP_CACHE/corpus/notebooks"
 export NODE_PATH="$NBP_CACHE/node/node_modules"
 export PATH="$NBP_CACHE/bin:$NBP_TOOLS_ENV/bin:$PATH"
