@@ -90,6 +90,12 @@ pub struct ServeArgs {
     #[arg(long, env = "MIDDLEMAN_KERNEL_MEMORY_MIB", default_value_t = 0)]
     pub kernel_memory_mib: u64,
 
+    /// The JavaScript heap a JS/TS (Deno) kernel's code may use, MiB: V8's limit is this plus
+    /// the kernel's own share (docs/sandbox.md); past it the kernel is stopped and the cell
+    /// says so. 0: the engine's default.
+    #[arg(long, env = "MIDDLEMAN_KERNEL_JS_HEAP_MIB", default_value_t = 0)]
+    pub kernel_js_heap_mib: u64,
+
     /// Processes and threads the kernel may run (a pids cgroup, or a per-uid limit with
     /// `--kernel-uid`; 0: none).
     #[arg(long, env = "MIDDLEMAN_KERNEL_MAX_PROCESSES", default_value_t = 0)]

@@ -11,6 +11,9 @@
 //! namespace ends and every process the kernel left behind is killed. When the agent ends
 //! (standard input closes), init ends.
 //!
+//! For a kernel that speaks TCP only, init also bridges its ports to sockets in the ipc
+//! directory ([`crate::bridge`]), on threads that share its restrictions.
+//!
 //! Without namespaces (a container in a pod), init is a subreaper: processes the kernel leaves
 //! behind become its children, and it kills them when the kernel ends.
 
@@ -102,6 +105,8 @@ pub enum InitError {
     Hostname(#[source] nix::Error),
     #[error("jail filesystem: {0}")]
     Filesystem(#[from] crate::jail_fs::JailFsError),
+    #[error(transparent)]
+    Bridge(#[from] crate::bridge::BridgeError),
     #[error("empty command line")]
     EmptyArgv,
     #[error("cannot start {program:?}: {source}")]
@@ -137,6 +142,9 @@ fn run(policy: &JailPolicy) -> Result<i32, InitError> {
         .map_err(InitError::Namespaces)?;
         nix::unistd::sethostname(&policy.hostname).map_err(InitError::Hostname)?;
         crate::jail_fs::enter(policy)?;
+        if !policy.bridges.is_empty() {
+            crate::bridge::loopback_up()?;
+        }
     } else if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         failed("subreaper", &e);
     }
@@ -155,6 +163,8 @@ fn run(policy: &JailPolicy) -> Result<i32, InitError> {
     let target = policy.uid.unwrap_or(current);
     applied.uid = target;
     let switch = target != current;
+    // A TCP-only kernel's sockets, made while init may still write the kernel's ipc directory.
+    let bridges = crate::bridge::listen(&policy.bridges, switch.then_some(target), policy.umask)?;
     let keep: &[Capability] = if switch {
         &[Capability::CAP_SETUID, Capability::CAP_SETGID]
     } else {
@@ -194,6 +204,7 @@ fn run(policy: &JailPolicy) -> Result<i32, InitError> {
     if let Err(e) = lifeline {
         failed("lifeline", &e);
     }
+    crate::bridge::serve(bridges);
     applied.failures = failures;
 
     let Some((program, args)) = policy.argv.split_first() else {

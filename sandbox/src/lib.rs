@@ -6,13 +6,15 @@
 //! Landlock rules ([`rules`]), a seccomp filter ([`seccomp`]), a cgroup for memory, processes
 //! and CPU ([`cgroup`]) and a size-limited workspace ([`workspace`]). What holds is checked at
 //! start by a self-test from inside a jail ([`selftest`]) and reported per layer ([`layers`]),
-//! and a plan can require a level.
+//! and a plan can require a level. A kernel that speaks TCP only is reached through a bridge in
+//! its jail ([`bridge`]).
 //!
 //! Decisions (layers, levels, policies, the filter's contents) are plain data and unit-tested;
 //! the effects need root and a Linux kernel and are tested by Middleman's sandbox tests, which
 //! attack from real kernels.
 
 pub mod agent;
+pub mod bridge;
 pub mod cgroup;
 pub mod init;
 pub mod jail_fs;

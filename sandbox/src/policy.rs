@@ -83,6 +83,10 @@ pub struct JailPolicy {
     pub umask: u32,
     /// A file bound read-only into the jail at the same path (the self-test binary).
     pub extra_file: Option<PathBuf>,
+    /// A TCP-only kernel's ports, each bridged from a socket in the ipc directory
+    /// ([`crate::bridge`]); the kernel may bind and connect to these loopback ports only.
+    #[serde(default)]
+    pub bridges: Vec<crate::bridge::BridgedPort>,
 }
 
 impl JailPolicy {

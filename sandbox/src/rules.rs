@@ -1,11 +1,11 @@
 //! The kernel's Landlock domain: what it may read, write and where it may make sockets, no TCP
-//! at all, and (scopes) no signals or abstract unix sockets outside its own domain. It holds
+//! but a TCP-only kernel's own bridged ports, and (scopes) no signals or abstract unix sockets outside its own domain. It holds
 //! even for a kernel running as uid 0, and is the only filesystem and network fence where the
 //! platform gives no namespaces (a container in a pod).
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd,
-    Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
+    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath,
+    PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
 };
 
 use crate::policy::JailPolicy;
@@ -42,7 +42,8 @@ pub fn restrict(policy: &JailPolicy) -> Result<RulesOutcome, RulesError> {
     let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(all_fs)?
-        // No TCP bind or connect rules at all: every TCP port is refused.
+        // No TCP bind or connect rules but a bridged kernel's ports: every other port is
+        // refused.
         .handle_access(AccessNet::from_all(ABI_WANTED))?
         .scope(Scope::from_all(ABI_WANTED))?
         .create()?;
@@ -60,6 +61,12 @@ pub fn restrict(policy: &JailPolicy) -> Result<RulesOutcome, RulesError> {
         ruleset = add(ruleset, &path, write)?;
     }
     ruleset = add(ruleset, policy.ipc_in_jail(), sockets)?;
+    for bridged in &policy.bridges {
+        ruleset = ruleset.add_rule(NetPort::new(
+            bridged.port,
+            AccessNet::BindTcp | AccessNet::ConnectTcp,
+        ))?;
+    }
     let status = ruleset.restrict_self()?;
     Ok(RulesOutcome {
         filesystem: status.ruleset != RulesetStatus::NotEnforced,

@@ -141,6 +141,7 @@ struct RawLimits {
     execution_timeout: Option<String>,
     max_output_bytes: Option<u64>,
     memory_mib: Option<u64>,
+    js_heap_mib: Option<u64>,
     max_processes: Option<u64>,
     max_open_files: Option<u64>,
     workspace_mib: Option<u64>,
@@ -155,6 +156,9 @@ pub struct ExecutionLimits {
     pub execution_timeout: Duration,
     pub max_output_bytes: u64,
     pub memory_mib: u64,
+    /// The JavaScript heap a JS/TS (Deno) kernel's code may use, MiB (0: the engine's
+    /// default); V8's limit is this plus the kernel's own share (docs/sandbox.md).
+    pub js_heap_mib: u64,
     pub max_processes: u64,
     pub max_open_files: u64,
     /// Size limit of the workspace, MiB (0: none).
@@ -246,6 +250,12 @@ impl Plan {
                 .map(|d| d.display().to_string())
                 .collect();
             args.extend(["--kernel-path".to_owned(), dirs.join(":")]);
+        }
+        if self.limits.js_heap_mib > 0 {
+            args.extend([
+                "--kernel-js-heap-mib".to_owned(),
+                self.limits.js_heap_mib.to_string(),
+            ]);
         }
         args
     }
@@ -415,6 +425,7 @@ pub fn parse_plans(path: &str, text: &str) -> Result<BTreeMap<String, Plan>, Pla
             execution_timeout,
             max_output_bytes: raw.limits.max_output_bytes.unwrap_or(4 * 1024 * 1024),
             memory_mib: raw.limits.memory_mib.unwrap_or(1024),
+            js_heap_mib: raw.limits.js_heap_mib.unwrap_or(0),
             max_processes: raw.limits.max_processes.unwrap_or(64),
             max_open_files: raw.limits.max_open_files.unwrap_or(1024),
             workspace_mib: raw.limits.workspace_mib.unwrap_or(1024),

@@ -35,6 +35,9 @@ pub enum LaunchError {
     /// The kernelspec's command line is empty.
     #[error("the kernelspec's argv is empty")]
     EmptyArgv,
+    /// No free loopback ports for a TCP-only kernel.
+    #[error("no free loopback ports for the kernel: {0}")]
+    Ports(#[source] std::io::Error),
     /// The ipc directory cannot be opened.
     #[error("ipc directory {path}: {source}")]
     IpcDir {
@@ -55,6 +58,9 @@ pub struct LauncherSettings {
     pub require: Level,
     /// What the plan allows, told to a kernel without network (`--plan-note`).
     pub plan_note: String,
+    /// The JavaScript heap a JS/TS kernel's code may use, MiB (`--kernel-js-heap-mib`; 0: the
+    /// engine's default).
+    pub js_heap_mib: u64,
     /// Where the current agent's pid is published (the workspace's filesystem lives in its
     /// mount namespace; the file API reaches it through `/proc/<pid>/root`).
     pub agent_pid: AgentPid,
@@ -95,6 +101,7 @@ impl LauncherSettings {
             ipc_dir,
             require,
             plan_note,
+            js_heap_mib: 0,
             agent_pid: AgentPid::default(),
         }
     }
@@ -198,6 +205,7 @@ impl Launcher {
         let agent_pid = self.agent().await?.pid();
         let ipc_host = self.ipc_path(agent_pid)?;
         let note = self.settings.plan_note.clone();
+        let js_heap_mib = self.settings.js_heap_mib;
         let agent = self.agent().await?;
         let offline = super::network::network_off(&agent.report);
         let ipc_kernel = PathBuf::from(&agent.ipc_dir);
@@ -217,7 +225,28 @@ impl Launcher {
             signature_scheme: "hmac-sha256".into(),
             kernel_name: Some(spec.name.clone()),
         };
-        let for_kernel = info(&ipc_kernel);
+        // A TCP-only kernel listens on loopback ports, and the jail bridges the same socket
+        // paths to them: Middleman's side does not change.
+        let (for_kernel, bridges) = if spec.tcp_only() {
+            let ports = free_ports().map_err(LaunchError::Ports)?;
+            let bridges = (1..=5)
+                .zip(ports)
+                .map(|(n, port)| (format!("{socket_base}-{n}"), port))
+                .collect();
+            let tcp = ConnectionInfo {
+                transport: Transport::TCP,
+                ip: "127.0.0.1".into(),
+                shell_port: ports[0],
+                iopub_port: ports[1],
+                stdin_port: ports[2],
+                control_port: ports[3],
+                hb_port: ports[4],
+                ..info(&ipc_kernel)
+            };
+            (tcp, bridges)
+        } else {
+            (info(&ipc_kernel), Vec::new())
+        };
         let file_name = format!("kernel-{generation}.json");
         let file_in_kernel = ipc_kernel.join(&file_name).display().to_string();
         let mut argv: Vec<String> = spec
@@ -245,17 +274,26 @@ impl Launcher {
         if offline {
             super::network::say_no_network(&mut argv, &mut env, &note);
         }
+        if spec.is_deno() {
+            super::heap::limit_deno(&mut env, js_heap_mib);
+        }
         agent.send(Request::Start {
             generation,
             argv,
             env,
             connection_file: file_name,
             connection,
+            bridges,
         })?;
         tracing::info!(generation, kernel = %spec.name, "kernel launch requested");
         Ok(Launched {
             connection: info(&ipc_host),
         })
+    }
+
+    /// The JavaScript heap the plan gives a JS/TS kernel's code, MiB (0: none set).
+    pub(crate) fn js_heap_mib(&self) -> u64 {
+        self.settings.js_heap_mib
     }
 
     /// Sends `signal` to the generation's processes.
@@ -278,6 +316,20 @@ impl Launcher {
             tracing::warn!(%error, "could not ask the agent to kill the kernel");
         }
     }
+}
+
+/// Five loopback ports free now, for a TCP-only kernel. With namespaces they are on the jail's
+/// own loopback, where anything is free; in a pod's kernel container they are on the pod's,
+/// which Middleman shares, so they must not be Middleman's own.
+fn free_ports() -> std::io::Result<[u16; 5]> {
+    let listeners = (0..5)
+        .map(|_| std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut ports = [0u16; 5];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener.local_addr()?.port();
+    }
+    Ok(ports)
 }
 
 /// Logs what holds, one line per layer, and exports it as a metric.

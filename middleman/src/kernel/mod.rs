@@ -1,6 +1,7 @@
 //! The kernel adapter: finding, launching (through the kernel agent, in its sandbox) and talking
 //! to one Jupyter kernel over ZeroMQ `ipc://` sockets, and the session actor that owns it.
 
+mod heap;
 mod helper;
 pub mod launcher;
 mod network;

@@ -22,6 +22,32 @@ impl KernelSpec {
     pub fn interrupt_by_message(&self) -> bool {
         self.spec.interrupt_mode.as_deref() == Some("message")
     }
+
+    /// Whether the kernel speaks TCP only, and is reached through a bridge in its jail
+    /// (`kernel_sandbox::bridge`): the kernelspec says so (`metadata.nbplat.transport` is
+    /// `"tcp"`), or it is Deno's (whose own kernelspec says nothing).
+    pub fn tcp_only(&self) -> bool {
+        let said = self
+            .spec
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("nbplat"))
+            .and_then(|n| n.get("transport"))
+            .and_then(|t| t.as_str());
+        match said {
+            Some(transport) => transport == "tcp",
+            None => self.is_deno(),
+        }
+    }
+
+    /// Whether this is Deno's kernel (`deno jupyter`).
+    pub fn is_deno(&self) -> bool {
+        self.spec
+            .argv
+            .first()
+            .and_then(|a| Path::new(a).file_name())
+            .is_some_and(|n| n == "deno")
+    }
 }
 
 /// The Jupyter data directories searched, in order: `extra`, then `JUPYTER_PATH`, then the user
@@ -98,10 +124,32 @@ mod tests {
         let spec = find("py", &dirs).unwrap();
         assert_eq!(spec.spec.display_name, "Py");
         assert!(spec.interrupt_by_message());
+        assert!(!spec.tcp_only());
         match find("deno", &dirs) {
             Err(KernelError::KernelNotFound { available, .. }) => assert_eq!(available, vec!["py"]),
             other => panic!("unexpected {other:?}"),
         }
         std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn deno_and_marked_kernels_speak_tcp() {
+        let spec = |json: &str| KernelSpec {
+            name: "k".into(),
+            dir: PathBuf::new(),
+            spec: serde_json::from_str(json).unwrap(),
+        };
+        let deno = spec(
+            r#"{"argv":["/opt/deno/bin/deno","jupyter","--kernel","--conn","{connection_file}"],"display_name":"Deno","language":"typescript"}"#,
+        );
+        assert!(deno.tcp_only() && deno.is_deno());
+        let marked = spec(
+            r#"{"argv":["k"],"display_name":"K","language":"k","metadata":{"nbplat":{"transport":"tcp"}}}"#,
+        );
+        assert!(marked.tcp_only() && !marked.is_deno());
+        let ipc = spec(
+            r#"{"argv":["deno"],"display_name":"K","language":"k","metadata":{"nbplat":{"transport":"ipc"}}}"#,
+        );
+        assert!(!ipc.tcp_only());
     }
 }

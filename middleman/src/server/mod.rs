@@ -404,6 +404,7 @@ fn launcher_settings(
                 .unwrap_or_else(|| runtime.path().to_owned()),
             require: args.sandbox_require,
             plan_note: args.plan_note.clone(),
+            js_heap_mib: args.kernel_js_heap_mib,
             agent_pid: kernel::AgentPid::default(),
         });
     }
@@ -453,13 +454,15 @@ fn launcher_settings(
         agent.push("--read-only".into());
         agent.push(path.clone().into());
     }
-    Ok(kernel::LauncherSettings::local(
+    let mut settings = kernel::LauncherSettings::local(
         program,
         ipc,
         agent,
         args.sandbox_require,
         args.plan_note.clone(),
-    ))
+    );
+    settings.js_heap_mib = args.kernel_js_heap_mib;
+    Ok(settings)
 }
 
 /// The workspace of a kernel this Middleman's own agent runs.

@@ -76,13 +76,15 @@ impl TestServer {
             public.display().to_string(),
             "--runtime-root".into(),
             runtime_root.display().to_string(),
-            "--kernel".into(),
-            "python3".into(),
             "--document-store".into(),
             dir.0.join("docs").display().to_string(),
             "--kernel-agent-bin".into(),
             env!("CARGO_BIN_EXE_middleman").into(),
         ]);
+        // Python's kernel unless the test names another.
+        if !extra.contains(&"--kernel") {
+            args.extend(["--kernel".to_owned(), "python3".to_owned()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let serve = ServeArgs::from_args(args).unwrap();
         let running = middleman::start(serve).await.unwrap();

@@ -24,6 +24,10 @@ pub enum Request {
         env: Vec<(String, String)>,
         connection_file: String,
         connection: String,
+        /// For a kernel that speaks TCP only: socket file names in the ipc directory, each
+        /// bridged to the loopback port the kernel listens on (`kernel_sandbox::bridge`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        bridges: Vec<(String, u16)>,
     },
     /// Send a signal to the generation's processes (interrupts: `SIGINT`).
     Signal { generation: u64, signal: i32 },
@@ -124,6 +128,7 @@ mod tests {
             env: vec![("A".into(), "b".into())],
             connection_file: "kernel-3.json".into(),
             connection: "{}".into(),
+            bridges: vec![("k3-1".into(), 40_001)],
         };
         let line = encode(&r);
         assert_eq!(line.last(), Some(&b'\n'));

@@ -132,6 +132,8 @@ pub enum StartError {
     Spawn(#[source] std::io::Error),
     #[error("cannot hand the jail its policy: {0}")]
     Policy(#[source] std::io::Error),
+    #[error("bad bridged port {0} (privileged, or named twice)")]
+    BridgePort(u16),
     #[error("bad connection file name {0:?}")]
     ConnectionFileName(String),
     #[error("{path}: {source}")]
@@ -300,6 +302,7 @@ fn prepare(args: &AgentArgs) -> Result<Context, SetupError> {
         },
         umask: if args.container { 0o007 } else { 0o022 },
         extra_file: None,
+        bridges: Vec::new(),
     };
     let mut host = HostFacts {
         workspace_quota,
@@ -776,6 +779,7 @@ async fn handle(
             env,
             connection_file,
             connection,
+            bridges,
         } => {
             if let Some(old) = running.remove(&generation) {
                 kill(&old, context.container);
@@ -786,7 +790,16 @@ async fn handle(
                     reason: error.to_string(),
                 }];
             }
-            let policy = policy_for(context, argv, env);
+            let mut policy = policy_for(context, argv, env);
+            match bridged_ports(&policy, &bridges) {
+                Ok(ports) => policy.bridges = ports,
+                Err(error) => {
+                    return vec![Event::StartFailed {
+                        generation,
+                        reason: error.to_string(),
+                    }];
+                }
+            }
             let (ctx, tx) = (context.clone(), events.clone());
             let started =
                 tokio::task::spawn_blocking(move || start(&ctx, generation, &policy, tx)).await;
@@ -823,6 +836,30 @@ async fn handle(
             Vec::new()
         }
     }
+}
+
+/// A TCP-only kernel's bridges: plain socket names in the ipc directory (as the kernel sees
+/// it), and ports a kernel may listen on (not privileged ones, not twice).
+fn bridged_ports(
+    policy: &JailPolicy,
+    bridges: &[(String, u16)],
+) -> Result<Vec<crate::bridge::BridgedPort>, StartError> {
+    let mut seen = std::collections::HashSet::new();
+    bridges
+        .iter()
+        .map(|(name, port)| {
+            if name.is_empty() || name.contains('/') || name.starts_with('.') {
+                return Err(StartError::ConnectionFileName(name.clone()));
+            }
+            if *port < 1024 || !seen.insert(*port) {
+                return Err(StartError::BridgePort(*port));
+            }
+            Ok(crate::bridge::BridgedPort {
+                socket: policy.ipc_in_jail().join(name),
+                port: *port,
+            })
+        })
+        .collect()
 }
 
 /// Writes the connection file where the kernel reads it, owned by the kernel's user.

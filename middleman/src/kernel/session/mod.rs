@@ -423,12 +423,13 @@ impl Actor {
                 .await;
             }
             KernelEvent::Exited(exit) => {
-                let reason = exit_reason(&exit);
-                let cause = if exit.out_of_memory {
+                let heap = super::heap::exhausted(&exit, self.launcher.js_heap_mib());
+                let cause = if exit.out_of_memory || heap.is_some() {
                     "out_of_memory"
                 } else {
                     "exited"
                 };
+                let reason = heap.unwrap_or_else(|| exit_reason(&exit));
                 self.restart(Restart::Lost { cause, reason }).await;
             }
             KernelEvent::HeartbeatLost => {

@@ -1,0 +1,273 @@
+//! The bridge to a kernel that speaks TCP only (Deno's). Middleman reaches every kernel the
+//! same way, through unix sockets in the ipc directory; a TCP-only kernel listens on loopback
+//! ports instead, so the jail's init listens on those socket paths for it and copies each
+//! connection to the kernel's port, inside the jail.
+//!
+//! With namespaces the ports are on the jail's own loopback (init brings `lo` up in the jail's
+//! network namespace, which has no other interface): nothing outside the jail can reach them,
+//! and the kernel reaches nothing but them. Without namespaces (a pod's kernel container)
+//! they are on the pod's loopback, and Landlock lets the kernel bind and connect to those
+//! ports only (`rules`), never to Middleman's.
+//!
+//! The listeners are made while init still has its privileges (the ipc directory belongs to
+//! the kernel's user) and handed to that user; each connection gets two threads copying bytes,
+//! started after init restricted itself, so they hold every restriction the kernel holds.
+
+use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// One bridged channel: a unix socket path (as the kernel sees the ipc directory) and the
+/// loopback port the kernel listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgedPort {
+    pub socket: PathBuf,
+    pub port: u16,
+}
+
+/// Connections one socket serves at once (Middleman makes one; reconnects may overlap).
+const MAX_CONNECTIONS: usize = 8;
+
+/// How long a connection waits for the kernel to listen on its port (its start-up).
+const KERNEL_START: Duration = Duration::from_secs(60);
+
+/// Failures making the listeners.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error("bridge socket {path}: {source}")]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loopback up: {0}")]
+    Loopback(#[source] nix::Error),
+}
+
+/// A listening socket and where its connections go.
+#[derive(Debug)]
+pub struct Listener {
+    listener: UnixListener,
+    port: u16,
+}
+
+/// Makes the listeners at `ports`' paths, owned by `owner` (the kernel's uid and gid) when
+/// given, with the permissions the kernel's `umask` would give its own sockets.
+pub fn listen(
+    ports: &[BridgedPort],
+    owner: Option<u32>,
+    umask: u32,
+) -> Result<Vec<Listener>, BridgeError> {
+    ports
+        .iter()
+        .map(|p| {
+            let error = |source| BridgeError::Listen {
+                path: p.socket.clone(),
+                source,
+            };
+            let _ = std::fs::remove_file(&p.socket);
+            let listener = UnixListener::bind(&p.socket).map_err(error)?;
+            set_owner(&p.socket, owner, umask).map_err(error)?;
+            Ok(Listener {
+                listener,
+                port: p.port,
+            })
+        })
+        .collect()
+}
+
+fn set_owner(path: &Path, owner: Option<u32>, umask: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(uid) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(uid))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777 & !umask))
+}
+
+/// Serves every listener on threads of its own until the process ends.
+pub fn serve(listeners: Vec<Listener>) {
+    for Listener { listener, port } in listeners {
+        let open = Arc::new(AtomicUsize::new(0));
+        let _ = std::thread::Builder::new()
+            .name(format!("bridge-{port}"))
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { continue };
+                    if open.load(Ordering::Acquire) >= MAX_CONNECTIONS {
+                        continue;
+                    }
+                    open.fetch_add(1, Ordering::AcqRel);
+                    let open = open.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("bridge-{port}-conn"))
+                        .spawn(move || {
+                            connect_and_copy(&stream, port);
+                            open.fetch_sub(1, Ordering::AcqRel);
+                        });
+                    if spawned.is_err() {
+                        // Not counted any more; the stream was dropped with the closure.
+                        continue;
+                    }
+                }
+            });
+    }
+}
+
+/// Connects to the kernel's port (waiting for it to listen) and copies both ways until either
+/// side closes.
+fn connect_and_copy(unix: &UnixStream, port: u16) {
+    let address = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    let began = Instant::now();
+    let mut pause = Duration::from_millis(2);
+    let tcp = loop {
+        match TcpStream::connect(address) {
+            Ok(tcp) => break tcp,
+            Err(_) if began.elapsed() < KERNEL_START => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(_) => return,
+        }
+    };
+    // Jupyter messages are small and latency-bound.
+    let _ = tcp.set_nodelay(true);
+    let (Ok(unix_reader), Ok(tcp_reader)) = (unix.try_clone(), tcp.try_clone()) else {
+        return;
+    };
+    let upstream = std::thread::Builder::new()
+        .name(format!("bridge-{port}-up"))
+        .spawn(move || {
+            copy(unix_reader, &tcp);
+            let _ = tcp.shutdown(Shutdown::Write);
+        });
+    copy(tcp_reader, unix);
+    let _ = unix.shutdown(Shutdown::Write);
+    if let Ok(up) = upstream {
+        let _ = up.join();
+    }
+}
+
+/// Copies until end of stream or an error on either side.
+fn copy(mut from: impl std::io::Read, mut to: impl std::io::Write) {
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buffer) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if to.write_all(&buffer[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Brings the loopback interface of this network namespace up (a new namespace's `lo` is down,
+/// so nothing can bind 127.0.0.1): one `RTM_NEWLINK` request over rtnetlink, as `ip link set
+/// lo up` sends. `lo` is interface 1 in every namespace.
+pub fn loopback_up() -> Result<(), BridgeError> {
+    use nix::sys::socket::{
+        AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto,
+        socket,
+    };
+    const RTM_NEWLINK: u16 = 16;
+    const NLM_F_REQUEST: u16 = 1;
+    const NLM_F_ACK: u16 = 4;
+    const NLMSG_ERROR: u16 = 2;
+    const IFF_UP: u32 = 1;
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkRoute,
+    )
+    .map_err(BridgeError::Loopback)?;
+    // nlmsghdr (16 bytes) then ifinfomsg (16 bytes), native byte order.
+    let mut message = Vec::with_capacity(32);
+    message.extend_from_slice(&32u32.to_ne_bytes());
+    message.extend_from_slice(&RTM_NEWLINK.to_ne_bytes());
+    message.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    message.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+    message.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel assigns it
+    message.extend_from_slice(&[0, 0]); // family AF_UNSPEC, padding
+    message.extend_from_slice(&0u16.to_ne_bytes()); // device type
+    message.extend_from_slice(&1i32.to_ne_bytes()); // interface index: lo
+    message.extend_from_slice(&IFF_UP.to_ne_bytes()); // flags
+    message.extend_from_slice(&IFF_UP.to_ne_bytes()); // change mask
+    sendto(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &message,
+        &NetlinkAddr::new(0, 0),
+        MsgFlags::empty(),
+    )
+    .map_err(BridgeError::Loopback)?;
+    let mut answer = [0u8; 256];
+    let n = recv(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &mut answer,
+        MsgFlags::empty(),
+    )
+    .map_err(BridgeError::Loopback)?;
+    // The acknowledgement: an NLMSG_ERROR message whose error field is 0 (or minus an errno).
+    let kind = answer.get(4..6).map(|b| u16::from_ne_bytes([b[0], b[1]]));
+    let error = answer
+        .get(16..20)
+        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+    match (n >= 20, kind, error) {
+        (true, Some(NLMSG_ERROR), Some(0)) => Ok(()),
+        (true, Some(NLMSG_ERROR), Some(e)) => {
+            Err(BridgeError::Loopback(nix::errno::Errno::from_raw(-e)))
+        }
+        _ => Err(BridgeError::Loopback(nix::errno::Errno::EPROTO)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read as _, Write as _};
+
+    #[test]
+    fn a_connection_is_copied_both_ways_once_the_port_listens() {
+        let dir = std::env::temp_dir().join(format!("bridge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("k1-1");
+        // A free port, listened on only after the client connected (a kernel starting late).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listeners = listen(
+            &[BridgedPort {
+                socket: socket.clone(),
+                port,
+            }],
+            None,
+            0o077,
+        )
+        .unwrap();
+        serve(listeners);
+        let mut client = UnixStream::connect(&socket).unwrap();
+        client.write_all(b"ping").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let server = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let (mut peer, _) = server.accept().unwrap();
+        let mut got = [0u8; 4];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        peer.write_all(b"pong").unwrap();
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"pong");
+        drop(peer);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
