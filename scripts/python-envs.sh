@@ -46,7 +46,7 @@ make_env() {
 make_env "$NBP_KERNEL_ENV" "$here/kernel-env/requirements.txt" \
   -m ipykernel install --sys-prefix --name python3 --display-name "Python 3"
 make_env "$NBP_TOOLS_ENV" "$here/tools-env/requirements.txt"
-[ -f "$JUPYTER_PATH/kernels/python3/kernel.json" ] || {
-  echo "bootstrap: the python3 kernelspec is missing from $JUPYTER_PATH" >&2
+[ -f "$NBP_KERNEL_ENV/share/jupyter/kernels/python3/kernel.json" ] || {
+  echo "bootstrap: the python3 kernelspec is missing from $NBP_KERNEL_ENV/share/jupyter" >&2
   exit 1
 }
