@@ -40,6 +40,13 @@ impl KernelSpec {
         }
     }
 
+    /// Whether the kernel may publish an execution's result after its idle status (Deno's
+    /// does: its result and its status are sent by two tasks), so an execution waits briefly
+    /// for one before it ends.
+    pub fn results_after_idle(&self) -> bool {
+        self.is_deno()
+    }
+
     /// Whether this is Deno's kernel (`deno jupyter`).
     pub fn is_deno(&self) -> bool {
         self.spec

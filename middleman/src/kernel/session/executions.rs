@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use jupyter_protocol::{ExecuteRequest, InterruptRequest, JupyterMessage};
+use jupyter_protocol::{ExecuteRequest, InterruptRequest, JupyterMessage, ReplyStatus};
 use nix::sys::signal::Signal;
 
 use super::lifecycle::Restart;
@@ -93,6 +93,8 @@ impl Actor {
             reply: None,
             reply_at: None,
             idle: false,
+            result_seen: false,
+            settle_until: None,
             stopping: None,
             input: None,
             save,
@@ -206,10 +208,22 @@ impl Actor {
     }
 
     pub(super) async fn maybe_finish(&mut self) {
-        let Some(running) = &self.current else { return };
+        let late_results = self.settings.spec.results_after_idle();
+        let Some(running) = self.current.as_mut() else {
+            return;
+        };
         let (Some((status, _)), true) = (&running.reply, running.idle) else {
             return;
         };
+        if late_results && !running.result_seen && *status == ReplyStatus::Ok {
+            let now = Instant::now();
+            let until = *running
+                .settle_until
+                .get_or_insert(now + super::LATE_RESULT_GRACE);
+            if until > now {
+                return;
+            }
+        }
         let status = status::from_reply(status);
         self.finish_current(status, None);
         if self.queue.is_empty() && matches!(self.phase, Phase::Ready { .. }) {
