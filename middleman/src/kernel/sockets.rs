@@ -133,6 +133,7 @@ pub(crate) async fn connect(
         .map_err(socket_err("control"))?;
 
     let mut kernel_info = None;
+    let mut has_subshells = false;
     let mut iopub_live = false;
     while kernel_info.is_none() || !iopub_live {
         let request: JupyterMessage = KernelInfoRequest {}.into();
@@ -143,12 +144,15 @@ pub(crate) async fn connect(
         loop {
             tokio::select! {
                 () = &mut round => break,
-                m = read_one(&mut shell.socket, &shell.mac), if kernel_info.is_none() => {
-                    if let Some(msg) = m?
+                m = read_raw(&mut shell.socket, &shell.mac), if kernel_info.is_none() => {
+                    let Some(raw) = m? else { continue };
+                    let features = lists_subshells(&raw);
+                    if let Ok(msg) = super::wire::decode(raw)
                         && msg.parent_header.as_ref().is_some_and(|h| h.msg_id == request_id)
                         && let JupyterMessageContent::KernelInfoReply(reply) = msg.content
                     {
                         kernel_info = Some(*reply);
+                        has_subshells = features;
                     }
                 }
                 m = read_one(&mut iopub.socket, &iopub.mac), if !iopub_live => {
@@ -191,7 +195,13 @@ pub(crate) async fn connect(
     })
     .await;
 
-    let subshell = create_subshell(&mut control, &session).await;
+    // Only a kernel that lists subshells is asked for one: one that does not know the request
+    // never answers it (Deno's), and waiting for that cost a second of every start.
+    let subshell = if has_subshells {
+        create_subshell(&mut control, &session).await
+    } else {
+        None
+    };
     tracing::debug!(subshell = ?subshell, "kernel subshell");
 
     let (shell_tx, shell_rx) = shell.split();
@@ -232,8 +242,7 @@ pub(crate) async fn connect(
     }))
 }
 
-/// How long a kernel may take to answer `create_subshell_request` (one that does not know it
-/// never answers).
+/// How long a kernel that lists subshells may take to answer `create_subshell_request`.
 const SUBSHELL_WAIT: Duration = Duration::from_secs(1);
 
 /// Asks the kernel for a subshell (JEP 91, ipykernel 7): a second thread answering shell
@@ -379,18 +388,36 @@ async fn read_one<S: SocketRecv>(
     socket: &mut S,
     mac: &Option<ring::hmac::Key>,
 ) -> Result<Option<JupyterMessage>, KernelError> {
+    Ok(read_raw(socket, mac)
+        .await?
+        .and_then(|raw| super::wire::decode(raw).ok()))
+}
+
+/// Like [`read_one`], but undecoded: the handshake reads a field the typed reply drops.
+async fn read_raw<S: SocketRecv>(
+    socket: &mut S,
+    mac: &Option<ring::hmac::Key>,
+) -> Result<Option<jupyter_zmq_client::RawMessage>, KernelError> {
     let multipart = socket.recv().await.map_err(|e| KernelError::Socket {
         channel: "handshake",
         reason: e.to_string(),
     })?;
-    Ok(decode_multipart(multipart, mac).ok())
+    Ok(super::wire::split_and_verify(multipart, mac).ok())
 }
 
-fn decode_multipart(
-    multipart: zeromq::ZmqMessage,
-    mac: &Option<ring::hmac::Key>,
-) -> Result<JupyterMessage, super::wire::WireError> {
-    super::wire::split_and_verify(multipart, mac).and_then(super::wire::decode)
+/// Whether a `kernel_info_reply` lists `kernel subshells` among its `supported_features`
+/// (JEP 91; ipykernel 7 does, Deno's kernel lists none).
+fn lists_subshells(raw: &jupyter_zmq_client::RawMessage) -> bool {
+    raw.jparts
+        .get(3)
+        .and_then(|content| serde_json::from_slice::<serde_json::Value>(content).ok())
+        .and_then(|content| {
+            content
+                .get("supported_features")?
+                .as_array()
+                .map(|features| features.iter().any(|f| f == "kernel subshells"))
+        })
+        .unwrap_or(false)
 }
 
 /// Reads `conn` until it fails, forwarding decoded messages. A message whose content is larger
