@@ -648,3 +648,73 @@ async fn run_all_runs_each_cell_once_and_a_restart_says_what_the_kernel_lost() {
     assert_eq!(view.started, [a.clone(), b.clone()]);
     server.stop().await;
 }
+
+/// TypeScript cells on Deno's kernel follow the same rules: the edges come from their own
+/// analysis (oxc), a change re-runs the dependents in order (re-running a `const` cell
+/// declares it again, as Deno's REPL allows), and duplicates are graph errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_cells_rerun_their_dependents_as_python_cells_do() {
+    let server = TestServer::start(&["--kernel", "deno"]).await;
+    let mut ada = server.client("ada", Role::Editor).await;
+    let mut bob = server.client("bob", Role::Editor).await;
+    let mut view = View::default();
+    let x = ada.first_cell();
+    ada.set_source(&x, "const x: number = 1").await;
+    let y = ada
+        .insert_cell(
+            1,
+            "interface Pair { a: number }\nconst y: Pair = { a: x + 1 }",
+        )
+        .await;
+    let p = ada.insert_cell(2, "console.log(y.a)").await;
+    view.until(&mut bob, |v| {
+        v.node(&y).is_some_and(|g| g.parents == [x.clone()])
+            && v.node(&p)
+                .is_some_and(|g| g.parents == [y.clone()] && g.refs == ["y"])
+    })
+    .await;
+    assert_eq!(view.node(&y).unwrap().defs, ["Pair", "y"]);
+
+    run(&mut ada, &x).await;
+    view.until(&mut bob, |v| {
+        v.is(&p, CellState::Idle) && v.out(&p) == "2\n"
+    })
+    .await;
+    assert_eq!(view.started, [x.clone(), y.clone(), p.clone()]);
+
+    ada.set_source(&x, "const x: number = 2").await;
+    view.until(&mut bob, |v| {
+        [&x, &y, &p].iter().all(|c| v.is(c, CellState::Stale))
+    })
+    .await;
+    view.started.clear();
+    run(&mut ada, &x).await;
+    view.until(&mut bob, |v| {
+        v.is(&p, CellState::Idle) && v.out(&p) == "3\n"
+    })
+    .await;
+    assert_eq!(view.started, [x.clone(), y.clone(), p.clone()]);
+    assert!(
+        [&x, &y, &p]
+            .iter()
+            .all(|c| view.finished.get(*c) == Some(&ExecutionStatus::Ok)),
+        "{:?}",
+        view.finished
+    );
+
+    // Two definitions of x, under the strict rule: both cells show it, neither runs.
+    ada.send(&ClientMessage::SetGraphRule {
+        rule: GraphRule::Strict,
+    })
+    .await;
+    let dup = ada.insert_cell(3, "let x = 10").await;
+    view.until(&mut bob, |v| {
+        matches!(v.node(&x).and_then(|g| g.error.as_ref()), Some(GraphError::MultipleDefinitions { names, .. }) if names == &["x"])
+            && v.node(&dup).is_some_and(|g| g.error.is_some())
+    })
+    .await;
+    run(&mut ada, &dup).await;
+    ada.until(|e| matches!(e, ServerEvent::Error { code: ErrorCode::InvalidEdit, message, .. } if message.contains("defines x")))
+        .await;
+    server.stop().await;
+}

@@ -780,6 +780,9 @@ impl Hub {
     /// reactor decide what edits and deletions mean.
     fn regraph(&self, st: &mut State, sources: &[(String, CellKind, String)]) {
         let rule = st.edits.nb.graph_rule;
+        // Code cells are analysed in the kernel's language (Deno's kernel: TypeScript).
+        let language = crate::graph::Language::of(&self.session.watch().borrow().kernel.language);
+        st.deps.set_language(language);
         let Some(changed) = st.deps.update(sources, rule) else {
             return;
         };
@@ -876,16 +879,12 @@ impl Hub {
                     }
                 },
                 Decision::Forget { names } => {
-                    let list = names
-                        .iter()
-                        .map(|n| format!("{n:?}"))
-                        .collect::<Vec<_>>()
-                        .join(", ");
+                    let Some(code) = st.deps.language().forget_code(&names) else {
+                        continue;
+                    };
                     st.outbox.push_back(Outgoing {
                         command: Command::Execute {
-                            code: format!(
-                                "for _n in [{list}]:\n    globals().pop(_n, None)\ndel _n"
-                            ),
+                            code,
                             cell_id: None,
                             request_id: None,
                             stop_on_error: false,

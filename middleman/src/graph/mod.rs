@@ -1,15 +1,65 @@
 //! The reactive cell graph: what each cell defines and references (static analysis with a
-//! real Python parser, `analysis.rs`), the dependency edges between cells (here), and the rules
-//! that decide what runs (`reactor.rs`). Pure logic: no I/O, no kernel, no lock.
+//! real parser: Python's in `analysis.rs`, JavaScript and TypeScript's in `javascript.rs`, the
+//! document's kernel deciding which: [`Language`]), the dependency edges between cells (here),
+//! and the rules that decide what runs (`reactor.rs`). Pure logic: no I/O, no kernel, no lock.
+//! One file for the graph: its build and its walks share the index vectors.
 
 pub mod analysis;
 pub mod ipython;
+pub mod javascript;
 pub mod reactor;
 
 pub use analysis::{CellAnalysis, analyse};
 pub use doc_protocol::{GraphCell, GraphError, GraphRule};
 
 use std::collections::{BTreeSet, HashMap};
+
+/// The language of a document's code cells: its kernel's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Language {
+    /// IPython (and every kernel that is not JavaScript's).
+    #[default]
+    Python,
+    /// JavaScript or TypeScript, as Deno's kernel runs them.
+    JavaScript,
+}
+
+impl Language {
+    /// The language of a kernel whose `language` (its kernelspec's, or its `language_info`'s
+    /// name) is `kernel_language`.
+    pub fn of(kernel_language: &str) -> Self {
+        match kernel_language.to_ascii_lowercase().as_str() {
+            "typescript" | "javascript" | "ts" | "js" => Self::JavaScript,
+            _ => Self::Python,
+        }
+    }
+}
+
+impl Language {
+    /// The code that removes `names` from the kernel's globals when the only cell defining them
+    /// is deleted. `None` in JavaScript: Deno runs cells as strict code whose top-level
+    /// bindings (`let`, `const`, `class`, `function`, `var`, imports) cannot be removed, so
+    /// they keep their last value in the kernel until it restarts.
+    pub fn forget_code(self, names: &[String]) -> Option<String> {
+        match self {
+            Self::Python => {
+                let list = serde_json::to_string(names).ok()?;
+                Some(format!(
+                    "for _n in {list}:\n    globals().pop(_n, None)\ndel _n"
+                ))
+            }
+            Self::JavaScript => None,
+        }
+    }
+}
+
+/// Analyses a code cell written in `language`.
+pub fn analyse_for(language: Language, source: &str) -> CellAnalysis {
+    match language {
+        Language::Python => analyse(source),
+        Language::JavaScript => javascript::analyse(source),
+    }
+}
 
 /// The dependency graph of a document's code cells.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -449,6 +499,136 @@ mod tests {
 
     fn graph(cells: &[(&str, &str)]) -> Graph {
         build(cells, GraphRule::Strict)
+    }
+
+    fn build_in(language: Language, cells: &[(&str, &str)], rule: GraphRule) -> Graph {
+        let analyses: Vec<(String, CellAnalysis)> = cells
+            .iter()
+            .map(|(id, src)| ((*id).to_owned(), analyse_for(language, src)))
+            .collect();
+        let refs: Vec<(&str, &CellAnalysis)> =
+            analyses.iter().map(|(id, a)| (id.as_str(), a)).collect();
+        Graph::build(&refs, rule)
+    }
+
+    #[test]
+    fn the_kernels_language_picks_the_analysis() {
+        for deno in ["typescript", "javascript", "TypeScript", "ts", "js"] {
+            assert_eq!(Language::of(deno), Language::JavaScript, "{deno}");
+        }
+        for other in ["python", "Python 3", "sql", "R", ""] {
+            assert_eq!(Language::of(other), Language::Python, "{other}");
+        }
+        assert_eq!(Language::default(), Language::Python);
+        let js = analyse_for(Language::JavaScript, "const x = y");
+        assert_eq!(js.defs.iter().collect::<Vec<_>>(), ["x"]);
+        assert!(analyse_for(Language::Python, "const x = y").error.is_some());
+    }
+
+    #[test]
+    fn forgetting_names_is_said_in_the_kernels_language() {
+        let names = ["x".to_owned(), "rows".to_owned()];
+        assert_eq!(
+            Language::Python.forget_code(&names).as_deref(),
+            Some("for _n in [\"x\",\"rows\"]:\n    globals().pop(_n, None)\ndel _n")
+        );
+        assert_eq!(Language::JavaScript.forget_code(&names), None);
+    }
+
+    /// A JavaScript document gets the edges, order, cycles and duplicate definitions a Python
+    /// one gets, under both rules.
+    #[test]
+    fn a_javascript_document_builds_the_same_graph_as_python() {
+        let js = Language::JavaScript;
+        let g = build_in(
+            js,
+            &[
+                ("c", "console.log(summary)"),
+                (
+                    "a",
+                    "import * as d3 from \"npm:d3\"\nconst rows: Row[] = await load()",
+                ),
+                ("t", "interface Row { v: number }"),
+                (
+                    "b",
+                    "const summary = d3.sum(rows, (r: Row) => r.v)\nfunction scale(k) { return summary * k }",
+                ),
+                (
+                    "d",
+                    "const view = rows.map((row) => ({ ...row, s: scale(row.v) }))",
+                ),
+            ],
+            GraphRule::Strict,
+        );
+        assert_eq!(g.get("a").unwrap().parents, ["t"]);
+        assert_eq!(g.get("b").unwrap().parents, ["a", "t"]);
+        assert_eq!(g.get("c").unwrap().parents, ["b"]);
+        assert_eq!(g.get("d").unwrap().parents, ["a", "b"]);
+        assert_eq!(g.get("b").unwrap().refs, ["Row", "d3", "rows"]);
+        // Each after what it reads: `c`, above `b` in the document, runs after it.
+        assert_eq!(g.descendants("a"), ["b", "c", "d"]);
+        assert!(g.cells().iter().all(|c| c.error.is_none()), "{g:?}");
+
+        // The same cells as the Python test `edges_order_and_errors`, in JavaScript: the same
+        // errors on the same cells.
+        let python = graph(&[
+            ("a", "x = 1"),
+            ("b", "x = 2"),
+            ("c", "p = q"),
+            ("d", "q = p"),
+        ]);
+        let javascript = build_in(
+            js,
+            &[
+                ("a", "let x = 1"),
+                ("b", "x = 2"),
+                ("c", "var p = q"),
+                ("d", "var q = p"),
+            ],
+            GraphRule::Strict,
+        );
+        for id in ["a", "b", "c", "d"] {
+            assert_eq!(
+                javascript.get(id).unwrap().error,
+                python.get(id).unwrap().error,
+                "{id}"
+            );
+        }
+        assert!(matches!(
+            javascript.get("a").unwrap().error,
+            Some(GraphError::MultipleDefinitions { ref names, ref cells }) if names == &["x"] && cells == &["b"]
+        ));
+        assert!(matches!(
+            javascript.get("c").unwrap().error,
+            Some(GraphError::Cycle { ref cells }) if cells == &["c", "d"]
+        ));
+        // A syntax error is a graph error, as in Python.
+        let g = build_in(js, &[("a", "const = 1")], GraphRule::Strict);
+        assert!(matches!(
+            g.get("a").unwrap().error,
+            Some(GraphError::Syntax { .. })
+        ));
+
+        // Positional: `x = x + 1` chains run in document order; reading a name defined only
+        // below is a warning.
+        let g = build_in(
+            js,
+            &[
+                ("load", "let df = await load()"),
+                ("clean", "df = df.filter((r) => r.ok)"),
+                ("show", "console.log(df)"),
+                ("early", "console.log(later)"),
+                ("late", "const later = 1"),
+            ],
+            GraphRule::Positional,
+        );
+        assert_eq!(g.get("clean").unwrap().parents, ["load"]);
+        assert_eq!(g.get("show").unwrap().parents, ["clean"]);
+        assert_eq!(
+            g.get("early").unwrap().warnings,
+            ["defined only below this cell: later"]
+        );
+        assert_eq!(g.descendants("load"), ["clean", "show"]);
     }
 
     fn positional(cells: &[(&str, &str)]) -> Graph {

@@ -1,0 +1,5 @@
+const byRegion = groupBy(sales, (s) => s.region);
+const totals = Object.fromEntries(
+  [...byRegion].map(([region, rows]) => [region, d3.sum(rows, (r) => r.units * r.price)]),
+) as Totals;
+totals;

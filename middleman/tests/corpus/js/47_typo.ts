@@ -1,0 +1,1 @@
+const broken = sales.map((s) => s.units;

@@ -1,0 +1,6 @@
+function resetAll() {
+  runs = 0;
+  verbose = false;
+  lastReset = new Date();
+}
+resetAll();
