@@ -18,10 +18,14 @@
 #     page; runs.test.mjs: run all once per cell, causes on badges, the kernel-restart banner;
 #     files.test.mjs: the Files panel; data.test.mjs: a million-row table paged and sorted, an
 #     Altair chart with no request leaving the origin, Matplotlib figures; sql.test.mjs: SQL
-#     cells, completion and inspection from the kernel.
+#     cells, completion and inspection from the kernel; deno.test.mjs: a TypeScript notebook on
+#     Deno's kernel (plan `web-deno`): the editor's mode, results, streams, errors, completion,
+#     prompt(), interrupt, a second page, the export's language.
 #
 # Screenshots of the main views go to artifacts/web/. Exits non-zero on any failure and stops
 # every process it started. NBP_WEB_BUILD=0 skips the cargo build (the binaries must exist).
+# NBP_WEB_TESTS runs only the files it names, by stem and space-separated (`deno sql`);
+# NBP_WEB_ONLY only the tests whose names match its pattern.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -32,6 +36,14 @@ source "$here/env.sh"
 began=$SECONDS
 step() { printf '\n== %s (%ss)\n' "$*" "$((SECONDS - began))"; }
 
+tests=()
+for t in ${NBP_WEB_TESTS:-}; do
+  f="web/test/${t%.test.mjs}.test.mjs"
+  [ -f "$f" ] || { echo "test-web: no $f (NBP_WEB_TESTS names files of web/test/ by stem)" >&2; exit 2; }
+  tests+=("$f")
+done
+[ "${#tests[@]}" -gt 0 ] || tests=(web/test/*.test.mjs)
+
 step "middleman/web-dist/ is the build of web/"
 bash scripts/build-web.sh --check
 
@@ -41,9 +53,40 @@ step "Watchman with the local backend, and a gateway"
 run_marker_vars=NBP_WEB_RUN
 passed_note="screenshots in artifacts/web/"
 local_watchman_gateway=1
+# The plans: the helper's `web` (ipykernel) and `web-deno` (Deno's kernel, TypeScript), in a file
+# of this script's that Watchman reads instead of the helper's (the last --plans wins). The
+# landing page lists plans by name, so `web` stays the one it offers first.
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/nbplat-test-web.XXXXXX")"
+trap 'rm -rf "$tmp"' EXIT # until start_local_watchman's own trap replaces it
+cat >"$tmp/plans-web.toml" <<'PLANS'
+[plans.web]
+kernel = "python3"
+warm = { ratio = 0.5, min = 2, max = 3 }
+idle_timeout = "30m"
+max_lifetime = "1h"
+
+[plans.web.limits]
+execution_timeout = "60s"
+max_output_bytes = 262144
+memory_mib = 2048
+max_processes = 128
+max_open_files = 1024
+
+[plans.web-deno]
+kernel = "deno"
+warm = { ratio = 0, min = 1, max = 1 }
+idle_timeout = "30m"
+max_lifetime = "1h"
+
+# watchman/plans.local.toml's `js`: 10 s per execution, a 10 MiB heap for the code.
+[plans.web-deno.limits]
+execution_timeout = "10s"
+js_heap_mib = 10
+memory_mib = 512
+PLANS
 # shellcheck source=lib/local-watchman.sh
 source "$here/lib/local-watchman.sh"
-start_local_watchman test-web "${NBP_WEB_BUILD:-1}" web 262144 --dev-page
+start_local_watchman test-web "${NBP_WEB_BUILD:-1}" web 262144 --dev-page --plans "$tmp/plans-web.toml"
 
 step "Browser tests (headless Chromium)"
 mkdir -p artifacts/web
@@ -53,4 +96,5 @@ NBP_WEB_WATCHMAN="http://$public" \
   NBP_WEB_RUN="$pool" \
   NBP_WEB_ARTIFACTS="$root/artifacts/web" \
   NBP_WEB_CHROMIUM="${NBP_WEB_CHROMIUM:-$(command -v chromium)}" \
-  node --test --test-concurrency=1 --test-timeout=180000 ${NBP_WEB_ONLY:+--test-name-pattern="$NBP_WEB_ONLY"} web/test/*.test.mjs
+  NBP_WEB_DENO_PLAN=web-deno \
+  node --test --test-concurrency=1 --test-timeout=180000 ${NBP_WEB_ONLY:+--test-name-pattern="$NBP_WEB_ONLY"} "${tests[@]}"

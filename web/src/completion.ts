@@ -28,18 +28,44 @@ import type { Completion as KernelMatch } from "./protocol";
 /** How long typing pauses before the kernel is asked. */
 const TYPING_PAUSE_MS = 200;
 
-/** What is worth asking about while typing: a name, `name.`, or a key after `[` and a quote. */
-const NAME = /(?:^|[^\p{L}\p{N}_])[\p{L}_][\p{L}\p{N}_]*$/u;
-const ATTRIBUTE = /(?:[\p{L}\p{N}_]|[)\]])\.$/u;
-const KEY = /\[\s*["'][\p{L}\p{N}_ .-]*$/u;
+/**
+ * What is worth asking about while typing: a name, `name.` (or JavaScript's `name?.`), or a key
+ * after `[` and a quote; and what typing more of keeps a list valid. Names are letters, digits
+ * and `_`, plus the mode's own word characters (JavaScript's `$`).
+ */
+interface Patterns {
+  name: RegExp;
+  attribute: RegExp;
+  key: RegExp;
+  validFor: RegExp;
+}
+
+const patternCache = new Map<string, Patterns>();
+
+function patterns(state: EditorState, pos: number): Patterns {
+  const extra = state.languageDataAt<string>("wordChars", pos).join("").replace(/[\\\]^-]/g, "\\$&");
+  let p = patternCache.get(extra);
+  if (!p) {
+    const w = `\\p{L}\\p{N}_${extra}`;
+    p = {
+      name: new RegExp(`(?:^|[^${w}])[\\p{L}_${extra}][${w}]*$`, "u"),
+      attribute: new RegExp(`(?:[${w})\\]])\\??\\.$`, "u"),
+      key: new RegExp(`\\[\\s*["'][${w} .-]*$`, "u"),
+      validFor: new RegExp(`^["']?[${w}]*$`, "u"),
+    };
+    patternCache.set(extra, p);
+  }
+  return p;
+}
 
 function worthAsking(ctx: CompletionContext): boolean {
   const line = ctx.state.doc.lineAt(ctx.pos);
   const before = line.text.slice(Math.max(0, ctx.pos - line.from - 200), ctx.pos - line.from);
   const node = syntaxTree(ctx.state).resolveInner(ctx.pos, -1).name;
+  const p = patterns(ctx.state, ctx.pos);
   if (/Comment/.test(node)) return false;
-  if (/String/.test(node)) return KEY.test(before);
-  return NAME.test(before) || ATTRIBUTE.test(before) || KEY.test(before);
+  if (/String/.test(node)) return p.key.test(before);
+  return p.name.test(before) || p.attribute.test(before) || p.key.test(before);
 }
 
 function option(m: KernelMatch): Completion {
@@ -48,7 +74,8 @@ function option(m: KernelMatch): Completion {
     // The kernel's kind (jedi says `<unknown>` when it does not know).
     type: m.type && !m.type.startsWith("<") ? m.type : undefined,
     detail: m.signature || undefined,
-    // Private names after public ones, as IPython orders them.
+    // Private names after public ones, as IPython orders them (and `_` means private to
+    // JavaScript's conventions too).
     boost: m.text.startsWith("__") ? -2 : m.text.startsWith("_") ? -1 : 0,
   };
 }
@@ -70,7 +97,7 @@ function source(ask: Assist["ask"], cellId: string) {
       from,
       to: Math.min(Math.max(answer.cursor_end, ctx.pos), length),
       options: answer.matches.map(option),
-      validFor: /^["']?[\p{L}\p{N}_]*$/u,
+      validFor: patterns(ctx.state, ctx.pos).validFor,
     };
   };
 }

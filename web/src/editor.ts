@@ -2,10 +2,10 @@
 // collaborators' cursors and selections from Yjs awareness. The remote-selection decorations
 // are this project's own: y-codemirror.next's put colours in style attributes, which the CSP
 // refuses; these use classes whose colours live in a constructed style sheet. For people who may
-// edit, the kernel completes (completion.ts) and inspects (inspect.ts) what they type.
+// edit, the kernel completes (completion.ts) and inspects (inspect.ts) what they type. Code cells
+// are in the language of the document's kernel (language.ts): Python, TypeScript or JavaScript.
 import { closeBrackets, closeBracketsKeymap } from "@codemirror/autocomplete";
 import { defaultKeymap, indentWithTab } from "@codemirror/commands";
-import { python } from "@codemirror/lang-python";
 import { PostgreSQL, sql } from "@codemirror/lang-sql";
 import { bracketMatching, indentOnInput, indentUnit, syntaxHighlighting } from "@codemirror/language";
 import { highlightSelectionMatches, searchKeymap } from "@codemirror/search";
@@ -19,6 +19,7 @@ import { closeList, kernelCompletion, tabCompletes } from "./completion";
 import { colorClass, safeColor } from "./dom";
 import { readableHighlight } from "./highlight";
 import { closeTip, inIndentation, inspectAt, inspection } from "./inspect";
+import { type CodeLanguage, codeExtension } from "./language";
 import type { CellKind } from "./protocol";
 
 class CaretWidget extends WidgetType {
@@ -142,6 +143,8 @@ export interface EditorOptions {
   ytext: Y.Text;
   awareness: Awareness;
   kind: CellKind;
+  /** The language of code cells (the document's kernel's). */
+  language: CodeLanguage;
   readOnly: boolean;
   /** Key bindings that take precedence (run, modes). */
   keys: Extension;
@@ -171,9 +174,13 @@ export class CellEditor {
   private readonly language = new Compartment();
   private readonly placeholder = new Compartment();
   private readonly readOnly: boolean;
+  private kind: CellKind;
+  private code: CodeLanguage;
 
   constructor(parent: HTMLElement, opts: EditorOptions) {
     this.readOnly = opts.readOnly;
+    this.kind = opts.kind;
+    this.code = opts.language;
     const assist = opts.readOnly ? undefined : opts.assist;
     const undo = new Y.UndoManager(opts.ytext);
     this.view = new EditorView({
@@ -189,13 +196,14 @@ export class CellEditor {
           drawSelection(),
           dropCursor(),
           indentOnInput(),
+          // Four spaces, unless a code cell's language says otherwise (language.ts).
           indentUnit.of("    "),
           bracketMatching(),
           closeBrackets(),
           highlightSelectionMatches(),
           syntaxHighlighting(readableHighlight, { fallback: true }),
           keymap.of([...closeBracketsKeymap, ...yUndoManagerKeymap, ...searchKeymap, indentWithTab, ...defaultKeymap]),
-          this.language.of(CellEditor.languageFor(opts.kind)),
+          this.language.of(CellEditor.languageFor(opts.kind, opts.language)),
           yCollab(opts.ytext, null, { undoManager: undo }),
           remoteSelections(opts.ytext, opts.awareness),
           EditorState.readOnly.of(opts.readOnly),
@@ -203,7 +211,7 @@ export class CellEditor {
           EditorView.contentAttributes.of({ "aria-label": "cell source", spellcheck: "false", autocorrect: "off", autocapitalize: "off" }),
           // A viewer's editor is not editable, but stays reachable by keyboard (to read and scroll).
           opts.readOnly ? EditorView.contentAttributes.of({ tabindex: "0" }) : [],
-          this.placeholder.of(CellEditor.placeholderFor(opts.kind, opts.readOnly)),
+          this.placeholder.of(CellEditor.placeholderFor(opts.kind, opts.language, opts.readOnly)),
           EditorView.domEventHandlers({
             focus: (_e, view) => {
               view.setTabFocusMode(focusByTab());
@@ -220,20 +228,35 @@ export class CellEditor {
     });
   }
 
-  static languageFor(kind: CellKind): Extension {
+  static languageFor(kind: CellKind, code: CodeLanguage): Extension {
     // DuckDB's SQL is closest to PostgreSQL's among lang-sql's dialects.
-    return kind === "code" ? python() : kind === "sql" ? sql({ dialect: PostgreSQL }) : EditorView.lineWrapping;
+    return kind === "code" ? codeExtension(code) : kind === "sql" ? sql({ dialect: PostgreSQL }) : EditorView.lineWrapping;
   }
 
-  static placeholderFor(kind: CellKind, readOnly: boolean): Extension {
+  static placeholderFor(kind: CellKind, code: CodeLanguage, readOnly: boolean): Extension {
     if (readOnly) return [];
-    const text = { code: "Python code", sql: "SQL (DuckDB): -- result: name, then a query", markdown: "Markdown text", raw: "Raw text" }[kind];
+    const text = { code: `${code.label} code`, sql: "SQL (DuckDB): -- result: name, then a query", markdown: "Markdown text", raw: "Raw text" }[kind];
     return placeholder(text);
   }
 
   setKind(kind: CellKind): void {
+    this.kind = kind;
+    this.reconfigure();
+  }
+
+  /** The document's kernel, and so its code cells' language, changed. */
+  setLanguage(code: CodeLanguage): void {
+    if (code.name === this.code.name && code.label === this.code.label) return;
+    this.code = code;
+    this.reconfigure();
+  }
+
+  private reconfigure(): void {
     this.view.dispatch({
-      effects: [this.language.reconfigure(CellEditor.languageFor(kind)), this.placeholder.reconfigure(CellEditor.placeholderFor(kind, this.readOnly))],
+      effects: [
+        this.language.reconfigure(CellEditor.languageFor(this.kind, this.code)),
+        this.placeholder.reconfigure(CellEditor.placeholderFor(this.kind, this.code, this.readOnly)),
+      ],
     });
   }
 

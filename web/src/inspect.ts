@@ -1,6 +1,7 @@
-// Inspection, as IPython's `?` and Jupyter's Shift-Tab: the signature and docstring of the name at
-// the cursor, asked of the kernel (`inspect`) and shown in a tooltip under the cursor with its
-// ANSI colours. The tooltip goes away with Escape, any edit, a caret move, or leaving the editor.
+// Inspection, as Jupyter's Shift-Tab (IPython's `?`): what the kernel knows of the name at the
+// cursor (IPython: its signature and docstring), asked of it (`inspect`) and shown in a tooltip
+// under the cursor with its ANSI colours. The tooltip goes away with Escape, any edit, a caret
+// move, or leaving the editor.
 // The same tooltip carries the short hints of explicit requests that got no answer.
 import { type EditorState, StateEffect, StateField } from "@codemirror/state";
 import { EditorView, showTooltip, type Tooltip } from "@codemirror/view";

@@ -12,6 +12,7 @@ import { button, colorClass, h, initials } from "./dom";
 import { FilesPanel } from "./files";
 import { CellEditor } from "./editor";
 import { CellKeys } from "./keys";
+import { type CodeLanguage, codeLanguage } from "./language";
 import { renderMarkdown } from "./markdown";
 import { finishedNotice, namePositions, Toasts, type ToastKind } from "./messages";
 import { OutputArea } from "./outputs";
@@ -93,6 +94,7 @@ class CellUI {
       h("option", { text: "Raw", attrs: { value: "raw" } }),
     ]);
     this.typeSelect.value = kind;
+    this.offerSql(app.language);
     this.typeSelect.addEventListener("change", () => app.setKind(this.id, this.typeSelect.value as CellKind));
     const tools = editable
       ? h("div", { class: "cell-tools" }, [
@@ -139,6 +141,7 @@ class CellUI {
       ytext,
       awareness: app.conn.awareness,
       kind,
+      language: app.language,
       readOnly: !editable,
       keys: runKeys,
       assist: { cellId: id, ask: (request) => app.assist.ask(request) },
@@ -174,8 +177,21 @@ class CellUI {
     this.kind = kind;
     this.typeSelect.value = kind;
     this.editor.setKind(kind);
+    this.offerSql(this.app.language);
     this.refreshMarkdown();
     this.showResultName();
+  }
+
+  /** The document's kernel changed: code in its language, SQL offered to Python's only. */
+  setLanguage(lang: CodeLanguage): void {
+    this.editor.setLanguage(lang);
+    this.offerSql(lang);
+  }
+
+  /** Turning a cell into SQL is offered where SQL cells run (a SQL cell keeps its kind shown). */
+  private offerSql(lang: CodeLanguage): void {
+    const option = this.typeSelect.querySelector<HTMLOptionElement>('option[value="sql"]');
+    if (option) option.disabled = !lang.sqlCells && this.kind !== "sql";
   }
 
   private showResultName(): void {
@@ -270,6 +286,8 @@ export class Notebook {
   private reactivity: Reactivity = "autorun";
   private graphRule: GraphRule = "positional";
   private welcome: Welcome | null = null;
+  /** The language of code cells, from the kernel the welcome describes. */
+  language: CodeLanguage = codeLanguage(null);
   private selected: string | null = null;
   private pendingFocus: string | null = null;
   /** insert_cell requests of this page: edit the new cell, or only select it (paste, undo). */
@@ -633,6 +651,7 @@ export class Notebook {
       this.buildToolbar();
       if (!this.canEdit) this.banner("You are a viewer: the notebook is read-only.", "info", "viewer");
     }
+    this.showLanguage(w);
     this.meEl.replaceChildren(
       h("span", { class: `avatar me-avatar ${colorClass(this.myColor(w))}`, text: initials(w.name), title: `${w.name} (you)` }),
       h("span", { class: "me-name", text: `${w.name} · ${w.role}` }),
@@ -685,6 +704,19 @@ export class Notebook {
     this.showKernel();
     this.refreshToolbar();
     this.sendPresence();
+  }
+
+  /**
+   * Code cells follow the kernel the welcome describes (each welcome: after a reconnection the
+   * document may run on another kernel); SQL cells are a Python kernel's, so where there are
+   * none the page offers none (style.css hides the buttons under `.no-sql`).
+   */
+  private showLanguage(w: Welcome): void {
+    const lang = codeLanguage(w.kernel);
+    this.root.classList.toggle("no-sql", !lang.sqlCells);
+    if (lang.name === this.language.name && lang.label === this.language.label) return;
+    this.language = lang;
+    for (const ui of this.cells.values()) ui.setLanguage(lang);
   }
 
   private myColor(w: Welcome): string {
@@ -1065,7 +1097,7 @@ export class Notebook {
     else if (key === "m") this.setKind(id, "markdown");
     else if (key === "y") this.setKind(id, "code");
     else if (key === "r") this.setKind(id, "raw");
-    else if (key === "q") this.setKind(id, "sql");
+    else if (key === "q" && this.language.sqlCells) this.setKind(id, "sql");
     else if (key === "d") {
       if (twice("d")) this.deleteCell(id);
     } else if (key === "i") {

@@ -18,6 +18,8 @@ export const env = {
   run: process.env.NBP_WEB_RUN ?? "",
   artifacts: process.env.NBP_WEB_ARTIFACTS ?? "artifacts/web",
   chromium: process.env.NBP_WEB_CHROMIUM || "/usr/bin/chromium",
+  /** The plan whose kernel is Deno's (TypeScript; deno.test.mjs). */
+  denoPlan: process.env.NBP_WEB_DENO_PLAN ?? "",
 };
 if (!env.watchman || !env.bin || !env.tmp) {
   throw new Error("run the browser tests with scripts/test-web.sh (it starts Watchman and sets NBP_WEB_*)");
@@ -70,12 +72,16 @@ export async function problems(page) {
   return [...page.problems, ...csp.map((c) => `csp: ${c}`)];
 }
 
-/** Opens a document through the landing page (Watchman's, through the gateway), as `make run` does. */
-export async function openFromLanding(page, document, name, role) {
+/**
+ * Opens a document through the landing page (Watchman's, through the gateway), as `make run` does,
+ * on the landing page's first plan (ipykernel's) unless `plan` names another.
+ */
+export async function openFromLanding(page, document, name, role, plan) {
   await page.goto(env.watchman + "/");
   await page.fill('input[name="document"]', document);
   await page.fill('input[name="name"]', name);
   if (role) await page.selectOption('select[name="role"]', role);
+  if (plan) await page.selectOption('select[name="plan"]', plan);
   // The document: below /pods/ on the gateway's origin (a Watchman with no gateway, as
   // scripts/bench-web.sh runs it, sends the page to the pod's own origin).
   const landing = new URL(env.watchman).origin;
