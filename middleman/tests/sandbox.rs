@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::agent::AgentProcess;
 use common::*;
 use middleman::protocol::{ExecutionStatus, Output, ServerEvent};
 use session_token::Role;
@@ -531,44 +532,6 @@ async fn everyday_work_runs_in_the_sandbox() {
         .await;
     assert_eq!(run.stdout(), "False True\n");
     server.stop().await;
-}
-
-/// A kernel agent in a process of its own, listening on a socket: the Kubernetes layout (the
-/// kernel container's entrypoint), here without namespaces, as an unprivileged container has
-/// none.
-struct AgentProcess {
-    child: std::process::Child,
-    socket: std::path::PathBuf,
-    ipc: std::path::PathBuf,
-}
-
-impl AgentProcess {
-    fn start(dir: &std::path::Path, allow_uid: u32) -> Self {
-        let socket = dir.join("agent.sock");
-        let ipc = dir.join("ipc");
-        std::fs::create_dir_all(&ipc).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_middleman"))
-            .arg("kernel-agent")
-            .arg("--socket")
-            .arg(&socket)
-            .args(["--allow-uid", &allow_uid.to_string()])
-            .arg("--ipc-dir")
-            .arg(&ipc)
-            .arg("--workspace")
-            .arg(dir.join("work"))
-            .args(["--container", "--namespaces", "off"])
-            .args(["--max-open-files", "256"])
-            .spawn()
-            .unwrap();
-        Self { child, socket, ipc }
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

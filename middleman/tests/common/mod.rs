@@ -4,6 +4,7 @@
 //! One file over 500 lines: every test crate includes it as its one `common` module.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod agent;
 pub mod ypeer;
 
 use std::time::Duration;
