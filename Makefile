@@ -45,6 +45,9 @@ bench: bootstrap
 	bash scripts/bootstrap-bench.sh
 	cargo build --release -p middleman -p gateway -p loadtest
 	$(ENV) ./target/release/exec-bench $(BENCH_ARGS)
+	$(ENV) ./target/release/exec-bench --kernel deno $(BENCH_ARGS)
+	$(ENV) ./target/release/exec-bench --kernel deno --starts 10
+	$(ENV) ./target/release/exec-bench --kernel python3 --starts 10
 	$(ENV) ./target/release/gateway-bench $(GATEWAY_BENCH_ARGS)
 	$(ENV) ./target/release/allocate-bench
 	$(ENV) ./target/release/collab-bench

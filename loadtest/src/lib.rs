@@ -233,6 +233,10 @@ pub struct Middleman {
     pub pid: u32,
     pub addr: String,
     pub pod: String,
+    /// When the process was spawned (what a pod's start time counts from).
+    pub spawned: Instant,
+    /// How long after `spawned` it said it listens.
+    pub listening: Duration,
     keys: Keys,
 }
 
@@ -248,7 +252,7 @@ pub fn listening_addr(line: &str) -> Option<String> {
 
 impl Middleman {
     /// Starts `bin serve` for document `bench` on pod `local` with `extra` flags and keys of its
-    /// own; waits until it listens.
+    /// own; waits until it listens. The kernel is python3 unless `extra` names one (`--kernel`).
     pub async fn start(bin: &Path, scratch: &Path, extra: &[&str]) -> anyhow::Result<Self> {
         let keys = Keys::generate(&scratch.join("keys"))?;
         Self::start_with(bin, scratch, &keys, "local", extra).await
@@ -263,6 +267,7 @@ impl Middleman {
         pod: &str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        let spawned = Instant::now();
         let mut child = tokio::process::Command::new(bin)
             .args([
                 "serve",
@@ -272,9 +277,12 @@ impl Middleman {
                 "bench",
                 "--pod",
                 pod,
-                "--kernel",
-                "python3",
             ])
+            .args(if extra.contains(&"--kernel") {
+                &[] as &[&str]
+            } else {
+                &["--kernel", "python3"][..]
+            })
             .args(if extra.contains(&"--document-store") {
                 &[] as &[&str]
             } else {
@@ -305,12 +313,15 @@ impl Middleman {
         })
         .await?
         .map_err(|said| anyhow::anyhow!("middleman did not start; it said:\n{said}"))?;
+        let listening = spawned.elapsed();
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(Self {
             child,
             pid,
             addr,
             pod: pod.to_owned(),
+            spawned,
+            listening,
             keys: keys.clone(),
         })
     }
@@ -327,14 +338,55 @@ impl Middleman {
 
     /// Waits until `/readyz` answers 200 (the kernel is up).
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        self.ready_after(Duration::from_millis(50)).await.map(drop)
+    }
+
+    /// Asks `/readyz` every `poll` until it answers 200 (the kernel started and answered
+    /// `kernel_info`); returns how long after `spawned` that was, to within `poll` and one
+    /// request.
+    pub async fn ready_after(&self, poll: Duration) -> anyhow::Result<Duration> {
         let port = self.port()?;
-        for _ in 0..2400 {
+        let deadline = self.spawned + Duration::from_secs(120);
+        while Instant::now() < deadline {
             if let Ok((200, _)) = http(port, "GET", "/readyz", "", "").await {
-                return Ok(());
+                return Ok(self.spawned.elapsed());
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(poll).await;
         }
         bail!("middleman {} not ready after 120 s", self.pod)
+    }
+
+    /// The kernel sandbox's layers as its `/metrics` reports them (`middleman_sandbox_layer`):
+    /// (those that hold, those that do not), by name. Empty until a kernel has started.
+    pub async fn sandbox_layers(&self) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+        let (status, body) = http(self.port()?, "GET", "/metrics", "", "").await?;
+        if status != 200 {
+            bail!("/metrics answered {status}");
+        }
+        let (mut held, mut not) = (Vec::new(), Vec::new());
+        for line in body.lines() {
+            let Some(rest) = line.strip_prefix("middleman_sandbox_layer{") else {
+                continue;
+            };
+            let Some((labels, value)) = rest.split_once('}') else {
+                continue;
+            };
+            let Some(name) = labels
+                .split(',')
+                .find_map(|l| l.strip_prefix("layer=\""))
+                .map(|n| n.trim_end_matches('"').to_owned())
+            else {
+                continue;
+            };
+            if value.trim() == "1" {
+                held.push(name);
+            } else {
+                not.push(name);
+            }
+        }
+        held.sort();
+        not.sort();
+        Ok((held, not))
     }
 
     /// Connects a WebSocket client with `token`.
@@ -395,8 +447,8 @@ pub async fn http(
     ))
 }
 
-/// A stock Jupyter Server (from the tools' environment) with one python3 kernel (the kernelspec on
-/// `JUPYTER_PATH`: the kernel's environment, as Middleman runs it).
+/// A stock Jupyter Server (from the tools' environment) with one kernel (python3 unless named:
+/// the kernelspec on `JUPYTER_PATH`, as Middleman runs it).
 #[derive(Debug)]
 pub struct JupyterServer {
     pub child: tokio::process::Child,
@@ -407,8 +459,14 @@ pub struct JupyterServer {
 }
 
 impl JupyterServer {
-    /// Starts the server and a kernel; waits until the kernel answers `kernel_info`.
+    /// Starts the server and a python3 kernel; waits until the kernel answers `kernel_info`.
     pub async fn start(venv: &Path, scratch: &Path) -> anyhow::Result<Self> {
+        Self::start_kernel(venv, scratch, "python3").await
+    }
+
+    /// Starts the server and a kernel of the kernelspec `kernel`; waits until the kernel
+    /// answers `kernel_info`.
+    pub async fn start_kernel(venv: &Path, scratch: &Path, kernel: &str) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -439,7 +497,7 @@ impl JupyterServer {
                 "POST",
                 "/api/kernels",
                 &token,
-                r#"{"name":"python3"}"#,
+                &serde_json::json!({ "name": kernel }).to_string(),
             )
             .await
             {
@@ -498,7 +556,11 @@ impl JupyterServer {
         Ok(ws)
     }
 
+    /// Shuts its kernel down, then kills the server. Killed first, the server would leave the
+    /// kernel running: ipykernel notices its parent is gone, Deno's kernel does not.
     pub async fn stop(mut self) {
+        let path = format!("/api/kernels/{}", self.kernel_id);
+        let _ = http(self.port, "DELETE", &path, &self.token, "").await;
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
