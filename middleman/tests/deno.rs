@@ -8,23 +8,10 @@
 
 mod common;
 
-use common::agent::AgentProcess;
+use common::agent::{AgentProcess, own_uid, require_root};
 use common::*;
 use middleman::protocol::{AssistAnswer, ClientMessage, ExecutionStatus, Output, ServerEvent};
 use session_token::Role;
-
-/// The sandbox needs root, as on the fresh machines `make test` runs on.
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the sandbox tests need root (the local backend's agent builds namespaces)"
-    );
-}
-
-/// A uid of its own for a test's kernels.
-fn own_uid() -> String {
-    (310_000 + std::process::id() % 100_000).to_string()
-}
 
 fn has_data(run: &Run, mime: &str) -> bool {
     run.outputs.iter().any(|o| match o {
@@ -51,7 +38,7 @@ fn result_text(run: &Run) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typescript_cells_work_as_python_cells_do() {
     require_root();
-    let uid = own_uid();
+    let uid = own_uid(320_000);
     let server = TestServer::start(&[
         "--kernel",
         "deno",
@@ -260,7 +247,7 @@ async fn attack_battery(mode: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attacks_from_deno_cells_fail_with_an_own_uid() {
-    let uid = own_uid();
+    let uid = own_uid(320_000);
     attack_battery(&["--kernel-uid", &uid]).await;
 }
 
@@ -316,7 +303,7 @@ await check("signal Middleman", () => Deno.kill({middleman}, "SIGTERM"));
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_heap_limit_is_reported_in_words() {
     require_root();
-    let uid = own_uid();
+    let uid = own_uid(320_000);
     let server = TestServer::start(&[
         "--kernel",
         "deno",

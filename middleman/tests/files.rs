@@ -124,10 +124,6 @@ fn kind_of(listing: &Reply, name: &str) -> String {
         .unwrap_or_default()
 }
 
-fn own_uid() -> String {
-    (310_000 + std::process::id() % 100_000).to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_round_trip_and_hostile_kernel_plants_are_refused() {
     assert!(
@@ -138,7 +134,7 @@ async fn files_round_trip_and_hostile_kernel_plants_are_refused() {
     // namespace: what the file API writes must reach it there, and be its to read.
     let server = TestServer::start(&[
         "--kernel-uid",
-        &own_uid(),
+        &common::agent::own_uid(310_000),
         "--workspace-quota-mib",
         "4",
         "--max-upload-bytes",

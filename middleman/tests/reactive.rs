@@ -167,17 +167,23 @@ async fn run(c: &mut Client, cell: &str) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changing_a_cell_reruns_its_dependents_in_order_for_everyone() {
-    let server = TestServer::start(&[]).await;
-    let mut ada = server.client("ada", Role::Editor).await;
-    let mut bob = server.client("bob", Role::Editor).await;
-    let mut view = View::default();
+/// Three cells in a chain (`x`, `y` reading it, `p` printing `y`), written by `ada` in the
+/// kernel's language, seen by `bob`: the graph links them; running `x` runs the others after it,
+/// printing `first`; editing `x` to `edit` marks all three stale, and running it brings all up to
+/// date, printing `second`. Returns the three cells' ids.
+async fn a_chain_reruns_in_order(
+    ada: &mut Client,
+    bob: &mut Client,
+    view: &mut View,
+    cells: [&str; 3],
+    edit: &str,
+    [first, second]: [&str; 2],
+) -> [String; 3] {
     let x = ada.first_cell();
-    ada.set_source(&x, "x = 1").await;
-    let y = ada.insert_cell(1, "y = x + 1").await;
-    let p = ada.insert_cell(2, "print(y)").await;
-    view.until(&mut bob, |v| {
+    ada.set_source(&x, cells[0]).await;
+    let y = ada.insert_cell(1, cells[1]).await;
+    let p = ada.insert_cell(2, cells[2]).await;
+    view.until(bob, |v| {
         v.node(&y).is_some_and(|g| g.parents == [x.clone()])
             && v.node(&p)
                 .is_some_and(|g| g.parents == [y.clone()] && g.refs == ["y"])
@@ -187,26 +193,40 @@ async fn changing_a_cell_reruns_its_dependents_in_order_for_everyone() {
     assert_eq!(view.node(&x).unwrap().children, vec![y.clone()]);
 
     // Running the first cell runs the others after it.
-    run(&mut ada, &x).await;
-    view.until(&mut bob, |v| {
-        v.is(&p, CellState::Idle) && v.out(&p) == "2\n"
-    })
-    .await;
+    run(ada, &x).await;
+    view.until(bob, |v| v.is(&p, CellState::Idle) && v.out(&p) == first)
+        .await;
     assert_eq!(view.started, [x.clone(), y.clone(), p.clone()]);
 
     // Editing marks the cell and what depends on it stale; running it brings all up to date.
-    ada.set_source(&x, "x = 2").await;
-    view.until(&mut bob, |v| {
+    ada.set_source(&x, edit).await;
+    view.until(bob, |v| {
         [&x, &y, &p].iter().all(|c| v.is(c, CellState::Stale))
     })
     .await;
     view.started.clear();
-    run(&mut ada, &x).await;
-    view.until(&mut bob, |v| {
-        v.is(&p, CellState::Idle) && v.out(&p) == "3\n"
-    })
-    .await;
+    run(ada, &x).await;
+    view.until(bob, |v| v.is(&p, CellState::Idle) && v.out(&p) == second)
+        .await;
     assert_eq!(view.started, [x.clone(), y.clone(), p.clone()]);
+    [x, y, p]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_a_cell_reruns_its_dependents_in_order_for_everyone() {
+    let server = TestServer::start(&[]).await;
+    let mut ada = server.client("ada", Role::Editor).await;
+    let mut bob = server.client("bob", Role::Editor).await;
+    let mut view = View::default();
+    let [x, y, p] = a_chain_reruns_in_order(
+        &mut ada,
+        &mut bob,
+        &mut view,
+        ["x = 1", "y = x + 1", "print(y)"],
+        "x = 2",
+        ["2\n", "3\n"],
+    )
+    .await;
 
     // Lazy mode: dependents are marked, not run, until someone runs what is stale.
     ada.send(&ClientMessage::SetReactivity {
@@ -658,42 +678,20 @@ async fn typescript_cells_rerun_their_dependents_as_python_cells_do() {
     let mut ada = server.client("ada", Role::Editor).await;
     let mut bob = server.client("bob", Role::Editor).await;
     let mut view = View::default();
-    let x = ada.first_cell();
-    ada.set_source(&x, "const x: number = 1").await;
-    let y = ada
-        .insert_cell(
-            1,
+    let [x, y, p] = a_chain_reruns_in_order(
+        &mut ada,
+        &mut bob,
+        &mut view,
+        [
+            "const x: number = 1",
             "interface Pair { a: number }\nconst y: Pair = { a: x + 1 }",
-        )
-        .await;
-    let p = ada.insert_cell(2, "console.log(y.a)").await;
-    view.until(&mut bob, |v| {
-        v.node(&y).is_some_and(|g| g.parents == [x.clone()])
-            && v.node(&p)
-                .is_some_and(|g| g.parents == [y.clone()] && g.refs == ["y"])
-    })
+            "console.log(y.a)",
+        ],
+        "const x: number = 2",
+        ["2\n", "3\n"],
+    )
     .await;
     assert_eq!(view.node(&y).unwrap().defs, ["Pair", "y"]);
-
-    run(&mut ada, &x).await;
-    view.until(&mut bob, |v| {
-        v.is(&p, CellState::Idle) && v.out(&p) == "2\n"
-    })
-    .await;
-    assert_eq!(view.started, [x.clone(), y.clone(), p.clone()]);
-
-    ada.set_source(&x, "const x: number = 2").await;
-    view.until(&mut bob, |v| {
-        [&x, &y, &p].iter().all(|c| v.is(c, CellState::Stale))
-    })
-    .await;
-    view.started.clear();
-    run(&mut ada, &x).await;
-    view.until(&mut bob, |v| {
-        v.is(&p, CellState::Idle) && v.out(&p) == "3\n"
-    })
-    .await;
-    assert_eq!(view.started, [x.clone(), y.clone(), p.clone()]);
     assert!(
         [&x, &y, &p]
             .iter()

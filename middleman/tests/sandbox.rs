@@ -9,23 +9,10 @@
 
 mod common;
 
-use common::agent::AgentProcess;
+use common::agent::{AgentProcess, own_uid, require_root};
 use common::*;
 use middleman::protocol::{ExecutionStatus, Output, ServerEvent};
 use session_token::Role;
-
-/// The sandbox needs root, as on the fresh machines `make test` runs on.
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the sandbox tests need root (the local backend's agent builds namespaces)"
-    );
-}
-
-/// A uid of its own for a test's kernels.
-fn own_uid() -> String {
-    (300_000 + std::process::id() % 100_000).to_string()
-}
 
 /// Where a server's kernel ipc directory is on the host.
 fn ipc_dir(server: &TestServer) -> std::path::PathBuf {
@@ -302,7 +289,7 @@ report("home", write(os.path.expanduser('~/{marker}'), b'x') is None and "cannot
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attacks_fail_with_an_own_uid() {
-    let uid = own_uid();
+    let uid = own_uid(300_000);
     attack_battery(&["--kernel-uid", &uid]).await;
 }
 
@@ -388,7 +375,7 @@ async fn a_fork_bomb_is_contained_and_cleaned_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_disk_and_tmp_limits_are_reported_when_hit() {
     require_root();
-    let uid = own_uid();
+    let uid = own_uid(300_000);
     // 512 MiB is enough to start and work (an address-space limit of that size was not).
     let server = TestServer::start(&[
         "--kernel-uid",
@@ -468,7 +455,7 @@ async fn memory_disk_and_tmp_limits_are_reported_when_hit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn everyday_work_runs_in_the_sandbox() {
     require_root();
-    let uid = own_uid();
+    let uid = own_uid(300_000);
     let server = TestServer::start(&["--kernel-uid", &uid, "--kernel-memory-mib", "1024"]).await;
     let mut c = server.client("ada", Role::Editor).await;
     // A plot, shown and saved to the workspace.

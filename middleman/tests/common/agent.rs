@@ -1,4 +1,19 @@
-//! A kernel agent in a process of its own (the Kubernetes layout).
+//! What the sandbox tests share: root, a uid of their own for kernels, and a kernel agent in a
+//! process of its own (the Kubernetes layout).
+
+/// The sandbox needs root, as on the fresh machines `make test` runs on.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the sandbox tests need root (the local backend's agent builds namespaces)"
+    );
+}
+
+/// A uid of its own for a test binary's kernels: `base` plus this process's id (below
+/// 100,000), so that test binaries running at once differ by their bases.
+pub fn own_uid(base: u32) -> String {
+    (base + std::process::id() % 100_000).to_string()
+}
 
 /// A kernel agent in a process of its own, listening on a socket: the Kubernetes layout (the
 /// kernel container's entrypoint), here without namespaces, as an unprivileged container has
