@@ -85,6 +85,35 @@ pub fn analyse(source: &str) -> CellAnalysis {
     out
 }
 
+/// Whether Deno's kernel may show a value (an `execute_result`) for `source`: the completion
+/// value of its last statement that has one. Declarations, imports and exports have none, and
+/// a `console` call's is `undefined`, which Deno does not show; so a cell that ends with
+/// `const x = ...` or `console.log(...)` shows nothing unless an earlier expression statement
+/// does (`1; const x = 2` shows 1). `true` when in doubt: any other statement, or a cell that does not
+/// parse as TypeScript.
+pub fn may_show_a_value(source: &str) -> bool {
+    use oxc_ast::ast::{Expression, Statement};
+    let allocator = Allocator::default();
+    let parsed = Parser::new(&allocator, source, SourceType::ts().with_module(true)).parse();
+    if parsed.panicked || !parsed.diagnostics.is_empty() {
+        return true;
+    }
+    for statement in parsed.program.body.iter().rev() {
+        if statement.is_declaration() || statement.is_module_declaration() {
+            continue;
+        }
+        return match statement {
+            Statement::ExpressionStatement(e) => !matches!(
+                e.expression.get_inner_expression(),
+                Expression::CallExpression(call)
+                    if call.callee.as_member_expression().is_some_and(|m| m.object().is_specific_id("console"))
+            ),
+            _ => true,
+        };
+    }
+    false
+}
+
 /// The 1-based line and column (in characters) of byte `offset`.
 fn line_column(source: &str, offset: u32) -> String {
     let offset = usize::try_from(offset)

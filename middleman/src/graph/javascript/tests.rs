@@ -270,3 +270,36 @@ fn builtins_are_sorted_for_binary_search() {
     assert!(BUILTINS.windows(2).all(|w| w[0] < w[1]));
     assert!(is_builtin("console") && is_builtin("ReturnType") && !is_builtin("df"));
 }
+
+#[test]
+fn which_cells_may_show_a_value() {
+    for shows in [
+        "1 + 1",
+        "xs.map((x) => x * 2)",
+        "await fetchRows()",
+        "1; const x = 2",
+        "if (a) { 5 }",
+        "for (const x of xs) { x }",
+        "Deno.jupyter.html`<b>hi</b>`",
+        "console",
+        "log(1)",
+        "const = 1",
+    ] {
+        assert!(may_show_a_value(shows), "{shows}");
+    }
+    for quiet in [
+        "",
+        "// a comment",
+        "const x = 1",
+        "let a = 1, b = 2",
+        "function f() { return 1 }",
+        "class A {}",
+        "interface P { a: number }\ntype Q = P",
+        "import * as path from \"jsr:@std/path\"",
+        "export const y = 1",
+        "console.log('hi')",
+        "console.table(rows)\nconst done = true",
+    ] {
+        assert!(!may_show_a_value(quiet), "{quiet}");
+    }
+}

@@ -85,7 +85,12 @@ impl Actor {
         self.emit(ServerEvent::ExecutionStarted {
             execution_id: pending.id.clone(),
         });
+        // Deno's kernel may publish the result after its idle status: wait for one only where
+        // the cell may show a value (not after `const x = ...` or `console.log(...)`).
+        let awaits_late_result = self.settings.spec.results_after_idle()
+            && crate::graph::javascript::may_show_a_value(&pending.code);
         self.current = Some(Running {
+            awaits_late_result,
             pending,
             msg_id,
             started: now,
@@ -208,14 +213,13 @@ impl Actor {
     }
 
     pub(super) async fn maybe_finish(&mut self) {
-        let late_results = self.settings.spec.results_after_idle();
         let Some(running) = self.current.as_mut() else {
             return;
         };
         let (Some((status, _)), true) = (&running.reply, running.idle) else {
             return;
         };
-        if late_results && !running.result_seen && *status == ReplyStatus::Ok {
+        if running.awaits_late_result && !running.result_seen && *status == ReplyStatus::Ok {
             let now = Instant::now();
             let until = *running
                 .settle_until

@@ -218,6 +218,9 @@ struct Running {
     /// When the reply arrived; the idle status is awaited for at most [`IDLE_GRACE`] after it.
     reply_at: Option<Instant>,
     idle: bool,
+    /// The kernel may publish this execution's result after its idle status (Deno's), and the
+    /// code may show one: a successful end waits briefly for it ([`LATE_RESULT_GRACE`]).
+    awaits_late_result: bool,
     /// An `execute_result` (or error) of this execution arrived.
     result_seen: bool,
     /// For a kernel that may publish its result after its idle status (Deno's): until when the
@@ -251,7 +254,8 @@ const IDLE_GRACE: Duration = Duration::from_secs(5);
 /// How long a successful execution without a result, replied and idle, waits for a result a
 /// kernel publishes after its idle status. Deno's kernel sends `execute_result` from another
 /// task than its status, and about one in eight came after `idle` (by up to ~6 ms, measured);
-/// a result that comes later still reaches the cell, after the execution's end.
+/// a result that comes later still reaches the cell, after the execution's end. Cells that
+/// cannot show a value (their last statement a declaration or a `console` call) do not wait.
 const LATE_RESULT_GRACE: Duration = Duration::from_millis(25);
 
 struct Actor {
