@@ -100,7 +100,7 @@ plan_keys = {"kernel", "kernel_path", "image", "resources", "node_selector", "to
              "idle_timeout", "max_lifetime", "limits"}
 sub = {"warm": {"ratio", "min", "max"},
        "limits": {"execution_timeout", "max_output_bytes", "memory_mib", "max_processes",
-                  "max_open_files"},
+                  "max_open_files", "js_heap_mib"},
        "resources": {"cpu_request", "cpu_limit", "memory_request", "memory_limit",
                      "ephemeral_storage"}}
 root = pathlib.Path(sys.argv[1])
