@@ -28,8 +28,8 @@ fn main() -> anyhow::Result<()> {
                 let token = running.shutdown_token();
                 tokio::spawn(async move {
                     shutdown_signal().await;
-                    tracing::info!("shutdown signal received");
                     token.cancel();
+                    tracing::info!("shutdown signal received");
                 });
                 running.wait().await;
                 Ok(())

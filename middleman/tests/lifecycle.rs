@@ -21,6 +21,11 @@ struct Proc {
 }
 
 async fn spawn_binary(dir: &TempDir, extra: &[&str]) -> Proc {
+    spawn_logging(dir, extra, true).await
+}
+
+/// Starts `middleman serve`; with `keep_log` false, its log pipe is closed once it listens.
+async fn spawn_logging(dir: &TempDir, extra: &[&str], keep_log: bool) -> Proc {
     require_kernel();
     let key = SigningKey::generate();
     let public = dir
@@ -60,8 +65,12 @@ async fn spawn_binary(dir: &TempDir, extra: &[&str]) -> Proc {
     })
     .await
     .unwrap();
-    // Keep draining stderr so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    if keep_log {
+        // Keep draining stderr so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    } else {
+        drop(lines);
+    }
     let p = Proc {
         child,
         addr,
@@ -192,6 +201,26 @@ async fn sigterm_tells_clients_and_cleans_up() {
         "runtime dir removed: {:?}",
         p.runtime_dirs()
     );
+}
+
+/// A log nobody reads any more (a closed pipe: a collector gone, `| head`) costs log lines,
+/// not the shutdown: every log line now fails, the one the signal handler writes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_middleman_whose_log_is_gone() {
+    let dir = TempDir::new("term-nolog");
+    let mut p = spawn_logging(&dir, &[], false).await;
+    let mut c = p.client().await;
+    assert_eq!(c.run("print(1)").await.stdout(), "1\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(p.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(WAIT, p.child.wait())
+        .await
+        .expect("middleman did not stop on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,7 +43,12 @@ pub fn init_logging(format: &str) {
         .with_env_filter(filter)
         // Colours only for a person at a terminal, not in files and collectors.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A log line that cannot be written is lost, nothing more. By default the subscriber
+        // reports it with `eprintln!`, which panics when stderr itself is gone (a closed
+        // pipe): the task that logged died, and a SIGTERM whose handler logged first never
+        // stopped the process.
+        .log_internal_errors(false);
     let _ = if format == "json" {
         builder.json().try_init()
     } else {

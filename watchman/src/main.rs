@@ -19,8 +19,8 @@ async fn main() -> anyhow::Result<()> {
         } else {
             let _ = tokio::signal::ctrl_c().await;
         }
-        tracing::info!("shutdown signal received");
         token.cancel();
+        tracing::info!("shutdown signal received");
     });
     running.wait().await;
     Ok(())
