@@ -11,7 +11,7 @@ use yrs::{
     StateVector, Text as _, TextPrelim, TextRef, Transact as _, Update,
 };
 
-use crate::protocol::{CellKind, CellRuntime, CellState, CellView};
+use crate::protocol::{CellKind, CellRuntime, CellState, CellView, StateCause};
 
 /// Errors of document operations. Messages are safe to show a client.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -259,12 +259,19 @@ impl Notebook {
         self.runtime = cells.into_iter().map(|c| (c.id, c.runtime)).collect();
     }
 
-    /// Marks cells that were queued or running when the document was saved as idle: those
-    /// executions died with the previous process.
+    /// Marks cells that were queued or running when the document was saved as stale: those
+    /// executions died with the previous process. A cell that had run before is stale because
+    /// its results are not in the kernel (a resume counts it among the cells that ran); one
+    /// that never ran, because its run was cancelled.
     pub fn settle(&mut self) {
         for r in self.runtime.values_mut() {
             if matches!(r.state, CellState::Queued | CellState::Running) {
                 r.state = CellState::Stale;
+                r.cause = Some(if r.last_run.is_some() {
+                    StateCause::NotInKernel
+                } else {
+                    StateCause::Cancelled
+                });
             }
         }
     }
@@ -564,6 +571,38 @@ impl Notebook {
 mod tests {
     use super::*;
     use crate::protocol::{Output, StreamName};
+
+    #[test]
+    fn runs_that_died_with_the_process_leave_their_cells_stale_with_a_cause() {
+        let mut nb = Notebook::new();
+        let ran = nb.cells()[0].id.clone();
+        let never = nb.insert_cell(1, CellKind::Code, "y = 2").unwrap();
+        let done = nb.insert_cell(2, CellKind::Code, "z = 3").unwrap();
+        let r = nb.runtime_mut(&ran).unwrap();
+        r.state = CellState::Running;
+        r.last_run = Some(crate::protocol::RunRecord {
+            by: "ada".into(),
+            at_ms: 1,
+            duration_ms: 1,
+            kernel_session: "k1".into(),
+        });
+        nb.runtime_mut(&never).unwrap().state = CellState::Queued;
+        nb.runtime_mut(&done).unwrap().state = CellState::Idle;
+        nb.settle();
+        let state = |id: &str| {
+            let r = nb.cell(id).unwrap().runtime;
+            (r.state, r.cause)
+        };
+        assert_eq!(
+            state(&ran),
+            (CellState::Stale, Some(StateCause::NotInKernel))
+        );
+        assert_eq!(
+            state(&never),
+            (CellState::Stale, Some(StateCause::Cancelled))
+        );
+        assert_eq!(state(&done), (CellState::Idle, None));
+    }
 
     #[test]
     fn insert_move_delete_keep_one() {
