@@ -35,22 +35,27 @@ fn result_text(run: &Run) -> String {
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn typescript_cells_work_as_python_cells_do() {
+/// Middleman with Deno's kernel as the js plan runs it: a uid of its own and a 10 MiB heap
+/// for the code; `extra` flags after those.
+async fn js_plan_server(extra: &[&str]) -> TestServer {
     require_root();
     let uid = own_uid(320_000);
-    let server = TestServer::start(&[
+    let mut flags = vec![
         "--kernel",
         "deno",
         "--kernel-uid",
         &uid,
-        "--execution-timeout",
-        "3s",
-        // The js plan's heap: everyday work fits in it.
         "--kernel-js-heap-mib",
         "10",
-    ])
-    .await;
+    ];
+    flags.extend_from_slice(extra);
+    TestServer::start(&flags).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_cells_work_as_python_cells_do() {
+    // The js plan's heap: everyday work fits in it.
+    let server = js_plan_server(&["--execution-timeout", "3s"]).await;
     let mut c = server.client("ada", Role::Editor).await;
     // Results, streams and types; state carries over to the next cell.
     let run = c
@@ -302,17 +307,7 @@ await check("signal Middleman", () => Deno.kill({middleman}, "SIGTERM"));
 /// the code could hold (docs/sandbox.md records it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_heap_limit_is_reported_in_words() {
-    require_root();
-    let uid = own_uid(320_000);
-    let server = TestServer::start(&[
-        "--kernel",
-        "deno",
-        "--kernel-uid",
-        &uid,
-        "--kernel-js-heap-mib",
-        "10",
-    ])
-    .await;
+    let server = js_plan_server(&[]).await;
     let mut c = server.client("ada", Role::Editor).await;
     // 2 MiB of numbers, kept.
     let run = c

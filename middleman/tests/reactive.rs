@@ -257,6 +257,26 @@ async fn changing_a_cell_reruns_its_dependents_in_order_for_everyone() {
     server.stop().await;
 }
 
+/// Under the strict rule, a cell `source` defining `x` again (after the document's other
+/// cells): both cells show the duplicate, and running the new one is refused. Returns its id.
+async fn a_second_definition_of_x_is_refused(
+    ada: &mut Client,
+    view: &mut View,
+    x: &str,
+    source: &str,
+) -> String {
+    let dup = ada.insert_cell(3, source).await;
+    view.until(ada, |v| {
+        matches!(v.node(x).and_then(|g| g.error.as_ref()), Some(GraphError::MultipleDefinitions { names, .. }) if names == &["x"])
+            && v.node(&dup).is_some_and(|g| g.error.is_some())
+    })
+    .await;
+    run(ada, &dup).await;
+    ada.until(|e| matches!(e, ServerEvent::Error { code: ErrorCode::InvalidEdit, message, .. } if message.contains("defines x")))
+        .await;
+    dup
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graph_errors_block_execution_and_failures_block_dependents() {
     let server = TestServer::start(&[]).await;
@@ -272,16 +292,7 @@ async fn graph_errors_block_execution_and_failures_block_dependents() {
     let y = ada.insert_cell(1, "y = x + 1").await;
     let p = ada.insert_cell(2, "print(y)").await;
 
-    // Two definitions of x: both cells show it, neither runs.
-    let dup = ada.insert_cell(3, "x = 10").await;
-    view.until(&mut ada, |v| {
-        matches!(v.node(&x).and_then(|g| g.error.as_ref()), Some(GraphError::MultipleDefinitions { names, .. }) if names == &["x"])
-            && v.node(&dup).is_some_and(|g| g.error.is_some())
-    })
-    .await;
-    run(&mut ada, &dup).await;
-    ada.until(|e| matches!(e, ServerEvent::Error { code: ErrorCode::InvalidEdit, message, .. } if message.contains("defines x")))
-        .await;
+    let dup = a_second_definition_of_x_is_refused(&mut ada, &mut view, &x, "x = 10").await;
     ada.send(&ClientMessage::DeleteCell { cell_id: dup }).await;
 
     // A cycle is an error on every cell in it.
@@ -705,14 +716,6 @@ async fn typescript_cells_rerun_their_dependents_as_python_cells_do() {
         rule: GraphRule::Strict,
     })
     .await;
-    let dup = ada.insert_cell(3, "let x = 10").await;
-    view.until(&mut bob, |v| {
-        matches!(v.node(&x).and_then(|g| g.error.as_ref()), Some(GraphError::MultipleDefinitions { names, .. }) if names == &["x"])
-            && v.node(&dup).is_some_and(|g| g.error.is_some())
-    })
-    .await;
-    run(&mut ada, &dup).await;
-    ada.until(|e| matches!(e, ServerEvent::Error { code: ErrorCode::InvalidEdit, message, .. } if message.contains("defines x")))
-        .await;
+    a_second_definition_of_x_is_refused(&mut ada, &mut view, &x, "let x = 10").await;
     server.stop().await;
 }

@@ -1,9 +1,9 @@
 //! The document's dependency graph, kept current as its code and SQL cells change: each cell's
 //! analysis (in the kernel's language, Python or JavaScript/TypeScript, or SQL's:
-//! `crate::sql`) is cached with the kind, language and source it was made from, so an edit
-//! re-analyses only the edited cell and rebuilds the graph reusing what did not change. It
-//! reports what the reactor needs to know: which cells were edited, which were deleted, the
-//! names only those defined, and what depended on them.
+//! `crate::sql`) is cached with the kind and source it was made from, so an edit re-analyses
+//! only the edited cell and rebuilds the graph reusing what did not change. It reports what the
+//! reactor needs to know: which cells were edited, which were deleted, the names only those
+//! defined, and what depended on them.
 
 use std::collections::{HashMap, HashSet};
 
@@ -31,21 +31,24 @@ pub(super) struct Regraphed {
 /// Analyses and graph of the document's code cells.
 #[derive(Debug, Default)]
 pub(super) struct Dependencies {
-    /// Each code cell's analysis, with the kind, language and source it was made from.
-    analyses: HashMap<String, ((CellKind, Language, String), CellAnalysis)>,
+    /// Each code cell's analysis, with the kind and source it was made from.
+    analyses: HashMap<String, ((CellKind, String), CellAnalysis)>,
     pub(super) graph: Graph,
     /// The rule and the code cells' order the graph was built with.
     rule: GraphRule,
     order: Vec<String>,
-    /// The language code cells are analysed in: the kernel's.
+    /// The language code cells are analysed in: the kernel's (a document's kernel does not
+    /// change language).
     language: Language,
 }
 
 impl Dependencies {
-    /// Sets the language of the document's code cells (its kernel's). A change makes the next
-    /// [`Self::update`] re-analyse every code cell, the cached analyses being of the old one.
-    pub(super) fn set_language(&mut self, language: Language) {
-        self.language = language;
+    /// The graph of a document whose code cells are in `language`.
+    pub(super) fn new(language: Language) -> Self {
+        Self {
+            language,
+            ..Self::default()
+        }
     }
 
     /// The language code cells are analysed in.
@@ -61,32 +64,23 @@ impl Dependencies {
         rule: GraphRule,
     ) -> Option<Regraphed> {
         let mut edited = Vec::new();
-        // Re-analysed because the language changed, the source not: the graph rebuilds them,
-        // but they are not edits (the reactor would mark them stale).
-        let mut relanguaged = Vec::new();
         let mut present = HashSet::new();
-        let language = self.language;
         for (id, kind, source) in sources {
             if !kind.runs() {
                 continue;
             }
             present.insert(id.clone());
-            let cached = self.analyses.get(id).map(|((k, l, s), _)| (k, l, s));
-            let same_source = cached.is_some_and(|(k, _, s)| k == kind && s == source);
-            let same_language =
-                *kind == CellKind::Sql || cached.is_some_and(|(_, l, _)| *l == language);
-            if same_source && same_language {
-                continue;
-            }
-            let analysis = match kind {
-                CellKind::Sql => crate::sql::analyse(source),
-                _ => analyse_for(language, source),
-            };
-            self.analyses
-                .insert(id.clone(), ((*kind, language, source.clone()), analysis));
-            if same_source {
-                relanguaged.push(id.clone());
-            } else {
+            if self
+                .analyses
+                .get(id)
+                .is_none_or(|((k, s), _)| k != kind || s != source)
+            {
+                let analysis = match kind {
+                    CellKind::Sql => crate::sql::analyse(source),
+                    _ => analyse_for(self.language, source),
+                };
+                self.analyses
+                    .insert(id.clone(), ((*kind, source.clone()), analysis));
                 edited.push((id.clone(), source.clone()));
             }
         }
@@ -102,12 +96,7 @@ impl Dependencies {
             .map(|(id, _, _)| id)
             .collect();
         let order_changed = !order.iter().copied().eq(self.order.iter());
-        if edited.is_empty()
-            && relanguaged.is_empty()
-            && removed.is_empty()
-            && !order_changed
-            && rule == self.rule
-        {
+        if edited.is_empty() && removed.is_empty() && !order_changed && rule == self.rule {
             return None;
         }
         self.rule = rule;
@@ -123,12 +112,7 @@ impl Dependencies {
             .iter()
             .filter_map(|(id, _, _)| self.analyses.get(id).map(|(_, a)| (id.as_str(), a)))
             .collect();
-        let edited_ids: HashSet<&str> = edited.iter().map(|(id, _)| id.as_str()).collect();
-        let reanalysed: HashSet<&str> = edited_ids
-            .iter()
-            .copied()
-            .chain(relanguaged.iter().map(String::as_str))
-            .collect();
+        let changed_ids: HashSet<&str> = edited.iter().map(|(id, _)| id.as_str()).collect();
         let old_parents: HashMap<String, Vec<String>> = self
             .graph
             .cells()
@@ -138,7 +122,7 @@ impl Dependencies {
         let (graph, changed) = Graph::rebuild(
             std::mem::take(&mut self.graph),
             &order,
-            |id| reanalysed.contains(id),
+            |id| changed_ids.contains(id),
             rule,
         );
         self.graph = graph;
@@ -147,7 +131,7 @@ impl Dependencies {
             .cells()
             .iter()
             .filter(|c| {
-                !edited_ids.contains(c.id.as_str())
+                !changed_ids.contains(c.id.as_str())
                     && old_parents.get(&c.id).is_some_and(|p| *p != c.parents)
             })
             .map(|c| c.id.clone())
@@ -267,27 +251,19 @@ mod tests {
 
     #[test]
     fn code_cells_are_analysed_in_the_kernels_language() {
-        let mut deps = Dependencies::default();
-        deps.set_language(Language::JavaScript);
         let cells = code(&[
             ("a", "const rows = await load()"),
             ("b", "const total = rows.reduce((s, r) => s + r.v, 0)"),
         ]);
+        let mut deps = Dependencies::new(Language::JavaScript);
         deps.update_strict(&cells).unwrap();
         assert_eq!(deps.graph.get("b").unwrap().parents, ["a"]);
-        assert!(deps.update_strict(&cells).is_none());
-        // The same sources under the other language: re-analysed (as Python they do not
-        // parse), not reported as edits.
-        deps.set_language(Language::Python);
-        let relanguaged = deps.update_strict(&cells).unwrap();
-        assert!(relanguaged.changed);
-        assert!(relanguaged.edited.is_empty(), "{relanguaged:?}");
-        assert!(deps.graph.get("a").unwrap().error.is_some());
-        deps.set_language(Language::JavaScript);
-        let back = deps.update_strict(&cells).unwrap();
-        assert!(back.edited.is_empty() && back.changed);
-        assert_eq!(deps.graph.get("b").unwrap().parents, ["a"]);
         assert!(deps.graph.get("a").unwrap().error.is_none());
+        assert!(deps.update_strict(&cells).is_none());
+        // The same sources in a Python document do not parse.
+        let mut python = Dependencies::new(Language::Python);
+        python.update_strict(&cells).unwrap();
+        assert!(python.graph.get("a").unwrap().error.is_some());
     }
 
     #[test]

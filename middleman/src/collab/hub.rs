@@ -165,7 +165,11 @@ impl Hub {
                 ),
                 edits: Edits::new(settings.max_document_bytes),
                 presence: Presence::default(),
-                deps: Dependencies::default(),
+                // Code cells are analysed in the kernel's language (Deno's: TypeScript),
+                // which its kernelspec names.
+                deps: Dependencies::new(crate::graph::Language::of(
+                    &session.watch().borrow().kernel.language,
+                )),
                 mirror: Mirror::default(),
                 reactor: Reactor::default(),
                 outbox: VecDeque::new(),
@@ -780,9 +784,6 @@ impl Hub {
     /// reactor decide what edits and deletions mean.
     fn regraph(&self, st: &mut State, sources: &[(String, CellKind, String)]) {
         let rule = st.edits.nb.graph_rule;
-        // Code cells are analysed in the kernel's language (Deno's kernel: TypeScript).
-        let language = crate::graph::Language::of(&self.session.watch().borrow().kernel.language);
-        st.deps.set_language(language);
         let Some(changed) = st.deps.update(sources, rule) else {
             return;
         };

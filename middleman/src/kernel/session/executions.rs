@@ -98,7 +98,6 @@ impl Actor {
             reply: None,
             reply_at: None,
             idle: false,
-            result_seen: false,
             settle_until: None,
             stopping: None,
             input: None,
@@ -219,7 +218,7 @@ impl Actor {
         let (Some((status, _)), true) = (&running.reply, running.idle) else {
             return;
         };
-        if running.awaits_late_result && !running.result_seen && *status == ReplyStatus::Ok {
+        if running.awaits_late_result && *status == ReplyStatus::Ok {
             let now = Instant::now();
             let until = *running
                 .settle_until

@@ -218,13 +218,11 @@ struct Running {
     /// When the reply arrived; the idle status is awaited for at most [`IDLE_GRACE`] after it.
     reply_at: Option<Instant>,
     idle: bool,
-    /// The kernel may publish this execution's result after its idle status (Deno's), and the
-    /// code may show one: a successful end waits briefly for it ([`LATE_RESULT_GRACE`]).
+    /// The kernel may publish this execution's result after its idle status (Deno's), the code
+    /// may show one, and none has come yet: a successful end waits briefly for it.
     awaits_late_result: bool,
-    /// An `execute_result` (or error) of this execution arrived.
-    result_seen: bool,
-    /// For a kernel that may publish its result after its idle status (Deno's): until when the
-    /// execution, replied and idle, waits for a result ([`LATE_RESULT_GRACE`]).
+    /// Until when the execution, replied and idle, waits for that result
+    /// ([`LATE_RESULT_GRACE`]).
     settle_until: Option<Instant>,
     stopping: Option<(StopCause, Instant)>,
     input: Option<JupyterMessage>,
@@ -689,7 +687,7 @@ impl Actor {
                 if self.on_output(&parent, content)
                     && let Some(r) = self.current.as_mut().filter(|r| r.msg_id == parent)
                 {
-                    r.result_seen = true;
+                    r.awaits_late_result = false;
                     if r.settle_until.is_some() {
                         self.maybe_finish().await;
                     }
