@@ -17,6 +17,7 @@ test: bootstrap
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	bash scripts/check-protocol-types.sh
+	$(ENV) python3 scripts/python/jupyter_ws_vectors.py --check
 	$(ENV) bash scripts/with-kube-cluster.sh cargo test --workspace $(TEST_ARGS)
 	$(ENV) NBP_OPS_BUILD=0 bash scripts/test-ops.sh
 	$(ENV) bash scripts/test-deploy.sh

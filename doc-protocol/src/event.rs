@@ -117,6 +117,12 @@ pub enum ServerEvent {
     Queue { executions: Vec<ExecutionSummary> },
     /// An execution was sent to the kernel.
     ExecutionStarted { execution_id: String },
+    /// The kernel took the execution's code and gave it this execution count (before its
+    /// outputs; silent runs and runs outside the history get none).
+    ExecutionInput {
+        execution_id: String,
+        execution_count: u64,
+    },
     /// One output of an execution, in nbformat's shape.
     Output {
         execution_id: String,

@@ -79,7 +79,8 @@ impl Authenticator {
         self.document.get().map(String::as_str)
     }
 
-    /// The token from `Authorization: Bearer` or else the `token` query parameter.
+    /// The token from `Authorization: Bearer` (or Jupyter's `token`), else the `token` query
+    /// parameter.
     pub fn token_from<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) -> Option<&'a str> {
         headers
             .get(header::AUTHORIZATION)
@@ -87,6 +88,8 @@ impl Authenticator {
             .and_then(|v| {
                 v.strip_prefix("Bearer ")
                     .or_else(|| v.strip_prefix("bearer "))
+                    // Jupyter's clients say `token <t>`.
+                    .or_else(|| v.strip_prefix("token "))
             })
             .map(str::trim)
             .or(query_token)

@@ -15,6 +15,7 @@ pub mod collab;
 pub mod config;
 pub mod document;
 pub mod graph;
+pub mod jupyter;
 pub mod kernel;
 mod output;
 pub mod protocol;

@@ -74,6 +74,7 @@ export type ServerFrame = { seq?: number | null, } & ({ "type": "welcome", proto
   | { "type": "execution_queued", execution: ExecutionSummary, request_id?: string | null, }
   | { "type": "queue", executions: Array<ExecutionSummary>, }
   | { "type": "execution_started", execution_id: string, }
+  | { "type": "execution_input", execution_id: string, execution_count: number, }
   | { "type": "output", execution_id: string, output: Output, }
   | { "type": "update_display", execution_id: string, display_id: string, data: MimeBundle, metadata: Record<string, unknown>, }
   | { "type": "clear_output", execution_id: string, wait: boolean, }
@@ -135,6 +136,7 @@ export type ServerEvent = { "type": "welcome", protocol: number,
   | { "type": "execution_queued", execution: ExecutionSummary, request_id?: string | null, }
   | { "type": "queue", executions: Array<ExecutionSummary>, }
   | { "type": "execution_started", execution_id: string, }
+  | { "type": "execution_input", execution_id: string, execution_count: number, }
   | { "type": "output", execution_id: string, output: Output, }
   | { "type": "update_display", execution_id: string, display_id: string, data: MimeBundle, metadata: Record<string, unknown>, }
   | { "type": "clear_output", execution_id: string, wait: boolean, }

@@ -34,7 +34,7 @@ use crate::checkpoint::Checkpoints;
 use crate::document::persist::{self, DocumentStore};
 use crate::document::{CellKind, CellState, Notebook};
 use crate::graph::reactor::{self, Decision, Event, Reactor};
-use crate::kernel::{Command, Quiet, SessionHandle, SessionRefusal, SessionSnapshot};
+use crate::kernel::{Command, ExecOptions, Quiet, SessionHandle, SessionRefusal, SessionSnapshot};
 use crate::protocol::{
     AssistAnswer, AssistRefusal, Limits, PROTOCOL_VERSION, Reactivity, ServerEvent, ServerFrame,
     Snapshot, StateCause,
@@ -68,6 +68,27 @@ pub struct Joined {
     pub opening: Vec<Message>,
     /// Live frames with `seq <= last_seq` are already accounted for.
     pub last_seq: u64,
+}
+
+/// What a [`Hub::subscribe`]d connection starts from.
+#[derive(Debug)]
+pub struct Subscribed {
+    pub client: u64,
+    pub frames: broadcast::Receiver<Frame>,
+    /// The kernel session now (later ones come in `kernel_status` events).
+    pub kernel_session: String,
+    /// The prompt waiting for an answer now, if any.
+    pub pending_input: Option<crate::protocol::PendingInput>,
+}
+
+/// A run of a document cell, as asked.
+#[derive(Debug)]
+pub struct CellRun {
+    pub cell_id: String,
+    pub request_id: Option<String>,
+    pub stop_on_error: bool,
+    pub by: String,
+    pub options: ExecOptions,
 }
 
 /// A command for the kernel session, decided under the lock.
@@ -202,6 +223,12 @@ impl Hub {
         self.session.watch().borrow().clone()
     }
 
+    /// A watch of the kernel as the session reports it (a Jupyter client waits on it for the
+    /// kernel's info while it starts).
+    pub fn session_watch(&self) -> tokio::sync::watch::Receiver<SessionSnapshot> {
+        self.session.watch()
+    }
+
     /// Asks the kernel a side question and waits (at most [`ASSIST_DEADLINE`]) for the answer.
     /// Never queued behind a cell: the session refuses at once what it cannot ask now.
     pub async fn assist(&self, ask: &assist::Ask) -> AssistAnswer {
@@ -232,6 +259,29 @@ impl Hub {
                     ASSIST_DEADLINE.as_secs()
                 ),
             ),
+        }
+    }
+
+    /// Asks the kernel a Jupyter shell request as it is (a Jupyter client's completion,
+    /// inspection, history...) and waits at most [`ASSIST_DEADLINE`] for the reply's content.
+    /// Refused at once, as [`Self::assist`] is, when the kernel cannot be asked now.
+    pub async fn ask_raw(&self, msg_type: &'static str, content: Value) -> Result<Value, String> {
+        let (tx, rx) = oneshot::channel();
+        let command = Command::Ask {
+            question: crate::kernel::Question { msg_type, content },
+            answer: tx,
+        };
+        self.session
+            .send(command)
+            .await
+            .map_err(|refusal| refusal.to_string())?;
+        match tokio::time::timeout(ASSIST_DEADLINE, rx).await {
+            Ok(Ok(content)) => Ok(content),
+            Ok(Err(_)) => Err("the kernel went away".into()),
+            Err(_) => Err(format!(
+                "the kernel did not answer within {} s",
+                ASSIST_DEADLINE.as_secs()
+            )),
         }
     }
 
@@ -284,6 +334,26 @@ impl Hub {
         document: &str,
         resume: Option<(&str, u64)>,
     ) -> Result<Joined, Refusal> {
+        let client = self.admit(who)?;
+        let st = self.lock();
+        Ok(self.opening(&st, client, who, document, resume))
+    }
+
+    /// Admits a connection that speaks another protocol (Jupyter's): it is present like any
+    /// collaborator and reads the live events, with no welcome, snapshot or Yjs opening.
+    pub fn subscribe(&self, who: &Who) -> Result<Subscribed, Refusal> {
+        let client = self.admit(who)?;
+        let st = self.lock();
+        Ok(Subscribed {
+            client,
+            frames: st.log.subscribe(),
+            kernel_session: st.mirror.kernel_session.clone(),
+            pending_input: st.mirror.input.clone(),
+        })
+    }
+
+    /// Takes a seat (or refuses: the document is full) and announces who took it.
+    fn admit(&self, who: &Who) -> Result<u64, Refusal> {
         let max = self.settings.max_clients;
         if self
             .clients
@@ -299,7 +369,7 @@ impl Hub {
         let mut st = self.lock();
         let info = st.presence.join(client, who);
         st.log.emit(ServerEvent::Presence(info));
-        Ok(self.opening(&st, client, who, document, resume))
+        Ok(client)
     }
 
     /// A fresh snapshot for a connection that fell behind.
@@ -528,37 +598,88 @@ impl Hub {
     ) -> Result<(), Refusal> {
         let answer = {
             let mut st = self.lock();
-            let (kind, source) = st.edits.source(&cell_id)?;
-            let Some(code) = kernel_code(kind, source) else {
-                return Err(Refusal::NotCode {
-                    cell: cell_id,
-                    kind,
-                });
-            };
-            if let Some(reason) = reactor::not_runnable(&document_of(&st), &cell_id) {
-                return Err(reason.into());
-            }
-            let then = self.save_after(&st, &cell_id);
-            let command = Command::Execute {
-                code,
-                cell_id: Some(cell_id),
+            let run = CellRun {
+                cell_id,
                 request_id,
                 stop_on_error,
                 by,
-                then,
+                options: ExecOptions::default(),
             };
-            ask(&mut st, command)
+            self.queue_cell(&mut st, run)?
         };
         self.answer(answer).await
     }
 
-    /// Runs code outside the document (a console).
+    /// Puts `code` in cell `cell_id` (appended when the document has no such cell) and runs
+    /// it, as one step: a Jupyter client's visible execution, which lands in the document.
+    #[tracing::instrument(skip_all, fields(cell = %run.cell_id))]
+    pub async fn execute_source(&self, run: CellRun, code: &str) -> Result<(), Refusal> {
+        let answer = {
+            let mut st = self.lock();
+            let st = &mut *st;
+            match st.edits.source(&run.cell_id) {
+                Ok((kind, source)) => {
+                    if !kind.runs() {
+                        self.mutate(st, |nb| nb.set_kind(&run.cell_id, CellKind::Code))?;
+                    }
+                    if source != code {
+                        self.mutate(st, |nb| nb.set_source(&run.cell_id, code))?;
+                    }
+                }
+                Err(_) => {
+                    st.edits.room_for(&EditRequest::Insert {
+                        index: 0,
+                        kind: CellKind::Code,
+                        source: code.to_owned(),
+                        request_id: None,
+                    })?;
+                    self.mutate(st, |nb| {
+                        nb.insert_cell_with_id(nb.len(), &run.cell_id, CellKind::Code, code)
+                    })?;
+                }
+            }
+            self.queue_cell(st, run)?
+        };
+        self.answer(answer).await
+    }
+
+    /// Queues a run of a cell's current source (the lock held).
+    fn queue_cell(
+        &self,
+        st: &mut State,
+        run: CellRun,
+    ) -> Result<oneshot::Receiver<Result<(), Refusal>>, Refusal> {
+        let (kind, source) = st.edits.source(&run.cell_id)?;
+        let Some(code) = kernel_code(kind, source) else {
+            return Err(Refusal::NotCode {
+                cell: run.cell_id,
+                kind,
+            });
+        };
+        if let Some(reason) = reactor::not_runnable(&document_of(st), &run.cell_id) {
+            return Err(reason.into());
+        }
+        let then = self.save_after(st, &run.cell_id);
+        let command = Command::Execute {
+            code,
+            cell_id: Some(run.cell_id),
+            request_id: run.request_id,
+            stop_on_error: run.stop_on_error,
+            by: run.by,
+            then,
+            options: run.options,
+        };
+        Ok(ask(st, command))
+    }
+
+    /// Runs code outside the document (a console; a Jupyter client's silent run).
     pub async fn execute(
         &self,
         code: String,
         request_id: Option<String>,
         stop_on_error: bool,
         by: String,
+        options: ExecOptions,
     ) -> Result<(), Refusal> {
         let command = Command::Execute {
             code,
@@ -567,6 +688,7 @@ impl Hub {
             stop_on_error,
             by,
             then: None,
+            options,
         };
         let answer = ask(&mut self.lock(), command);
         self.answer(answer).await
@@ -869,6 +991,7 @@ impl Hub {
                             } else {
                                 format!("{} (graph)", st.plan_by)
                             },
+                            options: ExecOptions::default(),
                         },
                         answer: Answer::Reactor(cell),
                     }),
@@ -891,6 +1014,11 @@ impl Hub {
                             stop_on_error: false,
                             by: "graph (deleted cell)".into(),
                             then: None,
+                            options: ExecOptions {
+                                silent: true,
+                                store_history: false,
+                                ..ExecOptions::default()
+                            },
                         },
                         answer: Answer::Nobody,
                     });

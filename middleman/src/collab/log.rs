@@ -20,6 +20,9 @@ pub struct Frame {
     /// The connection whose message caused it (0: the server); it is not echoed back.
     pub origin: u64,
     pub message: Message,
+    /// The event itself, on the live copy of a JSON frame (not in the replay buffer), for
+    /// connections that speak another protocol (Jupyter's) and translate it.
+    pub event: Option<std::sync::Arc<ServerEvent>>,
 }
 
 /// The sequenced events of one Middleman run (see the module docs).
@@ -63,18 +66,17 @@ impl EventLog {
     /// Gives `event` the next sequence number, keeps it for replay and sends it to everyone.
     pub(super) fn emit(&mut self, event: ServerEvent) {
         self.seq += 1;
-        let json = Utf8Bytes::from(
-            ServerFrame {
-                seq: Some(self.seq),
-                event,
-            }
-            .to_json(),
-        );
+        let framed = ServerFrame {
+            seq: Some(self.seq),
+            event,
+        };
+        let json = Utf8Bytes::from(framed.to_json());
         metrics::counter!("middleman_ws_frames_broadcast_total").increment(1);
         let frame = Frame {
             seq: self.seq,
             origin: 0,
             message: Message::Text(json.clone()),
+            event: None,
         };
         self.replay_bytes += json.len();
         self.replay.push_back(frame.clone());
@@ -88,7 +90,10 @@ impl EventLog {
             }
         }
         // No subscribers is fine: nobody is connected.
-        let _ = self.frames.send(frame);
+        let _ = self.frames.send(Frame {
+            event: Some(std::sync::Arc::new(framed.event)),
+            ..frame
+        });
     }
 
     /// Relays a Yjs frame to every connection but `origin` (0: to everyone). Yjs frames are not
@@ -98,6 +103,7 @@ impl EventLog {
             seq: 0,
             origin,
             message: Message::Binary(Bytes::from(message.encode())),
+            event: None,
         });
     }
 

@@ -33,7 +33,7 @@ mod saver;
 pub mod yproto;
 
 pub use edits::EditRequest;
-pub use hub::{Hub, HubSettings, Joined};
+pub use hub::{CellRun, Hub, HubSettings, Joined, Subscribed};
 pub use log::Frame;
 pub use presence::Who;
 pub use refusal::Refusal;

@@ -16,8 +16,8 @@ use std::path::PathBuf;
 pub use launcher::{AgentPid, LaunchError, LauncherSettings};
 pub use runtime_dir::RuntimeDir;
 pub use session::{
-    AnswerSender, Command, EventSender, KernelSession, Question, Quiet, Refusal, SessionHandle,
-    SessionRefusal, SessionSettings, SessionSnapshot,
+    AnswerSender, Command, EventSender, ExecOptions, KernelSession, Question, Quiet, Refusal,
+    SessionHandle, SessionRefusal, SessionSettings, SessionSnapshot,
 };
 pub use spec::KernelSpec;
 

@@ -329,7 +329,11 @@ impl Conn {
                 code,
                 request_id,
                 stop_on_error,
-            } => hub.execute(code, request_id, stop_on_error, by).await?,
+            } => {
+                let options = crate::kernel::ExecOptions::default();
+                hub.execute(code, request_id, stop_on_error, by, options)
+                    .await?;
+            }
             ClientMessage::InputReply {
                 execution_id,
                 value,
@@ -444,7 +448,7 @@ fn outcome(answer: &AssistAnswer) -> &'static str {
 
 /// Whether a receive error is tungstenite's capacity error (message or frame over the limit).
 /// axum wraps it opaquely, so its text is the only handle on it.
-fn is_too_big(error: &axum::Error) -> bool {
+pub(super) fn is_too_big(error: &axum::Error) -> bool {
     let text = error.to_string();
     text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
 }

@@ -9,6 +9,7 @@
 mod connection;
 mod error;
 mod files;
+mod jupyter;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -485,6 +486,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/status", get(status))
         .route("/ws", get(websocket))
         .route("/yjs/{document}", get(websocket_yjs))
+        .route("/jupyter/channels", get(websocket_jupyter))
         .route("/api/files", get(files::list).delete(files::delete))
         .route(
             "/api/files/content",
@@ -648,29 +650,66 @@ async fn websocket_yjs(
     upgrade(state, query, headers, ws, Some(document)).await
 }
 
-/// Authenticates, admits and upgrades a document connection; `yjs_room` makes it Yjs-only.
-async fn upgrade(
-    state: Arc<AppState>,
-    query: WsQuery,
+/// `/jupyter/channels`: the kernel WebSocket of stock Jupyter clients, in the
+/// `v1.kernel.websocket.jupyter.org` subprotocol when offered, else the legacy JSON form
+/// (docs/jupyter.md). The same token, admission and limits as `/ws`.
+async fn websocket_jupyter(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<TokenQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
-    yjs_room: Option<String>,
 ) -> Result<Response, HttpError> {
+    let (claims, mut who) = admit(&state, query.token.as_deref(), &headers, None).await?;
+    who.name = format!("{} (Jupyter)", who.name);
+    let subscribed = state.hub.subscribe(&who).inspect_err(|_| {
+        metrics::counter!("middleman_ws_refused_total", "reason" => "document_full").increment(1);
+    })?;
+    let guard = connection::Membership::new(state.hub.clone(), subscribed.client);
+    let ws = ws.protocols([crate::jupyter::wire::SUBPROTOCOL]);
+    let framing = if ws.selected_protocol().is_some() {
+        crate::jupyter::wire::Framing::V1
+    } else {
+        crate::jupyter::wire::Framing::Legacy
+    };
+    let limit = state.args.max_client_message_bytes;
+    let st = state.clone();
+    Ok(ws
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| {
+            let span = tracing::info_span!("jupyter", client = subscribed.client, user = %claims.sub, role = %claims.role);
+            let tracker = st.tracker.clone();
+            async move {
+                tracker
+                    .spawn(
+                        jupyter::serve(socket, st, claims, who, subscribed, guard, framing)
+                            .instrument(span),
+                    )
+                    .await
+                    .ok();
+            }
+        }))
+}
+
+/// Authenticates a WebSocket's token (the room, for a Yjs peer, must be its document) and
+/// loads the document; returns who connects.
+async fn admit(
+    state: &AppState,
+    token: Option<&str>,
+    headers: &HeaderMap,
+    yjs_room: Option<&str>,
+) -> Result<(session_token::Claims, crate::collab::Who), HttpError> {
     if state.shutdown.is_cancelled() {
         return Err(HttpError::ShuttingDown);
     }
-    let claims = state
-        .auth
-        .check(&headers, query.token.as_deref())
-        .inspect_err(|error| {
-            metrics::counter!("middleman_ws_refused_total", "reason" => error.code()).increment(1);
-            tracing::info!(%error, "websocket refused");
-        })?;
-    if yjs_room.as_ref().is_some_and(|room| *room != claims.doc) {
+    let claims = state.auth.check(headers, token).inspect_err(|error| {
+        metrics::counter!("middleman_ws_refused_total", "reason" => error.code()).increment(1);
+        tracing::info!(%error, "websocket refused");
+    })?;
+    if yjs_room.is_some_and(|room| room != claims.doc) {
         return Err(HttpError::WrongRoom);
     }
-    let yjs_only = yjs_room.is_some();
-    state.bind_store(&headers, query.token.as_deref());
+    state.bind_store(headers, token);
     state.hub.ensure_loaded(&claims.doc).await?;
     let who = crate::collab::Who {
         user: claims.sub.clone(),
@@ -681,6 +720,25 @@ async fn upgrade(
         },
         role: claims.role,
     };
+    Ok((claims, who))
+}
+
+/// Authenticates, admits and upgrades a document connection; `yjs_room` makes it Yjs-only.
+async fn upgrade(
+    state: Arc<AppState>,
+    query: WsQuery,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+    yjs_room: Option<String>,
+) -> Result<Response, HttpError> {
+    let (claims, who) = admit(
+        &state,
+        query.token.as_deref(),
+        &headers,
+        yjs_room.as_deref(),
+    )
+    .await?;
+    let yjs_only = yjs_room.is_some();
     let resume = query
         .session
         .as_deref()

@@ -45,7 +45,16 @@ impl Actor {
             return;
         };
         let mut request = ExecuteRequest::new(pending.code.clone());
-        request.allow_stdin = true;
+        request.allow_stdin = pending.options.allow_stdin;
+        request.silent = pending.options.silent;
+        request.store_history = pending.options.store_history;
+        request.user_expressions = Some(std::mem::take(&mut pending.options.user_expressions))
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                e.into_iter()
+                    .filter_map(|(name, v)| Some((name, v.as_str()?.to_owned())))
+                    .collect()
+            });
         // We keep our own queue and send one request at a time, so the kernel never aborts on
         // our behalf.
         request.stop_on_error = false;

@@ -73,6 +73,8 @@ pub enum Command {
         /// it after this code and before anything queued behind it (a checkpoint of what the
         /// cell defined).
         then: Option<Quiet>,
+        /// The request's Jupyter options and where its reply goes (a Jupyter client's run).
+        options: ExecOptions,
     },
     /// Sent on the main shell now (after the execution in progress, before those queued), or
     /// as soon as a kernel is ready: a checkpoint's restore, or the last save at shutdown.
@@ -96,6 +98,30 @@ pub enum Command {
     },
 }
 
+/// An execution's Jupyter options, as a Jupyter client asked them (the document's own runs
+/// take the default: visible, in the history, allowed to prompt, no reply wanted).
+#[derive(Debug)]
+pub struct ExecOptions {
+    pub silent: bool,
+    pub store_history: bool,
+    pub allow_stdin: bool,
+    pub user_expressions: serde_json::Map<String, serde_json::Value>,
+    /// Gets the kernel's `execute_reply` content as it came (payload, user expressions).
+    pub reply: Option<oneshot::Sender<serde_json::Value>>,
+}
+
+impl Default for ExecOptions {
+    fn default() -> Self {
+        Self {
+            silent: false,
+            store_history: true,
+            allow_stdin: true,
+            user_expressions: serde_json::Map::new(),
+            reply: None,
+        }
+    }
+}
+
 /// Why a command was refused.
 pub type Refusal = SessionRefusal;
 
@@ -109,6 +135,8 @@ pub type EventSender = mpsc::UnboundedSender<ServerEvent>;
 pub struct SessionSnapshot {
     pub kernel_state: KernelState,
     pub kernel: KernelDescription,
+    /// The running kernel's `kernel_info_reply` content, as it answered at start.
+    pub kernel_info: Option<std::sync::Arc<serde_json::Value>>,
 }
 
 /// Cheap-to-clone handle on a running session.
@@ -157,6 +185,7 @@ impl KernelSession {
         let (snap_tx, snap_rx) = watch::channel(SessionSnapshot {
             kernel_state: KernelState::Starting,
             kernel: kernel.clone(),
+            kernel_info: None,
         });
         // Small: each queued message may be large, and the actor drains faster than kernels write.
         let (kernel_tx, kernel_rx) = mpsc::channel(64);
@@ -206,6 +235,7 @@ struct Pending {
     by: String,
     stop_on_error: bool,
     then: Option<Quiet>,
+    options: ExecOptions,
 }
 
 #[derive(Debug)]
@@ -415,7 +445,11 @@ impl Actor {
                 );
                 if let Some(info) = &sockets.kernel_info {
                     let language = info.language_info.name.clone();
-                    self.snapshot.send_modify(|s| s.kernel.language = language);
+                    let raw = serde_json::to_value(info).ok().map(std::sync::Arc::new);
+                    self.snapshot.send_modify(|s| {
+                        s.kernel.language = language;
+                        s.kernel_info = raw;
+                    });
                 }
                 self.phase = Phase::Ready { tasks, sockets };
                 // Unique across Middlemen too: a document that comes back on another pod
@@ -487,6 +521,7 @@ impl Actor {
                 stop_on_error,
                 by,
                 then,
+                options,
             } => {
                 if self.state == KernelState::Dead {
                     return Err(SessionRefusal::KernelDead);
@@ -508,6 +543,7 @@ impl Actor {
                     by,
                     stop_on_error,
                     then,
+                    options,
                 };
                 self.emit(ServerEvent::ExecutionQueued {
                     execution: summary(&pending, false),
@@ -633,6 +669,9 @@ impl Actor {
                     if let Some(answer) = r.save.take() {
                         executions::answer_save(answer, &reply.status);
                     }
+                    if let Some(to) = r.pending.options.reply.take() {
+                        let _ = to.send(serde_json::to_value(&reply).unwrap_or_default());
+                    }
                     r.reply = Some((
                         reply.status,
                         u64::try_from(reply.execution_count.value()).unwrap_or(0),
@@ -650,6 +689,17 @@ impl Actor {
                 self.maybe_finish().await;
             }
             (Channel::IoPub, JupyterMessageContent::Status(_)) => {}
+            (Channel::IoPub, JupyterMessageContent::ExecuteInput(input)) if is_current => {
+                if let (Some(r), Ok(count)) = (
+                    self.current.as_ref(),
+                    u64::try_from(input.execution_count.value()),
+                ) {
+                    self.emit(ServerEvent::ExecutionInput {
+                        execution_id: r.pending.id.clone(),
+                        execution_count: count,
+                    });
+                }
+            }
             (Channel::Stdin, JupyterMessageContent::InputRequest(request)) if is_current => {
                 let mut events = Vec::new();
                 if let Some(buffer) = self.outputs.get_mut(&parent) {
