@@ -63,12 +63,22 @@ target/debug/gateway \
   --public-key "$local_root/public.pem" \
   --watchman "http://$grpc" \
   --watchman-token-file "$keys/route-token" \
-  --landing "http://$http" &
+  --landing "http://$http" \
+  --jupyter-api "http://$http" &
 gateway_pid=$!
+
+# A Jupyter API token for a local user (docs/jupyter.md): stock JupyterLab (in gateway mode)
+# and @jupyterlab/services clients run kernels on the warm pools with it.
+jupyter_token="$(curl -sf -X POST -H "Authorization: Bearer $(cat "$keys/api-token")" \
+  -H 'Content-Type: application/json' -d '{"user_id": "local-developer", "user_name": "Developer"}' \
+  "http://$http/v1/jupyter-tokens" | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')"
 
 echo
 echo "  Open $public_url/ to create or open a document."
 echo "  gRPC on $grpc (bearer token in $keys/api-token)."
+if [ -n "$jupyter_token" ]; then
+  echo "  JupyterLab on these kernels: jupyter lab --gateway-url=$public_url/jupyter --GatewayClient.auth_token=$jupyter_token"
+fi
 echo
 # Until either stops (or Ctrl-C); then the other is stopped too.
 status=0

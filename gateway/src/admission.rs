@@ -111,12 +111,15 @@ impl Gatekeeper {
         }
     }
 
-    /// The token from `Authorization: Bearer` or the query's `token`.
+    /// The token from `Authorization: Bearer` (or Jupyter's `token`) or the query's `token`.
     pub fn token<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
         headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("token "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .or(query.filter(|t| !t.is_empty()))
@@ -135,10 +138,32 @@ impl Gatekeeper {
             document: None,
             pod: Some(pod),
             leeway_secs: self.leeway_secs,
+            audience: None,
         };
         self.key.verify(token, &expect).map_err(|e| match e {
             TokenError::Expired { .. } => Refusal::TokenExpired,
             TokenError::WrongPod => Refusal::WrongPod,
+            other => Refusal::TokenInvalid(other.to_string()),
+        })
+    }
+
+    /// The claims of a valid Jupyter API token (never a session token: the audiences differ).
+    /// Whether the token reaches the kernel is Watchman's to say (`Routes.ResolveKernel`).
+    pub fn admit_jupyter(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<Claims, Refusal> {
+        self.check_origin(headers)?;
+        let token = Self::token(headers, query_token).ok_or(Refusal::TokenMissing)?;
+        let expect = Expectations {
+            document: None,
+            pod: None,
+            leeway_secs: self.leeway_secs,
+            audience: Some(session_token::JUPYTER_AUDIENCE),
+        };
+        self.key.verify(token, &expect).map_err(|e| match e {
+            TokenError::Expired { .. } => Refusal::TokenExpired,
             other => Refusal::TokenInvalid(other.to_string()),
         })
     }

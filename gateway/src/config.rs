@@ -39,6 +39,10 @@ pub struct Args {
     /// Where `/` and `/open` are proxied from: Watchman's `--dev-page` (development).
     #[arg(long, env = "GATEWAY_LANDING")]
     pub landing: Option<String>,
+    /// Where `/jupyter/...` (the Jupyter Server API, docs/jupyter.md) is proxied from:
+    /// Watchman's HTTP address. Kernel WebSockets are resolved through `--watchman`.
+    #[arg(long, env = "GATEWAY_JUPYTER_API")]
+    pub jupyter_api: Option<String>,
     /// TLS certificate chain (PEM). With `--tls-key`, the public address speaks HTTPS.
     #[arg(long, env = "GATEWAY_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

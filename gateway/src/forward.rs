@@ -1,5 +1,6 @@
-//! Plain HTTP through the gateway: a pod's data endpoints (`/pods/<pod>/api/...`) and the
-//! landing page (`/`, `/open`, from Watchman).
+//! Plain HTTP through the gateway: a pod's data endpoints (`/pods/<pod>/api/...`), the
+//! landing page (`/`, `/open`, from Watchman) and the Jupyter Server API (`/jupyter/...`, from
+//! Watchman).
 //!
 //! A pod is untrusted and shares the gateway's origin with every other pod, so what it answers
 //! is rewritten before it reaches a browser: only an allowlist of headers passes (no
@@ -69,6 +70,22 @@ const FROM_LANDING: &[HeaderName] = &[
     header::LOCATION,
 ];
 
+/// Request headers passed to the Jupyter API (Watchman, which checks the token).
+const TO_JUPYTER: &[HeaderName] = &[
+    header::AUTHORIZATION,
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::ACCEPT,
+];
+
+/// Response headers passed from the Jupyter API.
+const FROM_JUPYTER: &[HeaderName] = &[
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::LOCATION,
+    header::CACHE_CONTROL,
+];
+
 /// The HTTP client towards pods and Watchman's page.
 #[derive(Debug, Clone)]
 pub struct Forwarder {
@@ -81,6 +98,8 @@ pub struct Forwarder {
 pub enum Upstream {
     Pod,
     Landing,
+    /// Watchman's Jupyter Server API.
+    Jupyter,
 }
 
 impl Forwarder {
@@ -112,15 +131,19 @@ impl Forwarder {
             .parse()
             .map_err(|_| Refusal::BadRequest("the path is not a valid URL"))?;
         let (parts, body) = request.into_parts();
-        if !matches!(
-            parts.method,
-            Method::GET | Method::HEAD | Method::PUT | Method::POST | Method::DELETE
-        ) {
+        let patch = upstream == Upstream::Jupyter && parts.method == Method::PATCH;
+        if !patch
+            && !matches!(
+                parts.method,
+                Method::GET | Method::HEAD | Method::PUT | Method::POST | Method::DELETE
+            )
+        {
             return Err(Refusal::BadRequest("method not allowed"));
         }
         let allowed = match upstream {
             Upstream::Pod => TO_POD,
             Upstream::Landing => TO_LANDING,
+            Upstream::Jupyter => TO_JUPYTER,
         };
         let mut out = Request::builder().method(parts.method).uri(uri);
         if let Some(h) = out.headers_mut() {
@@ -157,6 +180,11 @@ impl Forwarder {
         let h = response.headers_mut();
         match upstream {
             Upstream::Landing => copy(&parts.headers, h, FROM_LANDING),
+            Upstream::Jupyter => {
+                copy(&parts.headers, h, FROM_JUPYTER);
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                webclient::hardening_headers(h);
+            }
             Upstream::Pod => sanitize_pod_headers(&parts.headers, h),
         }
         Ok(response)

@@ -12,6 +12,7 @@ pub mod config;
 pub mod conn;
 pub mod forward;
 pub mod frames;
+pub mod jupyter;
 pub mod refusal;
 pub mod relay;
 pub mod resolve;
@@ -137,6 +138,10 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         policies: webclient::Policies::new(&args.allowed_origins),
         landing: args
             .landing
+            .as_ref()
+            .map(|l| l.trim_end_matches('/').to_owned()),
+        jupyter_api: args
+            .jupyter_api
             .as_ref()
             .map(|l| l.trim_end_matches('/').to_owned()),
         trusted_proxies: args.trusted_proxies.clone(),

@@ -26,6 +26,8 @@ pub enum Refusal {
     Capacity,
     #[error("no such pod")]
     UnknownPod,
+    #[error("Kernel does not exist: {0}")]
+    UnknownKernel(String),
     #[error("the pod's allocation ended ({reason}): {detail}")]
     PodEnded { reason: String, detail: String },
     #[error("this gateway is shutting down; retry")]
@@ -53,6 +55,7 @@ impl Refusal {
             Refusal::AddressLimit => "address_limit",
             Refusal::Capacity => "capacity",
             Refusal::UnknownPod => "unknown_pod",
+            Refusal::UnknownKernel(_) => "unknown_kernel",
             Refusal::PodEnded { .. } => "pod_ended",
             Refusal::Draining => "draining",
             Refusal::BadRequest(_) => "bad_request",
@@ -71,7 +74,7 @@ impl Refusal {
             Refusal::UserLimit | Refusal::AddressLimit | Refusal::Capacity => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            Refusal::UnknownPod => StatusCode::NOT_FOUND,
+            Refusal::UnknownPod | Refusal::UnknownKernel(_) => StatusCode::NOT_FOUND,
             Refusal::PodEnded { .. } => StatusCode::GONE,
             Refusal::Draining | Refusal::ResolveFailed => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,

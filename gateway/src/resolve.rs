@@ -22,6 +22,20 @@ pub enum Route {
     Unknown,
 }
 
+/// A Jupyter kernel's pod, and a session token for the user on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelRoute {
+    Live {
+        pod: String,
+        endpoint: Arc<str>,
+        session_token: String,
+    },
+    /// No such kernel for this token (unknown, ended or someone else's).
+    Unknown,
+    /// Watchman refused the token.
+    Unauthorized(String),
+}
+
 /// Watchman could not answer.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("resolving the pod failed: {0}")]
@@ -166,6 +180,57 @@ impl Resolver {
             }
         }
         result
+    }
+
+    /// Where a Jupyter client's kernel is, asked of Watchman with the client's token. Not
+    /// cached: the answer carries a session token minted for this client.
+    pub async fn resolve_kernel(
+        &self,
+        kernel_id: &str,
+        jupyter_token: &str,
+    ) -> Result<KernelRoute, ResolveError> {
+        let Some(w) = &self.watchman else {
+            return Ok(KernelRoute::Unknown);
+        };
+        let started = Instant::now();
+        let mut request = tonic::Request::new(pb::ResolveKernelRequest {
+            kernel_id: kernel_id.to_owned(),
+            jupyter_token: jupyter_token.to_owned(),
+        });
+        request.set_timeout(CALL_TIMEOUT);
+        request
+            .metadata_mut()
+            .insert("authorization", w.bearer.clone());
+        let answer =
+            tokio::time::timeout(CALL_TIMEOUT, w.client.clone().resolve_kernel(request)).await;
+        metrics::histogram!("gateway_resolve_seconds").record(started.elapsed().as_secs_f64());
+        let route = match answer {
+            Ok(Ok(a)) => {
+                let a = a.into_inner();
+                Ok(KernelRoute::Live {
+                    pod: a.pod,
+                    endpoint: Arc::from(a.endpoint.trim_end_matches('/')),
+                    session_token: a.session_token,
+                })
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::NotFound => Ok(KernelRoute::Unknown),
+            Ok(Err(status)) if status.code() == tonic::Code::Unauthenticated => {
+                Ok(KernelRoute::Unauthorized(status.message().to_owned()))
+            }
+            Ok(Err(status)) => Err(ResolveError(format!(
+                "{:?}: {}",
+                status.code(),
+                status.message()
+            ))),
+            Err(_) => Err(ResolveError("Watchman did not answer in time".into())),
+        };
+        let outcome = match &route {
+            Ok(KernelRoute::Live { .. }) => "live",
+            Ok(KernelRoute::Unknown | KernelRoute::Unauthorized(_)) => "unknown",
+            Err(_) => "error",
+        };
+        metrics::counter!("gateway_resolve_total", "outcome" => outcome).increment(1);
+        route
     }
 
     /// Forgets what is known of `pod` (its upstream failed or closed).

@@ -37,6 +37,8 @@ pub struct Edge {
     pub relay: RelaySettings,
     pub policies: webclient::Policies,
     pub landing: Option<String>,
+    /// Watchman's HTTP base, for the Jupyter Server API (`/jupyter/...`).
+    pub jupyter_api: Option<String>,
     pub trusted_proxies: Vec<Cidr>,
     pub upstream_connect_timeout: std::time::Duration,
     /// Fires when the gateway drains: relays close their clients with 1012.
@@ -65,6 +67,12 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .route("/pods/{pod}/ws", get(websocket))
         .route("/pods/{pod}/yjs/{document}", get(websocket))
         .route("/pods/{pod}/api/{*rest}", any(api))
+        .route(
+            "/jupyter/api/kernels/{kernel}/channels",
+            get(crate::jupyter::channels),
+        )
+        .route("/jupyter", any(crate::jupyter::rest))
+        .route("/jupyter/{*rest}", any(crate::jupyter::rest))
         .fallback(|| async {
             metrics::counter!("gateway_http_requests_total", "route" => "other", "status" => "404")
                 .increment(1);
@@ -87,6 +95,8 @@ async fn count_requests(request: Request, next: axum::middleware::Next) -> Respo
     let path = request.uri().path();
     let route = if path == "/" || path == "/open" {
         Some("landing")
+    } else if path.starts_with("/jupyter") && !path.ends_with("/channels") {
+        Some("jupyter")
     } else if path.starts_with("/assets/") || path.ends_with("-frame.html") {
         Some("asset")
     } else if let Some(rest) = path.strip_prefix("/pods/") {
@@ -162,7 +172,7 @@ async fn landing(
 }
 
 /// The query's `token`, if any.
-fn query_token(query: Option<&str>) -> Option<String> {
+pub(crate) fn query_token(query: Option<&str>) -> Option<String> {
     query?
         .split('&')
         .filter_map(|kv| kv.split_once('='))
@@ -228,7 +238,7 @@ async fn live_endpoint(edge: &Edge, pod: &str) -> Result<Arc<str>, Refusal> {
 }
 
 /// After an upstream failure: an ended pod says so; otherwise the failure stands.
-async fn explain(edge: &Edge, pod: &str, failure: Refusal) -> Refusal {
+pub(crate) async fn explain(edge: &Edge, pod: &str, failure: Refusal) -> Refusal {
     edge.resolver.invalidate(pod);
     match live_endpoint(edge, pod).await {
         Err(ended @ (Refusal::PodEnded { .. } | Refusal::UnknownPod)) => ended,
@@ -270,7 +280,7 @@ async fn api(
 }
 
 /// Whether `request` asks for a WebSocket (RFC 6455 4.2.1), and its key.
-fn websocket_key(request: &Request) -> Result<HeaderValue, Refusal> {
+pub(crate) fn websocket_key(request: &Request) -> Result<HeaderValue, Refusal> {
     let h = request.headers();
     let has = |name: header::HeaderName, token: &str| {
         h.get_all(name).iter().any(|v| {
@@ -339,12 +349,46 @@ async fn websocket(
             return explain(&edge, &pod, failure).await.respond();
         }
     };
+    let relayed = Relayed {
+        user: claims.sub,
+        client,
+        pod,
+        permit,
+        started,
+    };
+    relay_upgraded(&edge, &mut request, &key, upstream, relayed)
+}
+
+/// A client admitted to a relay: who, from where, to which pod.
+pub(crate) struct Relayed {
+    pub user: String,
+    pub client: std::net::IpAddr,
+    pub pod: String,
+    pub permit: Permit,
+    pub started: Instant,
+}
+
+/// Answers the client's upgrade and relays it to the pod's side once upgraded.
+pub(crate) fn relay_upgraded(
+    edge: &Arc<Edge>,
+    request: &mut Request,
+    key: &HeaderValue,
+    upstream: Upstreamed,
+    relayed: Relayed,
+) -> Response {
+    let Relayed {
+        user,
+        client,
+        pod,
+        permit,
+        started,
+    } = relayed;
     let (upstream, chosen_protocol) = upstream;
-    let on_upgrade = hyper::upgrade::on(&mut request);
+    let on_upgrade = hyper::upgrade::on(request);
     let settings = edge.relay;
     let drain = edge.drain.clone();
     let resolver = edge.resolver.clone();
-    let span = tracing::info_span!("relay", %pod, user = %claims.sub, %client);
+    let span = tracing::info_span!("relay", %pod, %user, %client);
     edge.tasks.spawn(
         async move {
             let _permit = permit;
@@ -380,7 +424,7 @@ async fn websocket(
     response
 }
 
-enum UpstreamFailure {
+pub(crate) enum UpstreamFailure {
     /// The pod answered the handshake with a refusal: passed on (its JSON error, reshaped).
     Refused(Response),
     /// The pod could not be reached.
@@ -389,14 +433,14 @@ enum UpstreamFailure {
 
 /// The pod's side after its handshake (with the bytes read past it), and the subprotocol the
 /// pod chose.
-type Upstreamed = ((Conn, Bytes), Option<HeaderValue>);
+pub(crate) type Upstreamed = ((Conn, Bytes), Option<HeaderValue>);
 
 /// The largest refusal body read from a pod's handshake.
 const REFUSAL_BYTES: usize = 64 * 1024;
 
 /// Opens the WebSocket to the pod: our own HTTP/1.1 upgrade (hyper), so that what follows is
 /// the raw connection the relay reads frames from.
-async fn connect_upstream(
+pub(crate) async fn connect_upstream(
     edge: &Edge,
     endpoint: &str,
     target: &str,

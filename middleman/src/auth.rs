@@ -108,6 +108,7 @@ impl Authenticator {
             document: self.document.get().map(String::as_str),
             pod: Some(&self.pod),
             leeway_secs: self.leeway_secs,
+            audience: None,
         };
         let claims = self.key.verify(token, &expect)?;
         // A pod serves one document for its whole life: the first valid token binds it. The

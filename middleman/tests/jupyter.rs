@@ -13,6 +13,15 @@ use session_token::Role;
 
 /// Runs a scenario of the peer against `server` with `token`; its JSON line on success.
 async fn peer(server: &TestServer, token: &str, scenario: &str) -> serde_json::Value {
+    peer_with(server, token, scenario, &[]).await
+}
+
+async fn peer_with(
+    server: &TestServer,
+    token: &str,
+    scenario: &str,
+    extra: &[&str],
+) -> serde_json::Value {
     let url = format!("ws://{}/jupyter/channels", server.addr);
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -20,6 +29,7 @@ async fn peer(server: &TestServer, token: &str, scenario: &str) -> serde_json::V
     );
     let out = tokio::process::Command::new(venv_python())
         .args([script, &url, token, scenario])
+        .args(extra)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .spawn()
@@ -94,7 +104,7 @@ async fn the_legacy_form_works_and_viewers_and_bad_frames_are_refused() {
     let editor = server.token("ada", Role::Editor);
     peer(&server, &editor, "legacy").await;
     peer(&server, &server.token("vic", Role::Viewer), "viewer").await;
-    peer(&server, &editor, "malformed").await;
+    peer_with(&server, &editor, "malformed", &["20000"]).await;
 
     // Tokens: none, forged, expired, for another document: refused at the handshake.
     let forged = {

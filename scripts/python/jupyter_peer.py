@@ -6,7 +6,10 @@ side of JupyterLab uses), over websocket-client. Each scenario checks what a Jup
 relies on and exits non-zero with the reason when something is off; on success it prints one
 JSON line with what the Rust side checks further.
 
-    python jupyter_peer.py URL TOKEN SCENARIO
+    python jupyter_peer.py URL TOKEN SCENARIO [OVERSIZE]
+
+SCENARIO is full, legacy, viewer or malformed (OVERSIZE: a frame size over the server's message
+limit, to check its 1009).
 
 URL is the channels WebSocket (ws://host:port/jupyter/channels); the token goes in
 `Authorization: token ...`, as jupyter_server's gateway client sends it.
@@ -327,7 +330,7 @@ def expect_close(peer, frame, code, binary=True):
         fail("closed without a close frame")
 
 
-def scenario_malformed(url, token):
+def scenario_malformed(url, token, oversize=0):
     expect_close(Peer(url, token), b"\x07\x00\x00\x00\x00\x00\x00\x00garbage", 1007)
     expect_close(Peer(url, token), b"not json", 1007, binary=False)  # text in v1
     expect_close(Peer(url, token, v1=False), "{\"header\": 1}", 1007, binary=False)
@@ -337,12 +340,15 @@ def scenario_malformed(url, token):
     parts = [json.dumps(p, default=str).encode() for p in
              (msg["header"], msg["parent_header"], msg["metadata"], msg["content"])]
     expect_close(peer, serialize_msg_to_ws_v1(parts, "iopub"), 1007)
-    # Over the message limit.
-    expect_close(Peer(url, token), b"\x00" * 20_000, 1009)
+    # Over the message limit (the server's, when the caller gives it).
+    if oversize:
+        expect_close(Peer(url, token), b"\x00" * oversize, 1009)
     print(json.dumps({"ok": True}))
 
 
 if __name__ == "__main__":
     url, token, scenario = sys.argv[1:4]
-    {"full": scenario_full, "legacy": scenario_legacy, "viewer": scenario_viewer,
-     "malformed": scenario_malformed}[scenario](url, token)
+    if scenario == "malformed":
+        scenario_malformed(url, token, int(sys.argv[4]) if len(sys.argv) > 4 else 0)
+    else:
+        {"full": scenario_full, "legacy": scenario_legacy, "viewer": scenario_viewer}[scenario](url, token)

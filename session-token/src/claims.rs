@@ -64,6 +64,9 @@ pub struct Claims {
     pub nbf: Option<u64>,
     /// Unique token id, for audit logs.
     pub jti: String,
+    /// The token's kind: absent for session tokens, `jupyter` for Jupyter API tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
 }
 
 impl Claims {
@@ -89,6 +92,23 @@ impl Claims {
             exp: now.saturating_add(ttl_secs),
             nbf: None,
             jti: uuid::Uuid::new_v4().to_string(),
+            aud: None,
+        }
+    }
+
+    /// A Jupyter API token for `user`: any kernel of theirs (`doc` empty), or the kernel of
+    /// one document they may open with `role`. It names no pod.
+    pub fn jupyter(
+        issuer: &str,
+        user: &str,
+        name: &str,
+        doc: &str,
+        role: Role,
+        ttl_secs: u64,
+    ) -> Self {
+        Self {
+            aud: Some(crate::JUPYTER_AUDIENCE.to_owned()),
+            ..Self::new(issuer, user, name, doc, "", role, ttl_secs)
         }
     }
 }

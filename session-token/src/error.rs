@@ -28,6 +28,10 @@ pub enum TokenError {
     /// The token was minted for another pod.
     #[error("token is for another pod")]
     WrongPod,
+    /// The token is of another kind (a Jupyter API token where a session token is needed, or
+    /// the reverse).
+    #[error("token is not for this service")]
+    WrongAudience,
     /// A key file could not be parsed.
     #[error("key is invalid: {0}")]
     Key(String),

@@ -131,6 +131,7 @@ impl VerifyingKey {
                 document: None,
                 pod: Some(pod),
                 leeway_secs: u64::MAX,
+                audience: None,
             },
             crate::now_secs(),
         )
@@ -181,6 +182,10 @@ impl VerifyingKey {
             && nbf > now.saturating_add(expect.leeway_secs)
         {
             return Err(TokenError::NotYetValid);
+        }
+        // The kind first: a token of another kind is not "for another pod", it is not one.
+        if claims.aud.as_deref() != expect.audience {
+            return Err(TokenError::WrongAudience);
         }
         if expect.document.is_some_and(|d| d != claims.doc) {
             return Err(TokenError::WrongDocument);

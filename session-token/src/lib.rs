@@ -30,7 +30,14 @@ pub struct Expectations<'a> {
     pub pod: Option<&'a str>,
     /// Seconds of clock skew tolerated on `exp` and `nbf`.
     pub leeway_secs: u64,
+    /// The token kind required: `None` for session tokens (no `aud`), [`JUPYTER_AUDIENCE`] for
+    /// Jupyter API tokens. A token of another kind is refused, so neither passes as the other.
+    pub audience: Option<&'a str>,
 }
+
+/// The `aud` of a Jupyter API token: a user's key to the Jupyter Server API (kernels on warm
+/// pods), never accepted where a session token is needed.
+pub const JUPYTER_AUDIENCE: &str = "jupyter";
 
 /// Current Unix time in seconds.
 pub fn now_secs() -> u64 {

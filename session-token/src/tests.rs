@@ -18,6 +18,7 @@ fn round_trip_and_pem() {
                 document: Some("doc-1"),
                 pod: Some("pod-1"),
                 leeway_secs: 0,
+                audience: None,
             },
         )
         .unwrap();
@@ -129,4 +130,31 @@ fn detached_signatures_verify_only_the_signed_bytes_with_the_right_key() {
     assert!(public.verify_detached(b"receipt", "not base64!").is_err());
     assert_eq!(public.key_id().len(), 16);
     assert_ne!(public.key_id(), other.key_id());
+}
+
+#[test]
+fn session_and_jupyter_tokens_never_pass_as_each_other() {
+    let key = SigningKey::generate();
+    let public = key.verifying_key();
+    let session = key.mint(&claims(60)).unwrap();
+    let jupyter = key
+        .mint(&Claims::jupyter("t", "ada", "Ada", "", Role::Editor, 60))
+        .unwrap();
+    let as_jupyter = Expectations {
+        audience: Some(crate::JUPYTER_AUDIENCE),
+        ..Default::default()
+    };
+    assert_eq!(
+        public.verify(&session, &as_jupyter),
+        Err(TokenError::WrongAudience)
+    );
+    assert_eq!(
+        public.verify(&jupyter, &Expectations::default()),
+        Err(TokenError::WrongAudience)
+    );
+    let got = public.verify(&jupyter, &as_jupyter).unwrap();
+    assert_eq!(got.sub, "ada");
+    assert_eq!(got.pod, "");
+    // Nor does a Jupyter token bind a pod.
+    assert!(public.verify_binding(&jupyter, "").is_err());
 }

@@ -326,6 +326,10 @@ pub struct Args {
     /// Largest document snapshot a pod may save, bytes.
     #[arg(long, env = "WATCHMAN_MAX_DOCUMENT_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_document_bytes: usize,
+    /// The kernelspec Jupyter clients get by default (`/jupyter/api/kernelspecs`'s `default`);
+    /// empty: the first plan.
+    #[arg(long, env = "WATCHMAN_JUPYTER_DEFAULT_PLAN", default_value = "")]
+    pub jupyter_default_plan: String,
     /// Serve the try-it page on the HTTP address (development only: it allocates without auth).
     #[arg(long, env = "WATCHMAN_DEV_PAGE")]
     pub dev_page: bool,

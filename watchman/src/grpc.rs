@@ -448,11 +448,12 @@ impl pb::watchman_server::Watchman for Api {
 #[derive(Debug, Clone)]
 pub struct RoutesApi {
     watchman: Watchman,
+    jupyter: crate::jupyter::JupyterApi,
 }
 
 impl RoutesApi {
-    pub fn new(watchman: Watchman) -> Self {
-        Self { watchman }
+    pub fn new(watchman: Watchman, jupyter: crate::jupyter::JupyterApi) -> Self {
+        Self { watchman, jupyter }
     }
 }
 
@@ -482,6 +483,37 @@ impl pb::routes_server::Routes for RoutesApi {
             Resolved::Unknown => return Err(Status::not_found(format!("no pod {pod:?}"))),
         };
         Ok(Response::new(pb::ResolvePodResponse { route: Some(route) }))
+    }
+
+    async fn resolve_kernel(
+        &self,
+        request: Request<pb::ResolveKernelRequest>,
+    ) -> Result<Response<pb::ResolveKernelResponse>, Status> {
+        use crate::jupyter::JupyterError;
+        let request = request.into_inner();
+        bounded("kernel_id", &request.kernel_id, MAX_NAME)?;
+        bounded(
+            "jupyter_token",
+            &request.jupyter_token,
+            session_token::MAX_TOKEN_LEN,
+        )?;
+        let resolved = self
+            .jupyter
+            .resolve(&request.kernel_id, &request.jupyter_token)
+            .await
+            .map_err(|e| match e {
+                JupyterError::Unauthorized(m) => Status::unauthenticated(m),
+                JupyterError::NoKernel(_) => Status::not_found(e.to_string()),
+                JupyterError::Service(s) => Status::from(s),
+                other => Status::unavailable(other.to_string()),
+            })?;
+        Ok(Response::new(pb::ResolveKernelResponse {
+            pod: resolved.pod,
+            endpoint: resolved.endpoint,
+            document_id: resolved.document,
+            session_token: resolved.session_token,
+            session_token_expires: i64::try_from(resolved.expires).unwrap_or(i64::MAX),
+        }))
     }
 }
 

@@ -21,6 +21,7 @@ pub mod grpc;
 mod grpc_conn;
 pub mod grpc_jobs;
 pub mod jobs;
+pub mod jupyter;
 pub mod model;
 pub mod plan;
 pub mod pool;

@@ -251,6 +251,12 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         key.clone(),
         &settings,
     );
+    let jupyter = crate::jupyter::JupyterApi::new(
+        watchman.clone(),
+        key.clone(),
+        grpc::ApiAuth::new(&[&api_token]),
+        Some(args.jupyter_default_plan.clone()).filter(|p| !p.is_empty()),
+    );
     let jobs = crate::jobs::Jobs::new(
         watchman.clone(),
         retention.clone(),
@@ -311,6 +317,7 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
     let routes = tonic::service::interceptor::InterceptedService::new(
         watchman_proto::v1::routes_server::RoutesServer::new(grpc::RoutesApi::new(
             watchman.clone(),
+            jupyter.clone(),
         ))
         .max_decoding_message_size(4 * 1024),
         grpc::ApiAuth::new(
@@ -371,8 +378,10 @@ pub async fn start(args: Args) -> anyhow::Result<Running> {
         let handle = telemetry::prometheus();
         service::register_metrics(&plan_names);
         jobs.register_metrics();
+        crate::jupyter::register_metrics();
         let app = web::router(watchman.clone(), handle, args.dev_page, public)
             .merge(documents::routes(documents))
+            .merge(crate::jupyter::routes(jupyter))
             .merge(crate::jobs::http::routes(
                 jobs,
                 grpc::ApiAuth::new(&[&api_token]),

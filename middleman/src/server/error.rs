@@ -48,6 +48,12 @@ pub(crate) enum HttpError {
     /// The body of an import could not be read.
     #[error("the request body could not be read: {0}")]
     BadBody(String),
+    /// A viewer tried to interrupt or restart the kernel.
+    #[error("viewers cannot interrupt or restart the kernel")]
+    ViewerAction,
+    /// A restarted kernel did not become ready within `--kernel-startup-timeout`.
+    #[error("the kernel did not come back in time; it is still starting or has failed")]
+    KernelNotReady,
 }
 
 impl HttpError {
@@ -71,7 +77,10 @@ impl HttpError {
             HttpError::WrongRoom => (StatusCode::FORBIDDEN, "wrong_document"),
             HttpError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             HttpError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            HttpError::ViewerWrite => (StatusCode::FORBIDDEN, "forbidden"),
+            HttpError::ViewerWrite | HttpError::ViewerAction => {
+                (StatusCode::FORBIDDEN, "forbidden")
+            }
+            HttpError::KernelNotReady => (StatusCode::GATEWAY_TIMEOUT, "kernel_not_ready"),
             HttpError::UploadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             HttpError::Files(e) => (files_status(e), e.code()),
         }

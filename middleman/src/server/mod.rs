@@ -494,6 +494,11 @@ fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/files/rename", axum::routing::post(files::rename))
         .route(
+            "/api/kernel/interrupt",
+            axum::routing::post(interrupt_kernel),
+        )
+        .route("/api/kernel/restart", axum::routing::post(restart_kernel))
+        .route(
             "/api/notebook",
             get(export_notebook)
                 .put(import_notebook)
@@ -570,6 +575,50 @@ async fn authorize(
     state.bind_store(headers, token);
     state.hub.ensure_loaded(&claims.doc).await?;
     Ok(claims)
+}
+
+/// `POST /api/kernel/interrupt` (editors): what the web client's interrupt does; Watchman's
+/// Jupyter API calls it for a Jupyter client's REST interrupt.
+async fn interrupt_kernel(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    let claims = authorize(&state, &headers, query.token.as_deref()).await?;
+    if !claims.role.can_edit() {
+        return Err(HttpError::ViewerAction);
+    }
+    state.hub.interrupt(display_name(&claims)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /api/kernel/restart` (editors): restarts the kernel and answers once the new one is
+/// ready (at most `--kernel-startup-timeout`), as Jupyter's REST restart does.
+async fn restart_kernel(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    let claims = authorize(&state, &headers, query.token.as_deref()).await?;
+    if !claims.role.can_edit() {
+        return Err(HttpError::ViewerAction);
+    }
+    let mut watch = state.hub.session_watch();
+    state.hub.restart(display_name(&claims)).await?;
+    let ready = watch.wait_for(|s| matches!(s.kernel_state, KernelState::Idle | KernelState::Busy));
+    match tokio::time::timeout(state.args.kernel_startup_timeout, ready).await {
+        Ok(Ok(_)) => Ok(StatusCode::NO_CONTENT.into_response()),
+        _ => Err(HttpError::KernelNotReady),
+    }
+}
+
+/// Who a token names, as collaborators see them.
+fn display_name(claims: &session_token::Claims) -> String {
+    if claims.name.is_empty() {
+        claims.sub.clone()
+    } else {
+        claims.name.clone()
+    }
 }
 
 /// `GET /api/notebook`: the document as an nbformat 4.5 `.ipynb`.

@@ -139,3 +139,8 @@ impl Backend {
         }
     }
 }
+
+/// Middleman's `/status` at `endpoint`, as it is (see [`crate::service::Watchman::pod_status`]).
+pub(crate) async fn pod_status(endpoint: &str) -> Option<serde_json::Value> {
+    probe::get_json(endpoint, "/status").await
+}

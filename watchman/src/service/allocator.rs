@@ -84,6 +84,11 @@ impl Allocator {
         }
     }
 
+    /// Whether pods of plan `name` can run here (it exists and its sandbox level is met).
+    pub fn can_run(&self, name: &str) -> bool {
+        self.plan(name).is_ok()
+    }
+
     fn plan(&self, name: &str) -> Result<&Plan, ServiceError> {
         if let Some(why) = self.refused.get(name) {
             return Err(ServiceError::FailedPrecondition(format!(

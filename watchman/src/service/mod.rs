@@ -100,6 +100,17 @@ impl Watchman {
         &self.inner.store
     }
 
+    /// See [`Allocator::can_run`].
+    pub fn can_run(&self, plan: &str) -> bool {
+        self.inner.allocator.can_run(plan)
+    }
+
+    /// Middleman's `/status` of a pod at `endpoint` (kernel state, connections, last activity),
+    /// if it answers within 2 s.
+    pub async fn pod_status(&self, endpoint: &str) -> Option<serde_json::Value> {
+        crate::backend::pod_status(endpoint).await
+    }
+
     /// See [`Allocator::allocate`].
     pub async fn allocate(&self, request: &AllocationRequest<'_>) -> Result<Granted, ServiceError> {
         self.inner.allocator.allocate(request).await

@@ -11,6 +11,7 @@ use tonic::transport::Channel;
 use watchman_proto::v1 as pb;
 use watchman_proto::v1::watchman_client::WatchmanClient;
 
+pub mod gateway;
 pub mod jobs;
 
 /// Kubernetes fixtures (testkit), and an in-process replica on them.
