@@ -67,8 +67,8 @@ target/debug/gateway \
   --jupyter-api "http://$http" &
 gateway_pid=$!
 
-# A Jupyter API token for a local user (docs/jupyter.md): stock JupyterLab (in gateway mode)
-# and @jupyterlab/services clients run kernels on the warm pools with it.
+# A Jupyter API token for a local user (docs/jupyter.md): stock JupyterLab (in gateway mode),
+# VS Code and @jupyterlab/services clients run kernels on the warm pools with it.
 jupyter_token="$(curl -sf -X POST -H "Authorization: Bearer $(cat "$keys/api-token")" \
   -H 'Content-Type: application/json' -d '{"user_id": "local-developer", "user_name": "Developer"}' \
   "http://$http/v1/jupyter-tokens" | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')"
@@ -78,6 +78,7 @@ echo "  Open $public_url/ to create or open a document."
 echo "  gRPC on $grpc (bearer token in $keys/api-token)."
 if [ -n "$jupyter_token" ]; then
   echo "  JupyterLab on these kernels: jupyter lab --gateway-url=$public_url/jupyter --GatewayClient.auth_token=$jupyter_token"
+  echo "  VS Code (Existing Jupyter Server): $public_url/jupyter/?token=$jupyter_token"
 fi
 echo
 # Until either stops (or Ctrl-C); then the other is stopped too.

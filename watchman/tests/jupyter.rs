@@ -398,3 +398,186 @@ async fn jupyter_server_in_gateway_mode_runs_kernels_on_warm_pods() {
     teardown(w).await;
     drop(d);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_token_joins_the_documents_pod_that_web_users_have_open() {
+    let (d, w, g) = edge("jupyter-document", 2).await;
+    // Grace has the document open in the web client.
+    let mut c = client(w.grpc_addr, API_TOKEN).await;
+    let a = c
+        .allocate(allocate_req("shared-doc", 5_000))
+        .await
+        .unwrap()
+        .into_inner();
+    // Ada's Jupyter token for that document: her kernel is the document's pod.
+    let ada = jupyter_token(&w, "ada", "shared-doc", "editor").await;
+    let (status, model) = rest(
+        &g,
+        "POST",
+        "/jupyter/api/kernels",
+        Some(&ada),
+        r#"{"name": "free"}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{model}");
+    assert_eq!(model["nbplat"]["document"], "shared-doc");
+    assert_eq!(model["nbplat"]["pod"], a.pod.as_str());
+    let kernel = model["id"].as_str().unwrap().to_owned();
+    // Starting again is the same kernel; the list holds just it.
+    let (_, again) = rest(
+        &g,
+        "POST",
+        "/jupyter/api/kernels",
+        Some(&ada),
+        r#"{"name": "free"}"#,
+    )
+    .await;
+    assert_eq!(again["id"], kernel.as_str());
+    let (_, list) = rest(&g, "GET", "/jupyter/api/kernels", Some(&ada), "").await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    // Her runs land in the document Grace sees.
+    let url = channels(&g, &kernel);
+    run_peer(
+        &python(),
+        &[
+            &script("scripts/python/jupyter_peer.py"),
+            &url,
+            &ada,
+            "legacy",
+        ],
+    )
+    .await;
+    let cells = document_cells(&w, "shared-doc").await;
+    assert!(
+        cells
+            .iter()
+            .any(|c| c["source"] == "6*7" && c["last_run"]["by"] == "ada name (Jupyter)"),
+        "{cells:?}"
+    );
+    // A viewer's token sees the kernel and may not start, interrupt or end it.
+    let vic = jupyter_token(&w, "vic", "shared-doc", "viewer").await;
+    let (_, seen) = rest(&g, "GET", "/jupyter/api/kernels", Some(&vic), "").await;
+    assert_eq!(seen[0]["id"], kernel.as_str());
+    let path = format!("/jupyter/api/kernels/{kernel}");
+    assert_eq!(
+        rest(&g, "POST", "/jupyter/api/kernels", Some(&vic), "{}")
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        rest(&g, "POST", &format!("{path}/interrupt"), Some(&vic), "")
+            .await
+            .0,
+        403
+    );
+    assert_eq!(rest(&g, "DELETE", &path, Some(&vic), "").await.0, 403);
+    run_peer(
+        &python(),
+        &[
+            &script("scripts/python/jupyter_peer.py"),
+            &url,
+            &vic,
+            "viewer",
+        ],
+    )
+    .await;
+    // Another document's token does not reach it.
+    let other = jupyter_token(&w, "ada", "other-doc", "editor").await;
+    assert_eq!(rest(&g, "GET", &path, Some(&other), "").await.0, 404);
+    // The document's next pod is a new kernel.
+    c.release(pb::ReleaseRequest {
+        document_id: "shared-doc".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(rest(&g, "GET", &path, Some(&ada), "").await.0, 404);
+    drop(g);
+    teardown(w).await;
+    drop(d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vs_codes_existing_server_sequence_works_and_its_cells_land_in_the_document() {
+    let (d, w, g) = edge("jupyter-vscode", 2).await;
+    let ada = jupyter_token(&w, "ada", "", "editor").await;
+    let base = format!("http://{}/jupyter/", g.addr);
+    let node_path = format!(
+        "{}/node/node_modules",
+        std::env::var("NBP_CACHE").expect("NBP_CACHE: run `make test`")
+    );
+    let out = tokio::process::Command::new("node")
+        .args([
+            &script("scripts/node/jupyter-vscode-peer.mjs"),
+            &base,
+            &ada,
+            "free",
+            "keep",
+        ])
+        .env("NODE_PATH", &node_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the VS Code sequence failed: see its stderr above\n{stdout}"
+    );
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let document = summary["document"].as_str().unwrap().to_owned();
+    let cells = document_cells(&w, &document).await;
+    let cell = cells
+        .iter()
+        .find(|c| c["source"] == "answer + 1")
+        .unwrap_or_else(|| panic!("VS Code's cell is not in the document: {cells:?}"));
+    let id = cell["id"].as_str().unwrap();
+    assert!(
+        id.starts_with('j') && id.len() == 17,
+        "a cell URI becomes a cell id: {id}"
+    );
+    assert!(
+        !cells
+            .iter()
+            .any(|c| c["source"].as_str().unwrap_or("").contains("vscode_silent")),
+        "silent runs stay out of the document"
+    );
+    // Contents and sessions are the caller's: another user sees none of them.
+    let eve = jupyter_token(&w, "eve", "", "editor").await;
+    let (status, listing) = rest(&g, "GET", "/jupyter/api/contents", Some(&eve), "").await;
+    assert_eq!(
+        (status, listing["content"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+    let (_, sessions) = rest(&g, "GET", "/jupyter/api/sessions", Some(&eve), "").await;
+    assert_eq!(sessions, serde_json::json!([]));
+    // A path that leaves the flat directory is refused.
+    let (status, _) = rest(
+        &g,
+        "PUT",
+        "/jupyter/api/contents/a%2F..%2Fb.ipynb",
+        Some(&ada),
+        r#"{"type": "file", "format": "text", "content": "x"}"#,
+    )
+    .await;
+    assert_eq!(status, 400);
+    // Ending the session ends its kernel (the user's own).
+    let session = summary["session"].as_str().unwrap();
+    let kernel = summary["kernel"].as_str().unwrap();
+    let path = format!("/jupyter/api/sessions/{session}");
+    assert_eq!(
+        rest(&g, "DELETE", &path, Some(&eve), "").await.0,
+        404,
+        "not eve's"
+    );
+    assert_eq!(rest(&g, "DELETE", &path, Some(&ada), "").await.0, 204);
+    let kernel_path = format!("/jupyter/api/kernels/{kernel}");
+    assert_eq!(rest(&g, "GET", &kernel_path, Some(&ada), "").await.0, 404);
+    assert_eq!(rest(&g, "GET", &path, Some(&ada), "").await.0, 404);
+    drop(g);
+    teardown(w).await;
+    drop(d);
+}

@@ -204,6 +204,54 @@ async fn conformance(store: Store) {
     assert_eq!(store.deleted_at("d2").await.unwrap(), None);
     store.note_deleted("d2", 1_700_000_000).await.unwrap();
     assert_eq!(store.deleted_at("d2").await.unwrap(), Some(1_700_000_000));
+
+    // Records (Jupyter sessions and contents): per kind and scope, bounded, replaced in place.
+    let k = "jupyter-sessions";
+    assert!(
+        store
+            .put_record(k, "u:ada", "s1", "{\"a\":1}", 2)
+            .await
+            .unwrap()
+    );
+    assert!(store.put_record(k, "u:ada", "s2", "{}", 2).await.unwrap());
+    assert!(
+        !store.put_record(k, "u:ada", "s3", "{}", 2).await.unwrap(),
+        "over the bound"
+    );
+    assert!(
+        store
+            .put_record(k, "u:ada", "s1", "{\"a\":2}", 2)
+            .await
+            .unwrap(),
+        "a replacement"
+    );
+    assert!(
+        store.put_record(k, "u:eve", "s1", "{}", 2).await.unwrap(),
+        "another scope"
+    );
+    assert!(
+        store
+            .put_record("jupyter-contents", "u:ada", "s1", "{}", 2)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.record(k, "u:ada", "s1").await.unwrap().as_deref(),
+        Some("{\"a\":2}")
+    );
+    assert_eq!(store.record(k, "u:bob", "s1").await.unwrap(), None);
+    let ids: Vec<String> = store
+        .records(k, "u:ada")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(ids, ["s1", "s2"]);
+    assert!(store.delete_record(k, "u:ada", "s1").await.unwrap());
+    assert!(!store.delete_record(k, "u:ada", "s1").await.unwrap());
+    assert_eq!(store.records(k, "u:ada").await.unwrap().len(), 1);
+    assert_eq!(store.records(k, "u:nobody").await.unwrap(), vec![]);
 }
 
 #[tokio::test]

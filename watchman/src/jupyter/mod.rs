@@ -9,7 +9,9 @@
 //! <t>` or `?token=`. No XSRF check: nothing here reads cookies. Product backends mint those
 //! tokens with `POST /v1/jupyter-tokens` (the API token).
 
+mod contents;
 mod kernels;
+mod sessions;
 mod specs;
 
 use std::time::Duration;
@@ -45,6 +47,12 @@ pub enum JupyterError {
     NoKernel(String),
     #[error("No such kernel specification: {0}")]
     NoSpec(String),
+    #[error("Session not found: {0}")]
+    NoSession(String),
+    #[error("No such file: {0}")]
+    NoFile(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("viewers may not {0}")]
@@ -59,9 +67,11 @@ impl JupyterError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             JupyterError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            JupyterError::NoKernel(_) | JupyterError::NoSpec(_) => {
-                (StatusCode::NOT_FOUND, "not_found")
-            }
+            JupyterError::NoKernel(_)
+            | JupyterError::NoSpec(_)
+            | JupyterError::NoSession(_)
+            | JupyterError::NoFile(_) => (StatusCode::NOT_FOUND, "not_found"),
+            JupyterError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             JupyterError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
             JupyterError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             JupyterError::Pod(_) => (StatusCode::BAD_GATEWAY, "pod_unavailable"),
@@ -183,6 +193,32 @@ impl JupyterApi {
         })
     }
 
+    /// The plan a spec name means (`None`: the default spec).
+    fn plan_named(&self, name: Option<String>) -> Result<String, JupyterError> {
+        let name = name
+            .filter(|n| !n.is_empty())
+            .or_else(|| self.default_plan.clone())
+            .or_else(|| self.watchman.plans().keys().next().cloned())
+            .unwrap_or_default();
+        specs::plan_for(self.watchman.plans(), &name)
+            .map(|p| p.name.clone())
+            .ok_or_else(|| JupyterError::NoSpec(name.chars().take(64).collect()))
+    }
+
+    /// Ends a kernel: its pod is released, its document stays.
+    async fn end_kernel(
+        &self,
+        claims: &Claims,
+        kernel: &kernels::Kernel,
+    ) -> Result<(), JupyterError> {
+        if !claims.role.can_edit() {
+            return Err(JupyterError::Forbidden("shut kernels down"));
+        }
+        self.watchman.release(&kernel.allocation.document).await?;
+        tracing::info!(kernel = %kernel.id, user = %claims.sub, "jupyter kernel shut down");
+        Ok(())
+    }
+
     async fn model(&self, kernel: &kernels::Kernel) -> Value {
         let status = self.watchman.pod_status(&kernel.allocation.endpoint).await;
         kernels::model(kernel, status.as_ref())
@@ -274,7 +310,41 @@ pub fn routes(api: JupyterApi) -> Router {
         )
         .route("/jupyter/api/kernels/{id}/interrupt", post(interrupt))
         .route("/jupyter/api/kernels/{id}/restart", post(restart))
+        .route(
+            "/jupyter/api/sessions",
+            get(list_sessions).post(create_session),
+        )
+        .route(
+            "/jupyter/api/sessions/{id}",
+            get(get_session)
+                .patch(update_session)
+                .delete(delete_session),
+        )
+        .route(
+            "/jupyter/api/contents",
+            get(get_contents).post(create_contents),
+        )
+        .route(
+            "/jupyter/api/contents/",
+            get(get_contents).post(create_contents),
+        )
+        .route(
+            "/jupyter/api/contents/{*path}",
+            get(get_contents_at)
+                .post(post_contents_at)
+                .put(save_contents)
+                .patch(rename_contents)
+                .delete(delete_contents),
+        )
+        // VS Code's check that this is a plain Jupyter server with no password page.
+        .route(
+            "/jupyter/tree",
+            get(|| async { "Jupyter Server API (nbplat)\n" }),
+        )
         .route("/v1/jupyter-tokens", post(mint_token))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            contents::MAX_FILE_BYTES + (64 << 10),
+        ))
         .with_state(api)
 }
 
@@ -415,15 +485,7 @@ async fn start_kernel(
             serde_json::from_slice(&body)
                 .map_err(|e| JupyterError::BadRequest(format!("the body is not a kernel request: {e}")))?
         };
-        let name = body
-            .name
-            .or_else(|| api.default_plan.clone())
-            .or_else(|| api.watchman.plans().keys().next().cloned())
-            .unwrap_or_default();
-        let plan = specs::plan_for(api.watchman.plans(), &name)
-            .ok_or_else(|| JupyterError::NoSpec(name.chars().take(64).collect()))?
-            .name
-            .clone();
+        let plan = api.plan_named(body.name)?;
         let kernel = kernels::start(&api.watchman, &claims, &plan).await?;
         tracing::info!(kernel = %kernel.id, user = %claims.sub, %plan, document = %kernel.allocation.document, "jupyter kernel started");
         let model = api.model(&kernel).await;
@@ -464,8 +526,7 @@ async fn delete_kernel(
             return Err(JupyterError::Forbidden("shut kernels down"));
         }
         let kernel = kernels::find(&api.watchman, &claims, &id).await?;
-        api.watchman.release(&kernel.allocation.document).await?;
-        tracing::info!(kernel = %kernel.id, user = %claims.sub, "jupyter kernel shut down");
+        api.end_kernel(&claims, &kernel).await?;
         Ok(StatusCode::NO_CONTENT.into_response())
     }
     .await;
@@ -577,6 +638,233 @@ async fn mint_token(
     respond("token", result)
 }
 
+/// A JSON body, or the empty object when there is none.
+fn json_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, JupyterError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| JupyterError::BadRequest(format!("the body is not what this call takes: {e}")))
+}
+
+async fn list_sessions(State(api): State<JupyterApi>, headers: HeaderMap, Query(q): Q) -> Response {
+    let result = async {
+        let claims = api.caller(&headers, q.as_query().as_deref())?;
+        Ok(axum::Json(api.list_sessions(&claims).await?).into_response())
+    }
+    .await;
+    respond("sessions", result)
+}
+
+async fn create_session(
+    State(api): State<JupyterApi>,
+    headers: HeaderMap,
+    Query(q): Q,
+    body: axum::body::Bytes,
+) -> Response {
+    let result = async {
+        let claims = api.caller(&headers, q.as_query().as_deref())?;
+        let model = api.create_session(&claims, json_body(&body)?).await?;
+        Ok((StatusCode::CREATED, axum::Json(model)).into_response())
+    }
+    .await;
+    respond("sessions", result)
+}
+
+async fn get_session(
+    State(api): State<JupyterApi>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Q,
+) -> Response {
+    let result = async {
+        let claims = api.caller(&headers, q.as_query().as_deref())?;
+        Ok(axum::Json(api.get_session(&claims, &id).await?).into_response())
+    }
+    .await;
+    respond("sessions", result)
+}
+
+async fn update_session(
+    State(api): State<JupyterApi>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Q,
+    body: axum::body::Bytes,
+) -> Response {
+    let result = async {
+        let claims = api.caller(&headers, q.as_query().as_deref())?;
+        let model = api.update_session(&claims, &id, json_body(&body)?).await?;
+        Ok(axum::Json(model).into_response())
+    }
+    .await;
+    respond("sessions", result)
+}
+
+async fn delete_session(
+    State(api): State<JupyterApi>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Q,
+) -> Response {
+    let result = async {
+        let claims = api.caller(&headers, q.as_query().as_deref())?;
+        api.delete_session(&claims, &id).await?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+    .await;
+    respond("sessions", result)
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct ContentsQuery {
+    token: Option<String>,
+    content: Option<String>,
+}
+
+impl ContentsQuery {
+    fn token(&self) -> Option<String> {
+        self.token.as_ref().map(|t| format!("token={t}"))
+    }
+
+    fn with_content(&self) -> bool {
+        self.content.as_deref() != Some("0")
+    }
+}
+
+async fn get_contents(
+    State(api): State<JupyterApi>,
+    headers: HeaderMap,
+    Query(q): Query<ContentsQuery>,
+) -> Response {
+    contents_get(&api, &headers, &q, "").await
+}
+
+async fn get_contents_at(
+    State(api): State<JupyterApi>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<ContentsQuery>,
+) -> Response {
+    contents_get(&api, &headers, &q, &path).await
+}
+
+async fn contents_get(
+    api: &JupyterApi,
+    headers: &HeaderMap,
+    q: &ContentsQuery,
+    path: &str,
+) -> Response {
+    let result = async {
+        let claims = api.caller(headers, q.token().as_deref())?;
+        // Checkpoints: none are kept; listing them is an empty list.
+        if path.ends_with("/checkpoints") {
+            return Ok(axum::Json(json!([])).into_response());
+        }
+        Ok(axum::Json(api.get_contents(&claims, path, q.with_content()).await?).into_response())
+    }
+    .await;
+    respond("contents", result)
+}
+
+async fn create_contents(
+    State(api): State<JupyterApi>,
+    headers: HeaderMap,
+    Query(q): Query<ContentsQuery>,
+    body: axum::body::Bytes,
+) -> Response {
+    let result = async {
+        let claims = api.caller(&headers, q.token().as_deref())?;
+        let model = api.create_untitled(&claims, json_body(&body)?).await?;
+        Ok((StatusCode::CREATED, axum::Json(model)).into_response())
+    }
+    .await;
+    respond("contents", result)
+}
+
+/// POST under a path: a new untitled file in the root (the only directory), or a checkpoint.
+async fn post_contents_at(
+    State(api): State<JupyterApi>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<ContentsQuery>,
+    body: axum::body::Bytes,
+) -> Response {
+    let result = async {
+        let claims = api.caller(&headers, q.token().as_deref())?;
+        if path.ends_with("/checkpoints") {
+            let file = path.trim_end_matches("/checkpoints");
+            let model = api.get_contents(&claims, file, false).await?;
+            let checkpoint = json!({ "id": "checkpoint", "last_modified": model["last_modified"] });
+            return Ok((StatusCode::CREATED, axum::Json(checkpoint)).into_response());
+        }
+        if !path.trim_matches('/').is_empty() {
+            return Err(JupyterError::BadRequest(
+                "there are no directories here".into(),
+            ));
+        }
+        let model = api.create_untitled(&claims, json_body(&body)?).await?;
+        Ok((StatusCode::CREATED, axum::Json(model)).into_response())
+    }
+    .await;
+    respond("contents", result)
+}
+
+async fn save_contents(
+    State(api): State<JupyterApi>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<ContentsQuery>,
+    body: axum::body::Bytes,
+) -> Response {
+    let result = async {
+        let claims = api.caller(&headers, q.token().as_deref())?;
+        let (model, created) = api.save(&claims, &path, json_body(&body)?).await?;
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok((status, axum::Json(model)).into_response())
+    }
+    .await;
+    respond("contents", result)
+}
+
+async fn rename_contents(
+    State(api): State<JupyterApi>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<ContentsQuery>,
+    body: axum::body::Bytes,
+) -> Response {
+    let result = async {
+        let claims = api.caller(&headers, q.token().as_deref())?;
+        let model = api.rename(&claims, &path, json_body(&body)?).await?;
+        Ok(axum::Json(model).into_response())
+    }
+    .await;
+    respond("contents", result)
+}
+
+async fn delete_contents(
+    State(api): State<JupyterApi>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<ContentsQuery>,
+) -> Response {
+    let result = async {
+        let claims = api.caller(&headers, q.token().as_deref())?;
+        if path.contains("/checkpoints") {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        api.delete_file(&claims, &path).await?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+    .await;
+    respond("contents", result)
+}
+
 /// Creates the request counters at zero.
 pub fn register_metrics() {
     for route in [
@@ -590,6 +878,8 @@ pub fn register_metrics() {
         "status",
         "me",
         "token",
+        "sessions",
+        "contents",
     ] {
         metrics::counter!("watchman_jupyter_requests_total", "route" => route, "status" => "200")
             .increment(0);

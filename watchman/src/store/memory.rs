@@ -23,6 +23,8 @@ struct Inner {
     checkpoints: HashMap<String, (String, u64)>,
     /// Deleted documents: deleted at (s), forgotten after (ms).
     deleted: HashMap<String, (u64, u64)>,
+    /// Small records by (kind, scope), then id: Jupyter sessions and contents.
+    records: HashMap<(String, String), BTreeMap<String, String>>,
 }
 
 impl MemoryStore {
@@ -272,6 +274,70 @@ impl MemoryStore {
         g.deleted
             .insert(document.to_owned(), (at_secs, now + super::DELETED_FOR_MS));
         Ok(())
+    }
+
+    pub(super) async fn put_record(
+        &self,
+        kind: &str,
+        scope: &str,
+        id: &str,
+        json: &str,
+        max: usize,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        let set = g
+            .records
+            .entry((kind.to_owned(), scope.to_owned()))
+            .or_default();
+        if !set.contains_key(id) && set.len() >= max {
+            return Ok(false);
+        }
+        set.insert(id.to_owned(), json.to_owned());
+        Ok(true)
+    }
+
+    pub(super) async fn record(
+        &self,
+        kind: &str,
+        scope: &str,
+        id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .lock()
+            .records
+            .get(&(kind.to_owned(), scope.to_owned()))
+            .and_then(|set| set.get(id).cloned()))
+    }
+
+    pub(super) async fn records(
+        &self,
+        kind: &str,
+        scope: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .lock()
+            .records
+            .get(&(kind.to_owned(), scope.to_owned()))
+            .map(|set| set.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default())
+    }
+
+    pub(super) async fn delete_record(
+        &self,
+        kind: &str,
+        scope: &str,
+        id: &str,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        let key = (kind.to_owned(), scope.to_owned());
+        let removed = g
+            .records
+            .get_mut(&key)
+            .is_some_and(|set| set.remove(id).is_some());
+        if g.records.get(&key).is_some_and(BTreeMap::is_empty) {
+            g.records.remove(&key);
+        }
+        Ok(removed)
     }
 
     pub(super) async fn deleted_at(&self, document: &str) -> Result<Option<u64>, StoreError> {

@@ -185,4 +185,43 @@ impl Store {
     pub async fn deleted_at(&self, document: &str) -> Result<Option<u64>, StoreError> {
         dispatch!(self, s => s.deleted_at(document).await)
     }
+    /// Keeps record `id` of `kind` (Jupyter sessions, contents) in `scope` (a user's or a
+    /// document's), as JSON; false when the scope already holds `max` records of that kind and
+    /// this is a new one.
+    pub async fn put_record(
+        &self,
+        kind: &str,
+        scope: &str,
+        id: &str,
+        json: &str,
+        max: usize,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.put_record(kind, scope, id, json, max).await)
+    }
+    /// Record `id` of `kind` in `scope`.
+    pub async fn record(
+        &self,
+        kind: &str,
+        scope: &str,
+        id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => s.record(kind, scope, id).await)
+    }
+    /// Every record of `kind` in `scope`, by id.
+    pub async fn records(
+        &self,
+        kind: &str,
+        scope: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        dispatch!(self, s => s.records(kind, scope).await)
+    }
+    /// Forgets record `id` of `kind` in `scope`; whether it was there.
+    pub async fn delete_record(
+        &self,
+        kind: &str,
+        scope: &str,
+        id: &str,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.delete_record(kind, scope, id).await)
+    }
 }

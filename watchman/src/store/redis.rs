@@ -779,6 +779,89 @@ impl RedisStore {
         .await
     }
 
+    /// Records live in one hash per (kind, scope); a small script keeps the bound atomic.
+    pub(super) async fn put_record(
+        &self,
+        kind: &str,
+        scope: &str,
+        id: &str,
+        json: &str,
+        max: usize,
+    ) -> Result<bool, StoreError> {
+        const PUT: &str = r"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1";
+        let key = self.key(&format!("records:{kind}:{scope}"));
+        let script = redis::Script::new(PUT);
+        let stored: i64 = self
+            .retrying("put_record", || {
+                let mut c = self.conn.clone();
+                let (key, script) = (&key, &script);
+                async move {
+                    script
+                        .key(key)
+                        .arg(id)
+                        .arg(json)
+                        .arg(max)
+                        .invoke_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok(stored == 1)
+    }
+
+    pub(super) async fn record(
+        &self,
+        kind: &str,
+        scope: &str,
+        id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let key = self.key(&format!("records:{kind}:{scope}"));
+        self.retrying("record", || {
+            let mut c = self.conn.clone();
+            let key = &key;
+            async move { c.hget(key, id).await }
+        })
+        .await
+    }
+
+    pub(super) async fn records(
+        &self,
+        kind: &str,
+        scope: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let key = self.key(&format!("records:{kind}:{scope}"));
+        let all: std::collections::BTreeMap<String, String> = self
+            .retrying("records", || {
+                let mut c = self.conn.clone();
+                let key = &key;
+                async move { c.hgetall(key).await }
+            })
+            .await?;
+        Ok(all.into_iter().collect())
+    }
+
+    pub(super) async fn delete_record(
+        &self,
+        kind: &str,
+        scope: &str,
+        id: &str,
+    ) -> Result<bool, StoreError> {
+        let key = self.key(&format!("records:{kind}:{scope}"));
+        let removed: i64 = self
+            .retrying("delete_record", || {
+                let mut c = self.conn.clone();
+                let key = &key;
+                async move { c.hdel(key, id).await }
+            })
+            .await?;
+        Ok(removed > 0)
+    }
+
     pub(super) async fn deleted_at(&self, document: &str) -> Result<Option<u64>, StoreError> {
         let key = self.key(&format!("deleted:{document}"));
         self.retrying("deleted_at", || {
