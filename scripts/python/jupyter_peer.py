@@ -340,6 +340,13 @@ def scenario_malformed(url, token, oversize=0):
     parts = [json.dumps(p, default=str).encode() for p in
              (msg["header"], msg["parent_header"], msg["metadata"], msg["content"])]
     expect_close(peer, serialize_msg_to_ws_v1(parts, "iopub"), 1007)
+    # A header over 4 KiB (it would be copied into every message the request causes).
+    peer = Peer(url, token)
+    msg = peer.session.msg("kernel_info_request", content={})
+    msg["header"]["padding"] = "x" * 5000
+    parts = [json.dumps(p, default=str).encode() for p in
+             (msg["header"], msg["parent_header"], msg["metadata"], msg["content"])]
+    expect_close(peer, serialize_msg_to_ws_v1(parts, "shell"), 1007)
     # Over the message limit (the server's, when the caller gives it).
     if oversize:
         expect_close(Peer(url, token), b"\x00" * oversize, 1009)

@@ -37,6 +37,10 @@ const MAX_QUESTIONS_IN_FLIGHT: usize = 8;
 const QUESTION_BURST: u32 = 20;
 const QUESTIONS_PER_SECOND: u32 = 10;
 
+/// Largest request header kept: it is the parent of everything the request causes, copied into
+/// each of its messages.
+const MAX_HEADER_BYTES: usize = 4096;
+
 /// A request answered later: the request, then the reply's type and content.
 type Answer = (WireMessage, String, Value);
 
@@ -176,6 +180,11 @@ impl Conn {
         };
         self.state.activity.touch();
         let request = match decoded {
+            Ok(request) if header_bytes(&request) > MAX_HEADER_BYTES => {
+                counted("unknown", "unreadable", "refused");
+                self.close(UNREADABLE, "header over 4 KiB").await;
+                return Err(Ended("header too large"));
+            }
             Ok(request) => request,
             Err(error) => {
                 counted("unknown", "unreadable", "refused");
@@ -193,6 +202,17 @@ impl Conn {
         let msg_type = request.msg_type().to_owned();
         let channel = request.channel;
         match (channel, msg_type.as_str()) {
+            (Channel::Shell | Channel::Control, "kernel_info_request")
+                if self.answers.len() >= MAX_QUESTIONS_IN_FLIGHT =>
+            {
+                // Asked again and again while the kernel starts: answered now, not queued.
+                counted(channel.as_str(), &msg_type, "refused");
+                let content = self.state.hub.kernel().kernel_info.as_deref().map_or_else(
+                    || error_content("KernelNotReady", "the kernel is starting"),
+                    requests::kernel_info,
+                );
+                self.wrapped(&request, "kernel_info_reply", content).await
+            }
             (Channel::Shell | Channel::Control, "kernel_info_request") => {
                 counted(channel.as_str(), &msg_type, "answered");
                 let mut watch = self.state.hub.session_watch();
@@ -447,6 +467,11 @@ impl Conn {
 
 /// Why a connection ended.
 struct Ended(&'static str);
+
+/// The size of a request's header as JSON.
+fn header_bytes(request: &WireMessage) -> usize {
+    serde_json::to_vec(&request.header).map_or(usize::MAX, |v| v.len())
+}
 
 fn error_content(ename: &str, evalue: &str) -> Value {
     json!({ "status": "error", "ename": ename, "evalue": evalue, "traceback": [] })

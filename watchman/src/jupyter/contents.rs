@@ -15,9 +15,9 @@ use super::{JupyterApi, JupyterError};
 
 const KIND: &str = "jupyter-contents";
 /// Files one scope may hold.
-const MAX_FILES: usize = 256;
-/// Largest file kept, as its JSON record.
-pub(super) const MAX_FILE_BYTES: usize = 4 << 20;
+const MAX_FILES: usize = 64;
+/// Largest file kept, as its JSON record (so a scope holds at most 128 MiB).
+pub(super) const MAX_FILE_BYTES: usize = 2 << 20;
 
 /// A file as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
