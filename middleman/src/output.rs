@@ -45,6 +45,11 @@ impl OutputBuffer {
     }
 
     /// Bytes of output counted against the cap so far.
+    /// The execution whose output this is.
+    pub(crate) fn execution_id(&self) -> &str {
+        &self.execution_id
+    }
+
     pub(crate) fn used(&self) -> u64 {
         self.used
     }

@@ -8,7 +8,7 @@ JSON line with what the Rust side checks further.
 
     python jupyter_peer.py URL TOKEN SCENARIO [OVERSIZE]
 
-SCENARIO is full, legacy, viewer or malformed (OVERSIZE: a frame size over the server's message
+SCENARIO is full, legacy, comms, viewer or malformed (OVERSIZE: a frame size over the server's message
 limit, to check its 1009).
 
 URL is the channels WebSocket (ws://host:port/jupyter/channels); the token goes in
@@ -307,6 +307,59 @@ def scenario_legacy(url, token):
     print(json.dumps({"ok": True}))
 
 
+COMM_SETUP = """
+import comm
+
+def _echo_target(c, open_msg):
+    @c.on_msg
+    def _reply(msg):
+        c.send({"echo": msg["content"]["data"], "n": len(msg["buffers"])},
+               buffers=[bytes(reversed(bytes(b))) for b in msg["buffers"]])
+    c.send({"opened": open_msg["content"]["data"]})
+
+comm.get_comm_manager().register_target("echo", _echo_target)
+"""
+
+
+def scenario_comms(url, token):
+    """Comms both ways with binary buffers (what ipywidgets is made of)."""
+    a = Peer(url, token)
+    a.kernel_info()
+    reply, _ = a.execute(COMM_SETUP, silent=True, store_history=False)
+    check(reply["content"]["status"] == "ok", f"setup {reply['content']}")
+    comm_id = uuid.uuid4().hex
+
+    def expect(msg_type, parent_id, why):
+        deadline = time.time() + TIMEOUT
+        while True:
+            check(time.time() < deadline, f"no {msg_type}: {why}")
+            msg = a.recv()
+            if msg["header"]["msg_type"] == msg_type and msg["parent_header"].get("msg_id") == parent_id:
+                return msg
+
+    opened = a.send("shell", "comm_open", {"comm_id": comm_id, "target_name": "echo", "data": {"hello": 1}})
+    msg = expect("comm_msg", opened, "the kernel's answer to comm_open")
+    check(msg["content"]["data"] == {"opened": {"hello": 1}}, f"comm_open answer {msg['content']}")
+    sent = a.send("shell", "comm_msg", {"comm_id": comm_id, "data": {"x": 2}}, buffers=[b"\x01\x02\x03"])
+    msg = expect("comm_msg", sent, "the echo of a comm_msg with a buffer")
+    check(msg["content"]["data"] == {"echo": {"x": 2}, "n": 1}, f"echo {msg['content']}")
+    check([bytes(b) for b in msg["buffers"]] == [b"\x03\x02\x01"], f"buffers {msg['buffers']}")
+    # The kernel's statuses for a comm request come back to it (clients wait for idle).
+    msg = expect("status", sent, "idle after the comm_msg")
+    # A comm the kernel opens while a cell runs is parented to that cell's request.
+    msg_id = a.send("shell", "execute_request", {
+        "code": "import comm\nc = comm.create_comm(target_name='client_target', data={'a': 1}, buffers=[b'xyz'])",
+        "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": True,
+        "stop_on_error": True})
+    msg = expect("comm_open", msg_id, "a kernel-side comm_open")
+    check(msg["content"]["target_name"] == "client_target" and msg["content"]["data"] == {"a": 1},
+          f"kernel comm_open {msg['content']}")
+    check([bytes(b) for b in msg["buffers"]] == [b"xyz"], f"kernel comm_open buffers {msg['buffers']}")
+    closed = a.send("shell", "comm_close", {"comm_id": comm_id, "data": {}})
+    expect("status", closed, "idle after comm_close")
+    print(json.dumps({"ok": True}))
+
+
 def scenario_viewer(url, token):
     a = Peer(url, token)
     a.kernel_info()
@@ -358,4 +411,5 @@ if __name__ == "__main__":
     if scenario == "malformed":
         scenario_malformed(url, token, int(sys.argv[4]) if len(sys.argv) > 4 else 0)
     else:
-        {"full": scenario_full, "legacy": scenario_legacy, "viewer": scenario_viewer}[scenario](url, token)
+        {"full": scenario_full, "legacy": scenario_legacy, "viewer": scenario_viewer,
+         "comms": scenario_comms}[scenario](url, token)

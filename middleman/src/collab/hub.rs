@@ -262,6 +262,19 @@ impl Hub {
         }
     }
 
+    /// The kernel's comm messages from now on (Jupyter connections; not the document's).
+    pub fn comms(&self) -> crate::kernel::CommReceiver {
+        self.session.comms()
+    }
+
+    /// Passes a Jupyter client's comm message to the kernel.
+    pub async fn forward(&self, forward: crate::kernel::Forward) -> Result<(), Refusal> {
+        self.session
+            .send(Command::Forward(forward))
+            .await
+            .map_err(Refusal::from)
+    }
+
     /// Asks the kernel a Jupyter shell request as it is (a Jupyter client's completion,
     /// inspection, history...) and waits at most [`ASSIST_DEADLINE`] for the reply's content.
     /// Refused at once, as [`Self::assist`] is, when the kernel cannot be asked now.

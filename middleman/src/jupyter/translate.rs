@@ -328,7 +328,7 @@ impl Translator {
 
     /// The parent header of what an execution causes: its request's header when this
     /// connection asked for it, else one that names the execution and who ran it.
-    fn parent(&self, execution_id: &str) -> Map<String, Value> {
+    pub fn parent(&self, execution_id: &str) -> Map<String, Value> {
         let run = self.runs.get(execution_id);
         if let Some(origin) = run.and_then(|r| r.origin.as_ref()) {
             return origin.header.clone();

@@ -16,8 +16,9 @@ use std::path::PathBuf;
 pub use launcher::{AgentPid, LaunchError, LauncherSettings};
 pub use runtime_dir::RuntimeDir;
 pub use session::{
-    AnswerSender, Command, EventSender, ExecOptions, KernelSession, Question, Quiet, Refusal,
-    SessionHandle, SessionRefusal, SessionSettings, SessionSnapshot,
+    AnswerSender, CommEvent, CommParent, CommReceiver, Command, EventSender, ExecOptions, Forward,
+    KernelSession, Question, Quiet, Refusal, SessionHandle, SessionRefusal, SessionSettings,
+    SessionSnapshot,
 };
 pub use spec::KernelSpec;
 

@@ -306,6 +306,26 @@ impl KernelSockets {
         self.ask_on(msg_type, content, None).await
     }
 
+    /// Passes a Jupyter client's message (a comm message, with its buffers) to the kernel's
+    /// main shell.
+    pub(crate) async fn forward(
+        &mut self,
+        outgoing: &super::wire::Outgoing<'_>,
+    ) -> Result<(), KernelError> {
+        let failed = |reason: String| KernelError::Socket {
+            channel: "shell",
+            reason,
+        };
+        let (_, message) =
+            super::wire::encode_message(outgoing, &self.shell.session_id, None, &self.shell.mac)
+                .map_err(|e| failed(e.to_string()))?;
+        self.shell
+            .socket
+            .send(message)
+            .await
+            .map_err(|e| failed(e.to_string()))
+    }
+
     async fn ask_on(
         &mut self,
         msg_type: &str,

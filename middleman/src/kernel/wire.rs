@@ -75,33 +75,70 @@ pub(crate) fn encode_request(
     subshell: Option<&str>,
     key: &Option<ring::hmac::Key>,
 ) -> Result<(String, zeromq::ZmqMessage), WireError> {
+    let outgoing = Outgoing {
+        msg_type,
+        msg_id: None,
+        content,
+        metadata: &Value::Object(serde_json::Map::new()),
+        buffers: &[],
+    };
+    encode_message(&outgoing, session, subshell, key)
+}
+
+/// A message for the kernel's shell as a client made it: a Jupyter client's comm message
+/// (with its buffers) passed on.
+#[derive(Debug)]
+pub(crate) struct Outgoing<'a> {
+    pub(crate) msg_type: &'a str,
+    /// The message's id (fresh when `None`): the kernel parents its answers to it.
+    pub(crate) msg_id: Option<&'a str>,
+    pub(crate) content: &'a Value,
+    pub(crate) metadata: &'a Value,
+    pub(crate) buffers: &'a [bytes::Bytes],
+}
+
+/// Encodes and signs `outgoing` for the kernel's shell.
+pub(crate) fn encode_message(
+    outgoing: &Outgoing<'_>,
+    session: &str,
+    subshell: Option<&str>,
+    key: &Option<ring::hmac::Key>,
+) -> Result<(String, zeromq::ZmqMessage), WireError> {
     let template = JupyterMessage::new(
         jupyter_protocol::UnknownMessage {
-            msg_type: msg_type.to_owned(),
+            msg_type: outgoing.msg_type.to_owned(),
             content: Value::Null,
         },
         None,
     );
-    let msg_id = template.header.msg_id.clone();
     let mut header = serde_json::to_value(&template.header).map_err(|source| WireError::Json {
         part: "header",
         source,
     })?;
+    let msg_id = match outgoing.msg_id {
+        Some(id) => {
+            header["msg_id"] = Value::from(id);
+            id.to_owned()
+        }
+        None => template.header.msg_id.clone(),
+    };
     header["session"] = Value::from(session);
     if let Some(id) = subshell {
         header["subshell_id"] = Value::from(id);
     }
     let json = |v: &Value| bytes::Bytes::from(v.to_string().into_bytes());
-    let parts = [
+    let mut parts = vec![
         json(&header),
         json(&serde_json::json!({})),
-        json(&serde_json::json!({})),
-        json(content),
+        json(outgoing.metadata),
+        json(outgoing.content),
     ];
+    parts.extend(outgoing.buffers.iter().cloned());
     let signature = match key {
         Some(key) => {
             let mut ctx = ring::hmac::Context::with_key(key);
-            for part in &parts {
+            // The signature covers the four JSON parts, not the buffers.
+            for part in parts.iter().take(4) {
                 ctx.update(part);
             }
             data_encoding::HEXLOWER.encode(ctx.sign().as_ref())

@@ -32,6 +32,12 @@ const UNREADABLE: u16 = 1007;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a `kernel_info_request` waits for a kernel that is starting.
 const KERNEL_INFO_WAIT: Duration = Duration::from_secs(30);
+/// Comm messages (widgets) a connection may send: a burst, then a steady rate (a dragged
+/// slider sends tens a second).
+const COMM_BURST: u32 = 200;
+const COMMS_PER_SECOND: u32 = 100;
+/// Comm requests remembered per connection, to parent the kernel's answers.
+const COMMS_REMEMBERED: usize = 256;
 /// Side questions in flight and their rate, as on the document protocol.
 const MAX_QUESTIONS_IN_FLIGHT: usize = 8;
 const QUESTION_BURST: u32 = 20;
@@ -56,6 +62,9 @@ struct Conn {
     last_heard: Instant,
     answers: FuturesUnordered<BoxFuture<'static, Answer>>,
     questions: RateLimit,
+    comm_rate: RateLimit,
+    /// This connection's comm requests (`msg_id`, header), the last [`COMMS_REMEMBERED`].
+    comm_requests: std::collections::VecDeque<(String, serde_json::Map<String, Value>)>,
 }
 
 pub(crate) async fn serve(
@@ -91,8 +100,11 @@ pub(crate) async fn serve(
         last_heard: Instant::now(),
         answers: FuturesUnordered::new(),
         questions: RateLimit::new(QUESTION_BURST, QUESTIONS_PER_SECOND, Instant::now()),
+        comm_rate: RateLimit::new(COMM_BURST, COMMS_PER_SECOND, Instant::now()),
+        comm_requests: std::collections::VecDeque::new(),
     };
-    let reason = conn.run(subscribed.frames).await;
+    let comms = state.hub.comms();
+    let reason = conn.run(subscribed.frames, comms).await;
     drop(membership);
     state.activity.connections.fetch_sub(1, Relaxed);
     state.activity.touch();
@@ -105,6 +117,7 @@ impl Conn {
     async fn run(
         &mut self,
         mut frames: tokio::sync::broadcast::Receiver<crate::collab::Frame>,
+        mut comms: crate::kernel::CommReceiver,
     ) -> &'static str {
         let state = self.state.clone();
         let ping_every = state.args.ping_interval;
@@ -133,6 +146,20 @@ impl Conn {
                         tracing::warn!(missed, "jupyter client fell behind; disconnecting");
                         self.close(close::TOO_SLOW, "too slow: reconnect").await;
                         return "too slow";
+                    }
+                    Err(RecvError::Closed) => return "session closed",
+                },
+                comm = comms.recv() => match comm {
+                    Ok(event) => {
+                        if let Some(message) = self.comm_message(&event)
+                            && self.send(&message).await.is_err()
+                        {
+                            return "write failed";
+                        }
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        // Widgets' live state, not the document: lost, not resynchronised.
+                        metrics::counter!("middleman_comm_messages_dropped_total").increment(missed);
                     }
                     Err(RecvError::Closed) => return "session closed",
                 },
@@ -231,6 +258,10 @@ impl Conn {
                 Ok(())
             }
             (Channel::Shell, "execute_request") => self.execute(request).await,
+            (Channel::Shell, "comm_open" | "comm_msg" | "comm_close") => {
+                self.forward_comm(request).await;
+                Ok(())
+            }
             (Channel::Shell, other) if requests::side_question(other).is_some() => {
                 self.side_question(request).await
             }
@@ -367,6 +398,73 @@ impl Conn {
         }
     }
 
+    /// A comm message from an editor, to the kernel as it is (buffers included).
+    async fn forward_comm(&mut self, request: WireMessage) {
+        let msg_type = match request.msg_type() {
+            "comm_open" => "comm_open",
+            "comm_msg" => "comm_msg",
+            _ => "comm_close",
+        };
+        if !self.claims.role.can_edit() || !self.comm_rate.allow(Instant::now()) {
+            counted("shell", msg_type, "refused");
+            return;
+        }
+        let forward = crate::kernel::Forward {
+            msg_type,
+            msg_id: request.msg_id().to_owned(),
+            content: Value::Object(request.content),
+            metadata: Value::Object(request.metadata),
+            buffers: request.buffers,
+        };
+        if self.comm_requests.len() >= COMMS_REMEMBERED {
+            self.comm_requests.pop_front();
+        }
+        self.comm_requests
+            .push_back((forward.msg_id.clone(), request.header));
+        let outcome = match self.state.hub.forward(forward).await {
+            Ok(()) => "answered",
+            Err(_) => "refused",
+        };
+        counted("shell", msg_type, outcome);
+    }
+
+    /// A kernel comm message as this connection sees it: parented to its own request or
+    /// execution when it is one, to a header naming the execution otherwise. The status of
+    /// another connection's comm request is not this connection's business.
+    fn comm_message(&self, event: &crate::kernel::CommEvent) -> Option<WireMessage> {
+        use crate::kernel::CommParent;
+        let mine = |msg_id: &str| {
+            self.comm_requests
+                .iter()
+                .find(|(id, _)| id == msg_id)
+                .map(|(_, header)| header.clone())
+        };
+        let parent = match &event.parent {
+            CommParent::Execution(id) => self.translator.parent(id),
+            CommParent::Request(msg_id) => match mine(msg_id) {
+                Some(header) => header,
+                None if event.msg_type == "status" => return None,
+                None => serde_json::Map::from_iter([
+                    ("msg_id".to_owned(), Value::from(msg_id.as_str())),
+                    ("msg_type".to_owned(), Value::from("comm_msg")),
+                ]),
+            },
+            CommParent::None if event.msg_type == "status" => return None,
+            CommParent::None => serde_json::Map::new(),
+        };
+        let mut message = self.translator.message(
+            Channel::Iopub,
+            &event.msg_type,
+            parent,
+            event.content.clone(),
+        );
+        if let Value::Object(metadata) = &event.metadata {
+            message.metadata = metadata.clone();
+        }
+        message.buffers = event.buffers.clone();
+        Some(message)
+    }
+
     async fn refuse_execution(&mut self, request: &WireMessage, why: &str) -> Result<(), ()> {
         counted("shell", "execute_request", "refused");
         self.wrapped(request, "execute_reply", requests::refused_reply(why))
@@ -480,7 +578,7 @@ fn error_content(ename: &str, evalue: &str) -> Value {
 /// Counts a client message by channel, type (known types only, so the label stays bounded)
 /// and outcome.
 fn counted(channel: &str, msg_type: &str, outcome: &'static str) {
-    const KNOWN: [&str; 12] = [
+    const KNOWN: [&str; 14] = [
         "kernel_info_request",
         "execute_request",
         "complete_request",
@@ -492,6 +590,8 @@ fn counted(channel: &str, msg_type: &str, outcome: &'static str) {
         "interrupt_request",
         "shutdown_request",
         "comm_msg",
+        "comm_open",
+        "comm_close",
         "unreadable",
     ];
     let msg_type = KNOWN

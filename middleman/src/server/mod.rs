@@ -828,6 +828,7 @@ fn register_metrics() {
         "middleman_resumes_total",
         "middleman_checkpoint_store_errors_total",
         "middleman_checkpoint_bytes_total",
+        "middleman_comm_messages_dropped_total",
     ] {
         metrics::counter!(name).increment(0);
     }

@@ -10,6 +10,7 @@
 //! and its timers: one state machine, whose transitions read best next to each other (over 500
 //! lines for that reason).
 
+mod comms;
 mod executions;
 mod iopub;
 mod lifecycle;
@@ -28,6 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+pub use self::comms::{CommEvent, CommParent, CommReceiver, Forward};
 use self::iopub::IopubOutput;
 use self::lifecycle::{CrashWindow, Restart};
 pub use self::refusal::SessionRefusal;
@@ -96,6 +98,8 @@ pub enum Command {
         question: Question,
         answer: AnswerSender,
     },
+    /// A Jupyter client's comm message, to the kernel's main shell as it is.
+    Forward(Forward),
 }
 
 /// An execution's Jupyter options, as a Jupyter client asked them (the document's own runs
@@ -144,6 +148,7 @@ pub struct SessionSnapshot {
 pub struct SessionHandle {
     commands: mpsc::Sender<(Command, oneshot::Sender<Result<(), Refusal>>)>,
     snapshot: watch::Receiver<SessionSnapshot>,
+    comms: tokio::sync::broadcast::Sender<std::sync::Arc<CommEvent>>,
 }
 
 impl SessionHandle {
@@ -160,6 +165,11 @@ impl SessionHandle {
     /// A watch of the snapshot (readiness checks).
     pub fn watch(&self) -> watch::Receiver<SessionSnapshot> {
         self.snapshot.clone()
+    }
+
+    /// The kernel's comm messages from now on (see comms.rs).
+    pub fn comms(&self) -> CommReceiver {
+        self.comms.subscribe()
     }
 }
 
@@ -191,7 +201,10 @@ impl KernelSession {
         let (kernel_tx, kernel_rx) = mpsc::channel(64);
         let (agent_tx, agent_rx) = mpsc::channel(64);
         let crashes = CrashWindow::new(settings.max_restarts, settings.restart_window);
+        let (comms, _) = tokio::sync::broadcast::channel(comms::CHANNEL_CAPACITY);
         let actor = Actor {
+            comms: comms.clone(),
+            forwarded: comms::Forwarded::default(),
             launcher: Launcher::new(settings.launcher.clone(), agent_tx),
             settings,
             runtime,
@@ -221,6 +234,7 @@ impl KernelSession {
             SessionHandle {
                 commands: cmd_tx,
                 snapshot: snap_rx,
+                comms,
             },
             join,
         )
@@ -310,6 +324,10 @@ struct Actor {
     waiting: side::Waiting,
     /// Quiet requests waiting for a kernel to be ready.
     quiet: Vec<Quiet>,
+    /// The kernel's comm messages, for Jupyter connections.
+    comms: tokio::sync::broadcast::Sender<std::sync::Arc<CommEvent>>,
+    /// Jupyter clients' comm messages passed to the kernel.
+    forwarded: comms::Forwarded,
 }
 
 impl Actor {
@@ -612,6 +630,28 @@ impl Actor {
                 self.restart(Restart::Requested { by }).await;
                 Ok(())
             }
+            Command::Forward(forward) => {
+                let Phase::Ready { sockets, .. } = &mut self.phase else {
+                    return Err(SessionRefusal::NotReady);
+                };
+                let outgoing = super::wire::Outgoing {
+                    msg_type: forward.msg_type,
+                    msg_id: Some(&forward.msg_id),
+                    content: &forward.content,
+                    metadata: &forward.metadata,
+                    buffers: &forward.buffers,
+                };
+                match sockets.forward(&outgoing).await {
+                    Ok(()) => {
+                        self.forwarded.remember(forward.msg_id);
+                        Ok(())
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "could not pass a comm message on");
+                        Err(SessionRefusal::NotReady)
+                    }
+                }
+            }
             Command::Ask { question, answer } => {
                 let Phase::Ready { sockets, .. } = &mut self.phase else {
                     return Err(SessionRefusal::NotReady);
@@ -660,6 +700,10 @@ impl Actor {
         if channel == Channel::Shell && self.waiting.is_waiting(&parent) {
             let content = serde_json::to_value(&msg.content).unwrap_or_default();
             self.waiting.answer(&parent, content);
+            return;
+        }
+        if channel == Channel::IoPub && self.is_comm_traffic(&msg.content, &parent) {
+            self.publish_comm(msg, &parent);
             return;
         }
         let is_current = self.current.as_ref().is_some_and(|r| r.msg_id == parent);
@@ -745,6 +789,45 @@ impl Actor {
             }
             _ => {}
         }
+    }
+
+    /// Whether an IOPub message is for the comm side channel: a comm message, or the status
+    /// of a forwarded comm message.
+    fn is_comm_traffic(&self, content: &JupyterMessageContent, parent: &str) -> bool {
+        match content {
+            JupyterMessageContent::CommOpen(_)
+            | JupyterMessageContent::CommMsg(_)
+            | JupyterMessageContent::CommClose(_) => true,
+            JupyterMessageContent::Status(_) => self.forwarded.contains(parent),
+            _ => false,
+        }
+    }
+
+    /// Sends a kernel comm message to the Jupyter connections, within the output cap.
+    fn publish_comm(&mut self, msg: JupyterMessage, parent: &str) {
+        let content = serde_json::to_value(&msg.content).unwrap_or_default();
+        if comms::size(&content, &msg.buffers) > self.settings.max_output_bytes {
+            metrics::counter!("middleman_comm_messages_dropped_total").increment(1);
+            return;
+        }
+        let parent = if let Some(r) = self.current.as_ref().filter(|r| r.msg_id == parent) {
+            CommParent::Execution(r.pending.id.clone())
+        } else if let Some(buffer) = self.outputs.get(parent) {
+            CommParent::Execution(buffer.execution_id().to_owned())
+        } else if self.forwarded.contains(parent) {
+            CommParent::Request(parent.to_owned())
+        } else {
+            CommParent::None
+        };
+        let event = CommEvent {
+            msg_type: msg.header.msg_type.clone(),
+            content,
+            metadata: msg.metadata,
+            buffers: msg.buffers,
+            parent,
+        };
+        // Nobody listening (no Jupyter client) is fine.
+        let _ = self.comms.send(std::sync::Arc::new(event));
     }
 
     /// Records an output; `true` when it was an execution's result or error.
