@@ -104,6 +104,7 @@ async fn the_legacy_form_works_and_viewers_and_bad_frames_are_refused() {
     let editor = server.token("ada", Role::Editor);
     peer(&server, &editor, "legacy").await;
     peer(&server, &editor, "comms").await;
+    peer(&server, &editor, "reconnect").await;
     peer(&server, &server.token("vic", Role::Viewer), "viewer").await;
     peer_with(&server, &editor, "malformed", &["20000"]).await;
 

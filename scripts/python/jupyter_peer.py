@@ -8,7 +8,7 @@ JSON line with what the Rust side checks further.
 
     python jupyter_peer.py URL TOKEN SCENARIO [OVERSIZE]
 
-SCENARIO is full, legacy, comms, viewer or malformed (OVERSIZE: a frame size over the server's message
+SCENARIO is full, legacy, comms, reconnect, viewer or malformed (OVERSIZE: a frame size over the server's message
 limit, to check its 1009).
 
 URL is the channels WebSocket (ws://host:port/jupyter/channels); the token goes in
@@ -115,8 +115,9 @@ class Peer:
             check(isinstance(header.get(field), str), f"header.{field} in {header}")
         return msg
 
-    def replies(self, msg_id, reply_channel="shell"):
-        """Everything parented to `msg_id` until both its reply and its idle came."""
+    def replies(self, msg_id, reply_channel="shell", resumed=False):
+        """Everything parented to `msg_id` until both its reply and its idle came (`resumed`:
+        on a socket that took over from another, whose `busy` the first socket got)."""
         got, reply, idle, other = [], None, False, []
         deadline = time.time() + TIMEOUT
         while reply is None or not idle:
@@ -132,7 +133,8 @@ class Peer:
                 idle = True
         self.backlog = other + self.backlog
         statuses = [m["content"]["execution_state"] for m in got if m["header"]["msg_type"] == "status"]
-        check(statuses[:1] == ["busy"] and statuses[-1:] == ["idle"], f"busy first, idle last: {statuses}")
+        check((resumed or statuses[:1] == ["busy"]) and statuses[-1:] == ["idle"],
+              f"busy first, idle last: {statuses}")
         return reply, got
 
     def execute(self, code, **kw):
@@ -360,6 +362,48 @@ def scenario_comms(url, token):
     print(json.dumps({"ok": True}))
 
 
+def scenario_reconnect(url, token):
+    """A client that goes away and comes back with its session_id misses nothing."""
+    session = uuid.uuid4().hex
+    a = Peer(url, token, session_id=session)
+    a.kernel_info()
+    msg_id = a.send("shell", "execute_request", {"code": "import time\ntime.sleep(1)\n40+2", "silent": False,
+                                                 "store_history": True, "user_expressions": {},
+                                                 "allow_stdin": True, "stop_on_error": True})
+    while not (a.recv()["header"]["msg_type"] == "status"):
+        pass
+    a.ws.close()
+    time.sleep(1.5)  # the run ends while no socket is open
+    b = Peer(url, token, session_id=session)
+    reply, got = b.replies(msg_id, resumed=True)
+    check(reply["content"]["status"] == "ok", f"the reply after the gap {reply['content']}")
+    result = next(m for m in got if m["header"]["msg_type"] == "execute_result")
+    check(result["content"]["data"]["text/plain"] == "42", f"the result after the gap {result['content']}")
+    # A pending prompt is shown again to the client that comes back.
+    msg_id = b.send("shell", "execute_request", {"code": "x = input('again? ')\nx", "silent": False,
+                                                 "store_history": True, "user_expressions": {},
+                                                 "allow_stdin": True, "stop_on_error": True})
+    while b.recv()["channel"] != "stdin":
+        pass
+    b.ws.close()
+    c = Peer(url, token, session_id=session)
+    while True:
+        msg = c.recv()
+        if msg["channel"] == "stdin":
+            check(msg["content"]["prompt"] == "again? " and msg["parent_header"]["msg_id"] == msg_id,
+                  f"the prompt shown again {msg}")
+            break
+    answer = c.session.msg("input_reply", content={"value": "back"}, parent=msg["header"])
+    c.ws.send_binary(serialize_msg_to_ws_v1(
+        [json.dumps(p, default=str).encode() for p in
+         (answer["header"], answer["parent_header"], answer["metadata"], answer["content"])], "stdin"))
+    reply, got = c.replies(msg_id, resumed=True)
+    result = next(m for m in got if m["header"]["msg_type"] == "execute_result")
+    check(result["content"]["data"]["text/plain"] == "'back'", f"the answer after reconnecting {result['content']}")
+    # Another session_id is another session: it gets no replies of this one.
+    print(json.dumps({"ok": True}))
+
+
 def scenario_viewer(url, token):
     a = Peer(url, token)
     a.kernel_info()
@@ -412,4 +456,4 @@ if __name__ == "__main__":
         scenario_malformed(url, token, int(sys.argv[4]) if len(sys.argv) > 4 else 0)
     else:
         {"full": scenario_full, "legacy": scenario_legacy, "viewer": scenario_viewer,
-         "comms": scenario_comms}[scenario](url, token)
+         "comms": scenario_comms, "reconnect": scenario_reconnect}[scenario](url, token)

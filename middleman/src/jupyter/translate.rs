@@ -50,8 +50,10 @@ pub struct Translator {
     runs: HashMap<String, Run>,
     /// Execution ids in the order they were queued (to bound `runs`).
     order: std::collections::VecDeque<String>,
-    /// The execution whose prompt this connection was shown and has not answered.
+    /// The execution whose prompt this connection was shown and has not answered, and the
+    /// prompt (shown again to a client that reconnects).
     prompt: Option<String>,
+    prompt_message: Option<WireMessage>,
 }
 
 impl Translator {
@@ -64,6 +66,7 @@ impl Translator {
             runs: HashMap::new(),
             order: std::collections::VecDeque::new(),
             prompt: None,
+            prompt_message: None,
         }
     }
 
@@ -86,6 +89,11 @@ impl Translator {
     /// (the kernel asks one prompt at a time; clients parent the answer to the prompt).
     pub fn prompted(&self) -> Option<&str> {
         self.prompt.as_deref()
+    }
+
+    /// The prompt this connection's client has not answered yet.
+    pub fn pending_prompt(&self) -> Option<&WireMessage> {
+        self.prompt.as_ref().and(self.prompt_message.as_ref())
     }
 
     /// A header for a new message.
@@ -247,13 +255,15 @@ impl Translator {
                 if let Some(origin) = self.runs.get(execution_id).and_then(|r| r.origin.as_ref())
                     && origin.allow_stdin
                 {
-                    self.prompt = Some(execution_id.clone());
-                    out.push(self.message(
+                    let message = self.message(
                         Channel::Stdin,
                         "input_request",
                         origin.header.clone(),
                         json!({ "prompt": prompt, "password": password }),
-                    ));
+                    );
+                    self.prompt = Some(execution_id.clone());
+                    self.prompt_message = Some(message.clone());
+                    out.push(message);
                 }
             }
             ServerEvent::InputResolved { execution_id, .. } => {

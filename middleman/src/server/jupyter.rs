@@ -67,15 +67,26 @@ struct Conn {
     comm_requests: std::collections::VecDeque<(String, serde_json::Map<String, Value>)>,
 }
 
-pub(crate) async fn serve(
-    socket: WebSocket,
-    state: Arc<AppState>,
-    claims: Claims,
-    who: Who,
-    subscribed: Subscribed,
-    membership: Membership,
-    framing: Framing,
-) {
+/// A Jupyter client admitted to the document.
+pub(crate) struct Seat {
+    pub(crate) claims: Claims,
+    pub(crate) who: Who,
+    pub(crate) subscribed: Subscribed,
+    pub(crate) membership: Membership,
+    pub(crate) framing: Framing,
+    /// The user and the client's `session_id` (empty: none given); see jupyter_parking.rs.
+    pub(crate) session_id: String,
+}
+
+pub(crate) async fn serve(socket: WebSocket, state: Arc<AppState>, seat: Seat) {
+    let Seat {
+        claims,
+        who,
+        subscribed,
+        membership,
+        framing,
+        session_id,
+    } = seat;
     use std::sync::atomic::Ordering::Relaxed;
     metrics::gauge!("middleman_jupyter_connections").increment(1.0);
     state.activity.connections.fetch_add(1, Relaxed);
@@ -103,9 +114,45 @@ pub(crate) async fn serve(
         comm_rate: RateLimit::new(COMM_BURST, COMMS_PER_SECOND, Instant::now()),
         comm_requests: std::collections::VecDeque::new(),
     };
-    let comms = state.hub.comms();
-    let reason = conn.run(subscribed.frames, comms).await;
+    // A client coming back takes its parked session over (jupyter_parking.rs).
+    let resumed = if session_id.is_empty() {
+        None
+    } else {
+        state.jupyter_parking.resume(&session_id).await
+    };
+    let (mut frames, mut comms, missed) = match resumed {
+        Some(parked) => {
+            tracing::info!(missed = parked.missed.len(), "jupyter session resumed");
+            conn.translator = parked.translator;
+            let mut missed = parked.missed;
+            if let Some(prompt) = conn.translator.pending_prompt()
+                && !missed.iter().any(|m| m.msg_id() == prompt.msg_id())
+            {
+                missed.push(prompt.clone());
+            }
+            (parked.frames, parked.comms, missed)
+        }
+        None => (subscribed.frames, state.hub.comms(), Vec::new()),
+    };
+    let reason = conn.run(&mut frames, &mut comms, missed).await;
     drop(membership);
+    // A client that went away may come back: its session waits for it.
+    if !session_id.is_empty()
+        && matches!(
+            reason,
+            "closed by client" | "websocket error" | "ping timeout" | "write failed"
+        )
+    {
+        let parked = super::jupyter_parking::Parked {
+            translator: conn.translator,
+            frames,
+            comms,
+            missed: Vec::new(),
+        };
+        state
+            .jupyter_parking
+            .park(session_id, parked, &state.tracker, state.shutdown.clone());
+    }
     state.activity.connections.fetch_sub(1, Relaxed);
     state.activity.touch();
     metrics::gauge!("middleman_jupyter_connections").decrement(1.0);
@@ -116,9 +163,15 @@ pub(crate) async fn serve(
 impl Conn {
     async fn run(
         &mut self,
-        mut frames: tokio::sync::broadcast::Receiver<crate::collab::Frame>,
-        mut comms: crate::kernel::CommReceiver,
+        frames: &mut tokio::sync::broadcast::Receiver<crate::collab::Frame>,
+        comms: &mut crate::kernel::CommReceiver,
+        missed: Vec<WireMessage>,
     ) -> &'static str {
+        for message in missed {
+            if self.send(&message).await.is_err() {
+                return "write failed";
+            }
+        }
         let state = self.state.clone();
         let ping_every = state.args.ping_interval;
         let mut ping =

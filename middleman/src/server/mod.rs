@@ -10,6 +10,7 @@ mod connection;
 mod error;
 mod files;
 mod jupyter;
+mod jupyter_parking;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -76,6 +77,8 @@ struct AppState {
     policies: webclient::Policies,
     /// The kernel's working directory, for the file API.
     workspace: crate::workspace::Workspace,
+    /// Jupyter clients' sessions waiting for them to reconnect.
+    jupyter_parking: Arc<jupyter_parking::Parking>,
 }
 
 impl AppState {
@@ -363,6 +366,7 @@ pub async fn start(args: ServeArgs) -> Result<Running, StartError> {
         activity: Activity::default(),
         policies: webclient::Policies::new(&args.allowed_origins),
         workspace,
+        jupyter_parking: Arc::default(),
     });
     state.activity.touch();
     let app = router(state);
@@ -563,6 +567,14 @@ struct TokenQuery {
     token: Option<String>,
 }
 
+#[derive(Debug, serde::Deserialize)]
+struct ChannelsQuery {
+    token: Option<String>,
+    /// The client's session: a reconnect with it takes its parked session over.
+    #[serde(default)]
+    session_id: String,
+}
+
 /// Authenticates an HTTP request and loads the document.
 async fn authorize(
     state: &AppState,
@@ -704,7 +716,7 @@ async fn websocket_yjs(
 /// (docs/jupyter.md). The same token, admission and limits as `/ws`.
 async fn websocket_jupyter(
     State(state): State<Arc<AppState>>,
-    Query(query): Query<TokenQuery>,
+    Query(query): Query<ChannelsQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, HttpError> {
@@ -714,11 +726,31 @@ async fn websocket_jupyter(
         metrics::counter!("middleman_ws_refused_total", "reason" => "document_full").increment(1);
     })?;
     let guard = connection::Membership::new(state.hub.clone(), subscribed.client);
+    // A session is its user's: another user naming it starts a session of their own.
+    let session_id = if query.session_id.is_empty()
+        || query.session_id.len() > 128
+        || !query
+            .session_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        String::new()
+    } else {
+        format!("{}\u{0}{}", claims.sub, query.session_id)
+    };
     let ws = ws.protocols([crate::jupyter::wire::SUBPROTOCOL]);
     let framing = if ws.selected_protocol().is_some() {
         crate::jupyter::wire::Framing::V1
     } else {
         crate::jupyter::wire::Framing::Legacy
+    };
+    let seat = jupyter::Seat {
+        claims,
+        who,
+        subscribed,
+        membership: guard,
+        framing,
+        session_id,
     };
     let limit = state.args.max_client_message_bytes;
     let st = state.clone();
@@ -726,13 +758,12 @@ async fn websocket_jupyter(
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
-            let span = tracing::info_span!("jupyter", client = subscribed.client, user = %claims.sub, role = %claims.role);
+            let span = tracing::info_span!("jupyter", client = seat.subscribed.client, user = %seat.claims.sub, role = %seat.claims.role);
             let tracker = st.tracker.clone();
             async move {
                 tracker
                     .spawn(
-                        jupyter::serve(socket, st, claims, who, subscribed, guard, framing)
-                            .instrument(span),
+                        jupyter::serve(socket, st, seat).instrument(span),
                     )
                     .await
                     .ok();
@@ -854,6 +885,12 @@ fn register_metrics() {
         "requested",
     ] {
         metrics::counter!("middleman_kernel_restarts_total", "cause" => cause).increment(0);
+    }
+    for outcome in [
+        "resumed", "expired", "overflow", "lagged", "shutdown", "refused",
+    ] {
+        metrics::counter!("middleman_jupyter_sessions_parked_total", "outcome" => outcome)
+            .increment(0);
     }
     for action in ["resynced", "dropped"] {
         metrics::counter!("middleman_slow_clients_total", "action" => action).increment(0);
