@@ -32,7 +32,7 @@ pub(crate) mod close {
 }
 
 /// A client that cannot take a frame within this long is dropped.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A client resynchronised this many times within [`RESYNC_WINDOW`] is dropped instead.
 const MAX_RESYNCS: usize = 3;
@@ -402,32 +402,41 @@ impl Conn {
         if self.yjs_only && matches!(message, Message::Text(_)) {
             return Ok(());
         }
-        match tokio::time::timeout(WRITE_TIMEOUT, self.socket.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(()),
-            Err(_) => {
-                metrics::counter!("middleman_slow_clients_total", "action" => "dropped")
-                    .increment(1);
-                tracing::warn!(
-                    "client did not read for {} s; disconnecting",
-                    WRITE_TIMEOUT.as_secs()
-                );
-                Err(())
-            }
-        }
+        send_within(&mut self.socket, message).await
     }
 
     async fn close(&mut self, code: u16, reason: &'static str) {
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        };
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            self.socket.send(Message::Close(Some(frame))),
-        )
-        .await;
+        close_with(&mut self.socket, code, reason).await;
     }
+}
+
+/// Sends `message`, or gives the client up when it does not read within [`WRITE_TIMEOUT`].
+pub(super) async fn send_within(socket: &mut WebSocket, message: Message) -> Result<(), ()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, socket.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(()),
+        Err(_) => {
+            metrics::counter!("middleman_slow_clients_total", "action" => "dropped").increment(1);
+            tracing::warn!(
+                "client did not read for {} s; disconnecting",
+                WRITE_TIMEOUT.as_secs()
+            );
+            Err(())
+        }
+    }
+}
+
+/// Closes with `code` and `reason`, waiting at most a second.
+pub(super) async fn close_with(socket: &mut WebSocket, code: u16, reason: &'static str) {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        socket.send(Message::Close(Some(frame))),
+    )
+    .await;
 }
 
 /// An answer's outcome, as a metric label.

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
@@ -18,7 +18,7 @@ use session_token::Claims;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::AppState;
-use super::connection::{Membership, close, is_too_big};
+use super::connection::{Membership, close, close_with, is_too_big, send_within};
 use crate::collab::assist::RateLimit;
 use crate::collab::{CellRun, Subscribed, Who};
 use crate::jupyter::requests::{self, Execute};
@@ -28,8 +28,6 @@ use crate::kernel::ExecOptions;
 
 /// Close code for a frame that is not a Jupyter message (RFC 6455: inconsistent data).
 const UNREADABLE: u16 = 1007;
-/// A client that cannot take a frame within this long is dropped.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a `kernel_info_request` waits for a kernel that is starting.
 const KERNEL_INFO_WAIT: Duration = Duration::from_secs(30);
 /// Comm messages (widgets) a connection may send: a burst, then a steady rate (a dragged
@@ -588,31 +586,11 @@ impl Conn {
     }
 
     async fn socket_send(&mut self, message: Message) -> Result<(), ()> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.socket.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(()),
-            Err(_) => {
-                metrics::counter!("middleman_slow_clients_total", "action" => "dropped")
-                    .increment(1);
-                tracing::warn!(
-                    "jupyter client did not read for {} s; disconnecting",
-                    WRITE_TIMEOUT.as_secs()
-                );
-                Err(())
-            }
-        }
+        send_within(&mut self.socket, message).await
     }
 
     async fn close(&mut self, code: u16, reason: &'static str) {
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        };
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            self.socket.send(Message::Close(Some(frame))),
-        )
-        .await;
+        close_with(&mut self.socket, code, reason).await;
     }
 }
 

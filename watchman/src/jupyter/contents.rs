@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 use session_token::Claims;
 
 use super::kernels::jupyter_time;
-use super::sessions::scope_key;
 use super::{JupyterApi, JupyterError};
 
 const KIND: &str = "jupyter-contents";
@@ -94,49 +93,23 @@ fn empty_notebook() -> Value {
 
 impl JupyterApi {
     async fn files(&self, claims: &Claims) -> Result<Vec<File>, JupyterError> {
-        let all = self
-            .watchman
-            .store()
-            .records(KIND, &scope_key(claims))
-            .await
-            .map_err(crate::service::ServiceError::from)?;
-        Ok(all
-            .into_iter()
-            .filter_map(|(_, json)| serde_json::from_str(&json).ok())
-            .collect())
+        self.records(KIND, claims).await
     }
 
     async fn file(&self, claims: &Claims, name: &str) -> Result<Option<File>, JupyterError> {
-        let json = self
-            .watchman
-            .store()
-            .record(KIND, &scope_key(claims), name)
-            .await
-            .map_err(crate::service::ServiceError::from)?;
-        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+        self.record(KIND, claims, name).await
     }
 
     async fn keep(&self, claims: &Claims, file: &File) -> Result<(), JupyterError> {
-        let json = serde_json::to_string(file).unwrap_or_default();
-        if json.len() > MAX_FILE_BYTES {
+        let size = serde_json::to_vec(file).map_or(usize::MAX, |v| v.len());
+        if size > MAX_FILE_BYTES {
             return Err(JupyterError::BadRequest(format!(
                 "files here are at most {} MiB",
                 MAX_FILE_BYTES >> 20
             )));
         }
-        let kept = self
-            .watchman
-            .store()
-            .put_record(KIND, &scope_key(claims), &file.path, &json, MAX_FILES)
+        self.keep_record(KIND, claims, &file.path, file, (MAX_FILES, "files"))
             .await
-            .map_err(crate::service::ServiceError::from)?;
-        if kept {
-            Ok(())
-        } else {
-            Err(JupyterError::BadRequest(format!(
-                "at most {MAX_FILES} files; delete some first"
-            )))
-        }
     }
 
     /// GET: the directory (the root) or one file.
@@ -285,11 +258,7 @@ impl JupyterApi {
         file.modified = session_token::now_secs();
         self.keep(claims, &file).await?;
         if file.path != name {
-            self.watchman
-                .store()
-                .delete_record(KIND, &scope_key(claims), &name)
-                .await
-                .map_err(crate::service::ServiceError::from)?;
+            self.forget_record(KIND, claims, &name).await?;
         }
         Ok(file.model(false))
     }
@@ -304,12 +273,7 @@ impl JupyterApi {
             return Err(JupyterError::Forbidden("delete files"));
         }
         let name = valid_name(path)?;
-        let removed = self
-            .watchman
-            .store()
-            .delete_record(KIND, &scope_key(claims), &name)
-            .await
-            .map_err(crate::service::ServiceError::from)?;
+        let removed = self.forget_record(KIND, claims, &name).await?;
         if removed {
             Ok(())
         } else {

@@ -11,6 +11,7 @@
 
 mod contents;
 mod kernels;
+mod records;
 mod sessions;
 mod specs;
 

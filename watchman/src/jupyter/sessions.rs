@@ -26,14 +26,6 @@ struct Record {
     kernel: String,
 }
 
-/// The store's scope key of a token.
-pub(super) fn scope_key(claims: &Claims) -> String {
-    match Scope::of(claims) {
-        Scope::User(user) => format!("u:{user}"),
-        Scope::Document(document) => format!("d:{document}"),
-    }
-}
-
 /// What a client asks of a session (POST or PATCH).
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct Asked {
@@ -80,45 +72,16 @@ impl JupyterApi {
         match kernels::find(&self.watchman, claims, &record.kernel).await {
             Ok(kernel) => Ok(Some((record, kernel))),
             Err(JupyterError::NoKernel(_)) => {
-                self.watchman
-                    .store()
-                    .delete_record(KIND, &scope_key(claims), &record.id)
-                    .await
-                    .map_err(crate::service::ServiceError::from)?;
+                self.forget_record(KIND, claims, &record.id).await?;
                 Ok(None)
             }
             Err(e) => Err(e),
         }
     }
 
-    async fn session_records(&self, claims: &Claims) -> Result<Vec<Record>, JupyterError> {
-        let all = self
-            .watchman
-            .store()
-            .records(KIND, &scope_key(claims))
-            .await
-            .map_err(crate::service::ServiceError::from)?;
-        Ok(all
-            .into_iter()
-            .filter_map(|(_, json)| serde_json::from_str(&json).ok())
-            .collect())
-    }
-
     async fn store_session(&self, claims: &Claims, record: &Record) -> Result<(), JupyterError> {
-        let json = serde_json::to_string(record).unwrap_or_default();
-        let stored = self
-            .watchman
-            .store()
-            .put_record(KIND, &scope_key(claims), &record.id, &json, MAX_SESSIONS)
+        self.keep_record(KIND, claims, &record.id, record, (MAX_SESSIONS, "sessions"))
             .await
-            .map_err(crate::service::ServiceError::from)?;
-        if stored {
-            Ok(())
-        } else {
-            Err(JupyterError::BadRequest(format!(
-                "at most {MAX_SESSIONS} sessions; delete some first"
-            )))
-        }
     }
 
     /// The kernel a session asks for: one of the caller's by id, or a new one of a spec.
@@ -137,7 +100,7 @@ impl JupyterApi {
 
     pub(super) async fn list_sessions(&self, claims: &Claims) -> Result<Value, JupyterError> {
         let mut models = Vec::new();
-        for record in self.session_records(claims).await? {
+        for record in self.records::<Record>(KIND, claims).await? {
             if let Some((record, kernel)) = self.live_session(claims, record).await? {
                 models.push(self.session_model(&record, &kernel).await);
             }
@@ -151,14 +114,7 @@ impl JupyterApi {
         id: &str,
     ) -> Result<Value, JupyterError> {
         let not_found = || JupyterError::NoSession(id.chars().take(64).collect());
-        let json = self
-            .watchman
-            .store()
-            .record(KIND, &scope_key(claims), id)
-            .await
-            .map_err(crate::service::ServiceError::from)?
-            .ok_or_else(not_found)?;
-        let record: Record = serde_json::from_str(&json).map_err(|_| not_found())?;
+        let record: Record = self.record(KIND, claims, id).await?.ok_or_else(not_found)?;
         let (record, kernel) = self
             .live_session(claims, record)
             .await?
@@ -175,7 +131,7 @@ impl JupyterApi {
         let path = asked.path.clone().unwrap_or_default();
         bounded("path", &path)?;
         if !path.is_empty() {
-            for record in self.session_records(claims).await? {
+            for record in self.records::<Record>(KIND, claims).await? {
                 if record.path == path
                     && let Some((record, kernel)) = self.live_session(claims, record).await?
                 {
@@ -206,14 +162,7 @@ impl JupyterApi {
         asked: Asked,
     ) -> Result<Value, JupyterError> {
         let not_found = || JupyterError::NoSession(id.chars().take(64).collect());
-        let json = self
-            .watchman
-            .store()
-            .record(KIND, &scope_key(claims), id)
-            .await
-            .map_err(crate::service::ServiceError::from)?
-            .ok_or_else(not_found)?;
-        let mut record: Record = serde_json::from_str(&json).map_err(|_| not_found())?;
+        let mut record: Record = self.record(KIND, claims, id).await?.ok_or_else(not_found)?;
         for (field, value) in [
             ("path", &asked.path),
             ("name", &asked.name),
@@ -261,26 +210,19 @@ impl JupyterApi {
         claims: &Claims,
         id: &str,
     ) -> Result<(), JupyterError> {
-        let scope = scope_key(claims);
-        let store = self.watchman.store();
-        let json = store
-            .record(KIND, &scope, id)
-            .await
-            .map_err(crate::service::ServiceError::from)?
+        let record: Record = self
+            .record(KIND, claims, id)
+            .await?
             .ok_or_else(|| JupyterError::NoSession(id.chars().take(64).collect()))?;
         if !claims.role.can_edit() {
             return Err(JupyterError::Forbidden("end sessions"));
         }
-        if let Ok(record) = serde_json::from_str::<Record>(&json)
-            && let Ok(kernel) = kernels::find(&self.watchman, claims, &record.kernel).await
+        if let Ok(kernel) = kernels::find(&self.watchman, claims, &record.kernel).await
             && matches!(Scope::of(claims), Scope::User(_))
         {
             self.end_kernel(claims, &kernel).await?;
         }
-        store
-            .delete_record(KIND, &scope, id)
-            .await
-            .map_err(crate::service::ServiceError::from)?;
+        self.forget_record(KIND, claims, id).await?;
         Ok(())
     }
 }
