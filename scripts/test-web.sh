@@ -20,7 +20,10 @@
 #     Altair chart with no request leaving the origin, Matplotlib figures; sql.test.mjs: SQL
 #     cells, completion and inspection from the kernel; deno.test.mjs: a TypeScript notebook on
 #     Deno's kernel (plan `web-deno`): the editor's mode, results, streams, errors, completion,
-#     prompt(), interrupt, a second page, the export's language.
+#     prompt(), interrupt, a second page, the export's language; jupyterlab.test.mjs: stock
+#     JupyterLab (the tools' environment) in gateway mode on the gateway's /jupyter/, running
+#     cells, input() and an interrupt on a warm pod, seen live by a second person in the web
+#     client.
 #
 # Screenshots of the main views go to artifacts/web/. Exits non-zero on any failure and stops
 # every process it started. NBP_WEB_BUILD=0 skips the cargo build (the binaries must exist).
@@ -91,6 +94,8 @@ start_local_watchman test-web "${NBP_WEB_BUILD:-1}" web 262144 --dev-page --plan
 step "Browser tests (headless Chromium)"
 mkdir -p artifacts/web
 NBP_WEB_WATCHMAN="http://$public" \
+  NBP_WEB_WATCHMAN_API="http://$http" \
+  NBP_WEB_API_TOKEN_FILE="$tmp/keys/api-token" \
   NBP_WEB_BIN="$tmp/bin" \
   NBP_WEB_TMP="$tmp" \
   NBP_WEB_RUN="$pool" \

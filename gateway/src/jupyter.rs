@@ -34,6 +34,13 @@ pub async fn rest(
     if edge.drain.is_cancelled() {
         return Refusal::Draining.respond();
     }
+    // Only the Jupyter API: no path climbs out of /jupyter/ to Watchman's other routes.
+    if request.uri().path().split('/').any(|segment| {
+        let lower = segment.to_ascii_lowercase();
+        segment == ".." || segment == "." || ["%2e", "%2f", "%5c"].iter().any(|e| lower.contains(e))
+    }) {
+        return Refusal::BadRequest("not a Jupyter API path").respond();
+    }
     let client = client_address(peer, request.headers(), &edge.trusted_proxies);
     let path = request
         .uri()

@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use middleman::jupyter::wire::{self, Channel, Framing, Outgoing, WireMessage};
 use middleman::protocol::{Output, ServerEvent};
 use session_token::Role;
 
@@ -162,6 +163,134 @@ async fn the_legacy_form_works_and_viewers_and_bad_frames_are_refused() {
     let mut web = server.client("grace", Role::Editor).await;
     let run = web.run("1+1").await;
     assert_eq!(run.status, Some(middleman::protocol::ExecutionStatus::Ok));
+    drop(web);
+    server.stop().await;
+}
+
+/// A v1 frame of a client request, made with the server's own codec.
+fn v1_request(
+    channel: Channel,
+    msg_type: &str,
+    content: serde_json::Value,
+    parent: Option<&WireMessage>,
+) -> Vec<u8> {
+    let header = serde_json::json!({
+        "msg_id": uuid::Uuid::new_v4().simple().to_string(), "msg_type": msg_type,
+        "session": "s", "username": "ada", "version": "5.3", "date": "2026-12-04T00:00:00.000Z",
+    });
+    let message = WireMessage {
+        channel,
+        header: header.as_object().unwrap().clone(),
+        parent_header: parent.map(|p| p.header.clone()).unwrap_or_default(),
+        metadata: Default::default(),
+        content: match content {
+            serde_json::Value::Object(map) => map,
+            _ => panic!("content is an object"),
+        },
+        buffers: Vec::new(),
+    };
+    match wire::encode(Framing::V1, &message) {
+        Outgoing::Binary(b) => b,
+        Outgoing::Text(_) => unreachable!(),
+    }
+}
+
+/// Decodes a server frame (v1): channel, header, parent, content.
+fn v1_decode(frame: &[u8]) -> (String, serde_json::Value, serde_json::Value) {
+    let word = |i: usize| u64::from_le_bytes(frame[i * 8..i * 8 + 8].try_into().unwrap()) as usize;
+    let n = word(0);
+    let offsets: Vec<usize> = (1..=n).map(word).collect();
+    let part = |i: usize| &frame[offsets[i]..offsets[i + 1]];
+    let json = |i: usize| serde_json::from_slice::<serde_json::Value>(part(i)).unwrap();
+    (
+        String::from_utf8(part(0).to_vec()).unwrap(),
+        json(1),
+        json(4),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jupyter_clients_prompt_is_answered_by_it_alone() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let server = TestServer::start(&[]).await;
+    let mut web = server.client("grace", Role::Editor).await;
+    let token = server.token("ada", Role::Editor);
+    let url = format!(
+        "ws://{}/jupyter/channels?session_id=s1&token={token}",
+        server.addr
+    );
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", wire::SUBPROTOCOL.parse().unwrap());
+    let (mut ada, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let code =
+        serde_json::json!({ "code": "secret = input('pw? ')\nlen(secret)", "allow_stdin": true });
+    ada.send(Message::binary(v1_request(
+        Channel::Shell,
+        "execute_request",
+        code,
+        None,
+    )))
+    .await
+    .unwrap();
+    // Grace sees the prompt, and may not answer it.
+    let events = web
+        .until(|e| matches!(e, ServerEvent::InputRequest { .. }))
+        .await;
+    let Some(ServerEvent::InputRequest { execution_id, .. }) = events.last().cloned() else {
+        unreachable!()
+    };
+    web.send(&middleman::protocol::ClientMessage::InputReply {
+        execution_id: execution_id.clone(),
+        value: "guess".into(),
+    })
+    .await;
+    let refused = web.until(|e| matches!(e, ServerEvent::Error { .. })).await;
+    assert!(
+        matches!(refused.last(), Some(ServerEvent::Error { code: middleman::protocol::ErrorCode::Forbidden, message, .. }) if message.contains("only they can answer")),
+        "{refused:?}"
+    );
+    // Ada answers from her client.
+    let prompt = loop {
+        let Some(Ok(Message::Binary(frame))) = ada.next().await else {
+            panic!("closed")
+        };
+        let (channel, header, _) = v1_decode(&frame);
+        if channel == "stdin" {
+            let message = WireMessage {
+                channel: Channel::Stdin,
+                header: header.as_object().unwrap().clone(),
+                parent_header: Default::default(),
+                metadata: Default::default(),
+                content: Default::default(),
+                buffers: Vec::new(),
+            };
+            break message;
+        }
+    };
+    let answer = serde_json::json!({ "value": "hunter2" });
+    ada.send(Message::binary(v1_request(
+        Channel::Stdin,
+        "input_reply",
+        answer,
+        Some(&prompt),
+    )))
+    .await
+    .unwrap();
+    loop {
+        let Some(Ok(Message::Binary(frame))) = ada.next().await else {
+            panic!("closed")
+        };
+        let (_, header, content) = v1_decode(&frame);
+        if header["msg_type"] == "execute_result" {
+            assert_eq!(content["data"]["text/plain"], "7");
+            break;
+        }
+    }
     drop(web);
     server.stop().await;
 }

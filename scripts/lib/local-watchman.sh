@@ -1,9 +1,10 @@
 # Sourced by scripts/test-ops.sh and scripts/test-web.sh: a Watchman with the local backend (real
 # Middleman and ipykernel processes) on free ports of 127.0.0.1, in a temporary directory, with
 # one small plan, and with `local_watchman_gateway=1` a gateway in front of it as `make run` has
-# (docs/gateway.md): the landing page, the web client and every document on the gateway's one
-# port. On exit, the gateway, Watchman and every pod process of the run are stopped, their logs
-# are shown if the run failed, the directory is removed and the verdict printed.
+# (docs/gateway.md): the landing page, the web client, every document and the Jupyter Server API
+# (`/jupyter/`, docs/jupyter.md) on the gateway's one port. On exit, the gateway, Watchman and
+# every pod process of the run are stopped, their logs are shown if the run failed, the directory
+# is removed and the verdict printed.
 #
 #   start_local_watchman NAME BUILD PLAN MAX_OUTPUT_BYTES [WATCHMAN FLAGS...]
 #
@@ -137,6 +138,7 @@ PLANS
       --watchman "http://$grpc" \
       --watchman-token-file "$tmp/keys/route-token" \
       --landing "http://$http" \
+      --jupyter-api "http://$http" \
       --drain-grace 2s \
       --log-format json \
       </dev/null >"$tmp/gateway.log" 2>&1 &

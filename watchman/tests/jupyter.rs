@@ -328,6 +328,16 @@ async fn a_jupyter_client_starts_runs_and_ends_a_kernel_on_a_warm_pod() {
         ),
     }
 
+    // Nothing climbs out of /jupyter/ to Watchman's other routes.
+    for path in [
+        "/jupyter/../metrics",
+        "/jupyter/%2e%2e/metrics",
+        "/jupyter/api/%2E%2E/%2e%2e/metrics",
+    ] {
+        let (status, _) = rest(&g, "GET", path, Some(&ada), "").await;
+        assert_eq!(status, 400, "{path}");
+    }
+
     // Shutdown releases the pod; the kernel is gone.
     assert_eq!(rest(&g, "DELETE", &path, Some(&ada), "").await.0, 204);
     assert_eq!(rest(&g, "GET", &path, Some(&ada), "").await.0, 404);

@@ -110,6 +110,9 @@ pub struct ExecOptions {
     pub store_history: bool,
     pub allow_stdin: bool,
     pub user_expressions: serde_json::Map<String, serde_json::Value>,
+    /// Only whoever ran it may answer its prompts (a Jupyter client's `input()`, which Jupyter
+    /// sends to the asking client alone; a `getpass()` is no collaborator's to answer).
+    pub own_prompts: bool,
     /// Gets the kernel's `execute_reply` content as it came (payload, user expressions).
     pub reply: Option<oneshot::Sender<serde_json::Value>>,
 }
@@ -121,6 +124,7 @@ impl Default for ExecOptions {
             store_history: true,
             allow_stdin: true,
             user_expressions: serde_json::Map::new(),
+            own_prompts: false,
             reply: None,
         }
     }
@@ -597,6 +601,11 @@ impl Actor {
                         execution_id: execution_id.clone(),
                     });
                 };
+                if running.pending.options.own_prompts && running.pending.by != by {
+                    return Err(SessionRefusal::PromptForOther {
+                        by: running.pending.by.clone(),
+                    });
+                }
                 let Some(request) = running.input.take() else {
                     return Err(SessionRefusal::NoPendingInput {
                         execution_id: execution_id.clone(),

@@ -14,6 +14,9 @@ pub enum SessionRefusal {
     /// No prompt of that execution is waiting for an answer.
     #[error("no prompt is pending for {execution_id}")]
     NoPendingInput { execution_id: String },
+    /// The prompt is for whoever ran the execution (a Jupyter client's), not for collaborators.
+    #[error("this prompt is for {by}: only they can answer it")]
+    PromptForOther { by: String },
     /// The session is shutting down.
     #[error("the session is shutting down")]
     ShuttingDown,
@@ -35,6 +38,7 @@ impl SessionRefusal {
             SessionRefusal::KernelDead => ErrorCode::KernelDead,
             SessionRefusal::QueueFull { .. } => ErrorCode::QueueFull,
             SessionRefusal::NoPendingInput { .. } => ErrorCode::NoPendingInput,
+            SessionRefusal::PromptForOther { .. } => ErrorCode::Forbidden,
             SessionRefusal::ShuttingDown
             | SessionRefusal::NotReady
             | SessionRefusal::Busy
