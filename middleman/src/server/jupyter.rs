@@ -28,8 +28,6 @@ use crate::kernel::ExecOptions;
 
 /// Close code for a frame that is not a Jupyter message (RFC 6455: inconsistent data).
 const UNREADABLE: u16 = 1007;
-/// Close code for a connection another connection of its session replaced.
-const REPLACED: u16 = 4009;
 /// How long a `kernel_info_request` waits for a kernel that is starting.
 const KERNEL_INFO_WAIT: Duration = Duration::from_secs(30);
 /// Comm messages (widgets) a connection may send: a burst, then a steady rate (a dragged
@@ -63,8 +61,6 @@ struct Conn {
     answers: FuturesUnordered<BoxFuture<'static, Answer>>,
     questions: RateLimit,
     comm_rate: RateLimit,
-    /// Where this connection's state goes when a newer connection of its session takes over.
-    handover: Option<super::jupyter_parking::Taker>,
     /// This connection's comm requests (`msg_id`, header), the last [`COMMS_REMEMBERED`].
     comm_requests: std::collections::VecDeque<(String, serde_json::Map<String, Value>)>,
 }
@@ -114,7 +110,6 @@ pub(crate) async fn serve(socket: WebSocket, state: Arc<AppState>, seat: Seat) {
         answers: FuturesUnordered::new(),
         questions: RateLimit::new(QUESTION_BURST, QUESTIONS_PER_SECOND, Instant::now()),
         comm_rate: RateLimit::new(COMM_BURST, COMMS_PER_SECOND, Instant::now()),
-        handover: None,
         comm_requests: std::collections::VecDeque::new(),
     };
     // A client coming back takes its parked session over (jupyter_parking.rs).
@@ -137,35 +132,24 @@ pub(crate) async fn serve(socket: WebSocket, state: Arc<AppState>, seat: Seat) {
         }
         None => (subscribed.frames, state.hub.comms(), Vec::new()),
     };
-    let mut registered =
-        (!session_id.is_empty()).then(|| state.jupyter_parking.register(&session_id));
-    let takers = registered.as_mut().map(|r| &mut r.takers);
-    let reason = conn.run(&mut frames, &mut comms, missed, takers).await;
+    let reason = conn.run(&mut frames, &mut comms, missed).await;
     drop(membership);
-    let parked = super::jupyter_parking::Parked {
-        translator: conn.translator,
-        frames,
-        comms,
-        missed: Vec::new(),
-    };
-    match (conn.handover, registered) {
-        // A newer connection of the session takes it over.
-        (Some(taker), _) => {
-            let _ = taker.send(parked);
-        }
-        // A client that went away may come back: its session waits for it.
-        (None, Some(_))
-            if matches!(
-                reason,
-                "closed by client" | "websocket error" | "ping timeout" | "write failed"
-            ) =>
-        {
-            state
-                .jupyter_parking
-                .park(session_id, parked, &state.tracker, state.shutdown.clone());
-        }
-        (None, Some(registered)) => state.jupyter_parking.unregister(&session_id, &registered),
-        (None, None) => {}
+    // A client that went away may come back: its session waits for it.
+    if !session_id.is_empty()
+        && matches!(
+            reason,
+            "closed by client" | "websocket error" | "ping timeout" | "write failed"
+        )
+    {
+        let parked = super::jupyter_parking::Parked {
+            translator: conn.translator,
+            frames,
+            comms,
+            missed: Vec::new(),
+        };
+        state
+            .jupyter_parking
+            .park(session_id, parked, &state.tracker, state.shutdown.clone());
     }
     state.activity.connections.fetch_sub(1, Relaxed);
     state.activity.touch();
@@ -180,7 +164,6 @@ impl Conn {
         frames: &mut tokio::sync::broadcast::Receiver<crate::collab::Frame>,
         comms: &mut crate::kernel::CommReceiver,
         missed: Vec<WireMessage>,
-        mut takers: Option<&mut tokio::sync::mpsc::Receiver<super::jupyter_parking::Taker>>,
     ) -> &'static str {
         for message in missed {
             if self.send(&message).await.is_err() {
@@ -217,11 +200,6 @@ impl Conn {
                     }
                     Err(RecvError::Closed) => return "session closed",
                 },
-                Some(taker) = next_taker(&mut takers) => {
-                    self.handover = Some(taker);
-                    self.close(REPLACED, "replaced by a newer connection of this session").await;
-                    return "replaced";
-                }
                 comm = comms.recv() => match comm {
                     Ok(event) => {
                         if let Some(message) = self.comm_message(&event)
@@ -619,16 +597,6 @@ impl Conn {
 
 /// Why a connection ended.
 struct Ended(&'static str);
-
-/// The next connection that takes this one's session over (never, without a session).
-async fn next_taker(
-    takers: &mut Option<&mut tokio::sync::mpsc::Receiver<super::jupyter_parking::Taker>>,
-) -> Option<super::jupyter_parking::Taker> {
-    match takers {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
 
 /// The size of a request's header as JSON.
 fn header_bytes(request: &WireMessage) -> usize {

@@ -6,10 +6,6 @@
 //! takes them over: the replies to requests sent before the gap arrive, a pending `input()`
 //! prompt is shown again, and nothing said during the gap is lost. A parked session ends after
 //! [`PARK_FOR`], when its backlog overflows, when it falls behind the event ring, or at shutdown.
-//!
-//! A connection of a session that is still open is replaced the same way: it hands its state to
-//! the new one and closes (jupyter_server's gateway client leaves a first connection open when
-//! the browser retries without a subprotocol; Jupyter Server replaces stale connections too).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -32,14 +28,6 @@ const MAX_MISSED: usize = 2048;
 /// Sessions parked at once in one Middleman.
 const MAX_PARKED: usize = 256;
 
-/// An open connection's registration: where a newer connection of its session asks for its
-/// state.
-#[derive(Debug)]
-pub(crate) struct Registered {
-    pub(crate) takers: mpsc::Receiver<Taker>,
-    slot: mpsc::Sender<Taker>,
-}
-
 /// What a reconnecting client's connection takes over.
 #[derive(Debug)]
 pub(crate) struct Parked {
@@ -50,8 +38,7 @@ pub(crate) struct Parked {
     pub(crate) missed: Vec<WireMessage>,
 }
 
-/// Where a session's state is handed to the connection that takes it over.
-pub(crate) type Taker = oneshot::Sender<Parked>;
+type Taker = oneshot::Sender<Parked>;
 
 /// The parked sessions of one Middleman, by `session_id`.
 #[derive(Debug, Default)]
@@ -123,29 +110,7 @@ impl Parking {
         });
     }
 
-    /// Registers an open connection of `session_id`: a later connection of the session asks it
-    /// for its state through the receiver.
-    pub(crate) fn register(&self, session_id: &str) -> Registered {
-        let (tx, rx) = mpsc::channel(1);
-        self.lock().insert(session_id.to_owned(), tx.clone());
-        Registered {
-            takers: rx,
-            slot: tx,
-        }
-    }
-
-    /// Forgets an open connection's registration (it ended without being parked).
-    pub(crate) fn unregister(&self, session_id: &str, registered: &Registered) {
-        let mut slots = self.lock();
-        if slots
-            .get(session_id)
-            .is_some_and(|s| s.same_channel(&registered.slot))
-        {
-            slots.remove(session_id);
-        }
-    }
-
-    /// Takes the session `session_id` over from its parked state or its open connection.
+    /// Takes the parked session `session_id` over, if it is still parked.
     pub(crate) async fn resume(&self, session_id: &str) -> Option<Parked> {
         let slot = self.lock().remove(session_id)?;
         let (taker, taken) = oneshot::channel();
