@@ -116,12 +116,7 @@ impl Gatekeeper {
         headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("token "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
+            .and_then(session_token::from_authorization)
             .or(query.filter(|t| !t.is_empty()))
     }
 

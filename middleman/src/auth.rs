@@ -85,13 +85,7 @@ impl Authenticator {
         headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-                    // Jupyter's clients say `token <t>`.
-                    .or_else(|| v.strip_prefix("token "))
-            })
-            .map(str::trim)
+            .and_then(session_token::from_authorization)
             .or(query_token)
             .filter(|t| !t.is_empty())
     }

@@ -39,6 +39,15 @@ pub struct Expectations<'a> {
 /// pods), never accepted where a session token is needed.
 pub const JUPYTER_AUDIENCE: &str = "jupyter";
 
+/// The token in an `Authorization` header's value: `Bearer <t>`, or `token <t>` as Jupyter's
+/// clients send it (the scheme in any case). Empty tokens are none.
+pub fn from_authorization(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let known = scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token");
+    let token = token.trim();
+    (known && !token.is_empty()).then_some(token)
+}
+
 /// Current Unix time in seconds.
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()

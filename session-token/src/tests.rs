@@ -158,3 +158,14 @@ fn session_and_jupyter_tokens_never_pass_as_each_other() {
     // Nor does a Jupyter token bind a pod.
     assert!(public.verify_binding(&jupyter, "").is_err());
 }
+
+#[test]
+fn authorization_values_give_their_token() {
+    assert_eq!(crate::from_authorization("Bearer abc"), Some("abc"));
+    assert_eq!(crate::from_authorization("bearer abc"), Some("abc"));
+    assert_eq!(crate::from_authorization("token abc"), Some("abc"));
+    assert_eq!(crate::from_authorization("Token  abc "), Some("abc"));
+    assert_eq!(crate::from_authorization("Basic abc"), None);
+    assert_eq!(crate::from_authorization("Bearer "), None);
+    assert_eq!(crate::from_authorization("abc"), None);
+}

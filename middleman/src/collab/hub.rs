@@ -77,8 +77,6 @@ pub struct Subscribed {
     pub frames: broadcast::Receiver<Frame>,
     /// The kernel session now (later ones come in `kernel_status` events).
     pub kernel_session: String,
-    /// The prompt waiting for an answer now, if any.
-    pub pending_input: Option<crate::protocol::PendingInput>,
 }
 
 /// A run of a document cell, as asked.
@@ -361,7 +359,6 @@ impl Hub {
             client,
             frames: st.log.subscribe(),
             kernel_session: st.mirror.kernel_session.clone(),
-            pending_input: st.mirror.input.clone(),
         })
     }
 

@@ -21,7 +21,6 @@ const MAX_TRACKED: usize = 4096;
 pub struct Origin {
     /// The request's header: the parent of everything the run causes.
     pub header: Map<String, Value>,
-    pub code: String,
     pub silent: bool,
     pub allow_stdin: bool,
     /// The kernel's `execute_reply` content, when it replied.
@@ -500,7 +499,6 @@ mod tests {
             "r1".into(),
             Origin {
                 header: request_header("m1"),
-                code: "1+1".into(),
                 silent: false,
                 allow_stdin: true,
                 reply: Some(rx),
@@ -602,7 +600,6 @@ mod tests {
             "r1".into(),
             Origin {
                 header: request_header("m1"),
-                code: "while True: pass".into(),
                 silent: false,
                 allow_stdin: true,
                 reply: Some(rx),
@@ -637,7 +634,6 @@ mod tests {
             "r1".into(),
             Origin {
                 header: request_header("m1"),
-                code: "1".into(),
                 silent: false,
                 allow_stdin: true,
                 reply: None,

@@ -400,7 +400,6 @@ impl Conn {
             request_id.clone(),
             Origin {
                 header: request.header.clone(),
-                code: parsed.code.clone(),
                 silent: parsed.silent,
                 allow_stdin: parsed.allow_stdin,
                 reply: Some(reply_rx),

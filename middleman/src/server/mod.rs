@@ -596,11 +596,8 @@ async fn interrupt_kernel(
     Query(query): Query<TokenQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let claims = authorize(&state, &headers, query.token.as_deref()).await?;
-    if !claims.role.can_edit() {
-        return Err(HttpError::ViewerAction);
-    }
-    state.hub.interrupt(display_name(&claims)).await?;
+    let by = authorize_editor(&state, &headers, query.token.as_deref()).await?;
+    state.hub.interrupt(by).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -611,12 +608,9 @@ async fn restart_kernel(
     Query(query): Query<TokenQuery>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let claims = authorize(&state, &headers, query.token.as_deref()).await?;
-    if !claims.role.can_edit() {
-        return Err(HttpError::ViewerAction);
-    }
+    let by = authorize_editor(&state, &headers, query.token.as_deref()).await?;
     let mut watch = state.hub.session_watch();
-    state.hub.restart(display_name(&claims)).await?;
+    state.hub.restart(by).await?;
     let ready = watch.wait_for(|s| matches!(s.kernel_state, KernelState::Idle | KernelState::Busy));
     match tokio::time::timeout(state.args.kernel_startup_timeout, ready).await {
         Ok(Ok(_)) => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -624,12 +618,29 @@ async fn restart_kernel(
     }
 }
 
+/// Authenticates a kernel action: an editor's, named as collaborators see them.
+async fn authorize_editor(
+    state: &AppState,
+    headers: &HeaderMap,
+    token: Option<&str>,
+) -> Result<String, HttpError> {
+    let claims = authorize(state, headers, token).await?;
+    if !claims.role.can_edit() {
+        return Err(HttpError::ViewerAction);
+    }
+    Ok(who_of(&claims).name)
+}
+
 /// Who a token names, as collaborators see them.
-fn display_name(claims: &session_token::Claims) -> String {
-    if claims.name.is_empty() {
-        claims.sub.clone()
-    } else {
-        claims.name.clone()
+fn who_of(claims: &session_token::Claims) -> crate::collab::Who {
+    crate::collab::Who {
+        user: claims.sub.clone(),
+        name: if claims.name.is_empty() {
+            claims.sub.clone()
+        } else {
+            claims.name.clone()
+        },
+        role: claims.role,
     }
 }
 
@@ -791,15 +802,7 @@ async fn admit(
     }
     state.bind_store(headers, token);
     state.hub.ensure_loaded(&claims.doc).await?;
-    let who = crate::collab::Who {
-        user: claims.sub.clone(),
-        name: if claims.name.is_empty() {
-            claims.sub.clone()
-        } else {
-            claims.name.clone()
-        },
-        role: claims.role,
-    };
+    let who = who_of(&claims);
     Ok((claims, who))
 }
 

@@ -277,13 +277,7 @@ fn token_from<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a 
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("token ")
-                .or_else(|| v.strip_prefix("Token "))
-                .or_else(|| v.strip_prefix("Bearer "))
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
+        .and_then(session_token::from_authorization)
         .or_else(|| {
             query?
                 .split('&')
