@@ -69,10 +69,16 @@ async fn rest(
     (status, serde_json::from_slice(&body).unwrap_or_default())
 }
 
-/// Runs a script (`python` or `node` peer) and returns its last stdout line as JSON.
+/// Runs a script (`python` or `node` peer) and returns its last stdout line as JSON. Node finds
+/// the test tools' packages (`make test` installs them) through `NODE_PATH`.
 async fn run_peer(program: &str, args: &[&str]) -> serde_json::Value {
+    let node_path = format!(
+        "{}/node/node_modules",
+        std::env::var("NBP_CACHE").expect("NBP_CACHE: run `make test`")
+    );
     let out = tokio::process::Command::new(program)
         .args(args)
+        .env("NODE_PATH", node_path)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -358,31 +364,12 @@ async fn jupyterlab_services_drives_a_kernel_in_both_wire_forms() {
     let (d, w, g) = edge("jupyter-services", 2).await;
     let ada = jupyter_token(&w, "ada", "", "editor").await;
     let base = format!("http://{}/jupyter/", g.addr);
-    let node_path = format!(
-        "{}/node/node_modules",
-        std::env::var("NBP_CACHE").expect("NBP_CACHE: run `make test`")
-    );
-    for form in ["v1", "legacy"] {
-        let peer = script("scripts/node/jupyter-services-peer.mjs");
+    let peer = script("scripts/node/jupyter-services-peer.mjs");
+    for form in [None, Some("legacy")] {
         let mut args = vec![peer.as_str(), base.as_str(), ada.as_str(), "free"];
-        if form == "legacy" {
-            args.push("legacy");
-        }
-        let out = tokio::process::Command::new("node")
-            .args(&args)
-            .env("NODE_PATH", &node_path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap()
-            .wait_with_output()
-            .await
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "@jupyterlab/services ({form}) failed: see its stderr above\n{stdout}"
-        );
+        args.extend(form);
+        let summary = run_peer("node", &args).await;
+        assert_eq!(summary["ok"], true, "{summary}");
     }
     drop(g);
     teardown(w).await;
@@ -512,32 +499,8 @@ async fn vs_codes_existing_server_sequence_works_and_its_cells_land_in_the_docum
     let (d, w, g) = edge("jupyter-vscode", 2).await;
     let ada = jupyter_token(&w, "ada", "", "editor").await;
     let base = format!("http://{}/jupyter/", g.addr);
-    let node_path = format!(
-        "{}/node/node_modules",
-        std::env::var("NBP_CACHE").expect("NBP_CACHE: run `make test`")
-    );
-    let out = tokio::process::Command::new("node")
-        .args([
-            &script("scripts/node/jupyter-vscode-peer.mjs"),
-            &base,
-            &ada,
-            "free",
-            "keep",
-        ])
-        .env("NODE_PATH", &node_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
-        .wait_with_output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the VS Code sequence failed: see its stderr above\n{stdout}"
-    );
-    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let peer = script("scripts/node/jupyter-vscode-peer.mjs");
+    let summary = run_peer("node", &[&peer, &base, &ada, "free", "keep"]).await;
     let document = summary["document"].as_str().unwrap().to_owned();
     let cells = document_cells(&w, &document).await;
     let cell = cells
