@@ -3,7 +3,9 @@
 //! the kernel's own sockets directly (the floor: ZeroMQ over ipc, or over TCP for a kernel that
 //! speaks only TCP, as Deno's does), and a stock Jupyter Server's kernel WebSocket (the anchor).
 //! A round trip ends when the client has the reply (Middleman: the execution's end), the idle
-//! status and the result, and checks that the result is `2`.
+//! status and the result, and checks that the result is `2`. Middleman and the floor take
+//! turns round by round (who goes first alternates), so the machine's drift weighs on both
+//! alike; Jupyter Server, some forty times slower, runs after them.
 //! Prints a Markdown table with ratios.
 //!
 //! With `--starts N`, measures warm pod starts instead, N of each way, interleaved: a Middleman
@@ -70,17 +72,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&scratch);
         return report_starts(&args, &spec, &starts?);
     }
-    let mut results = Vec::new();
-    results.push(
-        bench_middleman(&args, &scratch)
-            .await
-            .context("middleman")?,
-    );
-    results.push(
-        bench_direct(&args, &spec, &scratch)
-            .await
-            .context("direct zmq")?,
-    );
+    let mut results = bench_middleman_and_floor(&args, &spec, &scratch).await?;
     results.push(
         bench_jupyter_server(&args, &venv, &scratch)
             .await
@@ -94,8 +86,22 @@ async fn main() -> anyhow::Result<()> {
 struct Result_ {
     name: String,
     samples: Vec<Duration>,
+    /// The time the samples took (for round trips a second).
     total: Duration,
     rss_mib: Option<f64>,
+}
+
+impl Result_ {
+    /// Samples taken in turns with another target: their total is their sum.
+    fn of(name: String, samples: Vec<Duration>, rss_mib: Option<f64>) -> Self {
+        let total = samples.iter().sum();
+        Self {
+            name,
+            samples,
+            total,
+            rss_mib,
+        }
+    }
 }
 
 /// Times `once` (one round trip, returning the `text/plain` result it saw) `iterations` times
@@ -111,19 +117,27 @@ async fn measure<S>(
         if i == args.warmup {
             start = Instant::now();
         }
-        let t = Instant::now();
-        let result = tokio::time::timeout(STEP, once(state))
-            .await
-            .context("round trip timed out")??;
-        let took = t.elapsed();
-        if result.as_deref() != Some(EXPECTED) {
-            bail!("`1+1` gave {result:?}, not {EXPECTED:?}");
-        }
+        let took = timed(once(state)).await?;
         if i >= args.warmup {
             samples.push(took);
         }
     }
     Ok((samples, start.elapsed()))
+}
+
+/// One round trip, timed and checked.
+async fn timed(
+    round_trip: impl Future<Output = anyhow::Result<Option<String>>>,
+) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let result = tokio::time::timeout(STEP, round_trip)
+        .await
+        .context("round trip timed out")??;
+    let took = t.elapsed();
+    if result.as_deref() != Some(EXPECTED) {
+        bail!("`1+1` gave {result:?}, not {EXPECTED:?}");
+    }
+    Ok(took)
 }
 
 /// A kernelspec from `JUPYTER_PATH`, as Middleman and Jupyter Server find it.
@@ -160,34 +174,94 @@ impl Kernelspec {
 
 // ---- Middleman ------------------------------------------------------------------------------
 
-async fn bench_middleman(args: &Args, scratch: &Path) -> anyhow::Result<Result_> {
-    let mut extra = vec!["--kernel", args.kernel.as_str()];
-    extra.extend(args.middleman_args.iter().map(String::as_str));
-    let mm = Middleman::start(&args.middleman_bin, scratch, &extra).await?;
-    let pid = mm.pid;
-    let mut ws = mm.connect(&mm.token("bench").await?).await?;
-    // Wait for the welcome and a ready kernel.
-    let mut ready = false;
-    while !ready {
-        let frame = next_frame(&mut ws).await?;
-        ready = match &frame.event {
-            ServerEvent::Welcome {
-                snapshot: Some(s), ..
-            } => s.kernel_state == doc_protocol::KernelState::Idle,
-            ServerEvent::KernelStatus { state, .. } => *state == doc_protocol::KernelState::Idle,
-            _ => false,
-        };
+/// Middleman and the floor, each with its own kernel of `spec`, taking turns round by round
+/// (who goes first alternates), so the machine's drift weighs on both alike.
+async fn bench_middleman_and_floor(
+    args: &Args,
+    spec: &Kernelspec,
+    scratch: &Path,
+) -> anyhow::Result<Vec<Result_>> {
+    let mut mm = MiddlemanTarget::start(args, scratch)
+        .await
+        .context("middleman")?;
+    let mut direct = DirectKernel::start(spec, &scratch.join("zmq"))
+        .await
+        .context("direct zmq")?;
+    let mut samples = [
+        Vec::with_capacity(args.iterations),
+        Vec::with_capacity(args.iterations),
+    ];
+    for i in 0..args.warmup + args.iterations {
+        let mut took = [Duration::ZERO; 2];
+        for turn in 0..2 {
+            if (turn + i) % 2 == 0 {
+                took[0] = timed(mm.once()).await.context("middleman")?;
+            } else {
+                took[1] = timed(direct.execute()).await.context("direct zmq")?;
+            }
+        }
+        if i >= args.warmup {
+            for (s, t) in samples.iter_mut().zip(took) {
+                s.push(t);
+            }
+        }
     }
-    print_layers(&mm).await;
-    let mut n = 0u64;
-    let (samples, total) = measure(args, &mut ws, async |ws: &mut Ws| {
-        n += 1;
-        let rid = n.to_string();
+    let rss = rss_mib(mm.mm.pid);
+    mm.mm.stop().await;
+    direct.stop().await;
+    let transport = if spec.tcp_only() { "TCP" } else { "ipc" };
+    let [mm_samples, direct_samples] = samples;
+    Ok(vec![
+        Result_::of("Middleman WebSocket".into(), mm_samples, rss),
+        Result_::of(
+            format!("Direct ZeroMQ over {transport} (floor)"),
+            direct_samples,
+            None,
+        ),
+    ])
+}
+
+/// A Middleman with its kernel and a client's WebSocket, ready to run `1+1`.
+struct MiddlemanTarget {
+    mm: Middleman,
+    ws: Ws,
+    sent: u64,
+}
+
+impl MiddlemanTarget {
+    async fn start(args: &Args, scratch: &Path) -> anyhow::Result<Self> {
+        let mut extra = vec!["--kernel", args.kernel.as_str()];
+        extra.extend(args.middleman_args.iter().map(String::as_str));
+        let mm = Middleman::start(&args.middleman_bin, scratch, &extra).await?;
+        let mut ws = mm.connect(&mm.token("bench").await?).await?;
+        // Wait for the welcome and a ready kernel.
+        let mut ready = false;
+        while !ready {
+            let frame = next_frame(&mut ws).await?;
+            ready = match &frame.event {
+                ServerEvent::Welcome {
+                    snapshot: Some(s), ..
+                } => s.kernel_state == doc_protocol::KernelState::Idle,
+                ServerEvent::KernelStatus { state, .. } => {
+                    *state == doc_protocol::KernelState::Idle
+                }
+                _ => false,
+            };
+        }
+        print_layers(&mm).await;
+        Ok(Self { mm, ws, sent: 0 })
+    }
+
+    /// One round trip: the execution's end and its result.
+    async fn once(&mut self) -> anyhow::Result<Option<String>> {
+        self.sent += 1;
+        let rid = self.sent.to_string();
         let msg = ClientMessage::Execute {
             code: "1+1".into(),
             request_id: Some(rid.clone()),
             stop_on_error: true,
         };
+        let ws = &mut self.ws;
         ws.send(Message::text(serde_json::to_string(&msg)?)).await?;
         let (mut id, mut finished, mut result) = (None, false, None);
         while !(finished && result.is_some()) {
@@ -215,16 +289,7 @@ async fn bench_middleman(args: &Args, scratch: &Path) -> anyhow::Result<Result_>
             }
         }
         Ok(result)
-    })
-    .await?;
-    let rss = rss_mib(pid);
-    mm.stop().await;
-    Ok(Result_ {
-        name: "Middleman WebSocket".into(),
-        samples,
-        total,
-        rss_mib: rss,
-    })
+    }
 }
 
 /// Prints which layers of the kernel's sandbox hold, as Middleman reports them.
@@ -422,22 +487,6 @@ async fn listening(info: &ConnectionInfo, port: u16) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-}
-
-async fn bench_direct(args: &Args, spec: &Kernelspec, scratch: &Path) -> anyhow::Result<Result_> {
-    let mut kernel = DirectKernel::start(spec, &scratch.join("zmq")).await?;
-    let (samples, total) = measure(args, &mut kernel, async |k: &mut DirectKernel| {
-        k.execute().await
-    })
-    .await?;
-    kernel.stop().await;
-    let transport = if spec.tcp_only() { "TCP" } else { "ipc" };
-    Ok(Result_ {
-        name: format!("Direct ZeroMQ over {transport} (floor)"),
-        samples,
-        total,
-        rss_mib: None,
-    })
 }
 
 // ---- Jupyter Server -------------------------------------------------------------------------

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{SinkExt as _, StreamExt as _};
 use session_token::Claims;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::AppState;
 use crate::collab::assist::{self, Ask, RateLimit};
@@ -33,6 +33,9 @@ pub(crate) mod close {
 
 /// A client that cannot take a frame within this long is dropped.
 pub(super) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Frames one write carries at most (those already waiting when the first arrives).
+const MAX_BATCH: usize = 64;
 
 /// A client resynchronised this many times within [`RESYNC_WINDOW`] is dropped instead.
 const MAX_RESYNCS: usize = 3;
@@ -141,39 +144,53 @@ impl Conn {
                     self.close(close::GOING_AWAY, "shutting down").await;
                     return "shutdown";
                 }
-                frame = frames.recv() => match frame {
-                    Ok(frame) if frame.seq == 0 && frame.origin == self.client => {}
-                    Ok(frame) if frame.seq != 0 && frame.seq <= seen => {}
-                    Ok(frame) => {
-                        if frame.seq != 0 {
-                            seen = frame.seq;
-                        }
-                        if self.send(frame.message).await.is_err() {
-                            return "write failed";
-                        }
-                    }
-                    Err(RecvError::Lagged(missed)) => {
-                        let now = Instant::now();
-                        self.resyncs.retain(|t| now.duration_since(*t) < RESYNC_WINDOW);
-                        if self.resyncs.len() >= MAX_RESYNCS {
-                            metrics::counter!("middleman_slow_clients_total", "action" => "dropped").increment(1);
-                            tracing::warn!(missed, "client keeps falling behind; disconnecting");
-                            self.close(close::TOO_SLOW, "too slow: reconnect to resynchronise").await;
-                            return "too slow";
-                        }
-                        self.resyncs.push(now);
-                        metrics::counter!("middleman_slow_clients_total", "action" => "resynced").increment(1);
-                        let joined = state.hub.resync(self.client, &self.who, &self.claims.doc);
-                        match self.open(joined).await {
-                            Ok((rx, last)) => {
-                                frames = rx;
-                                seen = last;
+                frame = frames.recv() => {
+                    // This frame and every one already behind it go out in one write: an
+                    // execution's events come in bursts (queued, started, the queue, the
+                    // kernel's status), and a write is a system call and a wake-up of the
+                    // client (and of a gateway between).
+                    let mut next = frame;
+                    let mut fed = 0_usize;
+                    loop {
+                        match next {
+                            Ok(frame) => {
+                                if let Some(message) = admit(frame, self.client, &mut seen) {
+                                    if self.feed(message).await.is_err() {
+                                        return "write failed";
+                                    }
+                                    fed += 1;
+                                }
                             }
-                            Err(()) => return "write failed",
+                            Err(RecvError::Lagged(missed)) => {
+                                if fed > 0 && self.flush().await.is_err() {
+                                    return "write failed";
+                                }
+                                fed = 0;
+                                match self.resync(missed).await {
+                                    Ok((rx, last)) => {
+                                        frames = rx;
+                                        seen = last;
+                                    }
+                                    Err(reason) => return reason,
+                                }
+                                break;
+                            }
+                            Err(RecvError::Closed) => return "session closed",
                         }
+                        if fed >= MAX_BATCH {
+                            break;
+                        }
+                        next = match frames.try_recv() {
+                            Ok(frame) => Ok(frame),
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Lagged(missed)) => Err(RecvError::Lagged(missed)),
+                            Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                        };
                     }
-                    Err(RecvError::Closed) => return "session closed",
-                },
+                    if fed > 0 && self.flush().await.is_err() {
+                        return "write failed";
+                    }
+                }
                 incoming = self.socket.recv() => match incoming {
                     None => return "closed by client",
                     Some(Err(error)) => {
@@ -405,14 +422,70 @@ impl Conn {
         send_within(&mut self.socket, message).await
     }
 
+    /// Queues `message` for the next [`Conn::flush`] (written earlier only when the queue is
+    /// over the socket's write buffer).
+    async fn feed(&mut self, message: Message) -> Result<(), ()> {
+        if self.yjs_only && matches!(message, Message::Text(_)) {
+            return Ok(());
+        }
+        within(self.socket.feed(message)).await
+    }
+
+    async fn flush(&mut self) -> Result<(), ()> {
+        within(self.socket.flush()).await
+    }
+
+    /// The client missed `missed` frames: it gets the opening of a join again, unless it keeps
+    /// falling behind (then the reason it is dropped).
+    async fn resync(
+        &mut self,
+        missed: u64,
+    ) -> Result<(tokio::sync::broadcast::Receiver<crate::collab::Frame>, u64), &'static str> {
+        let now = Instant::now();
+        self.resyncs
+            .retain(|t| now.duration_since(*t) < RESYNC_WINDOW);
+        if self.resyncs.len() >= MAX_RESYNCS {
+            metrics::counter!("middleman_slow_clients_total", "action" => "dropped").increment(1);
+            tracing::warn!(missed, "client keeps falling behind; disconnecting");
+            self.close(close::TOO_SLOW, "too slow: reconnect to resynchronise")
+                .await;
+            return Err("too slow");
+        }
+        self.resyncs.push(now);
+        metrics::counter!("middleman_slow_clients_total", "action" => "resynced").increment(1);
+        let joined = self
+            .state
+            .hub
+            .resync(self.client, &self.who, &self.claims.doc);
+        self.open(joined).await.map_err(|()| "write failed")
+    }
+
     async fn close(&mut self, code: u16, reason: &'static str) {
         close_with(&mut self.socket, code, reason).await;
     }
 }
 
+/// The message of `frame` for the connection `client` that has seen up to `seen` (moved on), or
+/// `None` when it is the client's own echo or already seen.
+fn admit(frame: crate::collab::Frame, client: u64, seen: &mut u64) -> Option<Message> {
+    if frame.seq == 0 {
+        return (frame.origin != client).then_some(frame.message);
+    }
+    if frame.seq <= *seen {
+        return None;
+    }
+    *seen = frame.seq;
+    Some(frame.message)
+}
+
 /// Sends `message`, or gives the client up when it does not read within [`WRITE_TIMEOUT`].
 pub(super) async fn send_within(socket: &mut WebSocket, message: Message) -> Result<(), ()> {
-    match tokio::time::timeout(WRITE_TIMEOUT, socket.send(message)).await {
+    within(socket.send(message)).await
+}
+
+/// Runs a write, or gives the client up when it does not read within [`WRITE_TIMEOUT`].
+async fn within(write: impl Future<Output = Result<(), axum::Error>>) -> Result<(), ()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(()),
         Err(_) => {
