@@ -48,6 +48,11 @@ struct Args {
     /// More flags for the Middleman of the round trips (e.g. `--middleman-arg=--kernel-namespaces=off`).
     #[arg(long = "middleman-arg", allow_hyphen_values = true)]
     middleman_args: Vec<String>,
+    /// A fourth target in the turns, for a TCP-only kernel: the floor's client reaching the
+    /// kernel through the jail's bridge (`sandbox/src/bridge.rs`, unix sockets copied to the
+    /// kernel's ports), as Middleman does; the bridge's own cost.
+    #[arg(long)]
+    bridged_floor: bool,
     /// Instead of round trips, measure this many warm pod starts of each way.
     #[arg(long, default_value_t = 0)]
     starts: usize,
@@ -181,44 +186,71 @@ async fn bench_middleman_and_floor(
     spec: &Kernelspec,
     scratch: &Path,
 ) -> anyhow::Result<Vec<Result_>> {
-    let mut mm = MiddlemanTarget::start(args, scratch)
-        .await
-        .context("middleman")?;
-    let mut direct = DirectKernel::start(spec, &scratch.join("zmq"))
-        .await
-        .context("direct zmq")?;
-    let mut samples = [
-        Vec::with_capacity(args.iterations),
-        Vec::with_capacity(args.iterations),
+    let mut targets = vec![
+        Target::Middleman(
+            MiddlemanTarget::start(args, scratch)
+                .await
+                .context("middleman")?,
+        ),
+        Target::Direct(
+            DirectKernel::start(spec, &scratch.join("zmq"), false)
+                .await
+                .context("direct zmq")?,
+        ),
     ];
+    if args.bridged_floor && spec.tcp_only() {
+        targets.push(Target::Direct(
+            DirectKernel::start(spec, &scratch.join("bridged"), true)
+                .await
+                .context("bridged zmq")?,
+        ));
+    }
+    let n = targets.len();
+    let mut samples = vec![Vec::with_capacity(args.iterations); n];
     for i in 0..args.warmup + args.iterations {
-        let mut took = [Duration::ZERO; 2];
-        for turn in 0..2 {
-            if (turn + i) % 2 == 0 {
-                took[0] = timed(mm.once()).await.context("middleman")?;
-            } else {
-                took[1] = timed(direct.execute()).await.context("direct zmq")?;
-            }
-        }
-        if i >= args.warmup {
-            for (s, t) in samples.iter_mut().zip(took) {
-                s.push(t);
+        for turn in 0..n {
+            let k = (i + turn) % n;
+            let took = timed(targets[k].once()).await.context(k)?;
+            if i >= args.warmup {
+                samples[k].push(took);
             }
         }
     }
-    let rss = rss_mib(mm.mm.pid);
-    mm.mm.stop().await;
-    direct.stop().await;
-    let transport = if spec.tcp_only() { "TCP" } else { "ipc" };
-    let [mm_samples, direct_samples] = samples;
-    Ok(vec![
-        Result_::of("Middleman WebSocket".into(), mm_samples, rss),
-        Result_::of(
-            format!("Direct ZeroMQ over {transport} (floor)"),
-            direct_samples,
-            None,
-        ),
-    ])
+    let mut results = Vec::new();
+    for (k, (target, samples)) in targets.into_iter().zip(samples).enumerate() {
+        match target {
+            Target::Middleman(mm) => {
+                let rss = rss_mib(mm.mm.pid);
+                mm.mm.stop().await;
+                results.push(Result_::of("Middleman WebSocket".into(), samples, rss));
+            }
+            Target::Direct(kernel) => {
+                kernel.stop().await;
+                let name = match (k, spec.tcp_only()) {
+                    (1, true) => "Direct ZeroMQ over TCP (floor)",
+                    (1, false) => "Direct ZeroMQ over ipc (floor)",
+                    _ => "ZeroMQ through the bridge (ipc to TCP)",
+                };
+                results.push(Result_::of(name.into(), samples, None));
+            }
+        }
+    }
+    Ok(results)
+}
+
+/// What takes turns in the round trips.
+enum Target {
+    Middleman(MiddlemanTarget),
+    Direct(DirectKernel),
+}
+
+impl Target {
+    async fn once(&mut self) -> anyhow::Result<Option<String>> {
+        match self {
+            Self::Middleman(mm) => mm.once().await,
+            Self::Direct(kernel) => kernel.execute().await,
+        }
+    }
 }
 
 /// A Middleman with its kernel and a client's WebSocket, ready to run `1+1`.
@@ -317,9 +349,10 @@ struct DirectKernel {
 }
 
 impl DirectKernel {
-    /// Starts `spec`'s kernel in `dir`, over ipc, or over loopback TCP when it speaks only TCP;
+    /// Starts `spec`'s kernel in `dir`, over ipc, or over loopback TCP when it speaks only TCP
+    /// (then, when `bridged`, the client reaches it through the jail's bridge in this process);
     /// returns once it has answered `kernel_info` and IOPub delivers.
-    async fn start(spec: &Kernelspec, dir: &Path) -> anyhow::Result<Self> {
+    async fn start(spec: &Kernelspec, dir: &Path, bridged: bool) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let key = uuid::Uuid::new_v4().simple().to_string();
         let info = if spec.tcp_only() {
@@ -382,6 +415,11 @@ impl DirectKernel {
         for port in [info.shell_port, info.iopub_port] {
             listening(&info, port).await?;
         }
+        let info = if bridged && info.transport == Transport::TCP {
+            bridge(&info, dir)?
+        } else {
+            info
+        };
         let session = uuid::Uuid::new_v4().to_string();
         let identity = jupyter_zmq_client::peer_identity_for_session(&session)?;
         let mut iopub =
@@ -468,6 +506,38 @@ impl DirectKernel {
 
 /// Waits until the kernel listens on `port` of `info` (a unix socket path for ipc, a loopback
 /// port for TCP), asking every 2 ms.
+/// Listens on unix sockets in `dir` that the bridge copies to `info`'s ports (for as long as
+/// this process runs); returns the connection info of those sockets.
+fn bridge(info: &ConnectionInfo, dir: &Path) -> anyhow::Result<ConnectionInfo> {
+    use kernel_sandbox::bridge::{BridgedPort, listen, serve};
+    let base = dir.join("b");
+    let ports = [
+        info.shell_port,
+        info.iopub_port,
+        info.stdin_port,
+        info.control_port,
+        info.hb_port,
+    ];
+    let bridged: Vec<BridgedPort> = (1..)
+        .zip(ports)
+        .map(|(i, port)| BridgedPort {
+            socket: PathBuf::from(format!("{}-{i}", base.display())),
+            port,
+        })
+        .collect();
+    serve(listen(&bridged, None, 0o077)?);
+    Ok(ConnectionInfo {
+        transport: Transport::IPC,
+        ip: base.display().to_string(),
+        shell_port: 1,
+        iopub_port: 2,
+        stdin_port: 3,
+        control_port: 4,
+        hb_port: 5,
+        ..info.clone()
+    })
+}
+
 async fn listening(info: &ConnectionInfo, port: u16) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -571,7 +641,7 @@ async fn bench_starts(args: &Args, spec: &Kernelspec, scratch: &Path) -> anyhow:
                 starts.listening[way].push(mm.listening);
                 mm.terminate().await;
             } else {
-                let kernel = DirectKernel::start(spec, &dir).await?;
+                let kernel = DirectKernel::start(spec, &dir, false).await?;
                 starts.ready[way].push(kernel.answered);
                 kernel.stop().await;
             }
@@ -649,12 +719,27 @@ fn report(args: &Args, results: &[Result_]) {
         );
         p50s.push(pct(&s, 0.5));
     }
-    if let ([mm, zmq, js], [r_mm, _, r_js]) = (&p50s[..], results) {
+    // Middleman first, the floor second, Jupyter Server last (a bridged floor between).
+    if let (Some(mm), Some(zmq), Some(js), Some(r_mm), Some(r_js)) = (
+        p50s.first(),
+        p50s.get(1),
+        p50s.last(),
+        results.first(),
+        results.last(),
+    ) && p50s.len() >= 3
+    {
         println!(
             "\nRatios: Middleman p50 / direct ZeroMQ p50 = {:.2}; Jupyter Server p50 / Middleman p50 = {:.2}",
             mm / zmq,
             js / mm
         );
+        if p50s.len() == 4 {
+            println!(
+                "Bridged floor p50 / direct ZeroMQ p50 = {:.2}; Middleman p50 / bridged floor p50 = {:.2}",
+                p50s[2] / zmq,
+                mm / p50s[2]
+            );
+        }
         if let (Some(a), Some(b)) = (r_mm.rss_mib, r_js.rss_mib) {
             println!("Middleman RSS / Jupyter Server RSS = {:.2}", a / b);
         }
