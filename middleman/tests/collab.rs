@@ -401,8 +401,28 @@ async fn an_input_prompt_is_answered_by_a_second_editor() {
         value: "ada".into(),
     })
     .await;
-    ada.until(|e| is_error(e, ErrorCode::NoPendingInput)).await;
-    let run = ada.collect(&id).await;
+    // The refusal and the run's end race (the kernel goes on at once): wait for both.
+    let mut run = common::Run {
+        id: id.clone(),
+        ..Default::default()
+    };
+    let mut refused = false;
+    while !refused || run.status.is_none() {
+        let event = ada.next().await.event;
+        refused |= is_error(&event, ErrorCode::NoPendingInput);
+        match event {
+            ServerEvent::Output {
+                execution_id,
+                output,
+            } if execution_id == id => run.outputs.push(output),
+            ServerEvent::ExecutionFinished {
+                execution_id,
+                status,
+                ..
+            } if execution_id == id => run.status = Some(status),
+            _ => {}
+        }
+    }
     assert_eq!(run.status, Some(ExecutionStatus::Ok));
     assert!(run.stdout().contains("hi bob"), "{run:?}");
     server.stop().await;

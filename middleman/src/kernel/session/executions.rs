@@ -34,16 +34,30 @@ pub(super) fn answer_save(
 const RECENT_OUTPUTS: usize = 32;
 
 impl Actor {
+    /// Starts the next queued execution, if the kernel is free, and tells the clients.
     pub(super) async fn start_next(&mut self) {
+        if let Some(execution_id) = self.send_next().await {
+            self.announce_started(execution_id);
+        }
+    }
+
+    /// Tells the clients that `execution_id` started (its request is with the kernel).
+    pub(super) fn announce_started(&mut self, execution_id: String) {
+        self.emit(ServerEvent::ExecutionStarted { execution_id });
+        self.publish_queue();
+        self.set_state(KernelState::Busy, None);
+    }
+
+    /// Sends the next queued execution to the kernel, if the kernel is free, and makes it the
+    /// current one; returns its id. Nothing is told to clients yet ([`Actor::announce_started`]).
+    pub(super) async fn send_next(&mut self) -> Option<String> {
         if self.current.is_some() || self.state == KernelState::Dead {
-            return;
+            return None;
         }
         let Phase::Ready { sockets, .. } = &mut self.phase else {
-            return;
+            return None;
         };
-        let Some(mut pending) = self.queue.pop_front() else {
-            return;
-        };
+        let mut pending = self.queue.pop_front()?;
         let mut request = ExecuteRequest::new(pending.code.clone());
         request.allow_stdin = pending.options.allow_stdin;
         request.silent = pending.options.silent;
@@ -77,7 +91,7 @@ impl Actor {
                 reason: format!("the kernel connection failed: {error}"),
             }))
             .await;
-            return;
+            return None;
         }
         if let Some(quiet) = then {
             self.send_quiet(quiet).await;
@@ -91,9 +105,7 @@ impl Actor {
                 self.settings.stream_flush_interval,
             ),
         );
-        self.emit(ServerEvent::ExecutionStarted {
-            execution_id: pending.id.clone(),
-        });
+        let execution_id = pending.id.clone();
         // Deno's kernel may publish the result after its idle status: wait for one only where
         // the cell may show a value (not after `const x = ...` or `console.log(...)`).
         let awaits_late_result = self.settings.spec.results_after_idle()
@@ -112,8 +124,7 @@ impl Actor {
             input: None,
             save,
         });
-        self.publish_queue();
-        self.set_state(KernelState::Busy, None);
+        Some(execution_id)
     }
 
     pub(super) fn remember_output(&mut self, msg_id: String, buffer: OutputBuffer) {

@@ -567,13 +567,19 @@ impl Actor {
                     then,
                     options,
                 };
+                let queued = summary(&pending, false);
+                self.queue.push_back(pending);
+                // What can start now goes to the kernel before anyone is told: its request
+                // leaves ahead of the clients' frames, which then go out in one burst.
+                let started = self.send_next().await;
                 self.emit(ServerEvent::ExecutionQueued {
-                    execution: summary(&pending, false),
+                    execution: queued,
                     request_id,
                 });
-                self.queue.push_back(pending);
-                self.publish_queue();
-                self.start_next().await;
+                match started {
+                    Some(execution_id) => self.announce_started(execution_id),
+                    None => self.publish_queue(),
+                }
                 Ok(())
             }
             Command::Quiet(quiet) => {
