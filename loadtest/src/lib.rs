@@ -92,20 +92,21 @@ pub async fn watchman_client(addr: std::net::SocketAddr) -> anyhow::Result<Watch
 }
 
 /// A Watchman in this process with the local backend, in `dir`: `plans` (TOML) as its plans
-/// file, a fresh signing key, [`API_TOKEN`], real pods of `middleman_bin` under `dir/pods`, a
-/// 100 ms reconcile interval; `extra` flags after those.
+/// file, a fresh signing key (its public half in `dir/keys/public.pem`, for a gateway),
+/// [`API_TOKEN`], real pods of `middleman_bin` under `dir/pods`, `reconcile_interval`; `extra`
+/// flags after those.
 pub async fn local_watchman(
     dir: &Path,
     plans: &str,
     middleman_bin: &Path,
+    reconcile_interval: &str,
     extra: &[&str],
 ) -> anyhow::Result<(watchman::Running, WatchmanClient)> {
     use clap::Parser as _;
     std::fs::create_dir_all(dir)?;
     let plans_file = dir.join("plans.toml");
     std::fs::write(&plans_file, plans)?;
-    let key = dir.join("key.pem");
-    std::fs::write(&key, session_token::SigningKey::generate().to_pem()?)?;
+    let keys = Keys::generate(&dir.join("keys"))?;
     let mut args: Vec<String> = [
         "watchman",
         "--grpc-listen",
@@ -115,13 +116,13 @@ pub async fn local_watchman(
         "--api-token",
         API_TOKEN,
         "--reconcile-interval",
-        "100ms",
+        reconcile_interval,
     ]
     .map(str::to_owned)
     .into();
     for (flag, value) in [
         ("--plans", plans_file.display().to_string()),
-        ("--signing-key", key.display().to_string()),
+        ("--signing-key", keys.signing_pem().display().to_string()),
         ("--middleman-bin", middleman_bin.display().to_string()),
         ("--local-root", dir.join("pods").display().to_string()),
         (
@@ -135,6 +136,30 @@ pub async fn local_watchman(
     let w = watchman::start(watchman::Args::try_parse_from(args)?).await?;
     let c = watchman_client(w.grpc_addr).await?;
     Ok((w, c))
+}
+
+/// Waits until some pool Watchman lists is `ready`, asking every `every`, for at most `within`.
+pub async fn wait_pool(
+    c: &mut WatchmanClient,
+    within: Duration,
+    every: Duration,
+    ready: impl Fn(&watchman_proto::v1::PoolStatus) -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let pools = c
+            .list_pools(watchman_proto::v1::ListPoolsRequest {})
+            .await?
+            .into_inner()
+            .pools;
+        if pools.iter().any(&ready) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("no pool was ready within {} s: {pools:?}", within.as_secs());
+        }
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// CPU time (user + system) a process has used, seconds.
@@ -203,6 +228,11 @@ impl Keys {
             dir: dir.to_owned(),
             key,
         })
+    }
+
+    /// The signing key's file (PKCS#8 PEM).
+    pub fn signing_pem(&self) -> PathBuf {
+        self.dir.join("signing.pem")
     }
 
     /// The public key's file (SPKI PEM).
@@ -425,9 +455,20 @@ pub async fn http(
     token: &str,
     body: &str,
 ) -> anyhow::Result<(u16, String)> {
+    http_with(port, method, path, &format!("token {token}"), body).await
+}
+
+/// A plain HTTP/1.1 request with this `Authorization` header; returns (status, body).
+pub async fn http_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    authorization: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: token {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: {authorization}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await?;

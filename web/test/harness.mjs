@@ -213,8 +213,9 @@ function spawnMarked(bin, args, logPath) {
   });
 }
 
-/** Stops a process started by `spawnMarked` (its group): SIGTERM, then SIGKILL after 8 s. */
-async function stopMarked(p) {
+/** Stops a process started in its own group (`spawnMarked`): SIGTERM, then SIGKILL after
+ * `graceMs`. */
+export async function stopMarked(p, graceMs = 8000) {
   if (!p || p.exitCode !== null || p.signalCode !== null) return;
   const exited = new Promise((r) => p.once("exit", r));
   process.kill(-p.pid, "SIGTERM");
@@ -224,7 +225,7 @@ async function stopMarked(p) {
     } catch {
       /* gone */
     }
-  }, 8000);
+  }, graceMs);
   await exited;
   clearTimeout(timer);
 }

@@ -11,7 +11,7 @@ import { spawn } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe } from "node:test";
-import { env, freePort, itShows, launch, newPage, openFromLanding, problems, shot } from "./harness.mjs";
+import { env, freePort, itShows, launch, newPage, openFromLanding, problems, shot, stopMarked } from "./harness.mjs";
 
 /** Watchman's HTTP address (`POST /v1/jupyter-tokens`) and its API token; scripts/test-web.sh. */
 const watchmanApi = process.env.NBP_WEB_WATCHMAN_API ?? "";
@@ -99,22 +99,6 @@ async function startJupyterLab(gatewayUrl, authToken) {
   throw new Error(`jupyter lab did not start (${log}):\n${readFileSync(log, "utf8").slice(-3000)}`);
 }
 
-/** Stops JupyterLab (SIGTERM: it shuts its kernels down on the gateway), SIGKILL after 15 s. */
-async function stopJupyterLab(s) {
-  const p = s?.proc;
-  if (!p || p.exitCode !== null || p.signalCode !== null) return;
-  const exited = new Promise((r) => p.once("exit", r));
-  process.kill(-p.pid, "SIGTERM");
-  const timer = setTimeout(() => {
-    try {
-      process.kill(-p.pid, "SIGKILL");
-    } catch {
-      /* gone */
-    }
-  }, 15_000);
-  await exited;
-  clearTimeout(timer);
-}
 
 /** The gateway's Jupyter Server API, as the token's user. */
 async function gatewayApi(path) {
@@ -169,7 +153,8 @@ before(async () => {
 });
 after(async () => {
   await browser?.close();
-  await stopJupyterLab(server);
+  // SIGTERM: it shuts its kernels down on the gateway.
+  await stopMarked(server?.proc, 15_000);
   if (server) {
     // What JupyterLab's server saw of the gateway, kept beside the screenshots.
     copyFileSync(server.log, join(env.artifacts, "jupyterlab-server.log"));

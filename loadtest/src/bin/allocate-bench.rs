@@ -44,19 +44,8 @@ fn req(doc: &str) -> pb::AllocateRequest {
 }
 
 async fn wait_warm(c: &mut Client, n: u32) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let pools = c
-            .list_pools(pb::ListPoolsRequest {})
-            .await?
-            .into_inner()
-            .pools;
-        if pools.iter().any(|p| p.warm >= n) {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "pool did not fill");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (within, every) = (Duration::from_secs(600), Duration::from_millis(200));
+    loadtest::wait_pool(c, within, every, |p| p.warm >= n).await
 }
 
 async fn run_concurrent(

@@ -211,6 +211,7 @@ async fn watchman(
         dir,
         "[plans.bench]\nwarm = { ratio = 0.0, min = 2, max = 2 }\n[plans.bench.limits]\nmemory_mib = 8192\nworkspace_mib = 4096\nexecution_timeout = \"10m\"\n",
         &args.middleman_bin,
+        "100ms",
         &[
             "--checkpoint-store",
             &store,
@@ -223,17 +224,8 @@ async fn watchman(
 }
 
 async fn wait_warm(c: &mut loadtest::WatchmanClient) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let pools = c.list_pools(pb::ListPoolsRequest {}).await?.into_inner();
-        if pools.pools.iter().any(|p| p.warm >= 2) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("no warm pods after 120 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (within, every) = (Duration::from_secs(120), Duration::from_millis(100));
+    loadtest::wait_pool(c, within, every, |p| p.warm >= 2).await
 }
 
 async fn allocate(c: &mut loadtest::WatchmanClient, doc: &str) -> anyhow::Result<pb::Allocation> {

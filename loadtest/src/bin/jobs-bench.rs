@@ -88,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
             w = args.warm
         ),
         &args.middleman_bin,
+        "100ms",
         &["--checkpoint-store", "none", "--delete-pods-on-exit"],
     )
     .await?;
@@ -297,15 +298,6 @@ async fn one(j: &mut Jobs, code: &str) -> anyhow::Result<pb::Run> {
 }
 
 async fn wait_warm(c: &mut loadtest::WatchmanClient, warm: u32) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let pools = c.list_pools(pb::ListPoolsRequest {}).await?.into_inner();
-        if pools.pools.iter().any(|p| p.warm >= warm) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(anyhow::anyhow!("no warm pods after 180 s")).context("wait_warm");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (within, every) = (Duration::from_secs(180), Duration::from_millis(20));
+    loadtest::wait_pool(c, within, every, |p| p.warm >= warm).await
 }

@@ -32,10 +32,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
 use futures_util::{SinkExt as _, StreamExt as _};
-use loadtest::{API_TOKEN, Gateway, JupyterServer, Keys, WatchmanClient, Ws, http, tempdir};
+use loadtest::{API_TOKEN, Gateway, JupyterServer, WatchmanClient, Ws, http, tempdir};
 use middleman::jupyter::wire::{self, Channel, Framing, Outgoing, WireMessage};
 use serde_json::{Map, Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use watchman_proto::v1 as pb;
@@ -146,10 +145,9 @@ async fn main() -> anyhow::Result<()> {
         .map_or_else(|| "memory".to_owned(), |r| r.url());
 
     // Ours: Watchman, the gateway in front of it, a Jupyter API token.
-    let keys = Keys::generate(&scratch.join("keys"))?;
     let (w, mut c) = start_watchman(&args, &scratch, &middleman_bin, &store).await?;
     let wm = w.watchman.clone();
-    let result = run(&args, &scratch, &keys, &gateway_bin, &venv, &w, &mut c).await;
+    let result = run(&args, &scratch, &gateway_bin, &venv, &w, &mut c).await;
     // Whatever happened, no pod outlives the bench.
     w.stop().await;
     wm.delete_all_pods().await?;
@@ -162,7 +160,6 @@ async fn main() -> anyhow::Result<()> {
 async fn run(
     args: &Args,
     scratch: &Path,
-    keys: &Keys,
     gateway_bin: &Path,
     venv: &Path,
     w: &watchman::Running,
@@ -173,12 +170,13 @@ async fn run(
         Wire::Legacy => Framing::Legacy,
     };
     let mut passes = w.reconciler.clone();
-    // Written by start_watchman.
+    // Written by start_watchman (the public key by local_watchman).
     let route_token = scratch.join("watchman/route-token");
+    let public_key = scratch.join("watchman/keys/public.pem");
     let gateway = Gateway::start(
         gateway_bin,
         "127.0.0.1:0",
-        &keys.public_pem(),
+        &public_key,
         &[],
         &[
             "--watchman",
@@ -207,7 +205,7 @@ async fn run(
         token: stock_server.token.clone(),
         kernel: args.kernel.clone(),
     };
-    wait_pool(c, args.pool).await?;
+    wait_pool(c, args.pool, true).await?;
 
     println!("# Jupyter Server API benchmark\n");
     println!(
@@ -270,7 +268,7 @@ impl Env<'_> {
     /// Waits until the pool is full and quiet, then `settle_ms`; for our samples (unless
     /// unaligned), then until a reconcile pass has just ended.
     async fn quiet(&mut self, ours: bool) -> anyhow::Result<()> {
-        wait_pool(self.c, self.args.pool).await?;
+        wait_pool(self.c, self.args.pool, true).await?;
         tokio::time::sleep(Duration::from_millis(self.args.settle_ms)).await;
         if ours && !self.args.unaligned {
             let before = self.passes.borrow_and_update().passes;
@@ -296,78 +294,43 @@ async fn start_watchman(
     middleman_bin: &Path,
     store: &str,
 ) -> anyhow::Result<(watchman::Running, WatchmanClient)> {
-    use clap::Parser as _;
     let dir = scratch.join("watchman");
     std::fs::create_dir_all(&dir)?;
-    let plans = dir.join("plans.toml");
-    std::fs::write(
-        &plans,
-        format!(
+    let route_token = dir.join("route-token");
+    std::fs::write(&route_token, ROUTE_TOKEN)?;
+    let prefix = format!("jupyter-bench-{}:", uuid::Uuid::new_v4().simple());
+    let mut extra = vec![
+        "--route-token-file".to_owned(),
+        route_token.display().to_string(),
+        "--store".into(),
+        store.into(),
+        "--redis-prefix".into(),
+        prefix,
+    ];
+    extra.extend(args.watchman_args.iter().cloned());
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    loadtest::local_watchman(
+        &dir,
+        &format!(
             "[plans.{PLAN}]\nkernel = \"{}\"\nwarm = {{ ratio = 0.0, min = {1}, max = {1} }}\n",
             args.kernel, args.pool
         ),
-    )?;
-    let signing = scratch.join("keys/signing.pem");
-    let route_token = dir.join("route-token");
-    std::fs::write(&route_token, ROUTE_TOKEN)?;
-    let pool_id = format!("jupyter-bench-{}", uuid::Uuid::new_v4().simple());
-    let mut argv: Vec<String> = [
-        "watchman",
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--plans",
-        &plans.display().to_string(),
-        "--signing-key",
-        &signing.display().to_string(),
-        "--api-token",
-        API_TOKEN,
-        "--route-token-file",
-        &route_token.display().to_string(),
-        "--store",
-        store,
-        "--redis-prefix",
-        &format!("{pool_id}:"),
-        "--middleman-bin",
-        &middleman_bin.display().to_string(),
-        "--local-root",
-        &dir.join("pods").display().to_string(),
-        "--pool-id",
-        &pool_id,
-        "--reconcile-interval",
+        middleman_bin,
         &args.reconcile_interval,
-    ]
-    .map(str::to_owned)
-    .into();
-    argv.extend(args.watchman_args.iter().cloned());
-    let w = watchman::start(watchman::Args::try_parse_from(argv)?)
-        .await
-        .context("starting watchman")?;
-    let c = loadtest::watchman_client(w.grpc_addr).await?;
-    Ok((w, c))
+        &extra,
+    )
+    .await
+    .context("starting watchman")
 }
 
-/// Waits until plan [`PLAN`] has `n` warm pods, none starting and none allocated.
-async fn wait_pool(c: &mut WatchmanClient, n: u32) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let pools = c
-            .list_pools(pb::ListPoolsRequest {})
-            .await?
-            .into_inner()
-            .pools;
-        if pools
-            .iter()
-            .any(|p| p.plan == PLAN && p.warm >= n && p.starting == 0 && p.allocated == 0)
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the pool did not fill: {pools:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Waits until plan [`PLAN`] has `n` warm pods and none starting, and (`idle`) none
+/// allocated either.
+async fn wait_pool(c: &mut WatchmanClient, n: u32, idle: bool) -> anyhow::Result<()> {
+    let (within, every) = (Duration::from_secs(300), Duration::from_millis(50));
+    loadtest::wait_pool(c, within, every, |p| {
+        p.plan == PLAN && p.warm >= n && p.starting == 0 && (!idle || p.allocated == 0)
+    })
+    .await
 }
 
 /// A Jupyter API token for `user` (no document: each kernel start is a new document), from
@@ -375,18 +338,18 @@ async fn wait_pool(c: &mut WatchmanClient, n: u32) -> anyhow::Result<()> {
 async fn jupyter_token(watchman_http: SocketAddr, user: &str) -> anyhow::Result<String> {
     let body = json!({"user_id": user, "user_name": "Ada", "document_id": "", "role": "editor"})
         .to_string();
-    let mut s = tokio::net::TcpStream::connect(watchman_http).await?;
-    let req = format!(
-        "POST /v1/jupyter-tokens HTTP/1.1\r\nHost: {watchman_http}\r\nAuthorization: Bearer {API_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(STEP, s.read_to_end(&mut buf)).await??;
-    let text = String::from_utf8_lossy(&buf);
-    let json = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    let v: Value = serde_json::from_str(json)
-        .with_context(|| format!("POST /v1/jupyter-tokens answered {text}"))?;
+    let (status, answer) = loadtest::http_with(
+        watchman_http.port(),
+        "POST",
+        "/v1/jupyter-tokens",
+        &format!("Bearer {API_TOKEN}"),
+        &body,
+    )
+    .await?;
+    if status != 200 {
+        bail!("POST /v1/jupyter-tokens answered {status}: {answer}");
+    }
+    let v: Value = serde_json::from_str(&answer)?;
     Ok(v["token"].as_str().context("no token")?.to_owned())
 }
 
@@ -769,28 +732,12 @@ async fn exec_part(
     Ok(out)
 }
 
-/// Waits until the pool has its warm pods again (one is allocated) and nothing starts.
+/// Waits until the pool has its warm pods again (one is allocated) and nothing starts, then
+/// the settle time.
 async fn wait_refilled(env: &mut Env<'_>) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let pools = env
-            .c
-            .list_pools(pb::ListPoolsRequest {})
-            .await?
-            .into_inner()
-            .pools;
-        if pools
-            .iter()
-            .any(|p| p.plan == PLAN && p.warm >= env.args.pool && p.starting == 0)
-        {
-            tokio::time::sleep(Duration::from_millis(env.args.settle_ms)).await;
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the pool did not refill: {pools:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_pool(env.c, env.args.pool, false).await?;
+    tokio::time::sleep(Duration::from_millis(env.args.settle_ms)).await;
+    Ok(())
 }
 
 // ---- Diagnosis: our WebSocket open, step by step ---------------------------------------------
