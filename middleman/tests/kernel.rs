@@ -38,6 +38,35 @@ async fn print_result_and_counts() {
     assert!(
         matches!(&run.outputs[..], [Output::Stream { name: StreamName::Stderr, text }] if text == "oops\n")
     );
+    // The helper's flush (nbplat_flush.py) is in place, and skipping the flushes of empty
+    // streams loses nothing: a display, text on both streams and the result all arrive, in order.
+    let run = c
+        .run(
+            "import sys\nfrom IPython.display import display\n\
+             assert type(sys.stdout).flush._nbplat\n\
+             display('shown'); print('out'); print('err', file=sys.stderr); 7",
+        )
+        .await;
+    assert_eq!(run.status, Some(ExecutionStatus::Ok), "{:?}", run.outputs);
+    match &run.outputs[..] {
+        [
+            Output::DisplayData { data, .. },
+            Output::Stream {
+                name: StreamName::Stdout,
+                text: out,
+            },
+            Output::Stream {
+                name: StreamName::Stderr,
+                text: err,
+            },
+            Output::ExecuteResult { data: result, .. },
+        ] => {
+            assert_eq!(data["text/plain"], "'shown'");
+            assert_eq!((out.as_str(), err.as_str()), ("out\n", "err\n"));
+            assert_eq!(result["text/plain"], "7");
+        }
+        other => panic!("unexpected outputs {other:?}"),
+    }
     // Busy then idle are visible.
     assert!(run.events.iter().any(|e| matches!(
         e,

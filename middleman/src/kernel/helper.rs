@@ -2,7 +2,9 @@
 //! kernel): table outputs for DataFrames, the `nbplat_request` shell message (table pages, SQL
 //! completion) and what SQL cells run. Middleman starts every IPython kernel with it, as one
 //! `exec_lines` entry, and the checkpoint helper (`nbplat_checkpoint.py`) as a second; other kernels run without it (their SQL cells fail with a plain
-//! `ModuleNotFoundError`, and their tables are their own HTML).
+//! `ModuleNotFoundError`, and their tables are their own HTML). A third entry
+//! (`nbplat_flush.py`) makes ipykernel's flush of an empty stream return at once: three
+//! cross-thread waits a cell, about 1.2 ms of a trivial cell's 4.2 ms.
 
 use base64::Engine as _;
 
@@ -10,6 +12,8 @@ use base64::Engine as _;
 const NBPLAT_KERNEL_PY: &str = include_str!("nbplat_kernel.py");
 /// Checkpoints: saving and restoring the user's globals (after the helper, which it extends).
 const NBPLAT_CHECKPOINT_PY: &str = include_str!("nbplat_checkpoint.py");
+/// ipykernel's stream flush without a thread round trip when there is nothing to send.
+const NBPLAT_FLUSH_PY: &str = include_str!("nbplat_flush.py");
 
 /// Whether `argv` starts an IPython kernel (`ipykernel`, `ipykernel_launcher`).
 pub(crate) fn is_ipython(argv: &[String]) -> bool {
@@ -36,6 +40,7 @@ const HISTORY_IN_MEMORY: &str = "--HistoryManager.hist_file=:memory:";
 pub(crate) fn add_helper(argv: &mut Vec<String>) {
     if is_ipython(argv) {
         argv.push(HISTORY_IN_MEMORY.to_owned());
+        argv.push(exec_line(NBPLAT_FLUSH_PY, "_nbplat_flush"));
         argv.push(exec_line(NBPLAT_KERNEL_PY, "_nbplat"));
         argv.push(exec_line(NBPLAT_CHECKPOINT_PY, "_nbplat_checkpoint"));
     }
@@ -53,7 +58,7 @@ mod tests {
             "ipykernel_launcher".into(),
         ];
         add_helper(&mut argv);
-        assert_eq!(argv.len(), 6);
+        assert_eq!(argv.len(), 7);
         assert_eq!(argv[3], HISTORY_IN_MEMORY);
         for line in &argv[4..] {
             assert!(line.starts_with("--IPKernelApp.exec_lines=exec("));
