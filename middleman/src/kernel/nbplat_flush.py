@@ -1,4 +1,4 @@
-# A flush with nothing to send returns at once (run once at start-up; middleman/src/kernel/helper.rs).
+# A flush with nothing to send returns at once (run once at start-up; see kernel/helper.rs).
 #
 # ipykernel's OutStream.flush hands a flush to its IO thread and waits for it, even when nothing
 # was written: a round trip between two threads (a message to wake the IO thread, the GIL passed
