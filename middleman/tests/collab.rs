@@ -410,18 +410,7 @@ async fn an_input_prompt_is_answered_by_a_second_editor() {
     while !refused || run.status.is_none() {
         let event = ada.next().await.event;
         refused |= is_error(&event, ErrorCode::NoPendingInput);
-        match event {
-            ServerEvent::Output {
-                execution_id,
-                output,
-            } if execution_id == id => run.outputs.push(output),
-            ServerEvent::ExecutionFinished {
-                execution_id,
-                status,
-                ..
-            } if execution_id == id => run.status = Some(status),
-            _ => {}
-        }
+        run.absorb(event);
     }
     assert_eq!(run.status, Some(ExecutionStatus::Ok));
     assert!(run.stdout().contains("hi bob"), "{run:?}");

@@ -99,7 +99,6 @@ async function startJupyterLab(gatewayUrl, authToken) {
   throw new Error(`jupyter lab did not start (${log}):\n${readFileSync(log, "utf8").slice(-3000)}`);
 }
 
-
 /** The gateway's Jupyter Server API, as the token's user. */
 async function gatewayApi(path) {
   const r = await fetch(`${env.watchman}/jupyter${path}`, { headers: { Authorization: `token ${jupyterToken}` } });

@@ -48,9 +48,9 @@ struct Args {
     /// More flags for the Middleman of the round trips (e.g. `--middleman-arg=--kernel-namespaces=off`).
     #[arg(long = "middleman-arg", allow_hyphen_values = true)]
     middleman_args: Vec<String>,
-    /// A fourth target in the turns, for a TCP-only kernel: the floor's client reaching the
-    /// kernel through the jail's bridge (`sandbox/src/bridge.rs`, unix sockets copied to the
-    /// kernel's ports), as Middleman does; the bridge's own cost.
+    /// A third target in the turns (a fourth row), for a TCP-only kernel: the floor's client
+    /// reaching the kernel through the jail's bridge (`sandbox/src/bridge.rs`, unix sockets
+    /// copied to the kernel's ports), as Middleman does; the bridge's own cost.
     #[arg(long)]
     bridged_floor: bool,
     /// Instead of round trips, measure this many warm pod starts of each way.
@@ -196,6 +196,11 @@ async fn bench_middleman_and_floor(
             DirectKernel::start(spec, &scratch.join("zmq"), false)
                 .await
                 .context("direct zmq")?,
+            if spec.tcp_only() {
+                "Direct ZeroMQ over TCP (floor)"
+            } else {
+                "Direct ZeroMQ over ipc (floor)"
+            },
         ),
     ];
     if args.bridged_floor && spec.tcp_only() {
@@ -203,6 +208,7 @@ async fn bench_middleman_and_floor(
             DirectKernel::start(spec, &scratch.join("bridged"), true)
                 .await
                 .context("bridged zmq")?,
+            "ZeroMQ through the bridge (ipc to TCP)",
         ));
     }
     let n = targets.len();
@@ -217,20 +223,15 @@ async fn bench_middleman_and_floor(
         }
     }
     let mut results = Vec::new();
-    for (k, (target, samples)) in targets.into_iter().zip(samples).enumerate() {
+    for (target, samples) in targets.into_iter().zip(samples) {
         match target {
             Target::Middleman(mm) => {
                 let rss = rss_mib(mm.mm.pid);
                 mm.mm.stop().await;
                 results.push(Result_::of("Middleman WebSocket".into(), samples, rss));
             }
-            Target::Direct(kernel) => {
+            Target::Direct(kernel, name) => {
                 kernel.stop().await;
-                let name = match (k, spec.tcp_only()) {
-                    (1, true) => "Direct ZeroMQ over TCP (floor)",
-                    (1, false) => "Direct ZeroMQ over ipc (floor)",
-                    _ => "ZeroMQ through the bridge (ipc to TCP)",
-                };
                 results.push(Result_::of(name.into(), samples, None));
             }
         }
@@ -238,17 +239,17 @@ async fn bench_middleman_and_floor(
     Ok(results)
 }
 
-/// What takes turns in the round trips.
+/// What takes turns in the round trips (a direct client with its row's name).
 enum Target {
     Middleman(MiddlemanTarget),
-    Direct(DirectKernel),
+    Direct(DirectKernel, &'static str),
 }
 
 impl Target {
     async fn once(&mut self) -> anyhow::Result<Option<String>> {
         match self {
             Self::Middleman(mm) => mm.once().await,
-            Self::Direct(kernel) => kernel.execute().await,
+            Self::Direct(kernel, _) => kernel.execute().await,
         }
     }
 }
@@ -504,8 +505,6 @@ impl DirectKernel {
     }
 }
 
-/// Waits until the kernel listens on `port` of `info` (a unix socket path for ipc, a loopback
-/// port for TCP), asking every 2 ms.
 /// Listens on unix sockets in `dir` that the bridge copies to `info`'s ports (for as long as
 /// this process runs); returns the connection info of those sockets.
 fn bridge(info: &ConnectionInfo, dir: &Path) -> anyhow::Result<ConnectionInfo> {
@@ -538,6 +537,8 @@ fn bridge(info: &ConnectionInfo, dir: &Path) -> anyhow::Result<ConnectionInfo> {
     })
 }
 
+/// Waits until the kernel listens on `port` of `info` (a unix socket path for ipc, a loopback
+/// port for TCP), asking every 2 ms.
 async fn listening(info: &ConnectionInfo, port: u16) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {

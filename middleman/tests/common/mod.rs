@@ -208,6 +208,37 @@ pub struct Run {
 }
 
 impl Run {
+    /// Takes in one event: this execution's outputs, truncation and end are recorded, and
+    /// every event is kept. `true` once the execution finished.
+    pub fn absorb(&mut self, e: ServerEvent) -> bool {
+        let id = self.id.as_str();
+        let mut finished = false;
+        match &e {
+            ServerEvent::Output {
+                execution_id,
+                output,
+            } if execution_id == id => self.outputs.push(output.clone()),
+            ServerEvent::OutputTruncated { execution_id, .. } if execution_id == id => {
+                self.truncated = true
+            }
+            ServerEvent::ExecutionFinished {
+                execution_id,
+                status,
+                reason,
+                execution_count,
+                ..
+            } if execution_id == id => {
+                self.status = Some(*status);
+                self.reason = reason.clone();
+                self.execution_count = *execution_count;
+                finished = true;
+            }
+            _ => {}
+        }
+        self.events.push(e);
+        finished
+    }
+
     pub fn stdout(&self) -> String {
         self.outputs
             .iter()
@@ -457,33 +488,8 @@ impl Client {
             id: id.to_owned(),
             ..Default::default()
         };
-        loop {
-            let e = self.next().await.event;
-            match &e {
-                ServerEvent::Output {
-                    execution_id,
-                    output,
-                } if execution_id == id => run.outputs.push(output.clone()),
-                ServerEvent::OutputTruncated { execution_id, .. } if execution_id == id => {
-                    run.truncated = true
-                }
-                ServerEvent::ExecutionFinished {
-                    execution_id,
-                    status,
-                    reason,
-                    execution_count,
-                    ..
-                } if execution_id == id => {
-                    run.status = Some(*status);
-                    run.reason = reason.clone();
-                    run.execution_count = *execution_count;
-                    run.events.push(e);
-                    return run;
-                }
-                _ => {}
-            }
-            run.events.push(e);
-        }
+        while !run.absorb(self.next().await.event) {}
+        run
     }
 
     /// Restarts the kernel and waits until the new one is idle. (Waits for `restarting` first:
