@@ -1,24 +1,34 @@
-//! The bridge to a kernel that speaks TCP only (Deno's). Middleman reaches every kernel the
-//! same way, through unix sockets in the ipc directory; a TCP-only kernel listens on loopback
-//! ports instead, so the jail's init listens on those socket paths for it and copies each
-//! connection to the kernel's port, inside the jail.
+//! The bridge to a kernel that speaks TCP only (Deno's). Middleman reaches every kernel
+//! through sockets in the ipc directory; a TCP-only kernel listens on loopback ports instead,
+//! so the jail's init listens on those socket paths for it, and for each connection Middleman
+//! makes there, connects to the kernel's port from inside the jail and hands the connected TCP
+//! socket to Middleman (`SCM_RIGHTS`): from then on Middleman and the kernel talk directly,
+//! with no copy in between, and Middleman speaks ZeroMQ over it itself.
 //!
 //! With namespaces the ports are on the jail's own loopback (init brings `lo` up in the jail's
 //! network namespace, which has no other interface): nothing outside the jail can reach them,
-//! and the kernel reaches nothing but them. Without namespaces (a pod's kernel container)
-//! they are on the pod's loopback, and Landlock lets the kernel bind and connect to those
-//! ports only (`rules`), never to Middleman's.
+//! and the kernel reaches nothing but them. A socket belongs to the namespace it was made in,
+//! so the socket Middleman is handed still leads into the jail, and only to that port.
+//! Without namespaces (a pod's kernel container) the ports are on the pod's loopback, and
+//! Landlock lets the kernel bind and connect to those ports only (`rules`), never to
+//! Middleman's.
 //!
 //! The listeners are made while init still has its privileges (the ipc directory belongs to
-//! the kernel's user) and handed to that user; each connection gets two threads copying bytes,
-//! started after init restricted itself, so they hold every restriction the kernel holds.
+//! the kernel's user) and handed to that user; a thread per listener serves them, started
+//! after init restricted itself, so it holds every restriction the kernel holds.
 
-use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream};
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketType, recvmsg, sendmsg,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -29,9 +39,6 @@ pub struct BridgedPort {
     pub socket: PathBuf,
     pub port: u16,
 }
-
-/// Connections one socket serves at once (Middleman makes one; reconnects may overlap).
-const MAX_CONNECTIONS: usize = 8;
 
 /// How long a connection waits for the kernel to listen on its port (its start-up).
 const KERNEL_START: Duration = Duration::from_secs(60);
@@ -89,82 +96,98 @@ fn set_owner(path: &Path, owner: Option<u32>, umask: u32) -> std::io::Result<()>
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777 & !umask))
 }
 
-/// Serves every listener on threads of its own until the process ends.
+/// Serves every listener on a thread of its own until the process ends.
 pub fn serve(listeners: Vec<Listener>) {
     for Listener { listener, port } in listeners {
-        let open = Arc::new(AtomicUsize::new(0));
         let _ = std::thread::Builder::new()
             .name(format!("bridge-{port}"))
             .spawn(move || {
+                // One connection at a time: Middleman makes one per channel (the heartbeat's
+                // again after a miss), and each is handed over at once.
                 for stream in listener.incoming() {
                     let Ok(stream) = stream else { continue };
-                    if open.load(Ordering::Acquire) >= MAX_CONNECTIONS {
-                        continue;
-                    }
-                    open.fetch_add(1, Ordering::AcqRel);
-                    let open = open.clone();
-                    let spawned = std::thread::Builder::new()
-                        .name(format!("bridge-{port}-conn"))
-                        .spawn(move || {
-                            connect_and_copy(&stream, port);
-                            open.fetch_sub(1, Ordering::AcqRel);
-                        });
-                    if spawned.is_err() {
-                        // Not counted any more; the stream was dropped with the closure.
-                        continue;
+                    if let Some(tcp) = connect(port) {
+                        let _ = hand_over(&stream, &tcp);
                     }
                 }
             });
     }
 }
 
-/// Connects to the kernel's port (waiting for it to listen) and copies both ways until either
-/// side closes.
-fn connect_and_copy(unix: &UnixStream, port: u16) {
+/// Connects to the kernel's port, waiting for it to listen (its start-up).
+fn connect(port: u16) -> Option<TcpStream> {
     let address = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
     let began = Instant::now();
     let mut pause = Duration::from_millis(2);
-    let tcp = loop {
+    loop {
         match TcpStream::connect(address) {
-            Ok(tcp) => break tcp,
+            Ok(tcp) => {
+                // Jupyter messages are small and latency-bound.
+                let _ = tcp.set_nodelay(true);
+                return Some(tcp);
+            }
             Err(_) if began.elapsed() < KERNEL_START => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(100));
             }
-            Err(_) => return,
+            Err(_) => return None,
         }
-    };
-    // Jupyter messages are small and latency-bound.
-    let _ = tcp.set_nodelay(true);
-    let (Ok(unix_reader), Ok(tcp_reader)) = (unix.try_clone(), tcp.try_clone()) else {
-        return;
-    };
-    let upstream = std::thread::Builder::new()
-        .name(format!("bridge-{port}-up"))
-        .spawn(move || {
-            copy(unix_reader, &tcp);
-            let _ = tcp.shutdown(Shutdown::Write);
-        });
-    copy(tcp_reader, unix);
-    let _ = unix.shutdown(Shutdown::Write);
-    if let Ok(up) = upstream {
-        let _ = up.join();
     }
 }
 
-/// Copies until end of stream or an error on either side.
-fn copy(mut from: impl std::io::Read, mut to: impl std::io::Write) {
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        match from.read(&mut buffer) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if to.write_all(&buffer[..n]).is_err() {
-                    return;
-                }
-            }
+/// Sends `tcp` over `unix` with one byte of data (a message of no bytes carries no rights).
+fn hand_over(unix: &UnixStream, tcp: &TcpStream) -> std::io::Result<usize> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds = [tcp.as_fd()];
+    control.push(SendAncillaryMessage::ScmRights(&fds));
+    Ok(sendmsg(
+        unix,
+        &[IoSlice::new(&[1])],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?)
+}
+
+/// Takes the TCP connection handed over on `unix` (see [`serve`]). `WouldBlock` when nothing
+/// has arrived yet on a non-blocking socket; an error when the jail closed the socket without
+/// one (the kernel never listened) or sent something that is not a connected TCP socket.
+pub fn receive(unix: BorrowedFd<'_>) -> std::io::Result<TcpStream> {
+    let mut byte = [0u8; 1];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let message = recvmsg(
+        unix,
+        &mut [IoSliceMut::new(&mut byte)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    // Every descriptor received is owned at once, so none leaks whatever happens next.
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for cmsg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = cmsg {
+            fds.extend(received);
         }
     }
+    let refused = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_owned());
+    let Some(fd) = fds.into_iter().next() else {
+        return Err(if message.bytes == 0 {
+            std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "the jail closed the bridge without a connection (the kernel is not listening)",
+            )
+        } else {
+            refused("the bridge sent no connection")
+        });
+    };
+    let stream = rustix::net::sockopt::socket_type(&fd)? == SocketType::STREAM;
+    let inet = rustix::net::getsockname(&fd)?.address_family() == AddressFamily::INET;
+    if !(stream && inet) {
+        return Err(refused(
+            "the bridge sent something other than a TCP connection",
+        ));
+    }
+    Ok(TcpStream::from(fd))
 }
 
 /// Brings the loopback interface of this network namespace up (a new namespace's `lo` is down,
@@ -233,7 +256,7 @@ mod tests {
     use std::io::{Read as _, Write as _};
 
     #[test]
-    fn a_connection_is_copied_both_ways_once_the_port_listens() {
+    fn a_connection_to_the_port_is_handed_over_once_the_port_listens() {
         let dir = std::env::temp_dir().join(format!("bridge-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("k1-1");
@@ -253,21 +276,43 @@ mod tests {
         )
         .unwrap();
         serve(listeners);
-        let mut client = UnixStream::connect(&socket).unwrap();
-        client.write_all(b"ping").unwrap();
+        let client = UnixStream::connect(&socket).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         let server = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let mut handed = receive(std::os::fd::AsFd::as_fd(&client)).unwrap();
         let (mut peer, _) = server.accept().unwrap();
+        handed.write_all(b"ping").unwrap();
         let mut got = [0u8; 4];
         peer.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"ping");
         peer.write_all(b"pong").unwrap();
-        client.read_exact(&mut got).unwrap();
+        handed.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"pong");
-        drop(peer);
-        let mut rest = Vec::new();
-        client.read_to_end(&mut rest).unwrap();
-        assert!(rest.is_empty());
+        assert_eq!(handed.peer_addr().unwrap().port(), port);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn anything_but_a_tcp_connection_is_refused() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        // A unix socket instead of a TCP one.
+        let (other, _keep) = UnixStream::pair().unwrap();
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        let fds = [other.as_fd()];
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+        sendmsg(
+            &theirs,
+            &[IoSlice::new(&[1])],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .unwrap();
+        let refused = receive(std::os::fd::AsFd::as_fd(&ours)).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::InvalidData);
+        // Closed with nothing sent: the kernel never listened.
+        drop(theirs);
+        let closed = receive(std::os::fd::AsFd::as_fd(&ours)).unwrap_err();
+        assert_eq!(closed.kind(), std::io::ErrorKind::ConnectionRefused);
     }
 }

@@ -48,11 +48,9 @@ struct Args {
     /// More flags for the Middleman of the round trips (e.g. `--middleman-arg=--kernel-namespaces=off`).
     #[arg(long = "middleman-arg", allow_hyphen_values = true)]
     middleman_args: Vec<String>,
-    /// A third target in the turns (a fourth row), for a TCP-only kernel: the floor's client
-    /// reaching the kernel through the jail's bridge (`sandbox/src/bridge.rs`, unix sockets
-    /// copied to the kernel's ports), as Middleman does; the bridge's own cost.
+    /// Leave out stock Jupyter Server (the anchor): Middleman against the floor only.
     #[arg(long)]
-    bridged_floor: bool,
+    skip_anchor: bool,
     /// Instead of round trips, measure this many warm pod starts of each way.
     #[arg(long, default_value_t = 0)]
     starts: usize,
@@ -78,11 +76,13 @@ async fn main() -> anyhow::Result<()> {
         return report_starts(&args, &spec, &starts?);
     }
     let mut results = bench_middleman_and_floor(&args, &spec, &scratch).await?;
-    results.push(
-        bench_jupyter_server(&args, &venv, &scratch)
-            .await
-            .context("jupyter server")?,
-    );
+    if !args.skip_anchor {
+        results.push(
+            bench_jupyter_server(&args, &venv, &scratch)
+                .await
+                .context("jupyter server")?,
+        );
+    }
     let _ = std::fs::remove_dir_all(&scratch);
     report(&args, &results);
     Ok(())
@@ -193,7 +193,7 @@ async fn bench_middleman_and_floor(
                 .context("middleman")?,
         ),
         Target::Direct(
-            DirectKernel::start(spec, &scratch.join("zmq"), false)
+            DirectKernel::start(spec, &scratch.join("zmq"))
                 .await
                 .context("direct zmq")?,
             if spec.tcp_only() {
@@ -203,14 +203,6 @@ async fn bench_middleman_and_floor(
             },
         ),
     ];
-    if args.bridged_floor && spec.tcp_only() {
-        targets.push(Target::Direct(
-            DirectKernel::start(spec, &scratch.join("bridged"), true)
-                .await
-                .context("bridged zmq")?,
-            "ZeroMQ through the bridge (ipc to TCP)",
-        ));
-    }
     let n = targets.len();
     let mut samples = vec![Vec::with_capacity(args.iterations); n];
     for i in 0..args.warmup + args.iterations {
@@ -350,10 +342,9 @@ struct DirectKernel {
 }
 
 impl DirectKernel {
-    /// Starts `spec`'s kernel in `dir`, over ipc, or over loopback TCP when it speaks only TCP
-    /// (then, when `bridged`, the client reaches it through the jail's bridge in this process);
+    /// Starts `spec`'s kernel in `dir`, over ipc, or over loopback TCP when it speaks only TCP;
     /// returns once it has answered `kernel_info` and IOPub delivers.
-    async fn start(spec: &Kernelspec, dir: &Path, bridged: bool) -> anyhow::Result<Self> {
+    async fn start(spec: &Kernelspec, dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let key = uuid::Uuid::new_v4().simple().to_string();
         let info = if spec.tcp_only() {
@@ -416,11 +407,6 @@ impl DirectKernel {
         for port in [info.shell_port, info.iopub_port] {
             listening(&info, port).await?;
         }
-        let info = if bridged && info.transport == Transport::TCP {
-            bridge(&info, dir)?
-        } else {
-            info
-        };
         let session = uuid::Uuid::new_v4().to_string();
         let identity = jupyter_zmq_client::peer_identity_for_session(&session)?;
         let mut iopub =
@@ -503,38 +489,6 @@ impl DirectKernel {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
-}
-
-/// Listens on unix sockets in `dir` that the bridge copies to `info`'s ports (for as long as
-/// this process runs); returns the connection info of those sockets.
-fn bridge(info: &ConnectionInfo, dir: &Path) -> anyhow::Result<ConnectionInfo> {
-    use kernel_sandbox::bridge::{BridgedPort, listen, serve};
-    let base = dir.join("b");
-    let ports = [
-        info.shell_port,
-        info.iopub_port,
-        info.stdin_port,
-        info.control_port,
-        info.hb_port,
-    ];
-    let bridged: Vec<BridgedPort> = (1..)
-        .zip(ports)
-        .map(|(i, port)| BridgedPort {
-            socket: PathBuf::from(format!("{}-{i}", base.display())),
-            port,
-        })
-        .collect();
-    serve(listen(&bridged, None, 0o077)?);
-    Ok(ConnectionInfo {
-        transport: Transport::IPC,
-        ip: base.display().to_string(),
-        shell_port: 1,
-        iopub_port: 2,
-        stdin_port: 3,
-        control_port: 4,
-        hb_port: 5,
-        ..info.clone()
-    })
 }
 
 /// Waits until the kernel listens on `port` of `info` (a unix socket path for ipc, a loopback
@@ -642,7 +596,7 @@ async fn bench_starts(args: &Args, spec: &Kernelspec, scratch: &Path) -> anyhow:
                 starts.listening[way].push(mm.listening);
                 mm.terminate().await;
             } else {
-                let kernel = DirectKernel::start(spec, &dir, false).await?;
+                let kernel = DirectKernel::start(spec, &dir).await?;
                 starts.ready[way].push(kernel.answered);
                 kernel.stop().await;
             }
@@ -720,27 +674,16 @@ fn report(args: &Args, results: &[Result_]) {
         );
         p50s.push(pct(&s, 0.5));
     }
-    // Middleman first, the floor second, Jupyter Server last (a bridged floor between).
-    if let (Some(mm), Some(zmq), Some(js), Some(r_mm), Some(r_js)) = (
-        p50s.first(),
-        p50s.get(1),
-        p50s.last(),
-        results.first(),
-        results.last(),
-    ) && p50s.len() >= 3
-    {
-        println!(
-            "\nRatios: Middleman p50 / direct ZeroMQ p50 = {:.2}; Jupyter Server p50 / Middleman p50 = {:.2}",
-            mm / zmq,
-            js / mm
-        );
-        if p50s.len() == 4 {
-            println!(
-                "Bridged floor p50 / direct ZeroMQ p50 = {:.2}; Middleman p50 / bridged floor p50 = {:.2}",
-                p50s[2] / zmq,
-                mm / p50s[2]
-            );
-        }
+    // Middleman first, the floor second, Jupyter Server (when measured) last.
+    let (Some(mm), Some(zmq)) = (p50s.first(), p50s.get(1)) else {
+        return;
+    };
+    println!(
+        "\nRatios: Middleman p50 / direct ZeroMQ p50 = {:.3}",
+        mm / zmq
+    );
+    if let (Some(js), Some(r_mm), Some(r_js)) = (p50s.get(2), results.first(), results.get(2)) {
+        println!("Jupyter Server p50 / Middleman p50 = {:.2}", js / mm);
         if let (Some(a), Some(b)) = (r_mm.rss_mib, r_js.rss_mib) {
             println!("Middleman RSS / Jupyter Server RSS = {:.2}", a / b);
         }

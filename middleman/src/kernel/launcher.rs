@@ -122,8 +122,8 @@ pub(crate) struct Launcher {
 /// What the session needs to talk to a started kernel.
 #[derive(Debug)]
 pub(crate) struct Launched {
-    /// The connection as Middleman reaches it.
-    pub(crate) connection: ConnectionInfo,
+    /// The kernel's channels as Middleman reaches them.
+    pub(crate) endpoints: super::channels::Endpoints,
 }
 
 impl Launcher {
@@ -225,8 +225,8 @@ impl Launcher {
             signature_scheme: "hmac-sha256".into(),
             kernel_name: Some(spec.name.clone()),
         };
-        // A TCP-only kernel listens on loopback ports, and the jail bridges the same socket
-        // paths to them: Middleman's side does not change.
+        // A TCP-only kernel listens on loopback ports, and the jail listens on the same socket
+        // paths, handing Middleman a connection to the kernel's port for each connection made.
         let (for_kernel, bridges) = if spec.tcp_only() {
             let ports = free_ports().map_err(LaunchError::Ports)?;
             let bridges = (1..=5)
@@ -287,7 +287,10 @@ impl Launcher {
         })?;
         tracing::info!(generation, kernel = %spec.name, "kernel launch requested");
         Ok(Launched {
-            connection: info(&ipc_host),
+            endpoints: super::channels::Endpoints {
+                info: info(&ipc_host),
+                handed: spec.tcp_only(),
+            },
         })
     }
 

@@ -1,6 +1,8 @@
 //! The kernel adapter: finding, launching (through the kernel agent, in its sandbox) and talking
-//! to one Jupyter kernel over ZeroMQ `ipc://` sockets, and the session actor that owns it.
+//! to one Jupyter kernel over ZeroMQ (our own ZMTP peer, on the kernel's `ipc://` sockets or a
+//! TCP connection its jail hands over), and the session actor that owns it.
 
+mod channels;
 mod heap;
 mod helper;
 pub mod launcher;
@@ -10,6 +12,7 @@ mod session;
 mod sockets;
 pub mod spec;
 mod wire;
+mod zmtp;
 
 use std::path::PathBuf;
 
@@ -42,7 +45,7 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
-    /// A ZeroMQ socket could not be opened or used.
+    /// A kernel channel could not be opened or used.
     #[error("kernel socket {channel}: {reason}")]
     Socket {
         channel: &'static str,

@@ -1,16 +1,19 @@
-//! The client side of the five Jupyter channels over `ipc://`, with one reader task per
-//! receiving channel feeding the session actor.
+//! A connected kernel: its five Jupyter channels ([`super::channels`]) opened, the startup
+//! handshake, a subshell for side questions, the heartbeat, and what the session actor sends
+//! and reads through them.
 
 use std::time::Duration;
 
-use jupyter_protocol::{ConnectionInfo, JupyterMessage, JupyterMessageContent, KernelInfoRequest};
-use jupyter_zmq_client::{Connection, DealerSendConnection};
+use bytes::Bytes;
+use jupyter_protocol::{JupyterMessage, JupyterMessageContent, KernelInfoRequest};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tracing::Instrument as _;
-use zeromq::{Socket as _, SocketRecv, SocketSend as _};
 
 use super::KernelError;
+use super::channels::{Endpoints, Inbound, Inbox, Outbound, Sender, Signer, spawn_reader};
+use super::wire::RawMessage;
+use super::zmtp::{Kind, Receiver};
 
 /// Which channel a message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +25,7 @@ pub(crate) enum Channel {
 }
 
 impl Channel {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             Channel::Shell => "shell",
             Channel::IoPub => "iopub",
@@ -67,15 +70,17 @@ pub(crate) struct Tagged {
 
 /// The sending halves of a connected kernel; dropping it stops every reader task.
 pub(crate) struct KernelSockets {
-    pub(crate) shell: DealerSendConnection,
-    pub(crate) control: DealerSendConnection,
-    pub(crate) stdin: DealerSendConnection,
+    pub(crate) shell: Outbound,
+    pub(crate) control: Outbound,
+    pub(crate) stdin: Outbound,
     pub(crate) kernel_info: Option<jupyter_protocol::KernelInfoReply>,
     /// The kernel subshell side questions go to (ipykernel 7): they are answered while a cell
     /// runs. `None` when the kernel has no subshells.
     pub(crate) subshell: Option<String>,
+    /// Shell and IOPub, read by the session actor itself (one wake-up per message, not two).
+    inbox: Inbox,
     tasks: Vec<AbortHandle>,
-    connection: ConnectionInfo,
+    endpoints: Endpoints,
 }
 
 impl std::fmt::Debug for KernelSockets {
@@ -94,43 +99,49 @@ impl Drop for KernelSockets {
     }
 }
 
-fn socket_err(channel: &'static str) -> impl Fn(jupyter_zmq_client::RuntimeError) -> KernelError {
-    move |e| KernelError::Socket {
-        channel,
-        reason: e.to_string(),
-    }
-}
-
 /// Connects every channel and performs the startup handshake: `kernel_info_request` is sent
 /// (and re-sent) until the reply arrives on shell *and* some message has arrived on IOPub, which
 /// proves our subscription is live (the late-subscriber problem: a PUB socket drops what it
 /// publishes before the subscription reaches it).
 pub(crate) async fn connect(
-    info: &ConnectionInfo,
+    endpoints: &Endpoints,
     generation: u64,
     events: mpsc::Sender<Tagged>,
     max_message_bytes: usize,
 ) -> Result<Box<KernelSockets>, KernelError> {
-    let session = uuid::Uuid::new_v4().to_string();
-    let identity =
-        jupyter_zmq_client::peer_identity_for_session(&session).map_err(socket_err("shell"))?;
-    let mut iopub = jupyter_zmq_client::create_client_iopub_connection(info, "", &session)
-        .await
-        .map_err(socket_err("iopub"))?;
-    let mut shell = jupyter_zmq_client::create_client_shell_connection_with_identity(
-        info,
-        &session,
-        identity.clone(),
-    )
-    .await
-    .map_err(socket_err("shell"))?;
-    let stdin =
-        jupyter_zmq_client::create_client_stdin_connection_with_identity(info, &session, identity)
-            .await
-            .map_err(socket_err("stdin"))?;
-    let mut control = jupyter_zmq_client::create_client_control_connection(info, &session)
-        .await
-        .map_err(socket_err("control"))?;
+    let info = &endpoints.info;
+    let signer = Signer {
+        session: uuid::Uuid::new_v4().to_string(),
+        mac: (!info.key.is_empty())
+            .then(|| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, info.key.as_bytes())),
+    };
+    // Shell and stdin share an identity: the kernel sends `input_request` to the stdin socket
+    // of the shell request's sender.
+    let identity = signer.session.as_bytes();
+    let inbound = |receiver, subscribed| Inbound {
+        receiver,
+        mac: signer.mac.clone(),
+        _subscribed: subscribed,
+    };
+    let outbound = |sender| Outbound {
+        sender,
+        signer: signer.clone(),
+    };
+    let (iopub, subscribed) = endpoints
+        .open(info.iopub_port, Kind::Sub, None, "iopub")
+        .await?;
+    let (shell_rx, shell) = endpoints
+        .open(info.shell_port, Kind::Dealer, Some(identity), "shell")
+        .await?;
+    let (stdin_rx, stdin) = endpoints
+        .open(info.stdin_port, Kind::Dealer, Some(identity), "stdin")
+        .await?;
+    let (control_rx, control) = endpoints
+        .open(info.control_port, Kind::Dealer, None, "control")
+        .await?;
+    let mut iopub = inbound(iopub, Some(subscribed));
+    let (mut shell_rx, mut control_rx) = (inbound(shell_rx, None), inbound(control_rx, None));
+    let (mut shell, mut control) = (outbound(shell), outbound(control));
 
     let mut kernel_info = None;
     let mut has_subshells = false;
@@ -138,13 +149,13 @@ pub(crate) async fn connect(
     while kernel_info.is_none() || !iopub_live {
         let request: JupyterMessage = KernelInfoRequest {}.into();
         let request_id = request.header.msg_id.clone();
-        shell.send(request).await.map_err(socket_err("shell"))?;
+        shell.send(request).await?;
         let round = tokio::time::sleep(Duration::from_millis(500));
         tokio::pin!(round);
         loop {
             tokio::select! {
                 () = &mut round => break,
-                m = read_raw(&mut shell.socket, &shell.mac), if kernel_info.is_none() => {
+                m = shell_rx.read_raw(), if kernel_info.is_none() => {
                     let Some(raw) = m? else { continue };
                     let features = lists_subshells(&raw);
                     if let Ok(msg) = super::wire::decode(raw)
@@ -155,7 +166,7 @@ pub(crate) async fn connect(
                         has_subshells = features;
                     }
                 }
-                m = read_one(&mut iopub.socket, &iopub.mac), if !iopub_live => {
+                m = iopub.read_one(), if !iopub_live => {
                     if m?.is_some() {
                         iopub_live = true;
                     }
@@ -177,10 +188,10 @@ pub(crate) async fn connect(
     warm.allow_stdin = false;
     let warm: JupyterMessage = warm.into();
     let warm_id = warm.header.msg_id.clone();
-    shell.send(warm).await.map_err(socket_err("shell"))?;
+    shell.send(warm).await?;
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            match read_one(&mut shell.socket, &shell.mac).await {
+            match shell_rx.read_one().await {
                 Ok(Some(m))
                     if m.parent_header
                         .as_ref()
@@ -198,47 +209,34 @@ pub(crate) async fn connect(
     // Only a kernel that lists subshells is asked for one: one that does not know the request
     // never answers it (Deno's), and waiting for that cost a second of every start.
     let subshell = if has_subshells {
-        create_subshell(&mut control, &session).await
+        create_subshell(&mut control, &mut control_rx).await
     } else {
         None
     };
     tracing::debug!(subshell = ?subshell, "kernel subshell");
 
-    let (shell_tx, shell_rx) = shell.split();
-    let (stdin_tx, stdin_rx) = stdin.split();
-    let (control_tx, control_rx) = control.split();
     let tasks = vec![
         spawn_reader(
-            iopub,
-            Channel::IoPub,
-            generation,
-            events.clone(),
-            max_message_bytes,
-        ),
-        spawn_reader(
-            shell_rx,
-            Channel::Shell,
-            generation,
-            events.clone(),
-            usize::MAX,
-        ),
-        spawn_reader(
-            stdin_rx,
+            inbound(stdin_rx, None),
             Channel::Stdin,
             generation,
             events.clone(),
-            usize::MAX,
         ),
-        spawn_reader(control_rx, Channel::Control, generation, events, usize::MAX),
+        spawn_reader(control_rx, Channel::Control, generation, events),
     ];
     Ok(Box::new(KernelSockets {
-        shell: shell_tx,
-        control: control_tx,
-        stdin: stdin_tx,
+        shell,
+        control,
+        stdin: outbound(stdin),
         kernel_info,
         subshell,
+        inbox: Inbox {
+            shell: Some(shell_rx),
+            iopub: Some(iopub),
+            max_iopub_bytes: max_message_bytes,
+        },
         tasks,
-        connection: info.clone(),
+        endpoints: endpoints.clone(),
     }))
 }
 
@@ -247,22 +245,19 @@ const SUBSHELL_WAIT: Duration = Duration::from_secs(1);
 
 /// Asks the kernel for a subshell (JEP 91, ipykernel 7): a second thread answering shell
 /// requests beside the one running cells. `None` if the kernel has none to give.
-async fn create_subshell(
-    control: &mut Connection<zeromq::DealerSocket>,
-    session: &str,
-) -> Option<String> {
+async fn create_subshell(control: &mut Outbound, replies: &mut Inbound) -> Option<String> {
     let (request_id, request) = super::wire::encode_request(
         "create_subshell_request",
         &serde_json::json!({}),
-        session,
+        &control.signer.session,
         None,
-        &control.mac,
+        &control.signer.mac,
     )
     .ok()?;
-    control.socket.send(request).await.ok()?;
+    control.sender.send_frames(&request).await.ok()?;
     tokio::time::timeout(SUBSHELL_WAIT, async {
         loop {
-            let msg = read_one(&mut control.socket, &control.mac).await.ok()?;
+            let msg = replies.read_one().await.ok()?;
             let Some(msg) = msg.filter(|m| {
                 m.parent_header
                     .as_ref()
@@ -286,6 +281,11 @@ async fn create_subshell(
 }
 
 impl KernelSockets {
+    /// The next message on shell or IOPub; see [`Inbox::next`].
+    pub(crate) async fn next_event(&mut self) -> KernelEvent {
+        self.inbox.next().await
+    }
+
     /// Sends a side question (completion, inspection, the helper's `nbplat_request`) on the
     /// shell channel, to the subshell when there is one. Returns its `msg_id`.
     pub(crate) async fn ask(
@@ -312,18 +312,15 @@ impl KernelSockets {
         &mut self,
         outgoing: &super::wire::Outgoing<'_>,
     ) -> Result<(), KernelError> {
-        let failed = |reason: String| KernelError::Socket {
-            channel: "shell",
-            reason,
-        };
+        let signer = &self.shell.signer;
         let (_, message) =
-            super::wire::encode_message(outgoing, &self.shell.session_id, None, &self.shell.mac)
-                .map_err(|e| failed(e.to_string()))?;
-        self.shell
-            .socket
-            .send(message)
-            .await
-            .map_err(|e| failed(e.to_string()))
+            super::wire::encode_message(outgoing, &signer.session, None, &signer.mac).map_err(
+                |e| KernelError::Socket {
+                    channel: "shell",
+                    reason: e.to_string(),
+                },
+            )?;
+        self.shell.sender.send_frames(&message).await
     }
 
     async fn ask_on(
@@ -332,23 +329,14 @@ impl KernelSockets {
         content: &serde_json::Value,
         subshell: Option<&str>,
     ) -> Result<String, KernelError> {
-        let failed = |reason: String| KernelError::Socket {
-            channel: "shell",
-            reason,
-        };
-        let (id, message) = super::wire::encode_request(
-            msg_type,
-            content,
-            &self.shell.session_id,
-            subshell,
-            &self.shell.mac,
-        )
-        .map_err(|e| failed(e.to_string()))?;
-        self.shell
-            .socket
-            .send(message)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+        let signer = &self.shell.signer;
+        let (id, message) =
+            super::wire::encode_request(msg_type, content, &signer.session, subshell, &signer.mac)
+                .map_err(|e| KernelError::Socket {
+                    channel: "shell",
+                    reason: e.to_string(),
+                })?;
+        self.shell.sender.send_frames(&message).await?;
         Ok(id)
     }
 }
@@ -362,25 +350,26 @@ impl KernelSockets {
         generation: u64,
         events: mpsc::Sender<Tagged>,
     ) {
-        let info = self.connection.clone();
+        let endpoints = self.endpoints.clone();
         let task = tokio::spawn(
             async move {
                 let mut misses = 0u32;
-                let mut socket: Option<zeromq::ReqSocket> = None;
+                let mut socket: Option<(Receiver, Sender)> = None;
                 loop {
                     tokio::time::sleep(interval).await;
                     let beat = async {
-                        let s = match socket.as_mut() {
+                        let (receiver, sender) = match socket.as_mut() {
                             Some(s) => s,
-                            None => {
-                                let mut s = zeromq::ReqSocket::new();
-                                s.connect(&info.hb_url()).await.map_err(|e| e.to_string())?;
-                                socket.insert(s)
-                            }
+                            None => socket.insert(
+                                endpoints.open(endpoints.info.hb_port, Kind::Req, None, "heartbeat").await?,
+                            ),
                         };
-                        s.send(zeromq::ZmqMessage::from(b"ping".to_vec())).await.map_err(|e| e.to_string())?;
-                        s.recv().await.map_err(|e| e.to_string())?;
-                        Ok::<(), String>(())
+                        sender.send_frames(&[Bytes::from_static(b"ping")]).await?;
+                        receiver.recv().await.map_err(|e| KernelError::Socket {
+                            channel: "heartbeat",
+                            reason: e.to_string(),
+                        })?;
+                        Ok::<(), KernelError>(())
                     };
                     match tokio::time::timeout(interval, beat).await {
                         Ok(Ok(())) => misses = 0,
@@ -403,31 +392,9 @@ impl KernelSockets {
     }
 }
 
-/// Reads one message; `Ok(None)` for a message that was received but could not be decoded.
-async fn read_one<S: SocketRecv>(
-    socket: &mut S,
-    mac: &Option<ring::hmac::Key>,
-) -> Result<Option<JupyterMessage>, KernelError> {
-    Ok(read_raw(socket, mac)
-        .await?
-        .and_then(|raw| super::wire::decode(raw).ok()))
-}
-
-/// Like [`read_one`], but undecoded: the handshake reads a field the typed reply drops.
-async fn read_raw<S: SocketRecv>(
-    socket: &mut S,
-    mac: &Option<ring::hmac::Key>,
-) -> Result<Option<jupyter_zmq_client::RawMessage>, KernelError> {
-    let multipart = socket.recv().await.map_err(|e| KernelError::Socket {
-        channel: "handshake",
-        reason: e.to_string(),
-    })?;
-    Ok(super::wire::split_and_verify(multipart, mac).ok())
-}
-
 /// Whether a `kernel_info_reply` lists `kernel subshells` among its `supported_features`
 /// (JEP 91; ipykernel 7 does, Deno's kernel lists none).
-fn lists_subshells(raw: &jupyter_zmq_client::RawMessage) -> bool {
+fn lists_subshells(raw: &RawMessage) -> bool {
     raw.jparts
         .get(3)
         .and_then(|content| serde_json::from_slice::<serde_json::Value>(content).ok())
@@ -438,64 +405,4 @@ fn lists_subshells(raw: &jupyter_zmq_client::RawMessage) -> bool {
                 .map(|features| features.iter().any(|f| f == "kernel subshells"))
         })
         .unwrap_or(false)
-}
-
-/// Reads `conn` until it fails, forwarding decoded messages. A message whose content is larger
-/// than `max_bytes` is not decoded whole: only its headers and a prefix of a stream's text are
-/// kept, so a flooding kernel costs one copy of its bytes, not three.
-fn spawn_reader<S: SocketRecv + Send + 'static>(
-    mut conn: Connection<S>,
-    channel: Channel,
-    generation: u64,
-    events: mpsc::Sender<Tagged>,
-    max_bytes: usize,
-) -> AbortHandle {
-    tokio::spawn(
-        async move {
-            loop {
-                let multipart = match conn.socket.recv().await {
-                    Ok(m) => m,
-                    Err(error) => {
-                        tracing::debug!(%error, "kernel channel closed");
-                        return;
-                    }
-                };
-                let raw = match super::wire::split_and_verify(multipart, &conn.mac) {
-                    Ok(raw) => raw,
-                    Err(error) => {
-                        metrics::counter!("middleman_kernel_messages_dropped_total", "channel" => channel.as_str())
-                            .increment(1);
-                        tracing::warn!(%error, "dropped an unverifiable kernel message");
-                        continue;
-                    }
-                };
-                if raw.jparts.get(3).is_some_and(|c| c.len() > max_bytes) {
-                    match super::wire::decode_oversized(&raw, max_bytes) {
-                        Ok(o) => {
-                            if events.send(Tagged { generation, event: KernelEvent::Oversized(o) }).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(error) => tracing::warn!(%error, "dropped an oversized kernel message"),
-                    }
-                    continue;
-                }
-                match super::wire::decode(raw).map_err(|e| e.to_string()) {
-                    Ok(msg) => {
-                        let event = KernelEvent::Message(channel, Box::new(msg));
-                        if events.send(Tagged { generation, event }).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(error) => {
-                        metrics::counter!("middleman_kernel_messages_dropped_total", "channel" => channel.as_str())
-                            .increment(1);
-                        tracing::warn!(%error, "dropped an undecodable kernel message");
-                    }
-                }
-            }
-        }
-        .instrument(tracing::debug_span!("kernel_reader", channel = channel.as_str(), generation)),
-    )
-    .abort_handle()
 }

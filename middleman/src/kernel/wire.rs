@@ -2,20 +2,25 @@
 //! refuses: lone UTF-16 surrogate escapes (`"\udcff"`), which a kernel writes when it prints
 //! bytes that are not UTF-8. They become U+FFFD instead of costing the whole message.
 
+use bytes::Bytes;
 use jupyter_protocol::{Header, JupyterMessage, JupyterMessageContent};
-use jupyter_zmq_client::RawMessage;
 use serde_json::Value;
 
-/// Splits a multipart ZeroMQ message into a [`RawMessage`] and checks its signature.
-///
-/// Same wire format as `jupyter_zmq_client::RawMessage::from_multipart`, but the HMAC is computed
-/// part by part instead of over a concatenated copy, so a 100 MB output batch costs 100 MB, not
-/// 200 MB.
+/// A kernel message split at its delimiter, its signature checked, not yet decoded.
+#[derive(Debug)]
+pub(crate) struct RawMessage {
+    /// The routing frames before `<IDS|MSG>`.
+    pub(crate) zmq_identities: Vec<Bytes>,
+    /// Header, parent header, metadata, content, then any buffers.
+    pub(crate) jparts: Vec<Bytes>,
+}
+
+/// Splits a multipart ZeroMQ message into a [`RawMessage`] and checks its signature, part by
+/// part (no concatenated copy: a 100 MB output batch costs 100 MB, not 200 MB).
 pub(crate) fn split_and_verify(
-    multipart: zeromq::ZmqMessage,
+    mut parts: Vec<Bytes>,
     key: &Option<ring::hmac::Key>,
 ) -> Result<RawMessage, WireError> {
-    let mut parts = multipart.into_vec();
     let delimiter = parts
         .iter()
         .position(|p| &p[..] == b"<IDS|MSG>")
@@ -74,7 +79,7 @@ pub(crate) fn encode_request(
     session: &str,
     subshell: Option<&str>,
     key: &Option<ring::hmac::Key>,
-) -> Result<(String, zeromq::ZmqMessage), WireError> {
+) -> Result<(String, Vec<Bytes>), WireError> {
     let outgoing = Outgoing {
         msg_type,
         msg_id: None,
@@ -103,7 +108,7 @@ pub(crate) fn encode_message(
     session: &str,
     subshell: Option<&str>,
     key: &Option<ring::hmac::Key>,
-) -> Result<(String, zeromq::ZmqMessage), WireError> {
+) -> Result<(String, Vec<Bytes>), WireError> {
     let template = JupyterMessage::new(
         jupyter_protocol::UnknownMessage {
             msg_type: outgoing.msg_type.to_owned(),
@@ -126,7 +131,7 @@ pub(crate) fn encode_message(
     if let Some(id) = subshell {
         header["subshell_id"] = Value::from(id);
     }
-    let json = |v: &Value| bytes::Bytes::from(v.to_string().into_bytes());
+    let json = |v: &Value| Bytes::from(v.to_string().into_bytes());
     let mut parts = vec![
         json(&header),
         json(&serde_json::json!({})),
@@ -134,6 +139,36 @@ pub(crate) fn encode_message(
         json(outgoing.content),
     ];
     parts.extend(outgoing.buffers.iter().cloned());
+    Ok((msg_id, sign(parts, key)))
+}
+
+/// Encodes a typed message for the kernel as a client of `session`, signed.
+pub(crate) fn encode(
+    mut message: JupyterMessage,
+    session: &str,
+    key: &Option<ring::hmac::Key>,
+) -> Result<Vec<Bytes>, WireError> {
+    message.header.session = session.to_owned();
+    let json = |part: &'static str, v: Result<Vec<u8>, serde_json::Error>| {
+        v.map(Bytes::from)
+            .map_err(|source| WireError::Json { part, source })
+    };
+    let mut parts = vec![
+        json("header", serde_json::to_vec(&message.header))?,
+        match &message.parent_header {
+            Some(parent) => json("parent_header", serde_json::to_vec(parent))?,
+            None => Bytes::from_static(b"{}"),
+        },
+        json("metadata", serde_json::to_vec(&message.metadata))?,
+        json("content", serde_json::to_vec(&message.content))?,
+    ];
+    parts.append(&mut message.buffers);
+    Ok(sign(parts, key))
+}
+
+/// The frames of a message: the delimiter, the signature of the four JSON parts (not the
+/// buffers), then the parts.
+fn sign(parts: Vec<Bytes>, key: &Option<ring::hmac::Key>) -> Vec<Bytes> {
     let signature = match key {
         Some(key) => {
             let mut ctx = ring::hmac::Context::with_key(key);
@@ -145,14 +180,11 @@ pub(crate) fn encode_message(
         }
         None => String::new(),
     };
-    let mut frames = vec![
-        bytes::Bytes::from_static(b"<IDS|MSG>"),
-        bytes::Bytes::from(signature.into_bytes()),
-    ];
+    let mut frames = Vec::with_capacity(parts.len() + 2);
+    frames.push(Bytes::from_static(b"<IDS|MSG>"));
+    frames.push(Bytes::from(signature.into_bytes()));
     frames.extend(parts);
-    let message =
-        zeromq::ZmqMessage::try_from(frames).map_err(|_| WireError::Framing("an empty message"))?;
-    Ok((msg_id, message))
+    frames
 }
 
 /// Turns a verified raw message into a typed one.
@@ -323,6 +355,33 @@ pub(crate) fn replace_lone_surrogates(json: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_encoded_message_verifies_and_decodes_and_a_changed_one_does_not() {
+        let key = Some(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"secret"));
+        let mut message: JupyterMessage =
+            jupyter_protocol::ExecuteRequest::new("1+1".into()).into();
+        message.buffers = vec![Bytes::from_static(b"not signed")];
+        let id = message.header.msg_id.clone();
+        let frames = encode(message, "our-session", &key).unwrap();
+        assert_eq!(&frames[0][..], b"<IDS|MSG>");
+        let decoded = decode(split_and_verify(frames.clone(), &key).unwrap()).unwrap();
+        assert_eq!(decoded.header.msg_id, id);
+        assert_eq!(decoded.header.session, "our-session");
+        assert!(decoded.parent_header.is_none());
+        assert_eq!(decoded.buffers, vec![Bytes::from_static(b"not signed")]);
+        let JupyterMessageContent::ExecuteRequest(request) = decoded.content else {
+            panic!("an execute_request");
+        };
+        assert_eq!(request.code, "1+1");
+        // The signature covers the four JSON parts, not the buffers.
+        let mut changed = frames.clone();
+        changed[5] = Bytes::from_static(br#"{"code":"2+2"}"#);
+        assert!(split_and_verify(changed, &key).is_err());
+        let mut rebuffered = frames;
+        rebuffered[6] = Bytes::from_static(b"other");
+        assert!(split_and_verify(rebuffered, &key).is_ok());
+    }
 
     #[test]
     fn oversized_stream_keeps_a_clean_prefix() {

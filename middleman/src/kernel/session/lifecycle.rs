@@ -86,7 +86,7 @@ impl Actor {
         self.generation += 1;
         let generation = self.generation;
         self.restart_at = None;
-        let Launched { connection } =
+        let Launched { endpoints } =
             match self.launcher.launch(&self.settings.spec, generation).await {
                 Ok(l) => l,
                 Err(error) => {
@@ -114,7 +114,7 @@ impl Actor {
             async move {
                 let result = match tokio::time::timeout(
                     timeout,
-                    sockets::connect(&connection, generation, tx.clone(), max_message),
+                    sockets::connect(&endpoints, generation, tx.clone(), max_message),
                 )
                 .await
                 {

@@ -294,6 +294,14 @@ enum Phase {
     },
 }
 
+/// The ready kernel's next shell or IOPub message; never while no kernel is ready.
+async fn next_kernel_message(phase: &mut Phase) -> KernelEvent {
+    match phase {
+        Phase::Ready { sockets, .. } => sockets.next_event().await,
+        Phase::Down | Phase::Starting { .. } => std::future::pending().await,
+    }
+}
+
 /// How long an execution whose reply arrived waits for the kernel's idle status.
 const IDLE_GRACE: Duration = Duration::from_secs(5);
 
@@ -357,6 +365,7 @@ impl Actor {
                     }
                 }
                 Some(event) = agent_rx.recv() => self.on_agent_event(event).await,
+                event = next_kernel_message(&mut self.phase) => self.on_kernel_event(event).await,
                 () = sleep_until_opt(timer) => self.on_timer().await,
             }
         }
