@@ -193,10 +193,14 @@ pub(crate) fn decode(raw: RawMessage) -> Result<JupyterMessage, WireError> {
         return Err(WireError::Parts(raw.jparts.len()));
     }
     let header: Header = parse(&raw.jparts[0], "header")?;
-    let parent: Value = parse(&raw.jparts[1], "parent_header")?;
-    let parent_header = match &parent {
-        Value::Object(map) if map.is_empty() => None,
-        _ => serde_json::from_value(parent).ok(),
+    // One pass for the usual parent (a header); `{}` or one that is not a header is `None`,
+    // and only what is not JSON at all is an error.
+    let parent_header = match parse::<Header>(&raw.jparts[1], "parent_header") {
+        Ok(header) => Some(header),
+        Err(_) => {
+            parse::<Value>(&raw.jparts[1], "parent_header")?;
+            None
+        }
     };
     let metadata: Value = parse(&raw.jparts[2], "metadata")?;
     let content: Value = parse(&raw.jparts[3], "content")?;

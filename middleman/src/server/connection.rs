@@ -37,6 +37,10 @@ pub(super) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames one write carries at most (those already waiting when the first arrives).
 const MAX_BATCH: usize = 64;
 
+/// How long frames that report progress may wait for the frame that ends it (or for more
+/// progress) before they are written anyway. The timer's resolution makes it 1-2 ms.
+const HOLD: Duration = Duration::from_millis(1);
+
 /// A client resynchronised this many times within [`RESYNC_WINDOW`] is dropped instead.
 const MAX_RESYNCS: usize = 3;
 const RESYNC_WINDOW: Duration = Duration::from_secs(60);
@@ -137,6 +141,8 @@ impl Conn {
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         let shutdown = state.shutdown.clone();
+        // Frames fed but not written yet, and until when they may wait.
+        let mut held: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => {
@@ -149,22 +155,33 @@ impl Conn {
                     // execution's events come in bursts (queued, started, the queue, the
                     // kernel's status), and a write is a system call and a wake-up of the
                     // client (and of a gateway between).
+                    //
+                    // Frames that only report an execution's progress (queued, started, its
+                    // count, the kernel's status, an output) may wait up to HOLD for the frame
+                    // that ends it: while the kernel works, each write would wake the client,
+                    // and a gateway, for news that a person cannot see arrive 2 ms apart, and
+                    // on a pod of two cores those wake-ups take the kernel's time (a JS
+                    // `1+1` ends 3-4% sooner). Anything else is written at once, with them.
                     let mut next = frame;
                     let mut fed = 0_usize;
+                    let mut urgent = false;
                     loop {
                         match next {
                             Ok(frame) => {
+                                let waits = frame.event.as_deref().is_some_and(can_wait);
                                 if let Some(message) = admit(frame, self.client, &mut seen) {
                                     if self.feed(message).await.is_err() {
                                         return "write failed";
                                     }
                                     fed += 1;
+                                    urgent |= !waits;
                                 }
                             }
                             Err(RecvError::Lagged(missed)) => {
-                                if fed > 0 && self.flush().await.is_err() {
+                                if (fed > 0 || held.is_some()) && self.flush().await.is_err() {
                                     return "write failed";
                                 }
+                                held = None;
                                 fed = 0;
                                 match self.resync(missed).await {
                                     Ok((rx, last)) => {
@@ -187,7 +204,20 @@ impl Conn {
                             Err(TryRecvError::Closed) => Err(RecvError::Closed),
                         };
                     }
-                    if fed > 0 && self.flush().await.is_err() {
+                    if fed > 0 {
+                        if urgent || fed >= MAX_BATCH {
+                            if self.flush().await.is_err() {
+                                return "write failed";
+                            }
+                            held = None;
+                        } else if held.is_none() {
+                            held = Some(tokio::time::Instant::now() + HOLD);
+                        }
+                    }
+                }
+                () = sleep_until_held(held) => {
+                    held = None;
+                    if self.flush().await.is_err() {
                         return "write failed";
                     }
                 }
@@ -462,6 +492,27 @@ impl Conn {
 
     async fn close(&mut self, code: u16, reason: &'static str) {
         close_with(&mut self.socket, code, reason).await;
+    }
+}
+
+/// Whether `event` only reports progress that may wait for the frame after it ([`HOLD`]).
+fn can_wait(event: &ServerEvent) -> bool {
+    matches!(
+        event,
+        ServerEvent::ExecutionQueued { .. }
+            | ServerEvent::Queue { .. }
+            | ServerEvent::ExecutionStarted { .. }
+            | ServerEvent::ExecutionInput { .. }
+            | ServerEvent::KernelStatus { .. }
+            | ServerEvent::Output { .. }
+    )
+}
+
+/// Resolves when held frames are due; never when none are held.
+async fn sleep_until_held(held: Option<tokio::time::Instant>) {
+    match held {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
