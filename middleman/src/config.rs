@@ -49,6 +49,15 @@ pub struct ServeArgs {
     #[arg(long, env = "MIDDLEMAN_LISTEN", default_value = "127.0.0.1:8888")]
     pub listen: SocketAddr,
 
+    /// Threads running Middleman's tasks. One (the default) runs them all on one thread: an
+    /// execution goes from a client's WebSocket to the kernel and back without handing work
+    /// to another thread, which on a pod of one or two cores shared with the kernel costs
+    /// more than a second thread gives (docs/benchmarks.md). Blocking work (files,
+    /// checkpoints) runs on threads of its own either way.
+    #[arg(long, env = "MIDDLEMAN_WORKER_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub worker_threads: u16,
+
     /// The document this Middleman serves; tokens for other documents are refused. When unset
     /// (a warm pod waiting for Watchman to allocate it), the pod binds to the document of the
     /// first valid token it sees and refuses every other document from then on.

@@ -20,9 +20,15 @@ fn main() -> anyhow::Result<()> {
         Command::SandboxCheck(args) => exit(middleman::cli::sandbox_check(&args)),
         Command::Serve(args) => {
             middleman::telemetry::init_logging(&args.log_format);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let runtime = match args.worker_threads {
+                1 => tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?,
+                n => tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(usize::from(n))
+                    .enable_all()
+                    .build()?,
+            };
             runtime.block_on(async {
                 let running = middleman::start(*args).await?;
                 let token = running.shutdown_token();
