@@ -187,7 +187,14 @@ pub fn receive(unix: BorrowedFd<'_>) -> std::io::Result<TcpStream> {
             "the bridge sent something other than a TCP connection",
         ));
     }
-    Ok(TcpStream::from(fd))
+    // Connected, and to a loopback port: the kernel's, in the jail (or the pod) it runs in.
+    let tcp = TcpStream::from(fd);
+    match tcp.peer_addr() {
+        Ok(peer) if peer.ip().is_loopback() => Ok(tcp),
+        _ => Err(refused(
+            "the bridge sent a connection to somewhere other than loopback",
+        )),
+    }
 }
 
 /// Brings the loopback interface of this network namespace up (a new namespace's `lo` is down,
@@ -300,6 +307,21 @@ mod tests {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         let fds = [other.as_fd()];
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+        sendmsg(
+            &theirs,
+            &[IoSlice::new(&[1])],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .unwrap();
+        let refused = receive(std::os::fd::AsFd::as_fd(&ours)).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::InvalidData);
+        // A TCP socket that is not connected.
+        let unconnected = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        let fds = [unconnected.as_fd()];
         control.push(SendAncillaryMessage::ScmRights(&fds));
         sendmsg(
             &theirs,
