@@ -107,7 +107,7 @@ pub fn serve(listeners: Vec<Listener>) {
                 for stream in listener.incoming() {
                     let Ok(stream) = stream else { continue };
                     if let Some(tcp) = connect(port) {
-                        let _ = hand_over(&stream, &tcp);
+                        let _ = hand_over(&stream, tcp.as_fd());
                     }
                 }
             });
@@ -121,11 +121,8 @@ fn connect(port: u16) -> Option<TcpStream> {
     let mut pause = Duration::from_millis(2);
     loop {
         match TcpStream::connect(address) {
-            Ok(tcp) => {
-                // Jupyter messages are small and latency-bound.
-                let _ = tcp.set_nodelay(true);
-                return Some(tcp);
-            }
+            // Middleman sets TCP_NODELAY on the socket it is handed.
+            Ok(tcp) => return Some(tcp),
             Err(_) if began.elapsed() < KERNEL_START => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(100));
@@ -135,11 +132,12 @@ fn connect(port: u16) -> Option<TcpStream> {
     }
 }
 
-/// Sends `tcp` over `unix` with one byte of data (a message of no bytes carries no rights).
-fn hand_over(unix: &UnixStream, tcp: &TcpStream) -> std::io::Result<usize> {
+/// Sends the descriptor `fd` over `unix` with one byte of data (a message of no bytes carries
+/// no rights).
+fn hand_over(unix: &UnixStream, fd: BorrowedFd<'_>) -> std::io::Result<usize> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = SendAncillaryBuffer::new(&mut space);
-    let fds = [tcp.as_fd()];
+    let fds = [fd];
     control.push(SendAncillaryMessage::ScmRights(&fds));
     Ok(sendmsg(
         unix,
@@ -302,36 +300,14 @@ mod tests {
     #[test]
     fn anything_but_a_tcp_connection_is_refused() {
         let (ours, theirs) = UnixStream::pair().unwrap();
-        // A unix socket instead of a TCP one.
+        // A unix socket instead of a TCP one, then a TCP socket that is not connected.
         let (other, _keep) = UnixStream::pair().unwrap();
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-        let mut control = SendAncillaryBuffer::new(&mut space);
-        let fds = [other.as_fd()];
-        control.push(SendAncillaryMessage::ScmRights(&fds));
-        sendmsg(
-            &theirs,
-            &[IoSlice::new(&[1])],
-            &mut control,
-            SendFlags::empty(),
-        )
-        .unwrap();
-        let refused = receive(std::os::fd::AsFd::as_fd(&ours)).unwrap_err();
-        assert_eq!(refused.kind(), std::io::ErrorKind::InvalidData);
-        // A TCP socket that is not connected.
         let unconnected = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-        let mut control = SendAncillaryBuffer::new(&mut space);
-        let fds = [unconnected.as_fd()];
-        control.push(SendAncillaryMessage::ScmRights(&fds));
-        sendmsg(
-            &theirs,
-            &[IoSlice::new(&[1])],
-            &mut control,
-            SendFlags::empty(),
-        )
-        .unwrap();
-        let refused = receive(std::os::fd::AsFd::as_fd(&ours)).unwrap_err();
-        assert_eq!(refused.kind(), std::io::ErrorKind::InvalidData);
+        for fd in [other.as_fd(), unconnected.as_fd()] {
+            hand_over(&theirs, fd).unwrap();
+            let refused = receive(std::os::fd::AsFd::as_fd(&ours)).unwrap_err();
+            assert_eq!(refused.kind(), std::io::ErrorKind::InvalidData);
+        }
         // Closed with nothing sent: the kernel never listened.
         drop(theirs);
         let closed = receive(std::os::fd::AsFd::as_fd(&ours)).unwrap_err();

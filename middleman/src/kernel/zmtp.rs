@@ -293,32 +293,27 @@ async fn read_command(read: &mut ReadHalf) -> Result<Vec<u8>, ZmtpError> {
 
 /// The `Socket-Type` property of a READY command's body.
 fn peer_type(body: &[u8]) -> Result<Vec<u8>, ZmtpError> {
-    let bad = ZmtpError::Handshake("malformed READY");
-    let mut rest = body;
-    let name_len = usize::from(*rest.first().ok_or(ZmtpError::Handshake("empty command"))?);
-    if rest.get(1..1 + name_len) != Some(b"READY".as_slice()) {
+    let malformed = || ZmtpError::Handshake("malformed READY");
+    let name_len = usize::from(*body.first().ok_or(ZmtpError::Handshake("empty command"))?);
+    if body.get(1..1 + name_len) != Some(b"READY".as_slice()) {
         return Err(ZmtpError::Handshake("expected READY"));
     }
-    rest = &rest[1 + name_len..];
-    while !rest.is_empty() {
-        let n = usize::from(rest[0]);
-        let name = rest
-            .get(1..1 + n)
-            .ok_or(ZmtpError::Handshake("malformed READY"))?;
-        let len_at = 1 + n;
+    let mut rest = &body[1 + name_len..];
+    // Properties: a name of one length byte, a value of four.
+    while let Some(&n) = rest.first() {
+        let name = rest.get(1..1 + usize::from(n)).ok_or_else(malformed)?;
+        let at = 1 + usize::from(n);
         let len = rest
-            .get(len_at..len_at + 4)
+            .get(at..at + 4)
             .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-            .ok_or(ZmtpError::Handshake("malformed READY"))?;
-        let value = rest
-            .get(len_at + 4..len_at + 4 + len)
-            .ok_or(ZmtpError::Handshake("malformed READY"))?;
+            .ok_or_else(malformed)?;
+        let value = rest.get(at + 4..at + 4 + len).ok_or_else(malformed)?;
         if name.eq_ignore_ascii_case(b"Socket-Type") {
             return Ok(value.to_vec());
         }
-        rest = &rest[len_at + 4 + len..];
+        rest = &rest[at + 4 + len..];
     }
-    Err(bad)
+    Err(malformed())
 }
 
 fn frame_header(flags: u8, size: usize, out: &mut Vec<u8>) {
